@@ -1,0 +1,9 @@
+//! quorumkv: a replicated, strongly consistent key-value store.
+//!
+//! The crate has three layers (see `ARCHITECTURE.md`):
+//! - [`protocol`]: pure, deterministic logic (the Raft core, commands, codecs);
+//! - [`storage`]: bytes at rest (write-ahead log, snapshots, KV engine, state machine);
+//! - `actors`: concurrency and I/O (arrives with the replica issue).
+
+pub mod protocol;
+pub mod storage;

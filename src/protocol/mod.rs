@@ -1,0 +1,5 @@
+//! Pure logic: no I/O, no clock, no threads, no runtime.
+
+pub mod codec;
+pub mod command;
+pub mod raft;

@@ -1,0 +1,126 @@
+//! What Raft peers say to each other, and the records the core hands out to persist.
+
+use serde::{Deserialize, Serialize};
+
+/// A member's id within one cluster; 0 means "none".
+pub type NodeId = u64;
+
+/// Term, vote and commit: what must be on stable storage before a node answers a vote or append.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// The latest term this node has seen (Raft §5.1). Never decreases.
+    pub term: u64,
+    /// Whom this node voted for in `term`, 0 if nobody.
+    pub vote: NodeId,
+    /// The highest index known committed. Never decreases.
+    pub commit: u64,
+}
+
+/// One log entry. An empty `data` is the leader's no-op.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The term in which a leader created this entry.
+    pub term: u64,
+    /// The entry's position in the log, from 1.
+    pub index: u64,
+    /// The replicated command, opaque to Raft.
+    pub data: Vec<u8>,
+}
+
+impl Entry {
+    /// Approximate bytes this entry takes in memory and on the wire.
+    pub fn size_bytes(&self) -> usize {
+        self.data.len() + 24
+    }
+}
+
+/// Which prefix of the log a snapshot replaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// The last log index the snapshot covers.
+    pub index: u64,
+    /// The term of the entry at `index`.
+    pub term: u64,
+}
+
+/// A state-machine image plus the log position it stands for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Log position the image covers.
+    pub meta: SnapshotMeta,
+    /// The image itself, opaque to Raft.
+    pub data: Vec<u8>,
+}
+
+/// The body of a Raft message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageBody {
+    /// RequestVote (Raft §5.2); with `pre_vote` the pre-vote round of §9.6, which changes no state.
+    Vote {
+        /// A pre-vote: the receiver only says whether it would vote.
+        pre_vote: bool,
+        /// Index of the candidate's last entry.
+        last_index: u64,
+        /// Term of the candidate's last entry.
+        last_term: u64,
+    },
+    /// The answer to a (pre-)vote.
+    VoteResponse {
+        /// Answer to a pre-vote.
+        pre_vote: bool,
+        /// Whether the vote is refused.
+        reject: bool,
+    },
+    /// AppendEntries (Raft §5.3): entries following (prev_index, prev_term).
+    Append {
+        /// Index of the entry just before `entries`.
+        prev_index: u64,
+        /// Term of the entry at `prev_index`.
+        prev_term: u64,
+        /// New entries, consecutive from `prev_index + 1`.
+        entries: Vec<Entry>,
+        /// The leader's commit index.
+        commit: u64,
+    },
+    /// The answer to an append.
+    AppendResponse {
+        /// Whether the log did not match at `prev_index`.
+        reject: bool,
+        /// On success, the last index now known to match; on reject, the `prev_index` refused.
+        index: u64,
+        /// On reject, a hint: the follower's log cannot match above this index.
+        reject_hint: u64,
+        /// On reject, the follower's term at `reject_hint` (0 if none), for fast back-off.
+        hint_term: u64,
+    },
+    /// Heartbeat: keeps leadership and carries a commit index the receiver can trust.
+    Heartbeat {
+        /// The leader's commit, already capped at what the receiver is known to hold.
+        commit: u64,
+        /// Read-index round this heartbeat confirms, 0 if none.
+        read_round: u64,
+    },
+    /// The answer to a heartbeat.
+    HeartbeatResponse {
+        /// The read-index round being acknowledged, 0 if none.
+        read_round: u64,
+    },
+    /// InstallSnapshot (Raft §7): replace the log prefix with a snapshot.
+    InstallSnapshot {
+        /// The snapshot.
+        snapshot: Snapshot,
+    },
+}
+
+/// A message between two members of one cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Sender.
+    pub from: NodeId,
+    /// Receiver.
+    pub to: NodeId,
+    /// The sender's term (for a pre-vote: the term it would campaign in).
+    pub term: u64,
+    /// What is said.
+    pub body: MessageBody,
+}

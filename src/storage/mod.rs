@@ -1,0 +1,1 @@
+//! Bytes at rest: write-ahead log, snapshots, KV engine, state machine.
