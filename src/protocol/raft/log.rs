@@ -1,0 +1,297 @@
+//! The in-memory Raft log: a compacted prefix, then entries, with the stable, commit and apply marks.
+//!
+//! ```text
+//!   snapshot.index | first ...... applied .... committed .... stabled .... last
+//!   (compacted)    | <------------------- entries ---------------------------->
+//! ```
+//! `stabled` may lag or lead `committed`: a follower can learn an entry is committed before it has
+//! persisted it, and the caller persists a `Ready`'s entries before applying its committed ones.
+
+use super::message::{Entry, SnapshotMeta};
+
+/// The log held by one Raft node.
+#[derive(Debug, Clone)]
+pub struct RaftLog {
+    /// The compacted prefix: every index <= `snapshot.index` lives only in the snapshot.
+    snapshot: SnapshotMeta,
+    /// Consecutive entries from `snapshot.index + 1`.
+    entries: Vec<Entry>,
+    /// Highest index on stable storage. <= last_index().
+    stabled: u64,
+    /// Highest index known committed. Never decreases.
+    committed: u64,
+    /// Highest index handed to the state machine. Never decreases; <= committed.
+    applied: u64,
+}
+
+impl RaftLog {
+    /// A log recovered from storage: a snapshot position, the entries after it, and the commit mark.
+    ///
+    /// Everything passed in is stable; the state machine is assumed restored up to `snapshot.index`.
+    pub fn restore(snapshot: SnapshotMeta, entries: Vec<Entry>, committed: u64) -> RaftLog {
+        for (offset, entry) in entries.iter().enumerate() {
+            assert_eq!(
+                entry.index,
+                snapshot.index + 1 + offset as u64,
+                "recovered entries must be consecutive"
+            );
+        }
+        let last = snapshot.index + entries.len() as u64;
+        let committed = committed.clamp(snapshot.index, last);
+        RaftLog { snapshot, entries, stabled: last, committed, applied: snapshot.index }
+    }
+
+    /// The compacted prefix's position.
+    pub fn snapshot_meta(&self) -> SnapshotMeta {
+        self.snapshot
+    }
+
+    /// Index of the first entry still held (snapshot index + 1).
+    pub fn first_index(&self) -> u64 {
+        self.snapshot.index + 1
+    }
+
+    /// Index of the last entry (the snapshot index when no entries follow it).
+    pub fn last_index(&self) -> u64 {
+        self.snapshot.index + self.entries.len() as u64
+    }
+
+    /// Term of the last entry.
+    pub fn last_term(&self) -> u64 {
+        self.entries.last().map_or(self.snapshot.term, |e| e.term)
+    }
+
+    /// Highest index on stable storage.
+    pub fn stabled(&self) -> u64 {
+        self.stabled
+    }
+
+    /// Highest index known committed.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Highest index handed to the state machine.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The term of the entry at `index`, if the log still knows it (0 for index 0).
+    pub fn term(&self, index: u64) -> Option<u64> {
+        if index == self.snapshot.index {
+            return Some(self.snapshot.term);
+        }
+        if index < self.snapshot.index || index > self.last_index() {
+            return None;
+        }
+        Some(self.entries[(index - self.snapshot.index - 1) as usize].term)
+    }
+
+    /// True if the entry at `index` exists and has `term` (Raft §5.3 log matching).
+    pub fn matches(&self, index: u64, term: u64) -> bool {
+        self.term(index) == Some(term)
+    }
+
+    /// True if a log ending at (`last_index`, `last_term`) is at least as up to date as this one (Raft §5.4.1).
+    pub fn is_up_to_date(&self, last_index: u64, last_term: u64) -> bool {
+        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
+    }
+
+    /// The largest index <= `index` whose term is <= `term`, or the first unknown index below the log.
+    ///
+    /// Used on both sides of the fast back-off: it skips a whole run of entries from a wrong term.
+    pub fn find_conflict_by_term(&self, index: u64, term: u64) -> u64 {
+        let mut index = index.min(self.last_index());
+        while index > self.snapshot.index {
+            match self.term(index) {
+                Some(t) if t > term => index -= 1,
+                _ => break,
+            }
+        }
+        index
+    }
+
+    /// Entries in `[from, last]`, at most `max_bytes` (but always at least one if any exist).
+    ///
+    /// Returns `None` if `from` is inside the compacted prefix.
+    pub fn entries_from(&self, from: u64, max_bytes: usize) -> Option<Vec<Entry>> {
+        if from <= self.snapshot.index {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let start = (from - self.snapshot.index - 1) as usize;
+        for entry in self.entries.iter().skip(start) {
+            bytes += entry.size_bytes();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        Some(out)
+    }
+
+    /// Appends `entries` (consecutive, starting at most one past the end), replacing any conflicting suffix.
+    ///
+    /// Entries already present with the same term are kept; the first one with a different term and
+    /// everything after it is dropped (Raft §5.3). Returns the last index now in the log.
+    pub fn append(&mut self, entries: &[Entry]) -> u64 {
+        for entry in entries {
+            match self.term(entry.index) {
+                Some(t) if t == entry.term => continue,
+                _ => {}
+            }
+            assert!(entry.index > self.committed, "a committed entry can never be replaced");
+            assert!(
+                entry.index > self.snapshot.index && entry.index <= self.last_index() + 1,
+                "gap in append"
+            );
+            self.entries.truncate((entry.index - self.snapshot.index - 1) as usize);
+            self.stabled = self.stabled.min(entry.index - 1);
+            self.entries.push(entry.clone());
+        }
+        self.last_index()
+    }
+
+    /// Entries not yet on stable storage.
+    pub fn unstable_entries(&self) -> &[Entry] {
+        let start = (self.stabled.max(self.snapshot.index) - self.snapshot.index) as usize;
+        &self.entries[start..]
+    }
+
+    /// Marks everything up to `index` stable if the entry there still has `term`.
+    ///
+    /// The term check ignores an acknowledgement for entries that a newer leader replaced meanwhile.
+    pub fn stable_to(&mut self, index: u64, term: u64) {
+        if index > self.stabled && self.matches(index, term) {
+            self.stabled = index;
+        }
+    }
+
+    /// Committed entries not yet handed to the state machine, up to `max_bytes` (at least one).
+    pub fn next_committed_entries(&self, max_bytes: usize) -> Vec<Entry> {
+        if self.committed <= self.applied {
+            return Vec::new();
+        }
+        let mut out = self.entries_from(self.applied + 1, max_bytes).unwrap_or_default();
+        out.retain(|e| e.index <= self.committed);
+        out
+    }
+
+    /// Raises the commit mark to `index` (never lowers it, never past the last entry).
+    pub fn commit_to(&mut self, index: u64) -> bool {
+        let index = index.min(self.last_index());
+        if index > self.committed {
+            self.committed = index;
+            return true;
+        }
+        false
+    }
+
+    /// Records that the state machine has been handed everything up to `index`.
+    pub fn applied_to(&mut self, index: u64) {
+        assert!(index <= self.committed, "applied {index} past committed {}", self.committed);
+        self.applied = self.applied.max(index);
+    }
+
+    /// Replaces the whole log with a snapshot's position (a follower installing a snapshot).
+    pub fn install_snapshot(&mut self, meta: SnapshotMeta) {
+        assert!(meta.index > self.committed, "installing a snapshot older than the commit mark");
+        self.snapshot = meta;
+        self.entries.clear();
+        self.stabled = meta.index;
+        self.committed = meta.index;
+        self.applied = meta.index;
+    }
+
+    /// Drops entries up to `index` (already captured in a snapshot of the applied state).
+    pub fn compact(&mut self, index: u64) {
+        if index <= self.snapshot.index {
+            return;
+        }
+        assert!(index <= self.applied, "compacting {index} past applied {}", self.applied);
+        let Some(term) = self.term(index) else { return };
+        self.entries.drain(..(index - self.snapshot.index) as usize);
+        self.snapshot = SnapshotMeta { index, term };
+        self.stabled = self.stabled.max(index);
+    }
+
+    /// Bytes held by the entries in memory (approximate).
+    pub fn entries_bytes(&self) -> usize {
+        self.entries.iter().map(Entry::size_bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry { index, term, data: vec![index as u8] }
+    }
+
+    fn log_with_terms(terms: &[u64]) -> RaftLog {
+        let entries = terms.iter().enumerate().map(|(i, &t)| entry(i as u64 + 1, t)).collect();
+        RaftLog::restore(SnapshotMeta::default(), entries, 0)
+    }
+
+    #[test]
+    fn append_replaces_only_the_conflicting_suffix() {
+        let mut log = log_with_terms(&[1, 1, 2, 2]);
+        assert_eq!(log.stabled(), 4);
+        // Raft §5.3: 3 matches (term 2), 4 conflicts (term 3): drop 4, keep 1..=3.
+        log.append(&[entry(3, 2), entry(4, 3), entry(5, 3)]);
+        assert_eq!(log.last_index(), 5);
+        assert_eq!(log.term(4), Some(3));
+        assert_eq!(log.stabled(), 3);
+        assert_eq!(log.unstable_entries().len(), 2);
+        // A stale acknowledgement for the old entry 4 (term 2) does not mark the new one stable.
+        log.stable_to(4, 2);
+        assert_eq!(log.stabled(), 3);
+        log.stable_to(5, 3);
+        assert_eq!(log.stabled(), 5);
+    }
+
+    #[test]
+    fn compacted_prefix_answers_terms_and_refuses_entries() {
+        let mut log =
+            RaftLog::restore(SnapshotMeta { index: 10, term: 3 }, vec![entry(11, 3), entry(12, 4)], 12);
+        assert_eq!(log.first_index(), 11);
+        assert_eq!(log.term(10), Some(3));
+        assert_eq!(log.term(9), None);
+        assert_eq!(log.term(13), None);
+        assert!(log.entries_from(10, usize::MAX).is_none());
+        assert_eq!(log.next_committed_entries(usize::MAX).len(), 2);
+        log.applied_to(12);
+        log.compact(11);
+        assert_eq!(log.first_index(), 12);
+        assert_eq!(log.term(11), Some(3));
+        assert_eq!(log.last_index(), 12);
+    }
+
+    #[test]
+    fn find_conflict_by_term_skips_a_run_of_higher_terms() {
+        let log = log_with_terms(&[1, 1, 2, 4, 4, 4]);
+        assert_eq!(log.find_conflict_by_term(6, 3), 3);
+        assert_eq!(log.find_conflict_by_term(6, 4), 6);
+        assert_eq!(log.find_conflict_by_term(9, 1), 2);
+        assert_eq!(log.find_conflict_by_term(6, 0), 0);
+    }
+
+    #[test]
+    fn up_to_date_compares_last_term_then_length() {
+        let log = log_with_terms(&[1, 2, 2]);
+        assert!(log.is_up_to_date(1, 3));
+        assert!(log.is_up_to_date(3, 2));
+        assert!(!log.is_up_to_date(2, 2));
+        assert!(!log.is_up_to_date(9, 1));
+    }
+
+    #[test]
+    fn entries_from_respects_byte_budget_but_returns_one() {
+        let log = log_with_terms(&[1, 1, 1, 1]);
+        assert_eq!(log.entries_from(1, 0).map(|v| v.len()), Some(1));
+        assert_eq!(log.entries_from(1, usize::MAX).map(|v| v.len()), Some(4));
+        assert_eq!(log.entries_from(5, usize::MAX).map(|v| v.len()), Some(0));
+    }
+}

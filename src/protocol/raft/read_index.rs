@@ -1,0 +1,113 @@
+//! ReadIndex bookkeeping (Raft §6.4): reads confirmed by a heartbeat round, released once applied.
+
+use std::collections::VecDeque;
+
+use super::ready::ReadState;
+
+/// A read waiting for a heartbeat quorum to confirm this leader's leadership.
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    ctx: u64,
+    /// The leader's commit index when the read arrived.
+    index: u64,
+    /// The heartbeat round whose acknowledgements confirm it.
+    round: u64,
+}
+
+/// A leader's queue of reads, from arrival to release.
+#[derive(Debug, Default)]
+pub struct ReadQueue {
+    /// Reads that arrived before this leader committed an entry of its own term: its commit
+    /// index might still be behind the previous leader's, so no index can be recorded yet.
+    before_first_commit: Vec<u64>,
+    /// Reads waiting for a round's quorum, in round order.
+    unconfirmed: VecDeque<PendingRead>,
+    /// Reads confirmed, waiting for the state machine to reach their index, in index order.
+    confirmed: VecDeque<ReadState>,
+    /// The last round broadcast. Never decreases.
+    round: u64,
+    /// Reads have arrived since the last broadcast: the next `Ready` starts a new round.
+    round_wanted: bool,
+}
+
+impl ReadQueue {
+    /// Queues a read that must wait for the leader's first commit in its term.
+    pub fn wait_for_commit(&mut self, ctx: u64) {
+        self.before_first_commit.push(ctx);
+    }
+
+    /// Queues a read at commit index `index`, to be confirmed by the next round.
+    pub fn push(&mut self, ctx: u64, index: u64) {
+        self.unconfirmed.push_back(PendingRead { ctx, index, round: self.round + 1 });
+        self.round_wanted = true;
+    }
+
+    /// The leader committed in its own term at `index`: reads held for that may get an index now.
+    pub fn first_commit(&mut self, index: u64) {
+        for ctx in std::mem::take(&mut self.before_first_commit) {
+            self.push(ctx, index);
+        }
+    }
+
+    /// If reads wait for a round, starts one and returns its number (to put in heartbeats).
+    pub fn start_round(&mut self) -> Option<u64> {
+        if !self.round_wanted {
+            return None;
+        }
+        self.round_wanted = false;
+        self.round += 1;
+        Some(self.round)
+    }
+
+    /// The last round started (0 before any).
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    /// Confirms every read whose round is acknowledged by a quorum; `acked` says for a round
+    /// whether a quorum (the leader included) has acknowledged it or a later one.
+    pub fn confirm(&mut self, acked: impl Fn(u64) -> bool) {
+        while let Some(read) = self.unconfirmed.front() {
+            if !acked(read.round) {
+                break;
+            }
+            self.confirmed.push_back(ReadState { ctx: read.ctx, index: read.index });
+            self.unconfirmed.pop_front();
+        }
+    }
+
+    /// Removes and returns the confirmed reads whose index is at or below `applied`.
+    pub fn release(&mut self, applied: u64) -> Vec<ReadState> {
+        let mut out = Vec::new();
+        while self.confirmed.front().is_some_and(|r| r.index <= applied) {
+            out.extend(self.confirmed.pop_front());
+        }
+        out
+    }
+
+    /// Whether `release(applied)` would return something, or a round should start.
+    pub fn has_work(&self, applied: u64) -> bool {
+        self.round_wanted || self.confirmed.front().is_some_and(|r| r.index <= applied)
+    }
+
+    /// Leadership is lost: returns the tokens of reads not yet confirmed.
+    ///
+    /// Confirmed reads stay: leadership was proven after they arrived, so their index is still a
+    /// correct lower bound and they may be served once it is applied.
+    pub fn drop_unconfirmed(&mut self) -> Vec<u64> {
+        self.round_wanted = false;
+        let mut dropped = std::mem::take(&mut self.before_first_commit);
+        dropped.extend(self.unconfirmed.drain(..).map(|r| r.ctx));
+        dropped
+    }
+
+    /// Number of reads not yet released.
+    pub fn len(&self) -> usize {
+        self.before_first_commit.len() + self.unconfirmed.len() + self.confirmed.len()
+    }
+
+    /// True when no read is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
