@@ -495,6 +495,17 @@ fn invalid_messages_are_refused_and_counted() {
             2,
             1,
             1,
+            MessageBody::Append {
+                prev_index: u64::MAX - 1,
+                prev_term: 0,
+                entries: vec![Entry { term: 1, index: u64::MAX, data: vec![] }, Entry::default()],
+                commit: 0,
+            },
+        ),
+        msg(
+            2,
+            1,
+            1,
             MessageBody::InstallSnapshot {
                 snapshot: Snapshot { meta: SnapshotMeta { index: 0, term: 0 }, data: vec![] },
             },

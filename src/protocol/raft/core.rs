@@ -457,10 +457,14 @@ impl RaftCore {
 
     /// Handles one message from a peer. Invalid input is refused, counted, and changes nothing.
     pub fn step(&mut self, m: Message) -> Result<(), StepError> {
-        if let Err(e) = self.validate(&m) {
+        let result = self.validate(&m).and_then(|()| self.step_valid(m));
+        if result.is_err() {
             self.stats.invalid_messages += 1;
-            return Err(e);
         }
+        result
+    }
+
+    fn step_valid(&mut self, m: Message) -> Result<(), StepError> {
         if m.term > self.term {
             match m.body {
                 MessageBody::Vote { pre_vote, .. } => {
