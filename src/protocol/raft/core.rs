@@ -439,15 +439,15 @@ impl RaftCore {
     }
 
     /// The caller finished sending a snapshot to `to` (`ok`), or gave up on it.
+    ///
+    /// Success only resumes probing after the snapshot: the follower's acknowledgement, not the
+    /// transport's word, is what moves its match index.
     pub fn report_snapshot(&mut self, to: NodeId, ok: bool) {
         if let Some(pr) = self.progress.get_mut(&to) {
-            if let ProgressState::Snapshot { index } = pr.state {
+            if let ProgressState::Snapshot { .. } = pr.state {
+                pr.become_probe();
                 if !ok {
-                    pr.become_probe();
-                } else {
-                    pr.matched = pr.matched.max(index);
-                    pr.become_probe();
-                    pr.probe_sent = true;
+                    pr.next = pr.matched + 1;
                 }
             }
         }

@@ -1,0 +1,523 @@
+//! Randomized, deterministic whole-cluster simulation of the Raft core.
+//!
+//! 3 and 5 cores talk through a seeded network that drops, duplicates, delays, reorders and
+//! partitions; nodes crash (losing what they had not persisted) and restart from their "disk";
+//! logs are compacted and lagging nodes catch up by snapshot. After every step the safety
+//! properties are checked; at the end the network heals and a new proposal must commit.
+//!
+//! `SIM_SEED=n` replays one seed; `SIM_SEEDS=n` sets how many seeds each test runs (default 200);
+//! `SIM_STEPS=n` sets the chaos steps per seed (default 5000).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use quorumkv::protocol::raft::{
+    Config, Entry, HardState, Message, MessageBody, RaftCore, Ready, Role, SnapshotMeta,
+};
+use quorumkv::protocol::rng::Rng;
+
+/// What a node keeps across crashes.
+#[derive(Clone, Default)]
+struct Disk {
+    hard_state: HardState,
+    snapshot: SnapshotMeta,
+    /// State machine image at `snapshot.index`: (index, chained hash of everything applied).
+    snapshot_state: (u64, u64),
+    /// Entries after `snapshot.index`.
+    entries: Vec<Entry>,
+}
+
+impl Disk {
+    fn persist(&mut self, ready: &Ready) {
+        if let Some(snapshot) = &ready.snapshot {
+            self.snapshot = snapshot.meta;
+            self.snapshot_state = decode_state(&snapshot.data);
+            self.entries.clear();
+        }
+        if let Some(first) = ready.entries.first() {
+            // A later entry at an existing index replaces that entry and everything after it.
+            let keep = first.index.saturating_sub(self.snapshot.index + 1) as usize;
+            self.entries.truncate(keep);
+            self.entries.extend(ready.entries.iter().cloned());
+        }
+        if let Some(hs) = ready.hard_state {
+            self.hard_state = hs;
+        }
+    }
+}
+
+fn encode_state((index, hash): (u64, u64)) -> Vec<u8> {
+    let mut out = index.to_le_bytes().to_vec();
+    out.extend_from_slice(&hash.to_le_bytes());
+    out
+}
+
+fn decode_state(data: &[u8]) -> (u64, u64) {
+    let index = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+    let hash = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
+    (index, hash)
+}
+
+fn chain(hash: u64, entry: &Entry) -> u64 {
+    let mut h = hash ^ entry.term.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for &b in &entry.data {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
+    }
+    h.rotate_left(17) ^ entry.index
+}
+
+struct Node {
+    core: Option<RaftCore>,
+    disk: Disk,
+    /// The state machine: (applied index, chained hash).
+    state: (u64, u64),
+    /// Highest commit index whose entries were checked against the global record.
+    checked: u64,
+    restarts: u64,
+}
+
+/// The network's behaviour for one seed.
+struct Faults {
+    drop: f64,
+    duplicate: f64,
+    max_delay_ticks: u64,
+}
+
+struct Sim {
+    seed: u64,
+    rng: Rng,
+    members: Vec<u64>,
+    nodes: BTreeMap<u64, Node>,
+    /// In flight: (deliver no earlier than tick, message).
+    network: Vec<(u64, Message)>,
+    cut: BTreeSet<(u64, u64)>,
+    faults: Faults,
+    now: u64,
+    /// Every committed entry ever seen: index -> (term, data).
+    committed: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// State machine hash after applying each index, as first seen.
+    hash_at: BTreeMap<u64, u64>,
+    leaders: BTreeMap<u64, u64>,
+    proposals: u64,
+    stats: SimStats,
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct SimStats {
+    steps: u64,
+    delivered: u64,
+    dropped: u64,
+    crashes: u64,
+    compactions: u64,
+    snapshots_installed: u64,
+    max_commit: u64,
+}
+
+impl Sim {
+    fn new(seed: u64, n: u64) -> Sim {
+        let mut rng = Rng::new(seed);
+        let members: Vec<u64> = (1..=n).collect();
+        let faults = Faults {
+            drop: rng.range(0, 20) as f64 / 100.0,
+            duplicate: rng.range(0, 5) as f64 / 100.0,
+            max_delay_ticks: rng.range(0, 6),
+        };
+        let mut sim = Sim {
+            seed,
+            rng,
+            members: members.clone(),
+            nodes: BTreeMap::new(),
+            network: Vec::new(),
+            cut: BTreeSet::new(),
+            faults,
+            now: 0,
+            committed: BTreeMap::new(),
+            hash_at: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            proposals: 0,
+            stats: SimStats::default(),
+        };
+        for id in members {
+            sim.nodes.insert(
+                id,
+                Node { core: None, disk: Disk::default(), state: (0, 0), checked: 0, restarts: 0 },
+            );
+            sim.start(id);
+        }
+        sim
+    }
+
+    fn fail(&self, what: String) -> ! {
+        panic!("seed {} (replay: SIM_SEED={}): {what} [stats {:?}]", self.seed, self.seed, self.stats);
+    }
+
+    fn start(&mut self, id: u64) {
+        let members = self.members.clone();
+        let seed = self.seed;
+        let node = self.nodes.get_mut(&id).expect("node");
+        node.restarts += 1;
+        let mut config = Config::new(id, members);
+        config.seed = seed ^ (id << 32) ^ node.restarts;
+        config.max_inflight_appends = 8;
+        config.max_append_bytes = 64;
+        let disk = node.disk.clone();
+        node.core = Some(RaftCore::new(config, disk.hard_state, disk.snapshot, disk.entries));
+        node.state = disk.snapshot_state;
+        node.checked = disk.snapshot.index;
+    }
+
+    fn live(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|(_, n)| n.core.is_some()).map(|(&id, _)| id).collect()
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
+        if items.is_empty() {
+            return None;
+        }
+        Some(items[self.rng.range(0, items.len() as u64) as usize])
+    }
+
+    /// Carries out every pending Ready, in the order the Ready documents.
+    fn process(&mut self, crash_chance: f64) {
+        loop {
+            let mut progressed = false;
+            for id in self.live() {
+                let node = self.nodes.get_mut(&id).expect("node");
+                let Some(core) = node.core.as_mut() else { continue };
+                if !core.has_ready() {
+                    continue;
+                }
+                progressed = true;
+                let ready = core.ready();
+                if self.rng.chance(crash_chance) {
+                    // Crash before the write reached the disk: everything in this Ready is lost.
+                    self.stats.crashes += 1;
+                    self.nodes.get_mut(&id).expect("node").core = None;
+                    continue;
+                }
+                self.handle_ready(id, ready);
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn handle_ready(&mut self, id: u64, ready: Ready) {
+        if let Some(role) = ready.role {
+            if role.role == Role::Leader {
+                self.check_leader_completeness(id);
+            }
+        }
+        let node = self.nodes.get_mut(&id).expect("node");
+        node.disk.persist(&ready);
+        let disk_snapshot = (node.disk.snapshot, node.disk.snapshot_state);
+        for mut m in ready.messages.iter().cloned() {
+            if let MessageBody::InstallSnapshot { snapshot } = &mut m.body {
+                assert_eq!(
+                    snapshot.meta, disk_snapshot.0,
+                    "seed {}: snapshot sent is not the one stored",
+                    self.seed
+                );
+                snapshot.data = encode_state(disk_snapshot.1);
+            }
+            self.send(m);
+        }
+        if let Some(snapshot) = &ready.snapshot {
+            self.stats.snapshots_installed += 1;
+            let state = decode_state(&snapshot.data);
+            if let Some(&h) = self.hash_at.get(&state.0) {
+                if h != state.1 {
+                    self.fail(format!(
+                        "node {id} installed a snapshot at {} with a different state",
+                        state.0
+                    ));
+                }
+            }
+            self.nodes.get_mut(&id).expect("node").state = state;
+        }
+        for entry in &ready.committed_entries {
+            self.apply(id, entry);
+        }
+        let node = self.nodes.get_mut(&id).expect("node");
+        if let Some(core) = node.core.as_mut() {
+            core.advance(&ready);
+        }
+    }
+
+    fn apply(&mut self, id: u64, entry: &Entry) {
+        let state = self.nodes[&id].state;
+        if entry.index != state.0 + 1 {
+            self.fail(format!("node {id} applied index {} after {}", entry.index, state.0));
+        }
+        match self.committed.get(&entry.index) {
+            Some((term, data)) if (*term, data) != (entry.term, &entry.data) => {
+                self.fail(format!("node {id} applied a different entry at {}", entry.index))
+            }
+            Some(_) => {}
+            None => {
+                self.committed.insert(entry.index, (entry.term, entry.data.clone()));
+            }
+        }
+        let hash = chain(state.1, entry);
+        match self.hash_at.get(&entry.index) {
+            Some(&h) if h != hash => self.fail(format!("node {id} state diverged at {}", entry.index)),
+            Some(_) => {}
+            None => {
+                self.hash_at.insert(entry.index, hash);
+            }
+        }
+        self.nodes.get_mut(&id).expect("node").state = (entry.index, hash);
+    }
+
+    fn send(&mut self, m: Message) {
+        if self.rng.chance(self.faults.drop) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let copies = if self.rng.chance(self.faults.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let at = self.now + self.rng.range(0, self.faults.max_delay_ticks + 1);
+            self.network.push((at, m.clone()));
+        }
+    }
+
+    /// Delivers one random deliverable message (so messages are reordered).
+    fn deliver_one(&mut self) -> bool {
+        let ready: Vec<usize> = (0..self.network.len()).filter(|&i| self.network[i].0 <= self.now).collect();
+        let Some(i) = self.pick(&ready) else { return false };
+        let (_, m) = self.network.swap_remove(i);
+        if self.cut.contains(&(m.from, m.to)) {
+            self.stats.dropped += 1;
+            return true;
+        }
+        if let Some(core) = self.nodes.get_mut(&m.to).and_then(|n| n.core.as_mut()) {
+            self.stats.delivered += 1;
+            // Well-formed messages from members are never refused in a correct cluster... except
+            // a second leader's append in the same term, which must not exist: count refusals.
+            if let Err(e) = core.step(m) {
+                self.fail(format!("a correct peer's message was refused: {e}"));
+            }
+        }
+        true
+    }
+
+    fn tick_all(&mut self) {
+        self.now += 1;
+        for node in self.nodes.values_mut() {
+            if let Some(core) = node.core.as_mut() {
+                core.tick();
+            }
+        }
+    }
+
+    fn propose(&mut self) {
+        let leaders: Vec<u64> = self
+            .live()
+            .into_iter()
+            .filter(|id| self.nodes[id].core.as_ref().is_some_and(|c| c.role() == Role::Leader))
+            .collect();
+        let Some(id) = self.pick(&leaders) else { return };
+        self.proposals += 1;
+        let data = format!("{}-{}", self.seed, self.proposals).into_bytes();
+        if let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
+            let _ = core.propose(data);
+        }
+    }
+
+    fn compact(&mut self) {
+        let live = self.live();
+        let Some(id) = self.pick(&live) else { return };
+        let node = self.nodes.get_mut(&id).expect("node");
+        let Some(core) = node.core.as_mut() else { return };
+        let index = core.log().applied();
+        if index <= core.log().snapshot_meta().index || node.state.0 != index {
+            return;
+        }
+        let term = core.log().term(index).expect("applied entry is in the log");
+        // Write the snapshot, then drop the covered log prefix (memory and disk).
+        node.disk.snapshot = SnapshotMeta { index, term };
+        node.disk.snapshot_state = node.state;
+        let keep_from =
+            node.disk.entries.iter().position(|e| e.index > index).unwrap_or(node.disk.entries.len());
+        node.disk.entries.drain(..keep_from);
+        core.compact(index);
+        self.stats.compactions += 1;
+    }
+
+    fn partition(&mut self) {
+        self.cut.clear();
+        let mut side: BTreeMap<u64, bool> = BTreeMap::new();
+        for &id in &self.members {
+            let b = self.rng.chance(0.5);
+            side.insert(id, b);
+        }
+        for &a in &self.members {
+            for &b in &self.members {
+                if side[&a] != side[&b] {
+                    self.cut.insert((a, b));
+                }
+            }
+        }
+    }
+
+    fn check(&mut self) {
+        let mut failures = Vec::new();
+        for (&id, node) in self.nodes.iter_mut() {
+            let Some(core) = node.core.as_ref() else { continue };
+            if core.role() == Role::Leader {
+                match self.leaders.get(&core.term()) {
+                    Some(&other) if other != id => {
+                        failures.push(format!("two leaders in term {}: {other} and {id}", core.term()))
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.leaders.insert(core.term(), id);
+                    }
+                }
+            }
+            let log = core.log();
+            let commit = log.committed();
+            self.stats.max_commit = self.stats.max_commit.max(commit);
+            for index in (node.checked + 1).max(log.first_index())..=commit {
+                let term = log.term(index).expect("committed entry present");
+                match self.committed.get(&index) {
+                    Some((t, _)) if *t != term => failures
+                        .push(format!("node {id}: committed entry {index} changed term {t} -> {term}")),
+                    _ => {}
+                }
+            }
+            node.checked = node.checked.max(commit);
+        }
+        if let Some(f) = failures.into_iter().next() {
+            self.fail(f);
+        }
+    }
+
+    /// Raft §5.4: a new leader's log holds every entry committed so far.
+    fn check_leader_completeness(&self, id: u64) {
+        let Some(core) = self.nodes[&id].core.as_ref() else { return };
+        let first = core.log().snapshot_meta().index;
+        for (&index, (term, _)) in self.committed.range(first + 1..) {
+            if core.log().term(index) != Some(*term) {
+                self.fail(format!("leader {id} of term {} lacks committed entry {index}", core.term()));
+            }
+        }
+    }
+
+    fn chaos_step(&mut self) {
+        self.stats.steps += 1;
+        let roll = self.rng.range(0, 1000);
+        match roll {
+            0..=549 => {
+                if !self.deliver_one() {
+                    self.tick_all();
+                }
+            }
+            550..=799 => self.tick_all(),
+            800..=929 => self.propose(),
+            930..=936 => {
+                let live = self.live();
+                if let Some(id) = self.pick(&live) {
+                    self.stats.crashes += 1;
+                    self.nodes.get_mut(&id).expect("node").core = None;
+                }
+            }
+            937..=969 => {
+                let down: Vec<u64> =
+                    self.nodes.iter().filter(|(_, n)| n.core.is_none()).map(|(&id, _)| id).collect();
+                if let Some(id) = self.pick(&down) {
+                    self.start(id);
+                }
+            }
+            970..=979 => self.partition(),
+            980..=989 => self.cut.clear(),
+            _ => self.compact(),
+        }
+        self.process(0.003);
+        self.check();
+    }
+
+    /// Heals everything and requires a fresh proposal to commit on every node within a bound.
+    fn check_liveness(&mut self) {
+        self.cut.clear();
+        self.faults = Faults { drop: 0.0, duplicate: 0.0, max_delay_ticks: 1 };
+        let down: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.core.is_none()).map(|(&id, _)| id).collect();
+        for id in down {
+            self.start(id);
+        }
+        let final_data = format!("final-{}", self.seed).into_bytes();
+        // Ten election timeouts of the largest kind: elections, catch-up and commit fit well inside.
+        let bound_ticks = 10 * 2 * u64::from(Config::new(1, vec![1]).election_timeout_ticks);
+        let start = self.now;
+        let mut proposed_at: Option<(u64, u64, u64)> = None;
+        while self.now - start <= bound_ticks {
+            while self.deliver_one() {
+                self.process(0.0);
+            }
+            self.tick_all();
+            self.process(0.0);
+            self.check();
+            // (Re)propose at the current leader if the last attempt's term is over.
+            let leader = self
+                .live()
+                .into_iter()
+                .find(|id| self.nodes[id].core.as_ref().is_some_and(|c| c.role() == Role::Leader));
+            if let Some(id) = leader {
+                let core = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()).expect("leader");
+                let stale = proposed_at.is_none_or(|(_, term, lid)| term != core.term() || lid != id);
+                if stale {
+                    if let Ok((index, term)) = core.propose(final_data.clone()) {
+                        proposed_at = Some((index, term, id));
+                    }
+                }
+            }
+            if let Some((index, term, _)) = proposed_at {
+                let done = self.nodes.values().all(|n| n.state.0 >= index)
+                    && self.committed.get(&index).is_some_and(|(t, d)| *t == term && *d == final_data);
+                if done {
+                    return;
+                }
+            }
+        }
+        self.fail(format!("no progress within {bound_ticks} ticks after healing (proposal {proposed_at:?})"));
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn run(n: u64, base_seed: u64) {
+    let seeds: Vec<u64> = match env_u64("SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..env_u64("SIM_SEEDS").unwrap_or(200)).map(|i| base_seed + i).collect(),
+    };
+    let steps = env_u64("SIM_STEPS").unwrap_or(5000);
+    let mut total = SimStats::default();
+    for seed in &seeds {
+        let mut sim = Sim::new(*seed, n);
+        for _ in 0..steps {
+            sim.chaos_step();
+        }
+        sim.check_liveness();
+        let s = sim.stats;
+        total.steps += s.steps;
+        total.delivered += s.delivered;
+        total.dropped += s.dropped;
+        total.crashes += s.crashes;
+        total.compactions += s.compactions;
+        total.snapshots_installed += s.snapshots_installed;
+        total.max_commit = total.max_commit.max(s.max_commit);
+    }
+    println!("{n} nodes, {} seeds from {base_seed}, {steps} chaos steps each: {total:?}", seeds.len());
+}
+
+#[test]
+fn three_node_cluster_stays_safe_and_live() {
+    run(3, 1_000);
+}
+
+#[test]
+fn five_node_cluster_stays_safe_and_live() {
+    run(5, 2_000);
+}
