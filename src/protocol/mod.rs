@@ -3,3 +3,4 @@
 pub mod codec;
 pub mod command;
 pub mod raft;
+pub mod resp;
