@@ -3,4 +3,5 @@
 pub mod codec;
 pub mod command;
 pub mod raft;
+pub mod request;
 pub mod resp;
