@@ -16,7 +16,8 @@
 //! offending request ends ([`ParseOutcome::LimitError`]: reply `-ERR message`, drop `consumed` bytes,
 //! go on), and closed only when it cannot ([`ParseOutcome::Fatal`]):
 //!
-//! - An inline line over [`MAX_LINE_BYTES`] whose newline is buffered: `LimitError` covering the line.
+//! - An inline line over [`MAX_LINE_BYTES`] whose newline is buffered: `LimitError` covering the line
+//!   (reported as soon as the line passes the limit and its newline is present).
 //! - An inline line over [`MAX_LINE_BYTES`] whose newline has not arrived: with a [`RequestParser`],
 //!   `LimitError` at once (so the buffer stays bounded) and the parser then discards bytes up to and
 //!   including the next newline ([`ParseOutcome::Skipped`]); the stateless [`parse_request`] has no
@@ -182,7 +183,16 @@ fn parse_inline(buf: &[u8]) -> Raw {
     let newline = match find_line_end(buf, 0, MAX_LINE_BYTES) {
         LineEnd::Found(newline) => newline,
         LineEnd::Incomplete => return Raw::Outcome(ParseOutcome::Incomplete),
-        LineEnd::TooLong => return Raw::LineTooLongUnterminated,
+        LineEnd::TooLong => {
+            // The line is refused either way; if its end is already buffered, only it is dropped.
+            return match buf.iter().position(|&b| b == b'\n') {
+                Some(newline) => Raw::Outcome(ParseOutcome::LimitError {
+                    message: line_too_long_message(),
+                    consumed: newline + 1,
+                }),
+                None => Raw::LineTooLongUnterminated,
+            };
+        }
     };
     let consumed = newline + 1;
     let mut line = &buf[..newline];
