@@ -181,7 +181,7 @@ fn value_over_16_mib_is_refused_and_the_connection_kept() {
 #[test]
 fn more_than_1024_arguments_are_refused_and_the_connection_kept() {
     let mut args: Vec<&[u8]> = vec![b"DEL"];
-    args.extend(std::iter::repeat(&b"k"[..]).take(MAX_ARGS - 1));
+    args.extend(std::iter::repeat_n(&b"k"[..], MAX_ARGS - 1));
     let events = events_of(&multibulk(&args));
     assert!(matches!(&events[..], [Event::Request(got)] if got.len() == MAX_ARGS));
     args.push(b"k");
