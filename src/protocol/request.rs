@@ -340,7 +340,7 @@ fn write(command: Command) -> ClientRequest {
     ClientRequest::Write { session: None, command }
 }
 
-/// Moves exactly N arguments out (callers check arity first, so a mismatch is a wrong arity).
+/// Moves exactly N arguments out; callers check arity first, so the error cannot happen.
 fn take<const N: usize>(args: Vec<Vec<u8>>) -> Result<[Vec<u8>; N], RequestError> {
     <[Vec<u8>; N]>::try_from(args).map_err(|_| RequestError::Syntax)
 }
@@ -491,6 +491,12 @@ mod tests {
             Ok(ClientRequest::Immediate(Reply::Error("NOPROTO unsupported protocol version".into())))
         );
         assert!(matches!(parse("HELLO 2"), Ok(ClientRequest::Immediate(Reply::Array(Some(_))))));
+        assert!(matches!(parse("HELLO"), Ok(ClientRequest::Immediate(Reply::Array(Some(_))))));
+        assert_eq!(parse("HELLO two"), Err(RequestError::NotAnInteger));
+        assert_eq!(
+            parse("command count"),
+            Ok(ClientRequest::Immediate(Reply::Integer(COMMAND_NAMES.len() as i64)))
+        );
         assert_eq!(
             parse("CONFIG GET save"),
             Ok(ClientRequest::Immediate(Reply::Array(Some(vec![

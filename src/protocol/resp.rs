@@ -35,6 +35,9 @@
 //! - Unbalanced quotes in an inline line: `LimitError` covering the line.
 //!
 //! A blank inline line and an empty multibulk (`*0`, `*-1`) are skipped without a reply.
+//!
+//! The parser keeps no progress between calls: each call re-reads the headers of a multibulk that is
+//! still arriving (not its payloads, which it jumps over). [`MAX_MULTIBULK_LEN`] bounds that work.
 
 use std::fmt::Write as _;
 
