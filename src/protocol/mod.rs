@@ -3,4 +3,6 @@
 pub mod codec;
 pub mod command;
 pub mod raft;
+pub mod request;
+pub mod resp;
 pub mod rng;

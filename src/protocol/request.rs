@@ -1,0 +1,619 @@
+//! From the arguments of one RESP request to a typed client request, and back.
+//!
+//! The front end answers [`ClientRequest::Ping`], [`ClientRequest::Quit`], [`ClientRequest::Info`] and
+//! [`ClientRequest::Immediate`] itself, proposes [`ClientRequest::Write`] through the log, and serves
+//! [`ClientRequest::Read`] as a linearizable read. Command names are case-insensitive; column family
+//! names are not (as in TiKV).
+//!
+//! `REQ client-id seq` may prefix any data command. On a write it becomes the session tag; on a read
+//! it is accepted and dropped, since a read is safe to retry without one. Before a connection command
+//! (PING, INFO, CLIENT, ...) or another `REQ` it is an error.
+
+use super::command::{ColumnFamily, Command, SessionTag};
+use super::resp::{Reply, MAX_ARG_BYTES};
+
+/// Largest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 64 * 1024;
+/// Largest `limit` a RAWSCAN may ask for, in pairs; a larger one is refused, not cut.
+pub const MAX_SCAN_LIMIT_PAIRS: u64 = 10_000;
+/// Longest part of a refused command's name or arguments quoted back in an error, in bytes.
+const MAX_QUOTED_BYTES: usize = 128;
+
+/// A parsed client request: what the front end must do with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientRequest {
+    /// `PING [msg]`: answer `+PONG`, or the message as a bulk string.
+    Ping(Option<Vec<u8>>),
+    /// `QUIT`: answer `+OK`, then close the connection.
+    Quit,
+    /// `INFO [section]`: answer this replica's view as bulk text (section lowercased).
+    Info(Option<String>),
+    /// A write to propose through the log, with its exactly-once tag if the client sent `REQ`.
+    Write {
+        /// The `REQ client-id seq` tag, if any.
+        session: Option<SessionTag>,
+        /// The state-changing command.
+        command: Command,
+    },
+    /// A linearizable read.
+    Read {
+        /// The read-only command.
+        command: Command,
+    },
+    /// A connection command whose answer is known without the replica (ECHO, SELECT, CLIENT SETINFO,
+    /// CLIENT SETNAME, HELLO, COMMAND, CONFIG GET): write this reply.
+    Immediate(Reply),
+}
+
+/// Why a request was refused; `Display` is the Redis error line, code first.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// No arguments at all.
+    #[error("ERR empty command")]
+    Empty,
+    /// A command this server does not know.
+    #[error("ERR unknown command '{name}', with args beginning with: {args}")]
+    UnknownCommand {
+        /// The name as sent (truncated).
+        name: String,
+        /// The first arguments, each quoted and followed by a space (truncated).
+        args: String,
+    },
+    /// A subcommand this server does not know.
+    #[error("ERR unknown subcommand '{subcommand}'. Try {command} HELP.")]
+    UnknownSubcommand {
+        /// The command, upper case.
+        command: String,
+        /// The subcommand as sent (truncated).
+        subcommand: String,
+    },
+    /// Too few or too many arguments for the command (named in lower case).
+    #[error("ERR wrong number of arguments for '{0}' command")]
+    WrongArity(String),
+    /// Arguments the command does not take.
+    #[error("ERR syntax error")]
+    Syntax,
+    /// A key over [`MAX_KEY_BYTES`].
+    #[error("ERR key too large (max {} bytes)", MAX_KEY_BYTES)]
+    KeyTooLarge,
+    /// A value over [`MAX_ARG_BYTES`].
+    #[error("ERR value too large (max {} bytes)", MAX_ARG_BYTES)]
+    ValueTooLarge,
+    /// A column family name that is not `default`, `write` or `lock`.
+    #[error("ERR unknown column family '{0}'")]
+    UnknownColumnFamily(String),
+    /// An argument that should be a non-negative integer in range.
+    #[error("ERR value is not an integer or out of range")]
+    NotAnInteger,
+    /// A RAWSCAN limit over [`MAX_SCAN_LIMIT_PAIRS`].
+    #[error("ERR scan limit too large (max {} pairs)", MAX_SCAN_LIMIT_PAIRS)]
+    ScanLimitTooLarge,
+    /// SELECT of a database other than 0.
+    #[error("ERR DB index is out of range")]
+    DbIndexOutOfRange,
+    /// A malformed `REQ client-id seq` prefix.
+    #[error("ERR {0}")]
+    Session(String),
+}
+
+impl RequestError {
+    /// The error reply to send for this refusal.
+    pub fn to_reply(&self) -> Reply {
+        Reply::Error(self.to_string())
+    }
+}
+
+/// Parses the arguments of one request (command name first) into a typed request.
+pub fn parse_client_request(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
+    let mut args = args.into_iter();
+    let name = args.next().ok_or(RequestError::Empty)?;
+    let rest: Vec<Vec<u8>> = args.collect();
+    if name.eq_ignore_ascii_case(b"REQ") {
+        parse_session(rest)
+    } else {
+        parse_command(name, rest)
+    }
+}
+
+/// `REQ client-id seq command args...`.
+fn parse_session(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
+    let mut args = args.into_iter();
+    let (Some(client_id), Some(seq), Some(name)) = (args.next(), args.next(), args.next()) else {
+        return Err(RequestError::Session("REQ must be followed by client-id, seq and a command".into()));
+    };
+    let client_id = parse_u64(&client_id)
+        .ok_or_else(|| RequestError::Session("REQ client-id is not an unsigned 64-bit integer".into()))?;
+    let seq = parse_u64(&seq)
+        .ok_or_else(|| RequestError::Session("REQ seq is not an unsigned 64-bit integer".into()))?;
+    if name.eq_ignore_ascii_case(b"REQ") {
+        return Err(RequestError::Session("REQ cannot be nested".into()));
+    }
+    let lower_name = String::from_utf8_lossy(&name).to_ascii_lowercase();
+    match parse_command(name, args.collect())? {
+        ClientRequest::Write { command, .. } => {
+            Ok(ClientRequest::Write { session: Some(SessionTag { client_id, seq }), command })
+        }
+        read @ ClientRequest::Read { .. } => Ok(read),
+        _ => Err(RequestError::Session(format!("REQ can only prefix a data command, not '{lower_name}'"))),
+    }
+}
+
+fn parse_command(name: Vec<u8>, args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
+    let upper = name.to_ascii_uppercase();
+    let lower = String::from_utf8_lossy(&name).to_ascii_lowercase();
+    let arity = |min: usize, max: Option<usize>| {
+        if args.len() < min || max.is_some_and(|max| args.len() > max) {
+            Err(RequestError::WrongArity(lower.clone()))
+        } else {
+            Ok(())
+        }
+    };
+    match upper.as_slice() {
+        b"PING" => {
+            arity(0, Some(1))?;
+            Ok(ClientRequest::Ping(args.into_iter().next()))
+        }
+        b"QUIT" => Ok(ClientRequest::Quit),
+        b"INFO" => {
+            arity(0, Some(1))?;
+            Ok(ClientRequest::Info(
+                args.into_iter().next().map(|section| String::from_utf8_lossy(&section).to_ascii_lowercase()),
+            ))
+        }
+        b"ECHO" => {
+            arity(1, Some(1))?;
+            let [message]: [Vec<u8>; 1] = take(args)?;
+            Ok(ClientRequest::Immediate(Reply::Bulk(Some(message))))
+        }
+        b"GET" => {
+            arity(1, Some(1))?;
+            let [key] = take(args)?;
+            Ok(read(Command::Get { cf: ColumnFamily::Default, key: check_key(key)? }))
+        }
+        b"SET" => {
+            arity(2, None)?;
+            if args.len() > 2 {
+                return Err(RequestError::Syntax);
+            }
+            let [key, value] = take(args)?;
+            Ok(write(Command::Put {
+                cf: ColumnFamily::Default,
+                key: check_key(key)?,
+                value: check_value(value)?,
+            }))
+        }
+        b"APPEND" => {
+            arity(2, Some(2))?;
+            let [key, value] = take(args)?;
+            Ok(write(Command::Append { key: check_key(key)?, value: check_value(value)? }))
+        }
+        b"DEL" => {
+            arity(1, None)?;
+            Ok(write(Command::Delete { cf: ColumnFamily::Default, keys: check_keys(args)? }))
+        }
+        b"EXISTS" => {
+            arity(1, None)?;
+            Ok(read(Command::Exists { keys: check_keys(args)? }))
+        }
+        b"RAWGET" => {
+            arity(2, Some(2))?;
+            let [cf, key] = take(args)?;
+            Ok(read(Command::Get { cf: column_family(&cf)?, key: check_key(key)? }))
+        }
+        b"RAWPUT" => {
+            arity(3, Some(3))?;
+            let [cf, key, value] = take(args)?;
+            Ok(write(Command::Put {
+                cf: column_family(&cf)?,
+                key: check_key(key)?,
+                value: check_value(value)?,
+            }))
+        }
+        b"RAWDELETE" => {
+            arity(2, Some(2))?;
+            let [cf, key] = take(args)?;
+            Ok(write(Command::Delete { cf: column_family(&cf)?, keys: vec![check_key(key)?] }))
+        }
+        b"RAWSCAN" => {
+            arity(3, Some(3))?;
+            let [cf, start, limit] = take(args)?;
+            let cf = column_family(&cf)?;
+            let start = check_key(start)?;
+            let limit = parse_u64(&limit).ok_or(RequestError::NotAnInteger)?;
+            if limit > MAX_SCAN_LIMIT_PAIRS {
+                return Err(RequestError::ScanLimitTooLarge);
+            }
+            Ok(read(Command::Scan { cf, start, limit }))
+        }
+        b"SELECT" => {
+            arity(1, Some(1))?;
+            let [db] = take(args)?;
+            match parse_u64(&db) {
+                Some(0) => Ok(ClientRequest::Immediate(Reply::ok())),
+                Some(_) => Err(RequestError::DbIndexOutOfRange),
+                None => Err(RequestError::NotAnInteger),
+            }
+        }
+        b"CLIENT" => parse_client_subcommand(args),
+        b"HELLO" => parse_hello(args),
+        b"COMMAND" => Ok(ClientRequest::Immediate(match args.first() {
+            Some(sub) if sub.eq_ignore_ascii_case(b"COUNT") => Reply::Integer(COMMAND_NAMES.len() as i64),
+            // Clients (redis-cli) only use COMMAND for hints; an empty list means "none".
+            _ => Reply::Array(Some(Vec::new())),
+        })),
+        b"CONFIG" => parse_config(args),
+        _ => Err(unknown_command(&name, &args)),
+    }
+}
+
+/// Every command name this module accepts (what `COMMAND COUNT` counts).
+const COMMAND_NAMES: [&str; 19] = [
+    "append",
+    "client",
+    "command",
+    "config",
+    "del",
+    "echo",
+    "exists",
+    "get",
+    "hello",
+    "info",
+    "ping",
+    "quit",
+    "rawdelete",
+    "rawget",
+    "rawput",
+    "rawscan",
+    "req",
+    "select",
+    "set",
+];
+
+fn parse_client_subcommand(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
+    let Some(sub) = args.first() else { return Err(RequestError::WrongArity("client".into())) };
+    let upper = sub.to_ascii_uppercase();
+    match upper.as_slice() {
+        b"SETINFO" if args.len() == 3 => Ok(ClientRequest::Immediate(Reply::ok())),
+        b"SETNAME" if args.len() == 2 => Ok(ClientRequest::Immediate(Reply::ok())),
+        b"SETINFO" => Err(RequestError::WrongArity("client|setinfo".into())),
+        b"SETNAME" => Err(RequestError::WrongArity("client|setname".into())),
+        _ => Err(RequestError::UnknownSubcommand { command: "CLIENT".into(), subcommand: quote(sub) }),
+    }
+}
+
+/// HELLO: this server speaks RESP2 only, so protocol 3 is refused with `-NOPROTO` as Redis does.
+fn parse_hello(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
+    if let Some(version) = args.first() {
+        match parse_u64(version) {
+            Some(2) => {}
+            Some(_) => {
+                return Ok(ClientRequest::Immediate(Reply::Error(
+                    "NOPROTO unsupported protocol version".into(),
+                )))
+            }
+            None => return Err(RequestError::NotAnInteger),
+        }
+    }
+    let text = |s: &str| Reply::bulk(s.as_bytes().to_vec());
+    Ok(ClientRequest::Immediate(Reply::Array(Some(vec![
+        text("server"),
+        text("quorumkv"),
+        text("version"),
+        text(env!("CARGO_PKG_VERSION")),
+        text("proto"),
+        Reply::Integer(2),
+        text("mode"),
+        text("standalone"),
+        text("modules"),
+        Reply::Array(Some(Vec::new())),
+    ]))))
+}
+
+/// CONFIG GET: the two parameters redis-benchmark asks for, with the values that describe this
+/// server (no RDB saves, no AOF); any other parameter matches nothing.
+fn parse_config(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
+    let Some(sub) = args.first() else { return Err(RequestError::WrongArity("config".into())) };
+    if !sub.eq_ignore_ascii_case(b"GET") {
+        return Err(RequestError::UnknownSubcommand { command: "CONFIG".into(), subcommand: quote(sub) });
+    }
+    if args.len() < 2 {
+        return Err(RequestError::WrongArity("config|get".into()));
+    }
+    let mut pairs = Vec::new();
+    for parameter in &args[1..] {
+        let value: &[u8] = match parameter.to_ascii_lowercase().as_slice() {
+            b"save" => b"",
+            b"appendonly" => b"no",
+            _ => continue,
+        };
+        pairs.push(Reply::bulk(parameter.to_ascii_lowercase()));
+        pairs.push(Reply::bulk(value.to_vec()));
+    }
+    Ok(ClientRequest::Immediate(Reply::Array(Some(pairs))))
+}
+
+fn read(command: Command) -> ClientRequest {
+    ClientRequest::Read { command }
+}
+
+fn write(command: Command) -> ClientRequest {
+    ClientRequest::Write { session: None, command }
+}
+
+/// Moves exactly N arguments out; callers check arity first, so the error cannot happen.
+fn take<const N: usize>(args: Vec<Vec<u8>>) -> Result<[Vec<u8>; N], RequestError> {
+    <[Vec<u8>; N]>::try_from(args).map_err(|_| RequestError::Syntax)
+}
+
+fn check_key(key: Vec<u8>) -> Result<Vec<u8>, RequestError> {
+    if key.len() > MAX_KEY_BYTES {
+        Err(RequestError::KeyTooLarge)
+    } else {
+        Ok(key)
+    }
+}
+
+fn check_keys(keys: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, RequestError> {
+    keys.into_iter().map(check_key).collect()
+}
+
+fn check_value(value: Vec<u8>) -> Result<Vec<u8>, RequestError> {
+    if value.len() > MAX_ARG_BYTES {
+        Err(RequestError::ValueTooLarge)
+    } else {
+        Ok(value)
+    }
+}
+
+fn column_family(name: &[u8]) -> Result<ColumnFamily, RequestError> {
+    ColumnFamily::from_name(name).ok_or_else(|| RequestError::UnknownColumnFamily(quote(name)))
+}
+
+/// Parses an unsigned 64-bit decimal: digits only, no sign, no spaces.
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Bytes quoted back to the client: at most [`MAX_QUOTED_BYTES`], control bytes as `?`.
+fn quote(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(MAX_QUOTED_BYTES)];
+    String::from_utf8_lossy(cut).chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// Redis's unknown-command error: the name, then the first arguments until about 128 bytes.
+fn unknown_command(name: &[u8], args: &[Vec<u8>]) -> RequestError {
+    let mut quoted_args = String::new();
+    for arg in args {
+        if quoted_args.len() >= MAX_QUOTED_BYTES {
+            break;
+        }
+        let room = MAX_QUOTED_BYTES - quoted_args.len();
+        quoted_args.push_str(&format!("'{}' ", quote(&arg[..arg.len().min(room)])));
+    }
+    RequestError::UnknownCommand { name: quote(name), args: quoted_args }
+}
+
+/// The multibulk arguments that send `command` (with its `REQ` prefix if `session` is set).
+///
+/// Fails only for a delete of other than one key outside the default family, which no single
+/// command expresses (RAWDELETE takes one key).
+pub fn encode_command(session: Option<SessionTag>, command: &Command) -> Result<Vec<Vec<u8>>, RequestError> {
+    let mut args: Vec<Vec<u8>> = Vec::new();
+    if let Some(tag) = session {
+        args.push(b"REQ".to_vec());
+        args.push(tag.client_id.to_string().into_bytes());
+        args.push(tag.seq.to_string().into_bytes());
+    }
+    let cf_name = |cf: ColumnFamily| cf.name().as_bytes().to_vec();
+    match command {
+        Command::Get { cf: ColumnFamily::Default, key } => args.extend([b"GET".to_vec(), key.clone()]),
+        Command::Get { cf, key } => args.extend([b"RAWGET".to_vec(), cf_name(*cf), key.clone()]),
+        Command::Put { cf: ColumnFamily::Default, key, value } => {
+            args.extend([b"SET".to_vec(), key.clone(), value.clone()])
+        }
+        Command::Put { cf, key, value } => {
+            args.extend([b"RAWPUT".to_vec(), cf_name(*cf), key.clone(), value.clone()])
+        }
+        Command::Append { key, value } => args.extend([b"APPEND".to_vec(), key.clone(), value.clone()]),
+        Command::Delete { cf: ColumnFamily::Default, keys } => {
+            args.push(b"DEL".to_vec());
+            args.extend(keys.iter().cloned());
+        }
+        Command::Delete { cf, keys } => match keys.as_slice() {
+            [key] => args.extend([b"RAWDELETE".to_vec(), cf_name(*cf), key.clone()]),
+            _ => return Err(RequestError::WrongArity("rawdelete".into())),
+        },
+        Command::Exists { keys } => {
+            args.push(b"EXISTS".to_vec());
+            args.extend(keys.iter().cloned());
+        }
+        Command::Scan { cf, start, limit } => {
+            args.extend([b"RAWSCAN".to_vec(), cf_name(*cf), start.clone(), limit.to_string().into_bytes()])
+        }
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<ClientRequest, RequestError> {
+        let args = crate::protocol::resp::split_inline_args(line.as_bytes()).expect("test line splits");
+        parse_client_request(args)
+    }
+
+    fn error_line(line: &str) -> String {
+        parse(line).expect_err(line).to_string()
+    }
+
+    #[test]
+    fn data_commands_map_to_commands() {
+        let default = ColumnFamily::Default;
+        let cases: Vec<(&str, ClientRequest)> = vec![
+            ("get k", read(Command::Get { cf: default, key: b"k".to_vec() })),
+            ("SeT k v", write(Command::Put { cf: default, key: b"k".to_vec(), value: b"v".to_vec() })),
+            ("APPEND k v", write(Command::Append { key: b"k".to_vec(), value: b"v".to_vec() })),
+            ("DEL a b", write(Command::Delete { cf: default, keys: vec![b"a".to_vec(), b"b".to_vec()] })),
+            ("EXISTS a a", read(Command::Exists { keys: vec![b"a".to_vec(), b"a".to_vec()] })),
+            ("RAWGET lock k", read(Command::Get { cf: ColumnFamily::Lock, key: b"k".to_vec() })),
+            (
+                "RAWPUT write k v",
+                write(Command::Put { cf: ColumnFamily::Write, key: b"k".to_vec(), value: b"v".to_vec() }),
+            ),
+            ("RAWDELETE default k", write(Command::Delete { cf: default, keys: vec![b"k".to_vec()] })),
+            (
+                "rawscan write a 10",
+                read(Command::Scan { cf: ColumnFamily::Write, start: b"a".to_vec(), limit: 10 }),
+            ),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(parse(line), Ok(expected), "{line}");
+        }
+    }
+
+    #[test]
+    fn local_commands_are_answered_locally() {
+        assert_eq!(parse("ping"), Ok(ClientRequest::Ping(None)));
+        assert_eq!(parse("PING hi"), Ok(ClientRequest::Ping(Some(b"hi".to_vec()))));
+        assert_eq!(parse("quit"), Ok(ClientRequest::Quit));
+        assert_eq!(parse("INFO Replication"), Ok(ClientRequest::Info(Some("replication".into()))));
+        assert_eq!(parse("ECHO x"), Ok(ClientRequest::Immediate(Reply::bulk(b"x".to_vec()))));
+        assert_eq!(parse("SELECT 0"), Ok(ClientRequest::Immediate(Reply::ok())));
+        assert_eq!(parse("client setinfo lib-name redis-rs"), Ok(ClientRequest::Immediate(Reply::ok())));
+        assert_eq!(parse("CLIENT SETNAME me"), Ok(ClientRequest::Immediate(Reply::ok())));
+        assert_eq!(parse("COMMAND DOCS"), Ok(ClientRequest::Immediate(Reply::Array(Some(vec![])))));
+        assert_eq!(
+            parse("HELLO 3"),
+            Ok(ClientRequest::Immediate(Reply::Error("NOPROTO unsupported protocol version".into())))
+        );
+        assert!(matches!(parse("HELLO 2"), Ok(ClientRequest::Immediate(Reply::Array(Some(_))))));
+        assert!(matches!(parse("HELLO"), Ok(ClientRequest::Immediate(Reply::Array(Some(_))))));
+        assert_eq!(parse("HELLO two"), Err(RequestError::NotAnInteger));
+        assert_eq!(
+            parse("command count"),
+            Ok(ClientRequest::Immediate(Reply::Integer(COMMAND_NAMES.len() as i64)))
+        );
+        assert_eq!(
+            parse("CONFIG GET save"),
+            Ok(ClientRequest::Immediate(Reply::Array(Some(vec![
+                Reply::bulk(b"save".to_vec()),
+                Reply::bulk(b"".to_vec())
+            ]))))
+        );
+        assert_eq!(parse("CONFIG GET maxmemory"), Ok(ClientRequest::Immediate(Reply::Array(Some(vec![])))));
+    }
+
+    #[test]
+    fn errors_render_like_redis() {
+        assert_eq!(error_line("FOO a b"), "ERR unknown command 'FOO', with args beginning with: 'a' 'b' ");
+        assert_eq!(error_line("GET"), "ERR wrong number of arguments for 'get' command");
+        assert_eq!(error_line("get a b"), "ERR wrong number of arguments for 'get' command");
+        assert_eq!(error_line("RAWGET nope k"), "ERR unknown column family 'nope'");
+        assert_eq!(error_line("RAWGET Default k"), "ERR unknown column family 'Default'");
+        assert_eq!(error_line("RAWSCAN default a -1"), "ERR value is not an integer or out of range");
+        assert_eq!(error_line("RAWSCAN default a 10001"), "ERR scan limit too large (max 10000 pairs)");
+        assert_eq!(error_line("SELECT 1"), "ERR DB index is out of range");
+        assert_eq!(error_line("SET k v EX 10"), "ERR syntax error");
+        assert_eq!(error_line("CLIENT KILL x"), "ERR unknown subcommand 'KILL'. Try CLIENT HELP.");
+        assert_eq!(parse_client_request(vec![]), Err(RequestError::Empty));
+    }
+
+    #[test]
+    fn unknown_command_quotes_at_most_about_128_bytes() {
+        let long = "x".repeat(300);
+        let message = error_line(&format!("{long} {long} {long}"));
+        assert!(message.len() < 400, "{message}");
+    }
+
+    #[test]
+    fn key_and_value_limits() {
+        let key = vec![b'k'; MAX_KEY_BYTES + 1];
+        for args in [
+            vec![b"GET".to_vec(), key.clone()],
+            vec![b"SET".to_vec(), key.clone(), b"v".to_vec()],
+            vec![b"DEL".to_vec(), b"ok".to_vec(), key.clone()],
+            vec![b"RAWSCAN".to_vec(), b"default".to_vec(), key.clone(), b"1".to_vec()],
+        ] {
+            assert_eq!(parse_client_request(args), Err(RequestError::KeyTooLarge));
+        }
+        let fits = vec![b"GET".to_vec(), vec![b'k'; MAX_KEY_BYTES]];
+        assert!(parse_client_request(fits).is_ok());
+        let value = vec![b'v'; MAX_ARG_BYTES + 1];
+        assert_eq!(
+            parse_client_request(vec![b"SET".to_vec(), b"k".to_vec(), value]),
+            Err(RequestError::ValueTooLarge)
+        );
+        assert_eq!(RequestError::KeyTooLarge.to_string(), "ERR key too large (max 65536 bytes)");
+    }
+
+    #[test]
+    fn req_prefix_tags_writes_and_is_dropped_on_reads() {
+        let tag = SessionTag { client_id: 8812, seq: 17 };
+        assert_eq!(
+            parse("REQ 8812 17 SET k v"),
+            Ok(ClientRequest::Write {
+                session: Some(tag),
+                command: Command::Put { cf: ColumnFamily::Default, key: b"k".to_vec(), value: b"v".to_vec() }
+            })
+        );
+        assert_eq!(
+            parse("req 1 2 GET k"),
+            Ok(read(Command::Get { cf: ColumnFamily::Default, key: b"k".to_vec() }))
+        );
+        assert_eq!(
+            parse("REQ 18446744073709551615 0 DEL k"),
+            Ok(ClientRequest::Write {
+                session: Some(SessionTag { client_id: u64::MAX, seq: 0 }),
+                command: Command::Delete { cf: ColumnFamily::Default, keys: vec![b"k".to_vec()] }
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_req_prefixes_are_refused() {
+        for line in [
+            "REQ",
+            "REQ 1 2",
+            "REQ x 2 SET k v",
+            "REQ 1 -2 SET k v",
+            "REQ 18446744073709551616 1 SET k v",
+            "REQ 1 2 REQ 1 2 SET k v",
+            "REQ 1 2 PING",
+        ] {
+            assert!(matches!(parse(line), Err(RequestError::Session(_))), "{line}");
+        }
+        assert_eq!(error_line("REQ 1 2 GET"), "ERR wrong number of arguments for 'get' command");
+        assert_eq!(error_line("REQ 1 2 REQ 3 4 GET k"), "ERR REQ cannot be nested");
+    }
+
+    #[test]
+    fn encoded_commands_parse_back() {
+        let tag = Some(SessionTag { client_id: 3, seq: 9 });
+        let commands = [
+            Command::Get { cf: ColumnFamily::Default, key: b"k".to_vec() },
+            Command::Get { cf: ColumnFamily::Lock, key: b"k".to_vec() },
+            Command::Put { cf: ColumnFamily::Default, key: b"k".to_vec(), value: b"\x00\r\n".to_vec() },
+            Command::Put { cf: ColumnFamily::Write, key: b"k".to_vec(), value: b"v".to_vec() },
+            Command::Append { key: b"k".to_vec(), value: b"v".to_vec() },
+            Command::Delete { cf: ColumnFamily::Default, keys: vec![b"a".to_vec(), b"b".to_vec()] },
+            Command::Delete { cf: ColumnFamily::Lock, keys: vec![b"a".to_vec()] },
+            Command::Exists { keys: vec![b"a".to_vec()] },
+            Command::Scan { cf: ColumnFamily::Default, start: b"".to_vec(), limit: 5 },
+        ];
+        for command in commands {
+            let args = encode_command(tag, &command).expect("encodable");
+            let expected = if command.is_write() {
+                ClientRequest::Write { session: tag, command: command.clone() }
+            } else {
+                ClientRequest::Read { command: command.clone() }
+            };
+            assert_eq!(parse_client_request(args), Ok(expected), "{command:?}");
+        }
+        let multi = Command::Delete { cf: ColumnFamily::Lock, keys: vec![b"a".to_vec(), b"b".to_vec()] };
+        assert!(encode_command(None, &multi).is_err());
+    }
+}

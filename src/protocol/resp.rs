@@ -1,0 +1,837 @@
+//! RESP2, the Redis protocol: the request parser, the reply type with its encoder and parser, and a
+//! redis-cli style reply formatter.
+//!
+//! # Requests
+//!
+//! A request is either a multibulk array (`*N\r\n$len\r\nbytes\r\n...`) or an inline command (a line
+//! ending in CRLF or LF alone, split by [`split_inline_args`] with redis-cli's quoting rules). A buffer
+//! whose first byte is `*` is a multibulk; anything else is inline, as in Redis.
+//!
+//! The parser works on the bytes buffered so far and never allocates from an untrusted length: a bulk
+//! length only decides how many buffered bytes to look at, and arguments are copied once present.
+//!
+//! # Limits and staying in sync
+//!
+//! Each limit is answered so that the connection is kept whenever the parser can tell where the
+//! offending request ends ([`ParseOutcome::LimitError`]: reply `-ERR message`, drop `consumed` bytes,
+//! go on), and closed only when it cannot ([`ParseOutcome::Fatal`]):
+//!
+//! - An inline line over [`MAX_LINE_BYTES`] whose newline is buffered: `LimitError` covering the line
+//!   (reported as soon as the line passes the limit and its newline is present).
+//! - An inline line over [`MAX_LINE_BYTES`] whose newline has not arrived: with a [`RequestParser`],
+//!   `LimitError` at once (so the buffer stays bounded) and the parser then discards bytes up to and
+//!   including the next newline ([`ParseOutcome::Skipped`]); the stateless [`parse_request`] has no
+//!   memory to do that and answers `Fatal`.
+//! - A multibulk header line (`*N` or `$len`) over [`MAX_LINE_BYTES`], not CRLF-terminated, or not an
+//!   integer: `Fatal` (the array structure is lost).
+//! - A negative bulk length: a nil has no payload, so the request's end is known: `LimitError`
+//!   covering the whole request once all its elements are buffered.
+//! - A bulk length over [`MAX_ARG_BYTES`] but at most [`MAX_BULK_LEN_BYTES`]: the request is buffered
+//!   to its end (without copying the oversized argument) and answered with `LimitError` covering it.
+//! - A bulk length over [`MAX_BULK_LEN_BYTES`], or a multibulk whose declared size passes
+//!   [`MAX_REQUEST_BYTES`]: `Fatal`, as Redis does, since the parser will not buffer that much.
+//! - More than [`MAX_ARGS`] arguments (the command name and a `REQ` prefix count): `LimitError`
+//!   covering the whole request, for up to [`MAX_MULTIBULK_LEN`] elements; above that `Fatal`.
+//! - Unbalanced quotes in an inline line: `LimitError` covering the line.
+//!
+//! A blank inline line and an empty multibulk (`*0`, `*-1`) are skipped without a reply.
+//!
+//! The parser keeps no progress between calls: each call re-reads the headers of a multibulk that is
+//! still arriving (not its payloads, which it jumps over). [`MAX_MULTIBULK_LEN`] bounds that work.
+
+use std::fmt::Write as _;
+
+use super::command::CommandResult;
+
+/// Longest request line (an inline command or a multibulk header), in bytes, not counting CRLF.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Largest single argument (a value, key or name), in bytes.
+pub const MAX_ARG_BYTES: usize = 16 * 1024 * 1024;
+/// Most arguments in one request, the command name (and any `REQ` prefix) included.
+pub const MAX_ARGS: usize = 1024;
+/// Largest bulk length the parser will buffer past in order to answer with `-ERR` and keep the
+/// connection, in bytes; a larger one closes the connection.
+pub const MAX_BULK_LEN_BYTES: usize = 32 * 1024 * 1024;
+/// Most elements of a multibulk the parser will read past in order to answer with `-ERR` and keep the
+/// connection; more closes the connection.
+pub const MAX_MULTIBULK_LEN: usize = 16 * 1024;
+/// Largest declared size of one multibulk request, headers included, in bytes; above closes the
+/// connection. Fits [`MAX_ARGS`] keys of 64 KiB.
+pub const MAX_REQUEST_BYTES: usize = 80 * 1024 * 1024;
+/// Longest status, error or integer line in a reply, in bytes.
+pub const MAX_REPLY_LINE_BYTES: usize = 64 * 1024;
+/// Largest bulk string in a reply, in bytes.
+pub const MAX_REPLY_BULK_BYTES: usize = 512 * 1024 * 1024;
+/// Most elements of one reply array.
+pub const MAX_REPLY_ARRAY_LEN: usize = 1024 * 1024;
+/// Deepest nesting of reply arrays.
+pub const MAX_REPLY_DEPTH: usize = 32;
+
+/// What [`parse_request`] or [`RequestParser::parse`] found at the start of the buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParseOutcome {
+    /// No whole request yet: keep the bytes and call again when more arrive.
+    Incomplete,
+    /// One request: its arguments (never empty) and how many bytes it took.
+    Request {
+        /// The arguments, command name first.
+        args: Vec<Vec<u8>>,
+        /// Bytes of the buffer this request took.
+        consumed: usize,
+    },
+    /// Bytes to drop without a reply (blank lines, empty arrays, the rest of a line already refused).
+    Skipped {
+        /// Bytes of the buffer to drop.
+        consumed: usize,
+    },
+    /// A request broke a limit or was malformed but the stream is still in sync: reply
+    /// `-ERR message`, drop `consumed` bytes and go on.
+    LimitError {
+        /// The error text without the `ERR` code.
+        message: String,
+        /// Bytes of the buffer to drop (never more than the buffer holds).
+        consumed: usize,
+    },
+    /// Bytes that cannot be parsed: reply `-ERR message` and close the connection.
+    Fatal(String),
+}
+
+/// Parses the first request in `buf` without memory between calls (see [`RequestParser`]).
+pub fn parse_request(buf: &[u8]) -> ParseOutcome {
+    match parse_raw(buf) {
+        Raw::Outcome(outcome) => outcome,
+        Raw::LineTooLongUnterminated => ParseOutcome::Fatal(line_too_long_message()),
+    }
+}
+
+/// An incremental request parser that can discard the rest of an over-long inline line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestParser {
+    /// True after an over-long line was refused before its newline arrived: bytes up to and including
+    /// the next newline belong to it and are dropped.
+    discarding_line: bool,
+}
+
+impl RequestParser {
+    /// A parser at the start of a stream.
+    pub fn new() -> RequestParser {
+        RequestParser::default()
+    }
+
+    /// Parses the first request in `buf`, the bytes buffered after everything consumed so far.
+    pub fn parse(&mut self, buf: &[u8]) -> ParseOutcome {
+        if self.discarding_line {
+            return match buf.iter().position(|&b| b == b'\n') {
+                Some(newline) => {
+                    self.discarding_line = false;
+                    ParseOutcome::Skipped { consumed: newline + 1 }
+                }
+                None if buf.is_empty() => ParseOutcome::Incomplete,
+                None => ParseOutcome::Skipped { consumed: buf.len() },
+            };
+        }
+        match parse_raw(buf) {
+            Raw::Outcome(outcome) => outcome,
+            Raw::LineTooLongUnterminated => {
+                self.discarding_line = true;
+                ParseOutcome::LimitError { message: line_too_long_message(), consumed: buf.len() }
+            }
+        }
+    }
+}
+
+/// The parser's result before the caller's choice of what to do with an unterminated long line.
+enum Raw {
+    Outcome(ParseOutcome),
+    LineTooLongUnterminated,
+}
+
+fn line_too_long_message() -> String {
+    format!("Protocol error: request line too long (max {MAX_LINE_BYTES} bytes)")
+}
+
+fn too_many_args_message() -> String {
+    format!("too many arguments (max {MAX_ARGS})")
+}
+
+fn parse_raw(buf: &[u8]) -> Raw {
+    match buf.first() {
+        None => Raw::Outcome(ParseOutcome::Incomplete),
+        Some(b'*') => Raw::Outcome(parse_multibulk(buf)),
+        Some(_) => parse_inline(buf),
+    }
+}
+
+/// Where a line ends, looking at most `max_line_bytes` + CRLF bytes ahead of `start`.
+enum LineEnd {
+    /// The index of the line's `\n`.
+    Found(usize),
+    /// No newline yet, and the line is still within the limit.
+    Incomplete,
+    /// No newline within the limit.
+    TooLong,
+}
+
+fn find_line_end(buf: &[u8], start: usize, max_line_bytes: usize) -> LineEnd {
+    let rest = buf.get(start..).unwrap_or_default();
+    let window = rest.len().min(max_line_bytes + 2);
+    match rest[..window].iter().position(|&b| b == b'\n') {
+        Some(offset) => LineEnd::Found(start + offset),
+        None if rest.len() >= max_line_bytes + 2 => LineEnd::TooLong,
+        None => LineEnd::Incomplete,
+    }
+}
+
+fn parse_inline(buf: &[u8]) -> Raw {
+    let newline = match find_line_end(buf, 0, MAX_LINE_BYTES) {
+        LineEnd::Found(newline) => newline,
+        LineEnd::Incomplete => return Raw::Outcome(ParseOutcome::Incomplete),
+        LineEnd::TooLong => {
+            // The line is refused either way; if its end is already buffered, only it is dropped.
+            return match buf.iter().position(|&b| b == b'\n') {
+                Some(newline) => Raw::Outcome(ParseOutcome::LimitError {
+                    message: line_too_long_message(),
+                    consumed: newline + 1,
+                }),
+                None => Raw::LineTooLongUnterminated,
+            };
+        }
+    };
+    let consumed = newline + 1;
+    let mut line = &buf[..newline];
+    if let Some(stripped) = line.strip_suffix(b"\r") {
+        line = stripped;
+    }
+    let outcome = if line.len() > MAX_LINE_BYTES {
+        ParseOutcome::LimitError { message: line_too_long_message(), consumed }
+    } else {
+        match split_inline_args(line) {
+            Err(message) => {
+                ParseOutcome::LimitError { message: format!("Protocol error: {message}"), consumed }
+            }
+            Ok(args) if args.is_empty() => ParseOutcome::Skipped { consumed },
+            Ok(args) if args.len() > MAX_ARGS => {
+                ParseOutcome::LimitError { message: too_many_args_message(), consumed }
+            }
+            Ok(args) => ParseOutcome::Request { args, consumed },
+        }
+    };
+    Raw::Outcome(outcome)
+}
+
+/// Reads a CRLF-terminated integer header at `start`: `Ok(None)` if incomplete, `Err` if malformed.
+fn read_header(buf: &[u8], start: usize, what: &str) -> Result<Option<(i64, usize)>, String> {
+    let newline = match find_line_end(buf, start, MAX_LINE_BYTES) {
+        LineEnd::Found(newline) => newline,
+        LineEnd::Incomplete => return Ok(None),
+        LineEnd::TooLong => return Err(format!("Protocol error: too big {what} header")),
+    };
+    let line = match buf[start..newline].strip_suffix(b"\r") {
+        Some(line) => line,
+        None => return Err(format!("Protocol error: {what} header not terminated by CRLF")),
+    };
+    match parse_i64(line) {
+        Some(value) => Ok(Some((value, newline + 1))),
+        None => Err(format!("Protocol error: invalid {what} length")),
+    }
+}
+
+/// Parses a decimal i64: an optional `-` then digits, nothing else.
+fn parse_i64(digits: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(digits).ok()?;
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn parse_multibulk(buf: &[u8]) -> ParseOutcome {
+    let (count, mut pos) = match read_header(buf, 1, "multibulk") {
+        Ok(Some(header)) => header,
+        Ok(None) => return ParseOutcome::Incomplete,
+        Err(message) => return ParseOutcome::Fatal(message),
+    };
+    if count <= 0 {
+        return ParseOutcome::Skipped { consumed: pos };
+    }
+    let count = match usize::try_from(count) {
+        Ok(count) if count <= MAX_MULTIBULK_LEN => count,
+        _ => return ParseOutcome::Fatal("Protocol error: invalid multibulk length".to_string()),
+    };
+    // The first limit broken; once set, arguments are read past but no longer copied.
+    let mut violation = (count > MAX_ARGS).then(too_many_args_message);
+    let mut args = Vec::new();
+    for _ in 0..count {
+        match buf.get(pos) {
+            None => return ParseOutcome::Incomplete,
+            Some(b'$') => {}
+            Some(&other) => {
+                return ParseOutcome::Fatal(format!(
+                    "Protocol error: expected '$', got '{}'",
+                    escape_bytes(&[other])
+                ))
+            }
+        }
+        let (len, data_start) = match read_header(buf, pos + 1, "bulk") {
+            Ok(Some(header)) => header,
+            Ok(None) => return ParseOutcome::Incomplete,
+            Err(message) => return ParseOutcome::Fatal(message),
+        };
+        if len < 0 {
+            // A nil carries no payload, so the request's end stays known.
+            violation.get_or_insert_with(|| "Protocol error: invalid bulk length (negative)".to_string());
+            pos = data_start;
+            continue;
+        }
+        let len = match usize::try_from(len) {
+            Ok(len) if len <= MAX_BULK_LEN_BYTES => len,
+            _ => return ParseOutcome::Fatal("Protocol error: invalid bulk length".to_string()),
+        };
+        let data_end = data_start + len;
+        if data_end + 2 > MAX_REQUEST_BYTES {
+            return ParseOutcome::Fatal(format!(
+                "Protocol error: request too large (max {MAX_REQUEST_BYTES} bytes)"
+            ));
+        }
+        if buf.len() < data_end + 2 {
+            return ParseOutcome::Incomplete;
+        }
+        if &buf[data_end..data_end + 2] != b"\r\n" {
+            return ParseOutcome::Fatal("Protocol error: bulk string not terminated by CRLF".to_string());
+        }
+        if len > MAX_ARG_BYTES {
+            violation.get_or_insert_with(|| format!("value too large (max {MAX_ARG_BYTES} bytes)"));
+        } else if violation.is_none() {
+            args.push(buf[data_start..data_end].to_vec());
+        }
+        pos = data_end + 2;
+    }
+    match violation {
+        Some(message) => ParseOutcome::LimitError { message, consumed: pos },
+        None => ParseOutcome::Request { args, consumed: pos },
+    }
+}
+
+/// Splits an inline command line into arguments with redis-cli's quoting rules (Redis
+/// `sdssplitargs`), or says why it cannot.
+///
+/// Unquoted words end at space, tab, CR or LF. In double quotes: `\n \r \t \b \a \\ \"` and `\xHH`
+/// escapes, any other `\c` is `c`. In single quotes only `\'` is an escape. A closing quote must be
+/// followed by whitespace or the end of the line.
+pub fn split_inline_args(line: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    const UNBALANCED: &str = "unbalanced quotes in request";
+    let mut args = Vec::new();
+    let mut pos = 0;
+    loop {
+        while line.get(pos).is_some_and(|b| is_space(*b)) {
+            pos += 1;
+        }
+        if pos >= line.len() {
+            return Ok(args);
+        }
+        let mut current = Vec::new();
+        let mut in_double = false;
+        let mut in_single = false;
+        loop {
+            let byte = line.get(pos).copied();
+            let next = line.get(pos + 1).copied();
+            if in_double {
+                match byte {
+                    None => return Err(UNBALANCED.to_string()),
+                    Some(b'\\') if next == Some(b'x') => {
+                        match (
+                            line.get(pos + 2).copied().and_then(hex),
+                            line.get(pos + 3).copied().and_then(hex),
+                        ) {
+                            (Some(high), Some(low)) => {
+                                current.push(high * 16 + low);
+                                pos += 3;
+                            }
+                            _ => {
+                                current.push(b'x');
+                                pos += 1;
+                            }
+                        }
+                    }
+                    Some(b'\\') if next.is_some() => {
+                        pos += 1;
+                        current.push(match next {
+                            Some(b'n') => b'\n',
+                            Some(b'r') => b'\r',
+                            Some(b't') => b'\t',
+                            Some(b'b') => 0x08,
+                            Some(b'a') => 0x07,
+                            Some(other) => other,
+                            None => b'\\',
+                        });
+                    }
+                    Some(b'"') => {
+                        if next.is_some_and(|b| !is_space(b)) {
+                            return Err(UNBALANCED.to_string());
+                        }
+                        pos += 1;
+                        break;
+                    }
+                    Some(other) => current.push(other),
+                }
+            } else if in_single {
+                match byte {
+                    None => return Err(UNBALANCED.to_string()),
+                    Some(b'\\') if next == Some(b'\'') => {
+                        pos += 1;
+                        current.push(b'\'');
+                    }
+                    Some(b'\'') => {
+                        if next.is_some_and(|b| !is_space(b)) {
+                            return Err(UNBALANCED.to_string());
+                        }
+                        pos += 1;
+                        break;
+                    }
+                    Some(other) => current.push(other),
+                }
+            } else {
+                match byte {
+                    None | Some(b' ' | b'\n' | b'\r' | b'\t') => break,
+                    Some(b'"') => in_double = true,
+                    Some(b'\'') => in_single = true,
+                    Some(other) => current.push(other),
+                }
+            }
+            pos += 1;
+        }
+        args.push(current);
+    }
+}
+
+/// C's `isspace`: space, tab, LF, vertical tab, form feed, CR.
+fn is_space(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+fn hex(byte: u8) -> Option<u8> {
+    (byte as char).to_digit(16).and_then(|digit| u8::try_from(digit).ok())
+}
+
+/// Encodes `args` as one multibulk request (what a client sends).
+pub fn encode_request<A: AsRef<[u8]>>(args: &[A], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for arg in args {
+        encode_bulk(arg.as_ref(), out);
+    }
+}
+
+fn encode_bulk(bytes: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("${}\r\n", bytes.len()).as_bytes());
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One RESP2 reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `+text`: a status line such as `OK` or `PONG`.
+    Simple(String),
+    /// `-CODE text`: an error line, its code (`ERR`, `NOTLEADER`, `TRYAGAIN`, ...) included.
+    Error(String),
+    /// `:n`.
+    Integer(i64),
+    /// `$len` and bytes, or `$-1` (nil).
+    Bulk(Option<Vec<u8>>),
+    /// `*n` and n replies, or `*-1` (nil array).
+    Array(Option<Vec<Reply>>),
+}
+
+impl Reply {
+    /// `+OK`.
+    pub fn ok() -> Reply {
+        Reply::Simple("OK".to_string())
+    }
+
+    /// `-ERR message`.
+    pub fn err(message: impl std::fmt::Display) -> Reply {
+        Reply::Error(format!("ERR {message}"))
+    }
+
+    /// A bulk string holding `bytes`.
+    pub fn bulk(bytes: impl Into<Vec<u8>>) -> Reply {
+        Reply::Bulk(Some(bytes.into()))
+    }
+
+    /// Appends the reply's RESP2 encoding to `out`.
+    ///
+    /// CR and LF in a status or error line become spaces, so a line can never split the stream.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        match self {
+            Reply::Simple(text) => encode_line(b'+', text, out),
+            Reply::Error(text) => encode_line(b'-', text, out),
+            Reply::Integer(n) => out.extend_from_slice(format!(":{n}\r\n").as_bytes()),
+            Reply::Bulk(None) => out.extend_from_slice(b"$-1\r\n"),
+            Reply::Bulk(Some(bytes)) => encode_bulk(bytes, out),
+            Reply::Array(None) => out.extend_from_slice(b"*-1\r\n"),
+            Reply::Array(Some(items)) => {
+                out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+                for item in items {
+                    item.encode_into(out);
+                }
+            }
+        }
+    }
+
+    /// The reply's RESP2 encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+fn encode_line(kind: u8, text: &str, out: &mut Vec<u8>) {
+    out.push(kind);
+    out.extend(text.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+    out.extend_from_slice(b"\r\n");
+}
+
+impl From<CommandResult> for Reply {
+    fn from(result: CommandResult) -> Reply {
+        match result {
+            CommandResult::Ok => Reply::ok(),
+            CommandResult::Value(value) => Reply::Bulk(value),
+            CommandResult::Integer(n) => Reply::Integer(n),
+            CommandResult::Pairs(pairs) => Reply::Array(Some(
+                pairs
+                    .into_iter()
+                    .flat_map(|(key, value)| [Reply::Bulk(Some(key)), Reply::Bulk(Some(value))])
+                    .collect(),
+            )),
+            CommandResult::Error(message) => Reply::err(message),
+        }
+    }
+}
+
+/// A reply stream that cannot be parsed (the client should drop the connection).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RespError {
+    /// Bytes that are not RESP2.
+    #[error("protocol error: {0}")]
+    Malformed(String),
+    /// A reply over one of the reply limits.
+    #[error("reply over limit: {0}")]
+    TooLarge(String),
+}
+
+/// Parses the first reply in `buf`: `Ok(None)` if it is not all there yet, else the reply and the
+/// bytes it took.
+pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, RespError> {
+    parse_reply_at(buf, 0, 0)
+}
+
+fn parse_reply_at(buf: &[u8], start: usize, depth: usize) -> Result<Option<(Reply, usize)>, RespError> {
+    let Some(&kind) = buf.get(start) else { return Ok(None) };
+    let newline = match find_line_end(buf, start + 1, MAX_REPLY_LINE_BYTES) {
+        LineEnd::Found(newline) => newline,
+        LineEnd::Incomplete => return Ok(None),
+        LineEnd::TooLong => {
+            return Err(RespError::TooLarge(format!("line over {MAX_REPLY_LINE_BYTES} bytes")))
+        }
+    };
+    let Some(line) = buf[start + 1..newline].strip_suffix(b"\r") else {
+        return Err(RespError::Malformed("line not terminated by CRLF".to_string()));
+    };
+    let next = newline + 1;
+    let length =
+        |what: &str| parse_i64(line).ok_or_else(|| RespError::Malformed(format!("invalid {what} length")));
+    match kind {
+        b'+' => Ok(Some((Reply::Simple(String::from_utf8_lossy(line).into_owned()), next))),
+        b'-' => Ok(Some((Reply::Error(String::from_utf8_lossy(line).into_owned()), next))),
+        b':' => match parse_i64(line) {
+            Some(n) => Ok(Some((Reply::Integer(n), next))),
+            None => Err(RespError::Malformed("invalid integer".to_string())),
+        },
+        b'$' => {
+            let len = length("bulk")?;
+            if len == -1 {
+                return Ok(Some((Reply::Bulk(None), next)));
+            }
+            let len =
+                usize::try_from(len).map_err(|_| RespError::Malformed("negative bulk length".to_string()))?;
+            if len > MAX_REPLY_BULK_BYTES {
+                return Err(RespError::TooLarge(format!("bulk over {MAX_REPLY_BULK_BYTES} bytes")));
+            }
+            let end = next + len;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(RespError::Malformed("bulk string not terminated by CRLF".to_string()));
+            }
+            Ok(Some((Reply::Bulk(Some(buf[next..end].to_vec())), end + 2)))
+        }
+        b'*' => {
+            let len = length("array")?;
+            if len == -1 {
+                return Ok(Some((Reply::Array(None), next)));
+            }
+            let len = usize::try_from(len)
+                .map_err(|_| RespError::Malformed("negative array length".to_string()))?;
+            if len > MAX_REPLY_ARRAY_LEN {
+                return Err(RespError::TooLarge(format!("array over {MAX_REPLY_ARRAY_LEN} elements")));
+            }
+            if depth >= MAX_REPLY_DEPTH {
+                return Err(RespError::TooLarge(format!("arrays nested over {MAX_REPLY_DEPTH} deep")));
+            }
+            let mut items = Vec::new();
+            let mut pos = next;
+            for _ in 0..len {
+                match parse_reply_at(buf, pos, depth + 1)? {
+                    Some((item, after)) => {
+                        items.push(item);
+                        pos = after;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((Reply::Array(Some(items)), pos)))
+        }
+        other => Err(RespError::Malformed(format!("unknown reply type '{}'", escape_bytes(&[other])))),
+    }
+}
+
+/// Formats a reply the way redis-cli prints it on a terminal, without the final newline.
+pub fn format_reply(reply: &Reply) -> String {
+    let mut out = String::new();
+    format_into(reply, "", &mut out);
+    if out.ends_with('\n') {
+        out.pop();
+    }
+    out
+}
+
+/// redis-cli's `cliFormatReplyTTY`: every leaf ends in a newline; nested arrays are indented by the
+/// width of their parent's index.
+fn format_into(reply: &Reply, prefix: &str, out: &mut String) {
+    match reply {
+        Reply::Simple(text) => {
+            out.push_str(text);
+            out.push('\n');
+        }
+        Reply::Error(text) => {
+            let _ = writeln!(out, "(error) {text}");
+        }
+        Reply::Integer(n) => {
+            let _ = writeln!(out, "(integer) {n}");
+        }
+        Reply::Bulk(Some(bytes)) => {
+            let _ = writeln!(out, "\"{}\"", escape_bytes(bytes));
+        }
+        Reply::Bulk(None) | Reply::Array(None) => out.push_str("(nil)\n"),
+        Reply::Array(Some(items)) if items.is_empty() => out.push_str("(empty array)\n"),
+        Reply::Array(Some(items)) => {
+            let index_width = items.len().to_string().len();
+            let nested_prefix = format!("{prefix}{}", " ".repeat(index_width + 2));
+            for (i, item) in items.iter().enumerate() {
+                // The first element follows the parent's own index on the same line.
+                let _ = write!(out, "{}{:>index_width$}) ", if i == 0 { "" } else { prefix }, i + 1);
+                format_into(item, &nested_prefix, out);
+            }
+        }
+    }
+}
+
+/// redis-cli's `sdscatrepr` without the quotes: `\\`, `\"`, `\n`, `\r`, `\t`, `\a`, `\b`, printable
+/// ASCII as is, every other byte as `\xhh`.
+fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &byte in bytes {
+        match byte {
+            b'\\' => out.push_str("\\\\"),
+            b'"' => out.push_str("\\\""),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x07 => out.push_str("\\a"),
+            0x08 => out.push_str("\\b"),
+            0x20..=0x7e => out.push(byte as char),
+            _ => {
+                let _ = write!(out, "\\x{byte:02x}");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(items: &[&[u8]]) -> Vec<Vec<u8>> {
+        items.iter().map(|item| item.to_vec()).collect()
+    }
+
+    #[test]
+    fn multibulk_request_parses_with_its_length() {
+        let buf = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nextra";
+        assert_eq!(
+            parse_request(buf),
+            ParseOutcome::Request { args: args(&[b"GET", b"k"]), consumed: buf.len() - 5 }
+        );
+    }
+
+    #[test]
+    fn inline_request_accepts_crlf_and_lf() {
+        assert_eq!(
+            parse_request(b"SET k v\r\n"),
+            ParseOutcome::Request { args: args(&[b"SET", b"k", b"v"]), consumed: 9 }
+        );
+        assert_eq!(parse_request(b"PING\n"), ParseOutcome::Request { args: args(&[b"PING"]), consumed: 5 });
+    }
+
+    #[test]
+    fn blank_lines_and_empty_arrays_are_skipped() {
+        assert_eq!(parse_request(b"\r\nPING\r\n"), ParseOutcome::Skipped { consumed: 2 });
+        assert_eq!(parse_request(b"   \n"), ParseOutcome::Skipped { consumed: 4 });
+        assert_eq!(parse_request(b"*0\r\n"), ParseOutcome::Skipped { consumed: 4 });
+        assert_eq!(parse_request(b"*-1\r\n"), ParseOutcome::Skipped { consumed: 5 });
+    }
+
+    #[test]
+    fn partial_requests_are_incomplete() {
+        for partial in [&b""[..], b"*", b"*2\r", b"*2\r\n$3\r\nGE", b"*2\r\n$3\r\nGET\r\n", b"PIN"] {
+            assert_eq!(parse_request(partial), ParseOutcome::Incomplete, "{partial:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_headers_are_fatal() {
+        for garbage in [&b"*x\r\n"[..], b"*1\r\n:3\r\n", b"*1\r\n$a\r\n", b"*1\n", b"*1\r\n$1\r\nab\r\n"] {
+            assert!(matches!(parse_request(garbage), ParseOutcome::Fatal(_)), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn negative_bulk_length_keeps_the_stream_in_sync() {
+        let buf = b"*2\r\n$-1\r\n$1\r\nk\r\nPING\r\n";
+        match parse_request(buf) {
+            ParseOutcome::LimitError { message, consumed } => {
+                assert!(message.contains("negative"));
+                assert_eq!(&buf[consumed..], b"PING\r\n");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parser_discards_the_rest_of_an_unterminated_long_line() {
+        let mut parser = RequestParser::new();
+        let long = vec![b'a'; MAX_LINE_BYTES + 2];
+        assert!(
+            matches!(parser.parse(&long), ParseOutcome::LimitError { consumed, .. } if consumed == long.len())
+        );
+        assert_eq!(parser.parse(b"aaaa"), ParseOutcome::Skipped { consumed: 4 });
+        assert_eq!(parser.parse(b""), ParseOutcome::Incomplete);
+        assert_eq!(parser.parse(b"aa\r\nPING\r\n"), ParseOutcome::Skipped { consumed: 4 });
+        assert_eq!(parser.parse(b"PING\r\n"), ParseOutcome::Request { args: args(&[b"PING"]), consumed: 6 });
+        assert!(matches!(parse_request(&long), ParseOutcome::Fatal(_)));
+    }
+
+    #[test]
+    fn inline_line_at_exactly_the_limit_is_accepted() {
+        let mut line = vec![b'a'; MAX_LINE_BYTES];
+        line.extend_from_slice(b"\r\n");
+        assert!(matches!(parse_request(&line), ParseOutcome::Request { .. }));
+        let mut over = vec![b'a'; MAX_LINE_BYTES + 1];
+        over.push(b'\n');
+        assert!(
+            matches!(parse_request(&over), ParseOutcome::LimitError { consumed, .. } if consumed == over.len())
+        );
+    }
+
+    #[test]
+    fn split_follows_sdssplitargs() {
+        let cases: &[(&[u8], &[&[u8]])] = &[
+            (b"set k v", &[b"set", b"k", b"v"]),
+            (b"  a \t b  ", &[b"a", b"b"]),
+            (br#""a b" 'c d'"#, &[b"a b", b"c d"]),
+            (br#""\n\r\t\b\a\\\"\q""#, &[b"\n\r\t\x08\x07\\\"q"]),
+            (br#""\x41\x00\xff\xzz""#, &[b"A\x00\xffxzz"]),
+            (br"'it\'s' '\n'", &[b"it's", b"\\n"]),
+            (br#"a"b c"d"#, &[]),
+            (br#"x"y z""#, &[b"xy z"]),
+            (b"\"\"", &[b""]),
+            (b"", &[]),
+        ];
+        for (line, expected) in cases {
+            let got = split_inline_args(line);
+            if expected.is_empty() && !line.is_empty() {
+                assert!(got.is_err(), "{line:?}: {got:?}");
+            } else {
+                assert_eq!(got, Ok(args(expected)), "{line:?}");
+            }
+        }
+        for unbalanced in [&br#""abc"#[..], b"'abc", br#""abc"x"#, b"'a'b", br#""\"#] {
+            assert!(split_inline_args(unbalanced).is_err(), "{unbalanced:?}");
+        }
+    }
+
+    #[test]
+    fn replies_encode_as_resp2() {
+        let reply = Reply::Array(Some(vec![
+            Reply::ok(),
+            Reply::err("bad\r\nthing"),
+            Reply::Integer(-3),
+            Reply::bulk(b"v".to_vec()),
+            Reply::Bulk(None),
+            Reply::Array(None),
+        ]));
+        assert_eq!(
+            reply.to_bytes(),
+            b"*6\r\n+OK\r\n-ERR bad  thing\r\n:-3\r\n$1\r\nv\r\n$-1\r\n*-1\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn command_results_map_to_replies() {
+        assert_eq!(Reply::from(CommandResult::Ok), Reply::Simple("OK".into()));
+        assert_eq!(Reply::from(CommandResult::Value(None)), Reply::Bulk(None));
+        assert_eq!(Reply::from(CommandResult::Integer(2)), Reply::Integer(2));
+        assert_eq!(Reply::from(CommandResult::Error("x".into())), Reply::Error("ERR x".into()));
+        assert_eq!(
+            Reply::from(CommandResult::Pairs(vec![(b"k".to_vec(), b"v".to_vec())])),
+            Reply::Array(Some(vec![Reply::bulk(b"k".to_vec()), Reply::bulk(b"v".to_vec())]))
+        );
+    }
+
+    #[test]
+    fn reply_parser_reports_incomplete_and_errors() {
+        assert_eq!(parse_reply(b"$3\r\nab"), Ok(None));
+        assert_eq!(parse_reply(b"*2\r\n:1\r\n"), Ok(None));
+        assert_eq!(parse_reply(b":12\r\n+OK\r\n"), Ok(Some((Reply::Integer(12), 5))));
+        assert!(parse_reply(b"?x\r\n").is_err());
+        assert!(parse_reply(b"$-2\r\n").is_err());
+        let deep = "*1\r\n".repeat(MAX_REPLY_DEPTH + 1);
+        assert!(matches!(parse_reply(deep.as_bytes()), Err(RespError::TooLarge(_))));
+    }
+
+    #[test]
+    fn formats_like_redis_cli() {
+        assert_eq!(format_reply(&Reply::ok()), "OK");
+        assert_eq!(format_reply(&Reply::bulk(b"a\"b\n\x01\xff".to_vec())), r#""a\"b\n\x01\xff""#);
+        assert_eq!(format_reply(&Reply::Bulk(None)), "(nil)");
+        assert_eq!(format_reply(&Reply::Integer(5)), "(integer) 5");
+        assert_eq!(format_reply(&Reply::err("no")), "(error) ERR no");
+        assert_eq!(format_reply(&Reply::Array(Some(vec![]))), "(empty array)");
+        assert_eq!(
+            format_reply(&Reply::Array(Some(vec![Reply::bulk(b"a".to_vec()), Reply::bulk(b"b".to_vec())]))),
+            "1) \"a\"\n2) \"b\""
+        );
+        let nested = Reply::Array(Some(vec![
+            Reply::Array(Some(vec![Reply::Integer(1), Reply::Integer(2)])),
+            Reply::bulk(b"c".to_vec()),
+        ]));
+        assert_eq!(format_reply(&nested), "1) 1) (integer) 1\n   2) (integer) 2\n2) \"c\"");
+        let ten = Reply::Array(Some((0..10).map(Reply::Integer).collect()));
+        assert!(format_reply(&ten).starts_with(" 1) (integer) 0\n 2)"));
+        assert!(format_reply(&ten).ends_with("\n10) (integer) 9"));
+    }
+}
