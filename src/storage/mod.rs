@@ -1,1 +1,14 @@
 //! Bytes at rest: write-ahead log, snapshots, KV engine, state machine.
+//!
+//! - [`wal`]: Raft's hard state, log entries and snapshot markers in checksummed segment files;
+//! - [`snapshot_file`]: state-machine images written atomically, newest kept;
+//! - [`engine`]: the KV engine, ordered maps per column family;
+//! - [`state_machine`]: applies replicated commands with exactly-once client sessions;
+//! - [`data_dir`]: a replica's data directory, its identity check and its lock.
+
+pub mod error;
+pub mod record;
+pub mod wal;
+
+pub use error::{Result, StorageError};
+pub use wal::{Wal, WalOptions, WalRecovery};
