@@ -6,9 +6,11 @@
 //! - [`state_machine`]: applies replicated commands with exactly-once client sessions;
 //! - [`data_dir`]: a replica's data directory, its identity check and its lock.
 
+pub mod engine;
 pub mod error;
 pub mod record;
 pub mod wal;
 
+pub use engine::{KvEngine, WriteBatch, WriteOp};
 pub use error::{Result, StorageError};
 pub use wal::{Wal, WalOptions, WalRecovery};
