@@ -3,14 +3,18 @@
 //! - [`wal`]: Raft's hard state, log entries and snapshot markers in checksummed segment files;
 //! - [`snapshot_file`]: state-machine images written atomically, newest kept;
 //! - [`engine`]: the KV engine, ordered maps per column family;
-//! - [`state_machine`]: applies replicated commands with exactly-once client sessions;
+//! - [`state_machine`]: applies replicated commands, exactly once per client [`session`];
 //! - [`data_dir`]: a replica's data directory, its identity check and its lock.
 
 pub mod engine;
 pub mod error;
 pub mod record;
+pub mod session;
+pub mod state_machine;
 pub mod wal;
 
 pub use engine::{KvEngine, WriteBatch, WriteOp};
 pub use error::{Result, StorageError};
+pub use session::{SessionCheck, SessionTable, DEFAULT_MAX_SESSIONS, MAX_REPLIES_PER_SESSION};
+pub use state_machine::StateMachine;
 pub use wal::{Wal, WalOptions, WalRecovery};
