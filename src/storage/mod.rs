@@ -6,15 +6,19 @@
 //! - [`state_machine`]: applies replicated commands, exactly once per client [`session`];
 //! - [`data_dir`]: a replica's data directory, its identity check and its lock.
 
+pub mod data_dir;
 pub mod engine;
 pub mod error;
 pub mod record;
 pub mod session;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod wal;
 
+pub use data_dir::DataDir;
 pub use engine::{KvEngine, WriteBatch, WriteOp};
 pub use error::{Result, StorageError};
 pub use session::{SessionCheck, SessionTable, DEFAULT_MAX_SESSIONS, MAX_REPLIES_PER_SESSION};
+pub use snapshot_file::{SnapshotFile, SnapshotStore};
 pub use state_machine::StateMachine;
 pub use wal::{Wal, WalOptions, WalRecovery};
