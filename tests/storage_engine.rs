@@ -78,7 +78,11 @@ proptest! {
 fn families_are_separate_key_spaces() {
     let mut engine = KvEngine::new();
     let mut wb = WriteBatch::new();
-    wb.put(ColumnFamily::Default, b"k".to_vec(), b"d".to_vec()).put(ColumnFamily::Lock, b"k".to_vec(), b"l".to_vec());
+    wb.put(ColumnFamily::Default, b"k".to_vec(), b"d".to_vec()).put(
+        ColumnFamily::Lock,
+        b"k".to_vec(),
+        b"l".to_vec(),
+    );
     engine.write(wb);
     assert_eq!(engine.get_cf(ColumnFamily::Default, b"k"), Some(&b"d"[..]));
     assert_eq!(engine.get_cf(ColumnFamily::Lock, b"k"), Some(&b"l"[..]));

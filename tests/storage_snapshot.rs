@@ -5,8 +5,10 @@ use quorumkv::storage::{SnapshotStore, StorageError};
 use std::fs;
 
 fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        fs::read_dir(dir).expect("list").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
 }
@@ -39,7 +41,10 @@ fn a_torn_temp_file_is_ignored_and_removed() {
     // A crash in the middle of writing a newer snapshot leaves a partial temp file.
     let temp = dir.path().join(format!("snap-{:020}-{:020}.snap.tmp", 9, 1));
     fs::write(&temp, b"QKVSNAP\0\x01\x00").expect("write temp");
-    assert_eq!(store.load_latest().expect("load"), Some((SnapshotMeta { index: 5, term: 1 }, b"good".to_vec())));
+    assert_eq!(
+        store.load_latest().expect("load"),
+        Some((SnapshotMeta { index: 5, term: 1 }, b"good".to_vec()))
+    );
     assert!(!temp.exists(), "temp file removed");
 }
 

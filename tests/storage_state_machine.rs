@@ -65,7 +65,10 @@ fn a_seq_below_the_window_is_refused_as_too_old_and_not_applied() {
         }
     }
     index += 1;
-    assert_eq!(sm.apply(index, &tagged(1, floor + 1, append("k", "x"))), CommandResult::Integer((floor + 1) as i64));
+    assert_eq!(
+        sm.apply(index, &tagged(1, floor + 1, append("k", "x"))),
+        CommandResult::Integer((floor + 1) as i64)
+    );
     index += 1;
     assert_eq!(value_of(&mut sm, index, "k"), Some(vec![b'x'; total as usize]));
 }
@@ -75,13 +78,16 @@ fn reads_with_a_session_are_not_remembered() {
     let mut sm = StateMachine::default();
     sm.apply(1, &tagged(1, 1, get("k")));
     assert_eq!(sm.session_count(), 0);
-    sm.apply(2, &tagged(1, 2, Command::Put { cf: ColumnFamily::Lock, key: b"k".to_vec(), value: b"v".to_vec() }));
+    sm.apply(
+        2,
+        &tagged(1, 2, Command::Put { cf: ColumnFamily::Lock, key: b"k".to_vec(), value: b"v".to_vec() }),
+    );
     assert_eq!(sm.session_count(), 1);
 }
 
 #[test]
 fn eviction_drops_the_session_applied_longest_ago_on_every_replica() {
-    let commands = vec![
+    let commands = [
         tagged(1, 1, append("a", "1")), // index 1
         tagged(2, 1, append("b", "1")), // index 2
         tagged(3, 1, append("c", "1")), // index 3
@@ -132,7 +138,7 @@ fn workload(seed: u64, count: usize) -> Vec<Proposal> {
                 seqs[client as usize]
             }
         };
-        let session = ((rng >> 48) % 4 != 0).then_some(SessionTag { client_id: client, seq });
+        let session = (!(rng >> 48).is_multiple_of(4)).then_some(SessionTag { client_id: client, seq });
         out.push(Proposal { request_id: 0, session, command });
     }
     out

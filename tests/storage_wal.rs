@@ -103,10 +103,12 @@ fn every_truncation_of_the_last_segment_recovers_an_exact_prefix() {
         fs::write(copy.path().join(name), &full[..cut]).expect("truncate copy");
         let (_, recovery) = Wal::open(copy.path(), small(false))
             .unwrap_or_else(|e| panic!("seed {seed:#x}: cut at {cut} of {}: {e}", full.len()));
-        let found = model.states.iter().rposition(|(hs, entries)| {
-            *hs == recovery.hard_state && *entries == recovery.entries
-        });
-        let found = found.unwrap_or_else(|| panic!("seed {seed:#x}: cut at {cut}: not a prefix: {recovery:?}"));
+        let found = model
+            .states
+            .iter()
+            .rposition(|(hs, entries)| *hs == recovery.hard_state && *entries == recovery.entries);
+        let found =
+            found.unwrap_or_else(|| panic!("seed {seed:#x}: cut at {cut}: not a prefix: {recovery:?}"));
         if cut < full.len() {
             assert!(found <= previous_prefix, "seed {seed:#x}: a shorter file recovered a longer prefix");
         } else {
@@ -150,7 +152,8 @@ fn a_flipped_byte_in_an_early_record_is_an_error_naming_file_and_offset() {
 fn a_bad_record_followed_by_data_in_the_last_segment_is_corruption_not_a_torn_tail() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let (mut wal, _) = Wal::open(dir.path(), WalOptions { segment_bytes: 1 << 20, fsync: false }).expect("open");
+        let (mut wal, _) =
+            Wal::open(dir.path(), WalOptions { segment_bytes: 1 << 20, fsync: false }).expect("open");
         wal.append(None, &(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>()).expect("append");
     }
     let last = segments(dir.path()).remove(0);
@@ -233,7 +236,11 @@ fn compaction_deletes_segments_and_replay_keeps_hard_state_marker_and_tail() {
         let (wal, recovery) = Wal::open(dir.path(), options).expect("reopen");
         assert_eq!(
             recovery,
-            WalRecovery { hard_state: hs, snapshot: meta, entries: (151..=210).map(|i| entry(i, 4)).collect() }
+            WalRecovery {
+                hard_state: hs,
+                snapshot: meta,
+                entries: (151..=210).map(|i| entry(i, 4)).collect()
+            }
         );
         assert_eq!(wal.log_bytes(), log_bytes, "log_bytes is the same after replay");
         assert_eq!(wal.term(150), Some(4));

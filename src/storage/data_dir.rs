@@ -63,13 +63,18 @@ impl DataDir {
             check_meta(&root, text, cluster_name, member_id)?;
         }
         if existing.is_none() && raced.is_none() {
-            let text = format!("format_version={FORMAT_VERSION}\ncluster_name={cluster_name}\nmember_id={member_id}\n");
+            let text = format!(
+                "format_version={FORMAT_VERSION}\ncluster_name={cluster_name}\nmember_id={member_id}\n"
+            );
             let temp = root.join(META_TEMP);
             let mut file = File::create(&temp).map_err(io_err("create", &temp))?;
             file.write_all(text.as_bytes()).map_err(io_err("write", &temp))?;
             file.sync_all().map_err(io_err("fsync", &temp))?;
             fs::rename(&temp, &meta_path).map_err(io_err("rename", &temp))?;
-            log::info!("initialized data dir {} for member {member_id} of cluster {cluster_name:?}", root.display());
+            log::info!(
+                "initialized data dir {} for member {member_id} of cluster {cluster_name:?}",
+                root.display()
+            );
         }
         for sub in [WAL_DIR, SNAP_DIR] {
             let dir = root.join(sub);
@@ -98,7 +103,12 @@ impl DataDir {
 /// Takes the exclusive lock on the dir's `LOCK` file.
 fn lock(root: &Path) -> Result<File> {
     let path = root.join(LOCK_FILE);
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("open", &path))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open", &path))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(StorageError::Locked { path: root.to_path_buf() }),
@@ -109,7 +119,9 @@ fn lock(root: &Path) -> Result<File> {
 /// Compares the metadata file's fields with what this process was started with.
 fn check_meta(root: &Path, text: &str, cluster_name: &str, member_id: u64) -> Result<()> {
     let field = |name: &str| {
-        text.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix('='))).unwrap_or("")
+        text.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+            .unwrap_or("")
     };
     let expected = [
         ("format_version", FORMAT_VERSION.to_string()),

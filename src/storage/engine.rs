@@ -92,7 +92,11 @@ impl KvEngine {
     }
 
     /// The pairs of `cf` with key >= `start`, in key order.
-    pub fn iter_cf<'a>(&'a self, cf: ColumnFamily, start: &[u8]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    pub fn iter_cf<'a>(
+        &'a self,
+        cf: ColumnFamily,
+        start: &[u8],
+    ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
         self.cfs[cf_slot(cf)]
             .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
             .map(|(k, v)| (k.as_slice(), v.as_slice()))

@@ -132,7 +132,10 @@ fn classify_damage(buf: &[u8], offset: usize) -> Damage {
         }
     }
     if let Some(later) = (offset + 1..buf.len()).find(|&at| valid_record_at(buf, at).is_some()) {
-        return Damage::Corrupt { offset, reason: format!("{reason}, but a valid record follows at offset {later}") };
+        return Damage::Corrupt {
+            offset,
+            reason: format!("{reason}, but a valid record follows at offset {later}"),
+        };
     }
     Damage::TornTail { offset, reason }
 }
@@ -187,7 +190,10 @@ mod tests {
         for cut in last_start + 1..buf.len() {
             let (records, damage) = scan(&buf[..cut]);
             assert_eq!(records.len(), 2, "cut at {cut}");
-            assert!(matches!(damage, Some(Damage::TornTail { offset, .. }) if offset == last_start), "cut {cut}");
+            assert!(
+                matches!(damage, Some(Damage::TornTail { offset, .. }) if offset == last_start),
+                "cut {cut}"
+            );
         }
     }
 

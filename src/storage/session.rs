@@ -88,7 +88,11 @@ impl SessionTable {
             floor: None,
             last_index: 0,
         });
-        assert!(index > session.last_index, "session indexes only grow: {index} after {}", session.last_index);
+        assert!(
+            index > session.last_index,
+            "session indexes only grow: {index} after {}",
+            session.last_index
+        );
         self.by_index.remove(&session.last_index);
         let clash = self.by_index.insert(index, tag.client_id);
         assert!(clash.is_none(), "two sessions applied at index {index}");

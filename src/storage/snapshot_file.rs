@@ -139,7 +139,11 @@ fn parse_name(name: &str) -> Option<SnapshotMeta> {
 
 /// Checks a whole snapshot file and returns its data.
 fn check<'a>(path: &Path, meta: SnapshotMeta, bytes: &'a [u8]) -> Result<&'a [u8]> {
-    let corrupt = |offset: usize, reason: String| StorageError::Corrupt { path: path.to_path_buf(), offset: offset as u64, reason };
+    let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    };
     if bytes.len() < HEADER_BYTES + TRAILER_BYTES {
         return Err(corrupt(0, format!("file of {} bytes is shorter than header and checksum", bytes.len())));
     }

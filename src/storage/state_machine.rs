@@ -103,7 +103,11 @@ impl StateMachine {
     }
 
     fn advance(&mut self, index: u64) {
-        assert!(index > self.applied_index, "applied index must increase: {index} after {}", self.applied_index);
+        assert!(
+            index > self.applied_index,
+            "applied index must increase: {index} after {}",
+            self.applied_index
+        );
         self.applied_index = index;
     }
 
@@ -138,9 +142,12 @@ impl StateMachine {
                 self.engine.write(batch);
                 CommandResult::Integer(deleted)
             }
-            Command::Get { cf, key } => CommandResult::Value(self.engine.get_cf(*cf, key).map(<[u8]>::to_vec)),
+            Command::Get { cf, key } => {
+                CommandResult::Value(self.engine.get_cf(*cf, key).map(<[u8]>::to_vec))
+            }
             Command::Exists { keys } => {
-                let found = keys.iter().filter(|k| self.engine.get_cf(ColumnFamily::Default, k).is_some()).count();
+                let found =
+                    keys.iter().filter(|k| self.engine.get_cf(ColumnFamily::Default, k).is_some()).count();
                 CommandResult::Integer(found as i64)
             }
             Command::Scan { cf, start, limit } => {
@@ -156,7 +163,11 @@ impl StateMachine {
         let max_sessions = self.sessions.max_sessions() as u64;
         push_part(
             &mut out,
-            &ImagePart::Header { format_version: IMAGE_FORMAT_VERSION, applied_index: self.applied_index, max_sessions },
+            &ImagePart::Header {
+                format_version: IMAGE_FORMAT_VERSION,
+                applied_index: self.applied_index,
+                max_sessions,
+            },
         )?;
         let mut pair_count = 0u64;
         for (cf, map) in ColumnFamily::ALL.into_iter().zip(self.engine.families()) {
@@ -175,7 +186,8 @@ impl StateMachine {
                 push_part(&mut out, &ImagePart::Pairs { cf, pairs })?;
             }
         }
-        let sessions: Vec<(u64, Session)> = self.sessions.sessions().iter().map(|(c, s)| (*c, s.clone())).collect();
+        let sessions: Vec<(u64, Session)> =
+            self.sessions.sessions().iter().map(|(c, s)| (*c, s.clone())).collect();
         for chunk in sessions.chunks(IMAGE_PART_SESSIONS) {
             push_part(&mut out, &ImagePart::Sessions(chunk.to_vec()))?;
         }
@@ -293,7 +305,10 @@ mod tests {
         let exists = plain(Command::Exists { keys: vec![b"a".to_vec(), b"a".to_vec(), b"b".to_vec()] });
         assert_eq!(sm.apply(4, &exists), CommandResult::Integer(2));
         sm.apply_empty(5);
-        let del = plain(Command::Delete { cf: ColumnFamily::Default, keys: vec![b"a".to_vec(), b"a".to_vec(), b"b".to_vec()] });
+        let del = plain(Command::Delete {
+            cf: ColumnFamily::Default,
+            keys: vec![b"a".to_vec(), b"a".to_vec(), b"b".to_vec()],
+        });
         assert_eq!(sm.apply(6, &del), CommandResult::Integer(1));
         assert_eq!(sm.apply(7, &get), CommandResult::Value(None));
         assert_eq!(sm.applied_index(), 7);

@@ -123,7 +123,8 @@ impl<T> Tail<T> {
     /// `meta.index` is present with `meta.term` (or lies before this tail). Returns whether the
     /// entry at `meta.index` matched, in which case segments ending at `meta.index` may go.
     fn compact(&mut self, meta: SnapshotMeta) -> bool {
-        let matched = self.term(meta.index) == Some(meta.term) || meta.index < self.base && !self.slots.is_empty();
+        let matched =
+            self.term(meta.index) == Some(meta.term) || meta.index < self.base && !self.slots.is_empty();
         let keeps_suffix = match self.last() {
             Some(last) if meta.index < last => {
                 meta.index < self.base || self.term(meta.index) == Some(meta.term)
@@ -239,20 +240,21 @@ impl Wal {
         }
         self.check_usable()?;
         let (first, last) = (self.first_index(), self.last_index());
-        let mut expected = match entries.first() {
-            Some(entry) if (first..=last + 1).contains(&entry.index) => entry.index,
-            // Any index fails the check below.
-            _ => 0,
-        };
-        for entry in entries {
-            if entry.index != expected || expected == 0 {
+        if let Some(head) = entries.first() {
+            // The first entry follows or overwrites the log; the rest follow it one by one.
+            let follows = (first..=last + 1).contains(&head.index);
+            let bad = entries.iter().zip(head.index..).find(|(e, want)| !follows || e.index != *want);
+            if let Some((entry, _)) = bad {
                 return Err(StorageError::NotContiguous { index: entry.index, first, last });
             }
-            expected += 1;
         }
         let mut buf = Vec::new();
         if let Some(hs) = &hard_state {
-            assert!(hs.term >= self.hard_state.term, "hard state term went back: {hs:?} after {:?}", self.hard_state);
+            assert!(
+                hs.term >= self.hard_state.term,
+                "hard state term went back: {hs:?} after {:?}",
+                self.hard_state
+            );
             push_record(&mut buf, RecordKind::HardState, &codec::encode(hs)?)?;
         }
         let mut sizes = Vec::with_capacity(entries.len());
@@ -361,13 +363,14 @@ impl Wal {
         if self.active_bytes >= self.options.segment_bytes {
             self.roll()?;
         }
-        let result = self.active_file.write_all(buf).map_err(io_err("write", &self.active.path)).and_then(|()| {
-            if self.options.fsync {
-                self.active_file.sync_data().map_err(io_err("fsync", &self.active.path))
-            } else {
-                Ok(())
-            }
-        });
+        let result =
+            self.active_file.write_all(buf).map_err(io_err("write", &self.active.path)).and_then(|()| {
+                if self.options.fsync {
+                    self.active_file.sync_data().map_err(io_err("fsync", &self.active.path))
+                } else {
+                    Ok(())
+                }
+            });
         if result.is_err() {
             // After a failed write or fsync the file's contents are unknown (and a retried fsync
             // may report success for lost pages), so no further write may build on it.
@@ -450,7 +453,12 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
             return Err(StorageError::Corrupt {
                 path: dir.to_path_buf(),
                 offset: 0,
-                reason: format!("segment {} is missing between {:?} and {:?}", pair[0].seq + 1, pair[0].path, pair[1].path),
+                reason: format!(
+                    "segment {} is missing between {:?} and {:?}",
+                    pair[0].seq + 1,
+                    pair[0].path,
+                    pair[1].path
+                ),
             });
         }
     }
@@ -490,16 +498,24 @@ impl Replay {
             }
         }
         for raw in records {
-            let corrupt = |reason: String| StorageError::Corrupt { path: path.clone(), offset: raw.offset as u64, reason };
+            let corrupt = |reason: String| StorageError::Corrupt {
+                path: path.clone(),
+                offset: raw.offset as u64,
+                reason,
+            };
             match raw.kind {
                 RecordKind::HardState => {
-                    self.hard_state = codec::decode(raw.payload).map_err(|e| corrupt(format!("hard state: {e}")))?;
+                    self.hard_state =
+                        codec::decode(raw.payload).map_err(|e| corrupt(format!("hard state: {e}")))?;
                 }
                 RecordKind::SnapshotMarker => {
                     let meta: SnapshotMeta =
                         codec::decode(raw.payload).map_err(|e| corrupt(format!("snapshot marker: {e}")))?;
                     if meta.index < self.snapshot.index {
-                        return Err(corrupt(format!("snapshot marker {meta:?} older than {:?}", self.snapshot)));
+                        return Err(corrupt(format!(
+                            "snapshot marker {meta:?} older than {:?}",
+                            self.snapshot
+                        )));
                     }
                     if meta.index > self.snapshot.index {
                         if let Some(tail) = self.tail.as_mut() {
@@ -509,9 +525,13 @@ impl Replay {
                     }
                 }
                 RecordKind::Entry => {
-                    let entry: Entry = codec::decode(raw.payload).map_err(|e| corrupt(format!("entry: {e}")))?;
+                    let entry: Entry =
+                        codec::decode(raw.payload).map_err(|e| corrupt(format!("entry: {e}")))?;
                     if entry.index <= self.snapshot.index {
-                        return Err(corrupt(format!("entry {} at or below snapshot {:?}", entry.index, self.snapshot)));
+                        return Err(corrupt(format!(
+                            "entry {} at or below snapshot {:?}",
+                            entry.index, self.snapshot
+                        )));
                     }
                     let index = entry.index;
                     let bytes = (HEADER_BYTES + raw.payload.len()) as u64;
@@ -579,7 +599,10 @@ mod tests {
     fn gaps_and_compacted_indexes_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut wal, _) = Wal::open(dir.path(), small()).expect("open");
-        assert!(matches!(wal.append(None, &[entry(2, 1)]), Err(StorageError::NotContiguous { index: 2, .. })));
+        assert!(matches!(
+            wal.append(None, &[entry(2, 1)]),
+            Err(StorageError::NotContiguous { index: 2, .. })
+        ));
         wal.append(None, &[entry(1, 1), entry(2, 1)]).expect("append");
         assert!(wal.append(None, &[entry(3, 1), entry(5, 1)]).is_err());
         wal.compact(SnapshotMeta { index: 2, term: 1 }).expect("compact");
