@@ -277,6 +277,22 @@ fn snapshot_of_a_conflicting_log_replays_like_it_was_applied_live() {
 }
 
 #[test]
+fn a_conflicting_snapshot_at_a_segment_end_does_not_resurrect_later_entries() {
+    // Segment A ends exactly at the snapshot index and B holds 6..8. A snapshot at 5 in another
+    // term discards the whole log; deleting A too would let replay keep 6..8, so A stays.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = WalOptions { segment_bytes: 1, fsync: false };
+    let (mut wal, _) = Wal::open(dir.path(), options).expect("open");
+    wal.append(None, &(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>()).expect("append");
+    wal.append(None, &(6..=8).map(|i| entry(i, 1)).collect::<Vec<_>>()).expect("append");
+    wal.compact(SnapshotMeta { index: 5, term: 2 }).expect("compact");
+    assert_eq!(wal.last_index(), 5);
+    drop(wal);
+    let (_, recovery) = Wal::open(dir.path(), options).expect("reopen");
+    assert!(recovery.entries.is_empty(), "{:?}", recovery.entries);
+}
+
+#[test]
 fn a_missing_middle_segment_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_history(dir.path(), 11, 60);
@@ -284,4 +300,80 @@ fn a_missing_middle_segment_is_an_error() {
     fs::remove_file(&victim).expect("remove");
     let err = Wal::open(dir.path(), small(false)).expect_err("missing segment");
     assert!(err.to_string().contains("missing"), "{err}");
+}
+
+#[derive(Clone, Debug)]
+enum LogOp {
+    /// Append `len` entries starting `back` below last + 1, maybe in a new term, maybe with a hard state.
+    Append { back: u64, len: u64, new_term: bool, hard_state: bool },
+    /// Compact at last + 2 - `back`, with the entry's own term or another one.
+    Compact { back: u64, other_term: bool },
+    /// Close and reopen the WAL (a restart).
+    Reopen,
+}
+
+fn log_op() -> impl proptest::strategy::Strategy<Value = LogOp> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => (0u64..4, 1u64..6, any::<bool>(), any::<bool>())
+            .prop_map(|(back, len, new_term, hard_state)| LogOp::Append { back, len, new_term, hard_state }),
+        2 => (0u64..8, proptest::bool::weighted(0.3)).prop_map(|(back, other_term)| LogOp::Compact { back, other_term }),
+        2 => Just(LogOp::Reopen),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 96, ..Default::default() })]
+
+    /// The WAL (live and after every restart) agrees with its in-memory twin, including which
+    /// entries survive a snapshot and what replay gives after segments were deleted.
+    #[test]
+    fn wal_agrees_with_mem_log(
+        ops in proptest::collection::vec(log_op(), 1..60),
+        segment_bytes in proptest::prop_oneof![proptest::strategy::Just(1u64), 100u64..400],
+    ) {
+        use quorumkv::storage::{LogStore, MemLog};
+        let dir = tempfile::tempdir().expect("tempdir");
+        // One byte: every write starts a segment, so segments end exactly where batches do.
+        let options = WalOptions { segment_bytes, fsync: false };
+        let (mut wal, _) = Wal::open(dir.path(), options).expect("open");
+        let mut mem = MemLog::new();
+        let mut term = 1;
+        for op in ops {
+            match op {
+                LogOp::Append { back, len, new_term, hard_state } => {
+                    term += u64::from(new_term);
+                    let start = (mem.last_index() + 1).saturating_sub(back).max(mem.first_index());
+                    let batch: Vec<Entry> = (start..start + len).map(|i| entry(i, term)).collect();
+                    let hs = hard_state.then_some(HardState { term, vote: 1, commit: start - 1 });
+                    wal.append(hs, &batch).expect("wal append");
+                    mem.append(hs, &batch).expect("mem append");
+                }
+                LogOp::Compact { back, other_term } => {
+                    let index = (mem.last_index() + 2).saturating_sub(back);
+                    let own = mem.term(index).unwrap_or(term);
+                    let meta = SnapshotMeta { index, term: if other_term { own + 1 } else { own } };
+                    wal.compact(meta).expect("wal compact");
+                    mem.compact(meta).expect("mem compact");
+                }
+                LogOp::Reopen => {
+                    drop(wal);
+                    let (reopened, recovery) = Wal::open(dir.path(), options).expect("reopen");
+                    proptest::prop_assert_eq!(recovery, mem.recovery());
+                    wal = reopened;
+                }
+            }
+            proptest::prop_assert_eq!((wal.first_index(), wal.last_index()), (mem.first_index(), mem.last_index()));
+            proptest::prop_assert_eq!(wal.log_bytes(), mem.log_bytes());
+            proptest::prop_assert_eq!(wal.hard_state(), LogStore::hard_state(&mem));
+            proptest::prop_assert_eq!(wal.snapshot(), LogStore::snapshot(&mem));
+            for index in mem.first_index().saturating_sub(1)..=mem.last_index() {
+                proptest::prop_assert_eq!(wal.term(index), mem.term(index));
+            }
+        }
+        drop(wal);
+        let (wal, recovery) = Wal::open(dir.path(), options).expect("final reopen");
+        proptest::prop_assert_eq!(recovery, mem.recovery());
+        proptest::prop_assert_eq!(wal.log_bytes(), mem.log_bytes());
+    }
 }

@@ -32,7 +32,9 @@ impl DataDir {
     /// Fails, changing nothing, if the dir was written for another cluster, member or format
     /// version, if it holds files but no metadata, or if another process holds its lock.
     pub fn open(path: impl AsRef<Path>, cluster_name: &str, member_id: u64) -> Result<DataDir> {
-        assert!(!cluster_name.contains('\n'), "cluster name must be one line");
+        if cluster_name.is_empty() || cluster_name.contains(['\n', '\r']) {
+            return Err(StorageError::BadClusterName { name: cluster_name.to_string() });
+        }
         let root = path.as_ref().to_path_buf();
         let meta_path = root.join(META_FILE);
         // Check identity before touching anything, so a wrong start leaves the dir as it was.

@@ -48,6 +48,12 @@ pub enum StorageError {
         /// The directory.
         path: PathBuf,
     },
+    /// The cluster name cannot be recorded (empty, or more than one line).
+    #[error("cluster name {name:?} must be non-empty and on one line")]
+    BadClusterName {
+        /// The name given.
+        name: String,
+    },
     /// Another process holds the data dir's lock.
     #[error("data dir {path} is in use by another process")]
     Locked {

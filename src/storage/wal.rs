@@ -5,6 +5,7 @@
 //! were current when it was created, so deleting older segments never loses them.
 
 use super::error::{io_err, Result, StorageError};
+use super::log_tail::{check_follows, Slot, Tail};
 use super::record::{self, Damage, RecordKind, HEADER_BYTES, MAX_PAYLOAD_BYTES};
 use crate::protocol::codec;
 use crate::protocol::raft::{Entry, HardState, SnapshotMeta};
@@ -54,96 +55,6 @@ struct Segment {
     path: PathBuf,
     /// Highest entry index recorded in this segment, if it holds any entry.
     max_index: Option<u64>,
-}
-
-/// An entry (or just its term) in the in-memory view of the log, with the bytes it took on disk.
-#[derive(Debug)]
-struct Slot<T> {
-    term: u64,
-    bytes: u64,
-    value: T,
-}
-
-/// The log's suffix after the snapshot: the same rules for replay (`T = Entry`) and live (`T = ()`).
-#[derive(Debug)]
-struct Tail<T> {
-    /// Index of `slots[0]` (when empty: the index the next entry would get, if known).
-    base: u64,
-    /// Consecutive entries from `base`.
-    slots: VecDeque<Slot<T>>,
-    /// Sum of `slots[..].bytes`.
-    bytes: u64,
-}
-
-impl<T> Tail<T> {
-    fn new(base: u64) -> Self {
-        Tail { base, slots: VecDeque::new(), bytes: 0 }
-    }
-
-    fn last(&self) -> Option<u64> {
-        (!self.slots.is_empty()).then(|| self.base + self.slots.len() as u64 - 1)
-    }
-
-    fn term(&self, index: u64) -> Option<u64> {
-        let at = index.checked_sub(self.base)?;
-        self.slots.get(usize::try_from(at).ok()?).map(|slot| slot.term)
-    }
-
-    /// Drops every entry at `index` and above.
-    fn truncate_from(&mut self, index: u64) {
-        let keep = index.saturating_sub(self.base) as usize;
-        while self.slots.len() > keep {
-            if let Some(slot) = self.slots.pop_back() {
-                self.bytes -= slot.bytes;
-            }
-        }
-    }
-
-    /// Adds an entry; one at an index already present replaces it and everything after it.
-    ///
-    /// An index below `base` replaces the whole tail (on replay, what came before it is in a
-    /// deleted segment); the caller checks that live appends never do that. A gap is refused.
-    fn put(&mut self, index: u64, slot: Slot<T>) -> std::result::Result<(), ()> {
-        match self.last() {
-            None => self.base = index,
-            Some(last) if index > last + 1 => return Err(()),
-            Some(_) if index < self.base => {
-                self.truncate_from(self.base);
-                self.base = index;
-            }
-            Some(_) => self.truncate_from(index),
-        }
-        self.bytes += slot.bytes;
-        self.slots.push_back(slot);
-        assert_eq!(self.last(), Some(index), "tail must end at the entry just put");
-        Ok(())
-    }
-
-    /// Applies a snapshot marker (Raft §7): entries after `meta` survive only if the entry at
-    /// `meta.index` is present with `meta.term` (or lies before this tail). Returns whether the
-    /// entry at `meta.index` matched, in which case segments ending at `meta.index` may go.
-    fn compact(&mut self, meta: SnapshotMeta) -> bool {
-        let matched =
-            self.term(meta.index) == Some(meta.term) || meta.index < self.base && !self.slots.is_empty();
-        let keeps_suffix = match self.last() {
-            Some(last) if meta.index < last => {
-                meta.index < self.base || self.term(meta.index) == Some(meta.term)
-            }
-            _ => false,
-        };
-        if keeps_suffix {
-            while self.base <= meta.index {
-                if let Some(slot) = self.slots.pop_front() {
-                    self.bytes -= slot.bytes;
-                }
-                self.base += 1;
-            }
-        } else {
-            self.truncate_from(self.base);
-            self.base = meta.index + 1;
-        }
-        matched
-    }
 }
 
 /// The write-ahead log of one replica: hard state, entries and snapshot markers.
@@ -240,14 +151,7 @@ impl Wal {
         }
         self.check_usable()?;
         let (first, last) = (self.first_index(), self.last_index());
-        if let Some(head) = entries.first() {
-            // The first entry follows or overwrites the log; the rest follow it one by one.
-            let follows = (first..=last + 1).contains(&head.index);
-            let bad = entries.iter().zip(head.index..).find(|(e, want)| !follows || e.index != *want);
-            if let Some((entry, _)) = bad {
-                return Err(StorageError::NotContiguous { index: entry.index, first, last });
-            }
-        }
+        check_follows(first, last, entries)?;
         let mut buf = Vec::new();
         if let Some(hs) = &hard_state {
             assert!(
