@@ -1,6 +1,6 @@
 //! The write-ahead log: Raft's hard state, log entries and snapshot markers in segment files.
 //!
-//! Records are framed by [`record`](super::record). Segments are named `{seq:020}.wal` with `seq`
+//! Records are framed as [`super::record`] describes. Segments are named `{seq:020}.wal`, `seq`
 //! counting up from 1 without gaps; each segment starts with the hard state and snapshot marker that
 //! were current when it was created, so deleting older segments never loses them.
 
