@@ -1,1 +1,30 @@
 //! Bytes at rest: write-ahead log, snapshots, KV engine, state machine.
+//!
+//! - [`log_store`]: the trait the consensus layer persists through; [`mem_log`] is its in-memory twin;
+//! - [`wal`]: Raft's hard state, log entries and snapshot markers in checksummed segment files;
+//! - [`snapshot_file`]: state-machine images written atomically, newest kept;
+//! - [`engine`]: the KV engine, ordered maps per column family;
+//! - [`state_machine`]: applies replicated commands, exactly once per client [`session`];
+//! - [`data_dir`]: a replica's data directory, its identity check and its lock.
+
+pub mod data_dir;
+pub mod engine;
+pub mod error;
+pub mod log_store;
+mod log_tail;
+pub mod mem_log;
+pub mod record;
+pub mod session;
+pub mod snapshot_file;
+pub mod state_machine;
+pub mod wal;
+
+pub use data_dir::DataDir;
+pub use engine::{KvEngine, WriteBatch, WriteOp};
+pub use error::{Result, StorageError};
+pub use log_store::LogStore;
+pub use mem_log::MemLog;
+pub use session::{SessionCheck, SessionTable, DEFAULT_MAX_SESSIONS, MAX_REPLIES_PER_SESSION};
+pub use snapshot_file::{SnapshotFile, SnapshotStore};
+pub use state_machine::StateMachine;
+pub use wal::{Wal, WalOptions, WalRecovery};

@@ -1,0 +1,145 @@
+//! A replica's data directory: its identity (cluster, member) and the lock that makes it exclusive.
+
+use super::error::{io_err, Result, StorageError};
+use super::wal::sync_dir;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Version of the data dir layout written in the metadata file.
+pub const FORMAT_VERSION: u32 = 1;
+const META_FILE: &str = "quorumkv.meta";
+const META_TEMP: &str = "quorumkv.meta.tmp";
+const LOCK_FILE: &str = "LOCK";
+const WAL_DIR: &str = "wal";
+const SNAP_DIR: &str = "snap";
+
+/// An open, locked data directory of one member of one cluster.
+///
+/// Layout: `quorumkv.meta` (format version, cluster name, member id), `LOCK`, `wal/`, `snap/`.
+/// Durability: when [`open`](DataDir::open) returns on a first start, the metadata file and the
+/// subdirectories are on stable storage. The lock is held until the `DataDir` is dropped.
+#[derive(Debug)]
+pub struct DataDir {
+    root: PathBuf,
+    /// Holds the exclusive lock on `LOCK` for as long as this value lives.
+    _lock: File,
+}
+
+impl DataDir {
+    /// Opens (on first start: creates) the data dir at `path` for `member_id` of `cluster_name`.
+    ///
+    /// Fails, changing nothing, if the dir was written for another cluster, member or format
+    /// version, if it holds files but no metadata, or if another process holds its lock.
+    pub fn open(path: impl AsRef<Path>, cluster_name: &str, member_id: u64) -> Result<DataDir> {
+        if cluster_name.is_empty() || cluster_name.contains(['\n', '\r']) {
+            return Err(StorageError::BadClusterName { name: cluster_name.to_string() });
+        }
+        let root = path.as_ref().to_path_buf();
+        let meta_path = root.join(META_FILE);
+        // Check identity before touching anything, so a wrong start leaves the dir as it was.
+        let existing = match fs::read_to_string(&meta_path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err("read", &meta_path)(e)),
+        };
+        if let Some(text) = &existing {
+            check_meta(&root, text, cluster_name, member_id)?;
+        } else if root.exists() {
+            let leftovers = [LOCK_FILE, META_TEMP];
+            for item in fs::read_dir(&root).map_err(io_err("list", &root))? {
+                let item = item.map_err(io_err("list", &root))?;
+                if !item.file_name().to_str().is_some_and(|n| leftovers.contains(&n)) {
+                    return Err(StorageError::NotADataDir { path: root });
+                }
+            }
+        }
+        fs::create_dir_all(&root).map_err(io_err("create directory", &root))?;
+        let lock = lock(&root)?;
+        // Another process may have initialized the dir between the check above and the lock.
+        let raced = match fs::read_to_string(&meta_path) {
+            Ok(text) if existing.is_none() => Some(text),
+            _ => None,
+        };
+        if let Some(text) = &raced {
+            check_meta(&root, text, cluster_name, member_id)?;
+        }
+        if existing.is_none() && raced.is_none() {
+            let text = format!(
+                "format_version={FORMAT_VERSION}\ncluster_name={cluster_name}\nmember_id={member_id}\n"
+            );
+            let temp = root.join(META_TEMP);
+            let mut file = File::create(&temp).map_err(io_err("create", &temp))?;
+            file.write_all(text.as_bytes()).map_err(io_err("write", &temp))?;
+            file.sync_all().map_err(io_err("fsync", &temp))?;
+            fs::rename(&temp, &meta_path).map_err(io_err("rename", &temp))?;
+            log::info!(
+                "initialized data dir {} for member {member_id} of cluster {cluster_name:?}",
+                root.display()
+            );
+        }
+        for sub in [WAL_DIR, SNAP_DIR] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        }
+        sync_dir(&root)?;
+        Ok(DataDir { root, _lock: lock })
+    }
+
+    /// The data dir itself.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the write-ahead log lives.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.root.join(WAL_DIR)
+    }
+
+    /// Where snapshot files live.
+    pub fn snap_dir(&self) -> PathBuf {
+        self.root.join(SNAP_DIR)
+    }
+}
+
+/// Takes the exclusive lock on the dir's `LOCK` file.
+fn lock(root: &Path) -> Result<File> {
+    let path = root.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StorageError::Locked { path: root.to_path_buf() }),
+        Err(TryLockError::Error(e)) => Err(io_err("lock", &path)(e)),
+    }
+}
+
+/// Compares the metadata file's fields with what this process was started with.
+fn check_meta(root: &Path, text: &str, cluster_name: &str, member_id: u64) -> Result<()> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+            .unwrap_or("")
+    };
+    let expected = [
+        ("format_version", FORMAT_VERSION.to_string()),
+        ("cluster_name", cluster_name.to_string()),
+        ("member_id", member_id.to_string()),
+    ];
+    for (name, want) in expected {
+        let found = field(name);
+        if found != want {
+            return Err(StorageError::Mismatch {
+                path: root.to_path_buf(),
+                field: name,
+                expected: want,
+                found: found.to_string(),
+            });
+        }
+    }
+    Ok(())
+}

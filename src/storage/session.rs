@@ -1,0 +1,147 @@
+//! Exactly-once client sessions: the remembered replies of each client's recent writes.
+
+use crate::protocol::command::{CommandResult, SessionTag};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Replies remembered per client: the window of its highest applied seqs, in seqs.
+pub const MAX_REPLIES_PER_SESSION: usize = 32;
+
+/// Default bound on the number of client sessions remembered at once.
+pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
+
+/// What a session knows about a (client, seq) before it is applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionCheck {
+    /// Never applied (as far as anyone can tell): apply it and [`record`](SessionTable::record) the reply.
+    Fresh,
+    /// Already applied: answer with this reply and do not apply again.
+    Duplicate(CommandResult),
+    /// At or below the session's floor: it may have been applied, its reply is forgotten.
+    TooOld,
+}
+
+/// One client's memory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Session {
+    /// Replies by seq: at most `MAX_REPLIES_PER_SESSION`, every seq above `floor`.
+    replies: BTreeMap<u64, CommandResult>,
+    /// The highest seq ever dropped from `replies`; `None` until one is. Never decreases.
+    floor: Option<u64>,
+    /// Log index of the last write this session applied; unique among sessions.
+    last_index: u64,
+}
+
+/// The exactly-once table: per client id, the replies of its recent writes.
+///
+/// Every replica feeds it the same applied entries, so every replica holds the same table and
+/// evicts the same sessions. Per client, the replies of the [`MAX_REPLIES_PER_SESSION`] highest
+/// applied seqs are remembered (for a client counting up, its most recent ones); the highest seq
+/// dropped from that window is the session's floor, and a seq at or below it is refused as too
+/// old, never applied twice. Out-of-order seqs above the floor are applied once each. When more
+/// than `max_sessions` clients are known, the session whose last write was applied longest ago
+/// (lowest log index) is evicted; an evicted client is then treated as new, so a retry of one of
+/// its old writes would apply again. Durability: none by itself; it travels in the state machine's
+/// snapshot and is rebuilt by replaying the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionTable {
+    /// Upper bound on `sessions.len()`, at least 1.
+    max_sessions: usize,
+    /// Sessions by client id.
+    sessions: BTreeMap<u64, Session>,
+    /// Client id by `last_index`: exactly one entry per session, for eviction in index order.
+    by_index: BTreeMap<u64, u64>,
+}
+
+impl SessionTable {
+    /// An empty table holding at most `max_sessions` sessions.
+    pub fn new(max_sessions: usize) -> Self {
+        assert!(max_sessions >= 1, "max_sessions must be at least 1");
+        SessionTable { max_sessions, sessions: BTreeMap::new(), by_index: BTreeMap::new() }
+    }
+
+    /// What the table knows about `tag`.
+    pub fn check(&self, tag: SessionTag) -> SessionCheck {
+        let Some(session) = self.sessions.get(&tag.client_id) else {
+            return SessionCheck::Fresh;
+        };
+        if let Some(reply) = session.replies.get(&tag.seq) {
+            return SessionCheck::Duplicate(reply.clone());
+        }
+        match session.floor {
+            Some(floor) if tag.seq <= floor => SessionCheck::TooOld,
+            _ => SessionCheck::Fresh,
+        }
+    }
+
+    /// Remembers `reply` for `tag`, applied at log `index` (higher than any index recorded before).
+    pub fn record(&mut self, tag: SessionTag, index: u64, reply: CommandResult) {
+        assert_eq!(self.check(tag), SessionCheck::Fresh, "only a fresh seq is applied and recorded");
+        if !self.sessions.contains_key(&tag.client_id) && self.sessions.len() >= self.max_sessions {
+            // Lowest last index first: decided by applied entries only, so the same on every replica.
+            if let Some((_, evicted)) = self.by_index.pop_first() {
+                self.sessions.remove(&evicted);
+            }
+        }
+        let session = self.sessions.entry(tag.client_id).or_insert_with(|| Session {
+            replies: BTreeMap::new(),
+            floor: None,
+            last_index: 0,
+        });
+        assert!(
+            index > session.last_index,
+            "session indexes only grow: {index} after {}",
+            session.last_index
+        );
+        self.by_index.remove(&session.last_index);
+        let clash = self.by_index.insert(index, tag.client_id);
+        assert!(clash.is_none(), "two sessions applied at index {index}");
+        session.last_index = index;
+        session.replies.insert(tag.seq, reply);
+        if session.replies.len() > MAX_REPLIES_PER_SESSION {
+            if let Some((dropped, _)) = session.replies.pop_first() {
+                assert!(session.floor.is_none_or(|f| dropped > f), "the floor never decreases");
+                session.floor = Some(dropped);
+            }
+        }
+        assert!(self.sessions.len() <= self.max_sessions);
+        assert_eq!(self.sessions.len(), self.by_index.len());
+    }
+
+    /// Number of sessions remembered.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// True if no session is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// The bound on the number of sessions.
+    pub fn max_sessions(&self) -> usize {
+        self.max_sessions
+    }
+
+    /// Every session, by client id, for the state machine's image.
+    pub(crate) fn sessions(&self) -> &BTreeMap<u64, Session> {
+        &self.sessions
+    }
+
+    /// Rebuilds a table from sessions taken by [`sessions`](Self::sessions); `None` if they break
+    /// the table's invariants.
+    pub(crate) fn from_sessions(max_sessions: usize, sessions: BTreeMap<u64, Session>) -> Option<Self> {
+        if max_sessions == 0 || sessions.len() > max_sessions {
+            return None;
+        }
+        let mut by_index = BTreeMap::new();
+        for (client, session) in &sessions {
+            let within_window = session.replies.len() <= MAX_REPLIES_PER_SESSION;
+            let above_floor = session.floor.is_none_or(|f| session.replies.keys().all(|&seq| seq > f));
+            if !within_window || !above_floor || by_index.insert(session.last_index, *client).is_some() {
+                return None;
+            }
+        }
+        Some(SessionTable { max_sessions, sessions, by_index })
+    }
+}

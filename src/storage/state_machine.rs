@@ -1,0 +1,335 @@
+//! The replicated state machine: applies committed commands to the KV engine, exactly once.
+
+use super::engine::{KvEngine, WriteBatch};
+use super::error::{Result, StorageError};
+use super::session::{Session, SessionCheck, SessionTable, DEFAULT_MAX_SESSIONS};
+use crate::protocol::codec;
+use crate::protocol::command::{ColumnFamily, Command, CommandResult, Proposal};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Version of the image [`StateMachine::snapshot`] writes.
+const IMAGE_FORMAT_VERSION: u32 = 1;
+
+/// An image part is closed once it passes this many bytes of keys and values, so no part nears the
+/// codec's decode limit (a single key and value are far below it).
+const IMAGE_PART_BYTES: usize = 4 * 1024 * 1024;
+
+/// Sessions per image part.
+const IMAGE_PART_SESSIONS: usize = 1024;
+
+/// One part of a state-machine image; the image is a sequence of `[len u64 LE][encoded part]`.
+#[derive(Serialize, Deserialize)]
+enum ImagePart {
+    /// Always first.
+    Header { format_version: u32, applied_index: u64, max_sessions: u64 },
+    /// Pairs of one family, in key order, continuing the previous part of that family.
+    Pairs { cf: ColumnFamily, pairs: Vec<(Vec<u8>, Vec<u8>)> },
+    /// Sessions by client id, continuing the previous part.
+    Sessions(Vec<(u64, Session)>),
+    /// Always last: totals, to catch a truncated image.
+    End { pairs: u64, sessions: u64 },
+}
+
+/// The state every replica builds by applying the same committed entries in the same order.
+///
+/// Writes tagged with a session are applied at most once per (client, seq) — see
+/// [`SessionTable`] for the window, the too-old rule and eviction; an evicted client is treated as
+/// new. Durability: none by itself; what survives a restart is the latest
+/// [`snapshot`](Self::snapshot) saved plus the log after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateMachine {
+    engine: KvEngine,
+    sessions: SessionTable,
+    /// Index of the last entry applied; strictly increases with every apply.
+    applied_index: u64,
+}
+
+impl Default for StateMachine {
+    fn default() -> Self {
+        StateMachine::new(DEFAULT_MAX_SESSIONS)
+    }
+}
+
+impl StateMachine {
+    /// An empty state machine remembering at most `max_sessions` client sessions.
+    ///
+    /// `max_sessions` decides evictions, so it must be the same on every replica of a cluster.
+    pub fn new(max_sessions: usize) -> Self {
+        StateMachine { engine: KvEngine::new(), sessions: SessionTable::new(max_sessions), applied_index: 0 }
+    }
+
+    /// Applies the committed entry at `index` carrying `proposal`, and answers it.
+    ///
+    /// A write whose session tag was applied before answers the remembered reply without
+    /// applying; one too old to be remembered answers an error and is not applied.
+    pub fn apply(&mut self, index: u64, proposal: &Proposal) -> CommandResult {
+        self.advance(index);
+        match proposal.session {
+            Some(tag) if proposal.command.is_write() => match self.sessions.check(tag) {
+                SessionCheck::Duplicate(reply) => reply,
+                SessionCheck::TooOld => CommandResult::Error(format!(
+                    "request seq {} of client {} is too old: its outcome is no longer remembered",
+                    tag.seq, tag.client_id
+                )),
+                SessionCheck::Fresh => {
+                    let reply = self.execute(&proposal.command);
+                    self.sessions.record(tag, index, reply.clone());
+                    reply
+                }
+            },
+            _ => self.execute(&proposal.command),
+        }
+    }
+
+    /// Records that the entry at `index` carried no command (a leader's no-op).
+    pub fn apply_empty(&mut self, index: u64) {
+        self.advance(index);
+    }
+
+    /// Index of the last entry applied (0 if none).
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The KV engine, for reads served without the log.
+    pub fn engine(&self) -> &KvEngine {
+        &self.engine
+    }
+
+    /// Number of client sessions remembered.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn advance(&mut self, index: u64) {
+        assert!(
+            index > self.applied_index,
+            "applied index must increase: {index} after {}",
+            self.applied_index
+        );
+        self.applied_index = index;
+    }
+
+    fn execute(&mut self, command: &Command) -> CommandResult {
+        match command {
+            Command::Put { cf, key, value } => {
+                let mut batch = WriteBatch::new();
+                batch.put(*cf, key.clone(), value.clone());
+                self.engine.write(batch);
+                CommandResult::Ok
+            }
+            Command::Append { key, value } => {
+                let cf = ColumnFamily::Default;
+                let mut joined = self.engine.get_cf(cf, key).map(<[u8]>::to_vec).unwrap_or_default();
+                joined.extend_from_slice(value);
+                let len = joined.len() as i64;
+                let mut batch = WriteBatch::new();
+                batch.put(cf, key.clone(), joined);
+                self.engine.write(batch);
+                CommandResult::Integer(len)
+            }
+            Command::Delete { cf, keys } => {
+                // A key named twice existed once.
+                let unique: BTreeSet<&Vec<u8>> = keys.iter().collect();
+                let mut batch = WriteBatch::new();
+                for key in unique {
+                    if self.engine.get_cf(*cf, key).is_some() {
+                        batch.delete(*cf, key.clone());
+                    }
+                }
+                let deleted = batch.len() as i64;
+                self.engine.write(batch);
+                CommandResult::Integer(deleted)
+            }
+            Command::Get { cf, key } => {
+                CommandResult::Value(self.engine.get_cf(*cf, key).map(<[u8]>::to_vec))
+            }
+            Command::Exists { keys } => {
+                let found =
+                    keys.iter().filter(|k| self.engine.get_cf(ColumnFamily::Default, k).is_some()).count();
+                CommandResult::Integer(found as i64)
+            }
+            Command::Scan { cf, start, limit } => {
+                let limit = usize::try_from(*limit).unwrap_or(usize::MAX);
+                CommandResult::Pairs(self.engine.scan_cf(*cf, start, limit))
+            }
+        }
+    }
+
+    /// An image of the whole state: engine, sessions and applied index.
+    pub fn snapshot(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let max_sessions = self.sessions.max_sessions() as u64;
+        push_part(
+            &mut out,
+            &ImagePart::Header {
+                format_version: IMAGE_FORMAT_VERSION,
+                applied_index: self.applied_index,
+                max_sessions,
+            },
+        )?;
+        let mut pair_count = 0u64;
+        for (cf, map) in ColumnFamily::ALL.into_iter().zip(self.engine.families()) {
+            let mut pairs = Vec::new();
+            let mut bytes = 0;
+            for (k, v) in map {
+                bytes += k.len() + v.len();
+                pairs.push((k.clone(), v.clone()));
+                pair_count += 1;
+                if bytes >= IMAGE_PART_BYTES {
+                    push_part(&mut out, &ImagePart::Pairs { cf, pairs: std::mem::take(&mut pairs) })?;
+                    bytes = 0;
+                }
+            }
+            if !pairs.is_empty() {
+                push_part(&mut out, &ImagePart::Pairs { cf, pairs })?;
+            }
+        }
+        let sessions: Vec<(u64, Session)> =
+            self.sessions.sessions().iter().map(|(c, s)| (*c, s.clone())).collect();
+        for chunk in sessions.chunks(IMAGE_PART_SESSIONS) {
+            push_part(&mut out, &ImagePart::Sessions(chunk.to_vec()))?;
+        }
+        push_part(&mut out, &ImagePart::End { pairs: pair_count, sessions: sessions.len() as u64 })?;
+        Ok(out)
+    }
+
+    /// Rebuilds a state machine from an image made by [`snapshot`](Self::snapshot).
+    ///
+    /// The session bound recorded in the image is kept, so the restored machine answers every
+    /// later command exactly as the original would.
+    pub fn restore(image: &[u8]) -> Result<StateMachine> {
+        let bad = |why: String| StorageError::BadImage(why);
+        let mut parts = Parts { rest: image };
+        let Some(ImagePart::Header { format_version, applied_index, max_sessions }) = parts.next()? else {
+            return Err(bad("missing header".into()));
+        };
+        if format_version != IMAGE_FORMAT_VERSION {
+            return Err(bad(format!("format version {format_version}, expected {IMAGE_FORMAT_VERSION}")));
+        }
+        let mut cfs: [BTreeMap<Vec<u8>, Vec<u8>>; 3] = Default::default();
+        let mut sessions = BTreeMap::new();
+        let mut pair_count = 0u64;
+        loop {
+            match parts.next()? {
+                Some(ImagePart::Pairs { cf, pairs }) => {
+                    let slot = ColumnFamily::ALL.iter().position(|c| *c == cf).unwrap_or(0);
+                    for (k, v) in pairs {
+                        if cfs[slot].insert(k, v).is_some() {
+                            return Err(bad(format!("duplicate key in family {cf}")));
+                        }
+                        pair_count += 1;
+                    }
+                }
+                Some(ImagePart::Sessions(chunk)) => {
+                    for (client, session) in chunk {
+                        if sessions.insert(client, session).is_some() {
+                            return Err(bad(format!("duplicate session {client}")));
+                        }
+                    }
+                }
+                Some(ImagePart::End { pairs, sessions: session_total }) => {
+                    if pairs != pair_count || session_total != sessions.len() as u64 {
+                        return Err(bad("totals do not match the parts".into()));
+                    }
+                    if !parts.rest.is_empty() {
+                        return Err(bad(format!("{} bytes after the end", parts.rest.len())));
+                    }
+                    break;
+                }
+                Some(ImagePart::Header { .. }) => return Err(bad("second header".into())),
+                None => return Err(bad("truncated: no end part".into())),
+            }
+        }
+        let max_sessions = usize::try_from(max_sessions).map_err(|_| bad("max_sessions too large".into()))?;
+        let sessions = SessionTable::from_sessions(max_sessions, sessions)
+            .ok_or_else(|| bad("session table breaks its invariants".into()))?;
+        Ok(StateMachine { engine: KvEngine::from_families(cfs), sessions, applied_index })
+    }
+}
+
+fn push_part(out: &mut Vec<u8>, part: &ImagePart) -> Result<()> {
+    let bytes = codec::encode(part)?;
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(&bytes);
+    Ok(())
+}
+
+/// Reads image parts one by one.
+struct Parts<'a> {
+    rest: &'a [u8],
+}
+
+impl Parts<'_> {
+    fn next(&mut self) -> Result<Option<ImagePart>> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let truncated = || StorageError::BadImage("truncated part".into());
+        let (len, rest) = self.rest.split_first_chunk::<8>().ok_or_else(truncated)?;
+        let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| truncated())?;
+        if len > rest.len() {
+            return Err(truncated());
+        }
+        let (part, rest) = rest.split_at(len);
+        self.rest = rest;
+        Ok(Some(codec::decode(part)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str) -> Proposal {
+        Proposal {
+            request_id: 0,
+            session: None,
+            command: Command::Put { cf: ColumnFamily::Default, key: key.into(), value: value.into() },
+        }
+    }
+
+    fn plain(command: Command) -> Proposal {
+        Proposal { request_id: 0, session: None, command }
+    }
+
+    #[test]
+    fn commands_answer_like_redis() {
+        let mut sm = StateMachine::default();
+        assert_eq!(sm.apply(1, &put("a", "x")), CommandResult::Ok);
+        let append = plain(Command::Append { key: b"a".to_vec(), value: b"yz".to_vec() });
+        assert_eq!(sm.apply(2, &append), CommandResult::Integer(3));
+        let get = plain(Command::Get { cf: ColumnFamily::Default, key: b"a".to_vec() });
+        assert_eq!(sm.apply(3, &get), CommandResult::Value(Some(b"xyz".to_vec())));
+        let exists = plain(Command::Exists { keys: vec![b"a".to_vec(), b"a".to_vec(), b"b".to_vec()] });
+        assert_eq!(sm.apply(4, &exists), CommandResult::Integer(2));
+        sm.apply_empty(5);
+        let del = plain(Command::Delete {
+            cf: ColumnFamily::Default,
+            keys: vec![b"a".to_vec(), b"a".to_vec(), b"b".to_vec()],
+        });
+        assert_eq!(sm.apply(6, &del), CommandResult::Integer(1));
+        assert_eq!(sm.apply(7, &get), CommandResult::Value(None));
+        assert_eq!(sm.applied_index(), 7);
+    }
+
+    #[test]
+    #[should_panic(expected = "applied index must increase")]
+    fn applying_an_old_index_is_a_bug() {
+        let mut sm = StateMachine::default();
+        sm.apply_empty(3);
+        sm.apply_empty(3);
+    }
+
+    #[test]
+    fn truncated_image_is_an_error() {
+        let mut sm = StateMachine::default();
+        sm.apply(1, &put("k", "v"));
+        let image = sm.snapshot().expect("snapshot");
+        for cut in 0..image.len() {
+            assert!(StateMachine::restore(&image[..cut]).is_err(), "cut at {cut}");
+        }
+        assert_eq!(StateMachine::restore(&image).expect("restore"), sm);
+    }
+}

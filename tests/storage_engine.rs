@@ -1,0 +1,91 @@
+//! KV engine against a model: a BTreeMap keyed by (family, key).
+
+use proptest::prelude::*;
+use quorumkv::protocol::command::ColumnFamily;
+use quorumkv::storage::{KvEngine, WriteBatch};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(ColumnFamily, Vec<u8>, Vec<u8>),
+    Delete(ColumnFamily, Vec<u8>),
+}
+
+fn cf() -> impl Strategy<Value = ColumnFamily> {
+    prop::sample::select(ColumnFamily::ALL.to_vec())
+}
+
+fn key() -> impl Strategy<Value = Vec<u8>> {
+    // A small alphabet so puts, deletes and scans hit the same keys.
+    prop::collection::vec(0u8..4, 0..4)
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (cf(), key(), prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(c, k, v)| Op::Put(c, k, v)),
+        1 => (cf(), key()).prop_map(|(c, k)| Op::Delete(c, k)),
+    ]
+}
+
+proptest! {
+    // proptest seeds from PROPTEST_RNG_SEED / its persistence file; a failure prints the case.
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_matches_a_btreemap_model(
+        batches in prop::collection::vec(prop::collection::vec(op(), 0..6), 0..20),
+        scans in prop::collection::vec((cf(), key(), 0usize..6), 1..8),
+    ) {
+        let mut engine = KvEngine::new();
+        let mut model: BTreeMap<(ColumnFamily, Vec<u8>), Vec<u8>> = BTreeMap::new();
+        for batch in batches {
+            let mut wb = WriteBatch::new();
+            for op in batch {
+                match op {
+                    Op::Put(c, k, v) => {
+                        model.insert((c, k.clone()), v.clone());
+                        wb.put(c, k, v);
+                    }
+                    Op::Delete(c, k) => {
+                        model.remove(&(c, k.clone()));
+                        wb.delete(c, k);
+                    }
+                }
+            }
+            engine.write(wb);
+            for ((c, k), v) in &model {
+                prop_assert_eq!(engine.get_cf(*c, k), Some(v.as_slice()));
+            }
+            prop_assert_eq!(engine.len(), model.len());
+            let size: usize = model.iter().map(|((_, k), v)| k.len() + v.len()).sum();
+            prop_assert_eq!(engine.approximate_size_bytes(), size as u64);
+        }
+        for (c, start, limit) in scans {
+            let expected: Vec<(Vec<u8>, Vec<u8>)> = model
+                .range((c, start.clone())..)
+                .take_while(|((mc, _), _)| *mc == c)
+                .take(limit)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect();
+            prop_assert_eq!(engine.scan_cf(c, &start, limit), expected);
+            let in_cf = model.keys().filter(|(mc, _)| *mc == c).count();
+            prop_assert_eq!(engine.len_cf(c), in_cf);
+        }
+    }
+}
+
+#[test]
+fn families_are_separate_key_spaces() {
+    let mut engine = KvEngine::new();
+    let mut wb = WriteBatch::new();
+    wb.put(ColumnFamily::Default, b"k".to_vec(), b"d".to_vec()).put(
+        ColumnFamily::Lock,
+        b"k".to_vec(),
+        b"l".to_vec(),
+    );
+    engine.write(wb);
+    assert_eq!(engine.get_cf(ColumnFamily::Default, b"k"), Some(&b"d"[..]));
+    assert_eq!(engine.get_cf(ColumnFamily::Lock, b"k"), Some(&b"l"[..]));
+    assert_eq!(engine.get_cf(ColumnFamily::Write, b"k"), None);
+    assert_eq!(engine.scan_cf(ColumnFamily::Write, b"", 10), vec![]);
+}

@@ -1,0 +1,68 @@
+//! Snapshot files: atomic save, newest wins, torn temp files ignored, corruption is an error.
+
+use quorumkv::protocol::raft::SnapshotMeta;
+use quorumkv::storage::{SnapshotStore, StorageError};
+use std::fs;
+
+fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn newest_wins_and_older_files_are_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    assert_eq!(store.load_latest().expect("load"), None);
+    store.save(SnapshotMeta { index: 10, term: 1 }, b"first").expect("save");
+    let path = store.save(SnapshotMeta { index: 25, term: 2 }, b"second image").expect("save");
+    assert_eq!(snapshot_files(dir.path()).len(), 1, "older snapshot removed");
+    assert_eq!(
+        store.load_latest().expect("load"),
+        Some((SnapshotMeta { index: 25, term: 2 }, b"second image".to_vec()))
+    );
+    let latest = store.latest_path().expect("latest").expect("some");
+    assert_eq!(latest.path, path);
+    assert_eq!(latest.size_bytes, fs::metadata(&path).expect("stat").len());
+    // A fresh store over the same directory finds it too (restart).
+    let again = SnapshotStore::open(dir.path()).expect("reopen");
+    assert_eq!(again.load_latest().expect("load").map(|(m, _)| m.index), Some(25));
+}
+
+#[test]
+fn a_torn_temp_file_is_ignored_and_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    store.save(SnapshotMeta { index: 5, term: 1 }, b"good").expect("save");
+    // A crash in the middle of writing a newer snapshot leaves a partial temp file.
+    let temp = dir.path().join(format!("snap-{:020}-{:020}.snap.tmp", 9, 1));
+    fs::write(&temp, b"QKVSNAP\0\x01\x00").expect("write temp");
+    assert_eq!(
+        store.load_latest().expect("load"),
+        Some((SnapshotMeta { index: 5, term: 1 }, b"good".to_vec()))
+    );
+    assert!(!temp.exists(), "temp file removed");
+}
+
+#[test]
+fn a_corrupt_snapshot_is_an_error_not_an_empty_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    let path = store.save(SnapshotMeta { index: 7, term: 3 }, &[0xab; 1000]).expect("save");
+    let clean = fs::read(&path).expect("read");
+    for at in [0, 10, 20, 40, 500, clean.len() - 1] {
+        let mut bytes = clean.clone();
+        bytes[at] ^= 0x01;
+        fs::write(&path, &bytes).expect("write");
+        match store.load_latest() {
+            Err(StorageError::Corrupt { path: p, .. }) => assert_eq!(p, path),
+            other => panic!("flip at {at}: expected corruption, got {:?}", other.map(|o| o.map(|(m, _)| m))),
+        }
+    }
+    fs::write(&path, &clean[..clean.len() - 3]).expect("truncate");
+    assert!(matches!(store.load_latest(), Err(StorageError::Corrupt { .. })));
+}

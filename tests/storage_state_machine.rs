@@ -1,0 +1,175 @@
+//! State machine: commands, exactly-once sessions, deterministic eviction, snapshot and restore.
+
+use quorumkv::protocol::command::{ColumnFamily, Command, CommandResult, Proposal, SessionTag};
+use quorumkv::storage::{StateMachine, MAX_REPLIES_PER_SESSION};
+
+fn tagged(client_id: u64, seq: u64, command: Command) -> Proposal {
+    Proposal { request_id: seq, session: Some(SessionTag { client_id, seq }), command }
+}
+
+fn append(key: &str, value: &str) -> Command {
+    Command::Append { key: key.into(), value: value.into() }
+}
+
+fn get(key: &str) -> Command {
+    Command::Get { cf: ColumnFamily::Default, key: key.into() }
+}
+
+fn value_of(sm: &mut StateMachine, index: u64, key: &str) -> Option<Vec<u8>> {
+    match sm.apply(index, &Proposal { request_id: 0, session: None, command: get(key) }) {
+        CommandResult::Value(v) => v,
+        other => panic!("GET answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_repeated_seq_returns_the_remembered_reply_without_applying() {
+    let mut sm = StateMachine::default();
+    assert_eq!(sm.apply(1, &tagged(7, 1, append("k", "ab"))), CommandResult::Integer(2));
+    // The client retried after a timeout: the same (client, seq) is committed again.
+    assert_eq!(sm.apply(2, &tagged(7, 1, append("k", "ab"))), CommandResult::Integer(2));
+    assert_eq!(value_of(&mut sm, 3, "k"), Some(b"ab".to_vec()));
+    // Another client with the same seq is a different request.
+    assert_eq!(sm.apply(4, &tagged(8, 1, append("k", "c"))), CommandResult::Integer(3));
+}
+
+#[test]
+fn out_of_order_seqs_apply_once_each() {
+    let mut sm = StateMachine::default();
+    let mut index = 0;
+    let mut next = || {
+        index += 1;
+        index
+    };
+    for seq in [5, 3, 4, 3, 5, 1] {
+        sm.apply(next(), &tagged(1, seq, append("k", &seq.to_string())));
+    }
+    assert_eq!(value_of(&mut sm, next(), "k"), Some(b"5341".to_vec()));
+    assert_eq!(sm.apply(next(), &tagged(1, 4, append("k", "4"))), CommandResult::Integer(3));
+}
+
+#[test]
+fn a_seq_below_the_window_is_refused_as_too_old_and_not_applied() {
+    let mut sm = StateMachine::default();
+    let total = MAX_REPLIES_PER_SESSION as u64 + 8;
+    for seq in 1..=total {
+        sm.apply(seq, &tagged(1, seq, append("k", "x")));
+    }
+    let floor = total - MAX_REPLIES_PER_SESSION as u64;
+    let mut index = total;
+    for old in [1, floor] {
+        index += 1;
+        match sm.apply(index, &tagged(1, old, append("k", "x"))) {
+            CommandResult::Error(message) => assert!(message.contains("too old"), "{message}"),
+            other => panic!("seq {old} answered {other:?}"),
+        }
+    }
+    index += 1;
+    assert_eq!(
+        sm.apply(index, &tagged(1, floor + 1, append("k", "x"))),
+        CommandResult::Integer((floor + 1) as i64)
+    );
+    index += 1;
+    assert_eq!(value_of(&mut sm, index, "k"), Some(vec![b'x'; total as usize]));
+}
+
+#[test]
+fn reads_with_a_session_are_not_remembered() {
+    let mut sm = StateMachine::default();
+    sm.apply(1, &tagged(1, 1, get("k")));
+    assert_eq!(sm.session_count(), 0);
+    sm.apply(
+        2,
+        &tagged(1, 2, Command::Put { cf: ColumnFamily::Lock, key: b"k".to_vec(), value: b"v".to_vec() }),
+    );
+    assert_eq!(sm.session_count(), 1);
+}
+
+#[test]
+fn eviction_drops_the_session_applied_longest_ago_on_every_replica() {
+    let commands = [
+        tagged(1, 1, append("a", "1")), // index 1
+        tagged(2, 1, append("b", "1")), // index 2
+        tagged(3, 1, append("c", "1")), // index 3
+        tagged(1, 2, append("a", "1")), // index 4: client 1 is now the most recent but one
+        tagged(4, 1, append("d", "1")), // index 5: over the bound, client 2 (index 2) goes
+        tagged(2, 1, append("b", "1")), // client 2 is new again: applied a second time
+        tagged(1, 2, append("a", "1")), // client 1 remembered: not applied
+    ];
+    let mut replicas = [StateMachine::new(3), StateMachine::new(3)];
+    let mut replies = [Vec::new(), Vec::new()];
+    for (sm, out) in replicas.iter_mut().zip(replies.iter_mut()) {
+        for (i, proposal) in commands.iter().enumerate() {
+            out.push(sm.apply(i as u64 + 1, proposal));
+        }
+        assert_eq!(sm.session_count(), 3);
+    }
+    assert_eq!(replies[0], replies[1]);
+    assert_eq!(replicas[0], replicas[1]);
+    assert_eq!(replies[0][5], CommandResult::Integer(2), "evicted client treated as new");
+    assert_eq!(replies[0][6], CommandResult::Integer(2), "remembered client deduplicated");
+}
+
+/// A deterministic stream of mixed commands from a few clients, from `seed`.
+fn workload(seed: u64, count: usize) -> Vec<Proposal> {
+    let mut rng = seed;
+    let mut out = Vec::new();
+    let mut seqs = [0u64; 8];
+    for _ in 0..count {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let key = format!("k{}", rng % 13);
+        let cf = ColumnFamily::ALL[(rng >> 8) as usize % 3];
+        let command = match (rng >> 16) % 6 {
+            0 => Command::Put { cf, key: key.into(), value: (rng >> 20).to_string().into() },
+            1 => append(&key, "+"),
+            2 => Command::Delete { cf, keys: vec![key.clone().into(), format!("k{}", rng % 5).into()] },
+            3 => Command::Scan { cf, start: key.into(), limit: (rng >> 24) % 5 },
+            4 => Command::Exists { keys: vec![key.clone().into(), key.into()] },
+            _ => get(&key),
+        };
+        let client = (rng >> 32) % 8;
+        // Mostly new seqs, sometimes a retry of a recent or a very old one.
+        let seq = match (rng >> 40) % 10 {
+            0 => seqs[client as usize].saturating_sub((rng >> 44) % 40),
+            _ => {
+                seqs[client as usize] += 1;
+                seqs[client as usize]
+            }
+        };
+        let session = (!(rng >> 48).is_multiple_of(4)).then_some(SessionTag { client_id: client, seq });
+        out.push(Proposal { request_id: 0, session, command });
+    }
+    out
+}
+
+#[test]
+fn snapshot_then_restore_gives_identical_state_and_future_replies() {
+    for seed in [1u64, 0xdead_beef, 42] {
+        let commands = workload(seed, 600);
+        let (before, after) = commands.split_at(300);
+        // A small session bound so eviction happens on both sides of the snapshot.
+        let mut original = StateMachine::new(5);
+        let mut index = 0;
+        for proposal in before {
+            index += 1;
+            if index % 50 == 0 {
+                original.apply_empty(index);
+                index += 1;
+            }
+            original.apply(index, proposal);
+        }
+        let image = original.snapshot().expect("snapshot");
+        let mut restored = StateMachine::restore(&image).expect("restore");
+        assert_eq!(restored, original, "seed {seed}");
+        assert_eq!(restored.applied_index(), index);
+        for proposal in after {
+            index += 1;
+            let expected = original.apply(index, proposal);
+            assert_eq!(restored.apply(index, proposal), expected, "seed {seed} index {index}");
+        }
+        assert_eq!(restored, original, "seed {seed}");
+        assert_eq!(restored.snapshot().expect("snapshot"), original.snapshot().expect("snapshot"));
+    }
+}

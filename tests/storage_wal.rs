@@ -1,0 +1,379 @@
+//! Write-ahead log: crash consistency, corruption detection, overwrites and compaction.
+
+use quorumkv::protocol::raft::{Entry, HardState, SnapshotMeta};
+use quorumkv::storage::record;
+use quorumkv::storage::{StorageError, Wal, WalOptions, WalRecovery};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn entry(index: u64, term: u64) -> Entry {
+    // Sizes vary so records straddle segment boundaries at different offsets.
+    Entry { index, term, data: vec![(index % 251) as u8; 20 + (index as usize * 7) % 60] }
+}
+
+fn small(fsync: bool) -> WalOptions {
+    WalOptions { segment_bytes: 512, fsync }
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for path in segments(from) {
+        fs::copy(&path, to.join(path.file_name().expect("name"))).expect("copy");
+    }
+}
+
+/// The expected (hard state, entries) after each prefix of the records written.
+struct Model {
+    hard_state: HardState,
+    entries: Vec<Entry>,
+    states: Vec<(HardState, Vec<Entry>)>,
+}
+
+impl Model {
+    fn new() -> Self {
+        Model { hard_state: HardState::default(), entries: Vec::new(), states: vec![Default::default()] }
+    }
+
+    fn append(&mut self, wal: &mut Wal, hs: Option<HardState>, batch: &[Entry]) {
+        wal.append(hs, batch).expect("append");
+        if let Some(hs) = hs {
+            self.hard_state = hs;
+            self.states.push((self.hard_state, self.entries.clone()));
+        }
+        for e in batch {
+            self.entries.truncate((e.index - 1) as usize);
+            self.entries.push(e.clone());
+            self.states.push((self.hard_state, self.entries.clone()));
+        }
+    }
+}
+
+/// Writes a seeded mix of hard states, batches and overwrites; returns the model.
+fn write_history(dir: &Path, seed: u64, batches: u64) -> Model {
+    let (mut wal, _) = Wal::open(dir, small(false)).expect("open");
+    let mut model = Model::new();
+    let mut rng = seed;
+    let mut next = || {
+        // xorshift64: deterministic from the seed.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut term = 1;
+    for _ in 0..batches {
+        let roll = next();
+        let hs = (roll % 3 == 0).then(|| {
+            term += (roll >> 8) % 2;
+            HardState { term, vote: roll % 4, commit: model.entries.len() as u64 / 2 }
+        });
+        let back = if roll % 7 == 0 { (roll >> 16) % 3 } else { 0 };
+        let start = (model.entries.len() as u64 + 1).saturating_sub(back).max(1);
+        let batch: Vec<Entry> = (start..start + 1 + (roll >> 24) % 4).map(|i| entry(i, term)).collect();
+        model.append(&mut wal, hs, &batch);
+    }
+    assert!(wal.segment_count() >= 5, "the history should span several segments");
+    model
+}
+
+#[test]
+fn every_truncation_of_the_last_segment_recovers_an_exact_prefix() {
+    let seed = 0x5eed_0001;
+    let original = tempfile::tempdir().expect("tempdir");
+    let model = write_history(original.path(), seed, 150);
+    // The last segment with records in it (Wal::open starts a fresh one, so pick the last non-empty).
+    let last = segments(original.path()).into_iter().rfind(|p| fs::metadata(p).expect("stat").len() > 0);
+    let last = last.expect("a segment");
+    let full = fs::read(&last).expect("read");
+    let mut previous_prefix = 0;
+    let mut distinct = std::collections::BTreeSet::new();
+    for cut in (0..=full.len()).rev() {
+        let copy = tempfile::tempdir().expect("tempdir");
+        copy_dir(original.path(), copy.path());
+        let name = last.file_name().expect("name");
+        fs::write(copy.path().join(name), &full[..cut]).expect("truncate copy");
+        let (_, recovery) = Wal::open(copy.path(), small(false))
+            .unwrap_or_else(|e| panic!("seed {seed:#x}: cut at {cut} of {}: {e}", full.len()));
+        let found = model
+            .states
+            .iter()
+            .rposition(|(hs, entries)| *hs == recovery.hard_state && *entries == recovery.entries);
+        let found =
+            found.unwrap_or_else(|| panic!("seed {seed:#x}: cut at {cut}: not a prefix: {recovery:?}"));
+        if cut < full.len() {
+            assert!(found <= previous_prefix, "seed {seed:#x}: a shorter file recovered a longer prefix");
+        } else {
+            assert_eq!(found, model.states.len() - 1, "the untouched log recovers everything");
+        }
+        previous_prefix = found;
+        distinct.insert(found);
+        assert_eq!(recovery.snapshot, SnapshotMeta::default());
+    }
+    assert!(distinct.len() >= 4, "the last segment should hold several records: {distinct:?}");
+}
+
+#[test]
+fn a_flipped_byte_in_an_early_record_is_an_error_naming_file_and_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_history(dir.path(), 7, 60);
+    let first = segments(dir.path()).remove(0);
+    let bytes = fs::read(&first).expect("read");
+    let (records, damage) = record::scan(&bytes);
+    assert!(damage.is_none() && records.len() >= 4);
+    let victim = &records[2];
+    let mut damaged = bytes.clone();
+    damaged[victim.offset + record::HEADER_BYTES + victim.payload.len() / 2] ^= 0x10;
+    fs::write(&first, &damaged).expect("write");
+    match Wal::open(dir.path(), small(false)) {
+        Err(err @ StorageError::Corrupt { .. }) => {
+            let StorageError::Corrupt { ref path, offset, .. } = err else { unreachable!() };
+            assert_eq!(path, &first);
+            assert_eq!(offset, victim.offset as u64);
+            let message = err.to_string();
+            assert!(message.contains(&first.display().to_string()), "{message}");
+            assert!(message.contains(&format!("offset {}", victim.offset)), "{message}");
+        }
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+    // Nothing was truncated: the damaged file is left for the operator.
+    assert_eq!(fs::read(&first).expect("read"), damaged);
+}
+
+#[test]
+fn a_bad_record_followed_by_data_in_the_last_segment_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut wal, _) =
+            Wal::open(dir.path(), WalOptions { segment_bytes: 1 << 20, fsync: false }).expect("open");
+        wal.append(None, &(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>()).expect("append");
+    }
+    let last = segments(dir.path()).remove(0);
+    let mut bytes = fs::read(&last).expect("read");
+    let (records, _) = record::scan(&bytes);
+    let victim = records[5].offset;
+    bytes[victim + record::HEADER_BYTES + 3] ^= 0xff;
+    fs::write(&last, &bytes).expect("write");
+    let err = Wal::open(dir.path(), WalOptions::default()).expect_err("corruption before the tail");
+    assert!(matches!(err, StorageError::Corrupt { offset, .. } if offset == victim as u64), "{err}");
+}
+
+#[test]
+fn zero_filled_tail_is_truncated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut wal, _) = Wal::open(dir.path(), small(false)).expect("open");
+        wal.append(None, &[entry(1, 1), entry(2, 1)]).expect("append");
+    }
+    let last = segments(dir.path()).remove(0);
+    let clean = fs::metadata(&last).expect("stat").len();
+    let mut bytes = fs::read(&last).expect("read");
+    bytes.extend_from_slice(&[0u8; 4096]);
+    fs::write(&last, &bytes).expect("write");
+    let (_, recovery) = Wal::open(dir.path(), small(false)).expect("zero tail is torn");
+    assert_eq!(recovery.entries, vec![entry(1, 1), entry(2, 1)]);
+    assert_eq!(fs::metadata(&last).expect("stat").len(), clean);
+}
+
+#[test]
+fn overwritten_suffix_replays_with_the_later_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = small(true);
+    {
+        let (mut wal, _) = Wal::open(dir.path(), options).expect("open");
+        wal.append(None, &(1..=20).map(|i| entry(i, 1)).collect::<Vec<_>>()).expect("append");
+        // A new leader's log replaces 15.. (Raft §5.3).
+        wal.append(Some(HardState { term: 2, vote: 3, commit: 14 }), &[entry(15, 2), entry(16, 2)])
+            .expect("overwrite");
+        assert_eq!(wal.last_index(), 16);
+        assert_eq!(wal.term(15), Some(2));
+    }
+    let (mut wal, recovery) = Wal::open(dir.path(), options).expect("reopen");
+    let expected: Vec<Entry> = (1..=14).map(|i| entry(i, 1)).chain([entry(15, 2), entry(16, 2)]).collect();
+    assert_eq!(recovery.entries, expected);
+    assert_eq!(recovery.hard_state, HardState { term: 2, vote: 3, commit: 14 });
+    wal.append(None, &[entry(17, 2)]).expect("append after reopen");
+    // An overwrite reaching into a closed segment.
+    wal.append(None, &[entry(3, 3)]).expect("deep overwrite");
+    drop(wal);
+    let (_, recovery) = Wal::open(dir.path(), options).expect("reopen");
+    let expected: Vec<Entry> = vec![entry(1, 1), entry(2, 1), entry(3, 3)];
+    assert_eq!(recovery.entries, expected);
+}
+
+#[test]
+fn compaction_deletes_segments_and_replay_keeps_hard_state_marker_and_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = small(true);
+    let hs = HardState { term: 4, vote: 2, commit: 150 };
+    let (mut wal, _) = Wal::open(dir.path(), options).expect("open");
+    // The only hard state record is in the first segment, which compaction deletes.
+    wal.append(Some(hs), &[]).expect("hard state");
+    for i in 1..=200 {
+        wal.append(None, &[entry(i, 4)]).expect("append");
+    }
+    let before = segments(dir.path()).len();
+    let bytes_before = wal.log_bytes();
+    let meta = SnapshotMeta { index: 150, term: 4 };
+    wal.compact(meta).expect("compact");
+    let after = segments(dir.path()).len();
+    assert!(after < before / 3, "segments {before} -> {after}");
+    assert_eq!(wal.segment_count(), after);
+    assert!(wal.log_bytes() < bytes_before / 3);
+    assert_eq!((wal.first_index(), wal.last_index()), (151, 200));
+    wal.append(None, &(201..=210).map(|i| entry(i, 4)).collect::<Vec<_>>()).expect("append");
+    let log_bytes = wal.log_bytes();
+    drop(wal);
+    for _ in 0..2 {
+        let (wal, recovery) = Wal::open(dir.path(), options).expect("reopen");
+        assert_eq!(
+            recovery,
+            WalRecovery {
+                hard_state: hs,
+                snapshot: meta,
+                entries: (151..=210).map(|i| entry(i, 4)).collect()
+            }
+        );
+        assert_eq!(wal.log_bytes(), log_bytes, "log_bytes is the same after replay");
+        assert_eq!(wal.term(150), Some(4));
+    }
+    // Compacting everything and reopening leaves an empty log after the snapshot.
+    let (mut wal, _) = Wal::open(dir.path(), options).expect("reopen");
+    wal.compact(SnapshotMeta { index: 210, term: 4 }).expect("compact all");
+    assert_eq!(wal.log_bytes(), 0);
+    drop(wal);
+    let (wal, recovery) = Wal::open(dir.path(), options).expect("reopen");
+    assert!(recovery.entries.is_empty());
+    assert_eq!(wal.last_index(), 210);
+    assert_eq!(recovery.hard_state, hs);
+}
+
+#[test]
+fn snapshot_of_a_conflicting_log_replays_like_it_was_applied_live() {
+    // A follower whose entries 40.. are from a deposed leader installs a snapshot at 60 from
+    // another term: its whole log goes (Raft §7), and replay after segment deletion agrees.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = small(false);
+    let (mut wal, _) = Wal::open(dir.path(), options).expect("open");
+    for i in 1..=80 {
+        wal.append(None, &[entry(i, 1)]).expect("append");
+    }
+    let meta = SnapshotMeta { index: 60, term: 2 };
+    wal.compact(meta).expect("compact");
+    assert_eq!(wal.last_index(), 60);
+    wal.append(None, &[entry(61, 2), entry(62, 2)]).expect("append");
+    drop(wal);
+    let (_, recovery) = Wal::open(dir.path(), options).expect("reopen");
+    assert_eq!(recovery.snapshot, meta);
+    assert_eq!(recovery.entries, vec![entry(61, 2), entry(62, 2)]);
+}
+
+#[test]
+fn a_conflicting_snapshot_at_a_segment_end_does_not_resurrect_later_entries() {
+    // Segment A ends exactly at the snapshot index and B holds 6..8. A snapshot at 5 in another
+    // term discards the whole log; deleting A too would let replay keep 6..8, so A stays.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = WalOptions { segment_bytes: 1, fsync: false };
+    let (mut wal, _) = Wal::open(dir.path(), options).expect("open");
+    wal.append(None, &(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>()).expect("append");
+    wal.append(None, &(6..=8).map(|i| entry(i, 1)).collect::<Vec<_>>()).expect("append");
+    wal.compact(SnapshotMeta { index: 5, term: 2 }).expect("compact");
+    assert_eq!(wal.last_index(), 5);
+    drop(wal);
+    let (_, recovery) = Wal::open(dir.path(), options).expect("reopen");
+    assert!(recovery.entries.is_empty(), "{:?}", recovery.entries);
+}
+
+#[test]
+fn a_missing_middle_segment_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_history(dir.path(), 11, 60);
+    let victim = segments(dir.path()).remove(2);
+    fs::remove_file(&victim).expect("remove");
+    let err = Wal::open(dir.path(), small(false)).expect_err("missing segment");
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+#[derive(Clone, Debug)]
+enum LogOp {
+    /// Append `len` entries starting `back` below last + 1, maybe in a new term, maybe with a hard state.
+    Append { back: u64, len: u64, new_term: bool, hard_state: bool },
+    /// Compact at last + 2 - `back`, with the entry's own term or another one.
+    Compact { back: u64, other_term: bool },
+    /// Close and reopen the WAL (a restart).
+    Reopen,
+}
+
+fn log_op() -> impl proptest::strategy::Strategy<Value = LogOp> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => (0u64..4, 1u64..6, any::<bool>(), any::<bool>())
+            .prop_map(|(back, len, new_term, hard_state)| LogOp::Append { back, len, new_term, hard_state }),
+        2 => (0u64..8, proptest::bool::weighted(0.3)).prop_map(|(back, other_term)| LogOp::Compact { back, other_term }),
+        2 => Just(LogOp::Reopen),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 96, ..Default::default() })]
+
+    /// The WAL (live and after every restart) agrees with its in-memory twin, including which
+    /// entries survive a snapshot and what replay gives after segments were deleted.
+    #[test]
+    fn wal_agrees_with_mem_log(
+        ops in proptest::collection::vec(log_op(), 1..60),
+        segment_bytes in proptest::prop_oneof![proptest::strategy::Just(1u64), 100u64..400],
+    ) {
+        use quorumkv::storage::{LogStore, MemLog};
+        let dir = tempfile::tempdir().expect("tempdir");
+        // One byte: every write starts a segment, so segments end exactly where batches do.
+        let options = WalOptions { segment_bytes, fsync: false };
+        let (mut wal, _) = Wal::open(dir.path(), options).expect("open");
+        let mut mem = MemLog::new();
+        let mut term = 1;
+        for op in ops {
+            match op {
+                LogOp::Append { back, len, new_term, hard_state } => {
+                    term += u64::from(new_term);
+                    let start = (mem.last_index() + 1).saturating_sub(back).max(mem.first_index());
+                    let batch: Vec<Entry> = (start..start + len).map(|i| entry(i, term)).collect();
+                    let hs = hard_state.then_some(HardState { term, vote: 1, commit: start - 1 });
+                    wal.append(hs, &batch).expect("wal append");
+                    mem.append(hs, &batch).expect("mem append");
+                }
+                LogOp::Compact { back, other_term } => {
+                    let index = (mem.last_index() + 2).saturating_sub(back);
+                    let own = mem.term(index).unwrap_or(term);
+                    let meta = SnapshotMeta { index, term: if other_term { own + 1 } else { own } };
+                    wal.compact(meta).expect("wal compact");
+                    mem.compact(meta).expect("mem compact");
+                }
+                LogOp::Reopen => {
+                    drop(wal);
+                    let (reopened, recovery) = Wal::open(dir.path(), options).expect("reopen");
+                    proptest::prop_assert_eq!(recovery, mem.recovery());
+                    wal = reopened;
+                }
+            }
+            proptest::prop_assert_eq!((wal.first_index(), wal.last_index()), (mem.first_index(), mem.last_index()));
+            proptest::prop_assert_eq!(wal.log_bytes(), mem.log_bytes());
+            proptest::prop_assert_eq!(wal.hard_state(), LogStore::hard_state(&mem));
+            proptest::prop_assert_eq!(wal.snapshot(), LogStore::snapshot(&mem));
+            for index in mem.first_index().saturating_sub(1)..=mem.last_index() {
+                proptest::prop_assert_eq!(wal.term(index), mem.term(index));
+            }
+        }
+        drop(wal);
+        let (wal, recovery) = Wal::open(dir.path(), options).expect("final reopen");
+        proptest::prop_assert_eq!(recovery, mem.recovery());
+        proptest::prop_assert_eq!(wal.log_bytes(), mem.log_bytes());
+    }
+}
