@@ -5,6 +5,7 @@ use super::error::{Result, StorageError};
 use super::session::{Session, SessionCheck, SessionTable, DEFAULT_MAX_SESSIONS};
 use crate::protocol::codec;
 use crate::protocol::command::{ColumnFamily, Command, CommandResult, Proposal};
+use crate::protocol::resp::MAX_ARG_BYTES;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -121,7 +122,12 @@ impl StateMachine {
             }
             Command::Append { key, value } => {
                 let cf = ColumnFamily::Default;
-                let mut joined = self.engine.get_cf(cf, key).map(<[u8]>::to_vec).unwrap_or_default();
+                let old = self.engine.get_cf(cf, key).unwrap_or_default();
+                if old.len() + value.len() > MAX_ARG_BYTES {
+                    // Every replica refuses alike: the check reads only replicated state.
+                    return CommandResult::Error(format!("value would exceed {MAX_ARG_BYTES} bytes"));
+                }
+                let mut joined = old.to_vec();
                 joined.extend_from_slice(value);
                 let len = joined.len() as i64;
                 let mut batch = WriteBatch::new();
@@ -142,6 +148,15 @@ impl StateMachine {
                 self.engine.write(batch);
                 CommandResult::Integer(deleted)
             }
+            Command::Get { .. } | Command::Exists { .. } | Command::Scan { .. } => self.read(command),
+        }
+    }
+
+    /// Answers a read-only command from the state as it is now; a write is refused.
+    ///
+    /// Linearizable when called once the index a ReadIndex round confirmed has been applied.
+    pub fn read(&self, command: &Command) -> CommandResult {
+        match command {
             Command::Get { cf, key } => {
                 CommandResult::Value(self.engine.get_cf(*cf, key).map(<[u8]>::to_vec))
             }
@@ -153,6 +168,9 @@ impl StateMachine {
             Command::Scan { cf, start, limit } => {
                 let limit = usize::try_from(*limit).unwrap_or(usize::MAX);
                 CommandResult::Pairs(self.engine.scan_cf(*cf, start, limit))
+            }
+            Command::Put { .. } | Command::Append { .. } | Command::Delete { .. } => {
+                CommandResult::Error("a write cannot be served as a read".to_string())
             }
         }
     }

@@ -1,0 +1,266 @@
+//! One client connection: reads RESP requests, starts a waiter for each, writes replies in order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use super::consensus::Consensus;
+use super::status::StatusBoard;
+use super::waiter::{Waiter, WaiterDone, WaiterTask};
+use crate::protocol::raft::NodeId;
+use crate::protocol::request::{parse_client_request, ClientRequest};
+use crate::protocol::resp::{ParseOutcome, Reply, RequestParser};
+
+/// Requests of one connection in flight (read, not yet answered) before reading pauses.
+pub const MAX_INFLIGHT_REQUESTS: usize = 1024;
+/// Bytes read from the socket at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// What a connection needs from its replica.
+#[derive(Clone)]
+pub struct ConnectionEnv {
+    /// Where waiters propose and read.
+    pub consensus: Addr<Consensus>,
+    /// For INFO and redirects.
+    pub status: Arc<StatusBoard>,
+    /// Members, for INFO.
+    pub members: Vec<NodeId>,
+    /// How long a waiter may take.
+    pub request_timeout: Duration,
+}
+
+/// One parsed request from the reader, with the permit that bounds requests in flight.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Incoming {
+    request: Result<Vec<Vec<u8>>, String>,
+    permit: OwnedSemaphorePermit,
+}
+
+/// The reader hit unparseable input (reply with the error, then close) or the end of input.
+#[derive(Message)]
+#[rtype(result = "()")]
+enum ReaderEnded {
+    Garbage(String, OwnedSemaphorePermit),
+    Eof,
+}
+
+/// Close this connection now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseConnection;
+
+/// Bytes to write, and the permits of the replies they hold (released once written).
+type WriteJob = (Vec<u8>, Vec<OwnedSemaphorePermit>);
+
+/// The actor serving one client connection.
+pub struct Connection {
+    env: ConnectionEnv,
+    reader: Option<OwnedReadHalf>,
+    writer: Option<mpsc::UnboundedSender<WriteJob>>,
+    writer_half: Option<OwnedWriteHalf>,
+    /// Next sequence number to give a request.
+    next_seq: u64,
+    /// Next sequence number whose reply must be written.
+    next_to_write: u64,
+    /// Replies ready but waiting for an earlier one.
+    ready: BTreeMap<u64, Reply>,
+    /// Permits of requests not yet written, by sequence number.
+    permits: BTreeMap<u64, OwnedSemaphorePermit>,
+    /// Close once the reply with this sequence number is written.
+    close_after: Option<u64>,
+}
+
+impl Connection {
+    /// A connection over `stream` for a replica described by `env`.
+    pub fn new(stream: TcpStream, env: ConnectionEnv) -> Connection {
+        let _ = stream.set_nodelay(true);
+        let (reader, writer_half) = stream.into_split();
+        Connection {
+            env,
+            reader: Some(reader),
+            writer: None,
+            writer_half: Some(writer_half),
+            next_seq: 0,
+            next_to_write: 0,
+            ready: BTreeMap::new(),
+            permits: BTreeMap::new(),
+            close_after: None,
+        }
+    }
+
+    fn complete(&mut self, ctx: &mut Context<Self>, seq: u64, reply: Reply) {
+        self.ready.insert(seq, reply);
+        let mut out = Vec::new();
+        let mut permits = Vec::new();
+        // Replies leave in request order, flushed once per burst.
+        while let Some(reply) = self.ready.remove(&self.next_to_write) {
+            reply.encode_into(&mut out);
+            permits.extend(self.permits.remove(&self.next_to_write));
+            self.next_to_write += 1;
+        }
+        if !out.is_empty() {
+            if let Some(writer) = &self.writer {
+                let _ = writer.send((out, permits));
+            }
+        }
+        if self.close_after.is_some_and(|last| self.next_to_write > last) {
+            // Dropping the writer's sender lets it finish writing, then close the socket.
+            self.writer = None;
+            ctx.stop();
+        }
+    }
+
+    fn start_request(&mut self, ctx: &mut Context<Self>, seq: u64, args: Vec<Vec<u8>>) {
+        let request = match parse_client_request(args) {
+            Ok(r) => r,
+            Err(e) => return self.complete(ctx, seq, e.to_reply()),
+        };
+        let task = match request {
+            ClientRequest::Ping(None) => return self.complete(ctx, seq, Reply::Simple("PONG".into())),
+            ClientRequest::Ping(Some(msg)) => return self.complete(ctx, seq, Reply::Bulk(Some(msg))),
+            ClientRequest::Quit => {
+                self.close_after = Some(seq);
+                return self.complete(ctx, seq, Reply::ok());
+            }
+            ClientRequest::Info(_) => {
+                let text = self.env.status.info_text(&self.env.members);
+                return self.complete(ctx, seq, Reply::Bulk(Some(text.into_bytes())));
+            }
+            ClientRequest::Immediate(reply) => return self.complete(ctx, seq, reply),
+            ClientRequest::Write { session, command } => WaiterTask::Write { session, command },
+            ClientRequest::Read { command } => WaiterTask::Read(command),
+        };
+        let waiter = Waiter::new(
+            seq,
+            task,
+            self.env.consensus.clone(),
+            ctx.address().recipient(),
+            self.env.request_timeout,
+        );
+        waiter.start();
+    }
+}
+
+async fn read_loop(mut reader: OwnedReadHalf, connection: Addr<Connection>, permits: Arc<Semaphore>) {
+    let mut parser = RequestParser::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        // Parse everything buffered before reading more.
+        loop {
+            let outcome = parser.parse(&buf);
+            let (consumed, request) = match outcome {
+                ParseOutcome::Incomplete => break,
+                ParseOutcome::Skipped { consumed } => (consumed, None),
+                ParseOutcome::Request { args, consumed } => (consumed, Some(Ok(args))),
+                ParseOutcome::LimitError { message, consumed } => (consumed, Some(Err(message))),
+                ParseOutcome::Fatal(message) => {
+                    if let Ok(permit) = permits.clone().acquire_owned().await {
+                        connection.do_send(ReaderEnded::Garbage(message, permit));
+                    }
+                    return;
+                }
+            };
+            buf.drain(..consumed);
+            let Some(request) = request else { continue };
+            let quit =
+                matches!(&request, Ok(args) if args.first().is_some_and(|a| a.eq_ignore_ascii_case(b"QUIT")));
+            // Waits while MAX_INFLIGHT_REQUESTS are unanswered: back-pressure on the client.
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            connection.do_send(Incoming { request, permit });
+            if quit {
+                return;
+            }
+        }
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                connection.do_send(ReaderEnded::Eof);
+                return;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+async fn write_loop(mut writer: OwnedWriteHalf, mut jobs: mpsc::UnboundedReceiver<WriteJob>) {
+    while let Some((bytes, permits)) = jobs.recv().await {
+        if writer.write_all(&bytes).await.is_err() {
+            return;
+        }
+        drop(permits);
+    }
+    let _ = writer.shutdown().await;
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_REQUESTS));
+        if let Some(reader) = self.reader.take() {
+            ctx.spawn(read_loop(reader, ctx.address(), permits).into_actor(self));
+        }
+        if let Some(writer_half) = self.writer_half.take() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.writer = Some(tx);
+            // Not tied to the actor: queued replies are still written after it stops.
+            actix::spawn(write_loop(writer_half, rx));
+        }
+    }
+}
+
+impl Handler<Incoming> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: Incoming, ctx: &mut Self::Context) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.permits.insert(seq, msg.permit);
+        match msg.request {
+            Ok(args) => self.start_request(ctx, seq, args),
+            Err(message) => self.complete(ctx, seq, Reply::err(message)),
+        }
+    }
+}
+
+impl Handler<ReaderEnded> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReaderEnded, ctx: &mut Self::Context) {
+        match msg {
+            ReaderEnded::Garbage(message, permit) => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.permits.insert(seq, permit);
+                self.close_after = Some(seq);
+                self.complete(ctx, seq, Reply::Error(format!("ERR Protocol error: {message}")));
+            }
+            // The client is gone: nobody will read the replies of what is still in flight.
+            ReaderEnded::Eof => ctx.stop(),
+        }
+    }
+}
+
+impl Handler<WaiterDone> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: WaiterDone, ctx: &mut Self::Context) {
+        self.complete(ctx, msg.seq, msg.reply);
+    }
+}
+
+impl Handler<CloseConnection> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CloseConnection, ctx: &mut Self::Context) {
+        self.writer = None;
+        ctx.stop();
+    }
+}

@@ -1,0 +1,58 @@
+//! The disk writer: owns the data dir and the WAL, on its own thread so fsync never stalls clients.
+
+use actix::prelude::*;
+
+use crate::protocol::raft::{Entry, HardState};
+use crate::storage::{DataDir, StorageError, Wal};
+
+/// Append a Ready's hard state and entries to the WAL, durably (one fsync) unless `--no-fsync`.
+#[derive(Message)]
+#[rtype(result = "Result<(), StorageError>")]
+pub struct Persist {
+    /// Hard state to record, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Entries to append (replacing any suffix from the first one's index).
+    pub entries: Vec<Entry>,
+}
+
+/// Close the WAL and release the data dir lock; answered once both are closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseDisk;
+
+/// Runs on a dedicated arbiter: requests are served one at a time, in order.
+pub struct DiskWriter {
+    wal: Option<Wal>,
+    /// Held for its lock; dropped on close.
+    data_dir: Option<DataDir>,
+}
+
+impl DiskWriter {
+    /// A writer owning `wal` inside `data_dir`.
+    pub fn new(wal: Wal, data_dir: DataDir) -> DiskWriter {
+        DiskWriter { wal: Some(wal), data_dir: Some(data_dir) }
+    }
+}
+
+impl Actor for DiskWriter {
+    type Context = Context<Self>;
+}
+
+impl Handler<Persist> for DiskWriter {
+    type Result = Result<(), StorageError>;
+
+    fn handle(&mut self, msg: Persist, _ctx: &mut Self::Context) -> Self::Result {
+        let wal = self.wal.as_mut().ok_or(StorageError::Poisoned)?;
+        wal.append(msg.hard_state, &msg.entries)
+    }
+}
+
+impl Handler<CloseDisk> for DiskWriter {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CloseDisk, ctx: &mut Self::Context) {
+        self.wal = None;
+        self.data_dir = None;
+        ctx.stop();
+    }
+}

@@ -1,0 +1,205 @@
+//! Accepts connections from other members, checks their handshake, and hands their frames to consensus.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpListener;
+
+use super::consensus::Inbound;
+use super::status::StatusBoard;
+use crate::protocol::peer_wire::{
+    decode_payload, frame_len, FrameError, Handshake, MAX_FRAME_BYTES, PEER_PROTOCOL_VERSION,
+};
+use crate::protocol::raft::{Message, NodeId};
+
+/// Time a new peer connection has to send its handshake.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+
+/// Stop listening and drop every inbound peer connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopListener;
+
+/// The listener for peer connections.
+pub struct PeerListener {
+    listener: Option<TcpListener>,
+    cluster_name: String,
+    id: NodeId,
+    members: Vec<NodeId>,
+    consensus: Recipient<Inbound>,
+    status: Arc<StatusBoard>,
+}
+
+impl PeerListener {
+    /// A listener on `listener` for members of `cluster_name`, delivering to `consensus`.
+    pub fn new(
+        listener: TcpListener,
+        cluster_name: String,
+        id: NodeId,
+        members: Vec<NodeId>,
+        consensus: Recipient<Inbound>,
+        status: Arc<StatusBoard>,
+    ) -> PeerListener {
+        PeerListener { listener: Some(listener), cluster_name, id, members, consensus, status }
+    }
+}
+
+/// Why an inbound peer connection was closed.
+#[derive(Debug, thiserror::Error)]
+enum PeerInputError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// Largest handshake frame, in bytes: a stranger gets no big allocation before it is checked.
+const MAX_HANDSHAKE_BYTES: usize = 4096;
+
+async fn read_frame<T: serde::de::DeserializeOwned, R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+    max_bytes: usize,
+) -> Result<Option<T>, PeerInputError> {
+    let mut header = [0u8; 4];
+    match stream.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = frame_len(header)?;
+    if len > max_bytes {
+        return Err(FrameError::TooLarge(len).into());
+    }
+    buf.resize(len, 0);
+    stream.read_exact(buf).await?;
+    Ok(Some(decode_payload(buf)?))
+}
+
+struct InboundCheck {
+    cluster_name: String,
+    id: NodeId,
+    members: Vec<NodeId>,
+}
+
+impl InboundCheck {
+    fn check(&self, h: &Handshake) -> Result<(), PeerInputError> {
+        if h.version != PEER_PROTOCOL_VERSION {
+            return Err(PeerInputError::Refused(format!(
+                "protocol version {} (want {PEER_PROTOCOL_VERSION})",
+                h.version
+            )));
+        }
+        if h.cluster_name != self.cluster_name {
+            return Err(PeerInputError::Refused(format!(
+                "cluster '{}' (this is '{}')",
+                h.cluster_name, self.cluster_name
+            )));
+        }
+        if h.from == self.id || !self.members.contains(&h.from) {
+            return Err(PeerInputError::Refused(format!("id {} is not another member", h.from)));
+        }
+        Ok(())
+    }
+}
+
+async fn serve_peer<R: AsyncRead + Unpin>(
+    mut stream: R,
+    check: InboundCheck,
+    consensus: Recipient<Inbound>,
+    status: Arc<StatusBoard>,
+) -> Result<(), PeerInputError> {
+    let mut buf = Vec::new();
+    let handshake: Handshake = match tokio::time::timeout(
+        Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+        read_frame(&mut stream, &mut buf, MAX_HANDSHAKE_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(Some(h))) => h,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(PeerInputError::Refused("no handshake in time".into())),
+    };
+    check.check(&handshake)?;
+    let from = handshake.from;
+    status.set_client_addr(from, handshake.client_addr);
+    log::info!("replica {}: peer {from} connected", check.id);
+    while let Some(message) = read_frame::<Message, R>(&mut stream, &mut buf, MAX_FRAME_BYTES).await? {
+        // Identity comes from the handshake: a frame claiming another sender is refused.
+        if message.from != from || message.to != check.id {
+            return Err(PeerInputError::Refused(format!(
+                "frame from {} to {} on peer {from}'s connection",
+                message.from, message.to
+            )));
+        }
+        consensus.do_send(Inbound(message));
+    }
+    log::info!("replica {}: peer {from} disconnected", check.id);
+    Ok(())
+}
+
+/// A peer connection was accepted.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Accepted(tokio::net::TcpStream);
+
+impl Actor for PeerListener {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(listener) = self.listener.take() else { return };
+        let me = ctx.address();
+        // Owned by this actor: stopping it stops accepting and closes the port.
+        ctx.spawn(
+            async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, _)) => me.do_send(Accepted(stream)),
+                        Err(e) => {
+                            log::warn!("peer listener: accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<Accepted> for PeerListener {
+    type Result = ();
+
+    fn handle(&mut self, msg: Accepted, ctx: &mut Self::Context) {
+        let _ = msg.0.set_nodelay(true);
+        let check = InboundCheck {
+            cluster_name: self.cluster_name.clone(),
+            id: self.id,
+            members: self.members.clone(),
+        };
+        let id = self.id;
+        let serve = serve_peer(msg.0, check, self.consensus.clone(), self.status.clone());
+        // Spawned on this actor, so stopping the listener drops every inbound connection too.
+        ctx.spawn(
+            async move {
+                if let Err(e) = serve.await {
+                    log::warn!("replica {id}: closed a peer connection: {e}");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<StopListener> for PeerListener {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopListener, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,303 @@
+//! Wires one replica from a config: data dir, WAL, Raft core and every actor.
+//!
+//! ```text
+//!  client ──RESP──> FrontEnd ─> Connection ─> Waiter ──Propose/ReadIndex──> Consensus ──Persist──> DiskWriter (own thread)
+//!                                  ^            ^                            │   │
+//!                                  └─WaiterDone─┴──WatchFired/ReadDone── Applier <─ApplyEntries/Watch/ServeRead
+//!  peers ──TCP──> PeerListener ──Inbound──> Consensus ──Transport──> PeerLink ──TCP──> peers
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use tokio::net::{TcpListener, TcpSocket};
+
+use super::applier::{Applier, StopApplier};
+use super::connection::ConnectionEnv;
+use super::consensus::{Consensus, ConsensusParts, StopConsensus};
+use super::disk::{CloseDisk, DiskWriter};
+use super::front_end::{FrontEnd, StopFrontEnd};
+use super::peer_link::{PeerLink, StopLink};
+use super::peer_listener::{PeerListener, StopListener};
+use super::status::StatusBoard;
+use super::transport::{TcpTransport, Transport};
+use crate::protocol::peer_wire::{Handshake, PEER_PROTOCOL_VERSION};
+use crate::protocol::raft::{Config, NodeId, RaftCore};
+use crate::storage::{DataDir, StateMachine, StorageError, Wal, WalOptions, DEFAULT_MAX_SESSIONS};
+
+/// Everything that configures one replica.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// This member's id (non-zero).
+    pub id: NodeId,
+    /// Name shared by every member; peers of another cluster are refused.
+    pub cluster_name: String,
+    /// Where to serve clients (HOST:PORT; port 0 picks one).
+    pub client_addr: String,
+    /// Where to listen for peers (HOST:PORT; port 0 picks one).
+    pub peer_addr: String,
+    /// Peer address of every member, this one included.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// fsync every WAL write (off only with `--no-fsync`).
+    pub fsync: bool,
+    /// Minimum election timeout; each one is drawn from [this, 2 × this).
+    pub election_timeout_ms: u64,
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Raft tick interval (election and heartbeat times are whole numbers of ticks).
+    pub tick_ms: u64,
+    /// How long a request may wait for its outcome before `-TRYAGAIN`.
+    pub request_timeout_ms: u64,
+    /// Log bytes since the last snapshot that trigger a new one.
+    pub snapshot_threshold_bytes: u64,
+    /// Client sessions remembered (must be equal on every member).
+    pub max_sessions: usize,
+    /// WAL segment size.
+    pub wal_segment_bytes: u64,
+}
+
+impl ReplicaConfig {
+    /// A single-member config with the product's defaults.
+    pub fn single(
+        id: NodeId,
+        client_addr: &str,
+        peer_addr: &str,
+        data_dir: impl Into<PathBuf>,
+    ) -> ReplicaConfig {
+        ReplicaConfig {
+            id,
+            cluster_name: "quorumkv".to_string(),
+            client_addr: client_addr.to_string(),
+            peer_addr: peer_addr.to_string(),
+            peers: BTreeMap::from([(id, peer_addr.to_string())]),
+            data_dir: data_dir.into(),
+            fsync: true,
+            election_timeout_ms: 1000,
+            heartbeat_ms: 100,
+            tick_ms: 10,
+            request_timeout_ms: 3000,
+            snapshot_threshold_bytes: 64 * 1024 * 1024,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            wal_segment_bytes: crate::storage::wal::DEFAULT_SEGMENT_BYTES,
+        }
+    }
+
+    fn raft_config(&self) -> Result<Config, ReplicaError> {
+        let tick = self.tick_ms.max(1);
+        let mut config = Config::new(self.id, self.peers.keys().copied().collect());
+        config.election_timeout_ticks = (self.election_timeout_ms / tick).max(2) as u32;
+        config.heartbeat_ticks = (self.heartbeat_ms / tick).max(1) as u32;
+        // Election timeouts differ between runs and members even with the same id.
+        let nanos =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        config.seed = nanos ^ self.id.rotate_left(32);
+        config.validate().map_err(ReplicaError::Config)?;
+        Ok(config)
+    }
+}
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The data dir or WAL refused (wrong identity, locked, corrupt, I/O).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The settings are inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Binds `addr` with SO_REUSEADDR, retrying briefly while a just-closed listener lets go of it.
+pub async fn bind(addr: &str) -> Result<TcpListener, ReplicaError> {
+    let err = |source| ReplicaError::Bind { addr: addr.to_string(), source };
+    let parsed: SocketAddr = tokio::net::lookup_host(addr)
+        .await
+        .map_err(err)?
+        .next()
+        .ok_or_else(|| err(std::io::Error::new(std::io::ErrorKind::NotFound, "no address")))?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let socket = if parsed.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+        socket.set_reuseaddr(true).map_err(err)?;
+        match socket.bind(parsed).and_then(|()| socket.listen(1024)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
+}
+
+/// A running replica: its addresses and the handles to stop it.
+pub struct Replica {
+    /// This member's id.
+    pub id: NodeId,
+    /// Where it serves clients.
+    pub client_addr: SocketAddr,
+    /// Where it listens for peers.
+    pub peer_addr: SocketAddr,
+    /// Its live numbers.
+    pub status: Arc<StatusBoard>,
+    consensus: Addr<Consensus>,
+    applier: Addr<Applier>,
+    front_end: Addr<FrontEnd>,
+    peer_listener: Addr<PeerListener>,
+    links: Vec<Addr<PeerLink>>,
+    disk: Addr<DiskWriter>,
+    disk_arbiter: Arbiter,
+}
+
+impl Replica {
+    /// Starts a replica, binding its listeners from the config. Call inside an actix system.
+    pub async fn start(config: ReplicaConfig) -> Result<Replica, ReplicaError> {
+        let client = bind(&config.client_addr).await?;
+        let peer = bind(&config.peer_addr).await?;
+        Replica::start_with(config, client, peer, None).await
+    }
+
+    /// Starts a replica on listeners already bound, optionally with a custom transport
+    /// (the default dials every other member over TCP).
+    pub async fn start_with(
+        config: ReplicaConfig,
+        client_listener: TcpListener,
+        peer_listener: TcpListener,
+        transport: Option<Box<dyn Transport>>,
+    ) -> Result<Replica, ReplicaError> {
+        let raft_config = config.raft_config()?;
+        let client_addr = client_listener
+            .local_addr()
+            .map_err(|source| ReplicaError::Bind { addr: config.client_addr.clone(), source })?;
+        let peer_addr = peer_listener
+            .local_addr()
+            .map_err(|source| ReplicaError::Bind { addr: config.peer_addr.clone(), source })?;
+
+        let data_dir = DataDir::open(&config.data_dir, &config.cluster_name, config.id)?;
+        let (wal, recovery) = Wal::open(
+            data_dir.wal_dir(),
+            WalOptions { segment_bytes: config.wal_segment_bytes, fsync: config.fsync },
+        )?;
+        if recovery.snapshot.index != 0 {
+            return Err(ReplicaError::Config(
+                "this data dir holds a compacted log; snapshots are not supported yet".into(),
+            ));
+        }
+        log::info!(
+            "replica {}: recovered term {} vote {} commit {} with {} log entries",
+            config.id,
+            recovery.hard_state.term,
+            recovery.hard_state.vote,
+            recovery.hard_state.commit,
+            recovery.entries.len()
+        );
+        let core = RaftCore::new(raft_config, recovery.hard_state, recovery.snapshot, recovery.entries);
+
+        let disk_arbiter = Arbiter::new();
+        let disk =
+            DiskWriter::start_in_arbiter(&disk_arbiter.handle(), move |_| DiskWriter::new(wal, data_dir));
+        let status = Arc::new(StatusBoard::new(config.id, client_addr.to_string()));
+        let applier = Applier::new(StateMachine::new(config.max_sessions), status.clone()).start();
+
+        let handshake = Handshake {
+            cluster_name: config.cluster_name.clone(),
+            from: config.id,
+            version: PEER_PROTOCOL_VERSION,
+            client_addr: client_addr.to_string(),
+        };
+        let mut links = Vec::new();
+        let transport = match transport {
+            Some(t) => t,
+            None => {
+                let mut map = BTreeMap::new();
+                for (&id, addr) in config.peers.iter().filter(|(&id, _)| id != config.id) {
+                    let link = PeerLink::new(id, addr.clone(), handshake.clone()).start();
+                    links.push(link.clone());
+                    map.insert(id, link);
+                }
+                Box::new(TcpTransport::new(map))
+            }
+        };
+        let consensus = Consensus::new(ConsensusParts {
+            core,
+            disk: disk.clone(),
+            applier: applier.clone(),
+            transport,
+            status: status.clone(),
+            tick: Duration::from_millis(config.tick_ms.max(1)),
+        })
+        .start();
+        let members: Vec<NodeId> = config.peers.keys().copied().collect();
+        let peer_listener = PeerListener::new(
+            peer_listener,
+            config.cluster_name.clone(),
+            config.id,
+            members.clone(),
+            consensus.clone().recipient(),
+            status.clone(),
+        )
+        .start();
+        let env = ConnectionEnv {
+            consensus: consensus.clone(),
+            status: status.clone(),
+            members,
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+        };
+        let front_end = FrontEnd::new(client_listener, env).start();
+        log::info!("replica {}: serving clients on {client_addr}, peers on {peer_addr}", config.id);
+        if !config.fsync {
+            log::warn!(
+                "replica {}: --no-fsync: acknowledged writes can be lost if the machine crashes",
+                config.id
+            );
+        }
+        Ok(Replica {
+            id: config.id,
+            client_addr,
+            peer_addr,
+            status,
+            consensus,
+            applier,
+            front_end,
+            peer_listener,
+            links,
+            disk,
+            disk_arbiter,
+        })
+    }
+
+    /// The consensus actor, for deployments that add their own front end.
+    pub fn consensus(&self) -> Addr<Consensus> {
+        self.consensus.clone()
+    }
+
+    /// Stops every actor, finishes the disk write in progress, and releases the data dir.
+    ///
+    /// What was not yet on disk is lost, exactly as in a crash; what was is recovered on restart.
+    pub async fn stop(self) {
+        let _ = self.front_end.send(StopFrontEnd).await;
+        let _ = self.peer_listener.send(StopListener).await;
+        for link in &self.links {
+            let _ = link.send(StopLink).await;
+        }
+        let _ = self.consensus.send(StopConsensus).await;
+        let _ = self.applier.send(StopApplier).await;
+        let _ = self.disk.send(CloseDisk).await;
+        self.disk_arbiter.stop();
+        let _ = self.disk_arbiter.join();
+        log::info!("replica {}: stopped", self.id);
+    }
+}

@@ -1,0 +1,162 @@
+//! A replica's live numbers, written by its actors and read by INFO without a message round trip.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::RwLock;
+
+use crate::protocol::raft::{NodeId, Role};
+
+/// The shared board of one replica's state. Every field is a snapshot, possibly a moment old.
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    /// This replica's id.
+    pub id: NodeId,
+    role: AtomicU8,
+    term: AtomicU64,
+    leader: AtomicU64,
+    commit_index: AtomicU64,
+    applied_index: AtomicU64,
+    last_log_index: AtomicU64,
+    snapshot_index: AtomicU64,
+    log_bytes: AtomicU64,
+    keys: AtomicU64,
+    /// Client address of each member, learnt from configuration and peer handshakes.
+    client_addrs: RwLock<BTreeMap<NodeId, String>>,
+}
+
+/// Numbers the consensus actor publishes after each Ready.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConsensusNumbers {
+    /// Current role.
+    pub role: Option<Role>,
+    /// Current term.
+    pub term: u64,
+    /// Known leader (0 if none).
+    pub leader: NodeId,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Last index in the log.
+    pub last_log_index: u64,
+    /// Index covered by the latest snapshot.
+    pub snapshot_index: u64,
+    /// Bytes of log since the last snapshot.
+    pub log_bytes: u64,
+}
+
+fn role_code(role: Option<Role>) -> u8 {
+    match role {
+        None | Some(Role::Follower) => 0,
+        Some(Role::PreCandidate) | Some(Role::Candidate) => 1,
+        Some(Role::Leader) => 2,
+    }
+}
+
+impl StatusBoard {
+    /// A board for replica `id` whose own client address is `client_addr`.
+    pub fn new(id: NodeId, client_addr: String) -> StatusBoard {
+        let board = StatusBoard { id, ..StatusBoard::default() };
+        board.set_client_addr(id, client_addr);
+        board
+    }
+
+    /// Publishes the consensus actor's numbers.
+    pub fn publish_consensus(&self, n: ConsensusNumbers) {
+        self.role.store(role_code(n.role), Ordering::Relaxed);
+        self.term.store(n.term, Ordering::Relaxed);
+        self.leader.store(n.leader, Ordering::Relaxed);
+        self.commit_index.store(n.commit_index, Ordering::Relaxed);
+        self.last_log_index.store(n.last_log_index, Ordering::Relaxed);
+        self.snapshot_index.store(n.snapshot_index, Ordering::Relaxed);
+        self.log_bytes.store(n.log_bytes, Ordering::Relaxed);
+    }
+
+    /// Publishes the applier's numbers.
+    pub fn publish_applied(&self, applied_index: u64, keys: u64) {
+        self.applied_index.store(applied_index, Ordering::Relaxed);
+        self.keys.store(keys, Ordering::Relaxed);
+    }
+
+    /// Records where member `id` serves clients.
+    pub fn set_client_addr(&self, id: NodeId, addr: String) {
+        if let Ok(mut map) = self.client_addrs.write() {
+            map.insert(id, addr);
+        }
+    }
+
+    /// Where member `id` serves clients, if known.
+    pub fn client_addr(&self, id: NodeId) -> Option<String> {
+        self.client_addrs.read().ok().and_then(|m| m.get(&id).cloned())
+    }
+
+    /// The role name INFO prints.
+    pub fn role_name(&self) -> &'static str {
+        match self.role.load(Ordering::Relaxed) {
+            2 => "leader",
+            1 => "candidate",
+            _ => "follower",
+        }
+    }
+
+    /// Whether this replica currently believes it leads.
+    pub fn is_leader(&self) -> bool {
+        self.role.load(Ordering::Relaxed) == 2
+    }
+
+    /// Current term.
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Relaxed)
+    }
+
+    /// Known leader id, 0 if none.
+    pub fn leader(&self) -> NodeId {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Applied index.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::Relaxed)
+    }
+
+    /// Commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.commit_index.load(Ordering::Relaxed)
+    }
+
+    /// The `-NOTLEADER` argument: the leader's client address, or `?`.
+    pub fn leader_hint(&self) -> String {
+        match self.leader() {
+            0 => "?".to_string(),
+            id => self.client_addr(id).unwrap_or_else(|| "?".to_string()),
+        }
+    }
+
+    /// INFO's text: `field:value` lines under a section header.
+    pub fn info_text(&self, members: &[NodeId]) -> String {
+        let leader = self.leader();
+        let leader_addr =
+            if leader == 0 { String::new() } else { self.client_addr(leader).unwrap_or_default() };
+        let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+        let fields = [
+            ("id", self.id.to_string()),
+            ("role", self.role_name().to_string()),
+            ("term", self.term().to_string()),
+            ("leader_id", leader.to_string()),
+            ("leader_client_addr", leader_addr),
+            ("commit_index", self.commit_index().to_string()),
+            ("applied_index", self.applied_index().to_string()),
+            ("last_log_index", self.last_log_index.load(Ordering::Relaxed).to_string()),
+            ("snapshot_index", self.snapshot_index.load(Ordering::Relaxed).to_string()),
+            ("log_bytes", self.log_bytes.load(Ordering::Relaxed).to_string()),
+            ("members", members.join(",")),
+            ("keys", self.keys.load(Ordering::Relaxed).to_string()),
+        ];
+        let mut out = String::from("# Replication\r\n");
+        for (k, v) in fields {
+            out.push_str(k);
+            out.push(':');
+            out.push_str(&v);
+            out.push_str("\r\n");
+        }
+        out
+    }
+}

@@ -1,0 +1,35 @@
+//! How the consensus actor reaches other members: a small trait with a TCP implementation here
+//! and an in-memory one in the tests.
+
+use std::collections::BTreeMap;
+
+use actix::Addr;
+
+use super::peer_link::{PeerLink, SendToPeer};
+use crate::protocol::raft::{Message, NodeId};
+
+/// Sends Raft messages to other members. Delivery is best effort: Raft retransmits what is lost.
+pub trait Transport: 'static {
+    /// Queues `message` for `message.to`; never blocks, may drop.
+    fn send(&mut self, message: Message);
+}
+
+/// The production transport: one [`PeerLink`] actor per other member.
+pub struct TcpTransport {
+    links: BTreeMap<NodeId, Addr<PeerLink>>,
+}
+
+impl TcpTransport {
+    /// A transport over the given links.
+    pub fn new(links: BTreeMap<NodeId, Addr<PeerLink>>) -> TcpTransport {
+        TcpTransport { links }
+    }
+}
+
+impl Transport for TcpTransport {
+    fn send(&mut self, message: Message) {
+        if let Some(link) = self.links.get(&message.to) {
+            link.do_send(SendToPeer(message));
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! One waiter per client request: proposes or reads, then resolves to exactly one reply.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::applier::{ReadDone, WatchFired, WatchOutcome};
+use super::consensus::{Consensus, Propose, ReadIndex, Refusal};
+use crate::protocol::codec;
+use crate::protocol::command::{Command, Proposal, SessionTag};
+use crate::protocol::resp::Reply;
+
+/// Source of request ids, unique within this process (with the term, unique within the log).
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A waiter's result, for the connection that started it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WaiterDone {
+    /// The request's position on its connection.
+    pub seq: u64,
+    /// The reply to write.
+    pub reply: Reply,
+}
+
+/// What a waiter does.
+pub enum WaiterTask {
+    /// Propose a write through the log.
+    Write {
+        /// The exactly-once tag, if the client sent `REQ`.
+        session: Option<SessionTag>,
+        /// The state-changing command.
+        command: Command,
+    },
+    /// Serve a linearizable read.
+    Read(Command),
+}
+
+/// Waits for one request's outcome.
+pub struct Waiter {
+    seq: u64,
+    task: Option<WaiterTask>,
+    consensus: Addr<Consensus>,
+    reply_to: Recipient<WaiterDone>,
+    timeout: Duration,
+    done: bool,
+}
+
+fn try_again(why: &str) -> Reply {
+    Reply::Error(format!("TRYAGAIN {why}"))
+}
+
+fn refusal_reply(r: Refusal) -> Reply {
+    match r {
+        Refusal::NotLeader(addr) => Reply::Error(format!("NOTLEADER {addr}")),
+        Refusal::Busy => try_again("replica busy"),
+    }
+}
+
+impl Waiter {
+    /// A waiter for request `seq` of a connection, answering `reply_to` within `timeout`.
+    pub fn new(
+        seq: u64,
+        task: WaiterTask,
+        consensus: Addr<Consensus>,
+        reply_to: Recipient<WaiterDone>,
+        timeout: Duration,
+    ) -> Waiter {
+        Waiter { seq, task: Some(task), consensus, reply_to, timeout, done: false }
+    }
+
+    fn finish(&mut self, ctx: &mut Context<Self>, reply: Reply) {
+        if !self.done {
+            self.done = true;
+            self.reply_to.do_send(WaiterDone { seq: self.seq, reply });
+        }
+        ctx.stop();
+    }
+}
+
+impl Actor for Waiter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_later(self.timeout, |act, ctx| {
+            act.finish(ctx, try_again("no outcome within the request timeout"))
+        });
+        match self.task.take() {
+            Some(WaiterTask::Write { session, command }) => {
+                let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+                let proposal = Proposal { request_id, session, command };
+                let data = match codec::encode(&proposal) {
+                    Ok(data) => data,
+                    Err(e) => return self.finish(ctx, Reply::err(format!("cannot encode request: {e}"))),
+                };
+                let propose = Propose { data, request_id, watcher: ctx.address().recipient() };
+                ctx.spawn(self.consensus.send(propose).into_actor(self).map(
+                    |result, act, ctx| match result {
+                        Ok(Ok(_)) => {} // now wait for WatchFired
+                        Ok(Err(refusal)) => act.finish(ctx, refusal_reply(refusal)),
+                        Err(_) => act.finish(ctx, try_again("replica is shutting down")),
+                    },
+                ));
+            }
+            Some(WaiterTask::Read(command)) => {
+                let read = ReadIndex { command, reply_to: ctx.address().recipient() };
+                ctx.spawn(self.consensus.send(read).into_actor(self).map(|result, act, ctx| match result {
+                    Ok(Ok(())) => {} // now wait for ReadDone
+                    Ok(Err(refusal)) => act.finish(ctx, refusal_reply(refusal)),
+                    Err(_) => act.finish(ctx, try_again("replica is shutting down")),
+                }));
+            }
+            None => {}
+        }
+    }
+}
+
+impl Handler<WatchFired> for Waiter {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatchFired, ctx: &mut Self::Context) {
+        let reply = match msg.0 {
+            WatchOutcome::Applied(result) => Reply::from(result),
+            WatchOutcome::Superseded => try_again("leader changed before the write was applied"),
+        };
+        self.finish(ctx, reply);
+    }
+}
+
+impl Handler<ReadDone> for Waiter {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReadDone, ctx: &mut Self::Context) {
+        let reply = match msg.0 {
+            Ok(result) => Reply::from(result),
+            Err(why) => try_again(&why),
+        };
+        self.finish(ctx, reply);
+    }
+}

@@ -1,0 +1,232 @@
+//! `quorumkv-server`: one replica, or (`local`) a whole cluster in one process.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use quorumkv::actors::replica::{Replica, ReplicaConfig, ReplicaError};
+use quorumkv::storage::StorageError;
+
+/// A replica of quorumkv, the replicated key-value store.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    replica: ReplicaArgs,
+}
+
+#[derive(Args, Debug)]
+struct ReplicaArgs {
+    /// This member's id.
+    #[arg(long, default_value_t = 1)]
+    id: u64,
+    /// Address to serve clients on.
+    #[arg(long, default_value = "127.0.0.1:6380")]
+    client_addr: String,
+    /// Address to listen for peers on (default: this member's entry in --peers).
+    #[arg(long)]
+    peer_addr: Option<String>,
+    /// Every member: ID=HOST:PORT,ID=HOST:PORT,... (this one included).
+    #[arg(long)]
+    peers: Option<String>,
+    /// Data directory.
+    #[arg(long, default_value = "./quorumkv-data")]
+    data_dir: PathBuf,
+    /// Cluster name; peers of another cluster are refused.
+    #[arg(long, default_value = "quorumkv")]
+    cluster_name: String,
+    /// Log bytes since the last snapshot that trigger a new one.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    snapshot_threshold: u64,
+    /// Do not fsync the log (faster; a machine crash can lose acknowledged writes).
+    #[arg(long)]
+    no_fsync: bool,
+    /// Minimum election timeout in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    election_timeout_ms: u64,
+    /// Leader heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a whole cluster in this process, each replica with its own ports and data dir.
+    Local {
+        /// Number of replicas.
+        #[arg(long, default_value_t = 3)]
+        replicas: u64,
+        /// First client port; replica i serves clients on base-port + i - 1 and peers 1000 above.
+        #[arg(long, default_value_t = 6380)]
+        base_port: u16,
+        /// Parent directory of the replicas' data dirs.
+        #[arg(long, default_value = "./quorumkv-local")]
+        data_dir: PathBuf,
+    },
+}
+
+fn parse_peers(spec: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        let (id, addr) =
+            part.split_once('=').ok_or_else(|| format!("--peers entry '{part}' is not ID=HOST:PORT"))?;
+        let id: u64 = id.trim().parse().map_err(|_| format!("--peers entry '{part}': id is not a number"))?;
+        if id == 0 || peers.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("--peers: id {id} is zero or listed twice"));
+        }
+    }
+    Ok(peers)
+}
+
+fn replica_config(args: &ReplicaArgs) -> Result<ReplicaConfig, String> {
+    let peers = match &args.peers {
+        Some(spec) => parse_peers(spec)?,
+        None => BTreeMap::from([(
+            args.id,
+            args.peer_addr.clone().unwrap_or_else(|| "127.0.0.1:7380".to_string()),
+        )]),
+    };
+    let own = peers
+        .get(&args.id)
+        .cloned()
+        .ok_or_else(|| format!("--peers does not list this member (id {})", args.id))?;
+    let mut config = ReplicaConfig::single(
+        args.id,
+        &args.client_addr,
+        &args.peer_addr.clone().unwrap_or(own),
+        &args.data_dir,
+    );
+    config.peers = peers;
+    config.cluster_name = args.cluster_name.clone();
+    config.snapshot_threshold_bytes = args.snapshot_threshold;
+    config.fsync = !args.no_fsync;
+    config.election_timeout_ms = args.election_timeout_ms;
+    config.heartbeat_ms = args.heartbeat_ms;
+    Ok(config)
+}
+
+fn local_configs(
+    replicas: u64,
+    base_port: u16,
+    data_dir: &std::path::Path,
+    template: &ReplicaArgs,
+) -> Result<Vec<ReplicaConfig>, String> {
+    if replicas == 0 || replicas > 9 {
+        return Err("--replicas must be between 1 and 9".into());
+    }
+    let port = |i: u64, offset: u64| -> Result<u16, String> {
+        u16::try_from(u64::from(base_port) + i - 1 + offset).map_err(|_| "--base-port too high".to_string())
+    };
+    let mut peers = BTreeMap::new();
+    for i in 1..=replicas {
+        peers.insert(i, format!("127.0.0.1:{}", port(i, 1000)?));
+    }
+    let mut configs = Vec::new();
+    for i in 1..=replicas {
+        let mut config = ReplicaConfig::single(
+            i,
+            &format!("127.0.0.1:{}", port(i, 0)?),
+            &peers[&i],
+            data_dir.join(format!("replica-{i}")),
+        );
+        config.peers = peers.clone();
+        config.cluster_name = template.cluster_name.clone();
+        config.fsync = !template.no_fsync;
+        config.snapshot_threshold_bytes = template.snapshot_threshold;
+        config.election_timeout_ms = template.election_timeout_ms;
+        config.heartbeat_ms = template.heartbeat_ms;
+        configs.push(config);
+    }
+    Ok(configs)
+}
+
+fn exit_code(e: &ReplicaError) -> ExitCode {
+    match e {
+        ReplicaError::Storage(
+            StorageError::Mismatch { .. } | StorageError::NotADataDir { .. } | StorageError::Locked { .. },
+        ) => ExitCode::from(2),
+        ReplicaError::Config(_) => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(configs: Vec<ReplicaConfig>, local: bool) -> ExitCode {
+    let mut replicas = Vec::new();
+    for config in configs {
+        match Replica::start(config).await {
+            Ok(r) => replicas.push(r),
+            Err(e) => {
+                eprintln!("quorumkv-server: {e}");
+                for r in replicas {
+                    r.stop().await;
+                }
+                return exit_code(&e);
+            }
+        }
+    }
+    if local {
+        let addrs: Vec<String> = replicas.iter().map(|r| r.client_addr.to_string()).collect();
+        println!("quorumkv: local cluster of {} replicas", replicas.len());
+        for r in &replicas {
+            println!("  replica {}: clients on {}, peers on {}", r.id, r.client_addr, r.peer_addr);
+        }
+        println!("connect with:  quorumkv-cli --servers {}", addrs.join(","));
+        println!(
+            "          or:  redis-cli -p {}   (any replica; followers redirect with -NOTLEADER)",
+            replicas[0].client_addr.port()
+        );
+    } else if let Some(r) = replicas.first() {
+        println!("quorumkv: replica {} serving clients on {}, peers on {}", r.id, r.client_addr, r.peer_addr);
+    }
+    shutdown_signal().await;
+    log::info!("shutting down");
+    for r in replicas {
+        r.stop().await;
+    }
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let (configs, local) = match &cli.command {
+        Some(Command::Local { replicas, base_port, data_dir }) => {
+            (local_configs(*replicas, *base_port, data_dir, &cli.replica), true)
+        }
+        None => (replica_config(&cli.replica).map(|c| vec![c]), false),
+    };
+    let configs = match configs {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("quorumkv-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let system = actix_rt::System::new();
+    system.block_on(run(configs, local))
+}

@@ -1,0 +1,85 @@
+//! Frames between replicas: a 4-byte big-endian length, then one encoded value.
+//!
+//! The first frame on a connection is a [`Handshake`]; every later one is a Raft
+//! [`Message`](super::raft::Message).
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::codec::{self, CodecError};
+use super::raft::NodeId;
+
+/// Version of the peer protocol; a peer speaking another version is refused.
+pub const PEER_PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame payload accepted from a peer, in bytes (one maximal value plus headroom).
+pub const MAX_FRAME_BYTES: usize = 40 * 1024 * 1024;
+
+/// Bytes of the length prefix.
+pub const FRAME_HEADER_BYTES: usize = 4;
+
+/// What a replica says first on a connection it opens to another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handshake {
+    /// The cluster the sender belongs to; a mismatch is refused.
+    pub cluster_name: String,
+    /// The sender's member id: the only source of its identity (never the source address).
+    pub from: NodeId,
+    /// The sender's peer protocol version.
+    pub version: u32,
+    /// Where the sender serves clients, so followers can redirect to the leader.
+    pub client_addr: String,
+}
+
+/// A frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announces more than [`MAX_FRAME_BYTES`].
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_BYTES}")]
+    TooLarge(usize),
+    /// The payload is not a valid encoding.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// Encodes `value` as one frame.
+pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    let payload = codec::encode(value)?;
+    if payload.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(payload.len()));
+    }
+    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// The payload length announced by a frame header, checked against the limit.
+pub fn frame_len(header: [u8; FRAME_HEADER_BYTES]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Decodes one frame's payload.
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    Ok(codec::decode(payload)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::raft::{Message, MessageBody};
+
+    #[test]
+    fn frame_round_trip_and_limits() {
+        let m = Message { from: 1, to: 2, term: 3, body: MessageBody::HeartbeatResponse { read_round: 4 } };
+        let frame = encode_frame(&m).expect("encode");
+        let len = frame_len(frame[..4].try_into().expect("4 bytes")).expect("within limit");
+        assert_eq!(len, frame.len() - 4);
+        assert_eq!(decode_payload::<Message>(&frame[4..]).expect("decode"), m);
+        assert!(matches!(frame_len(u32::MAX.to_be_bytes()), Err(FrameError::TooLarge(_))));
+        assert!(decode_payload::<Message>(b"\xff\xff\xff").is_err());
+    }
+}
