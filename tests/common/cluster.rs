@@ -1,0 +1,191 @@
+//! N replicas in one process on real TCP (127.0.0.1, ports picked by the OS), driven from the
+//! test thread: the actix system runs on its own thread so tests can use the blocking client.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use quorumkv::actors::replica::{bind, Replica, ReplicaConfig};
+use quorumkv::actors::status::StatusBoard;
+use tokio::sync::mpsc;
+
+enum Command {
+    Stop(u64, std_mpsc::Sender<()>),
+    Start(u64, std_mpsc::Sender<Result<Arc<StatusBoard>, String>>),
+    Shutdown(std_mpsc::Sender<()>),
+}
+
+/// A running cluster of replicas inside this test process.
+pub struct TestCluster {
+    commands: mpsc::UnboundedSender<Command>,
+    thread: Option<JoinHandle<()>>,
+    /// Client address of each member.
+    pub client_addrs: BTreeMap<u64, SocketAddr>,
+    /// Peer address of each member.
+    pub peer_addrs: BTreeMap<u64, SocketAddr>,
+    /// Live status of each running member.
+    pub status: BTreeMap<u64, Arc<StatusBoard>>,
+    /// Where the data dirs live (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+/// Timings short enough for tests, long enough to be stable on a loaded 2-core machine.
+pub fn test_config(id: u64, dir: &std::path::Path) -> ReplicaConfig {
+    let mut config =
+        ReplicaConfig::single(id, "127.0.0.1:0", "127.0.0.1:0", dir.join(format!("replica-{id}")));
+    config.election_timeout_ms = 300;
+    config.heartbeat_ms = 50;
+    config.tick_ms = 10;
+    config.request_timeout_ms = 2000;
+    config
+}
+
+impl TestCluster {
+    /// Starts `n` replicas, with `adjust` applied to each config.
+    pub fn start_with(n: u64, adjust: impl Fn(&mut ReplicaConfig) + Send + 'static) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root: PathBuf = dir.path().to_path_buf();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std_mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let system = actix_rt::System::new();
+            system.block_on(run(n, root, adjust, rx, ready_tx));
+        });
+        let (client_addrs, peer_addrs, status) = ready_rx.recv().expect("cluster thread started");
+        TestCluster { commands: tx, thread: Some(thread), client_addrs, peer_addrs, status, dir }
+    }
+
+    /// Starts `n` replicas with the test timings.
+    pub fn start(n: u64) -> TestCluster {
+        TestCluster::start_with(n, |_| {})
+    }
+
+    /// Every client address, as `HOST:PORT` strings.
+    pub fn servers(&self) -> Vec<String> {
+        self.client_addrs.values().map(|a| a.to_string()).collect()
+    }
+
+    /// Stops replica `id` (its actors and connections; unsynced state is lost as in a crash).
+    pub fn stop(&mut self, id: u64) {
+        let (tx, rx) = std_mpsc::channel();
+        self.commands.send(Command::Stop(id, tx)).expect("cluster thread alive");
+        rx.recv().expect("stopped");
+        self.status.remove(&id);
+    }
+
+    /// Restarts replica `id` from its data dir on the same addresses.
+    pub fn restart(&mut self, id: u64) {
+        let (tx, rx) = std_mpsc::channel();
+        self.commands.send(Command::Start(id, tx)).expect("cluster thread alive");
+        let status = rx.recv().expect("answer").expect("restart");
+        self.status.insert(id, status);
+    }
+
+    /// Waits until exactly one running replica leads and every running one knows it; returns its id.
+    pub fn wait_for_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leaders: Vec<u64> =
+                self.status.iter().filter(|(_, s)| s.is_leader()).map(|(&id, _)| id).collect();
+            if let [leader] = leaders[..] {
+                let term = self.status[&leader].term();
+                if self.status.values().all(|s| s.leader() == leader && s.term() == term) {
+                    return leader;
+                }
+            }
+            assert!(Instant::now() < deadline, "no stable leader within {timeout:?}");
+            std::thread::yield_now();
+            std::thread::park_timeout(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until every running replica has applied at least `index`.
+    pub fn wait_applied(&self, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.status.values().all(|s| s.applied_index() >= index) {
+            assert!(Instant::now() < deadline, "replicas did not apply {index} within {timeout:?}");
+            std::thread::park_timeout(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let (tx, rx) = std_mpsc::channel();
+        if self.commands.send(Command::Shutdown(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+type Ready = (BTreeMap<u64, SocketAddr>, BTreeMap<u64, SocketAddr>, BTreeMap<u64, Arc<StatusBoard>>);
+
+async fn run(
+    n: u64,
+    root: PathBuf,
+    adjust: impl Fn(&mut ReplicaConfig),
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    ready: std_mpsc::Sender<Ready>,
+) {
+    // Bind every listener first so each member's config can list the others' peer addresses.
+    let mut listeners = BTreeMap::new();
+    for id in 1..=n {
+        let client = bind("127.0.0.1:0").await.expect("bind client");
+        let peer = bind("127.0.0.1:0").await.expect("bind peer");
+        listeners.insert(id, (client, peer));
+    }
+    let peers: BTreeMap<u64, String> =
+        listeners.iter().map(|(&id, (_, p))| (id, p.local_addr().expect("addr").to_string())).collect();
+    let mut configs = BTreeMap::new();
+    for (&id, (client, peer)) in &listeners {
+        let mut config = test_config(id, &root);
+        config.client_addr = client.local_addr().expect("addr").to_string();
+        config.peer_addr = peer.local_addr().expect("addr").to_string();
+        config.peers = peers.clone();
+        adjust(&mut config);
+        configs.insert(id, config);
+    }
+    let mut replicas: BTreeMap<u64, Replica> = BTreeMap::new();
+    for (id, (client, peer)) in listeners {
+        let replica =
+            Replica::start_with(configs[&id].clone(), client, peer, None).await.expect("start replica");
+        replicas.insert(id, replica);
+    }
+    let addrs = replicas.iter().map(|(&id, r)| (id, r.client_addr)).collect();
+    let peer_addrs = replicas.iter().map(|(&id, r)| (id, r.peer_addr)).collect();
+    let status = replicas.iter().map(|(&id, r)| (id, r.status.clone())).collect();
+    let _ = ready.send((addrs, peer_addrs, status));
+    while let Some(command) = commands.recv().await {
+        match command {
+            Command::Stop(id, done) => {
+                if let Some(r) = replicas.remove(&id) {
+                    r.stop().await;
+                }
+                let _ = done.send(());
+            }
+            Command::Start(id, done) => {
+                let result = Replica::start(configs[&id].clone()).await.map_err(|e| e.to_string());
+                let _ = done.send(result.map(|r| {
+                    let status = r.status.clone();
+                    replicas.insert(id, r);
+                    status
+                }));
+            }
+            Command::Shutdown(done) => {
+                for (_, r) in std::mem::take(&mut replicas) {
+                    r.stop().await;
+                }
+                let _ = done.send(());
+                break;
+            }
+        }
+    }
+    actix_rt::System::current().stop();
+}

@@ -1,0 +1,223 @@
+//! A replica's client port: RESP compatibility, limits and bad input, and the minority rule.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::cluster::TestCluster;
+use common::resp_conn::RespConn;
+use quorumkv::protocol::peer_wire::{encode_frame, Handshake, PEER_PROTOCOL_VERSION};
+use quorumkv::protocol::resp::Reply;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn is_err(reply: &Reply, code: &str) -> bool {
+    matches!(reply, Reply::Error(e) if e.starts_with(code))
+}
+
+#[test]
+fn redis_crate_talks_to_the_leader_and_pipelines_in_order() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(WAIT);
+    let url = format!("redis://{}/", cluster.client_addrs[&leader]);
+    let client = redis::Client::open(url).expect("client");
+    let mut con = client.get_connection().expect("connect (the crate sends CLIENT SETINFO first)");
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut con).expect("SET");
+    let v: String = redis::cmd("GET").arg("k").query(&mut con).expect("GET");
+    assert_eq!(v, "v");
+    let n: i64 = redis::cmd("APPEND").arg("k").arg("w").query(&mut con).expect("APPEND");
+    assert_eq!(n, 2);
+    let missing: Option<String> = redis::cmd("GET").arg("nope").query(&mut con).expect("GET");
+    assert_eq!(missing, None);
+    let mut pipe = redis::pipe();
+    for i in 0..200 {
+        pipe.cmd("APPEND").arg("seq").arg(format!("{i},"));
+    }
+    let lens: Vec<i64> = pipe.query(&mut con).expect("pipeline");
+    // Each APPEND answers the new length: in order, strictly increasing.
+    assert_eq!(lens.len(), 200);
+    assert!(lens.windows(2).all(|w| w[0] < w[1]), "replies out of order: {lens:?}");
+    let all: String = redis::cmd("GET").arg("seq").query(&mut con).expect("GET");
+    let expected: String = (0..200).map(|i| format!("{i},")).collect();
+    assert_eq!(all, expected);
+    let deleted: i64 = redis::cmd("DEL").arg("k").arg("seq").arg("nope").query(&mut con).expect("DEL");
+    assert_eq!(deleted, 2);
+    let exists: i64 = redis::cmd("EXISTS").arg("k").arg("seq").query(&mut con).expect("EXISTS");
+    assert_eq!(exists, 0);
+}
+
+#[test]
+fn follower_redirects_to_leader() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(WAIT);
+    let follower = *cluster.client_addrs.keys().find(|&&id| id != leader).expect("a follower");
+    let mut conn = RespConn::connect(cluster.client_addrs[&follower], WAIT);
+    let reply = conn.call(&[b"SET", b"a", b"1"]);
+    assert_eq!(reply, Reply::Error(format!("NOTLEADER {}", cluster.client_addrs[&leader])));
+    let reply = conn.call(&[b"GET", b"a"]);
+    assert!(is_err(&reply, "NOTLEADER"), "{reply:?}");
+    assert_eq!(conn.call(&[b"PING"]), Reply::Simple("PONG".into()));
+}
+
+#[test]
+fn client_port_limits_answer_errors_and_keep_the_connection() {
+    let cluster = TestCluster::start(1);
+    let leader = cluster.wait_for_leader(WAIT);
+    let addr = cluster.client_addrs[&leader];
+    let mut conn = RespConn::connect(addr, WAIT);
+    let big_key = vec![b'k'; 64 * 1024 + 1];
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("key over 64 KiB", {
+            let mut out = Vec::new();
+            quorumkv::protocol::resp::encode_request(&[b"SET".as_slice(), &big_key, b"v"], &mut out);
+            out
+        }),
+        ("value over 16 MiB", {
+            let mut out = Vec::new();
+            let value = vec![b'v'; 16 * 1024 * 1024 + 1];
+            quorumkv::protocol::resp::encode_request(&[b"SET".as_slice(), b"k", &value], &mut out);
+            out
+        }),
+        ("inline line over 64 KiB", {
+            let mut line = b"GET ".to_vec();
+            line.extend(vec![b'x'; 64 * 1024 + 10]);
+            line.extend_from_slice(b"\r\n");
+            line
+        }),
+        ("negative bulk length", b"*2\r\n$3\r\nGET\r\n$-5\r\n".to_vec()),
+        ("1,025 arguments", {
+            let mut out = Vec::new();
+            let mut args: Vec<Vec<u8>> = vec![b"EXISTS".to_vec()];
+            args.extend((0..1024).map(|i| format!("k{i}").into_bytes()));
+            quorumkv::protocol::resp::encode_request(&args, &mut out);
+            out
+        }),
+        ("unknown command", b"FLUSHALL\r\n".to_vec()),
+        ("wrong arity", b"GET\r\n".to_vec()),
+        ("unknown column family", b"RAWGET nope k\r\n".to_vec()),
+    ];
+    for (what, bytes) in cases {
+        conn.send_raw(&bytes);
+        let reply = conn.read().unwrap_or_else(|| panic!("{what}: connection closed"));
+        assert!(is_err(&reply, "ERR"), "{what}: {reply:?}");
+        assert_eq!(conn.call(&[b"PING"]), Reply::Simple("PONG".into()), "{what}: connection kept");
+    }
+    // The replica still serves writes after all that.
+    assert_eq!(conn.call(&[b"SET", b"after", b"ok"]), Reply::Simple("OK".into()));
+}
+
+#[test]
+fn garbage_closes_only_that_connection() {
+    let cluster = TestCluster::start(1);
+    let leader = cluster.wait_for_leader(WAIT);
+    let addr = cluster.client_addrs[&leader];
+    let mut bystander = RespConn::connect(addr, WAIT);
+    assert_eq!(bystander.call(&[b"SET", b"x", b"1"]), Reply::Simple("OK".into()));
+
+    let mut bad = RespConn::connect(addr, WAIT);
+    bad.send_raw(b"*2\r\n$3\r\nGET\r\n:oops\r\n");
+    let reply = bad.read().expect("an error before closing");
+    assert!(is_err(&reply, "ERR"), "{reply:?}");
+    assert!(bad.is_closed(), "garbage closes the connection");
+
+    // A connection cut in the middle of a request.
+    let mut cut = TcpStream::connect(addr).expect("connect");
+    cut.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100\r\nonly-part").expect("write");
+    drop(cut);
+
+    assert_eq!(bystander.call(&[b"GET", b"x"]), Reply::Bulk(Some(b"1".to_vec())));
+    let mut fresh = RespConn::connect(addr, WAIT);
+    assert_eq!(fresh.call(&[b"GET", b"k"]), Reply::Bulk(None), "the cut request was never applied");
+}
+
+#[test]
+fn peer_port_refuses_strangers_garbage_and_oversized_frames() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(WAIT);
+    let term = cluster.status[&leader].term();
+    for addr in cluster.peer_addrs.values() {
+        // Garbage.
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+        assert!(closed(&mut s), "garbage closes the peer connection");
+        // A stranger's handshake.
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let hs = Handshake {
+            cluster_name: "other".into(),
+            from: 2,
+            version: PEER_PROTOCOL_VERSION,
+            client_addr: String::new(),
+        };
+        s.write_all(&encode_frame(&hs).expect("encode")).expect("write");
+        assert!(closed(&mut s), "another cluster is refused");
+        // A member's handshake, then an oversized frame.
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let hs = Handshake {
+            cluster_name: "quorumkv".into(),
+            from: 9,
+            version: PEER_PROTOCOL_VERSION,
+            client_addr: String::new(),
+        };
+        s.write_all(&encode_frame(&hs).expect("encode")).expect("write");
+        assert!(closed(&mut s), "a non-member id is refused");
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let hs = Handshake {
+            cluster_name: "quorumkv".into(),
+            from: 1,
+            version: PEER_PROTOCOL_VERSION,
+            client_addr: String::new(),
+        };
+        s.write_all(&encode_frame(&hs).expect("encode")).expect("write");
+        s.write_all(&u32::MAX.to_be_bytes()).expect("write");
+        assert!(closed(&mut s), "an oversized frame closes the connection");
+    }
+    // The cluster is unharmed: same leader, same term, writes still commit.
+    let mut conn = RespConn::connect(cluster.client_addrs[&leader], WAIT);
+    assert_eq!(conn.call(&[b"SET", b"still", b"up"]), Reply::Simple("OK".into()));
+    assert_eq!(cluster.wait_for_leader(WAIT), leader);
+    assert_eq!(cluster.status[&leader].term(), term);
+}
+
+fn closed(s: &mut TcpStream) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+#[test]
+fn minority_never_acknowledges_a_write() {
+    let mut cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(WAIT);
+    let others: Vec<u64> = cluster.client_addrs.keys().copied().filter(|&id| id != leader).collect();
+    for id in &others {
+        cluster.stop(*id);
+    }
+    // The old leader is now a minority of one. Every answer is TRYAGAIN or NOTLEADER, in time.
+    let mut conn = RespConn::connect(cluster.client_addrs[&leader], WAIT);
+    for i in 0..3 {
+        let started = Instant::now();
+        let key = format!("m{i}");
+        let reply = conn.call(&[b"SET", key.as_bytes(), b"v"]);
+        assert!(is_err(&reply, "TRYAGAIN") || is_err(&reply, "NOTLEADER"), "minority answered {reply:?}");
+        assert!(started.elapsed() < Duration::from_millis(2000 + 1000), "answered after the request timeout");
+        let reply = conn.call(&[b"GET", key.as_bytes()]);
+        assert!(is_err(&reply, "TRYAGAIN") || is_err(&reply, "NOTLEADER"), "stale read: {reply:?}");
+    }
+    // Once the majority is back, the minority's writes are not there (they were never acknowledged
+    // and may or may not commit later; but reads are served again).
+    for id in &others {
+        cluster.restart(*id);
+    }
+    let leader = cluster.wait_for_leader(WAIT);
+    let mut conn = RespConn::connect(cluster.client_addrs[&leader], WAIT);
+    assert_eq!(conn.call(&[b"SET", b"after", b"1"]), Reply::Simple("OK".into()));
+}
