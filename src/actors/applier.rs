@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use super::snapshotter::{SaveState, SavedSnapshot, Snapshotter};
 use super::status::StatusBoard;
 use crate::protocol::codec;
 use crate::protocol::command::{Command, CommandResult, Proposal};
-use crate::protocol::raft::Entry;
+use crate::protocol::raft::{Entry, SnapshotMeta};
 use crate::storage::StateMachine;
 
 /// What became of a watched index.
@@ -67,6 +68,16 @@ pub struct ServeRead {
 #[rtype(result = "()")]
 pub struct TermChanged(pub u64);
 
+/// Take a snapshot of the state at the applied index; answered once it is durable on disk.
+#[derive(Message)]
+#[rtype(result = "Result<SavedSnapshot, String>")]
+pub struct TakeSnapshot;
+
+/// Replace the state with a snapshot received from the leader (already durable).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Restore(pub SavedSnapshot);
+
 /// Stop the applier.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -81,14 +92,45 @@ struct Watcher {
 /// Owns the state machine of one replica.
 pub struct Applier {
     state: StateMachine,
+    /// Term of the entry at the applied index (for snapshot positions).
+    applied_term: u64,
     watches: BTreeMap<u64, Vec<Watcher>>,
     status: Arc<StatusBoard>,
+    snapshotter: Addr<Snapshotter>,
 }
 
 impl Applier {
-    /// An applier over `state`, publishing its progress on `status`.
-    pub fn new(state: StateMachine, status: Arc<StatusBoard>) -> Applier {
-        Applier { state, watches: BTreeMap::new(), status }
+    /// An applier over `state` (whose applied entry has `applied_term`), publishing progress on
+    /// `status` and writing snapshots through `snapshotter`.
+    pub fn new(
+        state: StateMachine,
+        applied_term: u64,
+        status: Arc<StatusBoard>,
+        snapshotter: Addr<Snapshotter>,
+    ) -> Applier {
+        Applier { state, applied_term, watches: BTreeMap::new(), status, snapshotter }
+    }
+
+    fn publish(&self) {
+        self.status.publish_applied(self.state.applied_index(), self.state.engine().len() as u64);
+    }
+
+    /// Settles every watch at or below `index`; only the exact match of `own` succeeds.
+    fn settle(&mut self, index: u64, own: Option<(u64, u64, &CommandResult)>) {
+        let settled: Vec<u64> = self.watches.range(..=index).map(|(&i, _)| i).collect();
+        for i in settled {
+            for w in self.watches.remove(&i).unwrap_or_default() {
+                let outcome = match own {
+                    Some((term, request_id, result))
+                        if i == index && w.term == term && w.request_id == request_id =>
+                    {
+                        WatchOutcome::Applied(result.clone())
+                    }
+                    _ => WatchOutcome::Superseded,
+                };
+                w.watcher.do_send(WatchFired(outcome));
+            }
+        }
     }
 
     fn apply(&mut self, entry: &Entry) {
@@ -113,18 +155,8 @@ impl Applier {
                 }
             }
         };
-        // Settle every watch at or below this index; only the exact match succeeds.
-        let settled: Vec<u64> = self.watches.range(..=entry.index).map(|(&i, _)| i).collect();
-        for index in settled {
-            for w in self.watches.remove(&index).unwrap_or_default() {
-                let own = index == entry.index && w.term == entry.term && w.request_id == request_id;
-                let outcome = match (&result, own) {
-                    (Some(r), true) => WatchOutcome::Applied(r.clone()),
-                    _ => WatchOutcome::Superseded,
-                };
-                w.watcher.do_send(WatchFired(outcome));
-            }
-        }
+        self.applied_term = entry.term;
+        self.settle(entry.index, result.as_ref().map(|r| (entry.term, request_id, r)));
     }
 }
 
@@ -157,7 +189,53 @@ impl Handler<ApplyEntries> for Applier {
         for entry in &msg.0 {
             self.apply(entry);
         }
-        self.status.publish_applied(self.state.applied_index(), self.state.engine().len() as u64);
+        self.publish();
+    }
+}
+
+impl Handler<TakeSnapshot> for Applier {
+    type Result = ResponseFuture<Result<SavedSnapshot, String>>;
+
+    fn handle(&mut self, _msg: TakeSnapshot, _ctx: &mut Self::Context) -> Self::Result {
+        let meta = SnapshotMeta { index: self.state.applied_index(), term: self.applied_term };
+        // A copy now; encoding and writing happen on the snapshotter's thread while we go on applying.
+        let state = Box::new(self.state.clone());
+        let save = self.snapshotter.send(SaveState { meta, state });
+        Box::pin(async move {
+            if meta.index == 0 {
+                return Err("nothing applied yet".to_string());
+            }
+            match save.await {
+                Ok(Ok(saved)) => Ok(saved),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
+impl Handler<Restore> for Applier {
+    type Result = ();
+
+    fn handle(&mut self, msg: Restore, ctx: &mut Self::Context) {
+        let meta = msg.0.meta;
+        if meta.index <= self.state.applied_index() {
+            return;
+        }
+        match StateMachine::restore(&msg.0.image) {
+            Ok(state) => {
+                self.state = state;
+                self.applied_term = meta.term;
+                self.settle(meta.index, None);
+                self.publish();
+                log::info!("applier: installed snapshot at index {} term {}", meta.index, meta.term);
+            }
+            Err(e) => {
+                // The image passed its checksum, so this is a bug: stop rather than serve a wrong state.
+                log::error!("applier: cannot restore snapshot at index {}: {e}; stopping", meta.index);
+                ctx.stop();
+            }
+        }
     }
 }
 

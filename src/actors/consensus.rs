@@ -1,25 +1,41 @@
 //! The consensus actor: drives the Raft core, persists each Ready, sends, and hands out commits.
+//!
+//! It also owns the snapshot life cycle: it asks the applier for a snapshot once the log passes
+//! the threshold and then compacts; it streams snapshots to followers that need one, in chunks
+//! with stop-and-wait flow control; and it assembles, checks and installs one it receives.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::applier::{Applier, ApplyEntries, ReadDone, ServeRead, TermChanged, Watch, WatchFired};
+use super::applier::{
+    Applier, ApplyEntries, ReadDone, Restore, ServeRead, TakeSnapshot, TermChanged, Watch, WatchFired,
+};
 use super::disk::{DiskWriter, Persist};
+use super::snapshotter::{LoadLatest, SaveImage, SavedSnapshot, Snapshotter};
 use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
 use crate::protocol::command::Command;
-use crate::protocol::raft::{Message, MessageBody, ProposeError, RaftCore, Ready, Role};
+use crate::protocol::peer_wire::{PeerFrame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES};
+use crate::protocol::raft::{
+    Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, Snapshot, SnapshotMeta,
+};
 
 /// Reads waiting for confirmation before new ones are refused with `-TRYAGAIN`.
 pub const MAX_PENDING_READS: usize = 100_000;
+/// A snapshot chunk unanswered this long is sent again.
+pub const SNAPSHOT_RESEND_MS: u64 = 300;
+/// A snapshot transfer without progress this long is abandoned (Raft will ask again).
+pub const SNAPSHOT_GIVE_UP_MS: u64 = 10_000;
+/// Largest snapshot image a follower accepts, in bytes.
+pub const MAX_SNAPSHOT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 
-/// A Raft message from a peer.
+/// A frame from a peer: a Raft message or a piece of a snapshot transfer.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Inbound(pub Message);
+pub struct Inbound(pub PeerFrame);
 
 /// Why consensus did not take a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,14 +79,20 @@ pub struct ConsensusParts {
     pub core: RaftCore,
     /// Where Ready's entries and hard state are made durable.
     pub disk: Addr<DiskWriter>,
+    /// Where snapshot images are written and read.
+    pub snapshotter: Addr<Snapshotter>,
     /// Where committed entries go.
     pub applier: Addr<Applier>,
-    /// How messages reach other members.
+    /// How frames reach other members.
     pub transport: Box<dyn Transport>,
     /// The shared status board.
     pub status: Arc<StatusBoard>,
     /// Interval between Raft ticks.
     pub tick: Duration,
+    /// Log bytes since the last snapshot that trigger a new one.
+    pub snapshot_threshold_bytes: u64,
+    /// The newest snapshot on disk, if any (sent to followers that need it).
+    pub latest_snapshot: Option<SavedSnapshot>,
 }
 
 struct PendingRead {
@@ -78,10 +100,32 @@ struct PendingRead {
     reply_to: Recipient<ReadDone>,
 }
 
+/// A snapshot being sent to one follower.
+struct OutgoingSnapshot {
+    snapshot: SavedSnapshot,
+    crc32: u32,
+    /// Bytes the follower confirmed holding. <= image length.
+    acked: u64,
+    /// When `acked` last moved (or the transfer started).
+    progress_at: Instant,
+    /// When the chunk at `acked` was last sent.
+    sent_at: Instant,
+}
+
+/// A snapshot being received from the leader.
+struct IncomingSnapshot {
+    from: NodeId,
+    meta: SnapshotMeta,
+    total_bytes: u64,
+    crc32: u32,
+    image: Vec<u8>,
+}
+
 /// Owns the Raft core of one replica.
 pub struct Consensus {
     core: RaftCore,
     disk: Addr<DiskWriter>,
+    snapshotter: Addr<Snapshotter>,
     applier: Addr<Applier>,
     transport: Box<dyn Transport>,
     status: Arc<StatusBoard>,
@@ -92,6 +136,14 @@ pub struct Consensus {
     next_read_ctx: u64,
     /// Watches of terms below this have been abandoned.
     watch_term_floor: u64,
+    snapshot_threshold_bytes: u64,
+    /// A snapshot is being taken.
+    snapshotting: bool,
+    latest_snapshot: Option<SavedSnapshot>,
+    outgoing: HashMap<NodeId, OutgoingSnapshot>,
+    /// A snapshot load from disk is under way (for a transfer).
+    loading_snapshot: bool,
+    incoming: Option<IncomingSnapshot>,
     stopped: bool,
 }
 
@@ -101,6 +153,7 @@ impl Consensus {
         Consensus {
             core: parts.core,
             disk: parts.disk,
+            snapshotter: parts.snapshotter,
             applier: parts.applier,
             transport: parts.transport,
             status: parts.status,
@@ -109,6 +162,12 @@ impl Consensus {
             reads: HashMap::new(),
             next_read_ctx: 1,
             watch_term_floor: 0,
+            snapshot_threshold_bytes: parts.snapshot_threshold_bytes,
+            snapshotting: false,
+            latest_snapshot: parts.latest_snapshot,
+            outgoing: HashMap::new(),
+            loading_snapshot: false,
+            incoming: None,
             stopped: false,
         }
     }
@@ -124,26 +183,36 @@ impl Consensus {
     fn drive(&mut self, ctx: &mut Context<Self>) {
         while !self.persisting && !self.stopped && self.core.has_ready() {
             let mut ready = self.core.ready();
-            self.publish(&ready);
-            if ready.hard_state.is_none() && ready.entries.is_empty() {
-                self.finish(ready);
+            self.log_role(&ready);
+            if ready.hard_state.is_none() && ready.entries.is_empty() && ready.snapshot.is_none() {
+                self.finish(ctx, ready, None);
                 continue;
             }
             // Persist before send (see Ready): the rest of this Ready runs when the write is durable.
             self.persisting = true;
             let entries = std::mem::take(&mut ready.entries);
             let last = entries.last().cloned();
-            let write = self.disk.send(Persist { hard_state: ready.hard_state, entries });
+            let received =
+                ready.snapshot.take().map(|s| SavedSnapshot { meta: s.meta, image: Arc::new(s.data) });
+            let persist =
+                Persist { compact: received.as_ref().map(|s| s.meta), hard_state: ready.hard_state, entries };
+            let disk = self.disk.clone();
+            let save_image = received.clone().map(|s| self.snapshotter.send(SaveImage(s)));
+            let write = async move {
+                // A received snapshot's image is durable before the log says it starts after it.
+                if let Some(save) = save_image {
+                    save.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+                }
+                disk.send(persist).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+            };
             ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
-                match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return act.fail(ctx, &format!("WAL write failed: {e}")),
-                    Err(e) => return act.fail(ctx, &format!("disk writer unreachable: {e}")),
+                if let Err(e) = result {
+                    return act.fail(ctx, &format!("write to disk failed: {e}"));
                 }
                 act.persisting = false;
                 // `advance` only needs the last entry written.
                 ready.entries = last.into_iter().collect();
-                act.finish(ready);
+                act.finish(ctx, ready, received);
                 act.drive(ctx);
             }));
         }
@@ -157,15 +226,18 @@ impl Consensus {
     }
 
     /// Carries out the rest of a Ready once its writes are durable.
-    fn finish(&mut self, ready: Ready) {
+    fn finish(&mut self, ctx: &mut Context<Self>, ready: Ready, received: Option<SavedSnapshot>) {
         for message in &ready.messages {
-            if matches!(message.body, MessageBody::InstallSnapshot { .. }) {
-                // Snapshot transfer is not implemented yet; the log is never compacted, so a
-                // leader never needs one. Dropped here rather than sent without its image.
-                log::warn!("replica {}: dropping an InstallSnapshot (not supported yet)", self.core.id());
+            if let MessageBody::InstallSnapshot { snapshot } = &message.body {
+                self.start_transfer(ctx, message.to, snapshot.meta);
                 continue;
             }
-            self.transport.send(message.clone());
+            self.transport.send(PeerFrame::Raft(message.clone()));
+        }
+        if let Some(snapshot) = received {
+            // Before the entries that follow it.
+            self.latest_snapshot = Some(snapshot.clone());
+            self.applier.do_send(Restore(snapshot));
         }
         if !ready.committed_entries.is_empty() {
             self.applier.do_send(ApplyEntries(ready.committed_entries.clone()));
@@ -184,8 +256,8 @@ impl Consensus {
                 self.applier.do_send(ServeRead { command: pending.command, reply_to: pending.reply_to });
             }
         }
-        for ctx in &ready.dropped_reads {
-            if let Some(pending) = self.reads.remove(ctx) {
+        for read_ctx in &ready.dropped_reads {
+            if let Some(pending) = self.reads.remove(read_ctx) {
                 pending
                     .reply_to
                     .do_send(ReadDone(Err("leadership lost before the read was confirmed".into())));
@@ -193,9 +265,202 @@ impl Consensus {
         }
         self.core.advance(&ready);
         self.publish_numbers();
+        self.maybe_snapshot(ctx);
     }
 
-    fn publish(&mut self, ready: &Ready) {
+    /// Once the log passes the threshold, snapshots the applied state and then compacts.
+    fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
+        if self.snapshotting || (self.core.log().entries_bytes() as u64) < self.snapshot_threshold_bytes {
+            return;
+        }
+        self.snapshotting = true;
+        ctx.spawn(self.applier.send(TakeSnapshot).into_actor(self).map(|result, act, _ctx| {
+            act.snapshotting = false;
+            match result {
+                Ok(Ok(saved)) => {
+                    let meta = saved.meta;
+                    act.latest_snapshot = Some(saved);
+                    act.core.compact(meta.index);
+                    // Ordered after every earlier append in the disk writer's mailbox.
+                    act.disk.do_send(Persist { compact: Some(meta), hard_state: None, entries: Vec::new() });
+                    act.publish_numbers();
+                    log::info!("replica {}: log compacted up to index {}", act.core.id(), meta.index);
+                }
+                Ok(Err(e)) => log::warn!("replica {}: snapshot not taken: {e}", act.core.id()),
+                Err(e) => log::warn!("replica {}: snapshot not taken: {e}", act.core.id()),
+            }
+        }));
+    }
+
+    // ----- sending a snapshot -----
+
+    fn start_transfer(&mut self, ctx: &mut Context<Self>, to: NodeId, meta: SnapshotMeta) {
+        if self.outgoing.get(&to).is_some_and(|t| t.snapshot.meta == meta) {
+            return; // already under way; the tick resends what is lost
+        }
+        match &self.latest_snapshot {
+            Some(s) if s.meta == meta => {
+                let snapshot = s.clone();
+                let crc32 = crc32fast::hash(&snapshot.image);
+                log::info!(
+                    "replica {}: sending snapshot at index {} ({} bytes) to {to}",
+                    self.core.id(),
+                    meta.index,
+                    snapshot.image.len()
+                );
+                let now = Instant::now();
+                self.outgoing.insert(
+                    to,
+                    OutgoingSnapshot { snapshot, crc32, acked: 0, progress_at: now, sent_at: now },
+                );
+                self.send_chunk(to);
+            }
+            _ if !self.loading_snapshot => {
+                // Not in memory (e.g. after a restart): load it, then Raft's retry starts the transfer.
+                self.loading_snapshot = true;
+                ctx.spawn(self.snapshotter.send(LoadLatest).into_actor(self).map(|result, act, _| {
+                    act.loading_snapshot = false;
+                    if let Ok(Ok(Some(saved))) = result {
+                        act.latest_snapshot = Some(saved);
+                    }
+                }));
+            }
+            _ => {}
+        }
+    }
+
+    fn send_chunk(&mut self, to: NodeId) {
+        let (from, term) = (self.core.id(), self.core.term());
+        let Some(t) = self.outgoing.get_mut(&to) else { return };
+        let image = &t.snapshot.image;
+        let start = (t.acked as usize).min(image.len());
+        let end = (start + SNAPSHOT_CHUNK_BYTES).min(image.len());
+        let chunk = SnapshotChunk {
+            from,
+            to,
+            term,
+            meta: t.snapshot.meta,
+            offset: start as u64,
+            total_bytes: image.len() as u64,
+            crc32: t.crc32,
+            data: image[start..end].to_vec(),
+        };
+        t.sent_at = Instant::now();
+        self.transport.send(PeerFrame::SnapshotChunk(chunk));
+    }
+
+    fn on_snapshot_ack(&mut self, from: NodeId, meta: SnapshotMeta, received: u64) {
+        let Some(t) = self.outgoing.get_mut(&from) else { return };
+        if t.snapshot.meta != meta {
+            return;
+        }
+        let total = t.snapshot.image.len() as u64;
+        if received >= total {
+            log::info!("replica {}: snapshot at index {} delivered to {from}", self.core.id(), meta.index);
+            self.outgoing.remove(&from);
+            self.core.report_snapshot(from, true);
+            return;
+        }
+        if received != t.acked {
+            t.progress_at = Instant::now();
+        }
+        // The follower says where it is; after a lost chunk or a reconnect that may be behind.
+        t.acked = received;
+        self.send_chunk(from);
+    }
+
+    fn tick_transfers(&mut self) {
+        let now = Instant::now();
+        let mut resend = Vec::new();
+        let mut give_up = Vec::new();
+        for (&to, t) in &self.outgoing {
+            if now.duration_since(t.progress_at) > Duration::from_millis(SNAPSHOT_GIVE_UP_MS) {
+                give_up.push(to);
+            } else if now.duration_since(t.sent_at) > Duration::from_millis(SNAPSHOT_RESEND_MS) {
+                resend.push(to);
+            }
+        }
+        for to in give_up {
+            log::warn!("replica {}: snapshot transfer to {to} made no progress; abandoned", self.core.id());
+            self.outgoing.remove(&to);
+            self.core.report_snapshot(to, false);
+        }
+        for to in resend {
+            self.send_chunk(to);
+        }
+        if self.core.role() != Role::Leader {
+            self.outgoing.clear();
+        }
+    }
+
+    // ----- receiving a snapshot -----
+
+    fn on_snapshot_chunk(&mut self, chunk: SnapshotChunk) -> Option<Message> {
+        if chunk.term < self.core.term() || chunk.total_bytes > MAX_SNAPSHOT_BYTES {
+            return None;
+        }
+        let fresh = self.incoming.as_ref().is_none_or(|i| i.meta != chunk.meta || i.from != chunk.from);
+        if fresh {
+            if chunk.offset != 0 {
+                // A transfer we hold nothing of: ask for it from the start.
+                self.ack(chunk.from, chunk.meta, 0);
+                return None;
+            }
+            self.incoming = Some(IncomingSnapshot {
+                from: chunk.from,
+                meta: chunk.meta,
+                total_bytes: chunk.total_bytes,
+                crc32: chunk.crc32,
+                image: Vec::new(),
+            });
+        }
+        let incoming = self.incoming.as_mut()?;
+        if chunk.offset == incoming.image.len() as u64
+            && incoming.image.len() as u64 + chunk.data.len() as u64 <= incoming.total_bytes
+        {
+            incoming.image.extend_from_slice(&chunk.data);
+        }
+        let received = incoming.image.len() as u64;
+        if received < incoming.total_bytes {
+            self.ack(chunk.from, chunk.meta, received);
+            return None;
+        }
+        let incoming = self.incoming.take()?;
+        if crc32fast::hash(&incoming.image) != incoming.crc32 {
+            log::warn!(
+                "replica {}: snapshot from {} failed its checksum; asking again",
+                self.core.id(),
+                incoming.from
+            );
+            self.ack(chunk.from, chunk.meta, 0);
+            return None;
+        }
+        log::info!(
+            "replica {}: received snapshot at index {} ({} bytes) from {}",
+            self.core.id(),
+            incoming.meta.index,
+            incoming.image.len(),
+            incoming.from
+        );
+        self.ack(chunk.from, chunk.meta, received);
+        Some(Message {
+            from: chunk.from,
+            to: self.core.id(),
+            term: chunk.term,
+            body: MessageBody::InstallSnapshot {
+                snapshot: Snapshot { meta: incoming.meta, data: incoming.image },
+            },
+        })
+    }
+
+    fn ack(&mut self, to: NodeId, meta: SnapshotMeta, received: u64) {
+        let from = self.core.id();
+        self.transport.send(PeerFrame::SnapshotAck { from, to, meta, received });
+    }
+
+    // ----- status -----
+
+    fn log_role(&self, ready: &Ready) {
         if let Some(role) = ready.role {
             log::info!(
                 "replica {}: {} in term {} (leader {})",
@@ -205,7 +470,6 @@ impl Consensus {
                 role.leader
             );
         }
-        self.publish_numbers();
     }
 
     fn publish_numbers(&self) {
@@ -229,6 +493,7 @@ impl Actor for Consensus {
         self.publish_numbers();
         ctx.run_interval(self.tick, |act, ctx| {
             act.core.tick();
+            act.tick_transfers();
             act.drive(ctx);
         });
     }
@@ -238,15 +503,29 @@ impl Handler<Inbound> for Consensus {
     type Result = ();
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Self::Context) {
-        if matches!(msg.0.body, MessageBody::InstallSnapshot { .. }) {
-            log::warn!(
-                "replica {}: refused an InstallSnapshot from {} (not supported yet)",
-                self.core.id(),
-                msg.0.from
-            );
-            return;
-        }
-        if let Err(e) = self.core.step(msg.0) {
+        let message = match msg.0 {
+            PeerFrame::Raft(m) => {
+                if matches!(m.body, MessageBody::InstallSnapshot { .. }) {
+                    // Images only arrive in checked chunks, never inside a Raft frame.
+                    log::warn!(
+                        "replica {}: refused an InstallSnapshot frame from {}",
+                        self.core.id(),
+                        m.from
+                    );
+                    return;
+                }
+                m
+            }
+            PeerFrame::SnapshotChunk(chunk) => match self.on_snapshot_chunk(chunk) {
+                Some(m) => m,
+                None => return,
+            },
+            PeerFrame::SnapshotAck { from, meta, received, .. } => {
+                self.on_snapshot_ack(from, meta, received);
+                return;
+            }
+        };
+        if let Err(e) = self.core.step(message) {
             log::warn!("replica {}: refused a peer message: {e}", self.core.id());
         }
         self.drive(ctx);

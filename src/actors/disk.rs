@@ -2,13 +2,18 @@
 
 use actix::prelude::*;
 
-use crate::protocol::raft::{Entry, HardState};
+use crate::protocol::raft::{Entry, HardState, SnapshotMeta};
 use crate::storage::{DataDir, StorageError, Wal};
 
 /// Append a Ready's hard state and entries to the WAL, durably (one fsync) unless `--no-fsync`.
+///
+/// With `compact`, first record that the log is compacted up to that snapshot (whose image is
+/// already durable) and release the segments it covers.
 #[derive(Message)]
 #[rtype(result = "Result<(), StorageError>")]
 pub struct Persist {
+    /// A snapshot position the log now starts after, if any.
+    pub compact: Option<SnapshotMeta>,
     /// Hard state to record, if it changed.
     pub hard_state: Option<HardState>,
     /// Entries to append (replacing any suffix from the first one's index).
@@ -43,7 +48,13 @@ impl Handler<Persist> for DiskWriter {
 
     fn handle(&mut self, msg: Persist, _ctx: &mut Self::Context) -> Self::Result {
         let wal = self.wal.as_mut().ok_or(StorageError::Poisoned)?;
-        wal.append(msg.hard_state, &msg.entries)
+        if let Some(meta) = msg.compact {
+            wal.compact(meta)?;
+        }
+        if msg.hard_state.is_some() || !msg.entries.is_empty() {
+            wal.append(msg.hard_state, &msg.entries)?;
+        }
+        Ok(())
     }
 }
 

@@ -7,8 +7,8 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::protocol::peer_wire::{encode_frame, Handshake};
-use crate::protocol::raft::{Message, NodeId};
+use crate::protocol::peer_wire::{encode_frame, Handshake, PeerFrame};
+use crate::protocol::raft::NodeId;
 
 /// Frames queued for one peer before new ones are dropped (Raft resends what matters).
 pub const PEER_QUEUE_FRAMES: usize = 1024;
@@ -19,10 +19,10 @@ pub const RECONNECT_MAX_MS: u64 = 1_000;
 /// Time allowed to establish a connection.
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
-/// Send a Raft message to this link's peer (dropped if not connected or the queue is full).
+/// Send a frame to this link's peer (dropped if not connected or the queue is full).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SendToPeer(pub Message);
+pub struct SendToPeer(pub PeerFrame);
 
 /// Stop the link and close its connection.
 #[derive(Message)]

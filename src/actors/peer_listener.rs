@@ -10,9 +10,9 @@ use tokio::net::TcpListener;
 use super::consensus::Inbound;
 use super::status::StatusBoard;
 use crate::protocol::peer_wire::{
-    decode_payload, frame_len, FrameError, Handshake, MAX_FRAME_BYTES, PEER_PROTOCOL_VERSION,
+    decode_payload, frame_len, FrameError, Handshake, PeerFrame, MAX_FRAME_BYTES, PEER_PROTOCOL_VERSION,
 };
-use crate::protocol::raft::{Message, NodeId};
+use crate::protocol::raft::NodeId;
 
 /// Time a new peer connection has to send its handshake.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
@@ -129,15 +129,16 @@ async fn serve_peer<R: AsyncRead + Unpin>(
     let from = handshake.from;
     status.set_client_addr(from, handshake.client_addr);
     log::info!("replica {}: peer {from} connected", check.id);
-    while let Some(message) = read_frame::<Message, R>(&mut stream, &mut buf, MAX_FRAME_BYTES).await? {
+    while let Some(frame) = read_frame::<PeerFrame, R>(&mut stream, &mut buf, MAX_FRAME_BYTES).await? {
         // Identity comes from the handshake: a frame claiming another sender is refused.
-        if message.from != from || message.to != check.id {
+        if frame.from() != from || frame.to() != check.id {
             return Err(PeerInputError::Refused(format!(
                 "frame from {} to {} on peer {from}'s connection",
-                message.from, message.to
+                frame.from(),
+                frame.to()
             )));
         }
-        consensus.do_send(Inbound(message));
+        consensus.do_send(Inbound(frame));
     }
     log::info!("replica {}: peer {from} disconnected", check.id);
     Ok(())

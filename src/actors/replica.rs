@@ -19,15 +19,18 @@ use tokio::net::{TcpListener, TcpSocket};
 use super::applier::{Applier, StopApplier};
 use super::connection::ConnectionEnv;
 use super::consensus::{Consensus, ConsensusParts, StopConsensus};
-use super::disk::{CloseDisk, DiskWriter};
+use super::disk::{CloseDisk, DiskWriter, Persist};
 use super::front_end::{FrontEnd, StopFrontEnd};
 use super::peer_link::{PeerLink, StopLink};
 use super::peer_listener::{PeerListener, StopListener};
+use super::snapshotter::{SavedSnapshot, Snapshotter};
 use super::status::StatusBoard;
 use super::transport::{TcpTransport, Transport};
 use crate::protocol::peer_wire::{Handshake, PEER_PROTOCOL_VERSION};
-use crate::protocol::raft::{Config, NodeId, RaftCore};
-use crate::storage::{DataDir, StateMachine, StorageError, Wal, WalOptions, DEFAULT_MAX_SESSIONS};
+use crate::protocol::raft::{Config, Entry, NodeId, RaftCore, SnapshotMeta};
+use crate::storage::{
+    DataDir, SnapshotStore, StateMachine, StorageError, Wal, WalOptions, DEFAULT_MAX_SESSIONS,
+};
 
 /// Everything that configures one replica.
 #[derive(Clone, Debug)]
@@ -143,6 +146,44 @@ pub async fn bind(addr: &str) -> Result<TcpListener, ReplicaError> {
     }
 }
 
+/// What a replica restarts from: state machine, snapshot, and the log after it.
+type Recovered = (StateMachine, Option<SavedSnapshot>, SnapshotMeta, Vec<Entry>);
+
+/// Reconciles the newest snapshot file with the WAL's compaction marker and entries.
+///
+/// The image is written before the log records the compaction, so the file may be newer than
+/// the marker (a crash in between), never older.
+fn recover(
+    id: NodeId,
+    latest: Option<(SnapshotMeta, Vec<u8>)>,
+    marker: SnapshotMeta,
+    entries: Vec<Entry>,
+) -> Result<Recovered, ReplicaError> {
+    let Some((meta, image)) = latest else {
+        if marker.index > 0 {
+            return Err(ReplicaError::Config(format!(
+                "replica {id}: the log is compacted up to {} but no snapshot file is there",
+                marker.index
+            )));
+        }
+        return Ok((StateMachine::default(), None, SnapshotMeta::default(), entries));
+    };
+    if meta.index < marker.index {
+        return Err(ReplicaError::Config(format!(
+            "replica {id}: the newest snapshot ({}) is older than the log's compaction point ({})",
+            meta.index, marker.index
+        )));
+    }
+    let state = StateMachine::restore(&image)?;
+    // Keep the entries after the snapshot only if the log agrees with it at its index (Raft §7).
+    let agrees =
+        meta.index == marker.index || entries.iter().any(|e| e.index == meta.index && e.term == meta.term);
+    let entries =
+        if agrees { entries.into_iter().filter(|e| e.index > meta.index).collect() } else { Vec::new() };
+    let saved = SavedSnapshot { meta, image: Arc::new(image) };
+    Ok((state, Some(saved), meta, entries))
+}
+
 /// A running replica: its addresses and the handles to stop it.
 pub struct Replica {
     /// This member's id.
@@ -160,6 +201,7 @@ pub struct Replica {
     links: Vec<Addr<PeerLink>>,
     disk: Addr<DiskWriter>,
     disk_arbiter: Arbiter,
+    snapshot_arbiter: Arbiter,
 }
 
 impl Replica {
@@ -187,30 +229,39 @@ impl Replica {
             .map_err(|source| ReplicaError::Bind { addr: config.peer_addr.clone(), source })?;
 
         let data_dir = DataDir::open(&config.data_dir, &config.cluster_name, config.id)?;
+        let snapshots = SnapshotStore::open(data_dir.snap_dir())?;
+        let latest = snapshots.load_latest()?;
         let (wal, recovery) = Wal::open(
             data_dir.wal_dir(),
             WalOptions { segment_bytes: config.wal_segment_bytes, fsync: config.fsync },
         )?;
-        if recovery.snapshot.index != 0 {
-            return Err(ReplicaError::Config(
-                "this data dir holds a compacted log; snapshots are not supported yet".into(),
-            ));
-        }
+        let (state, latest_snapshot, snapshot_meta, entries) =
+            recover(config.id, latest, recovery.snapshot, recovery.entries)?;
         log::info!(
-            "replica {}: recovered term {} vote {} commit {} with {} log entries",
+            "replica {}: recovered term {} vote {} commit {}, snapshot at {}, {} log entries after it",
             config.id,
             recovery.hard_state.term,
             recovery.hard_state.vote,
             recovery.hard_state.commit,
-            recovery.entries.len()
+            snapshot_meta.index,
+            entries.len()
         );
-        let core = RaftCore::new(raft_config, recovery.hard_state, recovery.snapshot, recovery.entries);
+        let core = RaftCore::new(raft_config, recovery.hard_state, snapshot_meta, entries);
 
         let disk_arbiter = Arbiter::new();
         let disk =
             DiskWriter::start_in_arbiter(&disk_arbiter.handle(), move |_| DiskWriter::new(wal, data_dir));
+        if snapshot_meta != recovery.snapshot {
+            // The snapshot file is newer than the log's marker (a crash between the two writes).
+            disk.do_send(Persist { compact: Some(snapshot_meta), hard_state: None, entries: Vec::new() });
+        }
+        let snapshot_arbiter = Arbiter::new();
+        let id = config.id;
+        let snapshotter = Snapshotter::start_in_arbiter(&snapshot_arbiter.handle(), move |_| {
+            Snapshotter::new(snapshots, id)
+        });
         let status = Arc::new(StatusBoard::new(config.id, client_addr.to_string()));
-        let applier = Applier::new(StateMachine::new(config.max_sessions), status.clone()).start();
+        let applier = Applier::new(state, snapshot_meta.term, status.clone(), snapshotter.clone()).start();
 
         let handshake = Handshake {
             cluster_name: config.cluster_name.clone(),
@@ -234,6 +285,9 @@ impl Replica {
         let consensus = Consensus::new(ConsensusParts {
             core,
             disk: disk.clone(),
+            snapshotter,
+            snapshot_threshold_bytes: config.snapshot_threshold_bytes,
+            latest_snapshot,
             applier: applier.clone(),
             transport,
             status: status.clone(),
@@ -276,6 +330,7 @@ impl Replica {
             links,
             disk,
             disk_arbiter,
+            snapshot_arbiter,
         })
     }
 
@@ -298,6 +353,8 @@ impl Replica {
         let _ = self.disk.send(CloseDisk).await;
         self.disk_arbiter.stop();
         let _ = self.disk_arbiter.join();
+        self.snapshot_arbiter.stop();
+        let _ = self.snapshot_arbiter.join();
         log::info!("replica {}: stopped", self.id);
     }
 }

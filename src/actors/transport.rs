@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use actix::Addr;
 
 use super::peer_link::{PeerLink, SendToPeer};
-use crate::protocol::raft::{Message, NodeId};
+use crate::protocol::peer_wire::PeerFrame;
+use crate::protocol::raft::NodeId;
 
-/// Sends Raft messages to other members. Delivery is best effort: Raft retransmits what is lost.
+/// Sends frames (Raft messages, snapshot chunks) to other members. Delivery is best effort: Raft retransmits what is lost.
 pub trait Transport: 'static {
-    /// Queues `message` for `message.to`; never blocks, may drop.
-    fn send(&mut self, message: Message);
+    /// Queues `frame` for `frame.to()`; never blocks, may drop.
+    fn send(&mut self, frame: PeerFrame);
 }
 
 /// The production transport: one [`PeerLink`] actor per other member.
@@ -27,9 +28,9 @@ impl TcpTransport {
 }
 
 impl Transport for TcpTransport {
-    fn send(&mut self, message: Message) {
-        if let Some(link) = self.links.get(&message.to) {
-            link.do_send(SendToPeer(message));
+    fn send(&mut self, frame: PeerFrame) {
+        if let Some(link) = self.links.get(&frame.to()) {
+            link.do_send(SendToPeer(frame));
         }
     }
 }

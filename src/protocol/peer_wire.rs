@@ -1,12 +1,12 @@
 //! Frames between replicas: a 4-byte big-endian length, then one encoded value.
 //!
-//! The first frame on a connection is a [`Handshake`]; every later one is a Raft
-//! [`Message`](super::raft::Message).
+//! The first frame on a connection is a [`Handshake`]; every later one is a [`PeerFrame`]: a Raft
+//! message, or a piece of a snapshot transfer (snapshots travel in bounded chunks beside Raft).
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::codec::{self, CodecError};
-use super::raft::NodeId;
+use super::raft::{Message, NodeId, SnapshotMeta};
 
 /// Version of the peer protocol; a peer speaking another version is refused.
 pub const PEER_PROTOCOL_VERSION: u32 = 1;
@@ -28,6 +28,71 @@ pub struct Handshake {
     pub version: u32,
     /// Where the sender serves clients, so followers can redirect to the leader.
     pub client_addr: String,
+}
+
+/// Bytes of snapshot image in one chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// One piece of a snapshot image on its way from the leader to a follower.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The leader sending it.
+    pub from: NodeId,
+    /// The follower receiving it.
+    pub to: NodeId,
+    /// The leader's term.
+    pub term: u64,
+    /// The snapshot's log position (identifies the transfer).
+    pub meta: SnapshotMeta,
+    /// Where `data` starts in the image.
+    pub offset: u64,
+    /// The image's whole length.
+    pub total_bytes: u64,
+    /// CRC-32 of the whole image, checked once it is all there.
+    pub crc32: u32,
+    /// The bytes, at most [`SNAPSHOT_CHUNK_BYTES`].
+    pub data: Vec<u8>,
+}
+
+/// What travels between peers after the handshake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerFrame {
+    /// A Raft message.
+    Raft(Message),
+    /// A piece of a snapshot image.
+    SnapshotChunk(SnapshotChunk),
+    /// The follower holds the first `received` bytes of the snapshot at `meta` (flow control and
+    /// resumption: the leader sends from there).
+    SnapshotAck {
+        /// The follower.
+        from: NodeId,
+        /// The leader.
+        to: NodeId,
+        /// The snapshot being received.
+        meta: SnapshotMeta,
+        /// Bytes held so far.
+        received: u64,
+    },
+}
+
+impl PeerFrame {
+    /// The sender.
+    pub fn from(&self) -> NodeId {
+        match self {
+            PeerFrame::Raft(m) => m.from,
+            PeerFrame::SnapshotChunk(c) => c.from,
+            PeerFrame::SnapshotAck { from, .. } => *from,
+        }
+    }
+
+    /// The receiver.
+    pub fn to(&self) -> NodeId {
+        match self {
+            PeerFrame::Raft(m) => m.to,
+            PeerFrame::SnapshotChunk(c) => c.to,
+            PeerFrame::SnapshotAck { to, .. } => *to,
+        }
+    }
 }
 
 /// A frame could not be read or written.

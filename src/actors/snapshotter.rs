@@ -1,0 +1,99 @@
+//! The snapshotter: encodes and writes snapshot images, and reads them back, on its own thread.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use crate::protocol::raft::SnapshotMeta;
+use crate::storage::{SnapshotStore, StateMachine, StorageError};
+
+/// A snapshot now durable on disk.
+#[derive(Clone, Debug)]
+pub struct SavedSnapshot {
+    /// Its log position.
+    pub meta: SnapshotMeta,
+    /// The image, kept for sending to followers.
+    pub image: Arc<Vec<u8>>,
+}
+
+/// Encode `state` (a copy taken at `meta.index`) and save it durably.
+#[derive(Message)]
+#[rtype(result = "Result<SavedSnapshot, StorageError>")]
+pub struct SaveState {
+    /// Its log position.
+    pub meta: SnapshotMeta,
+    /// The state machine as of `meta.index`.
+    pub state: Box<StateMachine>,
+}
+
+/// Save an image received from the leader, durably.
+#[derive(Message)]
+#[rtype(result = "Result<(), StorageError>")]
+pub struct SaveImage(pub SavedSnapshot);
+
+/// Read the newest snapshot on disk.
+#[derive(Message)]
+#[rtype(result = "Result<Option<SavedSnapshot>, StorageError>")]
+pub struct LoadLatest;
+
+/// Runs on a dedicated arbiter, so writing a large image never stalls clients or the WAL.
+pub struct Snapshotter {
+    store: SnapshotStore,
+    id: u64,
+}
+
+impl Snapshotter {
+    /// A snapshotter for replica `id` writing into `store`.
+    pub fn new(store: SnapshotStore, id: u64) -> Snapshotter {
+        Snapshotter { store, id }
+    }
+}
+
+impl Actor for Snapshotter {
+    type Context = Context<Self>;
+}
+
+impl Handler<SaveState> for Snapshotter {
+    type Result = Result<SavedSnapshot, StorageError>;
+
+    fn handle(&mut self, msg: SaveState, _ctx: &mut Self::Context) -> Self::Result {
+        let started = Instant::now();
+        let image = msg.state.snapshot()?;
+        self.store.save(msg.meta, &image)?;
+        log::info!(
+            "replica {}: snapshot at index {} term {} taken: {} bytes in {} ms",
+            self.id,
+            msg.meta.index,
+            msg.meta.term,
+            image.len(),
+            started.elapsed().as_millis()
+        );
+        Ok(SavedSnapshot { meta: msg.meta, image: Arc::new(image) })
+    }
+}
+
+impl Handler<SaveImage> for Snapshotter {
+    type Result = Result<(), StorageError>;
+
+    fn handle(&mut self, msg: SaveImage, _ctx: &mut Self::Context) -> Self::Result {
+        let started = Instant::now();
+        self.store.save(msg.0.meta, &msg.0.image)?;
+        log::info!(
+            "replica {}: received snapshot at index {} saved: {} bytes in {} ms",
+            self.id,
+            msg.0.meta.index,
+            msg.0.image.len(),
+            started.elapsed().as_millis()
+        );
+        Ok(())
+    }
+}
+
+impl Handler<LoadLatest> for Snapshotter {
+    type Result = Result<Option<SavedSnapshot>, StorageError>;
+
+    fn handle(&mut self, _msg: LoadLatest, _ctx: &mut Self::Context) -> Self::Result {
+        Ok(self.store.load_latest()?.map(|(meta, image)| SavedSnapshot { meta, image: Arc::new(image) }))
+    }
+}
