@@ -13,6 +13,7 @@ pub mod front_end;
 pub mod peer_link;
 pub mod peer_listener;
 pub mod replica;
+pub mod sim_network;
 pub mod snapshotter;
 pub mod status;
 pub mod transport;

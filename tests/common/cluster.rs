@@ -10,7 +10,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use quorumkv::actors::replica::{bind, Replica, ReplicaConfig};
+use quorumkv::actors::sim_network::{SimFaults, SimNetwork};
 use quorumkv::actors::status::StatusBoard;
+use quorumkv::actors::transport::Transport;
 use tokio::sync::mpsc;
 
 enum Command {
@@ -31,6 +33,8 @@ pub struct TestCluster {
     pub status: BTreeMap<u64, Arc<StatusBoard>>,
     /// Where the data dirs live (removed on drop).
     pub dir: tempfile::TempDir,
+    /// The simulated network between the replicas, if they use one instead of TCP.
+    pub network: Option<SimNetwork>,
 }
 
 /// Timings short enough for tests, long enough to be stable on a loaded 2-core machine.
@@ -47,16 +51,45 @@ pub fn test_config(id: u64, dir: &std::path::Path) -> ReplicaConfig {
 impl TestCluster {
     /// Starts `n` replicas, with `adjust` applied to each config.
     pub fn start_with(n: u64, adjust: impl Fn(&mut ReplicaConfig) + Send + 'static) -> TestCluster {
+        TestCluster::launch(n, None, adjust)
+    }
+
+    /// Starts `n` replicas talking through a simulated network seeded with `seed`.
+    pub fn start_sim(
+        n: u64,
+        seed: u64,
+        faults: SimFaults,
+        adjust: impl Fn(&mut ReplicaConfig) + Send + 'static,
+    ) -> TestCluster {
+        TestCluster::launch(n, Some(SimNetwork::new(seed, faults)), adjust)
+    }
+
+    fn launch(
+        n: u64,
+        network: Option<SimNetwork>,
+        adjust: impl Fn(&mut ReplicaConfig) + Send + 'static,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let root: PathBuf = dir.path().to_path_buf();
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std_mpsc::channel();
+        let net = network.clone();
         let thread = std::thread::spawn(move || {
             let system = actix_rt::System::new();
-            system.block_on(run(n, root, adjust, rx, ready_tx));
+            system.block_on(run(n, root, adjust, net, rx, ready_tx));
         });
         let (client_addrs, peer_addrs, status) = ready_rx.recv().expect("cluster thread started");
-        TestCluster { commands: tx, thread: Some(thread), client_addrs, peer_addrs, status, dir }
+        TestCluster { commands: tx, thread: Some(thread), client_addrs, peer_addrs, status, dir, network }
+    }
+
+    /// The simulated network (panics if the cluster runs over TCP).
+    pub fn net(&self) -> &SimNetwork {
+        self.network.as_ref().expect("a cluster on the simulated network")
+    }
+
+    /// Ids of the members that are running.
+    pub fn running(&self) -> Vec<u64> {
+        self.status.keys().copied().collect()
     }
 
     /// Starts `n` replicas with the test timings.
@@ -127,10 +160,21 @@ impl Drop for TestCluster {
 
 type Ready = (BTreeMap<u64, SocketAddr>, BTreeMap<u64, SocketAddr>, BTreeMap<u64, Arc<StatusBoard>>);
 
+fn transport(network: &Option<SimNetwork>, id: u64) -> Option<Box<dyn Transport>> {
+    network.as_ref().map(|n| Box::new(n.transport(id)) as Box<dyn Transport>)
+}
+
+fn register(network: &Option<SimNetwork>, replica: &Replica) {
+    if let Some(n) = network {
+        n.register(replica.id, replica.consensus().recipient());
+    }
+}
+
 async fn run(
     n: u64,
     root: PathBuf,
     adjust: impl Fn(&mut ReplicaConfig),
+    network: Option<SimNetwork>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     ready: std_mpsc::Sender<Ready>,
 ) {
@@ -165,14 +209,26 @@ async fn run(
     while let Some(command) = commands.recv().await {
         match command {
             Command::Stop(id, done) => {
+                if let Some(n) = &network {
+                    n.unregister(id);
+                }
                 if let Some(r) = replicas.remove(&id) {
                     r.stop().await;
                 }
                 let _ = done.send(());
             }
             Command::Start(id, done) => {
-                let result = Replica::start(configs[&id].clone()).await.map_err(|e| e.to_string());
+                let config = configs[&id].clone();
+                let result = async {
+                    let client = bind(&config.client_addr).await.map_err(|e| e.to_string())?;
+                    let peer = bind(&config.peer_addr).await.map_err(|e| e.to_string())?;
+                    Replica::start_with(config, client, peer, transport(&network, id))
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                .await;
                 let _ = done.send(result.map(|r| {
+                    register(&network, &r);
                     let status = r.status.clone();
                     replicas.insert(id, r);
                     status
