@@ -89,3 +89,29 @@ fn families_are_separate_key_spaces() {
     assert_eq!(engine.get_cf(ColumnFamily::Write, b"k"), None);
     assert_eq!(engine.scan_cf(ColumnFamily::Write, b"", 10), vec![]);
 }
+
+#[test]
+fn digest_depends_only_on_content() {
+    use quorumkv::protocol::command::ColumnFamily;
+    use quorumkv::storage::{KvEngine, WriteBatch};
+    let mut a = KvEngine::new();
+    let mut b = KvEngine::new();
+    let mut batch = WriteBatch::new();
+    batch.put(ColumnFamily::Default, b"x".to_vec(), b"1".to_vec());
+    batch.put(ColumnFamily::Lock, b"y".to_vec(), b"2".to_vec());
+    a.write(batch);
+    // Same content reached another way: other order, an overwrite and a delete on the way.
+    let mut batch = WriteBatch::new();
+    batch.put(ColumnFamily::Lock, b"y".to_vec(), b"old".to_vec());
+    batch.put(ColumnFamily::Default, b"z".to_vec(), b"gone".to_vec());
+    batch.put(ColumnFamily::Lock, b"y".to_vec(), b"2".to_vec());
+    batch.put(ColumnFamily::Default, b"x".to_vec(), b"1".to_vec());
+    batch.delete(ColumnFamily::Default, b"z".to_vec());
+    b.write(batch);
+    assert_eq!(a.digest(), b.digest());
+    let mut batch = WriteBatch::new();
+    batch.put(ColumnFamily::Write, b"x".to_vec(), b"1".to_vec());
+    b.write(batch);
+    assert_ne!(a.digest(), b.digest(), "a different family is different content");
+    assert_ne!(KvEngine::new().digest(), a.digest());
+}

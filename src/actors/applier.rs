@@ -112,7 +112,8 @@ impl Applier {
     }
 
     fn publish(&self) {
-        self.status.publish_applied(self.state.applied_index(), self.state.engine().len() as u64);
+        let engine = self.state.engine();
+        self.status.publish_applied(self.state.applied_index(), engine.len() as u64, engine.digest());
     }
 
     /// Settles every watch at or below `index`; only the exact match of `own` succeeds.

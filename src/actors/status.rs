@@ -20,6 +20,7 @@ pub struct StatusBoard {
     snapshot_index: AtomicU64,
     log_bytes: AtomicU64,
     keys: AtomicU64,
+    state_digest: AtomicU64,
     /// Client address of each member, learnt from configuration and peer handshakes.
     client_addrs: RwLock<BTreeMap<NodeId, String>>,
 }
@@ -71,9 +72,15 @@ impl StatusBoard {
     }
 
     /// Publishes the applier's numbers.
-    pub fn publish_applied(&self, applied_index: u64, keys: u64) {
+    pub fn publish_applied(&self, applied_index: u64, keys: u64, state_digest: u64) {
         self.applied_index.store(applied_index, Ordering::Relaxed);
         self.keys.store(keys, Ordering::Relaxed);
+        self.state_digest.store(state_digest, Ordering::Relaxed);
+    }
+
+    /// Digest of the state machine's content at the applied index (equal states, equal digests).
+    pub fn state_digest(&self) -> u64 {
+        self.state_digest.load(Ordering::Relaxed)
     }
 
     /// Records where member `id` serves clients.
@@ -149,6 +156,7 @@ impl StatusBoard {
             ("log_bytes", self.log_bytes.load(Ordering::Relaxed).to_string()),
             ("members", members.join(",")),
             ("keys", self.keys.load(Ordering::Relaxed).to_string()),
+            ("state_digest", format!("{:016x}", self.state_digest())),
         ];
         let mut out = String::from("# Replication\r\n");
         for (k, v) in fields {

@@ -70,6 +70,19 @@ pub struct KvEngine {
     cfs: [BTreeMap<Vec<u8>, Vec<u8>>; 3],
     /// Sum of key and value lengths over every family, kept up to date by `write`.
     size_bytes: u64,
+    /// XOR of a hash of every (cf, key, value): equal states have equal digests, kept up to date
+    /// by `write`, so replicas can be compared cheaply.
+    digest: u64,
+}
+
+/// The digest contribution of one pair (a fixed-key hash: the same on every replica of a build).
+fn pair_hash(cf: ColumnFamily, key: &[u8], value: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    cf.hash(&mut h);
+    key.hash(&mut h);
+    value.hash(&mut h);
+    h.finish()
 }
 
 fn cf_slot(cf: ColumnFamily) -> usize {
@@ -114,6 +127,10 @@ impl KvEngine {
                 WriteOp::Put { cf, key, value } => {
                     let added = (key.len() + value.len()) as u64;
                     let key_len = key.len() as u64;
+                    self.digest ^= pair_hash(cf, &key, &value);
+                    if let Some(old) = self.cfs[cf_slot(cf)].get(&key) {
+                        self.digest ^= pair_hash(cf, &key, old);
+                    }
                     if let Some(old) = self.cfs[cf_slot(cf)].insert(key, value) {
                         self.size_bytes -= key_len + old.len() as u64;
                     }
@@ -121,6 +138,7 @@ impl KvEngine {
                 }
                 WriteOp::Delete { cf, key } => {
                     if let Some(old) = self.cfs[cf_slot(cf)].remove(&key) {
+                        self.digest ^= pair_hash(cf, &key, &old);
                         self.size_bytes -= (key.len() + old.len()) as u64;
                     }
                 }
@@ -155,9 +173,19 @@ impl KvEngine {
 
     /// Rebuilds an engine from maps taken by [`families`](Self::families).
     pub(crate) fn from_families(cfs: [BTreeMap<Vec<u8>, Vec<u8>>; 3]) -> Self {
-        let mut engine = KvEngine { cfs, size_bytes: 0 };
+        let mut engine = KvEngine { cfs, size_bytes: 0, digest: 0 };
         engine.size_bytes = engine.recount_size_bytes();
+        for (cf, map) in ColumnFamily::ALL.into_iter().zip(engine.cfs.iter()) {
+            for (k, v) in map {
+                engine.digest ^= pair_hash(cf, k, v);
+            }
+        }
         engine
+    }
+
+    /// A digest of the whole content: equal engines have equal digests.
+    pub fn digest(&self) -> u64 {
+        self.digest
     }
 
     fn recount_size_bytes(&self) -> u64 {
