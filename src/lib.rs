@@ -5,5 +5,6 @@
 //! - [`storage`]: bytes at rest (write-ahead log, snapshots, KV engine, state machine);
 //! - `actors`: concurrency and I/O (arrives with the replica issue).
 
+pub mod client;
 pub mod protocol;
 pub mod storage;
