@@ -185,7 +185,12 @@ fn remaining(deadline: Instant) -> io::Result<Duration> {
 }
 
 impl Connection {
-    fn open(server: usize, addr: &str, connect_timeout: Duration, deadline: Instant) -> io::Result<Connection> {
+    fn open(
+        server: usize,
+        addr: &str,
+        connect_timeout: Duration,
+        deadline: Instant,
+    ) -> io::Result<Connection> {
         let mut last_error = io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"));
         for socket_addr in addr.to_socket_addrs()? {
             let timeout = connect_timeout.min(remaining(deadline)?);
@@ -228,7 +233,9 @@ impl Connection {
             let read = self.stream.read(&mut self.buffer[filled..]);
             self.buffer.truncate(filled + read.as_ref().map_or(0, |&count| count));
             match read {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection")),
+                Ok(0) => {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"))
+                }
                 Ok(_) => {}
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => return Err(error),
@@ -340,7 +347,8 @@ impl Client {
     pub fn execute_command(&mut self, command: &Command) -> Result<Reply, ClientError> {
         let deadline = self.deadline();
         let session = command.is_write().then(|| self.next_tag());
-        let args = encode_command(session, command).map_err(|error| ClientError::Invalid(error.to_string()))?;
+        let args =
+            encode_command(session, command).map_err(|error| ClientError::Invalid(error.to_string()))?;
         self.execute(&args, deadline)
     }
 
@@ -442,7 +450,9 @@ impl Client {
         let mut pairs = Vec::with_capacity(items.len() / 2);
         for pair in items.chunks(2) {
             match pair {
-                [Reply::Bulk(Some(key)), Reply::Bulk(Some(value))] => pairs.push((key.clone(), value.clone())),
+                [Reply::Bulk(Some(key)), Reply::Bulk(Some(value))] => {
+                    pairs.push((key.clone(), value.clone()))
+                }
                 _ => return Err(ClientError::UnexpectedReply { command: "RAWSCAN", reply }),
             }
         }
@@ -608,11 +618,17 @@ impl Client {
         }
         for slot in replies.iter_mut() {
             match connection.read_reply(self.io_timeout, deadline) {
-                Ok(reply) => {
-                    if matches!(classify(&reply), Outcome::Done) {
-                        *slot = Some(reply);
+                Ok(reply) => match classify(&reply) {
+                    Outcome::Done => *slot = Some(reply),
+                    // Start the retries where the redirect points rather than rediscover it per command.
+                    Outcome::Redirect(addr) => {
+                        if let Some(leader) = self.server_index(&addr) {
+                            self.preferred = leader;
+                        }
                     }
-                }
+                    Outcome::NoLeader => self.preferred = self.next_server(server),
+                    Outcome::TryAgain => {}
+                },
                 // The connection is out of step or gone: the rest are retried on a new one.
                 Err(_) => return replies,
             }
