@@ -59,6 +59,9 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// The commands that change state, upper case: sent with a `REQ` session tag.
 const WRITE_COMMANDS: [&[u8]; 5] = [b"SET", b"APPEND", b"DEL", b"RAWPUT", b"RAWDELETE"];
 
+/// A key and its value, as RAWSCAN returns them.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// How a [`Client`] reaches the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientConfig {
@@ -442,7 +445,7 @@ impl Client {
         cf: ColumnFamily,
         start: &[u8],
         limit: u64,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
+    ) -> Result<Vec<KeyValue>, ClientError> {
         let reply = self.typed(&Command::Scan { cf, start: start.to_vec(), limit })?;
         let Reply::Array(Some(items)) = &reply else {
             return Err(ClientError::UnexpectedReply { command: "RAWSCAN", reply });

@@ -187,3 +187,16 @@ fn bench_against_no_server_exits_2() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
     assert_eq!(report["errors"], 4);
 }
+
+#[test]
+fn bench_runs_for_a_duration() {
+    let server = FakeServer::replying(kv_store());
+    let output = run(&server.addr, &["bench", "--duration", "0.3", "--clients", "2", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    assert_eq!(report["config"]["duration_secs"], 0.3);
+    assert!(report["ops"].as_u64().is_some_and(|ops| ops > 0), "{report}");
+    assert_eq!(report["ops"].as_u64(), Some(server.request_count() as u64));
+    // Generous: the run stops at its duration, not at some default op count.
+    assert!(report["elapsed_secs"].as_f64().is_some_and(|secs| (0.3..10.0).contains(&secs)), "{report}");
+}

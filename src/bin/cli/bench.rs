@@ -57,14 +57,14 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = DEFAULT_CLIENTS, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_CLIENTS as u64))]
     pub clients: usize,
     /// Total ops across all clients [default: 100000 unless --duration].
-    #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, conflicts_with = "duration_secs", value_parser = clap::value_parser!(u64).range(1..))]
     pub ops: Option<u64>,
     /// Run for this many seconds instead of a number of ops.
-    #[arg(long, value_name = "SECS", value_parser = parse_duration_secs)]
-    pub duration: Option<f64>,
+    #[arg(long = "duration", value_name = "SECS", value_parser = parse_duration_secs)]
+    pub duration_secs: Option<f64>,
     /// Bytes per SET value.
     #[arg(long = "value-size", value_name = "B", default_value_t = DEFAULT_VALUE_SIZE_BYTES, value_parser = RangedU64ValueParser::<usize>::new().range(0..=MAX_ARG_BYTES as u64))]
-    pub value_size: usize,
+    pub value_size_bytes: usize,
     /// Keys `key:0` .. `key:N-1`, picked uniformly.
     #[arg(long, default_value_t = DEFAULT_KEYS, value_parser = clap::value_parser!(u64).range(1..))]
     pub keys: u64,
@@ -237,7 +237,7 @@ fn client_thread(shared: &Shared<'_>, thread_index: u64) -> Stats {
         }
     };
     let mut rng = Rng::new(client.client_id() ^ thread_index);
-    let value = vec![b'x'; shared.args.value_size];
+    let value = vec![b'x'; shared.args.value_size_bytes];
     let op = |rng: &mut Rng| {
         let is_write = rng.chance(shared.args.write_ratio);
         let key = format!("key:{}", rng.range(0, shared.args.keys)).into_bytes();
@@ -292,13 +292,13 @@ fn progress_bar(limit: Limit, duration_secs: Option<f64>) -> ProgressBar {
 /// some failed, 2 if none succeeded because no server could be reached.
 pub fn run(args: &BenchArgs, config: ClientConfig) -> u8 {
     let started = Instant::now();
-    let limit = match args.duration {
+    let limit = match args.duration_secs {
         Some(secs) => Limit::Until(started + Duration::from_secs_f64(secs)),
         None => Limit::Ops(args.ops.unwrap_or(DEFAULT_OPS)),
     };
     let shared =
         Shared { args, config: &config, limit, issued: AtomicU64::new(0), completed: AtomicU64::new(0) };
-    let bar = progress_bar(limit, args.duration);
+    let bar = progress_bar(limit, args.duration_secs);
     let mut total = Stats::new();
     std::thread::scope(|scope| {
         let (done_tx, done_rx) = mpsc::channel();
@@ -359,17 +359,17 @@ fn report(args: &BenchArgs, config: &ClientConfig, total: &Stats, elapsed: Durat
     json!({
         "ops": all.ops(),
         "errors": all.errors,
-        "elapsed_s": secs,
+        "elapsed_secs": secs,
         "ops_per_sec": if secs > 0.0 { all.ops() as f64 / secs } else { 0.0 },
         "config": {
             "servers": config.servers,
             "clients": args.clients,
             "pipeline": args.pipeline,
-            "value_size": args.value_size,
+            "value_size_bytes": args.value_size_bytes,
             "keys": args.keys,
             "write_ratio": args.write_ratio,
-            "ops": args.duration.is_none().then(|| args.ops.unwrap_or(DEFAULT_OPS)),
-            "duration_s": args.duration,
+            "ops": args.duration_secs.is_none().then(|| args.ops.unwrap_or(DEFAULT_OPS)),
+            "duration_secs": args.duration_secs,
         },
         "all": all.summary(),
         "writes": total.writes.summary(),
@@ -383,14 +383,18 @@ fn print_text(report: &serde_json::Value) {
     println!(
         "{} ops in {:.3} s: {:.0} ops/s, {} errors",
         report["ops"],
-        number(&report["elapsed_s"]),
+        number(&report["elapsed_secs"]),
         number(&report["ops_per_sec"]),
         report["errors"]
     );
     let config = &report["config"];
     println!(
         "{} clients, pipeline {}, {}-byte values, {} keys, write ratio {}",
-        config["clients"], config["pipeline"], config["value_size"], config["keys"], config["write_ratio"]
+        config["clients"],
+        config["pipeline"],
+        config["value_size_bytes"],
+        config["keys"],
+        config["write_ratio"]
     );
     println!(
         "{:<8} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -403,8 +407,8 @@ fn print_text(report: &serde_json::Value) {
         println!(
             "{:<8} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
             kind,
-            stats["ops"],
-            stats["errors"],
+            stats["ops"].as_u64().unwrap_or(0),
+            stats["errors"].as_u64().unwrap_or(0),
             cell("p50"),
             cell("p90"),
             cell("p99"),
