@@ -6,6 +6,8 @@
 //! its batch, as redis-benchmark counts it. Memory stays bounded: counts and fixed-size histograms,
 //! never a record per op.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -120,7 +122,7 @@ impl KindStats {
     }
 
     fn merge(&mut self, other: &KindStats) {
-        // Both histograms have the same bounds, so adding cannot fail; saturate rather than panic.
+        // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.latency_us.add(&other.latency_us);
         self.errors += other.errors;
     }
@@ -333,11 +335,10 @@ pub fn run(args: &BenchArgs, config: ClientConfig) -> u8 {
     bar.finish_and_clear();
     let elapsed = started.elapsed();
     let report = report(args, &config, &total, elapsed);
-    if args.json {
-        println!("{report}");
-    } else {
-        print_text(&report);
-    }
+    let text = if args.json { format!("{report}\n") } else { summary_text(&report) };
+    // A closed stdout (`| head`) must not turn a finished run into a panic.
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
     let mut all = KindStats::new();
     all.merge(&total.writes);
     all.merge(&total.reads);
@@ -378,9 +379,12 @@ fn report(args: &BenchArgs, config: &ClientConfig, total: &Stats, elapsed: Durat
     })
 }
 
-fn print_text(report: &serde_json::Value) {
+/// The human summary: a headline, the settings, and a latency table for writes, reads and all.
+fn summary_text(report: &serde_json::Value) -> String {
+    let mut out = String::new();
     let number = |value: &serde_json::Value| value.as_f64().unwrap_or(0.0);
-    println!(
+    let _ = writeln!(
+        out,
         "{} ops in {:.3} s: {:.0} ops/s, {} errors",
         report["ops"],
         number(&report["elapsed_secs"]),
@@ -388,7 +392,8 @@ fn print_text(report: &serde_json::Value) {
         report["errors"]
     );
     let config = &report["config"];
-    println!(
+    let _ = writeln!(
+        out,
         "{} clients, pipeline {}, {}-byte values, {} keys, write ratio {}",
         config["clients"],
         config["pipeline"],
@@ -396,7 +401,8 @@ fn print_text(report: &serde_json::Value) {
         config["keys"],
         config["write_ratio"]
     );
-    println!(
+    let _ = writeln!(
+        out,
         "{:<8} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "latency", "ops", "errors", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
     );
@@ -404,7 +410,8 @@ fn print_text(report: &serde_json::Value) {
         let stats = &report[kind];
         let latency = &stats["latency_ms"];
         let cell = |name: &str| latency[name].as_f64().map_or("-".to_string(), |ms| format!("{ms:.3}"));
-        println!(
+        let _ = writeln!(
+            out,
             "{:<8} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
             kind,
             stats["ops"].as_u64().unwrap_or(0),
@@ -417,6 +424,7 @@ fn print_text(report: &serde_json::Value) {
         );
     }
     if let Some(error) = report["first_error"].as_str() {
-        println!("first error: {error}");
+        let _ = writeln!(out, "first error: {error}");
     }
+    out
 }
