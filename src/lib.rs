@@ -3,8 +3,10 @@
 //! The crate has three layers (see `ARCHITECTURE.md`):
 //! - [`protocol`]: pure, deterministic logic (the Raft core, commands, codecs);
 //! - [`storage`]: bytes at rest (write-ahead log, snapshots, KV engine, state machine);
-//! - `actors`: concurrency and I/O (arrives with the replica issue).
+//! - [`actors`]: concurrency and I/O (one actor per file, `replica` wires them);
+//! - [`client`]: the blocking Rust client (leader discovery, retries, exactly-once writes).
 
 pub mod actors;
+pub mod client;
 pub mod protocol;
 pub mod storage;
