@@ -77,7 +77,7 @@ fn run_once(config: ClientConfig, args: Vec<Vec<u8>>) -> u8 {
     };
     match client.call(&args) {
         Ok(reply) => {
-            print_reply(&reply);
+            print_reply(&args[0], &reply);
             if matches!(reply, quorumkv::protocol::resp::Reply::Error(_)) {
                 EXIT_ERROR
             } else {

@@ -41,10 +41,19 @@ pub fn client_config(servers: &[String]) -> Result<ClientConfig, String> {
     Ok(config)
 }
 
-/// Prints a reply the way redis-cli does; a closed stdout (`| head`) is not an error worth a panic.
-pub fn print_reply(reply: &Reply) {
+/// Prints the reply to `command` the way redis-cli does: INFO's text raw, everything else
+/// formatted. A closed stdout (`| head`) is not an error worth a panic.
+pub fn print_reply(command: &[u8], reply: &Reply) {
     let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{}", format_reply(reply));
+    match reply {
+        Reply::Bulk(Some(text)) if command.eq_ignore_ascii_case(b"info") => {
+            let text = String::from_utf8_lossy(text).replace("\r\n", "\n");
+            let _ = write!(stdout, "{text}");
+        }
+        _ => {
+            let _ = writeln!(stdout, "{}", format_reply(reply));
+        }
+    }
     let _ = stdout.flush();
 }
 

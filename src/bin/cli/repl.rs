@@ -80,7 +80,7 @@ pub fn run(config: ClientConfig) -> u8 {
             return EXIT_OK;
         }
         match client.call(&args) {
-            Ok(reply) => print_reply(&reply),
+            Ok(reply) => print_reply(&args[0], &reply),
             Err(error) => eprintln!("{}", describe_failure(&error).1),
         }
     }
