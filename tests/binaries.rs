@@ -1,0 +1,162 @@
+//! The real binaries: three `quorumkv-server` processes driven by `quorumkv-cli`, the leader
+//! killed with SIGKILL and restarted, data checked; data-dir identity checks and SIGTERM.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_quorumkv-server");
+const CLI: &str = env!("CARGO_BIN_EXE_quorumkv-cli");
+const WAIT: Duration = Duration::from_secs(30);
+
+fn free_ports(n: usize) -> Vec<u16> {
+    // Held together so they differ; released just before the servers bind them.
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+}
+
+struct Server {
+    child: Child,
+    args: Vec<String>,
+}
+
+fn spawn_server(args: &[String], log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(SERVER)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn quorumkv-server")
+}
+
+fn cli(servers: &str, args: &[&str]) -> Output {
+    Command::new(CLI)
+        .arg("--servers")
+        .arg(servers)
+        .args(args)
+        .env("QUORUMKV_CLI_TIMEOUT_MS", "15000")
+        .output()
+        .expect("run quorumkv-cli")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn info_field(addr: &str, field: &str) -> Option<String> {
+    let out = cli(addr, &["info"]);
+    stdout(&out).lines().find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn three_processes_survive_kill_9_of_the_leader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = free_ports(6);
+    let client: Vec<String> = ports[..3].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let peers: Vec<String> = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[3 + i])).collect();
+    let peers = peers.join(",");
+    let servers_arg = client.join(",");
+    let mut servers: Vec<Server> = (0..3)
+        .map(|i| {
+            let args = vec![
+                "--id".into(),
+                (i + 1).to_string(),
+                "--client-addr".into(),
+                client[i].clone(),
+                "--peers".into(),
+                peers.clone(),
+                "--data-dir".into(),
+                dir.path().join(format!("d{}", i + 1)).display().to_string(),
+                "--election-timeout-ms".into(),
+                "300".into(),
+                "--heartbeat-ms".into(),
+                "50".into(),
+            ];
+            let child = spawn_server(&args, &dir.path().join(format!("log{}", i + 1)));
+            Server { child, args }
+        })
+        .collect();
+
+    for i in 0..20 {
+        let out = cli(&servers_arg, &["set", &format!("k{i}"), &format!("v{i}")]);
+        assert_eq!(stdout(&out), "OK", "set k{i}: {out:?}");
+        assert_eq!(out.status.code(), Some(0));
+    }
+    let leader = wait_for("a leader", || {
+        (0..3).find(|&i| info_field(&client[i], "role").as_deref() == Some("leader"))
+    });
+    servers[leader].child.kill().expect("kill -9 the leader");
+    servers[leader].child.wait().expect("reap");
+    // The CLI finds the new leader by itself.
+    for i in 20..40 {
+        let out = cli(&servers_arg, &["set", &format!("k{i}"), &format!("v{i}")]);
+        assert_eq!(stdout(&out), "OK", "set k{i} after the kill: {out:?}");
+    }
+    let out = cli(&servers_arg, &["append", "k0", "+"]);
+    assert_eq!(stdout(&out), "(integer) 3");
+    // Restart the killed one from its data dir; it catches up.
+    let args = servers[leader].args.clone();
+    servers[leader].child = spawn_server(&args, &dir.path().join("log-restarted"));
+    let commit: u64 = wait_for("a leader's commit index", || {
+        (0..3).filter(|&i| i != leader).find_map(|i| info_field(&client[i], "commit_index")?.parse().ok())
+    });
+    wait_for("the restarted replica to catch up", || {
+        let applied: u64 = info_field(&client[leader], "applied_index")?.parse().ok()?;
+        (applied >= commit).then_some(())
+    });
+    for i in 1..40 {
+        let out = cli(&servers_arg, &["get", &format!("k{i}")]);
+        assert_eq!(stdout(&out), format!("\"v{i}\""), "k{i}");
+    }
+    assert_eq!(stdout(&cli(&servers_arg, &["get", "k0"])), "\"v0+\"");
+    assert_eq!(stdout(&cli(&servers_arg, &["get", "missing"])), "(nil)");
+    let bad = cli(&servers_arg, &["rawget", "nope", "k"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stdout(&bad).starts_with("(error) ERR"), "{bad:?}");
+
+    // SIGTERM: a clean exit with code 0.
+    for s in &mut servers {
+        let pid = s.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        assert!(status.success());
+        let code = wait_for("exit after SIGTERM", || s.child.try_wait().ok().flatten());
+        assert_eq!(code.code(), Some(0), "exit code after SIGTERM");
+    }
+    // The data dir remembers who it belongs to: another id on it exits 2 and changes nothing.
+    let d1 = dir.path().join("d1");
+    let before = std::fs::read(d1.join("quorumkv.meta")).expect("meta");
+    let out = Command::new(SERVER)
+        .args(["--id", "2", "--peers", &peers, "--client-addr", &client[0], "--data-dir"])
+        .arg(&d1)
+        .output()
+        .expect("run server");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("member"), "clear error: {out:?}");
+    assert_eq!(std::fs::read(d1.join("quorumkv.meta")).expect("meta"), before);
+}
+
+#[test]
+fn cli_exits_2_when_nothing_answers() {
+    let port = free_ports(1)[0];
+    let out = Command::new(CLI)
+        .args(["--servers", &format!("127.0.0.1:{port}"), "get", "a"])
+        .env("QUORUMKV_CLI_TIMEOUT_MS", "300")
+        .output()
+        .expect("run cli");
+    assert_eq!(out.status.code(), Some(2));
+}
