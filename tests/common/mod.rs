@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod linearizability;
 pub mod raft_net;
 pub mod resp_conn;
