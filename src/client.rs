@@ -75,6 +75,9 @@ pub struct ClientConfig {
     pub io_timeout_ms: u64,
     /// The session's client id; `None` picks a random one. Two live clients must never share an id.
     pub client_id: Option<u64>,
+    /// Talk only to `servers`: a redirect elsewhere counts as `-NOTLEADER ?` (for clients that
+    /// must stay on their side of a network partition, as in the fault tests).
+    pub only_listed_servers: bool,
 }
 
 impl ClientConfig {
@@ -86,6 +89,7 @@ impl ClientConfig {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             io_timeout_ms: DEFAULT_IO_TIMEOUT_MS,
             client_id: None,
+            only_listed_servers: false,
         }
     }
 }
@@ -282,6 +286,8 @@ pub struct Client {
     /// Index in `servers` where the next call starts: the last server that answered.
     preferred: usize,
     connection: Option<Connection>,
+    /// Redirects to servers not in the list are not followed.
+    only_listed_servers: bool,
     /// Back-off jitter.
     rng: Rng,
 }
@@ -310,6 +316,7 @@ impl Client {
             last_seq: 0,
             preferred: 0,
             connection: None,
+            only_listed_servers: config.only_listed_servers,
             rng: Rng::new(client_id),
         })
     }
@@ -532,7 +539,7 @@ impl Client {
         if let Some(index) = self.servers.iter().position(|known| known == addr) {
             return Some(index);
         }
-        if self.servers.len() >= MAX_KNOWN_SERVERS {
+        if self.servers.len() >= MAX_KNOWN_SERVERS || self.only_listed_servers {
             return None;
         }
         self.servers.push(addr.to_string());

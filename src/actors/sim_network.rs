@@ -14,7 +14,7 @@ use actix::prelude::*;
 use super::consensus::Inbound;
 use super::transport::Transport;
 use crate::protocol::peer_wire::PeerFrame;
-use crate::protocol::raft::NodeId;
+use crate::protocol::raft::{MessageBody, NodeId};
 use crate::protocol::rng::Rng;
 
 /// How the network treats each frame.
@@ -49,6 +49,8 @@ pub struct SimStats {
     pub dropped: u64,
     /// Extra copies delivered.
     pub duplicated: u64,
+    /// Heartbeat messages sent (to tell whether commits wait for them).
+    pub heartbeats: u64,
 }
 
 struct NetState {
@@ -144,6 +146,9 @@ impl SimNetwork {
     fn send(&self, frame: PeerFrame) {
         let (from, to) = (frame.from(), frame.to());
         let mut state = self.lock();
+        if matches!(&frame, PeerFrame::Raft(m) if matches!(m.body, MessageBody::Heartbeat { .. })) {
+            state.stats.heartbeats += 1;
+        }
         let faults = state.faults;
         if state.cut.contains(&(from, to))
             || !state.members.contains_key(&to)

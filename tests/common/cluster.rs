@@ -198,8 +198,10 @@ async fn run(
     }
     let mut replicas: BTreeMap<u64, Replica> = BTreeMap::new();
     for (id, (client, peer)) in listeners {
-        let replica =
-            Replica::start_with(configs[&id].clone(), client, peer, None).await.expect("start replica");
+        let replica = Replica::start_with(configs[&id].clone(), client, peer, transport(&network, id))
+            .await
+            .expect("start replica");
+        register(&network, &replica);
         replicas.insert(id, replica);
     }
     let addrs = replicas.iter().map(|(&id, r)| (id, r.client_addr)).collect();

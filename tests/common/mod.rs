@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod kv_suite;
 pub mod linearizability;
 pub mod raft_net;
 pub mod resp_conn;
