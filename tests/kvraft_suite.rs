@@ -224,3 +224,185 @@ fn speed_sequential_appends_do_not_wait_for_heartbeats() {
     assert_eq!(String::from_utf8_lossy(&value), (0..ops).map(|i| format!("{i},")).collect::<String>());
     check_replicas_agree(&cluster, seed);
 }
+
+// ----- the snapshot suite -----
+
+const SNAPSHOT_THRESHOLD: u64 = 4 * 1024;
+
+#[test]
+fn snapshot_recover() {
+    run_generic(&Spec {
+        crash: true,
+        snapshot_threshold: Some(SNAPSHOT_THRESHOLD),
+        ..Spec::new("snapshots, recover", 5, 1)
+    });
+}
+
+#[test]
+fn snapshot_recover_many_clients() {
+    run_generic(&Spec {
+        crash: true,
+        snapshot_threshold: Some(SNAPSHOT_THRESHOLD),
+        ..Spec::new("snapshots, recover, many clients", 5, 10)
+    });
+}
+
+#[test]
+fn snapshot_unreliable_partitions() {
+    run_generic(&Spec {
+        unreliable: true,
+        partitions: true,
+        crash: true,
+        snapshot_threshold: Some(SNAPSHOT_THRESHOLD),
+        ..Spec::new("snapshots, unreliable, partitions, recover", 5, 5)
+    });
+}
+
+#[test]
+fn snapshot_linearizable_mix() {
+    run_generic(&Spec {
+        unreliable: true,
+        partitions: true,
+        crash: true,
+        crash_during_round: true,
+        random_keys: true,
+        snapshot_threshold: Some(SNAPSHOT_THRESHOLD),
+        ..Spec::new("snapshots, linearizable mix: 15 clients, 7 replicas", 7, 15)
+    });
+}
+
+// A replica cut off while the others write past several snapshots catches up by InstallSnapshot
+// over a lossy network, and the log stays bounded everywhere.
+#[test]
+fn snapshot_lagging_replica_catches_up_and_log_stays_bounded() {
+    let spec = Spec {
+        unreliable: true,
+        snapshot_threshold: Some(SNAPSHOT_THRESHOLD),
+        ..Spec::new("snapshot catch-up", 3, 1)
+    };
+    let seed = seed(spec.name);
+    let cluster = start_cluster(&spec, seed);
+    let history = Arc::new(HistoryRecorder::new());
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    let lagging = (1..=3).find(|&id| id != leader).expect("a follower");
+    let others: Vec<u64> = (1..=3).filter(|&id| id != lagging).collect();
+    cluster.net().partition(&[vec![lagging], others]);
+    let mut clerk = Clerk::new(clerk_id(), cluster.servers(), false, seed, history.clone());
+    for i in 0..400 {
+        clerk.put(&format!("k{}", i % 50), &format!("{i}-{}", "v".repeat(40))).expect("put");
+    }
+    let leader_snapshot = cluster.status.values().map(|s| s.commit_index()).max().unwrap_or(0);
+    cluster.net().heal();
+    check_replicas_agree(&cluster, seed);
+    let installed = cluster.status[&lagging].applied_index();
+    assert!(installed >= leader_snapshot, "seed {seed}: lagging replica at {installed}");
+    for (id, status) in &cluster.status {
+        // log_bytes is not on the board; INFO carries it.
+        let mut c = quorumkv::client::Client::new(quorumkv::client::ClientConfig::new([cluster
+            .client_addrs[id]
+            .to_string()]))
+        .expect("client");
+        let info = c.info_map().expect("INFO");
+        let log_bytes: u64 = info["log_bytes"].parse().expect("number");
+        let snapshot_index: u64 = info["snapshot_index"].parse().expect("number");
+        assert!(
+            snapshot_index > 0,
+            "seed {seed}: replica {id} never snapshotted (applied {})",
+            status.applied_index()
+        );
+        assert!(log_bytes < 4 * SNAPSHOT_THRESHOLD, "seed {seed}: replica {id} log_bytes {log_bytes}");
+    }
+    for i in 350..400 {
+        assert_eq!(
+            clerk.get(&format!("k{}", i % 50)).expect("get"),
+            Some(format!("{i}-{}", "v".repeat(40)).into_bytes())
+        );
+    }
+    check_linearizable(spec.name, seed, &history);
+}
+
+// ----- the kvpaxos suite's extra cases -----
+
+#[test]
+fn many_clients_on_every_replica() {
+    run_generic(&Spec { random_keys: true, ..Spec::new("15 clients on every replica at once", 3, 15) });
+}
+
+// Holes: clerks stop in the middle of operations (while cut off, so the operations may or may
+// not happen) and the majority must go on; the history stays linearizable with them unknown.
+#[test]
+fn holes_clients_abandon_operations() {
+    let spec = Spec::new("holes", 5, 1);
+    let seed = seed(spec.name);
+    let cluster = start_cluster(&spec, seed);
+    let history = Arc::new(HistoryRecorder::new());
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    let minority: Vec<u64> =
+        std::iter::once(leader).chain((1..=5).filter(|&id| id != leader).take(1)).collect();
+    let majority: Vec<u64> = (1..=5).filter(|id| !minority.contains(id)).collect();
+    let servers = |ids: &[u64]| ids.iter().map(|id| cluster.client_addrs[id].to_string()).collect::<Vec<_>>();
+    cluster.net().partition(&[minority.clone(), majority.clone()]);
+    let abandon = Arc::new(AtomicBool::new(false));
+    let partitioned = Arc::new(AtomicBool::new(true));
+    let stuck: Vec<_> = (0..3)
+        .map(|n| {
+            let mut clerk = Clerk::new(clerk_id(), cluster.servers(), false, seed, history.clone())
+                .with_flags(abandon.clone(), Arc::new(AtomicBool::new(false)))
+                .confined_to(servers(&minority), partitioned.clone());
+            std::thread::spawn(move || clerk.append("hole", &format!("lost-{n};")))
+        })
+        .collect();
+    let mut major = Clerk::new(clerk_id(), servers(&majority), false, seed, history.clone());
+    for i in 0..20 {
+        major.append("hole", &format!("ok-{i};")).expect("majority goes on");
+    }
+    // The stuck clerks give up mid-operation.
+    abandon.store(true, std::sync::atomic::Ordering::SeqCst);
+    for s in stuck {
+        assert!(s.join().expect("thread").is_err(), "seed {seed}: a minority append completed");
+    }
+    cluster.net().heal();
+    partitioned.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut after = Clerk::new(clerk_id(), cluster.servers(), false, seed, history.clone());
+    let value = String::from_utf8(after.get("hole").expect("get").unwrap_or_default()).expect("utf-8");
+    for i in 0..20 {
+        assert_eq!(value.matches(&format!("ok-{i};")).count(), 1, "seed {seed}: {value}");
+    }
+    after.append("hole", "end;").expect("append after healing");
+    check_linearizable(spec.name, seed, &history);
+    check_replicas_agree(&cluster, seed);
+}
+
+#[test]
+fn fast_changing_partitions_unreliable() {
+    let long = common::kv_suite::long_mode();
+    run_generic(&Spec {
+        unreliable: true,
+        partitions: true,
+        partition_every_ms: (0, 200),
+        rounds: 1,
+        round_ms: if long { 20_000 } else { 4_000 },
+        ..Spec::new("partitions changing every 0-200 ms, unreliable", 5, 5)
+    });
+}
+
+// ----- the nemesis -----
+
+#[test]
+fn nemesis_short() {
+    common::kv_suite::run_nemesis("nemesis (short)", 5, 5, Duration::from_secs(5), Some(SNAPSHOT_THRESHOLD));
+}
+
+// `NEMESIS_SECS=600 cargo test --release --test kvraft_suite nemesis_long -- --ignored`
+#[test]
+#[ignore]
+fn nemesis_long() {
+    let secs = std::env::var("NEMESIS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    common::kv_suite::run_nemesis(
+        "nemesis (long)",
+        5,
+        8,
+        Duration::from_secs(secs),
+        Some(SNAPSHOT_THRESHOLD),
+    );
+}

@@ -497,3 +497,96 @@ pub fn check_replicas_agree(cluster: &TestCluster, seed: u64) {
         std::thread::park_timeout(Duration::from_millis(10));
     }
 }
+
+/// A long randomized run: for `duration`, a schedule drawn from the seed partitions, heals,
+/// crashes and restarts replicas and makes links lossy while clerks work on shared keys; then
+/// everything heals and the history and the replicas' states are checked.
+pub fn run_nemesis(
+    name: &'static str,
+    replicas: u64,
+    clients: usize,
+    duration: Duration,
+    snapshot_threshold: Option<u64>,
+) {
+    let spec = Spec { snapshot_threshold, random_keys: true, ..Spec::new(name, replicas, clients) };
+    let seed = seed(name);
+    let mut cluster = start_cluster(&spec, seed);
+    let history = Arc::new(HistoryRecorder::new());
+    let mut rng = Rng::new(seed);
+    let stop = Arc::new(AtomicBool::new(false));
+    let healed = Arc::new(AtomicBool::new(false));
+    let clerks: Vec<JoinHandle<Result<ClerkLog, ClerkError>>> = (0..clients)
+        .map(|n| {
+            let clerk =
+                Clerk::new(clerk_id(), cluster.servers(), rng.chance(0.5), seed ^ n as u64, history.clone())
+                    .with_flags(Arc::new(AtomicBool::new(false)), healed.clone());
+            let stop = stop.clone();
+            std::thread::spawn(move || clerk_loop(clerk, n, true, stop))
+        })
+        .collect();
+    let majority = (replicas / 2 + 1) as usize;
+    let end = Instant::now() + duration;
+    let (_wake_tx, wake_rx) = mpsc::channel::<()>();
+    let mut actions = Vec::new();
+    while Instant::now() < end {
+        let _ = wake_rx.recv_timeout(Duration::from_millis(rng.range(50, 500)));
+        let down: Vec<u64> = (1..=replicas).filter(|id| !cluster.status.contains_key(id)).collect();
+        match rng.range(0, 6) {
+            0 => {
+                let mut groups = vec![Vec::new(), Vec::new()];
+                for id in 1..=replicas {
+                    groups[rng.range(0, 2) as usize].push(id);
+                }
+                cluster.net().partition(&groups);
+                actions.push("partition");
+            }
+            1 => {
+                cluster.net().heal();
+                actions.push("heal");
+            }
+            2 if cluster.running().len() > majority => {
+                let running = cluster.running();
+                cluster.stop(running[rng.range(0, running.len() as u64) as usize]);
+                actions.push("crash");
+            }
+            3 if !down.is_empty() => {
+                cluster.restart(down[rng.range(0, down.len() as u64) as usize]);
+                actions.push("restart");
+            }
+            4 => {
+                let faults = if rng.chance(0.5) { SimFaults::unreliable() } else { SimFaults::reliable() };
+                cluster.net().set_faults(faults);
+                actions.push("faults");
+            }
+            _ => {
+                // A one-way cut: a replica hears others but cannot be heard (or the reverse).
+                let a = rng.range(1, replicas + 1);
+                let b = rng.range(1, replicas + 1);
+                if a != b {
+                    cluster.net().cut(a, b);
+                }
+                actions.push("cut");
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    cluster.net().heal();
+    cluster.net().set_faults(SimFaults::reliable());
+    for id in 1..=replicas {
+        if !cluster.status.contains_key(&id) {
+            cluster.restart(id);
+        }
+    }
+    healed.store(true, Ordering::Relaxed);
+    let mut ops = 0;
+    for c in clerks {
+        match c.join().expect("clerk thread") {
+            Ok(log) => ops += log.ops,
+            Err(e) => panic!("{name}: seed {seed}: {e:?} after schedule {actions:?}"),
+        }
+    }
+    println!("{name}: {} nemesis actions, {ops} operations: {actions:?}", actions.len());
+    assert!(ops > 0, "{name}: seed {seed}: no operation completed");
+    check_linearizable(name, seed, &history);
+    check_replicas_agree(&cluster, seed);
+}
