@@ -160,3 +160,110 @@ fn cli_exits_2_when_nothing_answers() {
         .expect("run cli");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Seed for the random kill schedule: `TEST_SEED`, or the clock; printed for replay.
+fn seed() -> u64 {
+    let seed = std::env::var("TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(3, |d| d.as_nanos() as u64)
+    });
+    println!("seed {seed} (replay: TEST_SEED={seed})");
+    seed
+}
+
+// kill -9 of the leader, and of every replica, at random moments while a client appends: after
+// the last restart every acknowledged append is present exactly once.
+#[test]
+fn random_kill_9_of_leader_and_of_everyone_loses_nothing() {
+    use quorumkv::client::{Client, ClientConfig};
+    use quorumkv::protocol::rng::Rng;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = free_ports(6);
+    let client: Vec<String> = ports[..3].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let peers = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[3 + i])).collect::<Vec<_>>().join(",");
+    let args = |i: usize| -> Vec<String> {
+        vec![
+            "--id".into(),
+            (i + 1).to_string(),
+            "--client-addr".into(),
+            client[i].clone(),
+            "--peers".into(),
+            peers.clone(),
+            "--data-dir".into(),
+            dir.path().join(format!("d{}", i + 1)).display().to_string(),
+            "--election-timeout-ms".into(),
+            "300".into(),
+            "--heartbeat-ms".into(),
+            "50".into(),
+        ]
+    };
+    let log = |i: usize, n: usize| dir.path().join(format!("log{}-{n}", i + 1));
+    let mut children: Vec<Child> = (0..3).map(|i| spawn_server(&args(i), &log(i, 0))).collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let servers = client.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut config = ClientConfig::new(servers);
+            config.request_timeout_ms = 30_000;
+            let mut c = Client::new(config).expect("client");
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let token = format!("t{i};");
+                c.append(b"log", token.as_bytes()).expect("append eventually succeeds");
+                acked.push(token);
+                i += 1;
+            }
+            acked
+        })
+    };
+    for round in 1..=4 {
+        // Let some appends through, then kill.
+        let pause = Duration::from_millis(rng.range(200, 1200));
+        let (_tx, rx) = std::sync::mpsc::channel::<()>();
+        let _ = rx.recv_timeout(pause);
+        // The last round always kills everyone at once.
+        let victims: Vec<usize> = if round < 4 && rng.chance(0.5) {
+            let leader = wait_for("a leader", || {
+                (0..3).find(|&i| info_field(&client[i], "role").as_deref() == Some("leader"))
+            });
+            vec![leader]
+        } else {
+            vec![0, 1, 2]
+        };
+        for &v in &victims {
+            children[v].kill().expect("kill -9");
+            children[v].wait().expect("reap");
+        }
+        for &v in &victims {
+            children[v] = spawn_server(&args(v), &log(v, round));
+        }
+        println!("round {round}: killed {victims:?} after {pause:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.join().expect("writer");
+    let mut config = ClientConfig::new(client.clone());
+    config.request_timeout_ms = 30_000;
+    let mut c = Client::new(config).expect("client");
+    let value = String::from_utf8(c.get(b"log").expect("get").unwrap_or_default()).expect("utf-8");
+    let present: Vec<&str> = value.split_inclusive(';').collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for t in &present {
+        assert!(seen.insert(*t), "seed {seed}: {t} applied twice");
+    }
+    for t in &acked {
+        assert!(seen.contains(t.as_str()), "seed {seed}: acknowledged {t} lost");
+    }
+    assert!(acked.len() > 10, "seed {seed}: only {} appends acknowledged", acked.len());
+    println!("{} appends acknowledged, {} present", acked.len(), present.len());
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
