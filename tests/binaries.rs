@@ -10,6 +10,14 @@ const SERVER: &str = env!("CARGO_BIN_EXE_quorumkv-server");
 const CLI: &str = env!("CARGO_BIN_EXE_quorumkv-cli");
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The tests here start real processes on ports picked then released: run them one at a time so
+/// two clusters never race for the same ports (and give each its own cluster name as well).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn free_ports(n: usize) -> Vec<u16> {
     // Held together so they differ; released just before the servers bind them.
     let listeners: Vec<TcpListener> =
@@ -65,6 +73,7 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 #[test]
 fn three_processes_survive_kill_9_of_the_leader() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let ports = free_ports(6);
     let client: Vec<String> = ports[..3].iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -152,6 +161,7 @@ fn three_processes_survive_kill_9_of_the_leader() {
 
 #[test]
 fn cli_exits_2_when_nothing_answers() {
+    let _serial = serial();
     let port = free_ports(1)[0];
     let out = Command::new(CLI)
         .args(["--servers", &format!("127.0.0.1:{port}"), "get", "a"])
@@ -179,6 +189,7 @@ fn random_kill_9_of_leader_and_of_everyone_loses_nothing() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
+    let _serial = serial();
     let seed = seed();
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -199,6 +210,8 @@ fn random_kill_9_of_leader_and_of_everyone_loses_nothing() {
             "300".into(),
             "--heartbeat-ms".into(),
             "50".into(),
+            "--cluster-name".into(),
+            format!("random-kill-{seed}"),
         ]
     };
     let log = |i: usize, n: usize| dir.path().join(format!("log{}-{n}", i + 1));
