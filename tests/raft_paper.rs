@@ -628,3 +628,22 @@ fn snapshot_matching_the_log_only_commits() {
     assert_eq!(f.log().committed(), 3);
     assert_eq!(f.log().last_index(), 4);
 }
+
+// Raft §6.4 with many reads in flight: every read is released by the rounds it triggers, with no
+// tick (no periodic heartbeat) needed, however reads and acknowledgements interleave.
+#[test]
+fn interleaved_reads_are_released_without_ticks() {
+    let mut net = Net::new(3, false, false);
+    elect(&mut net, 1);
+    for ctx in 0..50u64 {
+        net.node(1).read_index(ctx).expect("leader");
+        // Deliver a few messages between reads, so rounds overlap.
+        for _ in 0..(ctx % 3) {
+            net.deliver_one();
+        }
+    }
+    net.stabilize();
+    let mut released = net.reads.get(&1).cloned().unwrap_or_default();
+    released.sort_unstable();
+    assert_eq!(released, (0..50).collect::<Vec<u64>>());
+}

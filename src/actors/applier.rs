@@ -223,13 +223,20 @@ impl Handler<Restore> for Applier {
         if meta.index <= self.state.applied_index() {
             return;
         }
+        let started = std::time::Instant::now();
         match StateMachine::restore(&msg.0.image) {
             Ok(state) => {
                 self.state = state;
                 self.applied_term = meta.term;
                 self.settle(meta.index, None);
                 self.publish();
-                log::info!("applier: installed snapshot at index {} term {}", meta.index, meta.term);
+                log::info!(
+                    "applier: installed snapshot at index {} term {} ({} bytes) in {} ms",
+                    meta.index,
+                    meta.term,
+                    msg.0.image.len(),
+                    started.elapsed().as_millis()
+                );
             }
             Err(e) => {
                 // The image passed its checksum, so this is a bug: stop rather than serve a wrong state.

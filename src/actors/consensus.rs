@@ -110,6 +110,8 @@ struct OutgoingSnapshot {
     progress_at: Instant,
     /// When the chunk at `acked` was last sent.
     sent_at: Instant,
+    /// When the transfer started.
+    started: Instant,
 }
 
 /// A snapshot being received from the leader.
@@ -311,7 +313,14 @@ impl Consensus {
                 let now = Instant::now();
                 self.outgoing.insert(
                     to,
-                    OutgoingSnapshot { snapshot, crc32, acked: 0, progress_at: now, sent_at: now },
+                    OutgoingSnapshot {
+                        snapshot,
+                        crc32,
+                        acked: 0,
+                        progress_at: now,
+                        sent_at: now,
+                        started: now,
+                    },
                 );
                 self.send_chunk(to);
             }
@@ -356,7 +365,12 @@ impl Consensus {
         }
         let total = t.snapshot.image.len() as u64;
         if received >= total {
-            log::info!("replica {}: snapshot at index {} delivered to {from}", self.core.id(), meta.index);
+            log::info!(
+                "replica {}: snapshot at index {} ({total} bytes) delivered to {from} in {} ms",
+                self.core.id(),
+                meta.index,
+                t.started.elapsed().as_millis()
+            );
             self.outgoing.remove(&from);
             self.core.report_snapshot(from, true);
             return;

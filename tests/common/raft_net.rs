@@ -59,6 +59,8 @@ pub struct Net {
     pub applied: BTreeMap<u64, Vec<Entry>>,
     /// Every message delivered, for counting round trips.
     pub delivered: Vec<Message>,
+    /// Read tokens released by each node.
+    pub reads: BTreeMap<u64, Vec<u64>>,
 }
 
 impl Net {
@@ -77,6 +79,7 @@ impl Net {
             cut: BTreeSet::new(),
             applied: BTreeMap::new(),
             delivered: Vec::new(),
+            reads: BTreeMap::new(),
         }
     }
 
@@ -90,10 +93,24 @@ impl Net {
         for (&id, core) in self.nodes.iter_mut() {
             let (messages, readies) = drain(core);
             for ready in readies {
+                self.reads.entry(id).or_default().extend(ready.read_states.iter().map(|r| r.ctx));
                 self.applied.entry(id).or_default().extend(ready.committed_entries);
             }
             self.queue.extend(messages);
         }
+    }
+
+    /// Delivers one queued message (the oldest), if any; returns whether one was.
+    pub fn deliver_one(&mut self) -> bool {
+        self.flush();
+        let Some(m) = self.queue.pop_front() else { return false };
+        if !self.cut.contains(&(m.from, m.to)) {
+            if let Some(core) = self.nodes.get_mut(&m.to) {
+                self.delivered.push(m.clone());
+                let _ = core.step(m);
+            }
+        }
+        true
     }
 
     /// Delivers messages until nothing is left to say.

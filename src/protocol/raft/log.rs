@@ -22,6 +22,8 @@ pub struct RaftLog {
     committed: u64,
     /// Highest index handed to the state machine. Never decreases; <= committed.
     applied: u64,
+    /// Sum of `size_bytes` over `entries`, kept as entries come and go (read on every Ready).
+    entries_bytes: usize,
 }
 
 impl RaftLog {
@@ -38,7 +40,8 @@ impl RaftLog {
         }
         let last = snapshot.index + entries.len() as u64;
         let committed = committed.clamp(snapshot.index, last);
-        RaftLog { snapshot, entries, stabled: last, committed, applied: snapshot.index }
+        let entries_bytes = entries.iter().map(Entry::size_bytes).sum();
+        RaftLog { snapshot, entries, stabled: last, committed, applied: snapshot.index, entries_bytes }
     }
 
     /// The compacted prefix's position.
@@ -146,8 +149,11 @@ impl RaftLog {
                 entry.index > self.snapshot.index && entry.index <= self.last_index() + 1,
                 "gap in append"
             );
-            self.entries.truncate((entry.index - self.snapshot.index - 1) as usize);
+            let keep = (entry.index - self.snapshot.index - 1) as usize;
+            self.entries_bytes -= self.entries[keep..].iter().map(Entry::size_bytes).sum::<usize>();
+            self.entries.truncate(keep);
             self.stabled = self.stabled.min(entry.index - 1);
+            self.entries_bytes += entry.size_bytes();
             self.entries.push(entry.clone());
         }
         self.last_index()
@@ -199,6 +205,7 @@ impl RaftLog {
         assert!(meta.index > self.committed, "installing a snapshot older than the commit mark");
         self.snapshot = meta;
         self.entries.clear();
+        self.entries_bytes = 0;
         self.stabled = meta.index;
         self.committed = meta.index;
         self.applied = meta.index;
@@ -211,14 +218,17 @@ impl RaftLog {
         }
         assert!(index <= self.applied, "compacting {index} past applied {}", self.applied);
         let Some(term) = self.term(index) else { return };
-        self.entries.drain(..(index - self.snapshot.index) as usize);
+        let dropped: usize =
+            self.entries.drain(..(index - self.snapshot.index) as usize).map(|e| e.size_bytes()).sum();
+        self.entries_bytes -= dropped;
         self.snapshot = SnapshotMeta { index, term };
         self.stabled = self.stabled.max(index);
     }
 
     /// Bytes held by the entries in memory (approximate).
     pub fn entries_bytes(&self) -> usize {
-        self.entries.iter().map(Entry::size_bytes).sum()
+        debug_assert_eq!(self.entries_bytes, self.entries.iter().map(Entry::size_bytes).sum::<usize>());
+        self.entries_bytes
     }
 }
 
