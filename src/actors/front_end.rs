@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
+use super::accept::{accept_into, Accepted};
 use super::connection::{CloseConnection, Connection, ConnectionEnv};
 
 /// Connections served at once; further ones are closed at accept.
@@ -15,10 +16,6 @@ pub const MAX_CLIENT_CONNECTIONS: usize = 10_000;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StopFrontEnd;
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Accepted(TcpStream);
 
 /// The RESP listener of one replica.
 pub struct FrontEnd {
@@ -40,21 +37,7 @@ impl Actor for FrontEnd {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let Some(listener) = self.listener.take() else { return };
-        let me = ctx.address();
-        ctx.spawn(
-            async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => me.do_send(Accepted(stream)),
-                        Err(e) => {
-                            log::warn!("client listener: accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            }
-            .into_actor(self),
-        );
+        accept_into(self, ctx, listener, "client listener");
         // Forget connections that ended, so the map stays bounded.
         ctx.run_interval(Duration::from_secs(1), |act, _| act.connections.retain(|_, c| c.connected()));
     }

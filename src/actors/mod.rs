@@ -5,6 +5,7 @@
 //! through [`disk`], talks to peers through [`transport`] / [`peer_link`] / [`peer_listener`], and
 //! hands committed entries to the [`applier`], which tells the waiters. [`replica`] wires it all.
 
+pub mod accept;
 pub mod applier;
 pub mod connection;
 pub mod consensus;

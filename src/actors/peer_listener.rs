@@ -7,6 +7,7 @@ use actix::prelude::*;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpListener;
 
+use super::accept::{accept_into, Accepted};
 use super::consensus::Inbound;
 use super::status::StatusBoard;
 use crate::protocol::peer_wire::{
@@ -144,32 +145,12 @@ async fn serve_peer<R: AsyncRead + Unpin>(
     Ok(())
 }
 
-/// A peer connection was accepted.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Accepted(tokio::net::TcpStream);
-
 impl Actor for PeerListener {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let Some(listener) = self.listener.take() else { return };
-        let me = ctx.address();
-        // Owned by this actor: stopping it stops accepting and closes the port.
-        ctx.spawn(
-            async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => me.do_send(Accepted(stream)),
-                        Err(e) => {
-                            log::warn!("peer listener: accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            }
-            .into_actor(self),
-        );
+        accept_into(self, ctx, listener, "peer listener");
     }
 }
 
