@@ -24,7 +24,7 @@ fn protocol_layer_has_no_io_clock_or_runtime() {
         "std::net",
         "std::fs",
         "std::thread",
-        "thread::sleep",
+        concat!("thread::", "sleep"),
         "thread_rng",
         "std::process",
     ];
