@@ -6,6 +6,8 @@
 //! - [`actors`]: concurrency and I/O (one actor per file, `replica` wires them);
 //! - [`client`]: the blocking Rust client (leader discovery, retries, exactly-once writes).
 
+#![deny(missing_docs)]
+
 pub mod actors;
 pub mod client;
 pub mod protocol;
