@@ -218,9 +218,11 @@ fn random_kill_9_of_leader_and_of_everyone_loses_nothing() {
     let mut children: Vec<Child> = (0..3).map(|i| spawn_server(&args(i), &log(i, 0))).collect();
 
     let stop = Arc::new(AtomicBool::new(false));
+    let acked_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
         let servers = client.clone();
         let stop = stop.clone();
+        let acked_count = acked_count.clone();
         std::thread::spawn(move || {
             let mut config = ClientConfig::new(servers);
             config.request_timeout_ms = 30_000;
@@ -231,6 +233,7 @@ fn random_kill_9_of_leader_and_of_everyone_loses_nothing() {
                 let token = format!("t{i};");
                 c.append(b"log", token.as_bytes()).expect("append eventually succeeds");
                 acked.push(token);
+                acked_count.fetch_add(1, Ordering::SeqCst);
                 i += 1;
             }
             acked
@@ -259,6 +262,11 @@ fn random_kill_9_of_leader_and_of_everyone_loses_nothing() {
         }
         println!("round {round}: killed {victims:?} after {pause:?}");
     }
+    // The cluster serves again after the last restart: more appends are acknowledged.
+    let before = acked_count.load(Ordering::SeqCst);
+    wait_for("appends after the last restart", || {
+        (acked_count.load(Ordering::SeqCst) >= before + 10).then_some(())
+    });
     stop.store(true, Ordering::Relaxed);
     let acked = writer.join().expect("writer");
     let mut config = ClientConfig::new(client.clone());
@@ -273,7 +281,6 @@ fn random_kill_9_of_leader_and_of_everyone_loses_nothing() {
     for t in &acked {
         assert!(seen.contains(t.as_str()), "seed {seed}: acknowledged {t} lost");
     }
-    assert!(acked.len() > 10, "seed {seed}: only {} appends acknowledged", acked.len());
     println!("{} appends acknowledged, {} present", acked.len(), present.len());
     for mut child in children {
         let _ = child.kill();
