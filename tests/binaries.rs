@@ -25,6 +25,43 @@ fn free_ports(n: usize) -> Vec<u16> {
     listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
 }
 
+/// Three members on picked ports: client addresses, the `--peers` list, each one's command line.
+struct Layout {
+    client: Vec<String>,
+    peers: String,
+    args: Vec<Vec<String>>,
+}
+
+fn layout(dir: &Path, cluster_name: &str) -> Layout {
+    let ports = free_ports(6);
+    let client: Vec<String> = ports[..3].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let peers = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[3 + i])).collect::<Vec<_>>().join(",");
+    let args = (0..3)
+        .map(|i| {
+            let id = (i + 1).to_string();
+            let data_dir = dir.join(format!("d{}", i + 1)).display().to_string();
+            let flags = [
+                "--id",
+                &id,
+                "--client-addr",
+                &client[i],
+                "--peers",
+                &peers,
+                "--data-dir",
+                &data_dir,
+                "--election-timeout-ms",
+                "300",
+                "--heartbeat-ms",
+                "50",
+                "--cluster-name",
+                cluster_name,
+            ];
+            flags.iter().map(|f| f.to_string()).collect()
+        })
+        .collect();
+    Layout { client, peers, args }
+}
+
 struct Server {
     child: Child,
     args: Vec<String>,
@@ -75,29 +112,12 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 fn three_processes_survive_kill_9_of_the_leader() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports = free_ports(6);
-    let client: Vec<String> = ports[..3].iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let peers: Vec<String> = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[3 + i])).collect();
-    let peers = peers.join(",");
+    let Layout { client, peers, args } = layout(dir.path(), "quorumkv");
     let servers_arg = client.join(",");
     let mut servers: Vec<Server> = (0..3)
         .map(|i| {
-            let args = vec![
-                "--id".into(),
-                (i + 1).to_string(),
-                "--client-addr".into(),
-                client[i].clone(),
-                "--peers".into(),
-                peers.clone(),
-                "--data-dir".into(),
-                dir.path().join(format!("d{}", i + 1)).display().to_string(),
-                "--election-timeout-ms".into(),
-                "300".into(),
-                "--heartbeat-ms".into(),
-                "50".into(),
-            ];
-            let child = spawn_server(&args, &dir.path().join(format!("log{}", i + 1)));
-            Server { child, args }
+            let child = spawn_server(&args[i], &dir.path().join(format!("log{}", i + 1)));
+            Server { child, args: args[i].clone() }
         })
         .collect();
 
@@ -193,27 +213,8 @@ fn random_kill_9_of_leader_and_of_everyone_loses_nothing() {
     let seed = seed();
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports = free_ports(6);
-    let client: Vec<String> = ports[..3].iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let peers = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[3 + i])).collect::<Vec<_>>().join(",");
-    let args = |i: usize| -> Vec<String> {
-        vec![
-            "--id".into(),
-            (i + 1).to_string(),
-            "--client-addr".into(),
-            client[i].clone(),
-            "--peers".into(),
-            peers.clone(),
-            "--data-dir".into(),
-            dir.path().join(format!("d{}", i + 1)).display().to_string(),
-            "--election-timeout-ms".into(),
-            "300".into(),
-            "--heartbeat-ms".into(),
-            "50".into(),
-            "--cluster-name".into(),
-            format!("random-kill-{seed}"),
-        ]
-    };
+    let Layout { client, args, .. } = layout(dir.path(), &format!("random-kill-{seed}"));
+    let args = |i: usize| args[i].clone();
     let log = |i: usize, n: usize| dir.path().join(format!("log{}-{n}", i + 1));
     let mut children: Vec<Child> = (0..3).map(|i| spawn_server(&args(i), &log(i, 0))).collect();
 

@@ -138,38 +138,26 @@ impl Clerk {
 
     /// Reads `key`.
     pub fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, ClerkError> {
-        let token = self.history.begin(self.id, key.as_bytes().to_vec(), KvInput::Get);
-        let args = vec![b"GET".to_vec(), key.as_bytes().to_vec()];
-        let started = Instant::now();
-        loop {
-            if let Err(e) = self.keep_trying(started) {
-                self.history.end(token, KvOutput::Unknown);
-                return Err(e);
-            }
-            if self.lose() {
-                continue;
-            }
-            match self.call(&args) {
-                Ok(Reply::Bulk(value)) => {
-                    if self.lose() {
-                        continue; // the reply was lost: ask again
-                    }
-                    self.history.end(token, KvOutput::Value(value.clone()));
-                    return Ok(value);
-                }
-                Ok(other) => self.expect_retryable(&other),
-                Err(ClientError::Unavailable { .. }) => {}
-                Err(e) => panic!("clerk {}: GET failed: {e}", self.id),
-            }
+        match self.perform(key, KvInput::Get, vec![b"GET".to_vec(), key.as_bytes().to_vec()])? {
+            Reply::Bulk(value) => Ok(value),
+            other => unreachable!("perform only returns bulk replies to GET, got {other:?}"),
         }
     }
 
     fn write(&mut self, key: &str, input: KvInput, command: &[&[u8]]) -> Result<(), ClerkError> {
         self.seq += 1;
-        let token = self.history.begin(self.id, key.as_bytes().to_vec(), input);
         let mut args =
             vec![b"REQ".to_vec(), self.id.to_string().into_bytes(), self.seq.to_string().into_bytes()];
         args.extend(command.iter().map(|a| a.to_vec()));
+        self.perform(key, input, args).map(|_| ())
+    }
+
+    /// Sends `args` until an answer gets through, recording the operation in the history.
+    ///
+    /// A write's retries reuse its `REQ` seq, so a lost reply never applies it twice.
+    fn perform(&mut self, key: &str, input: KvInput, args: Vec<Vec<u8>>) -> Result<Reply, ClerkError> {
+        let is_get = input == KvInput::Get;
+        let token = self.history.begin(self.id, key.as_bytes().to_vec(), input);
         let started = Instant::now();
         loop {
             if let Err(e) = self.keep_trying(started) {
@@ -177,21 +165,26 @@ impl Clerk {
                 return Err(e);
             }
             if self.lose() {
-                continue;
+                continue; // the request was lost
             }
             match self.call(&args) {
-                Ok(Reply::Error(e)) if !e.starts_with("TRYAGAIN") && !e.starts_with("NOTLEADER") => {
-                    panic!("clerk {}: write {} refused: {e}", self.id, self.seq)
-                }
-                Ok(Reply::Error(_)) | Err(ClientError::Unavailable { .. }) => {}
-                Ok(_) => {
+                Ok(Reply::Error(e)) if e.starts_with("TRYAGAIN") || e.starts_with("NOTLEADER") => {}
+                Err(ClientError::Unavailable { .. }) => {}
+                Ok(reply) => {
+                    let output = match (&reply, is_get) {
+                        (Reply::Bulk(value), true) => KvOutput::Value(value.clone()),
+                        (Reply::Error(_), _) | (_, true) => {
+                            panic!("clerk {}: unexpected reply {reply:?} to {:?}", self.id, args[0])
+                        }
+                        (_, false) => KvOutput::Ok,
+                    };
                     if self.lose() {
-                        continue; // the reply was lost: the retry carries the same REQ seq
+                        continue; // the reply was lost: ask again
                     }
-                    self.history.end(token, KvOutput::Ok);
-                    return Ok(());
+                    self.history.end(token, output);
+                    return Ok(reply);
                 }
-                Err(e) => panic!("clerk {}: write failed: {e}", self.id),
+                Err(e) => panic!("clerk {}: {:?} failed: {e}", self.id, args[0]),
             }
         }
     }
@@ -217,13 +210,6 @@ impl Clerk {
             )));
         }
         Ok(())
-    }
-
-    fn expect_retryable(&self, reply: &Reply) {
-        match reply {
-            Reply::Error(e) if e.starts_with("TRYAGAIN") || e.starts_with("NOTLEADER") => {}
-            other => panic!("clerk {}: unexpected reply {other:?}", self.id),
-        }
     }
 }
 
