@@ -20,7 +20,7 @@ use super::transport::Transport;
 use crate::protocol::command::Command;
 use crate::protocol::peer_wire::{PeerFrame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES};
 use crate::protocol::raft::{
-    Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, Snapshot, SnapshotMeta,
+    Entry, Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, Snapshot, SnapshotMeta,
 };
 
 /// Reads waiting for confirmation before new ones are refused with `-TRYAGAIN`.
@@ -192,8 +192,7 @@ impl Consensus {
             }
             // Persist before send (see Ready): the rest of this Ready runs when the write is durable.
             self.persisting = true;
-            let entries = std::mem::take(&mut ready.entries);
-            let last = entries.last().cloned();
+            let entries = take_leaving_last(&mut ready.entries);
             let received =
                 ready.snapshot.take().map(|s| SavedSnapshot { meta: s.meta, image: Arc::new(s.data) });
             let persist =
@@ -212,8 +211,6 @@ impl Consensus {
                     return act.fail(ctx, &format!("write to disk failed: {e}"));
                 }
                 act.persisting = false;
-                // `advance` only needs the last entry written.
-                ready.entries = last.into_iter().collect();
                 act.finish(ctx, ready, received);
                 act.drive(ctx);
             }));
@@ -228,13 +225,13 @@ impl Consensus {
     }
 
     /// Carries out the rest of a Ready once its writes are durable.
-    fn finish(&mut self, ctx: &mut Context<Self>, ready: Ready, received: Option<SavedSnapshot>) {
-        for message in &ready.messages {
+    fn finish(&mut self, ctx: &mut Context<Self>, mut ready: Ready, received: Option<SavedSnapshot>) {
+        for message in std::mem::take(&mut ready.messages) {
             if let MessageBody::InstallSnapshot { snapshot } = &message.body {
                 self.start_transfer(ctx, message.to, snapshot.meta);
                 continue;
             }
-            self.transport.send(PeerFrame::Raft(message.clone()));
+            self.transport.send(PeerFrame::Raft(message));
         }
         if let Some(snapshot) = received {
             // Before the entries that follow it.
@@ -242,7 +239,7 @@ impl Consensus {
             self.applier.do_send(Restore(snapshot));
         }
         if !ready.committed_entries.is_empty() {
-            self.applier.do_send(ApplyEntries(ready.committed_entries.clone()));
+            self.applier.do_send(ApplyEntries(take_leaving_last(&mut ready.committed_entries)));
         }
         if let Some(role) = ready.role {
             // After this Ready's entries, so a watcher whose entry did commit hears that first.
@@ -498,6 +495,13 @@ impl Consensus {
             log_bytes: log.entries_bytes() as u64,
         });
     }
+}
+
+/// Moves `entries` out, leaving a copy of the last one: all that [`RaftCore::advance`] reads of them.
+fn take_leaving_last(entries: &mut Vec<Entry>) -> Vec<Entry> {
+    let all = std::mem::take(entries);
+    entries.extend(all.last().cloned());
+    all
 }
 
 impl Actor for Consensus {

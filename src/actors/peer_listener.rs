@@ -26,9 +26,8 @@ pub struct StopListener;
 /// The listener for peer connections.
 pub struct PeerListener {
     listener: Option<TcpListener>,
-    cluster_name: String,
-    id: NodeId,
-    members: Vec<NodeId>,
+    /// Who may connect; shared with every connection it serves.
+    check: Arc<InboundCheck>,
     consensus: Recipient<Inbound>,
     status: Arc<StatusBoard>,
 }
@@ -43,7 +42,8 @@ impl PeerListener {
         consensus: Recipient<Inbound>,
         status: Arc<StatusBoard>,
     ) -> PeerListener {
-        PeerListener { listener: Some(listener), cluster_name, id, members, consensus, status }
+        let check = Arc::new(InboundCheck { cluster_name, id, members });
+        PeerListener { listener: Some(listener), check, consensus, status }
     }
 }
 
@@ -110,7 +110,7 @@ impl InboundCheck {
 
 async fn serve_peer<R: AsyncRead + Unpin>(
     mut stream: R,
-    check: InboundCheck,
+    check: Arc<InboundCheck>,
     consensus: Recipient<Inbound>,
     status: Arc<StatusBoard>,
 ) -> Result<(), PeerInputError> {
@@ -159,13 +159,8 @@ impl Handler<Accepted> for PeerListener {
 
     fn handle(&mut self, msg: Accepted, ctx: &mut Self::Context) {
         let _ = msg.0.set_nodelay(true);
-        let check = InboundCheck {
-            cluster_name: self.cluster_name.clone(),
-            id: self.id,
-            members: self.members.clone(),
-        };
-        let id = self.id;
-        let serve = serve_peer(msg.0, check, self.consensus.clone(), self.status.clone());
+        let id = self.check.id;
+        let serve = serve_peer(msg.0, self.check.clone(), self.consensus.clone(), self.status.clone());
         // Spawned on this actor, so stopping the listener drops every inbound connection too.
         ctx.spawn(
             async move {

@@ -44,12 +44,11 @@ pub struct ConsensusNumbers {
     pub log_bytes: u64,
 }
 
+/// The roles by their code on the board (the atomic holds an index into this).
+const ROLES: [Role; 4] = [Role::Follower, Role::PreCandidate, Role::Candidate, Role::Leader];
+
 fn role_code(role: Option<Role>) -> u8 {
-    match role {
-        None | Some(Role::Follower) => 0,
-        Some(Role::PreCandidate) | Some(Role::Candidate) => 1,
-        Some(Role::Leader) => 2,
-    }
+    role.and_then(|r| ROLES.iter().position(|&x| x == r)).unwrap_or(0) as u8
 }
 
 impl StatusBoard {
@@ -97,16 +96,17 @@ impl StatusBoard {
 
     /// The role name INFO prints.
     pub fn role_name(&self) -> &'static str {
-        match self.role.load(Ordering::Relaxed) {
-            2 => "leader",
-            1 => "candidate",
-            _ => "follower",
-        }
+        self.role().name()
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        ROLES.get(self.role.load(Ordering::Relaxed) as usize).copied().unwrap_or(Role::Follower)
     }
 
     /// Whether this replica currently believes it leads.
     pub fn is_leader(&self) -> bool {
-        self.role.load(Ordering::Relaxed) == 2
+        self.role() == Role::Leader
     }
 
     /// Current term.

@@ -911,6 +911,9 @@ impl RaftCore {
 
     /// Acknowledges that `ready` was carried out: its entries are stable and its committed
     /// entries applied.
+    ///
+    /// Only the last of `entries` and of `committed_entries` is read, so the caller may move the
+    /// others (and the messages) out of the `Ready` instead of copying them.
     pub fn advance(&mut self, ready: &Ready) {
         assert!(self.ready_in_flight, "advance() without ready()");
         self.ready_in_flight = false;
