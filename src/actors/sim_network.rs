@@ -138,11 +138,6 @@ impl SimNetwork {
         self.lock().stats
     }
 
-    /// A number from the network's seeded generator (for test schedules that share the seed).
-    pub fn random(&self, low: u64, high: u64) -> u64 {
-        self.lock().rng.range(low, high)
-    }
-
     fn send(&self, frame: PeerFrame) {
         let (from, to) = (frame.from(), frame.to());
         let mut state = self.lock();

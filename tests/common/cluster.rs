@@ -135,15 +135,6 @@ impl TestCluster {
             std::thread::park_timeout(Duration::from_millis(5));
         }
     }
-
-    /// Waits until every running replica has applied at least `index`.
-    pub fn wait_applied(&self, index: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.status.values().all(|s| s.applied_index() >= index) {
-            assert!(Instant::now() < deadline, "replicas did not apply {index} within {timeout:?}");
-            std::thread::park_timeout(Duration::from_millis(5));
-        }
-    }
 }
 
 impl Drop for TestCluster {
