@@ -179,6 +179,28 @@ fn three_processes_survive_kill_9_of_the_leader() {
     assert_eq!(std::fs::read(d1.join("quorumkv.meta")).expect("meta"), before);
 }
 
+// PRODUCT.md: a flag that does not apply where it is given is an error with exit code 1, never
+// silently ignored, and nothing is written.
+#[test]
+fn server_flags_that_do_not_apply_exit_1_and_touch_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: Vec<Vec<String>> = vec![
+        vec!["--replicas".into(), "3".into()],
+        vec!["--data-dir".into(), dir.path().join("x").display().to_string(), "local".into()],
+        vec!["--id".into(), "2".into(), "local".into()],
+        vec!["--no-such-flag".into()],
+    ];
+    for args in cases {
+        let out = Command::new(SERVER).current_dir(dir.path()).args(&args).output().expect("run server");
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(!String::from_utf8_lossy(&out.stderr).trim().is_empty(), "{args:?}: says why");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
+        assert!(left.is_empty(), "{args:?}: wrote {left:?}");
+    }
+    let help = Command::new(SERVER).arg("--help").output().expect("run server");
+    assert_eq!(help.status.code(), Some(0));
+}
+
 #[test]
 fn cli_exits_2_when_nothing_answers() {
     let _serial = serial();

@@ -153,9 +153,11 @@ async fn read_loop(mut reader: OwnedReadHalf, connection: Addr<Connection>, perm
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     loop {
-        // Parse everything buffered before reading more.
+        // Parse everything buffered before reading more; consumed bytes are dropped once per read,
+        // not once per request, so a burst of small requests costs one move of the buffer.
+        let mut start = 0;
         loop {
-            let outcome = parser.parse(&buf);
+            let outcome = parser.parse(&buf[start..]);
             let (consumed, request) = match outcome {
                 ParseOutcome::Incomplete => break,
                 ParseOutcome::Skipped { consumed } => (consumed, None),
@@ -168,7 +170,7 @@ async fn read_loop(mut reader: OwnedReadHalf, connection: Addr<Connection>, perm
                     return;
                 }
             };
-            buf.drain(..consumed);
+            start += consumed;
             let Some(request) = request else { continue };
             let quit =
                 matches!(&request, Ok(args) if args.first().is_some_and(|a| a.eq_ignore_ascii_case(b"QUIT")));
@@ -178,6 +180,9 @@ async fn read_loop(mut reader: OwnedReadHalf, connection: Addr<Connection>, perm
             if quit {
                 return;
             }
+        }
+        if start > 0 {
+            buf.drain(..start);
         }
         match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => {
@@ -240,7 +245,7 @@ impl Handler<ReaderEnded> for Connection {
                 self.next_seq += 1;
                 self.permits.insert(seq, permit);
                 self.close_after = Some(seq);
-                self.complete(ctx, seq, Reply::Error(format!("ERR Protocol error: {message}")));
+                self.complete(ctx, seq, Reply::err(message));
             }
             // The client is gone: nobody will read the replies of what is still in flight.
             ReaderEnded::Eof => ctx.stop(),

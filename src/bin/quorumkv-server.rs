@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use quorumkv::actors::replica::{Replica, ReplicaConfig, ReplicaError};
 use quorumkv::storage::StorageError;
 
@@ -211,9 +212,46 @@ async fn run(configs: Vec<ReplicaConfig>, local: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Parses the command line; a flag that does not apply where it is given is an error (exit 1).
+fn parse_cli() -> Result<Cli, ExitCode> {
+    let matches = Cli::command().try_get_matches().map_err(|e| {
+        let _ = e.print();
+        // Help and version are not errors; every other refusal of the command line exits 1.
+        if e.use_stderr() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| {
+        let _ = e.print();
+        ExitCode::from(1)
+    })?;
+    if matches.subcommand_name() == Some("local") {
+        let single_only = ["id", "client_addr", "peer_addr", "peers", "data_dir"];
+        if let Some(flag) = single_only.iter().find(|id| given(&matches, id)) {
+            let flag = flag.replace('_', "-");
+            eprintln!(
+                "quorumkv-server: --{flag} does not apply to `local` (it sets ports and data dirs itself); \
+                 put local options after it: quorumkv-server local [--replicas N] [--base-port P] [--data-dir DIR]"
+            );
+            return Err(ExitCode::from(1));
+        }
+    }
+    Ok(cli)
+}
+
+/// True if the flag `id` was typed on the command line (not a default).
+fn given(matches: &ArgMatches, id: &str) -> bool {
+    matches.value_source(id) == Some(ValueSource::CommandLine)
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let (configs, local) = match &cli.command {
         Some(Command::Local { replicas, base_port, data_dir }) => {
             (local_configs(*replicas, *base_port, data_dir, &cli.replica), true)
@@ -224,7 +262,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("quorumkv-server: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(1);
         }
     };
     let system = actix_rt::System::new();

@@ -14,30 +14,26 @@
 //!
 //! Each limit is answered so that the connection is kept whenever the parser can tell where the
 //! offending request ends ([`ParseOutcome::LimitError`]: reply `-ERR message`, drop `consumed` bytes,
-//! go on), and closed only when it cannot ([`ParseOutcome::Fatal`]):
+//! go on), and closed only when it cannot ([`ParseOutcome::Fatal`]). A request is refused as soon as
+//! its offending part is seen; a [`RequestParser`] then drops the rest of it as it streams in
+//! ([`ParseOutcome::Skipped`]), so nothing oversized is ever buffered:
 //!
-//! - An inline line over [`MAX_LINE_BYTES`] whose newline is buffered: `LimitError` covering the line
-//!   (reported as soon as the line passes the limit and its newline is present).
-//! - An inline line over [`MAX_LINE_BYTES`] whose newline has not arrived: with a [`RequestParser`],
-//!   `LimitError` at once (so the buffer stays bounded) and the parser then discards bytes up to and
-//!   including the next newline ([`ParseOutcome::Skipped`]); the stateless [`parse_request`] has no
-//!   memory to do that and answers `Fatal`.
+//! - An inline line over [`MAX_LINE_BYTES`]: `LimitError` as soon as it passes the limit; the rest of
+//!   the line, up to and including its newline, is dropped.
 //! - A multibulk header line (`*N` or `$len`) over [`MAX_LINE_BYTES`], not CRLF-terminated, or not an
 //!   integer: `Fatal` (the array structure is lost).
-//! - A negative bulk length: a nil has no payload, so the request's end is known: `LimitError`
-//!   covering the whole request once all its elements are buffered.
-//! - A bulk length over [`MAX_ARG_BYTES`] but at most [`MAX_BULK_LEN_BYTES`]: the request is buffered
-//!   to its end (without copying the oversized argument) and answered with `LimitError` covering it.
-//! - A bulk length over [`MAX_BULK_LEN_BYTES`], or a multibulk whose declared size passes
-//!   [`MAX_REQUEST_BYTES`]: `Fatal`, as Redis does, since the parser will not buffer that much.
-//! - More than [`MAX_ARGS`] arguments (the command name and a `REQ` prefix count): `LimitError`
-//!   covering the whole request, for up to [`MAX_MULTIBULK_LEN`] elements; above that `Fatal`.
+//! - A negative bulk length, a bulk length over [`MAX_ARG_BYTES`], a multibulk whose declared size
+//!   passes [`MAX_REQUEST_BYTES`], or more than [`MAX_ARGS`] arguments (the command name and a `REQ`
+//!   prefix count): `LimitError`, then the rest of the request's elements are dropped unread.
+//! - More than [`MAX_MULTIBULK_LEN`] elements: `Fatal`.
 //! - Unbalanced quotes in an inline line: `LimitError` covering the line.
 //!
 //! A blank inline line and an empty multibulk (`*0`, `*-1`) are skipped without a reply.
 //!
-//! The parser keeps no progress between calls: each call re-reads the headers of a multibulk that is
-//! still arriving (not its payloads, which it jumps over). [`MAX_MULTIBULK_LEN`] bounds that work.
+//! Work stays linear in the bytes received: a multibulk still arriving is resumed where the last call
+//! stopped (its parsed elements are remembered as ranges of the buffer), a payload still arriving is
+//! not looked at again until the buffer can hold it, and arguments are copied once, when the whole
+//! request is there.
 
 use std::fmt::Write as _;
 
@@ -49,14 +45,11 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 pub const MAX_ARG_BYTES: usize = 16 * 1024 * 1024;
 /// Most arguments in one request, the command name (and any `REQ` prefix) included.
 pub const MAX_ARGS: usize = 1024;
-/// Largest bulk length the parser will buffer past in order to answer with `-ERR` and keep the
-/// connection, in bytes; a larger one closes the connection.
-pub const MAX_BULK_LEN_BYTES: usize = 32 * 1024 * 1024;
-/// Most elements of a multibulk the parser will read past in order to answer with `-ERR` and keep the
+/// Most elements of a multibulk the parser will drop in order to answer with `-ERR` and keep the
 /// connection; more closes the connection.
 pub const MAX_MULTIBULK_LEN: usize = 16 * 1024;
-/// Largest declared size of one multibulk request, headers included, in bytes; above closes the
-/// connection. Fits [`MAX_ARGS`] keys of 64 KiB.
+/// Largest declared size of one multibulk request, headers included, in bytes; a larger one is
+/// refused. Fits [`MAX_ARGS`] keys of 64 KiB.
 pub const MAX_REQUEST_BYTES: usize = 80 * 1024 * 1024;
 /// Longest status, error or integer line in a reply, in bytes.
 pub const MAX_REPLY_LINE_BYTES: usize = 64 * 1024;
@@ -96,20 +89,54 @@ pub enum ParseOutcome {
     Fatal(String),
 }
 
-/// Parses the first request in `buf` without memory between calls (see [`RequestParser`]).
+/// Parses the first request in `buf` with a fresh [`RequestParser`].
+///
+/// Meant for a buffer that starts at a request boundary and is looked at once. A stream needs one
+/// `RequestParser` for its whole life: the rest of a refused request (an over-long line, an oversized
+/// bulk) is dropped by the parser as it arrives, which a fresh parser cannot know.
 pub fn parse_request(buf: &[u8]) -> ParseOutcome {
-    match parse_raw(buf) {
-        Raw::Outcome(outcome) => outcome,
-        Raw::LineTooLongUnterminated => ParseOutcome::Fatal(line_too_long_message()),
-    }
+    RequestParser::new().parse(buf)
 }
 
-/// An incremental request parser that can discard the rest of an over-long inline line.
+/// An incremental request parser: resumes a multibulk where the last call stopped, and drops the rest
+/// of a refused request as it streams in, so the work per byte and the bytes buffered stay bounded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestParser {
-    /// True after an over-long line was refused before its newline arrived: bytes up to and including
-    /// the next newline belong to it and are dropped.
-    discarding_line: bool,
+    state: ParserState,
+}
+
+/// What the parser knows about the bytes at the start of the next call's buffer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum ParserState {
+    /// At a request boundary.
+    #[default]
+    Start,
+    /// A multibulk is arriving; its elements before `pos` are parsed.
+    Multibulk(Partial),
+    /// An over-long line was refused before its newline arrived: bytes up to and including the next
+    /// newline belong to it and are dropped.
+    DiscardingLine,
+    /// A multibulk was refused before its end: `payload_left` bytes (a payload and its CRLF), then
+    /// `elements_left` more elements, belong to it and are dropped.
+    Skipping {
+        /// Bytes of the current element still to drop.
+        payload_left: u64,
+        /// Whole elements after it still to drop.
+        elements_left: usize,
+    },
+}
+
+/// A multibulk request parsed up to `pos` (the caller's buffer only grows between calls).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Partial {
+    /// Elements the header declared.
+    count: usize,
+    /// Where the next element's `$` header starts.
+    pos: usize,
+    /// The payloads parsed so far, as ranges of the buffer.
+    args: Vec<std::ops::Range<usize>>,
+    /// The buffer cannot hold the next element before it is this long.
+    wait_for_bytes: usize,
 }
 
 impl RequestParser {
@@ -119,31 +146,201 @@ impl RequestParser {
     }
 
     /// Parses the first request in `buf`, the bytes buffered after everything consumed so far.
+    ///
+    /// Between calls the caller may only append to the buffer or drop the bytes an outcome consumed.
     pub fn parse(&mut self, buf: &[u8]) -> ParseOutcome {
-        if self.discarding_line {
-            return match buf.iter().position(|&b| b == b'\n') {
-                Some(newline) => {
-                    self.discarding_line = false;
-                    ParseOutcome::Skipped { consumed: newline + 1 }
+        match std::mem::take(&mut self.state) {
+            ParserState::Start => self.parse_start(buf),
+            ParserState::Multibulk(partial) => self.parse_multibulk(buf, partial),
+            ParserState::DiscardingLine => match buf.iter().position(|&b| b == b'\n') {
+                Some(newline) => ParseOutcome::Skipped { consumed: newline + 1 },
+                None if buf.is_empty() => {
+                    self.state = ParserState::DiscardingLine;
+                    ParseOutcome::Incomplete
                 }
-                None if buf.is_empty() => ParseOutcome::Incomplete,
-                None => ParseOutcome::Skipped { consumed: buf.len() },
-            };
-        }
-        match parse_raw(buf) {
-            Raw::Outcome(outcome) => outcome,
-            Raw::LineTooLongUnterminated => {
-                self.discarding_line = true;
-                ParseOutcome::LimitError { message: line_too_long_message(), consumed: buf.len() }
+                None => {
+                    self.state = ParserState::DiscardingLine;
+                    ParseOutcome::Skipped { consumed: buf.len() }
+                }
+            },
+            ParserState::Skipping { payload_left, elements_left } => {
+                self.skip(buf, payload_left, elements_left)
             }
         }
     }
-}
 
-/// The parser's result before the caller's choice of what to do with an unterminated long line.
-enum Raw {
-    Outcome(ParseOutcome),
-    LineTooLongUnterminated,
+    fn parse_start(&mut self, buf: &[u8]) -> ParseOutcome {
+        match buf.first() {
+            None => ParseOutcome::Incomplete,
+            Some(b'*') => {
+                let (count, pos) = match read_header(buf, 1, "multibulk") {
+                    Ok(Some(header)) => header,
+                    Ok(None) => return ParseOutcome::Incomplete,
+                    Err(message) => return ParseOutcome::Fatal(message),
+                };
+                if count <= 0 {
+                    return ParseOutcome::Skipped { consumed: pos };
+                }
+                let count = match usize::try_from(count) {
+                    Ok(count) if count <= MAX_MULTIBULK_LEN => count,
+                    _ => return ParseOutcome::Fatal("Protocol error: invalid multibulk length".to_string()),
+                };
+                if count > MAX_ARGS {
+                    return self.refuse(too_many_args_message(), pos, 0, count);
+                }
+                let partial = Partial { count, pos, args: Vec::with_capacity(count), wait_for_bytes: 0 };
+                self.parse_multibulk(buf, partial)
+            }
+            Some(_) => self.parse_inline(buf),
+        }
+    }
+
+    /// Answers `-ERR message` for the request whose first `consumed` bytes are buffered, and drops
+    /// the rest of it (`payload_left` bytes, then `elements_left` elements) as it arrives.
+    fn refuse(
+        &mut self,
+        message: String,
+        consumed: usize,
+        payload_left: u64,
+        elements_left: usize,
+    ) -> ParseOutcome {
+        if payload_left > 0 || elements_left > 0 {
+            self.state = ParserState::Skipping { payload_left, elements_left };
+        }
+        ParseOutcome::LimitError { message, consumed }
+    }
+
+    fn parse_multibulk(&mut self, buf: &[u8], mut partial: Partial) -> ParseOutcome {
+        if buf.len() < partial.wait_for_bytes {
+            self.state = ParserState::Multibulk(partial);
+            return ParseOutcome::Incomplete;
+        }
+        while partial.args.len() < partial.count {
+            let pos = partial.pos;
+            let elements_after = partial.count - partial.args.len() - 1;
+            match buf.get(pos) {
+                None => {
+                    self.state = ParserState::Multibulk(partial);
+                    return ParseOutcome::Incomplete;
+                }
+                Some(b'$') => {}
+                Some(&other) => {
+                    return ParseOutcome::Fatal(format!(
+                        "Protocol error: expected '$', got '{}'",
+                        escape_bytes(&[other])
+                    ))
+                }
+            }
+            let (len, data_start) = match read_header(buf, pos + 1, "bulk") {
+                Ok(Some(header)) => header,
+                Ok(None) => {
+                    self.state = ParserState::Multibulk(partial);
+                    return ParseOutcome::Incomplete;
+                }
+                Err(message) => return ParseOutcome::Fatal(message),
+            };
+            let Ok(len) = u64::try_from(len) else {
+                // A nil carries no payload, so the request's end stays known.
+                let message = "Protocol error: invalid bulk length (negative)".to_string();
+                return self.refuse(message, data_start, 0, elements_after);
+            };
+            if len > MAX_ARG_BYTES as u64 {
+                let message = format!("value too large (max {MAX_ARG_BYTES} bytes)");
+                return self.refuse(message, data_start, len + 2, elements_after);
+            }
+            let data_end = data_start + len as usize;
+            if data_end + 2 > MAX_REQUEST_BYTES {
+                let message = format!("request too large (max {MAX_REQUEST_BYTES} bytes)");
+                return self.refuse(message, data_start, len + 2, elements_after);
+            }
+            if buf.len() < data_end + 2 {
+                partial.wait_for_bytes = data_end + 2;
+                self.state = ParserState::Multibulk(partial);
+                return ParseOutcome::Incomplete;
+            }
+            if &buf[data_end..data_end + 2] != b"\r\n" {
+                return ParseOutcome::Fatal("Protocol error: bulk string not terminated by CRLF".to_string());
+            }
+            partial.args.push(data_start..data_end);
+            partial.pos = data_end + 2;
+        }
+        // Copied only now that the whole request is here, so each byte is copied once.
+        let args = partial.args.iter().map(|range| buf[range.clone()].to_vec()).collect();
+        ParseOutcome::Request { args, consumed: partial.pos }
+    }
+
+    /// Drops the rest of a refused multibulk: its current payload, then whole elements.
+    fn skip(&mut self, buf: &[u8], payload_left: u64, elements_left: usize) -> ParseOutcome {
+        if buf.is_empty() {
+            self.state = ParserState::Skipping { payload_left, elements_left };
+            return ParseOutcome::Incomplete;
+        }
+        if payload_left > 0 {
+            let dropped = usize::try_from(payload_left).map_or(buf.len(), |left| left.min(buf.len()));
+            let payload_left = payload_left - dropped as u64;
+            if payload_left > 0 || elements_left > 0 {
+                self.state = ParserState::Skipping { payload_left, elements_left };
+            }
+            return ParseOutcome::Skipped { consumed: dropped };
+        }
+        if buf[0] != b'$' {
+            return ParseOutcome::Fatal(format!(
+                "Protocol error: expected '$', got '{}'",
+                escape_bytes(&buf[..1])
+            ));
+        }
+        match read_header(buf, 1, "bulk") {
+            Ok(None) => {
+                self.state = ParserState::Skipping { payload_left, elements_left };
+                ParseOutcome::Incomplete
+            }
+            Err(message) => ParseOutcome::Fatal(message),
+            Ok(Some((len, end))) => {
+                let payload_left = u64::try_from(len).map_or(0, |len| len + 2);
+                let elements_left = elements_left.saturating_sub(1);
+                if payload_left > 0 || elements_left > 0 {
+                    self.state = ParserState::Skipping { payload_left, elements_left };
+                }
+                ParseOutcome::Skipped { consumed: end }
+            }
+        }
+    }
+
+    fn parse_inline(&mut self, buf: &[u8]) -> ParseOutcome {
+        let newline = match find_line_end(buf, 0, MAX_LINE_BYTES) {
+            LineEnd::Found(newline) => newline,
+            LineEnd::Incomplete => return ParseOutcome::Incomplete,
+            LineEnd::TooLong => {
+                // The line is refused either way; if its end is already buffered, only it is dropped.
+                let consumed = match buf.iter().position(|&b| b == b'\n') {
+                    Some(newline) => newline + 1,
+                    None => {
+                        self.state = ParserState::DiscardingLine;
+                        buf.len()
+                    }
+                };
+                return ParseOutcome::LimitError { message: line_too_long_message(), consumed };
+            }
+        };
+        let consumed = newline + 1;
+        let mut line = &buf[..newline];
+        if let Some(stripped) = line.strip_suffix(b"\r") {
+            line = stripped;
+        }
+        if line.len() > MAX_LINE_BYTES {
+            return ParseOutcome::LimitError { message: line_too_long_message(), consumed };
+        }
+        match split_inline_args(line) {
+            Err(message) => {
+                ParseOutcome::LimitError { message: format!("Protocol error: {message}"), consumed }
+            }
+            Ok(args) if args.is_empty() => ParseOutcome::Skipped { consumed },
+            Ok(args) if args.len() > MAX_ARGS => {
+                ParseOutcome::LimitError { message: too_many_args_message(), consumed }
+            }
+            Ok(args) => ParseOutcome::Request { args, consumed },
+        }
+    }
 }
 
 fn line_too_long_message() -> String {
@@ -152,14 +349,6 @@ fn line_too_long_message() -> String {
 
 fn too_many_args_message() -> String {
     format!("too many arguments (max {MAX_ARGS})")
-}
-
-fn parse_raw(buf: &[u8]) -> Raw {
-    match buf.first() {
-        None => Raw::Outcome(ParseOutcome::Incomplete),
-        Some(b'*') => Raw::Outcome(parse_multibulk(buf)),
-        Some(_) => parse_inline(buf),
-    }
 }
 
 /// Where a line ends, looking at most `max_line_bytes` + CRLF bytes ahead of `start`.
@@ -180,43 +369,6 @@ fn find_line_end(buf: &[u8], start: usize, max_line_bytes: usize) -> LineEnd {
         None if rest.len() >= max_line_bytes + 2 => LineEnd::TooLong,
         None => LineEnd::Incomplete,
     }
-}
-
-fn parse_inline(buf: &[u8]) -> Raw {
-    let newline = match find_line_end(buf, 0, MAX_LINE_BYTES) {
-        LineEnd::Found(newline) => newline,
-        LineEnd::Incomplete => return Raw::Outcome(ParseOutcome::Incomplete),
-        LineEnd::TooLong => {
-            // The line is refused either way; if its end is already buffered, only it is dropped.
-            return match buf.iter().position(|&b| b == b'\n') {
-                Some(newline) => Raw::Outcome(ParseOutcome::LimitError {
-                    message: line_too_long_message(),
-                    consumed: newline + 1,
-                }),
-                None => Raw::LineTooLongUnterminated,
-            };
-        }
-    };
-    let consumed = newline + 1;
-    let mut line = &buf[..newline];
-    if let Some(stripped) = line.strip_suffix(b"\r") {
-        line = stripped;
-    }
-    let outcome = if line.len() > MAX_LINE_BYTES {
-        ParseOutcome::LimitError { message: line_too_long_message(), consumed }
-    } else {
-        match split_inline_args(line) {
-            Err(message) => {
-                ParseOutcome::LimitError { message: format!("Protocol error: {message}"), consumed }
-            }
-            Ok(args) if args.is_empty() => ParseOutcome::Skipped { consumed },
-            Ok(args) if args.len() > MAX_ARGS => {
-                ParseOutcome::LimitError { message: too_many_args_message(), consumed }
-            }
-            Ok(args) => ParseOutcome::Request { args, consumed },
-        }
-    };
-    Raw::Outcome(outcome)
 }
 
 /// Reads a CRLF-terminated integer header at `start`: `Ok(None)` if incomplete, `Err` if malformed.
@@ -244,73 +396,6 @@ fn parse_i64(digits: &[u8]) -> Option<i64> {
         return None;
     }
     text.parse().ok()
-}
-
-fn parse_multibulk(buf: &[u8]) -> ParseOutcome {
-    let (count, mut pos) = match read_header(buf, 1, "multibulk") {
-        Ok(Some(header)) => header,
-        Ok(None) => return ParseOutcome::Incomplete,
-        Err(message) => return ParseOutcome::Fatal(message),
-    };
-    if count <= 0 {
-        return ParseOutcome::Skipped { consumed: pos };
-    }
-    let count = match usize::try_from(count) {
-        Ok(count) if count <= MAX_MULTIBULK_LEN => count,
-        _ => return ParseOutcome::Fatal("Protocol error: invalid multibulk length".to_string()),
-    };
-    // The first limit broken; once set, arguments are read past but no longer copied.
-    let mut violation = (count > MAX_ARGS).then(too_many_args_message);
-    let mut args = Vec::new();
-    for _ in 0..count {
-        match buf.get(pos) {
-            None => return ParseOutcome::Incomplete,
-            Some(b'$') => {}
-            Some(&other) => {
-                return ParseOutcome::Fatal(format!(
-                    "Protocol error: expected '$', got '{}'",
-                    escape_bytes(&[other])
-                ))
-            }
-        }
-        let (len, data_start) = match read_header(buf, pos + 1, "bulk") {
-            Ok(Some(header)) => header,
-            Ok(None) => return ParseOutcome::Incomplete,
-            Err(message) => return ParseOutcome::Fatal(message),
-        };
-        if len < 0 {
-            // A nil carries no payload, so the request's end stays known.
-            violation.get_or_insert_with(|| "Protocol error: invalid bulk length (negative)".to_string());
-            pos = data_start;
-            continue;
-        }
-        let len = match usize::try_from(len) {
-            Ok(len) if len <= MAX_BULK_LEN_BYTES => len,
-            _ => return ParseOutcome::Fatal("Protocol error: invalid bulk length".to_string()),
-        };
-        let data_end = data_start + len;
-        if data_end + 2 > MAX_REQUEST_BYTES {
-            return ParseOutcome::Fatal(format!(
-                "Protocol error: request too large (max {MAX_REQUEST_BYTES} bytes)"
-            ));
-        }
-        if buf.len() < data_end + 2 {
-            return ParseOutcome::Incomplete;
-        }
-        if &buf[data_end..data_end + 2] != b"\r\n" {
-            return ParseOutcome::Fatal("Protocol error: bulk string not terminated by CRLF".to_string());
-        }
-        if len > MAX_ARG_BYTES {
-            violation.get_or_insert_with(|| format!("value too large (max {MAX_ARG_BYTES} bytes)"));
-        } else if violation.is_none() {
-            args.push(buf[data_start..data_end].to_vec());
-        }
-        pos = data_end + 2;
-    }
-    match violation {
-        Some(message) => ParseOutcome::LimitError { message, consumed: pos },
-        None => ParseOutcome::Request { args, consumed: pos },
-    }
 }
 
 /// Splits an inline command line into arguments with redis-cli's quoting rules (Redis
