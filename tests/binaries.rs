@@ -179,6 +179,72 @@ fn three_processes_survive_kill_9_of_the_leader() {
     assert_eq!(std::fs::read(d1.join("quorumkv.meta")).expect("meta"), before);
 }
 
+// A WAL emptied or deleted behind a stopped replica's back, with a snapshot still there: the replica
+// refuses to start (exit 2, naming what is missing) rather than start with term and vote 0 and the
+// acknowledged writes after the snapshot gone.
+#[test]
+fn a_replica_whose_wal_was_emptied_or_deleted_refuses_to_start() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = free_ports(2);
+    let client = format!("127.0.0.1:{}", ports[0]);
+    let data = dir.path().join("data");
+    let args: Vec<String> = [
+        "--client-addr",
+        &client,
+        "--peers",
+        &format!("1=127.0.0.1:{}", ports[1]),
+        "--data-dir",
+        &data.display().to_string(),
+        "--snapshot-threshold",
+        "2000",
+        "--election-timeout-ms",
+        "300",
+        "--heartbeat-ms",
+        "50",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let mut server = spawn_server(&args, &dir.path().join("log"));
+    for i in 0..60 {
+        let out = cli(&client, &["set", &format!("k{i}"), &"v".repeat(100)]);
+        assert_eq!(stdout(&out), "OK", "{out:?}");
+    }
+    wait_for("a snapshot", || {
+        info_field(&client, "snapshot_index").and_then(|v| v.parse::<u64>().ok()).filter(|&i| i > 0)
+    });
+    let pid = server.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    wait_for("exit", || server.try_wait().ok().flatten());
+    let wal = data.join("wal");
+    let segments = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&wal).map(|d| d.map(|e| e.expect("entry").path()).collect()).unwrap_or_default()
+    };
+    // The same start works while the data dir is whole (so the refusals below are about the damage).
+    let mut again = spawn_server(&args, &dir.path().join("log2"));
+    wait_for("k59 after restart", || {
+        (stdout(&cli(&client, &["get", "k59"])) == format!("\"{}\"", "v".repeat(100))).then_some(())
+    });
+    let pid = again.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    wait_for("exit", || again.try_wait().ok().flatten());
+    for damage in ["emptied", "deleted"] {
+        for segment in segments() {
+            match damage {
+                "emptied" => drop(std::fs::File::create(&segment).expect("truncate")),
+                _ => std::fs::remove_file(&segment).expect("remove"),
+            }
+        }
+        let before = segments();
+        let out = Command::new(SERVER).args(&args).output().expect("run server");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "WAL {damage}: {stderr}");
+        assert!(stderr.contains("refusing to start"), "WAL {damage}: {stderr}");
+        assert_eq!(segments(), before, "WAL {damage}: nothing changed");
+    }
+}
+
 // PRODUCT.md: a flag that does not apply where it is given is an error with exit code 1, never
 // silently ignored, and nothing is written.
 #[test]

@@ -377,3 +377,115 @@ proptest::proptest! {
         proptest::prop_assert_eq!(wal.log_bytes(), mem.log_bytes());
     }
 }
+
+/// A log with a witness beside it (as a data dir keeps one): several segments, a compaction marker.
+fn witnessed_log(root: &Path) -> (PathBuf, PathBuf) {
+    let (wal_dir, witness) = (root.join("wal"), root.join("quorumkv.wal"));
+    quorumkv::storage::wal::init_witness(&witness).expect("init witness");
+    let (mut wal, _) = Wal::open_witnessed(&wal_dir, small(true), Some(&witness)).expect("open");
+    wal.append(Some(HardState { term: 7, vote: 2, commit: 0 }), &[]).expect("vote");
+    for i in 1..=40 {
+        wal.append(None, &[entry(i, 7)]).expect("append");
+    }
+    wal.compact(SnapshotMeta { index: 20, term: 7 }).expect("compact");
+    assert!(segments(&wal_dir).len() > 2, "the test needs several segments");
+    (wal_dir, witness)
+}
+
+fn refused_as_missing(wal_dir: &Path, witness: &Path) -> String {
+    let err = Wal::open_witnessed(wal_dir, small(true), Some(witness)).expect_err("refused");
+    assert!(matches!(err, StorageError::Missing { .. }), "{err}");
+    err.to_string()
+}
+
+// A log emptied or deleted behind the replica's back is refused, never replayed as a fresh log (which
+// would reset term and vote to 0 and forget acknowledged writes), and the refusal changes nothing.
+#[test]
+fn a_witnessed_log_that_lost_segments_is_refused() {
+    type Damage = fn(&Path, &Path);
+    let damages: [(&str, Damage); 5] = [
+        ("every segment emptied", |wal, _| {
+            for s in segments(wal) {
+                fs::File::create(&s).expect("truncate");
+            }
+        }),
+        ("every segment deleted", |wal, _| {
+            for s in segments(wal) {
+                fs::remove_file(&s).expect("remove");
+            }
+        }),
+        ("the wal directory deleted", |wal, _| fs::remove_dir_all(wal).expect("remove dir")),
+        ("the newest segment deleted", |wal, _| {
+            fs::remove_file(segments(wal).last().expect("a segment")).expect("remove")
+        }),
+        ("segments and witness deleted", |wal, witness| {
+            fs::remove_dir_all(wal).expect("remove dir");
+            fs::remove_file(witness).expect("remove witness");
+        }),
+    ];
+    for (what, damage) in damages {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (wal_dir, witness) = witnessed_log(root.path());
+        damage(&wal_dir, &witness);
+        let before: Vec<_> = if wal_dir.exists() { segments(&wal_dir) } else { Vec::new() };
+        let message = refused_as_missing(&wal_dir, &witness);
+        assert!(message.contains("refusing to start"), "{what}: {message}");
+        let after: Vec<_> = if wal_dir.exists() { segments(&wal_dir) } else { Vec::new() };
+        assert_eq!(before, after, "{what}: nothing changed");
+    }
+}
+
+// The witness does not get in the way of what a crash really leaves: a torn tail after the head
+// records, or a segment created but left empty past the recorded one.
+#[test]
+fn a_witnessed_log_survives_crash_leftovers() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (wal_dir, witness) = witnessed_log(root.path());
+    let newest = segments(&wal_dir).pop().expect("a segment");
+    // A torn record at the end of the newest segment.
+    let mut bytes = fs::read(&newest).expect("read");
+    bytes.extend_from_slice(&[9, 0, 0, 0, 1, 2]);
+    fs::write(&newest, &bytes).expect("write");
+    let (_, recovery) = Wal::open_witnessed(&wal_dir, small(true), Some(&witness)).expect("torn tail");
+    assert_eq!(recovery.hard_state.term, 7);
+    assert_eq!(recovery.hard_state.vote, 2);
+    assert_eq!(recovery.entries.last().map(|e| e.index), Some(40));
+    // A crash right after creating a segment the witness does not name yet.
+    let next = segments(&wal_dir).pop().expect("a segment");
+    let stem: u64 = next.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).expect("seq");
+    fs::File::create(wal_dir.join(format!("{:020}.wal", stem + 1))).expect("create");
+    let (_, recovery) = Wal::open_witnessed(&wal_dir, small(true), Some(&witness)).expect("empty newest");
+    assert_eq!(recovery.entries.last().map(|e| e.index), Some(40));
+    assert_eq!(recovery.snapshot, SnapshotMeta { index: 20, term: 7 });
+}
+
+// A deposed leader's tail, overwritten by the new leader at lower indexes, no longer pins its
+// segments: compaction past the live entries releases them, live and after a restart alike.
+#[test]
+fn an_overwritten_tail_does_not_pin_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count_after = |compact_at: u64, reopen: bool| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut wal, _) = Wal::open(dir.path(), small(false)).expect("open");
+        for i in 1..=200 {
+            wal.append(None, &[entry(i, 1)]).expect("old leader's entries");
+        }
+        wal.append(None, &[entry(5, 2)]).expect("new leader overwrites from 5");
+        for i in 6..=30 {
+            wal.append(None, &[entry(i, 2)]).expect("new leader's entries");
+        }
+        if reopen {
+            drop(wal);
+            wal = Wal::open(dir.path(), small(false)).expect("reopen").0;
+        }
+        wal.compact(SnapshotMeta { index: compact_at, term: 2 }).expect("compact");
+        segments(dir.path()).len()
+    };
+    let _ = dir;
+    for reopen in [false, true] {
+        // Entries 26..=30 and the heads fit in a few 512-byte segments; the dead tail (31..=200 of
+        // term 1) spans dozens.
+        let left = count_after(25, reopen);
+        assert!(left <= 4, "reopen {reopen}: {left} segments kept after compaction");
+    }
+}

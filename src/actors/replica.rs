@@ -231,9 +231,11 @@ impl Replica {
         let data_dir = DataDir::open(&config.data_dir, &config.cluster_name, config.id)?;
         let snapshots = SnapshotStore::open(data_dir.snap_dir())?;
         let latest = snapshots.load_latest()?;
-        let (wal, recovery) = Wal::open(
+        let witness = data_dir.wal_witness();
+        let (wal, recovery) = Wal::open_witnessed(
             data_dir.wal_dir(),
             WalOptions { segment_bytes: config.wal_segment_bytes, fsync: config.fsync },
+            Some(&witness),
         )?;
         let (state, latest_snapshot, snapshot_meta, entries) =
             recover(config.id, latest, recovery.snapshot, recovery.entries)?;

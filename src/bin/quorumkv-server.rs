@@ -147,7 +147,10 @@ fn local_configs(
 fn exit_code(e: &ReplicaError) -> ExitCode {
     match e {
         ReplicaError::Storage(
-            StorageError::Mismatch { .. } | StorageError::NotADataDir { .. } | StorageError::Locked { .. },
+            StorageError::Mismatch { .. }
+            | StorageError::NotADataDir { .. }
+            | StorageError::Locked { .. }
+            | StorageError::Missing { .. },
         ) => ExitCode::from(2),
         ReplicaError::Config(_) => ExitCode::from(2),
         _ => ExitCode::from(1),

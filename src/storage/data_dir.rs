@@ -11,12 +11,15 @@ pub const FORMAT_VERSION: u32 = 1;
 const META_FILE: &str = "quorumkv.meta";
 const META_TEMP: &str = "quorumkv.meta.tmp";
 const LOCK_FILE: &str = "LOCK";
+const WAL_WITNESS: &str = "quorumkv.wal";
+const WAL_WITNESS_TEMP: &str = "quorumkv.tmp";
 const WAL_DIR: &str = "wal";
 const SNAP_DIR: &str = "snap";
 
 /// An open, locked data directory of one member of one cluster.
 ///
-/// Layout: `quorumkv.meta` (format version, cluster name, member id), `LOCK`, `wal/`, `snap/`.
+/// Layout: `quorumkv.meta` (format version, cluster name, member id), `quorumkv.wal` (the WAL's
+/// newest segment), `LOCK`, `wal/`, `snap/`.
 /// Durability: when [`open`](DataDir::open) returns on a first start, the metadata file and the
 /// subdirectories are on stable storage. The lock is held until the `DataDir` is dropped.
 #[derive(Debug)]
@@ -46,7 +49,7 @@ impl DataDir {
         if let Some(text) = &existing {
             check_meta(&root, text, cluster_name, member_id)?;
         } else if root.exists() {
-            let leftovers = [LOCK_FILE, META_TEMP];
+            let leftovers = [LOCK_FILE, META_TEMP, WAL_WITNESS, WAL_WITNESS_TEMP];
             for item in fs::read_dir(&root).map_err(io_err("list", &root))? {
                 let item = item.map_err(io_err("list", &root))?;
                 if !item.file_name().to_str().is_some_and(|n| leftovers.contains(&n)) {
@@ -65,6 +68,8 @@ impl DataDir {
             check_meta(&root, text, cluster_name, member_id)?;
         }
         if existing.is_none() && raced.is_none() {
+            // The witness first: once the metadata names this dir, its WAL is always accounted for.
+            super::wal::init_witness(&root.join(WAL_WITNESS))?;
             let text = format!(
                 "format_version={FORMAT_VERSION}\ncluster_name={cluster_name}\nmember_id={member_id}\n"
             );
@@ -94,6 +99,11 @@ impl DataDir {
     /// Where the write-ahead log lives.
     pub fn wal_dir(&self) -> PathBuf {
         self.root.join(WAL_DIR)
+    }
+
+    /// The file that records the WAL's newest segment (see [`Wal::open_witnessed`](super::Wal::open_witnessed)).
+    pub fn wal_witness(&self) -> PathBuf {
+        self.root.join(WAL_WITNESS)
     }
 
     /// Where snapshot files live.

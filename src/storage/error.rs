@@ -27,6 +27,14 @@ pub enum StorageError {
         /// What is wrong there.
         reason: String,
     },
+    /// Something the data dir recorded as written is not there (a deleted or emptied WAL segment).
+    #[error("{path}: {what}; refusing to start (nothing was changed)")]
+    Missing {
+        /// The missing or damaged file.
+        path: PathBuf,
+        /// What is missing, and why starting anyway would be unsafe.
+        what: String,
+    },
     /// The data dir was written by another cluster, member or format version.
     #[error(
         "data dir {path} was written with {field}={found:?}, but this server runs with \

@@ -67,6 +67,8 @@ struct Segment {
 #[derive(Debug)]
 pub struct Wal {
     dir: PathBuf,
+    /// The file recording the newest segment, if this log has one.
+    witness: Option<PathBuf>,
     options: WalOptions,
     /// Closed segments, oldest first; their `seq`s are consecutive and end at `active.seq - 1`.
     closed: VecDeque<Segment>,
@@ -92,19 +94,43 @@ impl Wal {
     /// truncated away with a warning. Any other damage is an error naming the file and offset (see
     /// [`record::scan`] for the rule). Replay starts a new active segment.
     pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(Wal, WalRecovery)> {
+        Wal::open_witnessed(dir, options, None)
+    }
+
+    /// Like [`open`](Wal::open), with a witness: a file outside the log's directory that records the
+    /// newest segment every time one is created, so a log that lost segments (deleted, emptied, or
+    /// the whole directory gone) is refused with [`StorageError::Missing`] instead of replayed as an
+    /// older or empty log (which would forget acknowledged writes and let this replica vote twice
+    /// in one term).
+    ///
+    /// The witness must exist before the first open (see [`init_witness`]); a missing witness is
+    /// accepted only beside a log that has segments (a data dir from before witnesses).
+    pub fn open_witnessed(
+        dir: impl AsRef<Path>,
+        options: WalOptions,
+        witness: Option<&Path>,
+    ) -> Result<(Wal, WalRecovery)> {
         let dir = dir.as_ref().to_path_buf();
         assert!(options.segment_bytes > 0, "segment_bytes must be positive");
         fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
         let mut segments = list_segments(&dir)?;
+        // The newest segment that was complete (head durable) before this open; 0 if unknown.
+        let recorded = match witness {
+            Some(path) => read_witness(path, &dir, &segments)?,
+            None => 0,
+        };
         let mut replay = Replay::default();
         let count = segments.len();
-        for (i, segment) in segments.iter_mut().enumerate() {
-            replay.segment(segment, i + 1 == count, options.fsync)?;
+        for i in 0..count {
+            let (earlier, rest) = segments.split_at_mut(i);
+            let segment = &mut rest[0];
+            let witnessed = segment.seq <= recorded;
+            replay.segment(earlier, segment, i + 1 == count, witnessed, options.fsync)?;
         }
         let recovery = replay.finish(&dir)?;
         // A last segment left empty (a crash right after it was created) is dropped, so the
         // segment sequence never holds an empty file in the middle.
-        if let Some(last) = segments.last() {
+        if let Some(last) = segments.last().filter(|s| s.seq > recorded) {
             let empty = fs::metadata(&last.path).map_err(io_err("stat", &last.path))?.len() == 0;
             if empty {
                 fs::remove_file(&last.path).map_err(io_err("remove", &last.path))?;
@@ -125,8 +151,12 @@ impl Wal {
             &head_records(&recovery.hard_state, &recovery.snapshot)?,
             options.fsync,
         )?;
+        if let Some(path) = witness {
+            write_witness(path, next_seq)?;
+        }
         let wal = Wal {
             dir,
+            witness: witness.map(Path::to_path_buf),
             options,
             closed: segments.into(),
             active,
@@ -170,6 +200,12 @@ impl Wal {
         self.write_durably(&buf)?;
         if let Some(hs) = hard_state {
             self.hard_state = hs;
+        }
+        if let Some(head) = entries.first().filter(|e| e.index <= last) {
+            // The entries from `head.index` on were replaced: no segment still holds a live entry
+            // there, so a segment whose live entries all lie below it can go at the next compaction
+            // (without this, a deposed leader's overwritten tail pinned its segments for ever).
+            cap_max_index(self.closed.iter_mut().chain(std::iter::once(&mut self.active)), head.index);
         }
         for (entry, bytes) in entries.iter().zip(sizes) {
             let put = self.tail.put(entry.index, Slot { term: entry.term, bytes, value: () });
@@ -290,12 +326,25 @@ impl Wal {
         let head = head_records(&self.hard_state, &self.snapshot)?;
         let created = create_segment(&self.dir, self.active.seq + 1, &head, self.options.fsync);
         let (segment, file, bytes) = created.inspect_err(|_| self.poisoned = true)?;
+        if let Some(path) = &self.witness {
+            write_witness(path, segment.seq).inspect_err(|_| self.poisoned = true)?;
+        }
         let old = std::mem::replace(&mut self.active, segment);
         assert_eq!(old.seq + 1, self.active.seq, "segment seqs are consecutive");
         self.closed.push_back(old);
         self.active_file = file;
         self.active_bytes = bytes;
         Ok(())
+    }
+}
+
+/// Lowers the highest live index of `segments` below `overwritten_from`, where an overwrite began.
+fn cap_max_index<'a>(segments: impl Iterator<Item = &'a mut Segment>, overwritten_from: u64) {
+    for segment in segments {
+        segment.max_index = segment.max_index.and_then(|max| match overwritten_from {
+            0 | 1 => None,
+            from => Some(max.min(from - 1)),
+        });
     }
 }
 
@@ -332,6 +381,64 @@ fn create_segment(dir: &Path, seq: u64, head: &[u8], fsync: bool) -> Result<(Seg
 /// Makes creations, renames and deletions in `dir` durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))
+}
+
+/// Creates the witness of a log that has no segment yet (a data dir's first start).
+pub fn init_witness(path: &Path) -> Result<()> {
+    write_witness(path, 0)
+}
+
+/// Records durably that segment `seq` exists with its head records (temp file, fsync, rename).
+fn write_witness(path: &Path, seq: u64) -> Result<()> {
+    let temp = path.with_extension("tmp");
+    let mut file = File::create(&temp).map_err(io_err("create", &temp))?;
+    file.write_all(format!("newest_segment={seq}\n").as_bytes()).map_err(io_err("write", &temp))?;
+    file.sync_all().map_err(io_err("fsync", &temp))?;
+    fs::rename(&temp, path).map_err(io_err("rename", &temp))?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// The newest segment the witness at `path` records, checked against the segments in `dir`.
+fn read_witness(path: &Path, dir: &Path, segments: &[Segment]) -> Result<u64> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !segments.is_empty() => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StorageError::Missing {
+                path: path.to_path_buf(),
+                what: format!(
+                    "the record of the log's newest segment is gone and {} holds no segment",
+                    dir.display()
+                ),
+            })
+        }
+        Err(e) => return Err(io_err("read", path)(e)),
+    };
+    let recorded =
+        text.trim().strip_prefix("newest_segment=").and_then(|n| n.parse::<u64>().ok()).ok_or_else(|| {
+            StorageError::Corrupt {
+                path: path.to_path_buf(),
+                offset: 0,
+                reason: format!("expected newest_segment=N, found {text:?}"),
+            }
+        })?;
+    let newest = segments.last().map_or(0, |s| s.seq);
+    if newest < recorded {
+        return Err(StorageError::Missing {
+            path: dir.join(format!("{recorded:020}{SEGMENT_SUFFIX}")),
+            what: format!(
+                "{} records log segment {recorded}, but the newest segment in {} is {newest}: \
+                 segments were deleted, and starting from an older log would forget acknowledged \
+                 writes and this replica's vote",
+                path.display(),
+                dir.display()
+            ),
+        });
+    }
+    Ok(recorded)
 }
 
 /// The segment files in `dir`, by seq; a gap in the seqs is an error.
@@ -379,10 +486,33 @@ struct Replay {
 
 impl Replay {
     /// Reads one segment's records into the replay state, cutting a torn tail if it is the last.
-    fn segment(&mut self, segment: &mut Segment, is_last: bool, fsync: bool) -> Result<()> {
+    ///
+    /// A `witnessed` segment was complete when recorded: it must begin with its head records (hard
+    /// state, snapshot marker), so an emptied or cut-down segment is refused, not taken as new.
+    fn segment(
+        &mut self,
+        earlier: &mut [Segment],
+        segment: &mut Segment,
+        is_last: bool,
+        witnessed: bool,
+        fsync: bool,
+    ) -> Result<()> {
         let path = segment.path.clone();
         let buf = fs::read(&path).map_err(io_err("read", &path))?;
         let (records, damage) = record::scan(&buf);
+        let head: Vec<RecordKind> = records.iter().take(2).map(|r| r.kind).collect();
+        if witnessed && head != [RecordKind::HardState, RecordKind::SnapshotMarker] {
+            return Err(StorageError::Missing {
+                path,
+                what: format!(
+                    "log segment {} ({} bytes) lacks the hard state and snapshot marker it was \
+                     created with: it was emptied or cut, and replaying it would forget \
+                     acknowledged writes and this replica's vote",
+                    segment.seq,
+                    buf.len()
+                ),
+            });
+        }
         match damage {
             None => {}
             Some(Damage::TornTail { offset, reason }) if is_last => {
@@ -441,6 +571,11 @@ impl Replay {
                     let bytes = (HEADER_BYTES + raw.payload.len()) as u64;
                     let tail = self.tail.get_or_insert_with(|| Tail::new(index));
                     let last = tail.last();
+                    if last.is_some_and(|last| index <= last) {
+                        // An overwrite: what earlier records held from `index` on is dead, as in
+                        // `Wal::append`, so the same segments become deletable after a restart.
+                        cap_max_index(earlier.iter_mut().chain(std::iter::once(&mut *segment)), index);
+                    }
                     tail.put(index, Slot { term: entry.term, bytes, value: entry })
                         .map_err(|()| corrupt(format!("entry {index} leaves a gap after {last:?}")))?;
                     segment.max_index = Some(segment.max_index.map_or(index, |m| m.max(index)));
