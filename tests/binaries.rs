@@ -245,6 +245,93 @@ fn a_replica_whose_wal_was_emptied_or_deleted_refuses_to_start() {
     }
 }
 
+/// A small tmpfs mounted for one test (the tests run as root, as CI does), unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> SmallDisk {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
+        SmallDisk(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+// A replica whose disk fills stops consensus; it must then say so (INFO `consensus:stopped`, not
+// `role:leader`, no leader claimed) and answer requests with -TRYAGAIN at once instead of hanging.
+#[test]
+fn a_replica_whose_disk_filled_stops_claiming_to_lead() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mnt = dir.path().join("disk");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let _disk = SmallDisk::mount(&mnt, "3m");
+    let ports = free_ports(2);
+    let client = format!("127.0.0.1:{}", ports[0]);
+    let args: Vec<String> = [
+        "--client-addr",
+        &client,
+        "--peers",
+        &format!("1=127.0.0.1:{}", ports[1]),
+        "--data-dir",
+        &mnt.join("data").display().to_string(),
+        "--election-timeout-ms",
+        "300",
+        "--heartbeat-ms",
+        "50",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let mut server = spawn_server(&args, &dir.path().join("log"));
+    wait_for("a leader", || (info_field(&client, "role").as_deref() == Some("leader")).then_some(()));
+    let value = "v".repeat(60_000);
+    let mut failed = false;
+    for i in 0..200 {
+        let out = Command::new(CLI)
+            .args(["--servers", &client, "set", &format!("k{i}"), &value])
+            .env("QUORUMKV_CLI_TIMEOUT_MS", "2000")
+            .output()
+            .expect("run cli");
+        if stdout(&out) != "OK" {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "3 MiB of disk took 12 MB of writes");
+    wait_for("consensus:stopped", || {
+        (info_field(&client, "consensus").as_deref() == Some("stopped")).then_some(())
+    });
+    assert_eq!(info_field(&client, "role").as_deref(), Some("follower"));
+    assert_eq!(info_field(&client, "leader_id").as_deref(), Some("0"));
+    assert!(info_field(&client, "consensus_error").is_some_and(|e| !e.is_empty()));
+    // Requests are answered at once, not after a timeout.
+    let mut conn = std::net::TcpStream::connect(&client).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    use std::io::{Read, Write};
+    conn.write_all(b"GET k0\r\nSET a b\r\n").expect("write");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 512];
+    while got.iter().filter(|&&b| b == b'\n').count() < 2 {
+        let n = conn.read(&mut chunk).expect("replies within 2 s");
+        assert!(n > 0, "connection closed");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.lines().all(|l| l.starts_with("-TRYAGAIN")), "{text}");
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
 // PRODUCT.md: a flag that does not apply where it is given is an error with exit code 1, never
 // silently ignored, and nothing is written.
 #[test]

@@ -218,9 +218,20 @@ impl Consensus {
     }
 
     /// A replica that cannot write its log must not go on acknowledging: stop consensus.
+    ///
+    /// What it said before stays true, and nothing it says afterwards is a lie: the board stops
+    /// calling it leader (so INFO and redirects do not point at it), pending reads and writes are
+    /// answered `-TRYAGAIN` now (their outcome is unknown to this replica), and new ones too.
     fn fail(&mut self, ctx: &mut Context<Self>, why: &str) {
         log::error!("replica {}: {why}; consensus stops", self.core.id());
         self.stopped = true;
+        self.status.mark_stopped(why);
+        let reason = format!("consensus stopped on this replica: {why}");
+        for (_, read) in self.reads.drain() {
+            read.reply_to.do_send(ReadDone(Err(reason.clone())));
+        }
+        // Every watch's term is below this: all settle as unknown.
+        self.applier.do_send(TermChanged(u64::MAX));
         ctx.stop();
     }
 

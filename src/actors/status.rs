@@ -23,6 +23,8 @@ pub struct StatusBoard {
     state_digest: AtomicU64,
     /// Client address of each member, learnt from configuration and peer handshakes.
     client_addrs: RwLock<BTreeMap<NodeId, String>>,
+    /// Why consensus stopped, once it has (a failed disk write): the replica no longer takes part.
+    stopped: RwLock<Option<String>>,
 }
 
 /// Numbers the consensus actor publishes after each Ready.
@@ -75,6 +77,20 @@ impl StatusBoard {
         self.applied_index.store(applied_index, Ordering::Relaxed);
         self.keys.store(keys, Ordering::Relaxed);
         self.state_digest.store(state_digest, Ordering::Relaxed);
+    }
+
+    /// Records that consensus stopped for `reason`: the replica neither leads nor follows any more.
+    pub fn mark_stopped(&self, reason: &str) {
+        self.role.store(role_code(Some(Role::Follower)), Ordering::Relaxed);
+        self.leader.store(0, Ordering::Relaxed);
+        if let Ok(mut stopped) = self.stopped.write() {
+            stopped.get_or_insert_with(|| reason.to_string());
+        }
+    }
+
+    /// Why consensus stopped, if it has.
+    pub fn stop_reason(&self) -> Option<String> {
+        self.stopped.read().ok().and_then(|s| s.clone())
     }
 
     /// Digest of the state machine's content at the applied index (equal states, equal digests).
@@ -143,6 +159,7 @@ impl StatusBoard {
         let leader_addr =
             if leader == 0 { String::new() } else { self.client_addr(leader).unwrap_or_default() };
         let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+        let stop_reason = self.stop_reason();
         let fields = [
             ("id", self.id.to_string()),
             ("role", self.role_name().to_string()),
@@ -157,6 +174,8 @@ impl StatusBoard {
             ("members", members.join(",")),
             ("keys", self.keys.load(Ordering::Relaxed).to_string()),
             ("state_digest", format!("{:016x}", self.state_digest())),
+            ("consensus", if stop_reason.is_some() { "stopped" } else { "running" }.to_string()),
+            ("consensus_error", stop_reason.clone().unwrap_or_default()),
         ];
         let mut out = String::from("# Replication\r\n");
         for (k, v) in fields {
