@@ -332,6 +332,118 @@ fn a_replica_whose_disk_filled_stops_claiming_to_lead() {
     let _ = server.wait();
 }
 
+/// One RESP exchange on a raw socket: sends `request`, returns the first reply line ("" on EOF).
+fn exchange(conn: &mut std::net::TcpStream, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let _ = conn.write_all(request);
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("no reply within the timeout: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&got).trim().to_string()
+}
+
+fn single_server_args(client: &str, peer_port: u16, data: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["--client-addr", client, "--data-dir", &data.display().to_string()]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(["--peers".to_string(), format!("1=127.0.0.1:{peer_port}")]);
+    args.extend(["--election-timeout-ms", "300", "--heartbeat-ms", "50"].iter().map(|a| a.to_string()));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+fn connect(addr: &str) -> std::net::TcpStream {
+    let conn = std::net::TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    conn
+}
+
+// Past --max-clients a new client is told so, as Redis does, and closed; a freed slot is reused.
+// --idle-timeout-secs closes a connection that sends nothing.
+#[test]
+fn clients_past_max_clients_are_told_so_and_idle_ones_are_closed() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = free_ports(2);
+    let client = format!("127.0.0.1:{}", ports[0]);
+    let args = single_server_args(
+        &client,
+        ports[1],
+        &dir.path().join("data"),
+        &["--max-clients", "3", "--idle-timeout-secs", "2"],
+    );
+    let mut server = spawn_server(&args, &dir.path().join("log"));
+    wait_for("a leader", || (info_field(&client, "role").as_deref() == Some("leader")).then_some(()));
+    let mut open: Vec<_> = (0..3).map(|_| connect(&client)).collect();
+    for conn in &mut open {
+        assert_eq!(exchange(conn, b"PING\r\n"), "+PONG");
+    }
+    let mut fourth = connect(&client);
+    assert_eq!(exchange(&mut fourth, b""), "-ERR max number of clients reached");
+    assert_eq!(exchange(&mut fourth, b"PING\r\n"), "", "closed after the refusal");
+    drop(open.pop());
+    wait_for("a freed slot", || {
+        let mut conn = connect(&client);
+        (exchange(&mut conn, b"PING\r\n") == "+PONG").then_some(())
+    });
+    // Idle for longer than the timeout: closed by the server (EOF, not a read timeout).
+    let mut idle = open.pop().expect("a connection");
+    let started = Instant::now();
+    assert_eq!(exchange(&mut idle, b""), "", "idle connection closed");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+// With the open-file limit smaller than --max-clients, the server lowers its client limit so that
+// clients cannot take the descriptors the data dir and peers need: every client gets an answer
+// (PONG, or the max-clients error), none hangs, and writes still reach the disk.
+#[test]
+fn clients_never_exhaust_the_file_descriptors() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = free_ports(2);
+    let client = format!("127.0.0.1:{}", ports[0]);
+    let args = single_server_args(&client, ports[1], &dir.path().join("data"), &[]);
+    let log_path = dir.path().join("log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut server = Command::new("prlimit")
+        .arg("--nofile=200:200")
+        .arg(SERVER)
+        .args(&args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn under prlimit");
+    wait_for("a leader", || (info_field(&client, "role").as_deref() == Some("leader")).then_some(()));
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for _ in 0..300 {
+        let mut conn = connect(&client);
+        match exchange(&mut conn, b"PING\r\n").as_str() {
+            "+PONG" => served.push(conn),
+            "-ERR max number of clients reached" => refused += 1,
+            other => panic!("after {} served and {refused} refused: {other:?}", served.len()),
+        }
+    }
+    assert!(served.len() >= 100 && refused >= 100, "{} served, {refused} refused", served.len());
+    let conn = served.last_mut().expect("a served connection");
+    assert_eq!(exchange(conn, b"SET k v\r\n"), "+OK", "the WAL still writes");
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    assert!(text.contains("--max-clients 10000 reduced to"), "{text}");
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
 // PRODUCT.md: a flag that does not apply where it is given is an error with exit code 1, never
 // silently ignored, and nothing is written.
 #[test]

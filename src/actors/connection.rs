@@ -33,6 +33,8 @@ pub struct ConnectionEnv {
     pub members: Vec<NodeId>,
     /// How long a waiter may take.
     pub request_timeout: Duration,
+    /// Close the connection once it has been idle this long with nothing in flight.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// One parsed request from the reader, with the permit that bounds requests in flight.
@@ -148,7 +150,12 @@ impl Connection {
     }
 }
 
-async fn read_loop(mut reader: OwnedReadHalf, connection: Addr<Connection>, permits: Arc<Semaphore>) {
+async fn read_loop(
+    mut reader: OwnedReadHalf,
+    connection: Addr<Connection>,
+    permits: Arc<Semaphore>,
+    idle_timeout: Option<Duration>,
+) {
     let mut parser = RequestParser::new();
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
@@ -184,7 +191,22 @@ async fn read_loop(mut reader: OwnedReadHalf, connection: Addr<Connection>, perm
         if start > 0 {
             buf.drain(..start);
         }
-        match reader.read(&mut chunk).await {
+        let read = match idle_timeout {
+            None => reader.read(&mut chunk).await,
+            Some(idle) => loop {
+                match tokio::time::timeout(idle, reader.read(&mut chunk)).await {
+                    Ok(read) => break read,
+                    // A client waiting for replies is not idle.
+                    Err(_) if permits.available_permits() < MAX_INFLIGHT_REQUESTS => continue,
+                    Err(_) => {
+                        log::info!("client connection idle for {} s: closing it", idle.as_secs_f64());
+                        connection.do_send(ReaderEnded::Eof);
+                        return;
+                    }
+                }
+            },
+        };
+        match read {
             Ok(0) | Err(_) => {
                 connection.do_send(ReaderEnded::Eof);
                 return;
@@ -210,7 +232,8 @@ impl Actor for Connection {
     fn started(&mut self, ctx: &mut Self::Context) {
         let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_REQUESTS));
         if let Some(reader) = self.reader.take() {
-            ctx.spawn(read_loop(reader, ctx.address(), permits).into_actor(self));
+            let idle = self.env.idle_timeout;
+            ctx.spawn(read_loop(reader, ctx.address(), permits, idle).into_actor(self));
         }
         if let Some(writer_half) = self.writer_half.take() {
             let (tx, rx) = mpsc::unbounded_channel();

@@ -9,8 +9,10 @@ use tokio::net::TcpListener;
 use super::accept::{accept_into, Accepted};
 use super::connection::{CloseConnection, Connection, ConnectionEnv};
 
-/// Connections served at once; further ones are closed at accept.
-pub const MAX_CLIENT_CONNECTIONS: usize = 10_000;
+/// Connections served at once unless configured otherwise (Redis's `maxclients` default).
+pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
+/// What a client past the limit is told before its connection is closed (Redis's words).
+pub const MAX_CLIENTS_REPLY: &[u8] = b"-ERR max number of clients reached\r\n";
 
 /// Stop accepting and close every client connection.
 #[derive(Message)]
@@ -23,12 +25,14 @@ pub struct FrontEnd {
     env: ConnectionEnv,
     connections: HashMap<u64, Addr<Connection>>,
     next_id: u64,
+    max_clients: usize,
 }
 
 impl FrontEnd {
-    /// A front end serving `listener` for the replica described by `env`.
-    pub fn new(listener: TcpListener, env: ConnectionEnv) -> FrontEnd {
-        FrontEnd { listener: Some(listener), env, connections: HashMap::new(), next_id: 0 }
+    /// A front end serving `listener` for the replica described by `env`, at most `max_clients`
+    /// connections at once.
+    pub fn new(listener: TcpListener, env: ConnectionEnv, max_clients: usize) -> FrontEnd {
+        FrontEnd { listener: Some(listener), env, connections: HashMap::new(), next_id: 0, max_clients }
     }
 }
 
@@ -48,8 +52,18 @@ impl Handler<Accepted> for FrontEnd {
 
     fn handle(&mut self, msg: Accepted, _ctx: &mut Self::Context) {
         self.connections.retain(|_, c| c.connected());
-        if self.connections.len() >= MAX_CLIENT_CONNECTIONS {
-            log::warn!("client listener: {MAX_CLIENT_CONNECTIONS} connections open, refusing one");
+        if self.connections.len() >= self.max_clients {
+            log::warn!(
+                "client listener: {} connections open (--max-clients), refusing one",
+                self.max_clients
+            );
+            let mut stream = msg.0;
+            // Told why, as Redis does; the write is small and bounded in time, then the socket closes.
+            actix::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let write = stream.write_all(MAX_CLIENTS_REPLY);
+                let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+            });
             return;
         }
         let id = self.next_id;

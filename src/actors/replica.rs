@@ -63,6 +63,10 @@ pub struct ReplicaConfig {
     pub max_sessions: usize,
     /// WAL segment size.
     pub wal_segment_bytes: u64,
+    /// Client connections served at once; more are answered `-ERR max number of clients reached`.
+    pub max_clients: usize,
+    /// Close a client connection idle this long with nothing in flight (`None`: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl ReplicaConfig {
@@ -88,6 +92,8 @@ impl ReplicaConfig {
             snapshot_threshold_bytes: 64 * 1024 * 1024,
             max_sessions: DEFAULT_MAX_SESSIONS,
             wal_segment_bytes: crate::storage::wal::DEFAULT_SEGMENT_BYTES,
+            max_clients: super::front_end::DEFAULT_MAX_CLIENTS,
+            idle_timeout: None,
         }
     }
 
@@ -311,8 +317,9 @@ impl Replica {
             status: status.clone(),
             members,
             request_timeout: Duration::from_millis(config.request_timeout_ms),
+            idle_timeout: config.idle_timeout,
         };
-        let front_end = FrontEnd::new(client_listener, env).start();
+        let front_end = FrontEnd::new(client_listener, env, config.max_clients).start();
         log::info!("replica {}: serving clients on {client_addr}, peers on {peer_addr}", config.id);
         if !config.fsync {
             log::warn!(

@@ -51,6 +51,50 @@ struct ReplicaArgs {
     /// Leader heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
+    /// Client connections served at once; more are answered "-ERR max number of clients reached".
+    #[arg(long, default_value_t = 10_000)]
+    max_clients: usize,
+    /// Close a client connection idle this many seconds with no request in flight (0: never).
+    #[arg(long, default_value_t = 0)]
+    idle_timeout_secs: u64,
+}
+
+/// File descriptors kept for each replica's own use (WAL, snapshots, peer links and listener).
+const RESERVED_FDS_PER_REPLICA: u64 = 64;
+
+/// Raises the open-file limit to its hard maximum and lowers each replica's client limit so that
+/// clients can never take the descriptors peers and the data dir need (what Redis does with
+/// `maxclients`).
+fn fit_clients_to_fd_limit(configs: &mut [ReplicaConfig]) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        log::warn!("cannot read the open-file limit: {}", std::io::Error::last_os_error());
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let replicas = configs.len() as u64;
+    let available = limit.rlim_cur.saturating_sub(RESERVED_FDS_PER_REPLICA * replicas) / replicas.max(1);
+    for config in configs {
+        if config.max_clients as u64 > available {
+            let reduced = available.max(1) as usize;
+            log::warn!(
+                "replica {}: --max-clients {} reduced to {reduced}: the open-file limit is {} and {} \
+                 descriptors per replica are kept for peers and the data dir (raise `ulimit -n`)",
+                config.id,
+                config.max_clients,
+                limit.rlim_cur,
+                RESERVED_FDS_PER_REPLICA
+            );
+            config.max_clients = reduced;
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -82,6 +126,10 @@ fn parse_peers(spec: &str) -> Result<BTreeMap<u64, String>, String> {
     Ok(peers)
 }
 
+fn idle_timeout(args: &ReplicaArgs) -> Option<std::time::Duration> {
+    (args.idle_timeout_secs > 0).then(|| std::time::Duration::from_secs(args.idle_timeout_secs))
+}
+
 fn replica_config(args: &ReplicaArgs) -> Result<ReplicaConfig, String> {
     let peers = match &args.peers {
         Some(spec) => parse_peers(spec)?,
@@ -106,6 +154,8 @@ fn replica_config(args: &ReplicaArgs) -> Result<ReplicaConfig, String> {
     config.fsync = !args.no_fsync;
     config.election_timeout_ms = args.election_timeout_ms;
     config.heartbeat_ms = args.heartbeat_ms;
+    config.max_clients = args.max_clients;
+    config.idle_timeout = idle_timeout(args);
     Ok(config)
 }
 
@@ -139,6 +189,8 @@ fn local_configs(
         config.snapshot_threshold_bytes = template.snapshot_threshold;
         config.election_timeout_ms = template.election_timeout_ms;
         config.heartbeat_ms = template.heartbeat_ms;
+        config.max_clients = template.max_clients;
+        config.idle_timeout = idle_timeout(template);
         configs.push(config);
     }
     Ok(configs)
@@ -261,13 +313,14 @@ fn main() -> ExitCode {
         }
         None => (replica_config(&cli.replica).map(|c| vec![c]), false),
     };
-    let configs = match configs {
+    let mut configs = match configs {
         Ok(c) => c,
         Err(e) => {
             eprintln!("quorumkv-server: {e}");
             return ExitCode::from(1);
         }
     };
+    fit_clients_to_fd_limit(&mut configs);
     let system = actix_rt::System::new();
     system.block_on(run(configs, local))
 }
