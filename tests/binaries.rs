@@ -444,6 +444,67 @@ fn clients_never_exhaust_the_file_descriptors() {
     let _ = server.wait();
 }
 
+/// The peak resident memory of process `pid`, in bytes (VmHWM).
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM");
+    kb * 1024
+}
+
+// A client that pipelines 1,000 GETs of a 16 MiB value and never reads is closed once its unread
+// replies pass the per-connection bound (it used to take the leader to 5.4 GB and depose it); the
+// replica's memory stays bounded, it keeps leading, and other clients are served.
+#[test]
+fn a_client_that_does_not_read_its_replies_is_closed_with_memory_bounded() {
+    use std::io::{Read, Write};
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = free_ports(2);
+    let client = format!("127.0.0.1:{}", ports[0]);
+    let args = single_server_args(&client, ports[1], &dir.path().join("data"), &[]);
+    let mut server = spawn_server(&args, &dir.path().join("log"));
+    wait_for("a leader", || (info_field(&client, "role").as_deref() == Some("leader")).then_some(()));
+    let mut writer = connect(&client);
+    let mut set = Vec::new();
+    let value = vec![b'v'; 16 * 1024 * 1024];
+    quorumkv::protocol::resp::encode_request(&[&b"SET"[..], b"big", &value], &mut set);
+    writer.write_all(&set).expect("send SET");
+    assert_eq!(exchange(&mut writer, b""), "+OK");
+    drop(value);
+
+    let mut hog = connect(&client);
+    hog.write_all(&b"GET big\r\n".repeat(1000)).expect("pipeline");
+    // Never read while the server works; then see the connection end well short of 16 GB.
+    wait_for("the log line", || {
+        let text = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+        text.contains("bytes of unread replies").then_some(())
+    });
+    let mut received = 0u64;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        match hog.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => received += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the server kept the connection open: {e}"),
+        }
+    }
+    assert!(received < 1000 * 16 * 1024 * 1024, "all replies were delivered: no bound");
+    let peak = peak_rss_bytes(server.id());
+    assert!(peak < 1024 * 1024 * 1024, "peak RSS {} MiB", peak >> 20);
+    assert_eq!(info_field(&client, "role").as_deref(), Some("leader"));
+    assert_eq!(info_field(&client, "term").as_deref(), Some("1"), "no election meanwhile");
+    let mut other = connect(&client);
+    assert_eq!(exchange(&mut other, b"SET after ok\r\n"), "+OK");
+    println!("peak RSS {} MiB, {received} reply bytes delivered before the close", peak >> 20);
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
 // PRODUCT.md: a flag that does not apply where it is given is an error with exit code 1, never
 // silently ignored, and nothing is written.
 #[test]

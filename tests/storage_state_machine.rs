@@ -173,3 +173,36 @@ fn snapshot_then_restore_gives_identical_state_and_future_replies() {
         assert_eq!(restored.snapshot().expect("snapshot"), original.snapshot().expect("snapshot"));
     }
 }
+
+// One RAWSCAN reply is bounded in bytes (at least one pair), and read_reply_bytes predicts exactly
+// what read answers, so the applier can reserve a reply before copying it.
+#[test]
+fn a_scan_reply_is_bounded_in_bytes_and_its_size_is_known_before_copying() {
+    use quorumkv::storage::state_machine::MAX_SCAN_REPLY_BYTES;
+    let mut sm = StateMachine::default();
+    let value = vec![b'v'; 1024 * 1024];
+    for i in 0..40u64 {
+        let put = Command::Put {
+            cf: ColumnFamily::Write,
+            key: format!("k{i:02}").into_bytes(),
+            value: value.clone(),
+        };
+        sm.apply(i + 1, &Proposal { request_id: i, session: None, command: put });
+    }
+    let scan = Command::Scan { cf: ColumnFamily::Write, start: Vec::new(), limit: 10_000 };
+    let CommandResult::Pairs(pairs) = sm.read(&scan) else { panic!("scan") };
+    let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    assert!(bytes <= MAX_SCAN_REPLY_BYTES && pairs.len() < 40, "{} pairs, {bytes} bytes", pairs.len());
+    assert_eq!(pairs.len(), MAX_SCAN_REPLY_BYTES / (1024 * 1024 + 3));
+    assert_eq!(sm.read_reply_bytes(&scan), bytes);
+    // A client goes on from after the last key and gets the rest.
+    let next = pairs.last().map(|(k, _)| [k.as_slice(), b"\0"].concat()).expect("a pair");
+    let rest = Command::Scan { cf: ColumnFamily::Write, start: next, limit: 10_000 };
+    let CommandResult::Pairs(more) = sm.read(&rest) else { panic!("scan") };
+    assert_eq!(pairs.len() + more.len(), 40);
+    // The size of a one-pair scan and of a GET, as answered.
+    let small = Command::Scan { cf: ColumnFamily::Write, start: b"k39".to_vec(), limit: 1 };
+    assert_eq!(sm.read_reply_bytes(&small), 1024 * 1024 + 3);
+    let get = Command::Get { cf: ColumnFamily::Write, key: b"k00".to_vec() };
+    assert_eq!(sm.read_reply_bytes(&get), 1024 * 1024);
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use super::connection::ReplyBudget;
 use super::snapshotter::{SaveState, SavedSnapshot, Snapshotter};
 use super::status::StatusBoard;
 use crate::protocol::codec;
@@ -29,7 +30,19 @@ pub struct WatchFired(pub WatchOutcome);
 /// The answer to a read served by the applier.
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
-pub struct ReadDone(pub Result<CommandResult, String>);
+pub struct ReadDone {
+    /// The result, or why the read could not be served (answered `-TRYAGAIN`).
+    pub result: Result<CommandResult, String>,
+    /// Bytes reserved for the reply in the connection's [`ReplyBudget`].
+    pub reserved: usize,
+}
+
+impl ReadDone {
+    /// A read that could not be served, for `why`.
+    pub fn failed(why: impl Into<String>) -> ReadDone {
+        ReadDone { result: Err(why.into()), reserved: 0 }
+    }
+}
 
 /// Register interest in the entry proposed at `index` in `term` with `request_id`.
 ///
@@ -59,6 +72,8 @@ pub struct ApplyEntries(pub Vec<Entry>);
 pub struct ServeRead {
     /// The read-only command.
     pub command: Command,
+    /// The asking connection's reply budget.
+    pub budget: Arc<ReplyBudget>,
     /// Who to answer.
     pub reply_to: Recipient<ReadDone>,
 }
@@ -251,7 +266,15 @@ impl Handler<ServeRead> for Applier {
     type Result = ();
 
     fn handle(&mut self, msg: ServeRead, _ctx: &mut Self::Context) {
-        msg.reply_to.do_send(ReadDone(Ok(self.state.read(&msg.command))));
+        // Reserved before the value is copied out, so a client that does not read its replies
+        // cannot make the applier copy more than its budget.
+        let bytes = self.state.read_reply_bytes(&msg.command);
+        let done = if msg.budget.try_reserve(bytes) {
+            ReadDone { result: Ok(self.state.read(&msg.command)), reserved: bytes }
+        } else {
+            ReadDone::failed("the connection's reply buffer is full; it is being closed")
+        };
+        msg.reply_to.do_send(done);
     }
 }
 

@@ -1,6 +1,7 @@
 //! One client connection: reads RESP requests, starts a waiter for each, writes replies in order.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,46 @@ use crate::protocol::resp::{ParseOutcome, Reply, RequestParser};
 pub const MAX_INFLIGHT_REQUESTS: usize = 1024;
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes of replies one connection may hold unwritten (produced, not yet taken by the socket)
+/// before it is closed, as Redis's client-output-buffer-limit does for a client that does not read.
+pub const MAX_REPLY_BUFFER_BYTES: usize = 256 * 1024 * 1024;
+
+/// The reply bytes one connection holds unwritten, shared by the connection, its writer and the
+/// applier (which reserves a read's reply before copying it out of the state).
+#[derive(Debug, Default)]
+pub struct ReplyBudget {
+    queued_bytes: AtomicUsize,
+    overflowed: AtomicBool,
+}
+
+impl ReplyBudget {
+    /// Reserves `bytes` for a reply about to be made; false (and the connection marked to close)
+    /// if that would pass [`MAX_REPLY_BUFFER_BYTES`]. A reply to an otherwise empty buffer always fits.
+    pub fn try_reserve(&self, bytes: usize) -> bool {
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before > 0 && before + bytes > MAX_REPLY_BUFFER_BYTES {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.overflowed.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back bytes reserved or queued.
+    pub fn release(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes reserved or queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// True once a reservation was refused: the connection must close.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
 
 /// What a connection needs from its replica.
 #[derive(Clone)]
@@ -61,6 +102,12 @@ pub struct CloseConnection;
 /// Bytes to write, and the permits of the replies they hold (released once written).
 type WriteJob = (Vec<u8>, Vec<OwnedSemaphorePermit>);
 
+/// A finished reply waiting for its turn, with the bytes the applier reserved for it.
+struct ReadyReply {
+    reply: Reply,
+    reserved: usize,
+}
+
 /// The actor serving one client connection.
 pub struct Connection {
     env: ConnectionEnv,
@@ -72,7 +119,11 @@ pub struct Connection {
     /// Next sequence number whose reply must be written.
     next_to_write: u64,
     /// Replies ready but waiting for an earlier one.
-    ready: BTreeMap<u64, Reply>,
+    ready: BTreeMap<u64, ReadyReply>,
+    /// Reply bytes held unwritten, bounded by [`MAX_REPLY_BUFFER_BYTES`].
+    budget: Arc<ReplyBudget>,
+    /// The task writing to the socket, aborted (dropping what it holds) if the budget overflows.
+    write_task: Option<tokio::task::JoinHandle<()>>,
     /// Permits of requests not yet written, by sequence number.
     permits: BTreeMap<u64, OwnedSemaphorePermit>,
     /// Close once the reply with this sequence number is written.
@@ -92,31 +143,64 @@ impl Connection {
             next_seq: 0,
             next_to_write: 0,
             ready: BTreeMap::new(),
+            budget: Arc::new(ReplyBudget::default()),
+            write_task: None,
             permits: BTreeMap::new(),
             close_after: None,
         }
     }
 
     fn complete(&mut self, ctx: &mut Context<Self>, seq: u64, reply: Reply) {
-        self.ready.insert(seq, reply);
+        self.complete_reserved(ctx, seq, reply, 0);
+    }
+
+    fn complete_reserved(&mut self, ctx: &mut Context<Self>, seq: u64, reply: Reply, reserved: usize) {
+        self.ready.insert(seq, ReadyReply { reply, reserved });
         let mut out = Vec::new();
         let mut permits = Vec::new();
+        let mut reserved = 0;
         // Replies leave in request order, flushed once per burst.
-        while let Some(reply) = self.ready.remove(&self.next_to_write) {
-            reply.encode_into(&mut out);
+        while let Some(ready) = self.ready.remove(&self.next_to_write) {
+            ready.reply.encode_into(&mut out);
+            reserved += ready.reserved;
             permits.extend(self.permits.remove(&self.next_to_write));
             self.next_to_write += 1;
         }
         if !out.is_empty() {
+            // The encoded bytes take the place of what the applier reserved for them.
+            self.budget.release(reserved);
+            let fits = self.budget.try_reserve(out.len());
+            if !fits || self.budget.overflowed() {
+                return self.close_overflowed(ctx);
+            }
             if let Some(writer) = &self.writer {
                 let _ = writer.send((out, permits));
             }
+        }
+        if self.budget.overflowed() {
+            return self.close_overflowed(ctx);
         }
         if self.close_after.is_some_and(|last| self.next_to_write > last) {
             // Dropping the writer's sender lets it finish writing, then close the socket.
             self.writer = None;
             ctx.stop();
         }
+    }
+
+    /// The client let more than [`MAX_REPLY_BUFFER_BYTES`] of replies pile up: close it now,
+    /// dropping what is queued (waiting for it to read would keep the memory).
+    fn close_overflowed(&mut self, ctx: &mut Context<Self>) {
+        if self.writer.take().is_some() {
+            log::warn!(
+                "client connection holds more than {MAX_REPLY_BUFFER_BYTES} bytes of unread replies \
+                 ({} queued): closing it",
+                self.budget.queued_bytes()
+            );
+        }
+        if let Some(task) = self.write_task.take() {
+            task.abort();
+        }
+        ctx.stop();
     }
 
     fn start_request(&mut self, ctx: &mut Context<Self>, seq: u64, args: Vec<Vec<u8>>) {
@@ -137,7 +221,7 @@ impl Connection {
             }
             ClientRequest::Immediate(reply) => return self.complete(ctx, seq, reply),
             ClientRequest::Write { session, command } => WaiterTask::Write { session, command },
-            ClientRequest::Read { command } => WaiterTask::Read(command),
+            ClientRequest::Read { command } => WaiterTask::Read(command, self.budget.clone()),
         };
         let waiter = Waiter::new(
             seq,
@@ -216,11 +300,16 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(mut writer: OwnedWriteHalf, mut jobs: mpsc::UnboundedReceiver<WriteJob>) {
+async fn write_loop(
+    mut writer: OwnedWriteHalf,
+    mut jobs: mpsc::UnboundedReceiver<WriteJob>,
+    budget: Arc<ReplyBudget>,
+) {
     while let Some((bytes, permits)) = jobs.recv().await {
         if writer.write_all(&bytes).await.is_err() {
             return;
         }
+        budget.release(bytes.len());
         drop(permits);
     }
     let _ = writer.shutdown().await;
@@ -239,7 +328,7 @@ impl Actor for Connection {
             let (tx, rx) = mpsc::unbounded_channel();
             self.writer = Some(tx);
             // Not tied to the actor: queued replies are still written after it stops.
-            actix::spawn(write_loop(writer_half, rx));
+            self.write_task = Some(actix::spawn(write_loop(writer_half, rx, self.budget.clone())));
         }
     }
 }
@@ -280,7 +369,7 @@ impl Handler<WaiterDone> for Connection {
     type Result = ();
 
     fn handle(&mut self, msg: WaiterDone, ctx: &mut Self::Context) {
-        self.complete(ctx, msg.seq, msg.reply);
+        self.complete_reserved(ctx, msg.seq, msg.reply, msg.reserved);
     }
 }
 

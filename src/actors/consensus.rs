@@ -13,6 +13,7 @@ use actix::prelude::*;
 use super::applier::{
     Applier, ApplyEntries, ReadDone, Restore, ServeRead, TakeSnapshot, TermChanged, Watch, WatchFired,
 };
+use super::connection::ReplyBudget;
 use super::disk::{DiskWriter, Persist};
 use super::snapshotter::{LoadLatest, SaveImage, SavedSnapshot, Snapshotter};
 use super::status::{ConsensusNumbers, StatusBoard};
@@ -64,6 +65,8 @@ pub struct Propose {
 pub struct ReadIndex {
     /// The read-only command.
     pub command: Command,
+    /// The asking connection's reply budget.
+    pub budget: Arc<ReplyBudget>,
     /// Who to answer.
     pub reply_to: Recipient<ReadDone>,
 }
@@ -97,6 +100,7 @@ pub struct ConsensusParts {
 
 struct PendingRead {
     command: Command,
+    budget: Arc<ReplyBudget>,
     reply_to: Recipient<ReadDone>,
 }
 
@@ -228,7 +232,7 @@ impl Consensus {
         self.status.mark_stopped(why);
         let reason = format!("consensus stopped on this replica: {why}");
         for (_, read) in self.reads.drain() {
-            read.reply_to.do_send(ReadDone(Err(reason.clone())));
+            read.reply_to.do_send(ReadDone::failed(reason.clone()));
         }
         // Every watch's term is below this: all settle as unknown.
         self.applier.do_send(TermChanged(u64::MAX));
@@ -263,14 +267,13 @@ impl Consensus {
         }
         for read in &ready.read_states {
             if let Some(pending) = self.reads.remove(&read.ctx) {
-                self.applier.do_send(ServeRead { command: pending.command, reply_to: pending.reply_to });
+                let PendingRead { command, budget, reply_to } = pending;
+                self.applier.do_send(ServeRead { command, budget, reply_to });
             }
         }
         for read_ctx in &ready.dropped_reads {
             if let Some(pending) = self.reads.remove(read_ctx) {
-                pending
-                    .reply_to
-                    .do_send(ReadDone(Err("leadership lost before the read was confirmed".into())));
+                pending.reply_to.do_send(ReadDone::failed("leadership lost before the read was confirmed"));
             }
         }
         self.core.advance(&ready);
@@ -586,7 +589,8 @@ impl Handler<ReadIndex> for Consensus {
         let read_ctx = self.next_read_ctx;
         self.core.read_index(read_ctx).map_err(|e| self.refusal(e))?;
         self.next_read_ctx += 1;
-        self.reads.insert(read_ctx, PendingRead { command: msg.command, reply_to: msg.reply_to });
+        let pending = PendingRead { command: msg.command, budget: msg.budget, reply_to: msg.reply_to };
+        self.reads.insert(read_ctx, pending);
         self.drive(ctx);
         Ok(())
     }

@@ -1,11 +1,13 @@
 //! One waiter per client request: proposes or reads, then resolves to exactly one reply.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use super::applier::{ReadDone, WatchFired, WatchOutcome};
+use super::connection::ReplyBudget;
 use super::consensus::{Consensus, Propose, ReadIndex, Refusal};
 use crate::protocol::codec;
 use crate::protocol::command::{Command, Proposal, SessionTag};
@@ -22,6 +24,8 @@ pub struct WaiterDone {
     pub seq: u64,
     /// The reply to write.
     pub reply: Reply,
+    /// Bytes the applier reserved for it in the connection's [`ReplyBudget`].
+    pub reserved: usize,
 }
 
 /// What a waiter does.
@@ -33,8 +37,8 @@ pub enum WaiterTask {
         /// The state-changing command.
         command: Command,
     },
-    /// Serve a linearizable read.
-    Read(Command),
+    /// Serve a linearizable read, its reply bounded by the connection's budget.
+    Read(Command, Arc<ReplyBudget>),
 }
 
 /// Waits for one request's outcome.
@@ -45,6 +49,8 @@ pub struct Waiter {
     reply_to: Recipient<WaiterDone>,
     timeout: Duration,
     done: bool,
+    /// Bytes reserved for the reply (released by the connection once written).
+    reserved: usize,
 }
 
 fn try_again(why: &str) -> Reply {
@@ -67,13 +73,13 @@ impl Waiter {
         reply_to: Recipient<WaiterDone>,
         timeout: Duration,
     ) -> Waiter {
-        Waiter { seq, task: Some(task), consensus, reply_to, timeout, done: false }
+        Waiter { seq, task: Some(task), consensus, reply_to, timeout, done: false, reserved: 0 }
     }
 
     fn finish(&mut self, ctx: &mut Context<Self>, reply: Reply) {
         if !self.done {
             self.done = true;
-            self.reply_to.do_send(WaiterDone { seq: self.seq, reply });
+            self.reply_to.do_send(WaiterDone { seq: self.seq, reply, reserved: self.reserved });
         }
         ctx.stop();
     }
@@ -103,8 +109,8 @@ impl Actor for Waiter {
                     },
                 ));
             }
-            Some(WaiterTask::Read(command)) => {
-                let read = ReadIndex { command, reply_to: ctx.address().recipient() };
+            Some(WaiterTask::Read(command, budget)) => {
+                let read = ReadIndex { command, budget, reply_to: ctx.address().recipient() };
                 ctx.spawn(self.consensus.send(read).into_actor(self).map(|result, act, ctx| match result {
                     Ok(Ok(())) => {} // now wait for ReadDone
                     Ok(Err(refusal)) => act.finish(ctx, refusal_reply(refusal)),
@@ -132,10 +138,11 @@ impl Handler<ReadDone> for Waiter {
     type Result = ();
 
     fn handle(&mut self, msg: ReadDone, ctx: &mut Self::Context) {
-        let reply = match msg.0 {
+        let reply = match msg.result {
             Ok(result) => Reply::from(result),
             Err(why) => try_again(&why),
         };
+        self.reserved = msg.reserved;
         self.finish(ctx, reply);
     }
 }

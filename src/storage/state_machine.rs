@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Version of the image [`StateMachine::snapshot`] writes.
 const IMAGE_FORMAT_VERSION: u32 = 1;
+/// Most bytes of keys and values one RAWSCAN answers (it stops early, after at least one pair).
+pub const MAX_SCAN_REPLY_BYTES: usize = 32 * 1024 * 1024;
 
 /// An image part is closed once it passes this many bytes of keys and values, so no part nears the
 /// codec's decode limit (a single key and value are far below it).
@@ -166,13 +168,41 @@ impl StateMachine {
                 CommandResult::Integer(found as i64)
             }
             Command::Scan { cf, start, limit } => {
-                let limit = usize::try_from(*limit).unwrap_or(usize::MAX);
-                CommandResult::Pairs(self.engine.scan_cf(*cf, start, limit))
+                let pairs = self.scan_pairs(*cf, start, *limit).map(|(k, v)| (k.to_vec(), v.to_vec()));
+                CommandResult::Pairs(pairs.collect())
             }
             Command::Put { .. } | Command::Append { .. } | Command::Delete { .. } => {
                 CommandResult::Error("a write cannot be served as a read".to_string())
             }
         }
+    }
+
+    /// Bytes of keys and values [`read`](Self::read) would answer `command` with, without copying.
+    pub fn read_reply_bytes(&self, command: &Command) -> usize {
+        match command {
+            Command::Get { cf, key } => self.engine.get_cf(*cf, key).map_or(0, <[u8]>::len),
+            Command::Scan { cf, start, limit } => {
+                self.scan_pairs(*cf, start, *limit).map(|(k, v)| k.len() + v.len()).sum()
+            }
+            _ => 0,
+        }
+    }
+
+    /// The pairs a scan answers: up to `limit`, and no more than [`MAX_SCAN_REPLY_BYTES`] of keys
+    /// and values (at least one pair), so one reply stays bounded; a client goes on from the last key.
+    fn scan_pairs<'a>(
+        &'a self,
+        cf: ColumnFamily,
+        start: &[u8],
+        limit: u64,
+    ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut bytes = 0usize;
+        self.engine.iter_cf(cf, start).take(limit).take_while(move |(k, v)| {
+            let first = bytes == 0;
+            bytes += k.len() + v.len();
+            first || bytes <= MAX_SCAN_REPLY_BYTES
+        })
     }
 
     /// An image of the whole state: engine, sessions and applied index.
