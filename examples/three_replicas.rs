@@ -78,7 +78,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             session: None,
             command: Command::Append { key: b"greeting".to_vec(), value: b", world".to_vec() },
         },
-        WaiterTask::Read(Command::Get { cf: ColumnFamily::Default, key: b"greeting".to_vec() }),
+        WaiterTask::Read(
+            Command::Get { cf: ColumnFamily::Default, key: b"greeting".to_vec() },
+            Default::default(), // a fresh reply budget: nothing else is queued for this printer
+        ),
     ];
     for (seq, task) in tasks.into_iter().enumerate() {
         Waiter::new(seq as u64, task, consensus.clone(), printer.clone(), timeout).start();
