@@ -647,3 +647,30 @@ fn interleaved_reads_are_released_without_ticks() {
     released.sort_unstable();
     assert_eq!(released, (0..50).collect::<Vec<u64>>());
 }
+
+// Proposals are bounded in bytes beyond the commit index (one entry always fits), so one Ready and
+// the appends in flight stay bounded whatever the size of the clients' writes; committing frees
+// the budget.
+#[test]
+fn uncommitted_bytes_bound_proposals() {
+    let mut net = Net::new(3, false, false);
+    elect(&mut net, 1);
+    let max = net.node(1).config().max_uncommitted_bytes;
+    let big = vec![7u8; max / 4];
+    net.isolate(2);
+    net.isolate(3);
+    let mut accepted = 0;
+    while net.node(1).propose(big.clone()).is_ok() {
+        accepted += 1;
+        assert!(accepted < 10, "never Busy");
+    }
+    assert_eq!(accepted, 3, "three quarter-budget entries fit beside the no-op, the fourth does not");
+    assert!(matches!(net.node(1).propose(big.clone()), Err(ProposeError::Busy)));
+    net.heal();
+    net.stabilize();
+    assert_eq!(net.node(1).log().committed(), net.node(1).log().last_index());
+    net.node(1).propose(big.clone()).expect("committing freed the budget");
+    // A single entry larger than the whole budget is accepted when nothing else is pending.
+    net.stabilize();
+    net.node(1).propose(vec![1u8; max + 1]).expect("one entry always fits");
+}

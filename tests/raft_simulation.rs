@@ -159,6 +159,8 @@ impl Sim {
         config.seed = seed ^ (id << 32) ^ node.restarts;
         config.max_inflight_appends = 8;
         config.max_append_bytes = 64;
+        // A few entries' worth, so leaders under load hit the uncommitted-bytes bound (Busy).
+        config.max_uncommitted_bytes = 1024;
         let disk = node.disk.clone();
         node.core = Some(RaftCore::new(config, disk.hard_state, disk.snapshot, disk.entries));
         node.state = disk.snapshot_state;

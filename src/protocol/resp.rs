@@ -797,13 +797,28 @@ mod tests {
     #[test]
     fn negative_bulk_length_keeps_the_stream_in_sync() {
         let buf = b"*2\r\n$-1\r\n$1\r\nk\r\nPING\r\n";
-        match parse_request(buf) {
-            ParseOutcome::LimitError { message, consumed } => {
-                assert!(message.contains("negative"));
-                assert_eq!(&buf[consumed..], b"PING\r\n");
+        let mut parser = RequestParser::new();
+        let mut at = 0;
+        let mut outcomes = Vec::new();
+        loop {
+            let outcome = parser.parse(&buf[at..]);
+            match &outcome {
+                ParseOutcome::LimitError { consumed, .. } | ParseOutcome::Skipped { consumed } => {
+                    at += consumed
+                }
+                ParseOutcome::Request { .. } => {
+                    outcomes.push(outcome);
+                    break;
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
+            outcomes.push(outcome);
         }
+        assert!(
+            matches!(&outcomes[0], ParseOutcome::LimitError { message, .. } if message.contains("negative"))
+        );
+        assert!(outcomes[1..outcomes.len() - 1].iter().all(|o| matches!(o, ParseOutcome::Skipped { .. })));
+        assert_eq!(outcomes.last(), Some(&ParseOutcome::Request { args: args(&[b"PING"]), consumed: 6 }));
     }
 
     #[test]
@@ -817,7 +832,7 @@ mod tests {
         assert_eq!(parser.parse(b""), ParseOutcome::Incomplete);
         assert_eq!(parser.parse(b"aa\r\nPING\r\n"), ParseOutcome::Skipped { consumed: 4 });
         assert_eq!(parser.parse(b"PING\r\n"), ParseOutcome::Request { args: args(&[b"PING"]), consumed: 6 });
-        assert!(matches!(parse_request(&long), ParseOutcome::Fatal(_)));
+        assert!(matches!(parse_request(&long), ParseOutcome::LimitError { .. }));
     }
 
     #[test]

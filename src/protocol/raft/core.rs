@@ -32,6 +32,9 @@ pub struct Config {
     pub max_apply_bytes: usize,
     /// Proposals accepted beyond the commit index before `propose` answers `Busy`.
     pub max_uncommitted_entries: u64,
+    /// Bytes of entries beyond the commit index before `propose` answers `Busy` (one entry is
+    /// always accepted), which bounds what one `Ready` writes and what is in flight to followers.
+    pub max_uncommitted_bytes: usize,
     /// Run a pre-vote round before a real election (Raft §9.6).
     pub pre_vote: bool,
     /// A leader steps down if a quorum has not answered within an election timeout; a node
@@ -53,6 +56,7 @@ impl Config {
             max_append_bytes: 1 << 20,
             max_apply_bytes: 4 << 20,
             max_uncommitted_entries: 100_000,
+            max_uncommitted_bytes: 64 << 20,
             pre_vote: true,
             check_quorum: true,
             seed: id,
@@ -400,6 +404,10 @@ impl RaftCore {
             return Err(ProposeError::NotLeader { leader: self.leader });
         }
         if self.log.last_index() - self.log.committed() >= self.config.max_uncommitted_entries {
+            return Err(ProposeError::Busy);
+        }
+        let pending = self.log.uncommitted_bytes();
+        if pending > 0 && pending + data.len() > self.config.max_uncommitted_bytes {
             return Err(ProposeError::Busy);
         }
         let index = self.log.last_index() + 1;

@@ -24,6 +24,8 @@ pub struct RaftLog {
     applied: u64,
     /// Sum of `size_bytes` over `entries`, kept as entries come and go (read on every Ready).
     entries_bytes: usize,
+    /// Sum of `size_bytes` over the entries after `committed` (the leader's proposal budget).
+    uncommitted_bytes: usize,
 }
 
 impl RaftLog {
@@ -41,7 +43,16 @@ impl RaftLog {
         let last = snapshot.index + entries.len() as u64;
         let committed = committed.clamp(snapshot.index, last);
         let entries_bytes = entries.iter().map(Entry::size_bytes).sum();
-        RaftLog { snapshot, entries, stabled: last, committed, applied: snapshot.index, entries_bytes }
+        let uncommitted_bytes = entries.iter().filter(|e| e.index > committed).map(Entry::size_bytes).sum();
+        RaftLog {
+            snapshot,
+            entries,
+            stabled: last,
+            committed,
+            applied: snapshot.index,
+            entries_bytes,
+            uncommitted_bytes,
+        }
     }
 
     /// The compacted prefix's position.
@@ -150,10 +161,14 @@ impl RaftLog {
                 "gap in append"
             );
             let keep = (entry.index - self.snapshot.index - 1) as usize;
-            self.entries_bytes -= self.entries[keep..].iter().map(Entry::size_bytes).sum::<usize>();
+            // Everything dropped lies past the commit mark (asserted above).
+            let dropped = self.entries[keep..].iter().map(Entry::size_bytes).sum::<usize>();
+            self.entries_bytes -= dropped;
+            self.uncommitted_bytes -= dropped;
             self.entries.truncate(keep);
             self.stabled = self.stabled.min(entry.index - 1);
             self.entries_bytes += entry.size_bytes();
+            self.uncommitted_bytes += entry.size_bytes();
             self.entries.push(entry.clone());
         }
         self.last_index()
@@ -188,10 +203,22 @@ impl RaftLog {
     pub fn commit_to(&mut self, index: u64) -> bool {
         let index = index.min(self.last_index());
         if index > self.committed {
+            let from = (self.committed.max(self.snapshot.index) - self.snapshot.index) as usize;
+            let to = (index - self.snapshot.index) as usize;
+            self.uncommitted_bytes -= self.entries[from..to].iter().map(Entry::size_bytes).sum::<usize>();
             self.committed = index;
             return true;
         }
         false
+    }
+
+    /// Bytes of the entries after the commit mark.
+    pub fn uncommitted_bytes(&self) -> usize {
+        debug_assert_eq!(
+            self.uncommitted_bytes,
+            self.entries.iter().filter(|e| e.index > self.committed).map(Entry::size_bytes).sum::<usize>()
+        );
+        self.uncommitted_bytes
     }
 
     /// Records that the state machine has been handed everything up to `index`.
@@ -206,6 +233,7 @@ impl RaftLog {
         self.snapshot = meta;
         self.entries.clear();
         self.entries_bytes = 0;
+        self.uncommitted_bytes = 0;
         self.stabled = meta.index;
         self.committed = meta.index;
         self.applied = meta.index;
