@@ -505,6 +505,53 @@ fn a_client_that_does_not_read_its_replies_is_closed_with_memory_bounded() {
     let _ = server.wait();
 }
 
+// Clients sending huge requests never starve consensus: 24 pipelined EXISTS of 1,000 keys of 64 KiB
+// (62.5 MiB each) to the leader of three processes are answered, and the leader keeps its term
+// (each used to cost 13-24 s of CPU in parsing, and the leader was deposed).
+#[test]
+fn huge_requests_do_not_depose_the_leader() {
+    use std::io::{Read, Write};
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Layout { client, args, .. } = layout(dir.path(), "huge-requests");
+    let mut servers: Vec<Child> =
+        (0..3).map(|i| spawn_server(&args[i], &dir.path().join(format!("log{}", i + 1)))).collect();
+    let leader = wait_for("a leader", || {
+        client.iter().find(|c| info_field(c, "role").as_deref() == Some("leader")).cloned()
+    });
+    let term = info_field(&leader, "term").expect("term");
+    let key = vec![b'k'; 64 * 1024];
+    let mut args: Vec<&[u8]> = vec![b"EXISTS"];
+    args.extend(std::iter::repeat_n(&key[..], 1000));
+    let mut request = Vec::new();
+    quorumkv::protocol::resp::encode_request(&args, &mut request);
+    let mut conn = std::net::TcpStream::connect(&leader).expect("connect");
+    conn.set_read_timeout(Some(WAIT)).expect("timeout");
+    let writer = {
+        let mut conn = conn.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for _ in 0..24 {
+                conn.write_all(&request).expect("send");
+            }
+        })
+    };
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 256];
+    while got.iter().filter(|&&b| b == b'\n').count() < 24 {
+        let n = conn.read(&mut chunk).expect("all 24 replies");
+        assert!(n > 0, "connection closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    writer.join().expect("writer");
+    assert_eq!(String::from_utf8_lossy(&got), ":0\r\n".repeat(24));
+    assert_eq!(info_field(&leader, "role").as_deref(), Some("leader"));
+    assert_eq!(info_field(&leader, "term"), Some(term), "no election meanwhile");
+    for s in &mut servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}
+
 // PRODUCT.md: a flag that does not apply where it is given is an error with exit code 1, never
 // silently ignored, and nothing is written.
 #[test]

@@ -25,7 +25,8 @@ pub struct StopListener;
 
 /// The listener for peer connections.
 pub struct PeerListener {
-    listener: Option<TcpListener>,
+    /// A std listener, so the actor can be started on another thread's runtime and register it there.
+    listener: Option<std::net::TcpListener>,
     /// Who may connect; shared with every connection it serves.
     check: Arc<InboundCheck>,
     consensus: Recipient<Inbound>,
@@ -33,9 +34,10 @@ pub struct PeerListener {
 }
 
 impl PeerListener {
-    /// A listener on `listener` for members of `cluster_name`, delivering to `consensus`.
+    /// A listener on `listener` (non-blocking) for members of `cluster_name`, delivering to
+    /// `consensus`.
     pub fn new(
-        listener: TcpListener,
+        listener: std::net::TcpListener,
         cluster_name: String,
         id: NodeId,
         members: Vec<NodeId>,
@@ -150,7 +152,15 @@ impl Actor for PeerListener {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let Some(listener) = self.listener.take() else { return };
-        accept_into(self, ctx, listener, "peer listener");
+        match TcpListener::from_std(listener) {
+            Ok(listener) => accept_into(self, ctx, listener, "peer listener"),
+            Err(e) => {
+                // The replica cannot hear its peers: say so loudly rather than run deaf.
+                log::error!("peer listener: cannot register the listening socket: {e}");
+                self.status.mark_stopped(&format!("peer listener failed: {e}"));
+                ctx.stop();
+            }
+        }
     }
 }
 

@@ -208,6 +208,8 @@ pub struct Replica {
     disk: Addr<DiskWriter>,
     disk_arbiter: Arbiter,
     snapshot_arbiter: Arbiter,
+    /// The thread consensus, peer links and the peer listener run on.
+    consensus_arbiter: Arbiter,
 }
 
 impl Replica {
@@ -277,20 +279,28 @@ impl Replica {
             version: PEER_PROTOCOL_VERSION,
             client_addr: client_addr.to_string(),
         };
+        // Consensus, its peer links and the peer listener run on a thread of their own, so client
+        // work on the main runtime (parsing, replies, waiters) can never delay heartbeats,
+        // elections or acknowledgements.
+        let consensus_arbiter = Arbiter::new();
+        let on_consensus = consensus_arbiter.handle();
         let mut links = Vec::new();
         let transport = match transport {
             Some(t) => t,
             None => {
                 let mut map = BTreeMap::new();
                 for (&id, addr) in config.peers.iter().filter(|(&id, _)| id != config.id) {
-                    let link = PeerLink::new(id, addr.clone(), handshake.clone()).start();
+                    let (addr, handshake) = (addr.clone(), handshake.clone());
+                    let link = PeerLink::start_in_arbiter(&on_consensus, move |_| {
+                        PeerLink::new(id, addr, handshake)
+                    });
                     links.push(link.clone());
                     map.insert(id, link);
                 }
                 Box::new(TcpTransport::new(map))
             }
         };
-        let consensus = Consensus::new(ConsensusParts {
+        let parts = ConsensusParts {
             core,
             disk: disk.clone(),
             snapshotter,
@@ -300,18 +310,22 @@ impl Replica {
             transport,
             status: status.clone(),
             tick: Duration::from_millis(config.tick_ms.max(1)),
-        })
-        .start();
+        };
+        let consensus = Consensus::start_in_arbiter(&on_consensus, move |_| Consensus::new(parts));
         let members: Vec<NodeId> = config.peers.keys().copied().collect();
-        let peer_listener = PeerListener::new(
-            peer_listener,
+        let peer_std = peer_listener
+            .into_std()
+            .map_err(|source| ReplicaError::Bind { addr: config.peer_addr.clone(), source })?;
+        let (cluster_name, id, listener_members, inbound, listener_status) = (
             config.cluster_name.clone(),
             config.id,
             members.clone(),
             consensus.clone().recipient(),
             status.clone(),
-        )
-        .start();
+        );
+        let peer_listener = PeerListener::start_in_arbiter(&on_consensus, move |_| {
+            PeerListener::new(peer_std, cluster_name, id, listener_members, inbound, listener_status)
+        });
         let env = ConnectionEnv {
             consensus: consensus.clone(),
             status: status.clone(),
@@ -340,6 +354,7 @@ impl Replica {
             disk,
             disk_arbiter,
             snapshot_arbiter,
+            consensus_arbiter,
         })
     }
 
@@ -360,6 +375,8 @@ impl Replica {
         let _ = self.consensus.send(StopConsensus).await;
         let _ = self.applier.send(StopApplier).await;
         let _ = self.disk.send(CloseDisk).await;
+        self.consensus_arbiter.stop();
+        let _ = self.consensus_arbiter.join();
         self.disk_arbiter.stop();
         let _ = self.disk_arbiter.join();
         self.snapshot_arbiter.stop();

@@ -10,7 +10,7 @@ use crate::protocol::peer_wire::PeerFrame;
 use crate::protocol::raft::NodeId;
 
 /// Sends frames (Raft messages, snapshot chunks) to other members. Delivery is best effort: Raft retransmits what is lost.
-pub trait Transport: 'static {
+pub trait Transport: Send + 'static {
     /// Queues `frame` for `frame.to()`; never blocks, may drop.
     fn send(&mut self, frame: PeerFrame);
 }
