@@ -82,12 +82,16 @@ impl<T> Tail<T> {
         Ok(())
     }
 
+    /// Whether the entry at `meta.index` is present with `meta.term` (or lies before this tail).
+    pub(crate) fn matches(&self, meta: SnapshotMeta) -> bool {
+        self.term(meta.index) == Some(meta.term) || meta.index < self.base && !self.slots.is_empty()
+    }
+
     /// Applies a snapshot marker (Raft §7): entries after `meta` survive only if the entry at
     /// `meta.index` is present with `meta.term` (or lies before this tail). Returns whether the
     /// entry at `meta.index` matched, in which case segments ending at `meta.index` may go.
     pub(crate) fn compact(&mut self, meta: SnapshotMeta) -> bool {
-        let matched =
-            self.term(meta.index) == Some(meta.term) || meta.index < self.base && !self.slots.is_empty();
+        let matched = self.matches(meta);
         let keeps_suffix = match self.last() {
             Some(last) if meta.index < last => {
                 meta.index < self.base || self.term(meta.index) == Some(meta.term)

@@ -19,6 +19,9 @@ pub enum RecordKind {
     Entry = 2,
     /// An encoded `SnapshotMeta`: the log is compacted up to that index.
     SnapshotMarker = 3,
+    /// An encoded `SnapshotMeta`: the log is compacted up to that index and every entry after it
+    /// is discarded (a snapshot that the log disagrees with, Raft §7).
+    LogCleared = 4,
 }
 
 impl RecordKind {
@@ -27,6 +30,7 @@ impl RecordKind {
             1 => Some(RecordKind::HardState),
             2 => Some(RecordKind::Entry),
             3 => Some(RecordKind::SnapshotMarker),
+            4 => Some(RecordKind::LogCleared),
             _ => None,
         }
     }

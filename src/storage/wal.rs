@@ -219,26 +219,29 @@ impl Wal {
     ///
     /// Entries after `meta.index` are kept if the log holds `meta.index` with `meta.term`;
     /// otherwise the whole log is discarded (Raft §7, a follower installing a snapshot). Deleted
-    /// are the oldest closed segments whose entries all lie at or below `meta.index` (strictly
-    /// below when the log was discarded, so replay reaches the same decision); the active segment
-    /// never is. A marker at or below the current one is ignored.
+    /// are the oldest closed segments whose live entries all lie at or below `meta.index`; when
+    /// the log is discarded, a [`RecordKind::LogCleared`] record says so (replay cannot tell from
+    /// what is left which entries were dropped) and every closed segment goes. The active segment
+    /// never is deleted. A marker at or below the current one is ignored.
     pub fn compact(&mut self, meta: SnapshotMeta) -> Result<()> {
         if meta.index <= self.snapshot.index {
             return Ok(());
         }
         self.check_usable()?;
+        let kept_suffix = self.tail.matches(meta);
+        let kind = if kept_suffix { RecordKind::SnapshotMarker } else { RecordKind::LogCleared };
         let mut buf = Vec::new();
-        push_record(&mut buf, RecordKind::SnapshotMarker, &codec::encode(&meta)?)?;
+        push_record(&mut buf, kind, &codec::encode(&meta)?)?;
         self.write_durably(&buf)?;
-        let kept_suffix = self.tail.compact(meta);
+        let matched = self.tail.compact(meta);
+        assert_eq!(matched, kept_suffix, "the marker's kind follows the tail's decision");
         self.snapshot = meta;
         assert_eq!(self.tail.base, meta.index + 1, "the tail starts right after the snapshot");
         let mut deleted = false;
         while let Some(oldest) = self.closed.front() {
             let covered = match oldest.max_index {
                 None => true,
-                Some(max) if kept_suffix => max <= meta.index,
-                Some(max) => max < meta.index,
+                Some(max) => !kept_suffix || max <= meta.index,
             };
             if !covered {
                 break;
@@ -542,7 +545,7 @@ impl Replay {
                     self.hard_state =
                         codec::decode(raw.payload).map_err(|e| corrupt(format!("hard state: {e}")))?;
                 }
-                RecordKind::SnapshotMarker => {
+                RecordKind::SnapshotMarker | RecordKind::LogCleared => {
                     let meta: SnapshotMeta =
                         codec::decode(raw.payload).map_err(|e| corrupt(format!("snapshot marker: {e}")))?;
                     if meta.index < self.snapshot.index {
@@ -552,7 +555,10 @@ impl Replay {
                         )));
                     }
                     if meta.index > self.snapshot.index {
-                        if let Some(tail) = self.tail.as_mut() {
+                        if raw.kind == RecordKind::LogCleared {
+                            // Nothing written before this record survives past the snapshot.
+                            self.tail = None;
+                        } else if let Some(tail) = self.tail.as_mut() {
                             tail.compact(meta);
                         }
                         self.snapshot = meta;
