@@ -1,5 +1,7 @@
 //! One outbound connection to another member: handshake, frames, reconnect with back-off.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -12,6 +14,8 @@ use crate::protocol::raft::NodeId;
 
 /// Frames queued for one peer before new ones are dropped (Raft resends what matters).
 pub const PEER_QUEUE_FRAMES: usize = 1024;
+/// Bytes queued for one peer before new frames are dropped (one frame always fits an empty queue).
+pub const PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// First reconnect delay.
 pub const RECONNECT_MIN_MS: u64 = 20;
 /// Longest reconnect delay.
@@ -41,6 +45,8 @@ pub struct PeerLink {
     handshake: Handshake,
     /// The current connection's queue, if connected.
     queue: Option<mpsc::Sender<Vec<u8>>>,
+    /// Bytes in the current connection's queue, shared with its writer.
+    queued_bytes: Arc<AtomicUsize>,
     /// Bumped on every connection attempt, so a stale "ended" notice is ignored.
     generation: u64,
     backoff_ms: u64,
@@ -55,6 +61,7 @@ impl PeerLink {
             addr,
             handshake,
             queue: None,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
             generation: 0,
             backoff_ms: RECONNECT_MIN_MS,
             dropped: 0,
@@ -73,6 +80,9 @@ impl PeerLink {
             }
         };
         let (tx, rx) = mpsc::channel(PEER_QUEUE_FRAMES);
+        // A new connection starts with an empty queue.
+        self.queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queued_bytes = self.queued_bytes.clone();
         let me = ctx.address();
         let connect = async move {
             let stream =
@@ -87,7 +97,8 @@ impl PeerLink {
                 log::info!("replica {}: connected to peer {} at {}", act.handshake.from, act.peer, act.addr);
                 act.backoff_ms = RECONNECT_MIN_MS;
                 act.queue = Some(tx);
-                ctx.spawn(write_loop(stream, handshake, rx, me, generation).into_actor(act));
+                let queue = (rx, queued_bytes);
+                ctx.spawn(write_loop(stream, handshake, queue, me, generation).into_actor(act));
             }
             Err(e) => {
                 log::debug!("peer link to {} at {}: {e}", act.peer, act.addr);
@@ -108,7 +119,7 @@ impl PeerLink {
 async fn write_loop(
     stream: TcpStream,
     handshake: Vec<u8>,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    (mut rx, queued_bytes): (mpsc::Receiver<Vec<u8>>, Arc<AtomicUsize>),
     link: Addr<PeerLink>,
     generation: u64,
 ) {
@@ -118,8 +129,10 @@ async fn write_loop(
         writer.flush().await?;
         while let Some(frame) = rx.recv().await {
             writer.write_all(&frame).await?;
+            queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
             while let Ok(frame) = rx.try_recv() {
                 writer.write_all(&frame).await?;
+                queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
             }
             writer.flush().await?;
         }
@@ -150,8 +163,13 @@ impl Handler<SendToPeer> for PeerLink {
         };
         match encode_frame(&msg.0) {
             Ok(frame) => {
-                if queue.try_send(frame).is_err() {
+                let len = frame.len();
+                let queued = self.queued_bytes.load(Ordering::Relaxed);
+                let fits = queued == 0 || queued + len <= PEER_QUEUE_BYTES;
+                self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+                if !fits || queue.try_send(frame).is_err() {
                     // Full or closing: drop rather than grow; Raft retransmits.
+                    self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
                     self.dropped += 1;
                 }
             }
