@@ -67,6 +67,9 @@ pub struct ReplicaConfig {
     pub max_clients: usize,
     /// Close a client connection idle this long with nothing in flight (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Seed of the election-timeout draws (`None`: from the clock), so a test's printed seed
+    /// replays the same elections.
+    pub seed: Option<u64>,
 }
 
 impl ReplicaConfig {
@@ -94,6 +97,7 @@ impl ReplicaConfig {
             wal_segment_bytes: crate::storage::wal::DEFAULT_SEGMENT_BYTES,
             max_clients: super::front_end::DEFAULT_MAX_CLIENTS,
             idle_timeout: None,
+            seed: None,
         }
     }
 
@@ -102,10 +106,11 @@ impl ReplicaConfig {
         let mut config = Config::new(self.id, self.peers.keys().copied().collect());
         config.election_timeout_ticks = (self.election_timeout_ms / tick).max(2) as u32;
         config.heartbeat_ticks = (self.heartbeat_ms / tick).max(1) as u32;
-        // Election timeouts differ between runs and members even with the same id.
-        let nanos =
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        config.seed = nanos ^ self.id.rotate_left(32);
+        // Election timeouts differ between members, and between runs unless a seed is given.
+        let seed = self.seed.unwrap_or_else(|| {
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        });
+        config.seed = seed ^ self.id.rotate_left(32);
         config.validate().map_err(ReplicaError::Config)?;
         Ok(config)
     }

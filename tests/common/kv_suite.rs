@@ -269,6 +269,8 @@ pub fn start_cluster(spec: &Spec, seed: u64) -> TestCluster {
     let threshold = spec.snapshot_threshold;
     TestCluster::start_sim(spec.replicas, seed, faults, move |c| {
         c.request_timeout_ms = 1500;
+        // Elections drawn from the test's seed too, so QKV_SEED replays them.
+        c.seed = Some(seed);
         if let Some(t) = threshold {
             c.snapshot_threshold_bytes = t;
             c.wal_segment_bytes = 64 * 1024;
