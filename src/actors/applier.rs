@@ -11,6 +11,7 @@ use super::status::StatusBoard;
 use crate::protocol::codec;
 use crate::protocol::command::{Command, CommandResult, Proposal};
 use crate::protocol::raft::{Entry, SnapshotMeta};
+use crate::protocol::watch::{watch_verdict, Applied, WatchKey, WatchVerdict};
 use crate::storage::StateMachine;
 
 /// What became of a watched index.
@@ -131,16 +132,19 @@ impl Applier {
         self.status.publish_applied(self.state.applied_index(), engine.len() as u64, engine.digest());
     }
 
-    /// Settles every watch at or below `index`; only the exact match of `own` succeeds.
+    /// Settles every watch at or below `index` by the waiter's success rule ([`watch_verdict`]).
     fn settle(&mut self, index: u64, own: Option<(u64, u64, &CommandResult)>) {
+        let applied = Applied { index, proposal: own.map(|(term, request_id, _)| (term, request_id)) };
         let settled: Vec<u64> = self.watches.range(..=index).map(|(&i, _)| i).collect();
         for i in settled {
             for w in self.watches.remove(&i).unwrap_or_default() {
-                let outcome = match own {
-                    Some((term, request_id, result))
-                        if i == index && w.term == term && w.request_id == request_id =>
-                    {
-                        WatchOutcome::Applied(result.clone())
+                let key = WatchKey { index: i, term: w.term, request_id: w.request_id };
+                let outcome = match (watch_verdict(key, applied), own) {
+                    (WatchVerdict::Own, Some((_, _, result))) => WatchOutcome::Applied(result.clone()),
+                    (WatchVerdict::Pending, _) => {
+                        // Cannot happen (only watches at or below `index` are here); keep it waiting.
+                        self.watches.entry(i).or_default().push(w);
+                        continue;
                     }
                     _ => WatchOutcome::Superseded,
                 };

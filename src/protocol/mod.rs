@@ -7,3 +7,4 @@ pub mod raft;
 pub mod request;
 pub mod resp;
 pub mod rng;
+pub mod watch;
