@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix::prelude::*;
+use quorumkv::actors::connection::WaiterDone;
 use quorumkv::actors::replica::{bind, Replica, ReplicaConfig};
-use quorumkv::actors::waiter::{Waiter, WaiterDone, WaiterTask};
+use quorumkv::actors::waiter::{Waiter, WaiterTask};
 use quorumkv::protocol::command::{ColumnFamily, Command};
 use quorumkv::protocol::resp::format_reply;
 

@@ -8,42 +8,12 @@ use actix::prelude::*;
 use super::connection::ReplyBudget;
 use super::snapshotter::{SaveState, SavedSnapshot, Snapshotter};
 use super::status::StatusBoard;
+use super::waiter::{ReadDone, WatchFired, WatchOutcome};
 use crate::protocol::codec;
 use crate::protocol::command::{Command, CommandResult, Proposal};
 use crate::protocol::raft::{Entry, SnapshotMeta};
 use crate::protocol::watch::{watch_verdict, Applied, WatchKey, WatchVerdict};
 use crate::storage::StateMachine;
-
-/// What became of a watched index.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WatchOutcome {
-    /// The watcher's own entry was applied there, with this result.
-    Applied(CommandResult),
-    /// Another entry was applied there, or the term moved on first: the outcome is unknown.
-    Superseded,
-}
-
-/// Sent to a watcher when its index is settled.
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "()")]
-pub struct WatchFired(pub WatchOutcome);
-
-/// The answer to a read served by the applier.
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "()")]
-pub struct ReadDone {
-    /// The result, or why the read could not be served (answered `-TRYAGAIN`).
-    pub result: Result<CommandResult, String>,
-    /// Bytes reserved for the reply in the connection's [`ReplyBudget`].
-    pub reserved: usize,
-}
-
-impl ReadDone {
-    /// A read that could not be served, for `why`.
-    pub fn failed(why: impl Into<String>) -> ReadDone {
-        ReadDone { result: Err(why.into()), reserved: 0 }
-    }
-}
 
 /// Register interest in the entry proposed at `index` in `term` with `request_id`.
 ///

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::consensus::Consensus;
 use super::status::StatusBoard;
-use super::waiter::{Waiter, WaiterDone, WaiterTask};
+use super::waiter::{Waiter, WaiterTask};
 use crate::protocol::raft::NodeId;
 use crate::protocol::request::{parse_client_request, ClientRequest};
 use crate::protocol::resp::{ParseOutcome, Reply, RequestParser};
@@ -76,6 +76,18 @@ pub struct ConnectionEnv {
     pub request_timeout: Duration,
     /// Close the connection once it has been idle this long with nothing in flight.
     pub idle_timeout: Option<Duration>,
+}
+
+/// A waiter's result, for the connection that started it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WaiterDone {
+    /// The request's position on its connection.
+    pub seq: u64,
+    /// The reply to write.
+    pub reply: Reply,
+    /// Bytes the applier reserved for it in the connection's [`ReplyBudget`].
+    pub reserved: usize,
 }
 
 /// One parsed request from the reader, with the permit that bounds requests in flight.

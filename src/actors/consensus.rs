@@ -10,14 +10,13 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::applier::{
-    Applier, ApplyEntries, ReadDone, Restore, ServeRead, TakeSnapshot, TermChanged, Watch, WatchFired,
-};
+use super::applier::{Applier, ApplyEntries, Restore, ServeRead, TakeSnapshot, TermChanged, Watch};
 use super::connection::ReplyBudget;
 use super::disk::{DiskWriter, Persist};
 use super::snapshotter::{LoadLatest, SaveImage, SavedSnapshot, Snapshotter};
 use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
+use super::waiter::{ReadDone, WatchFired};
 use crate::protocol::command::Command;
 use crate::protocol::peer_wire::{PeerFrame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES};
 use crate::protocol::raft::{

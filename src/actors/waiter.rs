@@ -6,26 +6,44 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::applier::{ReadDone, WatchFired, WatchOutcome};
-use super::connection::ReplyBudget;
+use super::connection::{ReplyBudget, WaiterDone};
 use super::consensus::{Consensus, Propose, ReadIndex, Refusal};
 use crate::protocol::codec;
-use crate::protocol::command::{Command, Proposal, SessionTag};
+use crate::protocol::command::{Command, CommandResult, Proposal, SessionTag};
 use crate::protocol::resp::Reply;
 
 /// Source of request ids, unique within this process (with the term, unique within the log).
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A waiter's result, for the connection that started it.
-#[derive(Message)]
+/// What became of a watched index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchOutcome {
+    /// The watcher's own entry was applied there, with this result.
+    Applied(CommandResult),
+    /// Another entry was applied there, or the term moved on first: the outcome is unknown.
+    Superseded,
+}
+
+/// Sent to a watcher when its index is settled.
+#[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
-pub struct WaiterDone {
-    /// The request's position on its connection.
-    pub seq: u64,
-    /// The reply to write.
-    pub reply: Reply,
-    /// Bytes the applier reserved for it in the connection's [`ReplyBudget`].
+pub struct WatchFired(pub WatchOutcome);
+
+/// The answer to a read served by the applier.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct ReadDone {
+    /// The result, or why the read could not be served (answered `-TRYAGAIN`).
+    pub result: Result<CommandResult, String>,
+    /// Bytes reserved for the reply in the connection's [`ReplyBudget`].
     pub reserved: usize,
+}
+
+impl ReadDone {
+    /// A read that could not be served, for `why`.
+    pub fn failed(why: impl Into<String>) -> ReadDone {
+        ReadDone { result: Err(why.into()), reserved: 0 }
+    }
 }
 
 /// What a waiter does.
