@@ -109,13 +109,9 @@ impl Applier {
         for i in settled {
             for w in self.watches.remove(&i).unwrap_or_default() {
                 let key = WatchKey { index: i, term: w.term, request_id: w.request_id };
+                // Only watches at or below `index` are here, so none is still pending.
                 let outcome = match (watch_verdict(key, applied), own) {
                     (WatchVerdict::Own, Some((_, _, result))) => WatchOutcome::Applied(result.clone()),
-                    (WatchVerdict::Pending, _) => {
-                        // Cannot happen (only watches at or below `index` are here); keep it waiting.
-                        self.watches.entry(i).or_default().push(w);
-                        continue;
-                    }
                     _ => WatchOutcome::Superseded,
                 };
                 w.watcher.do_send(WatchFired(outcome));

@@ -1,7 +1,7 @@
 //! One client connection: reads RESP requests, starts a waiter for each, writes replies in order.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use super::byte_budget::ByteBudget;
 use super::consensus::Consensus;
 use super::status::StatusBoard;
 use super::waiter::{Waiter, WaiterTask};
@@ -28,33 +29,37 @@ pub const MAX_REPLY_BUFFER_BYTES: usize = 256 * 1024 * 1024;
 
 /// The reply bytes one connection holds unwritten, shared by the connection, its writer and the
 /// applier (which reserves a read's reply before copying it out of the state).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReplyBudget {
-    queued_bytes: AtomicUsize,
+    bytes: ByteBudget,
     overflowed: AtomicBool,
+}
+
+impl Default for ReplyBudget {
+    fn default() -> Self {
+        ReplyBudget { bytes: ByteBudget::new(MAX_REPLY_BUFFER_BYTES), overflowed: AtomicBool::new(false) }
+    }
 }
 
 impl ReplyBudget {
     /// Reserves `bytes` for a reply about to be made; false (and the connection marked to close)
     /// if that would pass [`MAX_REPLY_BUFFER_BYTES`]. A reply to an otherwise empty buffer always fits.
     pub fn try_reserve(&self, bytes: usize) -> bool {
-        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if before > 0 && before + bytes > MAX_REPLY_BUFFER_BYTES {
-            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let fits = self.bytes.try_reserve(bytes);
+        if !fits {
             self.overflowed.store(true, Ordering::Relaxed);
-            return false;
         }
-        true
+        fits
     }
 
     /// Gives back bytes reserved or queued.
     pub fn release(&self, bytes: usize) {
-        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.bytes.release(bytes);
     }
 
     /// Bytes reserved or queued now.
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Ordering::Relaxed)
+        self.bytes.held()
     }
 
     /// True once a reservation was refused: the connection must close.
@@ -181,14 +186,13 @@ impl Connection {
         if !out.is_empty() {
             // The encoded bytes take the place of what the applier reserved for them.
             self.budget.release(reserved);
-            let fits = self.budget.try_reserve(out.len());
-            if !fits || self.budget.overflowed() {
-                return self.close_overflowed(ctx);
-            }
-            if let Some(writer) = &self.writer {
-                let _ = writer.send((out, permits));
+            if self.budget.try_reserve(out.len()) {
+                if let Some(writer) = &self.writer {
+                    let _ = writer.send((out, permits));
+                }
             }
         }
+        // A refused reservation, here or by the applier for a read of this connection.
         if self.budget.overflowed() {
             return self.close_overflowed(ctx);
         }

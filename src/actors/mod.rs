@@ -7,6 +7,7 @@
 
 pub mod accept;
 pub mod applier;
+pub mod byte_budget;
 pub mod connection;
 pub mod consensus;
 pub mod disk;

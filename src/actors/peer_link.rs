@@ -1,6 +1,5 @@
 //! One outbound connection to another member: handshake, frames, reconnect with back-off.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +8,7 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use super::byte_budget::ByteBudget;
 use crate::protocol::peer_wire::{encode_frame, Handshake, PeerFrame};
 use crate::protocol::raft::NodeId;
 
@@ -46,7 +46,7 @@ pub struct PeerLink {
     /// The current connection's queue, if connected.
     queue: Option<mpsc::Sender<Vec<u8>>>,
     /// Bytes in the current connection's queue, shared with its writer.
-    queued_bytes: Arc<AtomicUsize>,
+    queued_bytes: Arc<ByteBudget>,
     /// Bumped on every connection attempt, so a stale "ended" notice is ignored.
     generation: u64,
     backoff_ms: u64,
@@ -61,7 +61,7 @@ impl PeerLink {
             addr,
             handshake,
             queue: None,
-            queued_bytes: Arc::new(AtomicUsize::new(0)),
+            queued_bytes: Arc::new(ByteBudget::new(PEER_QUEUE_BYTES)),
             generation: 0,
             backoff_ms: RECONNECT_MIN_MS,
             dropped: 0,
@@ -81,7 +81,7 @@ impl PeerLink {
         };
         let (tx, rx) = mpsc::channel(PEER_QUEUE_FRAMES);
         // A new connection starts with an empty queue.
-        self.queued_bytes = Arc::new(AtomicUsize::new(0));
+        self.queued_bytes = Arc::new(ByteBudget::new(PEER_QUEUE_BYTES));
         let queued_bytes = self.queued_bytes.clone();
         let me = ctx.address();
         let connect = async move {
@@ -119,7 +119,7 @@ impl PeerLink {
 async fn write_loop(
     stream: TcpStream,
     handshake: Vec<u8>,
-    (mut rx, queued_bytes): (mpsc::Receiver<Vec<u8>>, Arc<AtomicUsize>),
+    (mut rx, queued_bytes): (mpsc::Receiver<Vec<u8>>, Arc<ByteBudget>),
     link: Addr<PeerLink>,
     generation: u64,
 ) {
@@ -129,10 +129,10 @@ async fn write_loop(
         writer.flush().await?;
         while let Some(frame) = rx.recv().await {
             writer.write_all(&frame).await?;
-            queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+            queued_bytes.release(frame.len());
             while let Ok(frame) = rx.try_recv() {
                 writer.write_all(&frame).await?;
-                queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+                queued_bytes.release(frame.len());
             }
             writer.flush().await?;
         }
@@ -164,12 +164,11 @@ impl Handler<SendToPeer> for PeerLink {
         match encode_frame(&msg.0) {
             Ok(frame) => {
                 let len = frame.len();
-                let queued = self.queued_bytes.load(Ordering::Relaxed);
-                let fits = queued == 0 || queued + len <= PEER_QUEUE_BYTES;
-                self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-                if !fits || queue.try_send(frame).is_err() {
-                    // Full or closing: drop rather than grow; Raft retransmits.
-                    self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                if !self.queued_bytes.try_reserve(len) {
+                    // Full: drop rather than grow; Raft retransmits.
+                    self.dropped += 1;
+                } else if queue.try_send(frame).is_err() {
+                    self.queued_bytes.release(len);
                     self.dropped += 1;
                 }
             }

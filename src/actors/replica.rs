@@ -295,10 +295,8 @@ impl Replica {
             None => {
                 let mut map = BTreeMap::new();
                 for (&id, addr) in config.peers.iter().filter(|(&id, _)| id != config.id) {
-                    let (addr, handshake) = (addr.clone(), handshake.clone());
-                    let link = PeerLink::start_in_arbiter(&on_consensus, move |_| {
-                        PeerLink::new(id, addr, handshake)
-                    });
+                    let link = PeerLink::new(id, addr.clone(), handshake.clone());
+                    let link = PeerLink::start_in_arbiter(&on_consensus, move |_| link);
                     links.push(link.clone());
                     map.insert(id, link);
                 }
@@ -316,21 +314,21 @@ impl Replica {
             status: status.clone(),
             tick: Duration::from_millis(config.tick_ms.max(1)),
         };
-        let consensus = Consensus::start_in_arbiter(&on_consensus, move |_| Consensus::new(parts));
+        let consensus = Consensus::new(parts);
+        let consensus = Consensus::start_in_arbiter(&on_consensus, move |_| consensus);
         let members: Vec<NodeId> = config.peers.keys().copied().collect();
         let peer_std = peer_listener
             .into_std()
             .map_err(|source| ReplicaError::Bind { addr: config.peer_addr.clone(), source })?;
-        let (cluster_name, id, listener_members, inbound, listener_status) = (
+        let peer_listener = PeerListener::new(
+            peer_std,
             config.cluster_name.clone(),
             config.id,
             members.clone(),
             consensus.clone().recipient(),
             status.clone(),
         );
-        let peer_listener = PeerListener::start_in_arbiter(&on_consensus, move |_| {
-            PeerListener::new(peer_std, cluster_name, id, listener_members, inbound, listener_status)
-        });
+        let peer_listener = PeerListener::start_in_arbiter(&on_consensus, move |_| peer_listener);
         let env = ConnectionEnv {
             consensus: consensus.clone(),
             status: status.clone(),

@@ -175,7 +175,7 @@ impl StatusBoard {
             ("keys", self.keys.load(Ordering::Relaxed).to_string()),
             ("state_digest", format!("{:016x}", self.state_digest())),
             ("consensus", if stop_reason.is_some() { "stopped" } else { "running" }.to_string()),
-            ("consensus_error", stop_reason.clone().unwrap_or_default()),
+            ("consensus_error", stop_reason.unwrap_or_default()),
         ];
         let mut out = String::from("# Replication\r\n");
         for (k, v) in fields {

@@ -204,10 +204,15 @@ impl RequestParser {
         payload_left: u64,
         elements_left: usize,
     ) -> ParseOutcome {
+        self.skip_rest(payload_left, elements_left);
+        ParseOutcome::LimitError { message, consumed }
+    }
+
+    /// Drops `payload_left` bytes, then `elements_left` elements, from the next calls on (if any).
+    fn skip_rest(&mut self, payload_left: u64, elements_left: usize) {
         if payload_left > 0 || elements_left > 0 {
             self.state = ParserState::Skipping { payload_left, elements_left };
         }
-        ParseOutcome::LimitError { message, consumed }
     }
 
     fn parse_multibulk(&mut self, buf: &[u8], mut partial: Partial) -> ParseOutcome {
@@ -216,22 +221,8 @@ impl RequestParser {
             return ParseOutcome::Incomplete;
         }
         while partial.args.len() < partial.count {
-            let pos = partial.pos;
             let elements_after = partial.count - partial.args.len() - 1;
-            match buf.get(pos) {
-                None => {
-                    self.state = ParserState::Multibulk(partial);
-                    return ParseOutcome::Incomplete;
-                }
-                Some(b'$') => {}
-                Some(&other) => {
-                    return ParseOutcome::Fatal(format!(
-                        "Protocol error: expected '$', got '{}'",
-                        escape_bytes(&[other])
-                    ))
-                }
-            }
-            let (len, data_start) = match read_header(buf, pos + 1, "bulk") {
+            let (len, data_start) = match read_bulk_header(buf, partial.pos) {
                 Ok(Some(header)) => header,
                 Ok(None) => {
                     self.state = ParserState::Multibulk(partial);
@@ -277,19 +268,10 @@ impl RequestParser {
         }
         if payload_left > 0 {
             let dropped = usize::try_from(payload_left).map_or(buf.len(), |left| left.min(buf.len()));
-            let payload_left = payload_left - dropped as u64;
-            if payload_left > 0 || elements_left > 0 {
-                self.state = ParserState::Skipping { payload_left, elements_left };
-            }
+            self.skip_rest(payload_left - dropped as u64, elements_left);
             return ParseOutcome::Skipped { consumed: dropped };
         }
-        if buf[0] != b'$' {
-            return ParseOutcome::Fatal(format!(
-                "Protocol error: expected '$', got '{}'",
-                escape_bytes(&buf[..1])
-            ));
-        }
-        match read_header(buf, 1, "bulk") {
+        match read_bulk_header(buf, 0) {
             Ok(None) => {
                 self.state = ParserState::Skipping { payload_left, elements_left };
                 ParseOutcome::Incomplete
@@ -297,10 +279,7 @@ impl RequestParser {
             Err(message) => ParseOutcome::Fatal(message),
             Ok(Some((len, end))) => {
                 let payload_left = u64::try_from(len).map_or(0, |len| len + 2);
-                let elements_left = elements_left.saturating_sub(1);
-                if payload_left > 0 || elements_left > 0 {
-                    self.state = ParserState::Skipping { payload_left, elements_left };
-                }
+                self.skip_rest(payload_left, elements_left.saturating_sub(1));
                 ParseOutcome::Skipped { consumed: end }
             }
         }
@@ -385,6 +364,15 @@ fn read_header(buf: &[u8], start: usize, what: &str) -> Result<Option<(i64, usiz
     match parse_i64(line) {
         Some(value) => Ok(Some((value, newline + 1))),
         None => Err(format!("Protocol error: invalid {what} length")),
+    }
+}
+
+/// Reads a bulk header (`$len` CRLF) at `pos`: `Ok(None)` if incomplete, `Err` if malformed.
+fn read_bulk_header(buf: &[u8], pos: usize) -> Result<Option<(i64, usize)>, String> {
+    match buf.get(pos) {
+        None => Ok(None),
+        Some(b'$') => read_header(buf, pos + 1, "bulk"),
+        Some(&other) => Err(format!("Protocol error: expected '$', got '{}'", escape_bytes(&[other]))),
     }
 }
 

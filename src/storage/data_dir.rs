@@ -1,9 +1,8 @@
 //! A replica's data directory: its identity (cluster, member) and the lock that makes it exclusive.
 
 use super::error::{io_err, Result, StorageError};
-use super::wal::sync_dir;
+use super::wal::{sync_dir, write_atomically};
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Version of the data dir layout written in the metadata file.
@@ -73,11 +72,7 @@ impl DataDir {
             let text = format!(
                 "format_version={FORMAT_VERSION}\ncluster_name={cluster_name}\nmember_id={member_id}\n"
             );
-            let temp = root.join(META_TEMP);
-            let mut file = File::create(&temp).map_err(io_err("create", &temp))?;
-            file.write_all(text.as_bytes()).map_err(io_err("write", &temp))?;
-            file.sync_all().map_err(io_err("fsync", &temp))?;
-            fs::rename(&temp, &meta_path).map_err(io_err("rename", &temp))?;
+            write_atomically(&meta_path, &root.join(META_TEMP), &[text.as_bytes()])?;
             log::info!(
                 "initialized data dir {} for member {member_id} of cluster {cluster_name:?}",
                 root.display()

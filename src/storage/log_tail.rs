@@ -88,10 +88,8 @@ impl<T> Tail<T> {
     }
 
     /// Applies a snapshot marker (Raft §7): entries after `meta` survive only if the entry at
-    /// `meta.index` is present with `meta.term` (or lies before this tail). Returns whether the
-    /// entry at `meta.index` matched, in which case segments ending at `meta.index` may go.
-    pub(crate) fn compact(&mut self, meta: SnapshotMeta) -> bool {
-        let matched = self.matches(meta);
+    /// `meta.index` is present with `meta.term` (or lies before this tail).
+    pub(crate) fn compact(&mut self, meta: SnapshotMeta) {
         let keeps_suffix = match self.last() {
             Some(last) if meta.index < last => {
                 meta.index < self.base || self.term(meta.index) == Some(meta.term)
@@ -109,6 +107,5 @@ impl<T> Tail<T> {
             self.truncate_from(self.base);
             self.base = meta.index + 1;
         }
-        matched
     }
 }

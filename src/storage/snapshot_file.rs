@@ -4,10 +4,9 @@
 //! [data: len bytes][crc32 u32 of everything before it]`, named `snap-{index:020}-{term:020}.snap`.
 
 use super::error::{io_err, Result, StorageError};
-use super::wal::sync_dir;
+use super::wal::write_atomically;
 use crate::protocol::raft::SnapshotMeta;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 8] = *b"QKVSNAP\0";
@@ -63,15 +62,7 @@ impl SnapshotStore {
         hasher.update(&header);
         hasher.update(data);
         let crc = hasher.finalize();
-        let mut file = File::create(&temp).map_err(io_err("create", &temp))?;
-        file.write_all(&header)
-            .and_then(|()| file.write_all(data))
-            .and_then(|()| file.write_all(&crc.to_le_bytes()))
-            .map_err(io_err("write", &temp))?;
-        file.sync_all().map_err(io_err("fsync", &temp))?;
-        drop(file);
-        fs::rename(&temp, &path).map_err(io_err("rename", &temp))?;
-        sync_dir(&self.dir)?;
+        write_atomically(&path, &temp, &[&header, data, &crc.to_le_bytes()])?;
         for old in self.list()? {
             if old.path != path {
                 fs::remove_file(&old.path).map_err(io_err("remove", &old.path))?;

@@ -233,8 +233,7 @@ impl Wal {
         let mut buf = Vec::new();
         push_record(&mut buf, kind, &codec::encode(&meta)?)?;
         self.write_durably(&buf)?;
-        let matched = self.tail.compact(meta);
-        assert_eq!(matched, kept_suffix, "the marker's kind follows the tail's decision");
+        self.tail.compact(meta);
         self.snapshot = meta;
         assert_eq!(self.tail.base, meta.index + 1, "the tail starts right after the snapshot");
         let mut deleted = false;
@@ -386,6 +385,22 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))
 }
 
+/// Writes `parts` to `path` so that a crash leaves the old file or the new one, never a mix: into
+/// `temp` first, fsync, rename over `path`, fsync the directory.
+pub(crate) fn write_atomically(path: &Path, temp: &Path, parts: &[&[u8]]) -> Result<()> {
+    let mut file = File::create(temp).map_err(io_err("create", temp))?;
+    for part in parts {
+        file.write_all(part).map_err(io_err("write", temp))?;
+    }
+    file.sync_all().map_err(io_err("fsync", temp))?;
+    drop(file);
+    fs::rename(temp, path).map_err(io_err("rename", temp))?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
 /// Creates the witness of a log that has no segment yet (a data dir's first start).
 pub fn init_witness(path: &Path) -> Result<()> {
     write_witness(path, 0)
@@ -393,15 +408,7 @@ pub fn init_witness(path: &Path) -> Result<()> {
 
 /// Records durably that segment `seq` exists with its head records (temp file, fsync, rename).
 fn write_witness(path: &Path, seq: u64) -> Result<()> {
-    let temp = path.with_extension("tmp");
-    let mut file = File::create(&temp).map_err(io_err("create", &temp))?;
-    file.write_all(format!("newest_segment={seq}\n").as_bytes()).map_err(io_err("write", &temp))?;
-    file.sync_all().map_err(io_err("fsync", &temp))?;
-    fs::rename(&temp, path).map_err(io_err("rename", &temp))?;
-    if let Some(parent) = path.parent() {
-        sync_dir(parent)?;
-    }
-    Ok(())
+    write_atomically(path, &path.with_extension("tmp"), &[format!("newest_segment={seq}\n").as_bytes()])
 }
 
 /// The newest segment the witness at `path` records, checked against the segments in `dir`.
