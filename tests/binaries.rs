@@ -97,6 +97,39 @@ fn info_field(addr: &str, field: &str) -> Option<String> {
     stdout(&out).lines().find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
 }
 
+/// A single-replica server on picked ports with its data in `data`: its client address and its
+/// command line (`extra` flags last).
+fn single_server(data: &Path, extra: &[&str]) -> (String, Vec<String>) {
+    let ports = free_ports(2);
+    let client = format!("127.0.0.1:{}", ports[0]);
+    let peers = format!("1=127.0.0.1:{}", ports[1]);
+    let data = data.display().to_string();
+    let fixed = ["--client-addr", &client, "--peers", &peers, "--data-dir", &data];
+    let timings = ["--election-timeout-ms", "300", "--heartbeat-ms", "50"];
+    let args = fixed.iter().chain(&timings).chain(extra).map(|a| a.to_string()).collect();
+    (client, args)
+}
+
+/// Waits until INFO of `addr` says `field:value`.
+fn wait_for_info(addr: &str, field: &str, value: &str) {
+    wait_for(&format!("{field}:{value}"), || {
+        (info_field(addr, field).as_deref() == Some(value)).then_some(())
+    });
+}
+
+/// SIGTERM, then the exit status.
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM").success());
+    wait_for("exit after SIGTERM", || child.try_wait().ok().flatten())
+}
+
+/// SIGKILL, and reap.
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -160,11 +193,7 @@ fn three_processes_survive_kill_9_of_the_leader() {
 
     // SIGTERM: a clean exit with code 0.
     for s in &mut servers {
-        let pid = s.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
-        assert!(status.success());
-        let code = wait_for("exit after SIGTERM", || s.child.try_wait().ok().flatten());
-        assert_eq!(code.code(), Some(0), "exit code after SIGTERM");
+        assert_eq!(terminate(&mut s.child).code(), Some(0), "exit code after SIGTERM");
     }
     // The data dir remembers who it belongs to: another id on it exits 2 and changes nothing.
     let d1 = dir.path().join("d1");
@@ -186,26 +215,8 @@ fn three_processes_survive_kill_9_of_the_leader() {
 fn a_replica_whose_wal_was_emptied_or_deleted_refuses_to_start() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports = free_ports(2);
-    let client = format!("127.0.0.1:{}", ports[0]);
     let data = dir.path().join("data");
-    let args: Vec<String> = [
-        "--client-addr",
-        &client,
-        "--peers",
-        &format!("1=127.0.0.1:{}", ports[1]),
-        "--data-dir",
-        &data.display().to_string(),
-        "--snapshot-threshold",
-        "2000",
-        "--election-timeout-ms",
-        "300",
-        "--heartbeat-ms",
-        "50",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+    let (client, args) = single_server(&data, &["--snapshot-threshold", "2000"]);
     let mut server = spawn_server(&args, &dir.path().join("log"));
     for i in 0..60 {
         let out = cli(&client, &["set", &format!("k{i}"), &"v".repeat(100)]);
@@ -214,9 +225,7 @@ fn a_replica_whose_wal_was_emptied_or_deleted_refuses_to_start() {
     wait_for("a snapshot", || {
         info_field(&client, "snapshot_index").and_then(|v| v.parse::<u64>().ok()).filter(|&i| i > 0)
     });
-    let pid = server.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    wait_for("exit", || server.try_wait().ok().flatten());
+    terminate(&mut server);
     let wal = data.join("wal");
     let segments = || -> Vec<std::path::PathBuf> {
         std::fs::read_dir(&wal).map(|d| d.map(|e| e.expect("entry").path()).collect()).unwrap_or_default()
@@ -226,9 +235,7 @@ fn a_replica_whose_wal_was_emptied_or_deleted_refuses_to_start() {
     wait_for("k59 after restart", || {
         (stdout(&cli(&client, &["get", "k59"])) == format!("\"{}\"", "v".repeat(100))).then_some(())
     });
-    let pid = again.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    wait_for("exit", || again.try_wait().ok().flatten());
+    terminate(&mut again);
     for damage in ["emptied", "deleted"] {
         for segment in segments() {
             match damage {
@@ -275,25 +282,9 @@ fn a_replica_whose_disk_filled_stops_claiming_to_lead() {
     let mnt = dir.path().join("disk");
     std::fs::create_dir(&mnt).expect("mkdir");
     let _disk = SmallDisk::mount(&mnt, "3m");
-    let ports = free_ports(2);
-    let client = format!("127.0.0.1:{}", ports[0]);
-    let args: Vec<String> = [
-        "--client-addr",
-        &client,
-        "--peers",
-        &format!("1=127.0.0.1:{}", ports[1]),
-        "--data-dir",
-        &mnt.join("data").display().to_string(),
-        "--election-timeout-ms",
-        "300",
-        "--heartbeat-ms",
-        "50",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+    let (client, args) = single_server(&mnt.join("data"), &[]);
     let mut server = spawn_server(&args, &dir.path().join("log"));
-    wait_for("a leader", || (info_field(&client, "role").as_deref() == Some("leader")).then_some(()));
+    wait_for_info(&client, "role", "leader");
     let value = "v".repeat(60_000);
     let mut failed = false;
     for i in 0..200 {
@@ -308,28 +299,16 @@ fn a_replica_whose_disk_filled_stops_claiming_to_lead() {
         }
     }
     assert!(failed, "3 MiB of disk took 12 MB of writes");
-    wait_for("consensus:stopped", || {
-        (info_field(&client, "consensus").as_deref() == Some("stopped")).then_some(())
-    });
+    wait_for_info(&client, "consensus", "stopped");
     assert_eq!(info_field(&client, "role").as_deref(), Some("follower"));
     assert_eq!(info_field(&client, "leader_id").as_deref(), Some("0"));
     assert!(info_field(&client, "consensus_error").is_some_and(|e| !e.is_empty()));
-    // Requests are answered at once, not after a timeout.
-    let mut conn = std::net::TcpStream::connect(&client).expect("connect");
+    // Requests are answered at once, well before the 3 s request timeout.
+    let mut conn = connect(&client);
     conn.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-    use std::io::{Read, Write};
-    conn.write_all(b"GET k0\r\nSET a b\r\n").expect("write");
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 512];
-    while got.iter().filter(|&&b| b == b'\n').count() < 2 {
-        let n = conn.read(&mut chunk).expect("replies within 2 s");
-        assert!(n > 0, "connection closed");
-        got.extend_from_slice(&chunk[..n]);
-    }
-    let text = String::from_utf8_lossy(&got);
-    assert!(text.lines().all(|l| l.starts_with("-TRYAGAIN")), "{text}");
-    let _ = server.kill();
-    let _ = server.wait();
+    let replies = [exchange(&mut conn, b"GET k0\r\nSET a b\r\n"), exchange(&mut conn, b"")];
+    assert!(replies.iter().all(|r| r.starts_with("-TRYAGAIN")), "{replies:?}");
+    kill(&mut server);
 }
 
 /// One RESP exchange on a raw socket: sends `request`, returns the first reply line ("" on EOF).
@@ -349,17 +328,6 @@ fn exchange(conn: &mut std::net::TcpStream, request: &[u8]) -> String {
     String::from_utf8_lossy(&got).trim().to_string()
 }
 
-fn single_server_args(client: &str, peer_port: u16, data: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["--client-addr", client, "--data-dir", &data.display().to_string()]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    args.extend(["--peers".to_string(), format!("1=127.0.0.1:{peer_port}")]);
-    args.extend(["--election-timeout-ms", "300", "--heartbeat-ms", "50"].iter().map(|a| a.to_string()));
-    args.extend(extra.iter().map(|a| a.to_string()));
-    args
-}
-
 fn connect(addr: &str) -> std::net::TcpStream {
     let conn = std::net::TcpStream::connect(addr).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -372,16 +340,10 @@ fn connect(addr: &str) -> std::net::TcpStream {
 fn clients_past_max_clients_are_told_so_and_idle_ones_are_closed() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports = free_ports(2);
-    let client = format!("127.0.0.1:{}", ports[0]);
-    let args = single_server_args(
-        &client,
-        ports[1],
-        &dir.path().join("data"),
-        &["--max-clients", "3", "--idle-timeout-secs", "2"],
-    );
+    let extra = ["--max-clients", "3", "--idle-timeout-secs", "2"];
+    let (client, args) = single_server(&dir.path().join("data"), &extra);
     let mut server = spawn_server(&args, &dir.path().join("log"));
-    wait_for("a leader", || (info_field(&client, "role").as_deref() == Some("leader")).then_some(()));
+    wait_for_info(&client, "role", "leader");
     let mut open: Vec<_> = (0..3).map(|_| connect(&client)).collect();
     for conn in &mut open {
         assert_eq!(exchange(conn, b"PING\r\n"), "+PONG");
@@ -399,8 +361,7 @@ fn clients_past_max_clients_are_told_so_and_idle_ones_are_closed() {
     let started = Instant::now();
     assert_eq!(exchange(&mut idle, b""), "", "idle connection closed");
     assert!(started.elapsed() < Duration::from_secs(5));
-    let _ = server.kill();
-    let _ = server.wait();
+    kill(&mut server);
 }
 
 // With the open-file limit smaller than --max-clients, the server lowers its client limit so that
@@ -410,9 +371,7 @@ fn clients_past_max_clients_are_told_so_and_idle_ones_are_closed() {
 fn clients_never_exhaust_the_file_descriptors() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports = free_ports(2);
-    let client = format!("127.0.0.1:{}", ports[0]);
-    let args = single_server_args(&client, ports[1], &dir.path().join("data"), &[]);
+    let (client, args) = single_server(&dir.path().join("data"), &[]);
     let log_path = dir.path().join("log");
     let log = std::fs::File::create(&log_path).expect("log file");
     let mut server = Command::new("prlimit")
@@ -424,7 +383,7 @@ fn clients_never_exhaust_the_file_descriptors() {
         .stderr(log)
         .spawn()
         .expect("spawn under prlimit");
-    wait_for("a leader", || (info_field(&client, "role").as_deref() == Some("leader")).then_some(()));
+    wait_for_info(&client, "role", "leader");
     let mut served = Vec::new();
     let mut refused = 0;
     for _ in 0..300 {
@@ -440,8 +399,7 @@ fn clients_never_exhaust_the_file_descriptors() {
     assert_eq!(exchange(conn, b"SET k v\r\n"), "+OK", "the WAL still writes");
     let text = std::fs::read_to_string(&log_path).expect("log");
     assert!(text.contains("--max-clients 10000 reduced to"), "{text}");
-    let _ = server.kill();
-    let _ = server.wait();
+    kill(&mut server);
 }
 
 /// The peak resident memory of process `pid`, in bytes (VmHWM).
@@ -463,11 +421,9 @@ fn a_client_that_does_not_read_its_replies_is_closed_with_memory_bounded() {
     use std::io::{Read, Write};
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let ports = free_ports(2);
-    let client = format!("127.0.0.1:{}", ports[0]);
-    let args = single_server_args(&client, ports[1], &dir.path().join("data"), &[]);
+    let (client, args) = single_server(&dir.path().join("data"), &[]);
     let mut server = spawn_server(&args, &dir.path().join("log"));
-    wait_for("a leader", || (info_field(&client, "role").as_deref() == Some("leader")).then_some(()));
+    wait_for_info(&client, "role", "leader");
     let mut writer = connect(&client);
     let mut set = Vec::new();
     let value = vec![b'v'; 16 * 1024 * 1024];
@@ -501,8 +457,7 @@ fn a_client_that_does_not_read_its_replies_is_closed_with_memory_bounded() {
     let mut other = connect(&client);
     assert_eq!(exchange(&mut other, b"SET after ok\r\n"), "+OK");
     println!("peak RSS {} MiB, {received} reply bytes delivered before the close", peak >> 20);
-    let _ = server.kill();
-    let _ = server.wait();
+    kill(&mut server);
 }
 
 // Clients sending huge requests never starve consensus: 24 pipelined EXISTS of 1,000 keys of 64 KiB
@@ -556,8 +511,7 @@ fn huge_requests_do_not_depose_the_leader() {
     assert_eq!(info_field(&leader, "role").as_deref(), Some("leader"));
     assert_eq!(info_field(&leader, "term"), Some(term), "no election meanwhile");
     for s in &mut servers {
-        let _ = s.kill();
-        let _ = s.wait();
+        kill(s);
     }
 }
 
