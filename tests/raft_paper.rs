@@ -674,3 +674,88 @@ fn uncommitted_bytes_bound_proposals() {
     net.stabilize();
     net.node(1).propose(vec![1u8; max + 1]).expect("one entry always fits");
 }
+
+// Raft thesis §10.2.1: a leader's appends leave before its own write is durable, and it counts
+// itself toward a quorum only once that write is reported durable.
+#[test]
+fn leader_sends_before_its_write_is_durable_and_counts_itself_after() {
+    let mut net = Net::new(3, false, false);
+    elect(&mut net, 1);
+    let leader = net.node(1);
+    let (index, _) = leader.propose(b"x".to_vec()).expect("leader");
+    let ready = leader.ready();
+    assert!(ready.must_persist() && ready.entries.iter().any(|e| e.index == index));
+    let appends = ready
+        .messages
+        .iter()
+        .filter(|m| matches!(&m.body, MessageBody::Append { entries, .. } if entries.iter().any(|e| e.index == index)))
+        .count();
+    assert_eq!(appends, 2, "both followers get the entry before the leader's write is durable");
+    let number = ready.number;
+    leader.advance(ready);
+    // One follower acknowledges: with the leader's own copy not yet durable, 1 of 3 is no quorum.
+    let ack = msg(
+        2,
+        1,
+        leader.term(),
+        MessageBody::AppendResponse { reject: false, index, reject_hint: 0, hint_term: 0 },
+    );
+    leader.step(ack).expect("valid");
+    assert!(leader.log().committed() < index, "committed without a durable quorum");
+    leader.on_persisted(number);
+    assert_eq!(leader.log().committed(), index, "the leader's durable copy completes the quorum");
+}
+
+// A follower's acknowledgement promises the entries are durable: it is held until they are.
+#[test]
+fn follower_acknowledges_only_after_its_write_is_durable() {
+    let mut f = core(2, &[1, 2, 3], false, false);
+    let append =
+        MessageBody::Append { prev_index: 0, prev_term: 0, entries: entries_with_terms(&[1, 1]), commit: 0 };
+    f.step(msg(1, 2, 1, append)).expect("valid");
+    let first = f.ready();
+    assert!(first.must_persist());
+    assert!(first.messages.is_empty(), "acknowledged before durable: {:?}", first.messages);
+    let number = first.number;
+    f.advance(first);
+    // A retransmission brings nothing new to write; its answer waits for the same write.
+    let again =
+        MessageBody::Append { prev_index: 0, prev_term: 0, entries: entries_with_terms(&[1, 1]), commit: 0 };
+    f.step(msg(1, 2, 1, again)).expect("valid");
+    let second = f.ready();
+    assert!(!second.must_persist() && second.messages.is_empty());
+    f.advance(second);
+    assert!(!f.has_ready());
+    f.on_persisted(number);
+    let (out, _) = drain(&mut f);
+    let acks = out
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::AppendResponse { reject: false, index: 2, .. }))
+        .count();
+    assert_eq!(acks, 2, "both answers leave once the write is durable: {out:?}");
+}
+
+// A vote promises a durable term and vote: it is held until they are written; a commit mark that
+// moved alone is no reason to write.
+#[test]
+fn vote_waits_for_its_hard_state_and_commit_alone_writes_nothing() {
+    let mut n = core(1, &[1, 2, 3], false, false);
+    n.step(vote(2, 1, 1, 0, 0)).expect("valid");
+    let ready = n.ready();
+    assert_eq!(ready.hard_state.map(|h| (h.term, h.vote)), Some((1, 2)));
+    assert!(ready.messages.is_empty(), "vote granted before it was durable");
+    let number = ready.number;
+    n.advance(ready);
+    n.on_persisted(number);
+    assert_eq!(vote_reply(&drain(&mut n).0), Some((1, false)));
+
+    let append =
+        MessageBody::Append { prev_index: 0, prev_term: 0, entries: entries_with_terms(&[1]), commit: 0 };
+    n.step(msg(2, 1, 1, append)).expect("valid");
+    drain(&mut n);
+    n.step(msg(2, 1, 1, MessageBody::Heartbeat { commit: 1, read_round: 0 })).expect("valid");
+    let (_, readies) = drain(&mut n);
+    assert_eq!(n.log().committed(), 1);
+    assert!(readies.iter().all(|r| !r.must_persist()), "a write for the commit mark alone");
+    assert!(readies.iter().any(|r| r.committed_entries.iter().any(|e| e.index == 1)));
+}

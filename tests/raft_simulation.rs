@@ -1,7 +1,9 @@
 //! Randomized, deterministic whole-cluster simulation of the Raft core.
 //!
 //! 3 and 5 cores talk through a seeded network that drops, duplicates, delays, reorders and
-//! partitions; nodes crash (losing what they had not persisted) and restart from their "disk";
+//! partitions; each node's writes reach its "disk" some random time after the Ready that handed
+//! them out (messages that promise them wait in the core); nodes crash (losing every write not
+//! yet on disk) and restart from their disk;
 //! logs are compacted and lagging nodes catch up by snapshot. After every step the safety
 //! properties are checked; at the end the network heals and a new proposal must commit.
 //!
@@ -26,20 +28,28 @@ struct Disk {
     entries: Vec<Entry>,
 }
 
+/// One Ready's write, handed out and not yet on the disk.
+struct Write {
+    number: u64,
+    snapshot: Option<(SnapshotMeta, (u64, u64))>,
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
+}
+
 impl Disk {
-    fn persist(&mut self, ready: &Ready) {
-        if let Some(snapshot) = &ready.snapshot {
-            self.snapshot = snapshot.meta;
-            self.snapshot_state = decode_state(&snapshot.data);
+    fn persist(&mut self, write: Write) {
+        if let Some((meta, state)) = write.snapshot {
+            self.snapshot = meta;
+            self.snapshot_state = state;
             self.entries.clear();
         }
-        if let Some(first) = ready.entries.first() {
+        if let Some(first) = write.entries.first() {
             // A later entry at an existing index replaces that entry and everything after it.
             let keep = first.index.saturating_sub(self.snapshot.index + 1) as usize;
             self.entries.truncate(keep);
-            self.entries.extend(ready.entries.iter().cloned());
+            self.entries.extend(write.entries);
         }
-        if let Some(hs) = ready.hard_state {
+        if let Some(hs) = write.hard_state {
             self.hard_state = hs;
         }
     }
@@ -68,6 +78,8 @@ fn chain(hash: u64, entry: &Entry) -> u64 {
 struct Node {
     core: Option<RaftCore>,
     disk: Disk,
+    /// Writes handed out and not yet on `disk`, oldest first (lost in a crash).
+    pending: Vec<Write>,
     /// The state machine: (applied index, chained hash).
     state: (u64, u64),
     /// Highest commit index whose entries were checked against the global record.
@@ -139,7 +151,14 @@ impl Sim {
         for id in members {
             sim.nodes.insert(
                 id,
-                Node { core: None, disk: Disk::default(), state: (0, 0), checked: 0, restarts: 0 },
+                Node {
+                    core: None,
+                    disk: Disk::default(),
+                    pending: Vec::new(),
+                    state: (0, 0),
+                    checked: 0,
+                    restarts: 0,
+                },
             );
             sim.start(id);
         }
@@ -162,6 +181,7 @@ impl Sim {
         // A few entries' worth, so leaders under load hit the uncommitted-bytes bound (Busy).
         config.max_uncommitted_bytes = 1024;
         let disk = node.disk.clone();
+        node.pending.clear();
         node.core = Some(RaftCore::new(config, disk.hard_state, disk.snapshot, disk.entries));
         node.state = disk.snapshot_state;
         node.checked = disk.snapshot.index;
@@ -178,11 +198,15 @@ impl Sim {
         Some(items[self.rng.range(0, items.len() as u64) as usize])
     }
 
-    /// Carries out every pending Ready, in the order the Ready documents.
-    fn process(&mut self, crash_chance: f64) {
+    /// Carries out every pending Ready, in the order the Ready documents; each node's pending
+    /// writes reach its disk with chance `persist_chance` per round (all of them when 1.0).
+    fn process(&mut self, crash_chance: f64, persist_chance: f64) {
         loop {
             let mut progressed = false;
             for id in self.live() {
+                if self.rng.chance(persist_chance) && self.persist_some(id, persist_chance >= 1.0) {
+                    progressed = true;
+                }
                 let node = self.nodes.get_mut(&id).expect("node");
                 let Some(core) = node.core.as_mut() else { continue };
                 if !core.has_ready() {
@@ -191,9 +215,8 @@ impl Sim {
                 progressed = true;
                 let ready = core.ready();
                 if self.rng.chance(crash_chance) {
-                    // Crash before the write reached the disk: everything in this Ready is lost.
-                    self.stats.crashes += 1;
-                    self.nodes.get_mut(&id).expect("node").core = None;
+                    // Crash with this Ready and every write not yet on the disk lost.
+                    self.crash(id);
                     continue;
                 }
                 self.handle_ready(id, ready);
@@ -204,6 +227,33 @@ impl Sim {
         }
     }
 
+    fn crash(&mut self, id: u64) {
+        self.stats.crashes += 1;
+        let node = self.nodes.get_mut(&id).expect("node");
+        node.core = None;
+        node.pending.clear();
+    }
+
+    /// Moves the oldest pending writes of `id` (all, or a random number of them) to its disk and
+    /// tells its core; returns whether any moved.
+    fn persist_some(&mut self, id: u64, all: bool) -> bool {
+        let len = self.nodes[&id].pending.len() as u64;
+        if len == 0 {
+            return false;
+        }
+        let count = if all { len } else { self.rng.range(1, len + 1) };
+        let node = self.nodes.get_mut(&id).expect("node");
+        let mut last = 0;
+        for write in node.pending.drain(..count as usize) {
+            last = write.number;
+            node.disk.persist(write);
+        }
+        if let Some(core) = node.core.as_mut() {
+            core.on_persisted(last);
+        }
+        true
+    }
+
     fn handle_ready(&mut self, id: u64, ready: Ready) {
         if let Some(role) = ready.role {
             if role.role == Role::Leader {
@@ -211,7 +261,15 @@ impl Sim {
             }
         }
         let node = self.nodes.get_mut(&id).expect("node");
-        node.disk.persist(&ready);
+        if ready.must_persist() {
+            node.pending.push(Write {
+                number: ready.number,
+                snapshot: ready.snapshot.as_ref().map(|s| (s.meta, decode_state(&s.data))),
+                entries: ready.entries.clone(),
+                hard_state: ready.hard_state,
+            });
+        }
+        // A leader's snapshot offers are only made from the compacted log, which the disk holds.
         let disk_snapshot = (node.disk.snapshot, node.disk.snapshot_state);
         for mut m in ready.messages.iter().cloned() {
             if let MessageBody::InstallSnapshot { snapshot } = &mut m.body {
@@ -242,7 +300,7 @@ impl Sim {
         }
         let node = self.nodes.get_mut(&id).expect("node");
         if let Some(core) = node.core.as_mut() {
-            core.advance(&ready);
+            core.advance(ready);
         }
     }
 
@@ -331,8 +389,10 @@ impl Sim {
         let Some(id) = self.pick(&live) else { return };
         let node = self.nodes.get_mut(&id).expect("node");
         let Some(core) = node.core.as_mut() else { return };
+        // Only what the disk holds: the log prefix it drops must be there to drop.
         let index = core.log().applied();
-        if index <= core.log().snapshot_meta().index || node.state.0 != index {
+        if index <= core.log().snapshot_meta().index || node.state.0 != index || index > core.log().stabled()
+        {
             return;
         }
         let term = core.log().term(index).expect("applied entry is in the log");
@@ -420,8 +480,7 @@ impl Sim {
             930..=936 => {
                 let live = self.live();
                 if let Some(id) = self.pick(&live) {
-                    self.stats.crashes += 1;
-                    self.nodes.get_mut(&id).expect("node").core = None;
+                    self.crash(id);
                 }
             }
             937..=969 => {
@@ -435,7 +494,7 @@ impl Sim {
             980..=989 => self.cut.clear(),
             _ => self.compact(),
         }
-        self.process(0.003);
+        self.process(0.003, 0.3);
         self.check();
     }
 
@@ -454,10 +513,10 @@ impl Sim {
         let mut proposed_at: Option<(u64, u64, u64)> = None;
         while self.now - start <= bound_ticks {
             while self.deliver_one() {
-                self.process(0.0);
+                self.process(0.0, 1.0);
             }
             self.tick_all();
-            self.process(0.0);
+            self.process(0.0, 1.0);
             self.check();
             // (Re)propose at the current leader if the last attempt's term is over.
             let leader = self

@@ -1,10 +1,11 @@
-//! The consensus actor: drives the Raft core, persists each Ready, sends, and hands out commits.
+//! The consensus actor: drives the Raft core, sends at once, writes in order (one write at the
+//! disk writer, the next one growing meanwhile), and hands out commits.
 //!
 //! It also owns the snapshot life cycle: it asks the applier for a snapshot once the log passes
 //! the threshold and then compacts; it streams snapshots to followers that need one, in chunks
 //! with stop-and-wait flow control; and it assembles, checks and installs one it receives.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use super::waiter::{ReadDone, WatchFired};
 use crate::protocol::command::Command;
 use crate::protocol::peer_wire::{PeerFrame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES};
 use crate::protocol::raft::{
-    Entry, Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, Snapshot, SnapshotMeta,
+    Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, Snapshot, SnapshotMeta,
 };
 
 /// Reads waiting for confirmation before new ones are refused with `-TRYAGAIN`.
@@ -135,8 +136,10 @@ pub struct Consensus {
     transport: Box<dyn Transport>,
     status: Arc<StatusBoard>,
     tick: Duration,
-    /// A Ready is being written to disk; the next one waits (and grows: group commit).
-    persisting: bool,
+    /// A write is with the disk writer.
+    writing: bool,
+    /// Writes waiting for it, in order; the last one grows while it waits (group commit).
+    disk_queue: VecDeque<DiskWrite>,
     reads: HashMap<u64, PendingRead>,
     next_read_ctx: u64,
     /// Watches of terms below this have been abandoned.
@@ -163,7 +166,8 @@ impl Consensus {
             transport: parts.transport,
             status: parts.status,
             tick: parts.tick,
-            persisting: false,
+            writing: false,
+            disk_queue: VecDeque::new(),
             reads: HashMap::new(),
             next_read_ctx: 1,
             watch_term_floor: 0,
@@ -184,40 +188,105 @@ impl Consensus {
         }
     }
 
-    /// Runs Readies until none is left or one is waiting for the disk.
+    /// Runs Readies until none is left: sends at once, queues writes, hands out commits.
     fn drive(&mut self, ctx: &mut Context<Self>) {
-        while !self.persisting && !self.stopped && self.core.has_ready() {
+        while !self.stopped && self.core.has_ready() {
             let mut ready = self.core.ready();
             self.log_role(&ready);
-            if ready.hard_state.is_none() && ready.entries.is_empty() && ready.snapshot.is_none() {
-                self.finish(ctx, ready, None);
-                continue;
+            for message in std::mem::take(&mut ready.messages) {
+                if let MessageBody::InstallSnapshot { snapshot } = &message.body {
+                    self.start_transfer(ctx, message.to, snapshot.meta);
+                    continue;
+                }
+                self.transport.send(PeerFrame::Raft(message));
             }
-            // Persist before send (see Ready): the rest of this Ready runs when the write is durable.
-            self.persisting = true;
-            let entries = take_leaving_last(&mut ready.entries);
             let received =
                 ready.snapshot.take().map(|s| SavedSnapshot { meta: s.meta, image: Arc::new(s.data) });
-            let persist =
-                Persist { compact: received.as_ref().map(|s| s.meta), hard_state: ready.hard_state, entries };
-            let disk = self.disk.clone();
-            let save_image = received.clone().map(|s| self.snapshotter.send(SaveImage(s)));
-            let write = async move {
-                // A received snapshot's image is durable before the log says it starts after it.
-                if let Some(save) = save_image {
-                    save.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+            if ready.must_persist() {
+                let persist = Persist {
+                    compact: received.as_ref().map(|s| s.meta),
+                    hard_state: ready.hard_state,
+                    entries: std::mem::take(&mut ready.entries),
+                };
+                self.queue_write(ctx, DiskWrite { image: received.clone(), persist, number: ready.number });
+            }
+            if let Some(snapshot) = received {
+                // Before the entries that follow it.
+                self.latest_snapshot = Some(snapshot.clone());
+                self.applier.do_send(Restore(snapshot));
+            }
+            if !ready.committed_entries.is_empty() {
+                self.applier.do_send(ApplyEntries(std::mem::take(&mut ready.committed_entries)));
+            }
+            if let Some(role) = ready.role {
+                // After this Ready's entries, so a watcher whose entry did commit hears that first.
+                // A leader keeps its own term's watches; anyone else can no longer see them through.
+                let keep_from = if role.role == Role::Leader { role.term } else { role.term + 1 };
+                if keep_from != self.watch_term_floor {
+                    self.watch_term_floor = keep_from;
+                    self.applier.do_send(TermChanged(keep_from));
                 }
-                disk.send(persist).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
-            };
-            ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
-                if let Err(e) = result {
-                    return act.fail(ctx, &format!("write to disk failed: {e}"));
+            }
+            for read in &ready.read_states {
+                if let Some(pending) = self.reads.remove(&read.ctx) {
+                    let PendingRead { command, budget, reply_to } = pending;
+                    self.applier.do_send(ServeRead { command, budget, reply_to });
                 }
-                act.persisting = false;
-                act.finish(ctx, ready, received);
-                act.drive(ctx);
-            }));
+            }
+            for read_ctx in &ready.dropped_reads {
+                if let Some(pending) = self.reads.remove(read_ctx) {
+                    pending
+                        .reply_to
+                        .do_send(ReadDone::failed("leadership lost before the read was confirmed"));
+                }
+            }
+            self.core.advance(ready);
         }
+        self.publish_numbers();
+        self.maybe_snapshot(ctx);
+    }
+
+    /// Queues a write behind those already handed to the disk writer, merging where it can.
+    fn queue_write(&mut self, ctx: &mut Context<Self>, write: DiskWrite) {
+        let write = match self.disk_queue.back_mut() {
+            Some(back) => back.absorb(write),
+            None => Some(write),
+        };
+        self.disk_queue.extend(write);
+        self.start_write(ctx);
+    }
+
+    /// Hands the oldest queued write to the disk writer unless one is already there.
+    ///
+    /// One write at a time keeps them in order and lets the next one grow meanwhile (group
+    /// commit); the disk writer's own mailbox is not used as the queue, so nothing merged
+    /// there could overtake or be overtaken.
+    fn start_write(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || self.stopped {
+            return;
+        }
+        let Some(DiskWrite { image, persist, number }) = self.disk_queue.pop_front() else { return };
+        self.writing = true;
+        let disk = self.disk.clone();
+        let save_image = image.map(|s| self.snapshotter.send(SaveImage(s)));
+        let write = async move {
+            // A received snapshot's image is durable before the log says it starts after it.
+            if let Some(save) = save_image {
+                save.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+            }
+            disk.send(persist).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+        };
+        ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
+            if let Err(e) = result {
+                return act.fail(ctx, &format!("write to disk failed: {e}"));
+            }
+            act.writing = false;
+            if number > 0 {
+                act.core.on_persisted(number);
+            }
+            act.start_write(ctx);
+            act.drive(ctx);
+        }));
     }
 
     /// A replica that cannot write its log must not go on acknowledging: stop consensus.
@@ -238,63 +307,22 @@ impl Consensus {
         ctx.stop();
     }
 
-    /// Carries out the rest of a Ready once its writes are durable.
-    fn finish(&mut self, ctx: &mut Context<Self>, mut ready: Ready, received: Option<SavedSnapshot>) {
-        for message in std::mem::take(&mut ready.messages) {
-            if let MessageBody::InstallSnapshot { snapshot } = &message.body {
-                self.start_transfer(ctx, message.to, snapshot.meta);
-                continue;
-            }
-            self.transport.send(PeerFrame::Raft(message));
-        }
-        if let Some(snapshot) = received {
-            // Before the entries that follow it.
-            self.latest_snapshot = Some(snapshot.clone());
-            self.applier.do_send(Restore(snapshot));
-        }
-        if !ready.committed_entries.is_empty() {
-            self.applier.do_send(ApplyEntries(take_leaving_last(&mut ready.committed_entries)));
-        }
-        if let Some(role) = ready.role {
-            // After this Ready's entries, so a watcher whose entry did commit hears that first.
-            // A leader keeps its own term's watches; anyone else can no longer see them through.
-            let keep_from = if role.role == Role::Leader { role.term } else { role.term + 1 };
-            if keep_from != self.watch_term_floor {
-                self.watch_term_floor = keep_from;
-                self.applier.do_send(TermChanged(keep_from));
-            }
-        }
-        for read in &ready.read_states {
-            if let Some(pending) = self.reads.remove(&read.ctx) {
-                let PendingRead { command, budget, reply_to } = pending;
-                self.applier.do_send(ServeRead { command, budget, reply_to });
-            }
-        }
-        for read_ctx in &ready.dropped_reads {
-            if let Some(pending) = self.reads.remove(read_ctx) {
-                pending.reply_to.do_send(ReadDone::failed("leadership lost before the read was confirmed"));
-            }
-        }
-        self.core.advance(&ready);
-        self.publish_numbers();
-        self.maybe_snapshot(ctx);
-    }
-
     /// Once the log passes the threshold, snapshots the applied state and then compacts.
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
         if self.snapshotting || (self.core.log().entries_bytes() as u64) < self.snapshot_threshold_bytes {
             return;
         }
         self.snapshotting = true;
-        ctx.spawn(self.applier.send(TakeSnapshot).into_actor(self).map(|result, act, _ctx| {
+        ctx.spawn(self.applier.send(TakeSnapshot).into_actor(self).map(|result, act, ctx| {
             act.snapshotting = false;
             match result {
                 Ok(Ok(saved)) => {
                     let meta = saved.meta;
                     act.latest_snapshot = Some(saved);
                     act.core.compact(meta.index);
-                    // Ordered after every earlier append in the disk writer's mailbox.
-                    act.disk.do_send(Persist { compact: Some(meta), hard_state: None, entries: Vec::new() });
+                    // Ordered after every write handed out before it, which holds the entries it covers.
+                    let persist = Persist { compact: Some(meta), hard_state: None, entries: Vec::new() };
+                    act.queue_write(ctx, DiskWrite { image: None, persist, number: 0 });
                     act.publish_numbers();
                     log::info!("replica {}: log compacted up to index {}", act.core.id(), meta.index);
                 }
@@ -510,11 +538,38 @@ impl Consensus {
     }
 }
 
-/// Moves `entries` out, leaving a copy of the last one: all that [`RaftCore::advance`] reads of them.
-fn take_leaving_last(entries: &mut Vec<Entry>) -> Vec<Entry> {
-    let all = std::mem::take(entries);
-    entries.extend(all.last().cloned());
-    all
+/// One write for the disk writer: what one or more Readies (or a compaction) hand to storage.
+struct DiskWrite {
+    /// A received snapshot's image, saved before the log records that it starts after it.
+    image: Option<SavedSnapshot>,
+    /// The log records.
+    persist: Persist,
+    /// The highest Ready number it covers, 0 for none (a compaction).
+    number: u64,
+}
+
+impl DiskWrite {
+    /// Folds `later` into this write if that keeps the order of their effects; else returns it.
+    ///
+    /// The disk writer applies a write's compaction first, so a later write that compacts (or
+    /// brings an image) cannot join; one that only appends can.
+    fn absorb(&mut self, later: DiskWrite) -> Option<DiskWrite> {
+        if later.image.is_some() || later.persist.compact.is_some() {
+            return Some(later);
+        }
+        let Persist { hard_state, entries, .. } = later.persist;
+        if let Some(first) = entries.first() {
+            // A later entry at an index already queued replaces it and everything after it.
+            let first = first.index;
+            self.persist.entries.retain(|e| e.index < first);
+            self.persist.entries.extend(entries);
+        }
+        if hard_state.is_some() {
+            self.persist.hard_state = hard_state;
+        }
+        self.number = self.number.max(later.number);
+        None
+    }
 }
 
 impl Actor for Consensus {

@@ -34,14 +34,19 @@ pub fn entries_with_terms(terms: &[u64]) -> Vec<Entry> {
         .collect()
 }
 
-/// Runs every pending Ready of `core` (persisting nothing), returning the messages and the readies.
+/// Runs every pending Ready of `core`, each write durable at once (nothing is stored), returning
+/// the messages and the readies.
 pub fn drain(core: &mut RaftCore) -> (Vec<Message>, Vec<Ready>) {
     let mut messages = Vec::new();
     let mut readies = Vec::new();
     while core.has_ready() {
         let ready = core.ready();
         messages.extend(ready.messages.iter().cloned());
-        core.advance(&ready);
+        let number = ready.number;
+        core.advance(ready.clone());
+        if number > 0 {
+            core.on_persisted(number);
+        }
         readies.push(ready);
     }
     (messages, readies)

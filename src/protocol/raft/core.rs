@@ -2,9 +2,10 @@
 //!
 //! The caller drives it with [`RaftCore::tick`] (a logical clock), [`RaftCore::step`] (a message
 //! from a peer), [`RaftCore::propose`] and [`RaftCore::read_index`], and carries out what each
-//! [`Ready`] asks before calling [`RaftCore::advance`].
+//! [`Ready`] asks before calling [`RaftCore::advance`]; it reports each Ready's write durable
+//! with [`RaftCore::on_persisted`], which releases the messages that were waiting for it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::log::RaftLog;
 use super::message::{Entry, HardState, Message, MessageBody, NodeId, Snapshot, SnapshotMeta};
@@ -146,12 +147,18 @@ pub struct RaftCore {
     dropped_reads: Vec<u64>,
     /// Messages produced since the last Ready.
     messages: Vec<Message>,
+    /// Writes handed out in Readies and not yet reported durable, oldest first.
+    pending_writes: VecDeque<PendingWrite>,
+    /// Messages whose writes are now durable: they leave with the next Ready.
+    released: Vec<Message>,
+    /// The number of the last Ready that had something to write.
+    last_write: u64,
     /// A snapshot received and not yet handed out.
     pending_snapshot: Option<Snapshot>,
     /// The leader has new entries or a new commit to broadcast at the next Ready.
     broadcast_wanted: bool,
-    /// The hard state as last handed out to be persisted.
-    persisted_hard_state: HardState,
+    /// The hard state as last handed out to be written.
+    written_hard_state: HardState,
     /// The role state as last handed out.
     reported_role: Option<RoleState>,
     /// A Ready is out and not yet advanced.
@@ -189,14 +196,17 @@ impl RaftCore {
             reads: ReadQueue::default(),
             dropped_reads: Vec::new(),
             messages: Vec::new(),
+            pending_writes: VecDeque::new(),
+            released: Vec::new(),
+            last_write: 0,
             pending_snapshot: None,
             broadcast_wanted: false,
-            persisted_hard_state: hard_state,
+            written_hard_state: hard_state,
             reported_role: None,
             ready_in_flight: false,
             stats: Stats::default(),
         };
-        core.persisted_hard_state.commit = core.log.committed();
+        core.written_hard_state.commit = core.log.committed();
         core.reset_election_timer();
         core
     }
@@ -330,6 +340,7 @@ impl RaftCore {
     // ----- role changes -----
 
     fn become_follower(&mut self, term: u64, leader: NodeId) {
+        assert!(term >= self.term, "term went back from {} to {term}", self.term);
         if term > self.term {
             self.term = term;
             self.vote = 0;
@@ -523,8 +534,9 @@ impl RaftCore {
             }
             MessageBody::Heartbeat { commit, read_round } => {
                 self.follow(m.from)?;
-                // The leader caps `commit` at what it knows this node holds, so it is safe to trust.
-                self.log.commit_to(commit);
+                // The leader caps `commit` at what it knows this node holds, so it is safe to
+                // trust up to this node's last entry (a reordered or bogus one may claim more).
+                self.log.commit_to(commit.min(self.log.last_index()));
                 self.send(m.from, self.term, MessageBody::HeartbeatResponse { read_round });
                 Ok(())
             }
@@ -814,7 +826,7 @@ impl RaftCore {
         let commit = self.log.committed();
         self.send(to, self.term, MessageBody::Append { prev_index, prev_term, entries, commit });
         if let Some(pr) = self.progress.get_mut(&to) {
-            pr.sent(last, had_entries);
+            pr.sent(last, had_entries, window);
         }
         had_entries
     }
@@ -865,10 +877,11 @@ impl RaftCore {
         }
         let leader = self.role == Role::Leader;
         self.reported_role != Some(self.role_state())
-            || self.hard_state() != self.persisted_hard_state
+            || self.vote_changed()
             || self.pending_snapshot.is_some()
             || !self.log.unstable_entries().is_empty()
             || !self.messages.is_empty()
+            || !self.released.is_empty()
             || (leader && self.broadcast_wanted)
             || self.log.committed() > self.log.applied()
             || self.reads.has_work(self.log.applied())
@@ -879,7 +892,13 @@ impl RaftCore {
         RoleState { role: self.role, term: self.term, leader: self.leader }
     }
 
-    /// Collects what must be persisted, sent and applied. Call `advance` when done.
+    /// Term or vote differ from what was last handed out to be written (the commit mark alone
+    /// does not need a write of its own: it is only a hint after a restart).
+    fn vote_changed(&self) -> bool {
+        (self.term, self.vote) != (self.written_hard_state.term, self.written_hard_state.vote)
+    }
+
+    /// Collects what must be sent, written and applied. Call `advance` when done.
     pub fn ready(&mut self) -> Ready {
         assert!(!self.ready_in_flight, "ready() called before advance()");
         if self.role == Role::Leader {
@@ -897,42 +916,94 @@ impl RaftCore {
             self.reported_role = Some(role);
             role
         });
+
+        let snapshot = self.pending_snapshot.take();
+        let entries = self.log.unstable_entries().to_vec();
+        self.log.persisting_to_last();
+        let writes_log = snapshot.is_some() || !entries.is_empty();
         let hs = self.hard_state();
-        let hard_state = (hs != self.persisted_hard_state).then(|| {
-            self.persisted_hard_state = hs;
+        let hard_state = (self.vote_changed() || (writes_log && hs != self.written_hard_state)).then(|| {
+            self.written_hard_state = hs;
             hs
         });
+
+        let mut messages = std::mem::take(&mut self.released);
+        let mut held = Vec::new();
+        for m in self.messages.drain(..) {
+            if m.body.may_precede_persistence() {
+                messages.push(m);
+            } else {
+                held.push(m);
+            }
+        }
+        let number = if writes_log || hard_state.is_some() {
+            self.last_write += 1;
+            let last = match (entries.last(), &snapshot) {
+                (Some(e), _) => Some((e.index, e.term)),
+                (None, Some(s)) => Some((s.meta.index, s.meta.term)),
+                (None, None) => None,
+            };
+            self.pending_writes.push_back(PendingWrite { number: self.last_write, last, messages: held });
+            self.last_write
+        } else {
+            // Nothing new to write, but what was written before may still be in flight.
+            match self.pending_writes.back_mut() {
+                Some(write) => write.messages.append(&mut held),
+                None => messages.append(&mut held),
+            }
+            0
+        };
+
         let committed_entries = self.log.next_committed_entries(self.config.max_apply_bytes);
         let applied_upto = committed_entries.last().map_or(self.log.applied(), |e| e.index);
         self.ready_in_flight = true;
         Ready {
             role,
+            number,
             hard_state,
-            snapshot: self.pending_snapshot.take(),
-            entries: self.log.unstable_entries().to_vec(),
-            messages: std::mem::take(&mut self.messages),
+            snapshot,
+            entries,
+            messages,
             committed_entries,
             read_states: self.reads.release(applied_upto),
             dropped_reads: std::mem::take(&mut self.dropped_reads),
+            applied_upto,
         }
     }
 
-    /// Acknowledges that `ready` was carried out: its entries are stable and its committed
-    /// entries applied.
-    ///
-    /// Only the last of `entries` and of `committed_entries` is read, so the caller may move the
-    /// others (and the messages) out of the `Ready` instead of copying them.
-    pub fn advance(&mut self, ready: &Ready) {
+    /// Acknowledges that `ready` was carried out up to its writes: its messages sent, its
+    /// writes handed to storage (in order), its committed entries handed to the state machine.
+    pub fn advance(&mut self, ready: Ready) {
         assert!(self.ready_in_flight, "advance() without ready()");
         self.ready_in_flight = false;
-        if let Some(last) = ready.entries.last() {
-            self.log.stable_to(last.index, last.term);
-        }
-        if let Some(last) = ready.committed_entries.last() {
-            self.log.applied_to(last.index);
+        self.log.applied_to(ready.applied_upto);
+    }
+
+    /// Reports that the writes of every Ready up to number `number` are durable.
+    ///
+    /// Releases the messages that waited for them (they leave with the next Ready) and lets a
+    /// leader count its own copy of the entries toward a quorum.
+    pub fn on_persisted(&mut self, number: u64) {
+        assert!(number <= self.last_write, "write {number} was never handed out");
+        while self.pending_writes.front().is_some_and(|w| w.number <= number) {
+            let Some(write) = self.pending_writes.pop_front() else { break };
+            if let Some((index, term)) = write.last {
+                self.log.stable_to(index, term);
+            }
+            self.released.extend(write.messages);
         }
         if self.role == Role::Leader && self.maybe_commit() {
             self.broadcast_wanted = true;
         }
     }
+}
+
+/// A Ready's write that storage has not yet confirmed durable.
+struct PendingWrite {
+    /// The Ready's number.
+    number: u64,
+    /// Its last log position written (entry or snapshot), if it wrote any.
+    last: Option<(u64, u64)>,
+    /// Messages that promise what it writes (or what was written before it).
+    messages: Vec<Message>,
 }

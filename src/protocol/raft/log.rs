@@ -1,11 +1,13 @@
 //! The in-memory Raft log: a compacted prefix, then entries, with the stable, commit and apply marks.
 //!
 //! ```text
-//!   snapshot.index | first ...... applied .... committed .... stabled .... last
-//!   (compacted)    | <------------------- entries ---------------------------->
+//!   snapshot.index | first ...... applied .... committed .... stabled .... persisting .... last
+//!   (compacted)    | <---------------------------- entries ------------------------------------>
 //! ```
-//! `stabled` may lag or lead `committed`: a follower can learn an entry is committed before it has
-//! persisted it, and the caller persists a `Ready`'s entries before applying its committed ones.
+//! `persisting` is what has been handed to stable storage, `stabled` what storage confirmed
+//! durable. Both may lag or lead `committed`: a committed entry (durable on a quorum) may be
+//! applied before this node's own copy is durable, and a leader's entries are durable here
+//! before a quorum has them.
 
 use super::message::{Entry, SnapshotMeta};
 
@@ -16,8 +18,10 @@ pub struct RaftLog {
     snapshot: SnapshotMeta,
     /// Consecutive entries from `snapshot.index + 1`.
     entries: Vec<Entry>,
-    /// Highest index on stable storage. <= last_index().
+    /// Highest index confirmed on stable storage. <= persisting.
     stabled: u64,
+    /// Highest index handed to stable storage (written or being written). <= last_index().
+    persisting: u64,
     /// Highest index known committed. Never decreases.
     committed: u64,
     /// Highest index handed to the state machine. Never decreases; <= committed.
@@ -48,6 +52,7 @@ impl RaftLog {
             snapshot,
             entries,
             stabled: last,
+            persisting: last,
             committed,
             applied: snapshot.index,
             entries_bytes,
@@ -75,9 +80,14 @@ impl RaftLog {
         self.entries.last().map_or(self.snapshot.term, |e| e.term)
     }
 
-    /// Highest index on stable storage.
+    /// Highest index confirmed on stable storage.
     pub fn stabled(&self) -> u64 {
         self.stabled
+    }
+
+    /// Highest index handed to stable storage, durable or not yet.
+    pub fn persisting(&self) -> u64 {
+        self.persisting
     }
 
     /// Highest index known committed.
@@ -167,6 +177,7 @@ impl RaftLog {
             self.uncommitted_bytes -= dropped;
             self.entries.truncate(keep);
             self.stabled = self.stabled.min(entry.index - 1);
+            self.persisting = self.persisting.min(entry.index - 1);
             self.entries_bytes += entry.size_bytes();
             self.uncommitted_bytes += entry.size_bytes();
             self.entries.push(entry.clone());
@@ -174,17 +185,25 @@ impl RaftLog {
         self.last_index()
     }
 
-    /// Entries not yet on stable storage.
+    /// Entries not yet handed to stable storage.
     pub fn unstable_entries(&self) -> &[Entry] {
-        let start = (self.stabled.max(self.snapshot.index) - self.snapshot.index) as usize;
+        let start = (self.persisting.max(self.snapshot.index) - self.snapshot.index) as usize;
         &self.entries[start..]
+    }
+
+    /// Records that every entry up to the last one is being written to stable storage.
+    pub fn persisting_to_last(&mut self) {
+        self.persisting = self.last_index();
     }
 
     /// Marks everything up to `index` stable if the entry there still has `term`.
     ///
-    /// The term check ignores an acknowledgement for entries that a newer leader replaced meanwhile.
+    /// The term check ignores a write of entries that a newer leader replaced meanwhile (their
+    /// replacement is written later and confirmed by its own call); a write whose last entry was
+    /// compacted away meanwhile is ignored too, which only makes `stabled` lag.
     pub fn stable_to(&mut self, index: u64, term: u64) {
         if index > self.stabled && self.matches(index, term) {
+            assert!(index <= self.persisting, "stable {index} beyond what was handed to storage");
             self.stabled = index;
         }
     }
@@ -199,9 +218,12 @@ impl RaftLog {
         out
     }
 
-    /// Raises the commit mark to `index` (never lowers it, never past the last entry).
+    /// Raises the commit mark to `index` (never lowers it); returns whether it moved.
+    ///
+    /// Panics past the last entry: committing what the log does not hold is a broken invariant,
+    /// so callers bound what a peer tells them before they get here.
     pub fn commit_to(&mut self, index: u64) -> bool {
-        let index = index.min(self.last_index());
+        assert!(index <= self.last_index(), "commit {index} past the last index {}", self.last_index());
         if index > self.committed {
             let from = (self.committed.max(self.snapshot.index) - self.snapshot.index) as usize;
             let to = (index - self.snapshot.index) as usize;
@@ -234,7 +256,9 @@ impl RaftLog {
         self.entries.clear();
         self.entries_bytes = 0;
         self.uncommitted_bytes = 0;
-        self.stabled = meta.index;
+        // The snapshot is written with the Ready that hands it out; its write confirms `stabled`.
+        self.stabled = self.stabled.min(meta.index);
+        self.persisting = meta.index;
         self.committed = meta.index;
         self.applied = meta.index;
     }
@@ -245,12 +269,13 @@ impl RaftLog {
             return;
         }
         assert!(index <= self.applied, "compacting {index} past applied {}", self.applied);
+        // Applied entries were handed to storage in the Ready that handed them out, or earlier.
+        assert!(index <= self.persisting, "compacting {index} past what storage was given");
         let Some(term) = self.term(index) else { return };
         let dropped: usize =
             self.entries.drain(..(index - self.snapshot.index) as usize).map(|e| e.size_bytes()).sum();
         self.entries_bytes -= dropped;
         self.snapshot = SnapshotMeta { index, term };
-        self.stabled = self.stabled.max(index);
     }
 
     /// Bytes held by the entries in memory (approximate).
@@ -283,6 +308,8 @@ mod tests {
         assert_eq!(log.term(4), Some(3));
         assert_eq!(log.stabled(), 3);
         assert_eq!(log.unstable_entries().len(), 2);
+        log.persisting_to_last();
+        assert!(log.unstable_entries().is_empty(), "handed to storage, not yet durable");
         // A stale acknowledgement for the old entry 4 (term 2) does not mark the new one stable.
         log.stable_to(4, 2);
         assert_eq!(log.stabled(), 3);

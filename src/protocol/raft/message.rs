@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 /// A member's id within one cluster; 0 means "none".
 pub type NodeId = u64;
 
-/// Term, vote and commit: what must be on stable storage before a node answers a vote or append.
+/// Term, vote and commit as recorded on stable storage.
+///
+/// Term and vote must be durable before a node answers a vote; the commit mark rides along with
+/// other writes and may lag (it is only a hint after a restart, never above the truth).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardState {
     /// The latest term this node has seen (Raft §5.1). Never decreases.
@@ -110,6 +113,21 @@ pub enum MessageBody {
         /// The snapshot.
         snapshot: Snapshot,
     },
+}
+
+impl MessageBody {
+    /// Whether this message may leave before the sender's pending writes are durable.
+    ///
+    /// Only a leader's replication traffic may (Raft thesis §10.2.1): it promises nothing about
+    /// the leader's own disk, which the leader counts toward a quorum only once it is durable.
+    /// Everything else (votes, vote requests, acknowledgements) speaks for the sender's term,
+    /// vote or log, so it waits until what the sender wrote before it is on stable storage.
+    pub fn may_precede_persistence(&self) -> bool {
+        matches!(
+            self,
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. }
+        )
+    }
 }
 
 /// A message between two members of one cluster.

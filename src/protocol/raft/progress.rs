@@ -52,6 +52,11 @@ impl Progress {
         }
     }
 
+    /// Panics if a field's documented invariant broke (`next > matched`).
+    fn check(&self) {
+        assert!(self.next > self.matched, "progress next {} not past matched {}", self.next, self.matched);
+    }
+
     /// Whether the leader must hold further appends to this follower for now.
     pub fn is_paused(&self, window: usize) -> bool {
         match self.state {
@@ -72,6 +77,7 @@ impl Progress {
         self.state = ProgressState::Probe;
         self.probe_sent = false;
         self.inflight.clear();
+        self.check();
     }
 
     /// Switches to Replicate (pipelined appends).
@@ -80,6 +86,7 @@ impl Progress {
         self.next = self.matched + 1;
         self.probe_sent = false;
         self.inflight.clear();
+        self.check();
     }
 
     /// Switches to Snapshot: the follower is being sent the snapshot at `index`.
@@ -90,16 +97,22 @@ impl Progress {
         self.stalled_ticks = 0;
     }
 
-    /// Records that an append ending at `last` was sent.
-    pub fn sent(&mut self, last: u64, had_entries: bool) {
+    /// Records that an append ending at `last` was sent, with at most `window` appends in flight.
+    pub fn sent(&mut self, last: u64, had_entries: bool, window: usize) {
         match self.state {
             ProgressState::Replicate if had_entries => {
                 self.next = last + 1;
                 self.inflight.push_back(last);
+                assert!(
+                    self.inflight.len() <= window,
+                    "{} appends in flight, window {window}",
+                    self.inflight.len()
+                );
             }
             ProgressState::Probe => self.probe_sent = true,
             _ => {}
         }
+        self.check();
     }
 
     /// Records an accepted append up to `index`; returns whether the match point moved.
@@ -114,6 +127,7 @@ impl Progress {
         while self.inflight.front().is_some_and(|&last| last <= index) {
             self.inflight.pop_front();
         }
+        self.check();
         moved
     }
 
@@ -133,6 +147,7 @@ impl Progress {
         }
         self.next = rejected.min(hint + 1).max(self.matched + 1);
         self.probe_sent = false;
+        self.check();
         true
     }
 }
@@ -146,8 +161,8 @@ mod tests {
         let mut pr = Progress::new(5);
         pr.matched = 5;
         pr.become_replicate();
-        pr.sent(7, true);
-        pr.sent(9, true);
+        pr.sent(7, true, 2);
+        pr.sent(9, true, 2);
         assert!(pr.is_paused(2));
         assert_eq!(pr.next, 10);
         pr.maybe_update(7);

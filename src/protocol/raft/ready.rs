@@ -46,30 +46,43 @@ pub struct ReadState {
     pub index: u64,
 }
 
-/// Everything the core needs done, in the order it must be done.
+/// Everything the core needs done, and what must be durable before what.
 ///
-/// The caller must, in this order:
-/// 1. persist `snapshot` (if any), then `entries` and `hard_state` (if any) — durably, in one
-///    write — *before* sending any of `messages`: a vote or an append acknowledgement promises
-///    that what it acknowledges is on stable storage;
-/// 2. send `messages`;
-/// 3. apply `snapshot` (if any) to the state machine, then `committed_entries` in order;
+/// The caller must:
+/// 1. send `messages` now. None of them promises anything about this node's storage: they are
+///    a leader's appends, heartbeats and snapshot offers (the leader counts its own copy of an
+///    entry toward a quorum only once it is durable, Raft thesis §10.2.1), and messages whose
+///    writes were already reported durable;
+/// 2. hand `snapshot` (if any), then `entries` and `hard_state` (if any) to stable storage, in
+///    order after the writes of every earlier Ready; once they are durable, call
+///    [`on_persisted`](super::RaftCore::on_persisted) with `number`. Votes, vote requests and
+///    acknowledgements produced meanwhile are held by the core until then: each promises that
+///    the term, vote or entries it speaks for are on stable storage, and leaves with a later
+///    Ready's `messages`. Several Readies' writes may be merged into one (group commit);
+///    reporting the highest number covers them all;
+/// 3. apply `snapshot` (if any) to the state machine, then `committed_entries` in order. They
+///    are committed, so durable on a quorum: they may be applied before this node's own write
+///    of them is durable;
 /// 4. serve `read_states` once the state machine has applied their index (they are released
-///    only when `committed_entries` of this or an earlier `Ready` reach it), and fail `dropped_reads`;
-/// 5. call `advance` with this `Ready`. Only one `Ready` is out at a time.
+///    only when `committed_entries` of this or an earlier `Ready` reach it), and fail
+///    `dropped_reads`;
+/// 5. call [`advance`](super::RaftCore::advance) with this `Ready` before asking for the next.
+///    Only one `Ready` is out at a time; any number of writes may be in flight.
 #[derive(Clone, Debug, Default)]
 pub struct Ready {
     /// New role, term or leader, if any of them changed since the last `Ready`.
     pub role: Option<RoleState>,
-    /// Hard state to persist, if it changed.
+    /// This Ready's write, for `on_persisted`; 0 when it writes nothing.
+    pub number: u64,
+    /// Hard state to write: when term or vote changed (that write must be durable before the
+    /// held vote leaves), or with entries when the commit mark moved.
     pub hard_state: Option<HardState>,
-    /// A snapshot received from the leader: persist it, then restore the state machine from it.
+    /// A snapshot received from the leader: write it, then restore the state machine from it.
     /// Its `data` is whatever the transport delivered with the `InstallSnapshot` message.
     pub snapshot: Option<Snapshot>,
-    /// Entries to append to stable storage; an entry at an index already stored replaces it and
-    /// every entry after it.
+    /// Entries to write; an entry at an index already stored replaces it and every entry after it.
     pub entries: Vec<Entry>,
-    /// Messages to send once the above is durable.
+    /// Messages that may be sent now.
     pub messages: Vec<Message>,
     /// Committed entries to apply, consecutive and in order.
     pub committed_entries: Vec<Entry>,
@@ -77,4 +90,13 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
     /// Read tokens that can no longer be confirmed (leadership lost): answer them with a retry.
     pub dropped_reads: Vec<u64>,
+    /// The applied mark once `committed_entries` are handed out (read by `advance`).
+    pub(super) applied_upto: u64,
+}
+
+impl Ready {
+    /// Whether this Ready has anything to write (and so a `number` to report durable).
+    pub fn must_persist(&self) -> bool {
+        self.number != 0
+    }
 }
