@@ -4,7 +4,8 @@
 //! partitions; each node's writes reach its "disk" some random time after the Ready that handed
 //! them out (messages that promise them wait in the core); nodes crash (losing every write not
 //! yet on disk) and restart from their disk;
-//! logs are compacted and lagging nodes catch up by snapshot. After every step the safety
+//! logs are compacted and lagging nodes catch up by snapshot, the image travelling in chunks
+//! paced by the replica's own `SnapshotSender`/`SnapshotReceiver`, driven by the same ticks. After every step the safety
 //! properties are checked; at the end the network heals and a new proposal must commit.
 //!
 //! `SIM_SEED=n` replays one seed; `SIM_SEEDS=n` sets how many seeds each test runs (default 200);
@@ -12,10 +13,42 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use quorumkv::protocol::peer_wire::SnapshotChunk;
 use quorumkv::protocol::raft::{
     Config, Entry, HardState, Message, MessageBody, RaftCore, Ready, Role, SnapshotMeta,
 };
 use quorumkv::protocol::rng::Rng;
+use quorumkv::protocol::snapshot_transfer::{
+    AckOutcome, SendChunk, SnapshotReceiver, SnapshotSender, TickOrder, TransferConfig,
+};
+
+/// Small chunks, so an image (16 bytes) takes several and their loss and reordering matter.
+const TRANSFER: TransferConfig =
+    TransferConfig { chunk_bytes: 5, resend_ticks: 3, give_up_ticks: 25, max_image_bytes: 1024 };
+
+/// What travels between simulated nodes.
+#[derive(Clone, Debug)]
+enum Packet {
+    Raft(Message),
+    Chunk(SnapshotChunk),
+    /// A follower (`from`) holds `received` bytes of the snapshot at `meta` sent by `to`.
+    Ack {
+        from: u64,
+        to: u64,
+        meta: SnapshotMeta,
+        received: u64,
+    },
+}
+
+impl Packet {
+    fn ends(&self) -> (u64, u64) {
+        match self {
+            Packet::Raft(m) => (m.from, m.to),
+            Packet::Chunk(c) => (c.from, c.to),
+            Packet::Ack { from, to, .. } => (*from, *to),
+        }
+    }
+}
 
 /// What a node keeps across crashes.
 #[derive(Clone, Default)]
@@ -80,6 +113,10 @@ struct Node {
     disk: Disk,
     /// Writes handed out and not yet on `disk`, oldest first (lost in a crash).
     pending: Vec<Write>,
+    /// Snapshot images being sent (as leader), each kept with its transfer.
+    sender: SnapshotSender<Vec<u8>>,
+    /// The snapshot image being received (as follower).
+    receiver: SnapshotReceiver,
     /// The state machine: (applied index, chained hash).
     state: (u64, u64),
     /// Highest commit index whose entries were checked against the global record.
@@ -100,7 +137,7 @@ struct Sim {
     members: Vec<u64>,
     nodes: BTreeMap<u64, Node>,
     /// In flight: (deliver no earlier than tick, message).
-    network: Vec<(u64, Message)>,
+    network: Vec<(u64, Packet)>,
     cut: BTreeSet<(u64, u64)>,
     faults: Faults,
     now: u64,
@@ -155,6 +192,8 @@ impl Sim {
                     core: None,
                     disk: Disk::default(),
                     pending: Vec::new(),
+                    sender: SnapshotSender::new(TRANSFER),
+                    receiver: SnapshotReceiver::new(TRANSFER.max_image_bytes),
                     state: (0, 0),
                     checked: 0,
                     restarts: 0,
@@ -182,6 +221,8 @@ impl Sim {
         config.max_uncommitted_bytes = 1024;
         let disk = node.disk.clone();
         node.pending.clear();
+        node.sender = SnapshotSender::new(TRANSFER);
+        node.receiver = SnapshotReceiver::new(TRANSFER.max_image_bytes);
         node.core = Some(RaftCore::new(config, disk.hard_state, disk.snapshot, disk.entries));
         node.state = disk.snapshot_state;
         node.checked = disk.snapshot.index;
@@ -271,16 +312,23 @@ impl Sim {
         }
         // A leader's snapshot offers are only made from the compacted log, which the disk holds.
         let disk_snapshot = (node.disk.snapshot, node.disk.snapshot_state);
-        for mut m in ready.messages.iter().cloned() {
-            if let MessageBody::InstallSnapshot { snapshot } = &mut m.body {
+        for m in ready.messages.iter().cloned() {
+            if let MessageBody::InstallSnapshot { snapshot } = &m.body {
                 assert_eq!(
                     snapshot.meta, disk_snapshot.0,
                     "seed {}: snapshot sent is not the one stored",
                     self.seed
                 );
-                snapshot.data = encode_state(disk_snapshot.1);
+                // The image goes in chunks beside Raft, as in a replica.
+                let node = self.nodes.get_mut(&id).expect("node");
+                if !node.sender.is_sending(m.to, snapshot.meta) {
+                    let image = encode_state(disk_snapshot.1);
+                    let first = node.sender.start(m.to, snapshot.meta, image.len() as u64, image);
+                    self.send_chunk(id, m.term, first);
+                }
+                continue;
             }
-            self.send(m);
+            self.send(Packet::Raft(m));
         }
         if let Some(snapshot) = &ready.snapshot {
             self.stats.snapshots_installed += 1;
@@ -329,7 +377,24 @@ impl Sim {
         self.nodes.get_mut(&id).expect("node").state = (entry.index, hash);
     }
 
-    fn send(&mut self, m: Message) {
+    /// Sends the chunk `order` names, cut from the image kept with `from`'s transfer.
+    fn send_chunk(&mut self, from: u64, term: u64, order: SendChunk) {
+        let Some(image) = self.nodes[&from].sender.payload(order.to) else { return };
+        let start = order.offset as usize;
+        let chunk = SnapshotChunk {
+            from,
+            to: order.to,
+            term,
+            meta: order.meta,
+            offset: order.offset,
+            total_bytes: image.len() as u64,
+            crc32: crc32fast::hash(image),
+            data: image[start..start + order.len].to_vec(),
+        };
+        self.send(Packet::Chunk(chunk));
+    }
+
+    fn send(&mut self, m: Packet) {
         if self.rng.chance(self.faults.drop) {
             self.stats.dropped += 1;
             return;
@@ -341,32 +406,71 @@ impl Sim {
         }
     }
 
-    /// Delivers one random deliverable message (so messages are reordered).
+    /// Delivers one random deliverable packet (so packets are reordered).
     fn deliver_one(&mut self) -> bool {
         let ready: Vec<usize> = (0..self.network.len()).filter(|&i| self.network[i].0 <= self.now).collect();
         let Some(i) = self.pick(&ready) else { return false };
-        let (_, m) = self.network.swap_remove(i);
-        if self.cut.contains(&(m.from, m.to)) {
+        let (_, packet) = self.network.swap_remove(i);
+        let (from, to) = packet.ends();
+        if self.cut.contains(&(from, to)) || self.nodes[&to].core.is_none() {
             self.stats.dropped += 1;
             return true;
         }
-        if let Some(core) = self.nodes.get_mut(&m.to).and_then(|n| n.core.as_mut()) {
-            self.stats.delivered += 1;
-            // Well-formed messages from members are never refused in a correct cluster... except
-            // a second leader's append in the same term, which must not exist: count refusals.
-            if let Err(e) = core.step(m) {
-                self.fail(format!("a correct peer's message was refused: {e}"));
+        self.stats.delivered += 1;
+        let node = self.nodes.get_mut(&to).expect("node");
+        let Some(core) = node.core.as_mut() else { return true };
+        let message = match packet {
+            Packet::Raft(m) => m,
+            Packet::Chunk(chunk) => {
+                let (meta, term) = (chunk.meta, chunk.term);
+                let outcome = node.receiver.on_chunk(chunk, core.term());
+                assert!(!outcome.corrupt, "seed {}: a snapshot image was corrupted in transit", self.seed);
+                if let Some(received) = outcome.ack {
+                    self.send(Packet::Ack { from: to, to: from, meta, received });
+                }
+                let Some(snapshot) = outcome.complete else { return true };
+                Message { from, to, term, body: MessageBody::InstallSnapshot { snapshot } }
             }
+            Packet::Ack { meta, received, .. } => {
+                match node.sender.on_ack(from, meta, received) {
+                    AckOutcome::Ignored => {}
+                    AckOutcome::Send(order) => {
+                        let term = core.term();
+                        self.send_chunk(to, term, order);
+                    }
+                    AckOutcome::Delivered(..) => core.report_snapshot(from, true),
+                }
+                return true;
+            }
+        };
+        let core = self.nodes.get_mut(&to).and_then(|n| n.core.as_mut()).expect("live");
+        // Well-formed messages from members are never refused in a correct cluster... except
+        // a second leader's append in the same term, which must not exist: count refusals.
+        if let Err(e) = core.step(message) {
+            self.fail(format!("a correct peer's message was refused: {e}"));
         }
         true
     }
 
     fn tick_all(&mut self) {
         self.now += 1;
-        for node in self.nodes.values_mut() {
-            if let Some(core) = node.core.as_mut() {
-                core.tick();
+        let mut resends = Vec::new();
+        for (&id, node) in self.nodes.iter_mut() {
+            let Some(core) = node.core.as_mut() else { continue };
+            core.tick();
+            if core.role() != Role::Leader {
+                node.sender.clear();
+                continue;
             }
+            for order in node.sender.tick() {
+                match order {
+                    TickOrder::Resend(order) => resends.push((id, core.term(), order)),
+                    TickOrder::Abandon(to) => core.report_snapshot(to, false),
+                }
+            }
+        }
+        for (id, term, order) in resends {
+            self.send_chunk(id, term, order);
         }
     }
 

@@ -3,11 +3,12 @@
 //!
 //! It also owns the snapshot life cycle: it asks the applier for a snapshot once the log passes
 //! the threshold and then compacts; it streams snapshots to followers that need one, in chunks
-//! with stop-and-wait flow control; and it assembles, checks and installs one it receives.
+//! paced by `protocol::snapshot_transfer` (stop-and-wait, tick-driven); and it installs one it
+//! receives once that module says the image is whole and checked.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 
@@ -21,7 +22,10 @@ use super::waiter::{ReadDone, WatchFired};
 use crate::protocol::command::Command;
 use crate::protocol::peer_wire::{PeerFrame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES};
 use crate::protocol::raft::{
-    Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, Snapshot, SnapshotMeta,
+    Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, SnapshotMeta,
+};
+use crate::protocol::snapshot_transfer::{
+    AckOutcome, SendChunk, SnapshotReceiver, SnapshotSender, TickOrder, TransferConfig,
 };
 
 /// Reads waiting for confirmation before new ones are refused with `-TRYAGAIN`.
@@ -32,6 +36,17 @@ pub const SNAPSHOT_RESEND_MS: u64 = 300;
 pub const SNAPSHOT_GIVE_UP_MS: u64 = 10_000;
 /// Largest snapshot image a follower accepts, in bytes.
 pub const MAX_SNAPSHOT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+
+/// The transfer pacing for a consensus ticking every `tick`.
+pub fn transfer_config(tick: Duration) -> TransferConfig {
+    let ticks = |ms: u64| (ms / (tick.as_millis() as u64).max(1)).max(1) as u32;
+    TransferConfig {
+        chunk_bytes: SNAPSHOT_CHUNK_BYTES,
+        resend_ticks: ticks(SNAPSHOT_RESEND_MS),
+        give_up_ticks: ticks(SNAPSHOT_GIVE_UP_MS),
+        max_image_bytes: MAX_SNAPSHOT_BYTES,
+    }
+}
 
 /// A frame from a peer: a Raft message or a piece of a snapshot transfer.
 #[derive(Message)]
@@ -104,27 +119,10 @@ struct PendingRead {
     reply_to: Recipient<ReadDone>,
 }
 
-/// A snapshot being sent to one follower.
-struct OutgoingSnapshot {
+/// What the leader keeps with each transfer: the image and its checksum.
+struct OutgoingImage {
     snapshot: SavedSnapshot,
     crc32: u32,
-    /// Bytes the follower confirmed holding. <= image length.
-    acked: u64,
-    /// When `acked` last moved (or the transfer started).
-    progress_at: Instant,
-    /// When the chunk at `acked` was last sent.
-    sent_at: Instant,
-    /// When the transfer started.
-    started: Instant,
-}
-
-/// A snapshot being received from the leader.
-struct IncomingSnapshot {
-    from: NodeId,
-    meta: SnapshotMeta,
-    total_bytes: u64,
-    crc32: u32,
-    image: Vec<u8>,
 }
 
 /// Owns the Raft core of one replica.
@@ -148,10 +146,10 @@ pub struct Consensus {
     /// A snapshot is being taken.
     snapshotting: bool,
     latest_snapshot: Option<SavedSnapshot>,
-    outgoing: HashMap<NodeId, OutgoingSnapshot>,
+    outgoing: SnapshotSender<OutgoingImage>,
     /// A snapshot load from disk is under way (for a transfer).
     loading_snapshot: bool,
-    incoming: Option<IncomingSnapshot>,
+    incoming: SnapshotReceiver,
     stopped: bool,
 }
 
@@ -174,9 +172,9 @@ impl Consensus {
             snapshot_threshold_bytes: parts.snapshot_threshold_bytes,
             snapshotting: false,
             latest_snapshot: parts.latest_snapshot,
-            outgoing: HashMap::new(),
+            outgoing: SnapshotSender::new(transfer_config(parts.tick)),
             loading_snapshot: false,
-            incoming: None,
+            incoming: SnapshotReceiver::new(MAX_SNAPSHOT_BYTES),
             stopped: false,
         }
     }
@@ -335,32 +333,21 @@ impl Consensus {
     // ----- sending a snapshot -----
 
     fn start_transfer(&mut self, ctx: &mut Context<Self>, to: NodeId, meta: SnapshotMeta) {
-        if self.outgoing.get(&to).is_some_and(|t| t.snapshot.meta == meta) {
+        if self.outgoing.is_sending(to, meta) {
             return; // already under way; the tick resends what is lost
         }
         match &self.latest_snapshot {
             Some(s) if s.meta == meta => {
                 let snapshot = s.clone();
                 let crc32 = crc32fast::hash(&snapshot.image);
+                let total = snapshot.image.len() as u64;
                 log::info!(
-                    "replica {}: sending snapshot at index {} ({} bytes) to {to}",
+                    "replica {}: sending snapshot at index {} ({total} bytes) to {to}",
                     self.core.id(),
                     meta.index,
-                    snapshot.image.len()
                 );
-                let now = Instant::now();
-                self.outgoing.insert(
-                    to,
-                    OutgoingSnapshot {
-                        snapshot,
-                        crc32,
-                        acked: 0,
-                        progress_at: now,
-                        sent_at: now,
-                        started: now,
-                    },
-                );
-                self.send_chunk(to);
+                let first = self.outgoing.start(to, meta, total, OutgoingImage { snapshot, crc32 });
+                self.send_chunk(first);
             }
             _ if !self.loading_snapshot => {
                 // Not in memory (e.g. after a restart): load it, then Raft's retry starts the transfer.
@@ -376,133 +363,82 @@ impl Consensus {
         }
     }
 
-    fn send_chunk(&mut self, to: NodeId) {
+    /// Cuts the chunk `order` names out of the image kept with its transfer and sends it.
+    fn send_chunk(&mut self, order: SendChunk) {
         let (from, term) = (self.core.id(), self.core.term());
-        let Some(t) = self.outgoing.get_mut(&to) else { return };
-        let image = &t.snapshot.image;
-        let start = (t.acked as usize).min(image.len());
-        let end = (start + SNAPSHOT_CHUNK_BYTES).min(image.len());
+        let Some(image) = self.outgoing.payload(order.to) else { return };
+        let bytes = &image.snapshot.image;
+        let start = (order.offset as usize).min(bytes.len());
+        let end = (start + order.len).min(bytes.len());
         let chunk = SnapshotChunk {
             from,
-            to,
+            to: order.to,
             term,
-            meta: t.snapshot.meta,
+            meta: order.meta,
             offset: start as u64,
-            total_bytes: image.len() as u64,
-            crc32: t.crc32,
-            data: image[start..end].to_vec(),
+            total_bytes: bytes.len() as u64,
+            crc32: image.crc32,
+            data: bytes[start..end].to_vec(),
         };
-        t.sent_at = Instant::now();
         self.transport.send(PeerFrame::SnapshotChunk(chunk));
     }
 
     fn on_snapshot_ack(&mut self, from: NodeId, meta: SnapshotMeta, received: u64) {
-        let Some(t) = self.outgoing.get_mut(&from) else { return };
-        if t.snapshot.meta != meta {
-            return;
+        match self.outgoing.on_ack(from, meta, received) {
+            AckOutcome::Ignored => {}
+            AckOutcome::Send(order) => self.send_chunk(order),
+            AckOutcome::Delivered(image, ticks) => {
+                log::info!(
+                    "replica {}: snapshot at index {} ({} bytes) delivered to {from} in {} ms",
+                    self.core.id(),
+                    meta.index,
+                    image.snapshot.image.len(),
+                    u128::from(ticks) * self.tick.as_millis()
+                );
+                self.core.report_snapshot(from, true);
+            }
         }
-        let total = t.snapshot.image.len() as u64;
-        if received >= total {
-            log::info!(
-                "replica {}: snapshot at index {} ({total} bytes) delivered to {from} in {} ms",
-                self.core.id(),
-                meta.index,
-                t.started.elapsed().as_millis()
-            );
-            self.outgoing.remove(&from);
-            self.core.report_snapshot(from, true);
-            return;
-        }
-        if received != t.acked {
-            t.progress_at = Instant::now();
-        }
-        // The follower says where it is; after a lost chunk or a reconnect that may be behind.
-        t.acked = received;
-        self.send_chunk(from);
     }
 
     fn tick_transfers(&mut self) {
-        let now = Instant::now();
-        let mut resend = Vec::new();
-        let mut give_up = Vec::new();
-        for (&to, t) in &self.outgoing {
-            if now.duration_since(t.progress_at) > Duration::from_millis(SNAPSHOT_GIVE_UP_MS) {
-                give_up.push(to);
-            } else if now.duration_since(t.sent_at) > Duration::from_millis(SNAPSHOT_RESEND_MS) {
-                resend.push(to);
-            }
-        }
-        for to in give_up {
-            log::warn!("replica {}: snapshot transfer to {to} made no progress; abandoned", self.core.id());
-            self.outgoing.remove(&to);
-            self.core.report_snapshot(to, false);
-        }
-        for to in resend {
-            self.send_chunk(to);
-        }
         if self.core.role() != Role::Leader {
             self.outgoing.clear();
+            return;
+        }
+        for order in self.outgoing.tick() {
+            match order {
+                TickOrder::Resend(order) => self.send_chunk(order),
+                TickOrder::Abandon(to) => {
+                    log::warn!(
+                        "replica {}: snapshot transfer to {to} made no progress; abandoned",
+                        self.core.id()
+                    );
+                    self.core.report_snapshot(to, false);
+                }
+            }
         }
     }
 
     // ----- receiving a snapshot -----
 
+    /// Takes a chunk; once the image is whole and checked, returns it as an InstallSnapshot.
     fn on_snapshot_chunk(&mut self, chunk: SnapshotChunk) -> Option<Message> {
-        if chunk.term < self.core.term() || chunk.total_bytes > MAX_SNAPSHOT_BYTES {
-            return None;
+        let (from, meta, term) = (chunk.from, chunk.meta, chunk.term);
+        let outcome = self.incoming.on_chunk(chunk, self.core.term());
+        if outcome.corrupt {
+            log::warn!("replica {}: snapshot from {from} failed its checksum; asking again", self.core.id());
         }
-        let fresh = self.incoming.as_ref().is_none_or(|i| i.meta != chunk.meta || i.from != chunk.from);
-        if fresh {
-            if chunk.offset != 0 {
-                // A transfer we hold nothing of: ask for it from the start.
-                self.ack(chunk.from, chunk.meta, 0);
-                return None;
-            }
-            self.incoming = Some(IncomingSnapshot {
-                from: chunk.from,
-                meta: chunk.meta,
-                total_bytes: chunk.total_bytes,
-                crc32: chunk.crc32,
-                image: Vec::new(),
-            });
+        if let Some(received) = outcome.ack {
+            self.ack(from, meta, received);
         }
-        let incoming = self.incoming.as_mut()?;
-        if chunk.offset == incoming.image.len() as u64
-            && incoming.image.len() as u64 + chunk.data.len() as u64 <= incoming.total_bytes
-        {
-            incoming.image.extend_from_slice(&chunk.data);
-        }
-        let received = incoming.image.len() as u64;
-        if received < incoming.total_bytes {
-            self.ack(chunk.from, chunk.meta, received);
-            return None;
-        }
-        let incoming = self.incoming.take()?;
-        if crc32fast::hash(&incoming.image) != incoming.crc32 {
-            log::warn!(
-                "replica {}: snapshot from {} failed its checksum; asking again",
-                self.core.id(),
-                incoming.from
-            );
-            self.ack(chunk.from, chunk.meta, 0);
-            return None;
-        }
+        let snapshot = outcome.complete?;
         log::info!(
-            "replica {}: received snapshot at index {} ({} bytes) from {}",
+            "replica {}: received snapshot at index {} ({} bytes) from {from}",
             self.core.id(),
-            incoming.meta.index,
-            incoming.image.len(),
-            incoming.from
+            snapshot.meta.index,
+            snapshot.data.len(),
         );
-        self.ack(chunk.from, chunk.meta, received);
-        Some(Message {
-            from: chunk.from,
-            to: self.core.id(),
-            term: chunk.term,
-            body: MessageBody::InstallSnapshot {
-                snapshot: Snapshot { meta: incoming.meta, data: incoming.image },
-            },
-        })
+        Some(Message { from, to: self.core.id(), term, body: MessageBody::InstallSnapshot { snapshot } })
     }
 
     fn ack(&mut self, to: NodeId, meta: SnapshotMeta, received: u64) {

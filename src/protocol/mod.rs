@@ -7,4 +7,5 @@ pub mod raft;
 pub mod request;
 pub mod resp;
 pub mod rng;
+pub mod snapshot_transfer;
 pub mod watch;
