@@ -21,8 +21,10 @@ use crate::protocol::resp::{ParseOutcome, Reply, RequestParser};
 
 /// Requests of one connection in flight (read, not yet answered) before reading pauses.
 pub const MAX_INFLIGHT_REQUESTS: usize = 1024;
-/// Bytes read from the socket at a time.
+/// Most bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Read buffer of a connection with nothing buffered: an idle connection costs about this.
+const IDLE_READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes of replies one connection may hold unwritten (produced, not yet taken by the socket)
 /// before it is closed, as Redis's client-output-buffer-limit does for a client that does not read.
 pub const MAX_REPLY_BUFFER_BYTES: usize = 256 * 1024 * 1024;
@@ -257,8 +259,9 @@ async fn read_loop(
     idle_timeout: Option<Duration>,
 ) {
     let mut parser = RequestParser::new();
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    // Read straight into the buffer's spare room: small while the client sends little, grown
+    // for bursts and large values, and shrunk back once drained.
+    let mut buf: Vec<u8> = Vec::with_capacity(IDLE_READ_BUFFER_BYTES);
     loop {
         // Parse everything buffered before reading more; consumed bytes are dropped once per read,
         // not once per request, so a burst of small requests costs one move of the buffer.
@@ -291,10 +294,17 @@ async fn read_loop(
         if start > 0 {
             buf.drain(..start);
         }
+        if buf.is_empty() && buf.capacity() > IDLE_READ_BUFFER_BYTES {
+            buf = Vec::with_capacity(IDLE_READ_BUFFER_BYTES);
+        }
+        if buf.len() == buf.capacity() {
+            // Full of a request still incomplete: room for one more read, doubling up to a chunk.
+            buf.reserve(buf.len().clamp(IDLE_READ_BUFFER_BYTES, READ_CHUNK_BYTES));
+        }
         let read = match idle_timeout {
-            None => reader.read(&mut chunk).await,
+            None => reader.read_buf(&mut buf).await,
             Some(idle) => loop {
-                match tokio::time::timeout(idle, reader.read(&mut chunk)).await {
+                match tokio::time::timeout(idle, reader.read_buf(&mut buf)).await {
                     Ok(read) => break read,
                     // A client waiting for replies is not idle.
                     Err(_) if permits.available_permits() < MAX_INFLIGHT_REQUESTS => continue,
@@ -311,7 +321,7 @@ async fn read_loop(
                 connection.do_send(ReaderEnded::Eof);
                 return;
             }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
 }

@@ -86,6 +86,14 @@ pub struct ReadIndex {
     pub reply_to: Recipient<ReadDone>,
 }
 
+/// Run the Readies that the messages handled since the last drive produced.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DriveNow;
+
+/// Messages handled without a drive before one is forced (a bound on a burst's batch).
+const MAX_UNDRIVEN_MESSAGES: u32 = 256;
+
 /// Stop ticking and processing; the replica is shutting down (or crashing in a test).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -134,6 +142,10 @@ pub struct Consensus {
     transport: Box<dyn Transport>,
     status: Arc<StatusBoard>,
     tick: Duration,
+    /// A `DriveNow` is on its way.
+    drive_scheduled: bool,
+    /// Messages handled since the last drive.
+    undriven: u32,
     /// A write is with the disk writer.
     writing: bool,
     /// Writes waiting for it, in order; the last one grows while it waits (group commit).
@@ -164,6 +176,8 @@ impl Consensus {
             transport: parts.transport,
             status: parts.status,
             tick: parts.tick,
+            drive_scheduled: false,
+            undriven: 0,
             writing: false,
             disk_queue: VecDeque::new(),
             reads: HashMap::new(),
@@ -186,8 +200,24 @@ impl Consensus {
         }
     }
 
+    /// Drives once the mailbox is drained (or after a bounded burst), so every proposal and
+    /// peer message that arrived together goes out in one Ready: one append per follower
+    /// carrying all of them, one write. actix handles a context's spawned items, where
+    /// `notify` puts `DriveNow`, only after the mailbox has nothing more to give.
+    fn drive_soon(&mut self, ctx: &mut Context<Self>) {
+        self.undriven += 1;
+        if self.undriven >= MAX_UNDRIVEN_MESSAGES {
+            return self.drive(ctx);
+        }
+        if !self.drive_scheduled {
+            self.drive_scheduled = true;
+            ctx.notify(DriveNow);
+        }
+    }
+
     /// Runs Readies until none is left: sends at once, queues writes, hands out commits.
     fn drive(&mut self, ctx: &mut Context<Self>) {
+        self.undriven = 0;
         while !self.stopped && self.core.has_ready() {
             let mut ready = self.core.ready();
             self.log_role(&ready);
@@ -550,7 +580,7 @@ impl Handler<Inbound> for Consensus {
         if let Err(e) = self.core.step(message) {
             log::warn!("replica {}: refused a peer message: {e}", self.core.id());
         }
-        self.drive(ctx);
+        self.drive_soon(ctx);
     }
 }
 
@@ -564,7 +594,7 @@ impl Handler<Propose> for Consensus {
         let (index, term) = self.core.propose(msg.data).map_err(|e| self.refusal(e))?;
         // The watch goes out before any ApplyEntries that could hold `index` (DESIGN.md).
         self.applier.do_send(Watch { index, term, request_id: msg.request_id, watcher: msg.watcher });
-        self.drive(ctx);
+        self.drive_soon(ctx);
         Ok((index, term))
     }
 }
@@ -581,8 +611,17 @@ impl Handler<ReadIndex> for Consensus {
         self.next_read_ctx += 1;
         let pending = PendingRead { command: msg.command, budget: msg.budget, reply_to: msg.reply_to };
         self.reads.insert(read_ctx, pending);
-        self.drive(ctx);
+        self.drive_soon(ctx);
         Ok(())
+    }
+}
+
+impl Handler<DriveNow> for Consensus {
+    type Result = ();
+
+    fn handle(&mut self, _msg: DriveNow, ctx: &mut Self::Context) {
+        self.drive_scheduled = false;
+        self.drive(ctx);
     }
 }
 
