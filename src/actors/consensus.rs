@@ -18,7 +18,7 @@ use super::disk::{DiskWriter, Persist};
 use super::snapshotter::{LoadLatest, SaveImage, SavedSnapshot, Snapshotter};
 use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
-use super::waiter::{ReadDone, WatchFired};
+use super::waiter::{ReadDone, WatchFired, WatchOutcome};
 use crate::protocol::command::Command;
 use crate::protocol::peer_wire::{PeerFrame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES};
 use crate::protocol::raft::{
@@ -64,19 +64,19 @@ pub enum Refusal {
 
 /// Propose an encoded [`Proposal`](crate::protocol::command::Proposal); the watcher learns its fate.
 #[derive(Message)]
-#[rtype(result = "Result<(u64, u64), Refusal>")]
+#[rtype(result = "()")]
 pub struct Propose {
     /// The encoded proposal.
     pub data: Vec<u8>,
     /// Its request id (to recognise it at apply time).
     pub request_id: u64,
-    /// Who is told once the index is settled.
+    /// Who is told once the index is settled, or at once if the proposal is refused.
     pub watcher: Recipient<WatchFired>,
 }
 
 /// Start a linearizable read; the answer goes to `reply_to`.
 #[derive(Message)]
-#[rtype(result = "Result<(), Refusal>")]
+#[rtype(result = "()")]
 pub struct ReadIndex {
     /// The read-only command.
     pub command: Command,
@@ -585,34 +585,40 @@ impl Handler<Inbound> for Consensus {
 }
 
 impl Handler<Propose> for Consensus {
-    type Result = Result<(u64, u64), Refusal>;
+    type Result = ();
 
-    fn handle(&mut self, msg: Propose, ctx: &mut Self::Context) -> Self::Result {
-        if self.stopped {
-            return Err(Refusal::Busy);
+    fn handle(&mut self, msg: Propose, ctx: &mut Self::Context) {
+        let proposed = if self.stopped {
+            Err(Refusal::Busy)
+        } else {
+            self.core.propose(msg.data).map_err(|e| self.refusal(e))
+        };
+        match proposed {
+            Ok((index, term)) => {
+                // The watch goes out before any ApplyEntries that could hold `index` (DESIGN.md).
+                self.applier.do_send(Watch { index, term, request_id: msg.request_id, watcher: msg.watcher });
+                self.drive_soon(ctx);
+            }
+            Err(refusal) => msg.watcher.do_send(WatchFired(WatchOutcome::Refused(refusal))),
         }
-        let (index, term) = self.core.propose(msg.data).map_err(|e| self.refusal(e))?;
-        // The watch goes out before any ApplyEntries that could hold `index` (DESIGN.md).
-        self.applier.do_send(Watch { index, term, request_id: msg.request_id, watcher: msg.watcher });
-        self.drive_soon(ctx);
-        Ok((index, term))
     }
 }
 
 impl Handler<ReadIndex> for Consensus {
-    type Result = Result<(), Refusal>;
+    type Result = ();
 
-    fn handle(&mut self, msg: ReadIndex, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ReadIndex, ctx: &mut Self::Context) {
         if self.stopped || self.reads.len() >= MAX_PENDING_READS {
-            return Err(Refusal::Busy);
+            return msg.reply_to.do_send(ReadDone::refused(Refusal::Busy));
         }
         let read_ctx = self.next_read_ctx;
-        self.core.read_index(read_ctx).map_err(|e| self.refusal(e))?;
+        if let Err(e) = self.core.read_index(read_ctx) {
+            return msg.reply_to.do_send(ReadDone::refused(self.refusal(e)));
+        }
         self.next_read_ctx += 1;
         let pending = PendingRead { command: msg.command, budget: msg.budget, reply_to: msg.reply_to };
         self.reads.insert(read_ctx, pending);
         self.drive_soon(ctx);
-        Ok(())
     }
 }
 

@@ -22,6 +22,8 @@ pub enum WatchOutcome {
     Applied(CommandResult),
     /// Another entry was applied there, or the term moved on first: the outcome is unknown.
     Superseded,
+    /// Consensus did not take the proposal (nothing was appended).
+    Refused(Refusal),
 }
 
 /// Sent to a watcher when its index is settled.
@@ -29,12 +31,21 @@ pub enum WatchOutcome {
 #[rtype(result = "()")]
 pub struct WatchFired(pub WatchOutcome);
 
-/// The answer to a read served by the applier.
+/// Why a read was not served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadFailure {
+    /// Consensus did not take it.
+    Refused(Refusal),
+    /// It was taken but could not be confirmed or served, for this reason (answered `-TRYAGAIN`).
+    Failed(String),
+}
+
+/// The answer to a read: served by the applier, or refused or failed by consensus.
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
 pub struct ReadDone {
-    /// The result, or why the read could not be served (answered `-TRYAGAIN`).
-    pub result: Result<CommandResult, String>,
+    /// The result, or why the read was not served.
+    pub result: Result<CommandResult, ReadFailure>,
     /// Bytes reserved for the reply in the connection's [`ReplyBudget`].
     pub reserved: usize,
 }
@@ -42,7 +53,12 @@ pub struct ReadDone {
 impl ReadDone {
     /// A read that could not be served, for `why`.
     pub fn failed(why: impl Into<String>) -> ReadDone {
-        ReadDone { result: Err(why.into()), reserved: 0 }
+        ReadDone { result: Err(ReadFailure::Failed(why.into())), reserved: 0 }
+    }
+
+    /// A read consensus did not take.
+    pub fn refused(refusal: Refusal) -> ReadDone {
+        ReadDone { result: Err(ReadFailure::Refused(refusal)), reserved: 0 }
     }
 }
 
@@ -118,22 +134,18 @@ impl Actor for Waiter {
                     Ok(data) => data,
                     Err(e) => return self.finish(ctx, Reply::err(format!("cannot encode request: {e}"))),
                 };
-                let propose = Propose { data, request_id, watcher: ctx.address().recipient() };
-                ctx.spawn(self.consensus.send(propose).into_actor(self).map(
-                    |result, act, ctx| match result {
-                        Ok(Ok(_)) => {} // now wait for WatchFired
-                        Ok(Err(refusal)) => act.finish(ctx, refusal_reply(refusal)),
-                        Err(_) => act.finish(ctx, try_again("replica is shutting down")),
-                    },
-                ));
+                if !self.consensus.connected() {
+                    return self.finish(ctx, try_again("replica is shutting down"));
+                }
+                // No answer to wait for: a refusal comes back as a WatchFired like any outcome.
+                self.consensus.do_send(Propose { data, request_id, watcher: ctx.address().recipient() });
             }
             Some(WaiterTask::Read(command, budget)) => {
-                let read = ReadIndex { command, budget, reply_to: ctx.address().recipient() };
-                ctx.spawn(self.consensus.send(read).into_actor(self).map(|result, act, ctx| match result {
-                    Ok(Ok(())) => {} // now wait for ReadDone
-                    Ok(Err(refusal)) => act.finish(ctx, refusal_reply(refusal)),
-                    Err(_) => act.finish(ctx, try_again("replica is shutting down")),
-                }));
+                if !self.consensus.connected() {
+                    return self.finish(ctx, try_again("replica is shutting down"));
+                }
+                // The answer, a refusal included, comes back as a ReadDone.
+                self.consensus.do_send(ReadIndex { command, budget, reply_to: ctx.address().recipient() });
             }
             None => {}
         }
@@ -147,6 +159,7 @@ impl Handler<WatchFired> for Waiter {
         let reply = match msg.0 {
             WatchOutcome::Applied(result) => Reply::from(result),
             WatchOutcome::Superseded => try_again("leader changed before the write was applied"),
+            WatchOutcome::Refused(refusal) => refusal_reply(refusal),
         };
         self.finish(ctx, reply);
     }
@@ -158,7 +171,8 @@ impl Handler<ReadDone> for Waiter {
     fn handle(&mut self, msg: ReadDone, ctx: &mut Self::Context) {
         let reply = match msg.result {
             Ok(result) => Reply::from(result),
-            Err(why) => try_again(&why),
+            Err(ReadFailure::Refused(refusal)) => refusal_reply(refusal),
+            Err(ReadFailure::Failed(why)) => try_again(&why),
         };
         self.reserved = msg.reserved;
         self.finish(ctx, reply);

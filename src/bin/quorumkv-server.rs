@@ -9,6 +9,10 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use quorumkv::actors::replica::{Replica, ReplicaConfig, ReplicaError};
 use quorumkv::storage::StorageError;
 
+/// The replica's allocator (the library leaves the choice to whoever links it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A replica of quorumkv, the replicated key-value store.
 #[derive(Parser, Debug)]
 #[command(version, about)]
