@@ -50,21 +50,26 @@ impl Packet {
     }
 }
 
-/// What a node keeps across crashes.
+/// What a node keeps across crashes: like a replica, a snapshot file apart from the log.
 #[derive(Clone, Default)]
 struct Disk {
     hard_state: HardState,
+    /// The newest snapshot file: its position and state machine image (index, chained hash of
+    /// everything applied). Written at once, as the snapshotter writes its own file.
+    image: (SnapshotMeta, (u64, u64)),
+    /// The log's compaction marker: `entries` start after it. Never ahead of `image`.
     snapshot: SnapshotMeta,
-    /// State machine image at `snapshot.index`: (index, chained hash of everything applied).
-    snapshot_state: (u64, u64),
     /// Entries after `snapshot.index`.
     entries: Vec<Entry>,
 }
 
-/// One Ready's write, handed out and not yet on the disk.
+/// A write handed out (by a Ready, or a compaction) and not yet on the disk.
 struct Write {
+    /// The Ready's number, 0 for a compaction.
     number: u64,
     snapshot: Option<(SnapshotMeta, (u64, u64))>,
+    /// Compact the log up to here (its image is already written).
+    compact: Option<SnapshotMeta>,
     entries: Vec<Entry>,
     hard_state: Option<HardState>,
 }
@@ -72,9 +77,14 @@ struct Write {
 impl Disk {
     fn persist(&mut self, write: Write) {
         if let Some((meta, state)) = write.snapshot {
+            if meta.index > self.image.0.index {
+                self.image = (meta, state);
+            }
             self.snapshot = meta;
-            self.snapshot_state = state;
             self.entries.clear();
+        }
+        if let Some(meta) = write.compact {
+            self.compact(meta);
         }
         if let Some(first) = write.entries.first() {
             // A later entry at an existing index replaces that entry and everything after it.
@@ -85,6 +95,22 @@ impl Disk {
         if let Some(hs) = write.hard_state {
             self.hard_state = hs;
         }
+    }
+}
+
+impl Disk {
+    /// Moves the log's marker up to `meta`, keeping the entries after it if the log agrees at
+    /// `meta` (Raft §7), as the WAL does.
+    fn compact(&mut self, meta: SnapshotMeta) {
+        if meta.index <= self.snapshot.index {
+            return;
+        }
+        if self.entries.iter().any(|e| e.index == meta.index && e.term == meta.term) {
+            self.entries.retain(|e| e.index > meta.index);
+        } else {
+            self.entries.clear();
+        }
+        self.snapshot = meta;
     }
 }
 
@@ -219,12 +245,20 @@ impl Sim {
         config.max_append_bytes = 64;
         // A few entries' worth, so leaders under load hit the uncommitted-bytes bound (Busy).
         config.max_uncommitted_bytes = 1024;
+        // A crash between an image and its log compaction leaves the image ahead: start from it,
+        // as `replica::recover` does, and record the compaction.
+        assert!(
+            node.disk.image.0.index >= node.disk.snapshot.index,
+            "seed {seed}: log compacted past its image"
+        );
+        let image = node.disk.image.0;
+        node.disk.compact(image);
         let disk = node.disk.clone();
         node.pending.clear();
         node.sender = SnapshotSender::new(TRANSFER);
         node.receiver = SnapshotReceiver::new(TRANSFER.max_image_bytes);
         node.core = Some(RaftCore::new(config, disk.hard_state, disk.snapshot, disk.entries));
-        node.state = disk.snapshot_state;
+        node.state = disk.image.1;
         node.checked = disk.snapshot.index;
     }
 
@@ -286,10 +320,10 @@ impl Sim {
         let node = self.nodes.get_mut(&id).expect("node");
         let mut last = 0;
         for write in node.pending.drain(..count as usize) {
-            last = write.number;
+            last = last.max(write.number);
             node.disk.persist(write);
         }
-        if let Some(core) = node.core.as_mut() {
+        if let Some(core) = node.core.as_mut().filter(|_| last > 0) {
             core.on_persisted(last);
         }
         true
@@ -306,12 +340,13 @@ impl Sim {
             node.pending.push(Write {
                 number: ready.number,
                 snapshot: ready.snapshot.as_ref().map(|s| (s.meta, decode_state(&s.data))),
+                compact: None,
                 entries: ready.entries.clone(),
                 hard_state: ready.hard_state,
             });
         }
         // A leader's snapshot offers are only made from the compacted log, which the disk holds.
-        let disk_snapshot = (node.disk.snapshot, node.disk.snapshot_state);
+        let disk_snapshot = node.disk.image;
         for m in ready.messages.iter().cloned() {
             if let MessageBody::InstallSnapshot { snapshot } = &m.body {
                 assert_eq!(
@@ -493,19 +528,24 @@ impl Sim {
         let Some(id) = self.pick(&live) else { return };
         let node = self.nodes.get_mut(&id).expect("node");
         let Some(core) = node.core.as_mut() else { return };
-        // Only what the disk holds: the log prefix it drops must be there to drop.
+        // Everything applied, durable here or not yet: the log compaction is queued behind the
+        // writes that hold those entries, as the consensus actor queues it.
         let index = core.log().applied();
-        if index <= core.log().snapshot_meta().index || node.state.0 != index || index > core.log().stabled()
-        {
+        if index <= core.log().snapshot_meta().index || node.state.0 != index {
             return;
         }
         let term = core.log().term(index).expect("applied entry is in the log");
-        // Write the snapshot, then drop the covered log prefix (memory and disk).
-        node.disk.snapshot = SnapshotMeta { index, term };
-        node.disk.snapshot_state = node.state;
-        let keep_from =
-            node.disk.entries.iter().position(|e| e.index > index).unwrap_or(node.disk.entries.len());
-        node.disk.entries.drain(..keep_from);
+        let meta = SnapshotMeta { index, term };
+        if meta.index > node.disk.image.0.index {
+            node.disk.image = (meta, node.state);
+        }
+        node.pending.push(Write {
+            number: 0,
+            snapshot: None,
+            compact: Some(meta),
+            entries: Vec::new(),
+            hard_state: None,
+        });
         core.compact(index);
         self.stats.compactions += 1;
     }

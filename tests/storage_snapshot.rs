@@ -66,3 +66,20 @@ fn a_corrupt_snapshot_is_an_error_not_an_empty_state() {
     fs::write(&path, &clean[..clean.len() - 3]).expect("truncate");
     assert!(matches!(store.load_latest(), Err(StorageError::Corrupt { .. })));
 }
+
+// A snapshot of the local state that finishes after a newer one received from the leader must
+// not delete it: the log may already be compacted up to the newer one.
+#[test]
+fn saving_an_older_snapshot_keeps_the_newer_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    store.save(SnapshotMeta { index: 40, term: 3 }, b"received").expect("save");
+    store.save(SnapshotMeta { index: 25, term: 2 }, b"local, taken earlier").expect("save");
+    assert_eq!(
+        store.load_latest().expect("load"),
+        Some((SnapshotMeta { index: 40, term: 3 }, b"received".to_vec()))
+    );
+    // The next newer save clears both.
+    store.save(SnapshotMeta { index: 50, term: 3 }, b"next").expect("save");
+    assert_eq!(snapshot_files(dir.path()).len(), 1);
+}

@@ -45,13 +45,14 @@ impl Model {
 
     fn append(&mut self, wal: &mut Wal, hs: Option<HardState>, batch: &[Entry]) {
         wal.append(hs, batch).expect("append");
-        if let Some(hs) = hs {
-            self.hard_state = hs;
-            self.states.push((self.hard_state, self.entries.clone()));
-        }
+        // Records in the order the WAL writes them: the entries, then the hard state.
         for e in batch {
             self.entries.truncate((e.index - 1) as usize);
             self.entries.push(e.clone());
+            self.states.push((self.hard_state, self.entries.clone()));
+        }
+        if let Some(hs) = hs {
+            self.hard_state = hs;
             self.states.push((self.hard_state, self.entries.clone()));
         }
     }
@@ -487,5 +488,39 @@ fn an_overwritten_tail_does_not_pin_segments() {
         // term 1) spans dozens.
         let left = count_after(25, reopen);
         assert!(left <= 4, "reopen {reopen}: {left} segments kept after compaction");
+    }
+}
+
+// A write that replaces old entries and raises the commit mark, torn anywhere, never recovers a
+// commit mark over entries it was replacing: the hard state is the write's last record.
+#[test]
+fn a_torn_write_never_commits_the_entries_it_replaces() {
+    let original = tempfile::tempdir().expect("tempdir");
+    let options = WalOptions { segment_bytes: 1 << 20, fsync: false };
+    {
+        let (mut wal, _) = Wal::open(original.path(), options).expect("open");
+        let stale: Vec<Entry> = (1..=10).map(|i| entry(i, 2)).collect();
+        wal.append(Some(HardState { term: 2, vote: 1, commit: 4 }), &stale).expect("append");
+        // A new leader's entries replace 5..=8 and say 8 is committed.
+        let fresh: Vec<Entry> = (5..=8).map(|i| entry(i, 3)).collect();
+        wal.append(Some(HardState { term: 3, vote: 0, commit: 8 }), &fresh).expect("append");
+    }
+    let last = segments(original.path()).into_iter().rfind(|p| fs::metadata(p).expect("stat").len() > 0);
+    let last = last.expect("a segment");
+    let full = fs::read(&last).expect("read");
+    for cut in 0..=full.len() {
+        let copy = tempfile::tempdir().expect("tempdir");
+        copy_dir(original.path(), copy.path());
+        fs::write(copy.path().join(last.file_name().expect("name")), &full[..cut]).expect("truncate copy");
+        let (_, recovery) = Wal::open(copy.path(), options).expect("a torn tail is accepted");
+        for e in recovery.entries.iter().filter(|e| e.index <= recovery.hard_state.commit) {
+            assert!(
+                e.index <= 4 || e.term == 3,
+                "cut at {cut}: entry {} of term {} recovered as committed (commit {})",
+                e.index,
+                e.term,
+                recovery.hard_state.commit
+            );
+        }
     }
 }

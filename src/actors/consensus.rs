@@ -344,6 +344,15 @@ impl Consensus {
         ctx.spawn(self.applier.send(TakeSnapshot).into_actor(self).map(|result, act, ctx| {
             act.snapshotting = false;
             match result {
+                // Overtaken by a snapshot received meanwhile (the file store keeps that one).
+                Ok(Ok(saved)) if saved.meta.index <= act.core.log().snapshot_meta().index => {
+                    log::info!(
+                        "replica {}: snapshot at index {} superseded by one at {}",
+                        act.core.id(),
+                        saved.meta.index,
+                        act.core.log().snapshot_meta().index
+                    );
+                }
                 Ok(Ok(saved)) => {
                     let meta = saved.meta;
                     act.latest_snapshot = Some(saved);

@@ -50,8 +50,22 @@ impl Snapshotter {
     }
 }
 
+/// How much lower than the serving threads the snapshotter's thread runs (a nice increment).
+const SNAPSHOT_THREAD_NICENESS: libc::c_int = 10;
+
 impl Actor for Snapshotter {
     type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        // Encoding an image takes seconds of CPU at large states; on a machine with few cores it
+        // would take them from the threads that answer clients. On Linux the nice value is per
+        // thread, and `who = 0` is the calling thread: only this one yields.
+        // SAFETY: setpriority reads no memory of ours; a failure only leaves the priority as is.
+        let lowered = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SNAPSHOT_THREAD_NICENESS) };
+        if lowered != 0 {
+            log::debug!("replica {}: snapshot thread keeps its priority", self.id);
+        }
+    }
 }
 
 impl Handler<SaveState> for Snapshotter {

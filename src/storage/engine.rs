@@ -2,7 +2,6 @@
 
 use crate::protocol::command::ColumnFamily;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::ops::Bound;
 
 /// One change in a [`WriteBatch`].
@@ -61,13 +60,22 @@ impl WriteBatch {
     }
 }
 
+/// One column family's ordered map.
+///
+/// A persistent B-tree (`imbl::OrdMap`): a clone shares every node with the original and costs
+/// O(1), and a write after a clone copies only the nodes on its path. That is what lets a
+/// snapshot be taken without stopping the applier: it clones the state, and the snapshotter
+/// encodes the clone on its own thread while writes go on (issue 12 measured a 1.58 s stall
+/// when the clone copied every pair).
+pub(crate) type Family = imbl::OrdMap<Vec<u8>, Vec<u8>>;
+
 /// In-memory ordered key-value maps, one per [`ColumnFamily`] (the shape of TiKV's RawKV engine).
 ///
 /// Durability: none by itself; the engine is rebuilt from a snapshot plus the replayed log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvEngine {
     /// Indexed by `cf_slot(cf)`.
-    cfs: [BTreeMap<Vec<u8>, Vec<u8>>; 3],
+    cfs: [Family; 3],
     /// Sum of key and value lengths over every family, kept up to date by `write`.
     size_bytes: u64,
     /// XOR of a hash of every (cf, key, value): equal states have equal digests, kept up to date
@@ -111,7 +119,7 @@ impl KvEngine {
         start: &[u8],
     ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
         self.cfs[cf_slot(cf)]
-            .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
+            .range::<_, [u8]>((Bound::Included(start), Bound::Unbounded))
             .map(|(k, v)| (k.as_slice(), v.as_slice()))
     }
 
@@ -158,7 +166,7 @@ impl KvEngine {
 
     /// Number of keys over every family.
     pub fn len(&self) -> usize {
-        self.cfs.iter().map(BTreeMap::len).sum()
+        self.cfs.iter().map(Family::len).sum()
     }
 
     /// True if no family holds a key.
@@ -167,12 +175,12 @@ impl KvEngine {
     }
 
     /// The maps themselves, for the state machine's image.
-    pub(crate) fn families(&self) -> &[BTreeMap<Vec<u8>, Vec<u8>>; 3] {
+    pub(crate) fn families(&self) -> &[Family; 3] {
         &self.cfs
     }
 
     /// Rebuilds an engine from maps taken by [`families`](Self::families).
-    pub(crate) fn from_families(cfs: [BTreeMap<Vec<u8>, Vec<u8>>; 3]) -> Self {
+    pub(crate) fn from_families(cfs: [Family; 3]) -> Self {
         let mut engine = KvEngine { cfs, size_bytes: 0, digest: 0 };
         engine.size_bytes = engine.recount_size_bytes();
         for (cf, map) in ColumnFamily::ALL.into_iter().zip(engine.cfs.iter()) {

@@ -47,7 +47,11 @@ impl SnapshotStore {
         Ok(SnapshotStore { dir })
     }
 
-    /// Writes `data` as the snapshot at `meta` durably, then removes every other snapshot file.
+    /// Writes `data` as the snapshot at `meta` durably, then removes every older snapshot file.
+    ///
+    /// A newer file is kept: a snapshot of the local state may finish after one received from
+    /// the leader at a later index, and deleting that one would leave the log compacted past
+    /// the newest image (a replica that then refuses to restart).
     pub fn save(&self, meta: SnapshotMeta, data: &[u8]) -> Result<PathBuf> {
         let name = file_name(meta);
         let path = self.dir.join(&name);
@@ -64,7 +68,7 @@ impl SnapshotStore {
         let crc = hasher.finalize();
         write_atomically(&path, &temp, &[&header, data, &crc.to_le_bytes()])?;
         for old in self.list()? {
-            if old.path != path {
+            if (old.meta.index, old.meta.term) < (meta.index, meta.term) {
                 fs::remove_file(&old.path).map_err(io_err("remove", &old.path))?;
             }
         }

@@ -1,6 +1,6 @@
 //! The replicated state machine: applies committed commands to the KV engine, exactly once.
 
-use super::engine::{KvEngine, WriteBatch};
+use super::engine::{Family, KvEngine, WriteBatch};
 use super::error::{Result, StorageError};
 use super::session::{Session, SessionCheck, SessionTable, DEFAULT_MAX_SESSIONS};
 use crate::protocol::codec;
@@ -256,7 +256,7 @@ impl StateMachine {
         if format_version != IMAGE_FORMAT_VERSION {
             return Err(bad(format!("format version {format_version}, expected {IMAGE_FORMAT_VERSION}")));
         }
-        let mut cfs: [BTreeMap<Vec<u8>, Vec<u8>>; 3] = Default::default();
+        let mut cfs: [Family; 3] = Default::default();
         let mut sessions = BTreeMap::new();
         let mut pair_count = 0u64;
         loop {

@@ -183,6 +183,14 @@ impl Wal {
         let (first, last) = (self.first_index(), self.last_index());
         check_follows(first, last, entries)?;
         let mut buf = Vec::new();
+        let mut sizes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let before = buf.len();
+            push_record(&mut buf, RecordKind::Entry, &codec::encode(entry)?)?;
+            sizes.push((buf.len() - before) as u64);
+        }
+        // The hard state goes last: a write torn after it would otherwise recover a commit mark
+        // over the old entries this write was replacing, and apply them as committed.
         if let Some(hs) = &hard_state {
             assert!(
                 hs.term >= self.hard_state.term,
@@ -190,12 +198,6 @@ impl Wal {
                 self.hard_state
             );
             push_record(&mut buf, RecordKind::HardState, &codec::encode(hs)?)?;
-        }
-        let mut sizes = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let before = buf.len();
-            push_record(&mut buf, RecordKind::Entry, &codec::encode(entry)?)?;
-            sizes.push((buf.len() - before) as u64);
         }
         self.write_durably(&buf)?;
         if let Some(hs) = hard_state {

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# CPU per operation on the leader and the followers of three release replicas on loopback.
+#
+#   scripts/leader_cpu_probe.sh BINARY WRITE_RATIO CLIENTS [perf]
+#
+# Starts three replicas of BINARY (fresh dirs under /tmp/prof), drives the leader for 8 s with
+# the benchmark kit's loadgen (LOADGEN=path, default /tmp/bench/loadgen/target/release/loadgen;
+# see ../shared/bench/README.md), 100-byte values, 10,000 keys, and prints loadgen's JSON line
+# and the CPU ticks (1/100 s) each replica used. With `perf`, records the leader with
+# `perf record -e cpu-clock` into /tmp/prof/perf.data (PERFG="--call-graph dwarf" for call
+# graphs, PERFSECS=n). EXTRA="--no-fsync" passes flags to every replica. Used for issue 12.
+BIN=$1; WR=$2; CL=$3; PERF=${4:-}
+pkill -f "cluster-name proftest" ; sleep 0.5
+for i in 1 2 3; do rm -rf /tmp/prof/d$i; mkdir -p /tmp/prof/d$i
+  nohup $BIN --id $i --client-addr 127.0.0.1:$((26380+i)) --peer-addr 127.0.0.1:$((27380+i)) \
+   --peers 1=127.0.0.1:27381,2=127.0.0.1:27382,3=127.0.0.1:27383 --data-dir /tmp/prof/d$i/data \
+   --cluster-name proftest $EXTRA > /tmp/prof/log$i 2>&1 &
+done
+LEADER=""
+for t in $(seq 1 100); do
+  for i in 1 2 3; do
+    if redis-cli -p $((26380+i)) info 2>/dev/null | grep -q "role:leader"; then LEADER=$i; fi
+  done
+  [ -n "$LEADER" ] && break; sleep 0.2
+done
+PORT=$((26380+LEADER)); LPID=$(pgrep -f "client-addr 127.0.0.1:$PORT")
+FPIDS=$(for i in 1 2 3; do [ $i != $LEADER ] && pgrep -f "client-addr 127.0.0.1:$((26380+i))"; done)
+LG=${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen}
+PRE=""; [ "$WR" = 0 ] && PRE=--preload
+c0=$(for p in $LPID $FPIDS; do awk '{print $14+$15}' /proc/$p/stat; done | paste -sd' ')
+if [ -n "$PERF" ]; then perf record -e cpu-clock ${PERFG:--g} -p $LPID -o /tmp/prof/perf.data -- sleep ${PERFSECS:-8} > /dev/null 2>&1 & PP=$!; fi
+$LG --target resp --addr 127.0.0.1:$PORT --clients $CL --duration 8 --ops 100000000 --value-size 100 --keys 10000 --write-ratio $WR $PRE
+c1=$(for p in $LPID $FPIDS; do awk '{print $14+$15}' /proc/$p/stat; done | paste -sd' ')
+echo "cpu ticks leader,f1,f2 before: $c0 after: $c1"
+for p in $LPID $FPIDS; do grep -E "voluntary_ctxt" /proc/$p/status | paste -sd' '; done
+[ -n "$PERF" ] && wait $PP
+pkill -f "cluster-name proftest"
