@@ -415,17 +415,7 @@ impl Sim {
     /// Sends the chunk `order` names, cut from the image kept with `from`'s transfer.
     fn send_chunk(&mut self, from: u64, term: u64, order: SendChunk) {
         let Some(image) = self.nodes[&from].sender.payload(order.to) else { return };
-        let start = order.offset as usize;
-        let chunk = SnapshotChunk {
-            from,
-            to: order.to,
-            term,
-            meta: order.meta,
-            offset: order.offset,
-            total_bytes: image.len() as u64,
-            crc32: crc32fast::hash(image),
-            data: image[start..start + order.len].to_vec(),
-        };
+        let chunk = order.cut(from, term, image, crc32fast::hash(image));
         self.send(Packet::Chunk(chunk));
     }
 

@@ -406,19 +406,7 @@ impl Consensus {
     fn send_chunk(&mut self, order: SendChunk) {
         let (from, term) = (self.core.id(), self.core.term());
         let Some(image) = self.outgoing.payload(order.to) else { return };
-        let bytes = &image.snapshot.image;
-        let start = (order.offset as usize).min(bytes.len());
-        let end = (start + order.len).min(bytes.len());
-        let chunk = SnapshotChunk {
-            from,
-            to: order.to,
-            term,
-            meta: order.meta,
-            offset: start as u64,
-            total_bytes: bytes.len() as u64,
-            crc32: image.crc32,
-            data: bytes[start..end].to_vec(),
-        };
+        let chunk = order.cut(from, term, &image.snapshot.image, image.crc32);
         self.transport.send(PeerFrame::SnapshotChunk(chunk));
     }
 

@@ -41,6 +41,26 @@ pub struct SendChunk {
     pub len: usize,
 }
 
+impl SendChunk {
+    /// The frame for this chunk of `image` (whose CRC-32 is `crc32`), sent by `from` in `term`.
+    ///
+    /// The range is clamped to the image, so a stale order can never cut past its end.
+    pub fn cut(&self, from: NodeId, term: u64, image: &[u8], crc32: u32) -> SnapshotChunk {
+        let start = (self.offset as usize).min(image.len());
+        let end = start.saturating_add(self.len).min(image.len());
+        SnapshotChunk {
+            from,
+            to: self.to,
+            term,
+            meta: self.meta,
+            offset: start as u64,
+            total_bytes: image.len() as u64,
+            crc32,
+            data: image[start..end].to_vec(),
+        }
+    }
+}
+
 /// What an acknowledgement means for the sender.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AckOutcome<T> {
@@ -274,17 +294,7 @@ mod tests {
     }
 
     fn chunk_of(image: &[u8], order: SendChunk, term: u64) -> SnapshotChunk {
-        let start = order.offset as usize;
-        SnapshotChunk {
-            from: 1,
-            to: order.to,
-            term,
-            meta: order.meta,
-            offset: order.offset,
-            total_bytes: image.len() as u64,
-            crc32: crc32fast::hash(image),
-            data: image[start..start + order.len].to_vec(),
-        }
+        order.cut(1, term, image, crc32fast::hash(image))
     }
 
     #[test]
