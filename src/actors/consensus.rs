@@ -38,7 +38,7 @@ pub const SNAPSHOT_GIVE_UP_MS: u64 = 10_000;
 pub const MAX_SNAPSHOT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 
 /// The transfer pacing for a consensus ticking every `tick`.
-pub fn transfer_config(tick: Duration) -> TransferConfig {
+fn transfer_config(tick: Duration) -> TransferConfig {
     let ticks = |ms: u64| (ms / (tick.as_millis() as u64).max(1)).max(1) as u32;
     TransferConfig {
         chunk_bytes: SNAPSHOT_CHUNK_BYTES,
@@ -218,7 +218,9 @@ impl Consensus {
     /// Runs Readies until none is left: sends at once, queues writes, hands out commits.
     fn drive(&mut self, ctx: &mut Context<Self>) {
         self.undriven = 0;
+        let mut ran = false;
         while !self.stopped && self.core.has_ready() {
+            ran = true;
             let mut ready = self.core.ready();
             self.log_role(&ready);
             for message in std::mem::take(&mut ready.messages) {
@@ -270,8 +272,12 @@ impl Consensus {
             }
             self.core.advance(ready);
         }
-        self.publish_numbers();
-        self.maybe_snapshot(ctx);
+        // Numbers and the log's size only move with a Ready (or with a compaction, which
+        // publishes its own).
+        if ran {
+            self.publish_numbers();
+            self.maybe_snapshot(ctx);
+        }
     }
 
     /// Queues a write behind those already handed to the disk writer, merging where it can.

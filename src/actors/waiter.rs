@@ -123,6 +123,10 @@ impl Actor for Waiter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // Proposals and reads are one-way messages: a consensus that is gone would never answer.
+        if !self.consensus.connected() {
+            return self.finish(ctx, try_again("replica is shutting down"));
+        }
         ctx.run_later(self.timeout, |act, ctx| {
             act.finish(ctx, try_again("no outcome within the request timeout"))
         });
@@ -134,16 +138,10 @@ impl Actor for Waiter {
                     Ok(data) => data,
                     Err(e) => return self.finish(ctx, Reply::err(format!("cannot encode request: {e}"))),
                 };
-                if !self.consensus.connected() {
-                    return self.finish(ctx, try_again("replica is shutting down"));
-                }
                 // No answer to wait for: a refusal comes back as a WatchFired like any outcome.
                 self.consensus.do_send(Propose { data, request_id, watcher: ctx.address().recipient() });
             }
             Some(WaiterTask::Read(command, budget)) => {
-                if !self.consensus.connected() {
-                    return self.finish(ctx, try_again("replica is shutting down"));
-                }
                 // The answer, a refusal included, comes back as a ReadDone.
                 self.consensus.do_send(ReadIndex { command, budget, reply_to: ctx.address().recipient() });
             }

@@ -97,6 +97,15 @@ struct Outgoing<T> {
     payload: T,
 }
 
+impl<T> Outgoing<T> {
+    /// The chunk to `to` that continues from what the follower holds.
+    fn next_chunk(&self, to: NodeId, chunk_bytes: usize) -> SendChunk {
+        let left = self.total_bytes.saturating_sub(self.acked);
+        let len = left.min(chunk_bytes as u64) as usize;
+        SendChunk { to, meta: self.meta, offset: self.acked, len }
+    }
+}
+
 /// The leader's transfers, one per follower; `T` is what the caller keeps with each (the image).
 pub struct SnapshotSender<T> {
     config: TransferConfig,
@@ -119,11 +128,6 @@ impl<T> SnapshotSender<T> {
         self.transfers.get(&to).map(|t| &t.payload)
     }
 
-    /// Transfers under way.
-    pub fn len(&self) -> usize {
-        self.transfers.len()
-    }
-
     /// Whether no transfer is under way.
     pub fn is_empty(&self) -> bool {
         self.transfers.is_empty()
@@ -141,14 +145,9 @@ impl<T> SnapshotSender<T> {
             age_ticks: 0,
             payload,
         };
+        let first = transfer.next_chunk(to, self.config.chunk_bytes);
         self.transfers.insert(to, transfer);
-        self.chunk(to, meta, 0, total_bytes)
-    }
-
-    fn chunk(&self, to: NodeId, meta: SnapshotMeta, offset: u64, total_bytes: u64) -> SendChunk {
-        let left = total_bytes.saturating_sub(offset);
-        let len = left.min(self.config.chunk_bytes as u64) as usize;
-        SendChunk { to, meta, offset, len }
+        first
     }
 
     /// The follower `from` says it holds the first `received` bytes of the snapshot at `meta`.
@@ -158,11 +157,10 @@ impl<T> SnapshotSender<T> {
             return AckOutcome::Ignored;
         }
         if received >= t.total_bytes {
-            let age = t.age_ticks;
-            return match self.transfers.remove(&from) {
-                Some(t) => AckOutcome::Delivered(t.payload, age),
-                None => AckOutcome::Ignored,
-            };
+            return self
+                .transfers
+                .remove(&from)
+                .map_or(AckOutcome::Ignored, |t| AckOutcome::Delivered(t.payload, t.age_ticks));
         }
         if received != t.acked {
             t.idle_ticks = 0;
@@ -170,8 +168,7 @@ impl<T> SnapshotSender<T> {
         // After a lost chunk or a reconnect the follower may be behind what it said before.
         t.acked = received;
         t.unanswered_ticks = 0;
-        let total = t.total_bytes;
-        AckOutcome::Send(self.chunk(from, meta, received, total))
+        AckOutcome::Send(t.next_chunk(from, self.config.chunk_bytes))
     }
 
     /// Advances the clock by one tick: resends what went unanswered, abandons what is stuck.
@@ -185,9 +182,7 @@ impl<T> SnapshotSender<T> {
                 orders.push(TickOrder::Abandon(to));
             } else if t.unanswered_ticks >= self.config.resend_ticks {
                 t.unanswered_ticks = 0;
-                let left = t.total_bytes.saturating_sub(t.acked);
-                let len = left.min(self.config.chunk_bytes as u64) as usize;
-                orders.push(TickOrder::Resend(SendChunk { to, meta: t.meta, offset: t.acked, len }));
+                orders.push(TickOrder::Resend(t.next_chunk(to, self.config.chunk_bytes)));
             }
         }
         for order in &orders {

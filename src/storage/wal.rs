@@ -189,8 +189,8 @@ impl Wal {
             push_record(&mut buf, RecordKind::Entry, &codec::encode(entry)?)?;
             sizes.push((buf.len() - before) as u64);
         }
-        // The hard state goes last: a write torn after it would otherwise recover a commit mark
-        // over the old entries this write was replacing, and apply them as committed.
+        // The hard state goes last. Were it first, a write torn between it and the entries would
+        // recover its commit mark over the old entries this write was replacing.
         if let Some(hs) = &hard_state {
             assert!(
                 hs.term >= self.hard_state.term,

@@ -985,8 +985,7 @@ impl RaftCore {
     /// leader count its own copy of the entries toward a quorum.
     pub fn on_persisted(&mut self, number: u64) {
         assert!(number <= self.last_write, "write {number} was never handed out");
-        while self.pending_writes.front().is_some_and(|w| w.number <= number) {
-            let Some(write) = self.pending_writes.pop_front() else { break };
+        while let Some(write) = self.pending_writes.pop_front_if(|w| w.number <= number) {
             if let Some((index, term)) = write.last {
                 self.log.stable_to(index, term);
             }
