@@ -27,8 +27,9 @@ fn run_case(fsync: bool, batch_size: u64) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
     let (mut wal, _) =
         Wal::open(dir.path(), WalOptions { fsync, ..WalOptions::default() }).expect("open wal");
-    let mut batch: Vec<Entry> =
-        (0..batch_size).map(|i| Entry { term: 1, index: 0, data: vec![i as u8; ENTRY_DATA_BYTES] }).collect();
+    let mut batch: Vec<Entry> = (0..batch_size)
+        .map(|i| Entry { term: 1, index: 0, data: vec![i as u8; ENTRY_DATA_BYTES], ..Entry::default() })
+        .collect();
     let mut next_index = 1;
     let mut appends = 0u64;
     let start = Instant::now();

@@ -4,11 +4,13 @@
 //! - [`protocol`]: pure, deterministic logic (the Raft core, commands, codecs);
 //! - [`storage`]: bytes at rest (write-ahead log, snapshots, KV engine, state machine);
 //! - [`actors`]: concurrency and I/O (one actor per file, `replica` wires them);
-//! - [`client`]: the blocking Rust client (leader discovery, retries, exactly-once writes).
+//! - [`client`]: the blocking Rust client (leader discovery, retries, exactly-once writes);
+//! - [`joining`]: how a `--join` replica adds and promotes itself through that client.
 
 #![deny(missing_docs)]
 
 pub mod actors;
 pub mod client;
+pub mod joining;
 pub mod protocol;
 pub mod storage;

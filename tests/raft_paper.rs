@@ -12,7 +12,7 @@ fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
 }
 
 fn vote(from: u64, to: u64, term: u64, last_index: u64, last_term: u64) -> Message {
-    msg(from, to, term, MessageBody::Vote { pre_vote: false, last_index, last_term })
+    msg(from, to, term, MessageBody::Vote { pre_vote: false, last_index, last_term, transfer: false })
 }
 
 fn vote_reply(messages: &[Message]) -> Option<(u64, bool)> {
@@ -454,8 +454,10 @@ fn step_down_drops_unconfirmed_reads() {
 #[test]
 fn invalid_messages_are_refused_and_counted() {
     let mut n = core(1, &[1, 2, 3], false, false);
+    // (A sender outside the membership is not refused here: it may be a member this node has
+    // not applied yet; the peer listener checks who may connect.)
     let bad = [
-        msg(9, 1, 1, MessageBody::HeartbeatResponse { read_round: 0 }),
+        msg(0, 1, 1, MessageBody::HeartbeatResponse { read_round: 0 }),
         msg(2, 5, 1, MessageBody::HeartbeatResponse { read_round: 0 }),
         msg(1, 1, 1, MessageBody::HeartbeatResponse { read_round: 0 }),
         msg(
@@ -465,7 +467,7 @@ fn invalid_messages_are_refused_and_counted() {
             MessageBody::Append {
                 prev_index: 0,
                 prev_term: 0,
-                entries: vec![Entry { term: 1, index: 5, data: vec![] }],
+                entries: vec![Entry { term: 1, index: 5, data: vec![], ..Entry::default() }],
                 commit: 0,
             },
         ),
@@ -476,7 +478,7 @@ fn invalid_messages_are_refused_and_counted() {
             MessageBody::Append {
                 prev_index: 0,
                 prev_term: 0,
-                entries: vec![Entry { term: 7, index: 1, data: vec![] }],
+                entries: vec![Entry { term: 7, index: 1, data: vec![], ..Entry::default() }],
                 commit: 0,
             },
         ),
@@ -498,7 +500,10 @@ fn invalid_messages_are_refused_and_counted() {
             MessageBody::Append {
                 prev_index: u64::MAX - 1,
                 prev_term: 0,
-                entries: vec![Entry { term: 1, index: u64::MAX, data: vec![] }, Entry::default()],
+                entries: vec![
+                    Entry { term: 1, index: u64::MAX, data: vec![], ..Entry::default() },
+                    Entry::default(),
+                ],
                 commit: 0,
             },
         ),
@@ -507,7 +512,11 @@ fn invalid_messages_are_refused_and_counted() {
             1,
             1,
             MessageBody::InstallSnapshot {
-                snapshot: Snapshot { meta: SnapshotMeta { index: 0, term: 0 }, data: vec![] },
+                snapshot: Snapshot {
+                    meta: SnapshotMeta { index: 0, term: 0 },
+                    data: vec![],
+                    ..Snapshot::default()
+                },
             },
         ),
     ];
@@ -599,14 +608,16 @@ fn stale_snapshot_is_ignored() {
     let mut f: RaftCore =
         core_with_log(2, &[1, 2, 3], false, false, hs, entries_with_terms(&[1, 1, 1, 2, 2, 2]));
     drain(&mut f);
-    let snap = Snapshot { meta: SnapshotMeta { index: 4, term: 2 }, data: b"old".to_vec() };
+    let snap =
+        Snapshot { meta: SnapshotMeta { index: 4, term: 2 }, data: b"old".to_vec(), ..Snapshot::default() };
     f.step(msg(1, 2, 2, MessageBody::InstallSnapshot { snapshot: snap })).expect("valid");
     let (_, readies) = drain(&mut f);
     assert!(readies.iter().all(|r| r.snapshot.is_none()));
     assert_eq!(f.log().committed(), 5);
     assert_eq!(f.log().last_index(), 6);
     // A newer one replaces the log prefix: the whole log goes, commit and applied jump to it.
-    let snap = Snapshot { meta: SnapshotMeta { index: 9, term: 2 }, data: b"new".to_vec() };
+    let snap =
+        Snapshot { meta: SnapshotMeta { index: 9, term: 2 }, data: b"new".to_vec(), ..Snapshot::default() };
     f.step(msg(1, 2, 2, MessageBody::InstallSnapshot { snapshot: snap })).expect("valid");
     let (_, readies) = drain(&mut f);
     assert_eq!(
@@ -621,7 +632,7 @@ fn stale_snapshot_is_ignored() {
 fn snapshot_matching_the_log_only_commits() {
     let hs = HardState { term: 2, vote: 0, commit: 1 };
     let mut f = core_with_log(2, &[1, 2, 3], false, false, hs, entries_with_terms(&[1, 1, 2, 2]));
-    let snap = Snapshot { meta: SnapshotMeta { index: 3, term: 2 }, data: vec![] };
+    let snap = Snapshot { meta: SnapshotMeta { index: 3, term: 2 }, data: vec![], ..Snapshot::default() };
     f.step(msg(1, 2, 2, MessageBody::InstallSnapshot { snapshot: snap })).expect("valid");
     let (_, readies) = drain(&mut f);
     assert!(readies.iter().all(|r| r.snapshot.is_none()));

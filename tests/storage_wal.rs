@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 fn entry(index: u64, term: u64) -> Entry {
     // Sizes vary so records straddle segment boundaries at different offsets.
-    Entry { index, term, data: vec![(index % 251) as u8; 20 + (index as usize * 7) % 60] }
+    Entry { index, term, data: vec![(index % 251) as u8; 20 + (index as usize * 7) % 60], ..Entry::default() }
 }
 
 fn small(fsync: bool) -> WalOptions {

@@ -11,7 +11,7 @@ use super::status::StatusBoard;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
 use crate::protocol::codec;
 use crate::protocol::command::{Command, CommandResult, Proposal};
-use crate::protocol::raft::{Entry, SnapshotMeta};
+use crate::protocol::raft::{ConfChange, Entry, EntryKind, SnapshotMeta};
 use crate::protocol::watch::{watch_verdict, Applied, WatchKey, WatchVerdict};
 use crate::storage::StateMachine;
 
@@ -124,7 +124,19 @@ impl Applier {
             // Already applied (a replay after restart starts from the snapshot): nothing to do.
             return;
         }
-        let (request_id, result) = if entry.data.is_empty() {
+        let (request_id, result) = if entry.kind == EntryKind::ConfChange {
+            // The core put it in force already; the state records it too, so snapshots carry it.
+            match codec::decode::<ConfChange>(&entry.data) {
+                Ok(change) => {
+                    self.state.apply_conf_change(entry.index, &change);
+                }
+                Err(e) => {
+                    log::error!("entry {} holds no membership change ({e}); applied as a no-op", entry.index);
+                    self.state.apply_empty(entry.index);
+                }
+            }
+            (0, None)
+        } else if entry.data.is_empty() {
             self.state.apply_empty(entry.index);
             (0, None)
         } else {

@@ -15,7 +15,6 @@ use super::byte_budget::ByteBudget;
 use super::consensus::Consensus;
 use super::status::StatusBoard;
 use super::waiter::{Waiter, WaiterTask};
-use crate::protocol::raft::NodeId;
 use crate::protocol::request::{parse_client_request, ClientRequest};
 use crate::protocol::resp::{ParseOutcome, Reply, RequestParser};
 
@@ -77,8 +76,6 @@ pub struct ConnectionEnv {
     pub consensus: Addr<Consensus>,
     /// For INFO and redirects.
     pub status: Arc<StatusBoard>,
-    /// Members, for INFO.
-    pub members: Vec<NodeId>,
     /// How long a waiter may take.
     pub request_timeout: Duration,
     /// Close the connection once it has been idle this long with nothing in flight.
@@ -234,10 +231,18 @@ impl Connection {
                 return self.complete(ctx, seq, Reply::ok());
             }
             ClientRequest::Info(_) => {
-                let text = self.env.status.info_text(&self.env.members);
+                let text = self.env.status.info_text();
                 return self.complete(ctx, seq, Reply::Bulk(Some(text.into_bytes())));
             }
             ClientRequest::Immediate(reply) => return self.complete(ctx, seq, reply),
+            _ if self.env.status.is_removed() => {
+                return self.complete(ctx, seq, Reply::err("removed from the cluster"));
+            }
+            ClientRequest::MemberList => {
+                let reply = member_list(&self.env.status);
+                return self.complete(ctx, seq, reply);
+            }
+            ClientRequest::Admin(request) => WaiterTask::Admin(request),
             ClientRequest::Write { session, command } => WaiterTask::Write { session, command },
             ClientRequest::Read { command } => WaiterTask::Read(command, self.budget.clone()),
         };
@@ -250,6 +255,26 @@ impl Connection {
         );
         waiter.start();
     }
+}
+
+/// `MEMBER LIST`: one line per member of the applied membership.
+fn member_list(status: &StatusBoard) -> Reply {
+    let membership = status.membership();
+    let lines = membership
+        .ids()
+        .into_iter()
+        .map(|id| {
+            let addrs = membership.addrs.get(&id).cloned().unwrap_or_default();
+            let client = match addrs.client_addr.as_str() {
+                "" => status.client_addr(id).unwrap_or_else(|| "?".to_string()),
+                known => known.to_string(),
+            };
+            let peer = if addrs.peer_addr.is_empty() { "?".to_string() } else { addrs.peer_addr };
+            let kind = if membership.is_voter(id) { "voter" } else { "learner" };
+            Reply::Bulk(Some(format!("{id} {peer} {client} {kind}").into_bytes()))
+        })
+        .collect();
+    Reply::Array(Some(lines))
 }
 
 async fn read_loop(

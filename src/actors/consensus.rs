@@ -6,7 +6,7 @@
 //! paced by `protocol::snapshot_transfer` (stop-and-wait, tick-driven); and it installs one it
 //! receives once that module says the image is whole and checked.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,11 +22,15 @@ use super::waiter::{ReadDone, WatchFired, WatchOutcome};
 use crate::protocol::command::Command;
 use crate::protocol::peer_wire::{PeerFrame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES};
 use crate::protocol::raft::{
-    Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, SnapshotMeta,
+    ChangeError, Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, SnapshotMeta,
+    TransferError,
 };
+use crate::protocol::request::AdminRequest;
+use crate::protocol::resp::Reply;
 use crate::protocol::snapshot_transfer::{
     AckOutcome, SendChunk, SnapshotReceiver, SnapshotSender, TickOrder, TransferConfig,
 };
+use crate::storage::StateMachine;
 
 /// Reads waiting for confirmation before new ones are refused with `-TRYAGAIN`.
 pub const MAX_PENDING_READS: usize = 100_000;
@@ -60,6 +64,30 @@ pub enum Refusal {
     NotLeader(String),
     /// Too much is already waiting; try again.
     Busy,
+    /// Leadership is being handed over; try again.
+    Transferring,
+}
+
+/// Change the membership or move the leader; `reply_to` hears once it took effect, or why not.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Admin {
+    /// What to do.
+    pub request: AdminRequest,
+    /// Who to answer.
+    pub reply_to: Recipient<AdminDone>,
+}
+
+/// The answer to an [`Admin`] request.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AdminDone(pub Reply);
+
+/// A membership change proposed and not yet applied.
+struct ChangeWaiter {
+    index: u64,
+    term: u64,
+    reply_to: Recipient<AdminDone>,
 }
 
 /// Propose an encoded [`Proposal`](crate::protocol::command::Proposal); the watcher learns its fate.
@@ -119,6 +147,9 @@ pub struct ConsensusParts {
     pub snapshot_threshold_bytes: u64,
     /// The newest snapshot on disk, if any (sent to followers that need it).
     pub latest_snapshot: Option<SavedSnapshot>,
+    /// Peer addresses known at start-up (`--peers`, or what a joining replica was told), used
+    /// for members the recorded membership has no address for.
+    pub address_book: BTreeMap<NodeId, String>,
 }
 
 struct PendingRead {
@@ -163,6 +194,14 @@ pub struct Consensus {
     loading_snapshot: bool,
     incoming: SnapshotReceiver,
     stopped: bool,
+    address_book: BTreeMap<NodeId, String>,
+    /// The peers the transport was last told to reach.
+    peer_set: BTreeMap<NodeId, String>,
+    /// The membership changed since the board and the links last heard of it.
+    membership_dirty: bool,
+    change_waiters: Vec<ChangeWaiter>,
+    /// Leader transfers waiting for their target to lead.
+    transfer_waiters: Vec<(NodeId, Recipient<AdminDone>)>,
 }
 
 impl Consensus {
@@ -190,6 +229,96 @@ impl Consensus {
             loading_snapshot: false,
             incoming: SnapshotReceiver::new(MAX_SNAPSHOT_BYTES),
             stopped: false,
+            address_book: parts.address_book,
+            peer_set: BTreeMap::new(),
+            membership_dirty: true,
+            change_waiters: Vec::new(),
+            transfer_waiters: Vec::new(),
+        }
+    }
+
+    /// Points the transport at everyone the core may talk to: the members (learners and
+    /// just-removed ones included), or while no membership is known, the start-up address book.
+    fn sync_peers(&mut self) {
+        let membership = self.core.membership();
+        let ids: Vec<NodeId> = if membership.is_empty() {
+            self.address_book.keys().copied().collect()
+        } else {
+            let mut ids = self.core.replication_targets();
+            // A follower answers whoever leads, and votes for whoever asks.
+            ids.extend(membership.voter_ids());
+            ids
+        };
+        let me = self.core.id();
+        let peers: BTreeMap<NodeId, String> = ids
+            .into_iter()
+            .filter(|&id| id != me)
+            .filter_map(|id| {
+                let recorded =
+                    membership.addrs.get(&id).map(|a| a.peer_addr.clone()).filter(|a| !a.is_empty());
+                let addr = recorded
+                    .or_else(|| self.peer_set.get(&id).cloned())
+                    .or_else(|| self.address_book.get(&id).cloned())?;
+                Some((id, addr))
+            })
+            .collect();
+        if peers != self.peer_set || self.membership_dirty {
+            self.membership_dirty = false;
+            self.transport.set_peers(&peers);
+            let leaving =
+                self.core.replication_targets().into_iter().filter(|&id| !membership.contains(id)).collect();
+            self.status.publish_membership(membership, leaving);
+            self.peer_set = peers;
+        }
+    }
+
+    /// Answers membership changes that were applied (or can no longer be), and transfers whose
+    /// target now leads (or that were abandoned).
+    fn settle_admin(&mut self) {
+        if self.change_waiters.is_empty() && self.transfer_waiters.is_empty() {
+            return;
+        }
+        let (applied, term, role, leader) =
+            (self.core.log().applied(), self.core.term(), self.core.role(), self.core.leader());
+        let log = self.core.log();
+        self.change_waiters.retain(|w| {
+            let reply = if applied >= w.index {
+                if log.term(w.index) == Some(w.term) {
+                    Reply::ok()
+                } else {
+                    Reply::Error("TRYAGAIN leader changed before the membership change committed".into())
+                }
+            } else if term > w.term {
+                Reply::Error("TRYAGAIN leader changed; the membership change may or may not commit".into())
+            } else {
+                return true;
+            };
+            w.reply_to.do_send(AdminDone(reply));
+            false
+        });
+        let transferee = self.core.lead_transferee();
+        self.transfer_waiters.retain(|(to, reply_to)| {
+            let reply = if leader == *to {
+                Reply::ok()
+            } else if role == Role::Leader && transferee != Some(*to) {
+                Reply::Error(format!(
+                    "TRYAGAIN leader transfer to {to} did not complete in an election timeout"
+                ))
+            } else if leader != 0 && role != Role::Leader {
+                Reply::Error(format!("TRYAGAIN leadership went to {leader}, not {to}"))
+            } else {
+                return true;
+            };
+            reply_to.do_send(AdminDone(reply));
+            false
+        });
+    }
+
+    fn change_refusal(&self, e: ChangeError) -> Reply {
+        match e {
+            ChangeError::Propose(p) => refusal_to_reply(self.refusal(p)),
+            ChangeError::Refused(e) => Reply::err(e),
+            e @ ChangeError::NotCaughtUp { .. } => Reply::err(e),
         }
     }
 
@@ -197,6 +326,7 @@ impl Consensus {
         match e {
             ProposeError::NotLeader { .. } => Refusal::NotLeader(self.status.leader_hint()),
             ProposeError::Busy => Refusal::Busy,
+            ProposeError::Transferring => Refusal::Transferring,
         }
     }
 
@@ -248,6 +378,9 @@ impl Consensus {
             if !ready.committed_entries.is_empty() {
                 self.applier.do_send(ApplyEntries(std::mem::take(&mut ready.committed_entries)));
             }
+            if ready.membership.is_some() {
+                self.membership_dirty = true;
+            }
             if let Some(role) = ready.role {
                 // After this Ready's entries, so a watcher whose entry did commit hears that first.
                 // A leader keeps its own term's watches; anyone else can no longer see them through.
@@ -277,7 +410,9 @@ impl Consensus {
         if ran {
             self.publish_numbers();
             self.maybe_snapshot(ctx);
+            self.sync_peers();
         }
+        self.settle_admin();
     }
 
     /// Queues a write behind those already handed to the disk writer, merging where it can.
@@ -464,7 +599,17 @@ impl Consensus {
         if let Some(received) = outcome.ack {
             self.ack(from, meta, received);
         }
-        let snapshot = outcome.complete?;
+        let mut snapshot = outcome.complete?;
+        snapshot.membership = match StateMachine::image_membership(&snapshot.data) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!(
+                    "replica {}: snapshot from {from} has no readable membership: {e}",
+                    self.core.id()
+                );
+                return None;
+            }
+        };
         log::info!(
             "replica {}: received snapshot at index {} ({} bytes) from {from}",
             self.core.id(),
@@ -546,10 +691,13 @@ impl Actor for Consensus {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.publish_numbers();
+        self.sync_peers();
         ctx.run_interval(self.tick, |act, ctx| {
             act.core.tick();
             act.tick_transfers();
             act.drive(ctx);
+            // Just-removed members stop being sent to after a while, without a Ready.
+            act.sync_peers();
         });
     }
 }
@@ -639,6 +787,45 @@ impl Handler<StopConsensus> for Consensus {
 
     fn handle(&mut self, _msg: StopConsensus, ctx: &mut Self::Context) {
         self.stopped = true;
+        self.transport.close();
         ctx.stop();
+    }
+}
+
+impl Handler<Admin> for Consensus {
+    type Result = ();
+
+    fn handle(&mut self, msg: Admin, ctx: &mut Self::Context) {
+        if self.stopped {
+            return msg.reply_to.do_send(AdminDone(refusal_to_reply(Refusal::Busy)));
+        }
+        match msg.request {
+            AdminRequest::Change(ops) => match self.core.propose_change(ops) {
+                Ok((index, term)) => {
+                    log::info!("replica {}: membership change proposed at index {index}", self.core.id());
+                    self.change_waiters.push(ChangeWaiter { index, term, reply_to: msg.reply_to });
+                }
+                Err(e) => return msg.reply_to.do_send(AdminDone(self.change_refusal(e))),
+            },
+            AdminRequest::TransferLeader(to) => match self.core.transfer_leader(to) {
+                Ok(()) => self.transfer_waiters.push((to, msg.reply_to)),
+                Err(TransferError::NotLeader { .. }) => {
+                    return msg
+                        .reply_to
+                        .do_send(AdminDone(refusal_to_reply(Refusal::NotLeader(self.status.leader_hint()))))
+                }
+                Err(e) => return msg.reply_to.do_send(AdminDone(Reply::err(e))),
+            },
+        }
+        self.drive_soon(ctx);
+    }
+}
+
+/// The reply a refused request gets.
+pub fn refusal_to_reply(r: Refusal) -> Reply {
+    match r {
+        Refusal::NotLeader(addr) => Reply::Error(format!("NOTLEADER {addr}")),
+        Refusal::Busy => Reply::Error("TRYAGAIN replica busy".into()),
+        Refusal::Transferring => Reply::Error("TRYAGAIN leadership transfer in progress".into()),
     }
 }

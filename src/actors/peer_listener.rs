@@ -40,11 +40,10 @@ impl PeerListener {
         listener: std::net::TcpListener,
         cluster_name: String,
         id: NodeId,
-        members: Vec<NodeId>,
         consensus: Recipient<Inbound>,
         status: Arc<StatusBoard>,
     ) -> PeerListener {
-        let check = Arc::new(InboundCheck { cluster_name, id, members });
+        let check = Arc::new(InboundCheck { cluster_name, id, status: status.clone() });
         PeerListener { listener: Some(listener), check, consensus, status }
     }
 }
@@ -86,7 +85,8 @@ async fn read_frame<T: serde::de::DeserializeOwned, R: AsyncRead + Unpin>(
 struct InboundCheck {
     cluster_name: String,
     id: NodeId,
-    members: Vec<NodeId>,
+    /// Says who is a member now (the membership changes while the listener runs).
+    status: Arc<StatusBoard>,
 }
 
 impl InboundCheck {
@@ -103,7 +103,7 @@ impl InboundCheck {
                 h.cluster_name, self.cluster_name
             )));
         }
-        if h.from == self.id || !self.members.contains(&h.from) {
+        if !self.status.peer_allowed(h.from) {
             return Err(PeerInputError::Refused(format!("id {} is not another member", h.from)));
         }
         Ok(())

@@ -21,13 +21,15 @@ use super::connection::ConnectionEnv;
 use super::consensus::{Consensus, ConsensusParts, StopConsensus};
 use super::disk::{CloseDisk, DiskWriter, Persist};
 use super::front_end::{FrontEnd, StopFrontEnd};
-use super::peer_link::{PeerLink, StopLink};
 use super::peer_listener::{PeerListener, StopListener};
 use super::snapshotter::{SavedSnapshot, Snapshotter};
 use super::status::StatusBoard;
 use super::transport::{TcpTransport, Transport};
+use crate::protocol::codec;
 use crate::protocol::peer_wire::{Handshake, PEER_PROTOCOL_VERSION};
-use crate::protocol::raft::{Config, Entry, NodeId, RaftCore, SnapshotMeta};
+use crate::protocol::raft::{
+    ConfChange, Config, Entry, EntryKind, HardState, MemberAddrs, Membership, NodeId, RaftCore, SnapshotMeta,
+};
 use crate::storage::{
     DataDir, SnapshotStore, StateMachine, StorageError, Wal, WalOptions, DEFAULT_MAX_SESSIONS,
 };
@@ -43,8 +45,13 @@ pub struct ReplicaConfig {
     pub client_addr: String,
     /// Where to listen for peers (HOST:PORT; port 0 picks one).
     pub peer_addr: String,
-    /// Peer address of every member, this one included.
+    /// Peer address of every member, this one included: the bootstrap membership of a new
+    /// cluster (and the address book of a joining replica). Once the data dir records a
+    /// membership, that one rules.
     pub peers: BTreeMap<NodeId, String>,
+    /// Start with an empty data dir as a new member of a running cluster: no bootstrap; the
+    /// membership arrives with the log (or a snapshot) from the leader.
+    pub join: bool,
     /// Data directory.
     pub data_dir: PathBuf,
     /// fsync every WAL write (off only with `--no-fsync`).
@@ -86,6 +93,7 @@ impl ReplicaConfig {
             client_addr: client_addr.to_string(),
             peer_addr: peer_addr.to_string(),
             peers: BTreeMap::from([(id, peer_addr.to_string())]),
+            join: false,
             data_dir: data_dir.into(),
             fsync: true,
             election_timeout_ms: 1000,
@@ -157,6 +165,38 @@ pub async fn bind(addr: &str) -> Result<TcpListener, ReplicaError> {
     }
 }
 
+/// Whether nothing was ever written to this data dir's log.
+fn is_fresh(hard_state: &HardState, snapshot: &SnapshotMeta, entries: &[Entry]) -> bool {
+    *hard_state == HardState::default() && snapshot.index == 0 && entries.is_empty()
+}
+
+/// The first entry of a new cluster's log: its membership, from `--peers`. Every founding member
+/// writes the same entry, committed by construction (client addresses are learnt later, from
+/// handshakes, so they are not part of it).
+fn bootstrap_entry(peers: &BTreeMap<NodeId, String>) -> Result<Entry, ReplicaError> {
+    let members = peers
+        .iter()
+        .map(|(&id, peer)| (id, MemberAddrs { peer_addr: peer.clone(), client_addr: String::new() }))
+        .collect();
+    let data = codec::encode(&ConfChange::Bootstrap(Membership::bootstrap(members)))
+        .map_err(|e| ReplicaError::Config(e.to_string()))?;
+    Ok(Entry { term: 1, index: 1, data, kind: EntryKind::ConfChange })
+}
+
+/// The membership a log of `entries` after a snapshot with `at_snapshot` ends with (all of them
+/// applied, committed or not): what a restart will be using soon.
+fn latest_membership(at_snapshot: &Membership, entries: &[Entry]) -> Membership {
+    let mut m = at_snapshot.clone();
+    for e in entries.iter().filter(|e| e.kind == EntryKind::ConfChange) {
+        if let Ok(next) =
+            codec::decode::<ConfChange>(&e.data).map_err(|_| ()).and_then(|c| m.apply(&c).map_err(|_| ()))
+        {
+            m = next;
+        }
+    }
+    m
+}
+
 /// What a replica restarts from: state machine, snapshot, and the log after it.
 type Recovered = (StateMachine, Option<SavedSnapshot>, SnapshotMeta, Vec<Entry>);
 
@@ -209,7 +249,6 @@ pub struct Replica {
     applier: Addr<Applier>,
     front_end: Addr<FrontEnd>,
     peer_listener: Addr<PeerListener>,
-    links: Vec<Addr<PeerLink>>,
     disk: Addr<DiskWriter>,
     disk_arbiter: Arbiter,
     snapshot_arbiter: Arbiter,
@@ -245,13 +284,48 @@ impl Replica {
         let snapshots = SnapshotStore::open(data_dir.snap_dir())?;
         let latest = snapshots.load_latest()?;
         let witness = data_dir.wal_witness();
-        let (wal, recovery) = Wal::open_witnessed(
+        let (mut wal, mut recovery) = Wal::open_witnessed(
             data_dir.wal_dir(),
             WalOptions { segment_bytes: config.wal_segment_bytes, fsync: config.fsync },
             Some(&witness),
         )?;
+        let fresh = latest.is_none() && is_fresh(&recovery.hard_state, &recovery.snapshot, &recovery.entries);
+        if fresh && !config.join {
+            let entry = bootstrap_entry(&config.peers)?;
+            let hard_state = HardState { term: 1, vote: 0, commit: 1 };
+            wal.append(Some(hard_state), std::slice::from_ref(&entry))?;
+            recovery.hard_state = hard_state;
+            recovery.entries = vec![entry];
+            log::info!("replica {}: bootstrapped a new cluster of {:?}", config.id, config.peers.keys());
+        }
         let (state, latest_snapshot, snapshot_meta, entries) =
             recover(config.id, latest, recovery.snapshot, recovery.entries)?;
+        let mut membership = state.membership().clone();
+        let records_membership = !membership.is_empty()
+            || entries.first().is_some_and(|e| e.index == 1 && e.kind == EntryKind::ConfChange);
+        let joining = fresh && config.join;
+        if !records_membership && !joining {
+            // A data dir from before memberships were recorded: `--peers` is the membership.
+            let members = config
+                .peers
+                .iter()
+                .map(|(&id, peer)| (id, MemberAddrs { peer_addr: peer.clone(), client_addr: String::new() }))
+                .collect();
+            membership = Membership::bootstrap(members);
+        }
+        let latest = latest_membership(&membership, &entries);
+        if !fresh
+            && !latest.is_empty()
+            && latest.voter_ids() != config.peers.keys().copied().collect::<Vec<_>>()
+        {
+            log::warn!(
+                "replica {}: --peers lists {:?} but the recorded membership has voters {:?} and learners {:?}; using the recorded one",
+                config.id,
+                config.peers.keys().collect::<Vec<_>>(),
+                latest.voter_ids(),
+                latest.learners
+            );
+        }
         log::info!(
             "replica {}: recovered term {} vote {} commit {}, snapshot at {}, {} log entries after it",
             config.id,
@@ -261,7 +335,7 @@ impl Replica {
             snapshot_meta.index,
             entries.len()
         );
-        let core = RaftCore::new(raft_config, recovery.hard_state, snapshot_meta, entries);
+        let core = RaftCore::restore(raft_config, recovery.hard_state, snapshot_meta, membership, entries);
 
         let disk_arbiter = Arbiter::new();
         let disk =
@@ -289,20 +363,8 @@ impl Replica {
         // elections or acknowledgements.
         let consensus_arbiter = Arbiter::new();
         let on_consensus = consensus_arbiter.handle();
-        let mut links = Vec::new();
-        let transport = match transport {
-            Some(t) => t,
-            None => {
-                let mut map = BTreeMap::new();
-                for (&id, addr) in config.peers.iter().filter(|(&id, _)| id != config.id) {
-                    let link = PeerLink::new(id, addr.clone(), handshake.clone());
-                    let link = PeerLink::start_in_arbiter(&on_consensus, move |_| link);
-                    links.push(link.clone());
-                    map.insert(id, link);
-                }
-                Box::new(TcpTransport::new(map))
-            }
-        };
+        // The TCP transport starts its links from inside consensus, so on consensus's thread.
+        let transport = transport.unwrap_or_else(|| Box::new(TcpTransport::new(handshake)));
         let parts = ConsensusParts {
             core,
             disk: disk.clone(),
@@ -313,10 +375,10 @@ impl Replica {
             transport,
             status: status.clone(),
             tick: Duration::from_millis(config.tick_ms.max(1)),
+            address_book: config.peers.clone(),
         };
         let consensus = Consensus::new(parts);
         let consensus = Consensus::start_in_arbiter(&on_consensus, move |_| consensus);
-        let members: Vec<NodeId> = config.peers.keys().copied().collect();
         let peer_std = peer_listener
             .into_std()
             .map_err(|source| ReplicaError::Bind { addr: config.peer_addr.clone(), source })?;
@@ -324,7 +386,6 @@ impl Replica {
             peer_std,
             config.cluster_name.clone(),
             config.id,
-            members.clone(),
             consensus.clone().recipient(),
             status.clone(),
         );
@@ -332,7 +393,6 @@ impl Replica {
         let env = ConnectionEnv {
             consensus: consensus.clone(),
             status: status.clone(),
-            members,
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             idle_timeout: config.idle_timeout,
         };
@@ -353,7 +413,6 @@ impl Replica {
             applier,
             front_end,
             peer_listener,
-            links,
             disk,
             disk_arbiter,
             snapshot_arbiter,
@@ -372,9 +431,6 @@ impl Replica {
     pub async fn stop(self) {
         let _ = self.front_end.send(StopFrontEnd).await;
         let _ = self.peer_listener.send(StopListener).await;
-        for link in &self.links {
-            let _ = link.send(StopLink).await;
-        }
         let _ = self.consensus.send(StopConsensus).await;
         let _ = self.applier.send(StopApplier).await;
         let _ = self.disk.send(CloseDisk).await;

@@ -1,10 +1,10 @@
 //! A replica's live numbers, written by its actors and read by INFO without a message round trip.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::RwLock;
 
-use crate::protocol::raft::{NodeId, Role};
+use crate::protocol::raft::{Membership, NodeId, Role};
 
 /// The shared board of one replica's state. Every field is a snapshot, possibly a moment old.
 #[derive(Debug, Default)]
@@ -25,6 +25,12 @@ pub struct StatusBoard {
     client_addrs: RwLock<BTreeMap<NodeId, String>>,
     /// Why consensus stopped, once it has (a failed disk write): the replica no longer takes part.
     stopped: RwLock<Option<String>>,
+    /// The membership this replica has applied.
+    membership: RwLock<Membership>,
+    /// Members just removed that the leader still talks to (their handshakes are accepted).
+    leaving: RwLock<BTreeSet<NodeId>>,
+    /// This replica's removal from the membership is committed.
+    removed: AtomicBool,
 }
 
 /// Numbers the consensus actor publishes after each Ready.
@@ -98,6 +104,44 @@ impl StatusBoard {
         self.state_digest.load(Ordering::Relaxed)
     }
 
+    /// Publishes the applied membership (and whom a leader still sends to after removing them).
+    pub fn publish_membership(&self, membership: &Membership, leaving: BTreeSet<NodeId>) {
+        for (&id, addrs) in &membership.addrs {
+            if !addrs.client_addr.is_empty() {
+                self.set_client_addr(id, addrs.client_addr.clone());
+            }
+        }
+        if membership.removed.contains(&self.id) && !self.removed.swap(true, Ordering::Relaxed) {
+            log::info!("replica {}: removed from the cluster; no longer serving", self.id);
+        }
+        if let Ok(mut m) = self.membership.write() {
+            *m = membership.clone();
+        }
+        if let Ok(mut l) = self.leaving.write() {
+            *l = leaving;
+        }
+    }
+
+    /// The membership this replica has applied.
+    pub fn membership(&self) -> Membership {
+        self.membership.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Whether a peer with this id may connect: a member, a just-removed one the leader still
+    /// talks to, or anyone of the cluster while this replica knows no membership yet (joining).
+    pub fn peer_allowed(&self, id: NodeId) -> bool {
+        if id == self.id || id == 0 {
+            return false;
+        }
+        let member = self.membership.read().map(|m| m.is_empty() || m.contains(id)).unwrap_or(false);
+        member || self.leaving.read().map(|l| l.contains(&id)).unwrap_or(false)
+    }
+
+    /// Whether this replica's removal from the membership is committed.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+
     /// Records where member `id` serves clients.
     pub fn set_client_addr(&self, id: NodeId, addr: String) {
         if let Ok(mut map) = self.client_addrs.write() {
@@ -110,9 +154,13 @@ impl StatusBoard {
         self.client_addrs.read().ok().and_then(|m| m.get(&id).cloned())
     }
 
-    /// The role name INFO prints.
+    /// The role name INFO prints (`learner` for a learner that is not leading).
     pub fn role_name(&self) -> &'static str {
-        self.role().name()
+        let learner = self.membership.read().map(|m| m.is_learner(self.id)).unwrap_or(false);
+        match self.role() {
+            Role::Follower if learner => "learner",
+            role => role.name(),
+        }
     }
 
     /// The current role.
@@ -154,11 +202,14 @@ impl StatusBoard {
     }
 
     /// INFO's text: `field:value` lines under a section header.
-    pub fn info_text(&self, members: &[NodeId]) -> String {
+    pub fn info_text(&self) -> String {
         let leader = self.leader();
         let leader_addr =
             if leader == 0 { String::new() } else { self.client_addr(leader).unwrap_or_default() };
-        let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+        let membership = self.membership();
+        let join = |ids: Vec<NodeId>| ids.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(",");
+        let members = join(membership.voter_ids());
+        let learners = join(membership.learners.iter().copied().collect());
         let stop_reason = self.stop_reason();
         let fields = [
             ("id", self.id.to_string()),
@@ -171,7 +222,8 @@ impl StatusBoard {
             ("last_log_index", self.last_log_index.load(Ordering::Relaxed).to_string()),
             ("snapshot_index", self.snapshot_index.load(Ordering::Relaxed).to_string()),
             ("log_bytes", self.log_bytes.load(Ordering::Relaxed).to_string()),
-            ("members", members.join(",")),
+            ("members", members),
+            ("learners", learners),
             ("keys", self.keys.load(Ordering::Relaxed).to_string()),
             ("state_digest", format!("{:016x}", self.state_digest())),
             ("consensus", if stop_reason.is_some() { "stopped" } else { "running" }.to_string()),

@@ -7,9 +7,10 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use super::connection::{ReplyBudget, WaiterDone};
-use super::consensus::{Consensus, Propose, ReadIndex, Refusal};
+use super::consensus::{refusal_to_reply, Admin, AdminDone, Consensus, Propose, ReadIndex, Refusal};
 use crate::protocol::codec;
 use crate::protocol::command::{Command, CommandResult, Proposal, SessionTag};
+use crate::protocol::request::AdminRequest;
 use crate::protocol::resp::Reply;
 
 /// Source of request ids, unique within this process (with the term, unique within the log).
@@ -73,6 +74,8 @@ pub enum WaiterTask {
     },
     /// Serve a linearizable read, its reply bounded by the connection's budget.
     Read(Command, Arc<ReplyBudget>),
+    /// Change the membership or move the leader; answered once that took effect.
+    Admin(AdminRequest),
 }
 
 /// Waits for one request's outcome.
@@ -92,10 +95,7 @@ fn try_again(why: &str) -> Reply {
 }
 
 fn refusal_reply(r: Refusal) -> Reply {
-    match r {
-        Refusal::NotLeader(addr) => Reply::Error(format!("NOTLEADER {addr}")),
-        Refusal::Busy => try_again("replica busy"),
-    }
+    refusal_to_reply(r)
 }
 
 impl Waiter {
@@ -145,8 +145,19 @@ impl Actor for Waiter {
                 // The answer, a refusal included, comes back as a ReadDone.
                 self.consensus.do_send(ReadIndex { command, budget, reply_to: ctx.address().recipient() });
             }
+            Some(WaiterTask::Admin(request)) => {
+                self.consensus.do_send(Admin { request, reply_to: ctx.address().recipient() });
+            }
             None => {}
         }
+    }
+}
+
+impl Handler<AdminDone> for Waiter {
+    type Result = ();
+
+    fn handle(&mut self, msg: AdminDone, ctx: &mut Self::Context) {
+        self.finish(ctx, msg.0);
     }
 }
 

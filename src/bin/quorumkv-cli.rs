@@ -4,6 +4,8 @@
 //! quorumkv-cli [--servers HOST:PORT,...] [COMMAND [ARGS...]]
 //! quorumkv-cli bench [--clients N] [--ops N | --duration SECS] [--value-size B]
 //!                    [--keys N] [--write-ratio F] [--pipeline N] [--json]
+//! quorumkv-cli member list | add ID PEER-ADDR CLIENT-ADDR | promote ID | remove ID
+//! quorumkv-cli leader transfer ID
 //! ```
 //!
 //! Exit codes: 0 success, 1 an error reply (or a usage error), 2 no server could be reached in time.
@@ -23,6 +25,8 @@ use cli::{describe_failure, print_reply, EXIT_ERROR, EXIT_OK};
 const AFTER_HELP: &str = "\
 With COMMAND, runs it and prints the reply as redis-cli does; without, starts an interactive prompt
 (history in ~/.quorumkv_history). `quorumkv-cli bench --help` describes the benchmark.
+Membership: `member list`, `member add ID PEER-ADDR CLIENT-ADDR`, `member promote ID`,
+`member remove ID`, `member change OP...`, `leader transfer ID` (each answered once in force).
 
 Exit codes: 0 success, 1 an error reply or a usage error, 2 no server could be reached in time.
 Environment: QUORUMKV_CLI_TIMEOUT_MS, the deadline of each request in milliseconds (default 10000).";

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use quorumkv::actors::replica::{Replica, ReplicaConfig, ReplicaError};
+use quorumkv::joining::{self, JoinRequest};
 use quorumkv::storage::StorageError;
 
 /// The replica's allocator (the library leaves the choice to whoever links it).
@@ -61,6 +62,12 @@ struct ReplicaArgs {
     /// Close a client connection idle this many seconds with no request in flight (0: never).
     #[arg(long, default_value_t = 0)]
     idle_timeout_secs: u64,
+    /// Join a running cluster through these client addresses of its members (empty data dir only).
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
+    /// With --join: stay a learner (get the log, never vote).
+    #[arg(long, requires = "join")]
+    learner: bool,
 }
 
 /// File descriptors kept for each replica's own use (WAL, snapshots, peer links and listener).
@@ -137,6 +144,9 @@ fn idle_timeout(args: &ReplicaArgs) -> Option<std::time::Duration> {
 fn replica_config(args: &ReplicaArgs) -> Result<ReplicaConfig, String> {
     let peers = match &args.peers {
         Some(spec) => parse_peers(spec)?,
+        None if !args.join.is_empty() => {
+            BTreeMap::from([(args.id, args.peer_addr.clone().unwrap_or_default())])
+        }
         None => BTreeMap::from([(
             args.id,
             args.peer_addr.clone().unwrap_or_else(|| "127.0.0.1:7380".to_string()),
@@ -200,6 +210,39 @@ fn local_configs(
     Ok(configs)
 }
 
+/// Whether `dir` already holds a log: then `--join` is ignored (a restart is a restart).
+fn holds_log(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir.join("wal"))
+        .map(|entries| entries.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
+        .unwrap_or(false)
+}
+
+/// For `--join` on an empty data dir: asks the cluster to add this replica, and learns every
+/// member's peer address. Returns what the promotion thread needs, or None for a restart.
+fn prepare_join(args: &ReplicaArgs, config: &mut ReplicaConfig) -> Result<Option<JoinRequest>, String> {
+    if args.join.is_empty() {
+        return Ok(None);
+    }
+    if holds_log(&args.data_dir) {
+        log::info!("replica {}: the data dir holds a log; --join ignored (this is a restart)", args.id);
+        return Ok(None);
+    }
+    let peer_addr =
+        args.peer_addr.clone().ok_or("--join needs --peer-addr (where the others reach this replica)")?;
+    let request = JoinRequest {
+        id: args.id,
+        peer_addr,
+        client_addr: args.client_addr.clone(),
+        servers: args.join.clone(),
+    };
+    let mut book = joining::add_self(&request)?;
+    book.insert(args.id, request.peer_addr.clone());
+    config.peers = book;
+    config.peer_addr = request.peer_addr.clone();
+    config.join = true;
+    Ok(Some(request))
+}
+
 fn exit_code(e: &ReplicaError) -> ExitCode {
     match e {
         ReplicaError::Storage(
@@ -235,7 +278,17 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run(configs: Vec<ReplicaConfig>, local: bool) -> ExitCode {
+/// Resolves once replica `status` is removed from the membership (never for `local`).
+async fn removed(statuses: Vec<std::sync::Arc<quorumkv::actors::status::StatusBoard>>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if statuses.iter().any(|s| s.is_removed()) {
+            return;
+        }
+    }
+}
+
+async fn run(configs: Vec<ReplicaConfig>, local: bool, join: Option<(JoinRequest, bool)>) -> ExitCode {
     let mut replicas = Vec::new();
     for config in configs {
         match Replica::start(config).await {
@@ -262,9 +315,18 @@ async fn run(configs: Vec<ReplicaConfig>, local: bool) -> ExitCode {
         );
     } else if let Some(r) = replicas.first() {
         println!("quorumkv: replica {} serving clients on {}, peers on {}", r.id, r.client_addr, r.peer_addr);
+        if let Some((request, false)) = join {
+            let status = r.status.clone();
+            std::thread::spawn(move || joining::promote_when_caught_up(&request, status));
+        }
     }
-    shutdown_signal().await;
-    log::info!("shutting down");
+    let watched = if local { Vec::new() } else { replicas.iter().map(|r| r.status.clone()).collect() };
+    tokio::select! {
+        _ = shutdown_signal() => log::info!("shutting down"),
+        _ = removed(watched), if !local => {
+            log::info!("removed from the cluster: shutting down (the data dir is kept)");
+        }
+    }
     for r in replicas {
         r.stop().await;
     }
@@ -287,7 +349,7 @@ fn parse_cli() -> Result<Cli, ExitCode> {
         ExitCode::from(1)
     })?;
     if matches.subcommand_name() == Some("local") {
-        let single_only = ["id", "client_addr", "peer_addr", "peers", "data_dir"];
+        let single_only = ["id", "client_addr", "peer_addr", "peers", "data_dir", "join", "learner"];
         if let Some(flag) = single_only.iter().find(|id| given(&matches, id)) {
             let flag = flag.replace('_', "-");
             eprintln!(
@@ -311,11 +373,18 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    let mut join = None;
     let (configs, local) = match &cli.command {
         Some(Command::Local { replicas, base_port, data_dir }) => {
             (local_configs(*replicas, *base_port, data_dir, &cli.replica), true)
         }
-        None => (replica_config(&cli.replica).map(|c| vec![c]), false),
+        None => {
+            let config = replica_config(&cli.replica).and_then(|mut c| {
+                join = prepare_join(&cli.replica, &mut c)?.map(|r| (r, cli.replica.learner));
+                Ok(c)
+            });
+            (config.map(|c| vec![c]), false)
+        }
     };
     let mut configs = match configs {
         Ok(c) => c,
@@ -326,5 +395,5 @@ fn main() -> ExitCode {
     };
     fit_clients_to_fd_limit(&mut configs);
     let system = actix_rt::System::new();
-    system.block_on(run(configs, local))
+    system.block_on(run(configs, local, join))
 }

@@ -10,6 +10,8 @@
 //! (PING, INFO, CLIENT, ...) or another `REQ` it is an error.
 
 use super::command::{ColumnFamily, Command, SessionTag};
+use super::raft::membership::check_addr;
+use super::raft::{ChangeOp, MemberAddrs, NodeId};
 use super::resp::{Reply, MAX_ARG_BYTES};
 
 /// Largest key, in bytes.
@@ -40,9 +42,22 @@ pub enum ClientRequest {
         /// The read-only command.
         command: Command,
     },
+    /// `MEMBER LIST`: the membership this replica has applied.
+    MemberList,
+    /// A membership change or leader transfer, answered once it took effect.
+    Admin(AdminRequest),
     /// A connection command whose answer is known without the replica (ECHO, SELECT, CLIENT SETINFO,
     /// CLIENT SETNAME, HELLO, COMMAND, CONFIG GET): write this reply.
     Immediate(Reply),
+}
+
+/// A request that changes who is in the cluster or who leads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// `MEMBER ADD|PROMOTE|REMOVE|CHANGE`: the steps of one change.
+    Change(Vec<ChangeOp>),
+    /// `LEADER TRANSFER id`.
+    TransferLeader(NodeId),
 }
 
 /// Why a request was refused; `Display` is the Redis error line, code first.
@@ -94,6 +109,9 @@ pub enum RequestError {
     /// A malformed `REQ client-id seq` prefix.
     #[error("ERR {0}")]
     Session(String),
+    /// A malformed membership request.
+    #[error("ERR {0}")]
+    Member(String),
 }
 
 impl RequestError {
@@ -242,12 +260,25 @@ fn parse_command(name: Vec<u8>, args: Vec<Vec<u8>>) -> Result<ClientRequest, Req
             _ => Reply::Array(Some(Vec::new())),
         })),
         b"CONFIG" => parse_config(args),
+        b"MEMBER" => parse_member(args),
+        b"LEADER" => match args.as_slice() {
+            [sub, id] if sub.eq_ignore_ascii_case(b"TRANSFER") => {
+                Ok(ClientRequest::Admin(AdminRequest::TransferLeader(member_id(id)?)))
+            }
+            [sub, ..] if sub.eq_ignore_ascii_case(b"TRANSFER") => {
+                Err(RequestError::WrongArity("leader|transfer".into()))
+            }
+            [sub, ..] => {
+                Err(RequestError::UnknownSubcommand { command: "LEADER".into(), subcommand: quote(sub) })
+            }
+            [] => Err(RequestError::WrongArity("leader".into())),
+        },
         _ => Err(unknown_command(&name, &args)),
     }
 }
 
 /// Every command name this module accepts (what `COMMAND COUNT` counts).
-const COMMAND_NAMES: [&str; 19] = [
+const COMMAND_NAMES: [&str; 21] = [
     "append",
     "client",
     "command",
@@ -258,6 +289,8 @@ const COMMAND_NAMES: [&str; 19] = [
     "get",
     "hello",
     "info",
+    "leader",
+    "member",
     "ping",
     "quit",
     "rawdelete",
@@ -268,6 +301,75 @@ const COMMAND_NAMES: [&str; 19] = [
     "select",
     "set",
 ];
+
+/// A member id: a positive integer.
+fn member_id(arg: &[u8]) -> Result<NodeId, RequestError> {
+    match parse_u64(arg) {
+        Some(id) if id > 0 => Ok(id),
+        _ => Err(RequestError::Member(format!("member id must be a positive integer, not '{}'", quote(arg)))),
+    }
+}
+
+/// An address argument: HOST:PORT.
+fn member_addr(arg: &[u8]) -> Result<String, RequestError> {
+    let addr = String::from_utf8_lossy(arg).into_owned();
+    check_addr(&addr).map_err(|e| RequestError::Member(e.to_string()))?;
+    Ok(addr)
+}
+
+/// The steps of `MEMBER CHANGE`: `ADD id peer client`, `PROMOTE id`, `REMOVE id`, repeated.
+fn change_ops(mut args: &[Vec<u8>]) -> Result<Vec<ChangeOp>, RequestError> {
+    let mut ops = Vec::new();
+    while let Some((op, rest)) = args.split_first() {
+        let upper = op.to_ascii_uppercase();
+        let (step, used) = match (upper.as_slice(), rest) {
+            (b"ADD", [id, peer, client, ..]) => {
+                let addrs = MemberAddrs { peer_addr: member_addr(peer)?, client_addr: member_addr(client)? };
+                (ChangeOp::Add { id: member_id(id)?, addrs }, 3)
+            }
+            (b"PROMOTE", [id, ..]) => (ChangeOp::Promote { id: member_id(id)? }, 1),
+            (b"REMOVE", [id, ..]) => (ChangeOp::Remove { id: member_id(id)? }, 1),
+            (b"ADD" | b"PROMOTE" | b"REMOVE", _) => {
+                return Err(RequestError::Member(format!("'{}' is missing arguments", quote(op))))
+            }
+            _ => {
+                return Err(RequestError::Member(format!(
+                    "unknown membership step '{}': expected ADD, PROMOTE or REMOVE",
+                    quote(op)
+                )))
+            }
+        };
+        ops.push(step);
+        args = &rest[used..];
+    }
+    if ops.is_empty() {
+        return Err(RequestError::WrongArity("member|change".into()));
+    }
+    Ok(ops)
+}
+
+fn parse_member(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
+    let Some((sub, rest)) = args.split_first() else {
+        return Err(RequestError::WrongArity("member".into()));
+    };
+    let upper = sub.to_ascii_uppercase();
+    let arity = |want: usize, name: &str| {
+        if rest.len() == want {
+            Ok(())
+        } else {
+            Err(RequestError::WrongArity(format!("member|{name}")))
+        }
+    };
+    let change = |ops| Ok(ClientRequest::Admin(AdminRequest::Change(ops)));
+    match upper.as_slice() {
+        b"LIST" => arity(0, "list").map(|()| ClientRequest::MemberList),
+        b"ADD" => arity(3, "add").and_then(|()| change(change_ops(&args)?)),
+        b"PROMOTE" => arity(1, "promote").and_then(|()| change(change_ops(&args)?)),
+        b"REMOVE" => arity(1, "remove").and_then(|()| change(change_ops(&args)?)),
+        b"CHANGE" => change(change_ops(rest)?),
+        _ => Err(RequestError::UnknownSubcommand { command: "MEMBER".into(), subcommand: quote(sub) }),
+    }
+}
 
 fn parse_client_subcommand(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
     let Some(sub) = args.first() else { return Err(RequestError::WrongArity("client".into())) };

@@ -272,7 +272,7 @@ impl SnapshotReceiver {
         }
         ChunkOutcome {
             ack: Some(received),
-            complete: Some(Snapshot { meta: incoming.meta, data: incoming.image }),
+            complete: Some(Snapshot { meta: incoming.meta, data: incoming.image, ..Snapshot::default() }),
             corrupt: false,
         }
     }

@@ -3,9 +3,7 @@
 use super::error::Result;
 use super::log_store::LogStore;
 use super::log_tail::{check_follows, Slot, Tail};
-use super::record::HEADER_BYTES;
 use super::wal::WalRecovery;
-use crate::protocol::codec;
 use crate::protocol::raft::{Entry, HardState, SnapshotMeta};
 
 /// A [`LogStore`] in memory that follows the same rules as [`Wal`](super::Wal), byte counts included.
@@ -58,7 +56,7 @@ impl MemLog {
 
 fn slot(entry: Entry) -> Slot<Entry> {
     // The same count as the WAL: the framed record's size.
-    let bytes = codec::encode(&entry).map_or(0, |payload| (HEADER_BYTES + payload.len()) as u64);
+    let bytes = super::wal::entry_record_bytes(&entry);
     Slot { term: entry.term, bytes, value: entry }
 }
 

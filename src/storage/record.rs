@@ -22,6 +22,8 @@ pub enum RecordKind {
     /// An encoded `SnapshotMeta`: the log is compacted up to that index and every entry after it
     /// is discarded (a snapshot that the log disagrees with, Raft §7).
     LogCleared = 4,
+    /// An encoded entry whose data is a membership change.
+    ConfEntry = 5,
 }
 
 impl RecordKind {
@@ -31,6 +33,7 @@ impl RecordKind {
             2 => Some(RecordKind::Entry),
             3 => Some(RecordKind::SnapshotMarker),
             4 => Some(RecordKind::LogCleared),
+            5 => Some(RecordKind::ConfEntry),
             _ => None,
         }
     }

@@ -5,12 +5,15 @@ use super::error::{Result, StorageError};
 use super::session::{Session, SessionCheck, SessionTable, DEFAULT_MAX_SESSIONS};
 use crate::protocol::codec;
 use crate::protocol::command::{ColumnFamily, Command, CommandResult, Proposal};
+use crate::protocol::raft::{ConfChange, Membership};
 use crate::protocol::resp::MAX_ARG_BYTES;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Version of the image [`StateMachine::snapshot`] writes.
-const IMAGE_FORMAT_VERSION: u32 = 1;
+/// Version of the image [`StateMachine::snapshot`] writes (2: with the membership).
+const IMAGE_FORMAT_VERSION: u32 = 2;
+/// The oldest image version [`StateMachine::restore`] reads (1: without a membership).
+const OLDEST_IMAGE_FORMAT_VERSION: u32 = 1;
 /// Most bytes of keys and values one RAWSCAN answers (it stops early, after at least one pair).
 pub const MAX_SCAN_REPLY_BYTES: usize = 32 * 1024 * 1024;
 
@@ -26,6 +29,8 @@ const IMAGE_PART_SESSIONS: usize = 1024;
 enum ImagePart {
     /// Always first.
     Header { format_version: u32, applied_index: u64, max_sessions: u64 },
+    /// Second from version 2 on: the membership at the applied index.
+    Membership(Membership),
     /// Pairs of one family, in key order, continuing the previous part of that family.
     Pairs { cf: ColumnFamily, pairs: Vec<(Vec<u8>, Vec<u8>)> },
     /// Sessions by client id, continuing the previous part.
@@ -46,6 +51,8 @@ pub struct StateMachine {
     sessions: SessionTable,
     /// Index of the last entry applied; strictly increases with every apply.
     applied_index: u64,
+    /// The membership at the applied index, from the log's configuration entries.
+    membership: Membership,
 }
 
 impl Default for StateMachine {
@@ -59,7 +66,44 @@ impl StateMachine {
     ///
     /// `max_sessions` decides evictions, so it must be the same on every replica of a cluster.
     pub fn new(max_sessions: usize) -> Self {
-        StateMachine { engine: KvEngine::new(), sessions: SessionTable::new(max_sessions), applied_index: 0 }
+        StateMachine {
+            engine: KvEngine::new(),
+            sessions: SessionTable::new(max_sessions),
+            applied_index: 0,
+            membership: Membership::default(),
+        }
+    }
+
+    /// Applies the membership change committed at `index`, exactly as the Raft core does (a
+    /// change that does not apply is skipped by both alike); answers whether it applied.
+    pub fn apply_conf_change(&mut self, index: u64, change: &ConfChange) -> bool {
+        self.advance(index);
+        match self.membership.apply(change) {
+            Ok(next) => {
+                self.membership = next;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The membership at the applied index (empty if the log recorded none).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The membership recorded in an image, read without decoding the rest of it.
+    pub fn image_membership(image: &[u8]) -> Result<Membership> {
+        let mut parts = Parts { rest: image };
+        match parts.next()? {
+            Some(ImagePart::Header { format_version, .. }) if format_version >= 2 => {}
+            Some(ImagePart::Header { .. }) => return Ok(Membership::default()),
+            _ => return Err(StorageError::BadImage("missing header".into())),
+        }
+        match parts.next()? {
+            Some(ImagePart::Membership(m)) => Ok(m),
+            _ => Err(StorageError::BadImage("no membership after the header".into())),
+        }
     }
 
     /// Applies the committed entry at `index` carrying `proposal`, and answers it.
@@ -217,6 +261,7 @@ impl StateMachine {
                 max_sessions,
             },
         )?;
+        push_part(&mut out, &ImagePart::Membership(self.membership.clone()))?;
         let mut pair_count = 0u64;
         for (cf, map) in ColumnFamily::ALL.into_iter().zip(self.engine.families()) {
             let mut pairs = Vec::new();
@@ -253,9 +298,17 @@ impl StateMachine {
         let Some(ImagePart::Header { format_version, applied_index, max_sessions }) = parts.next()? else {
             return Err(bad("missing header".into()));
         };
-        if format_version != IMAGE_FORMAT_VERSION {
+        if !(OLDEST_IMAGE_FORMAT_VERSION..=IMAGE_FORMAT_VERSION).contains(&format_version) {
             return Err(bad(format!("format version {format_version}, expected {IMAGE_FORMAT_VERSION}")));
         }
+        let membership = if format_version >= 2 {
+            match parts.next()? {
+                Some(ImagePart::Membership(m)) => m,
+                _ => return Err(bad("no membership after the header".into())),
+            }
+        } else {
+            Membership::default()
+        };
         let mut cfs: [Family; 3] = Default::default();
         let mut sessions = BTreeMap::new();
         let mut pair_count = 0u64;
@@ -287,13 +340,14 @@ impl StateMachine {
                     break;
                 }
                 Some(ImagePart::Header { .. }) => return Err(bad("second header".into())),
+                Some(ImagePart::Membership(_)) => return Err(bad("second membership".into())),
                 None => return Err(bad("truncated: no end part".into())),
             }
         }
         let max_sessions = usize::try_from(max_sessions).map_err(|_| bad("max_sessions too large".into()))?;
         let sessions = SessionTable::from_sessions(max_sessions, sessions)
             .ok_or_else(|| bad("session table breaks its invariants".into()))?;
-        Ok(StateMachine { engine: KvEngine::from_families(cfs), sessions, applied_index })
+        Ok(StateMachine { engine: KvEngine::from_families(cfs), sessions, applied_index, membership })
     }
 }
 

@@ -8,8 +8,41 @@ use super::error::{io_err, Result, StorageError};
 use super::log_tail::{check_follows, Slot, Tail};
 use super::record::{self, Damage, RecordKind, HEADER_BYTES, MAX_PAYLOAD_BYTES};
 use crate::protocol::codec;
-use crate::protocol::raft::{Entry, HardState, SnapshotMeta};
+use crate::protocol::raft::{Entry, EntryKind, HardState, SnapshotMeta};
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+
+/// An entry as a record holds it; the record's kind says whether it is a membership change
+/// (so records written before entries had kinds read back unchanged).
+#[derive(Deserialize)]
+struct StoredEntry {
+    term: u64,
+    index: u64,
+    data: Vec<u8>,
+}
+
+/// The same fields, borrowed, for writing.
+#[derive(Serialize)]
+struct StoredEntryRef<'a> {
+    term: u64,
+    index: u64,
+    data: &'a [u8],
+}
+
+/// Bytes the record of `entry` takes in a segment (0 if it cannot be encoded).
+pub(crate) fn entry_record_bytes(entry: &Entry) -> u64 {
+    encode_entry(entry).map_or(0, |(_, payload)| (HEADER_BYTES + payload.len()) as u64)
+}
+
+/// An entry's record kind and payload.
+fn encode_entry(entry: &Entry) -> Result<(RecordKind, Vec<u8>)> {
+    let kind = match entry.kind {
+        EntryKind::Normal => RecordKind::Entry,
+        EntryKind::ConfChange => RecordKind::ConfEntry,
+    };
+    let payload = codec::encode(&StoredEntryRef { term: entry.term, index: entry.index, data: &entry.data })?;
+    Ok((kind, payload))
+}
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -141,7 +174,7 @@ impl Wal {
         let next_seq = segments.last().map_or(1, |s| s.seq + 1);
         let mut tail = Tail::new(recovery.snapshot.index + 1);
         for entry in &recovery.entries {
-            let bytes = (HEADER_BYTES + codec::encode(entry)?.len()) as u64;
+            let bytes = (HEADER_BYTES + encode_entry(entry)?.1.len()) as u64;
             let put = tail.put(entry.index, Slot { term: entry.term, bytes, value: () });
             assert!(put.is_ok(), "recovered entries are consecutive");
         }
@@ -186,7 +219,8 @@ impl Wal {
         let mut sizes = Vec::with_capacity(entries.len());
         for entry in entries {
             let before = buf.len();
-            push_record(&mut buf, RecordKind::Entry, &codec::encode(entry)?)?;
+            let (kind, payload) = encode_entry(entry)?;
+            push_record(&mut buf, kind, &payload)?;
             sizes.push((buf.len() - before) as u64);
         }
         // The hard state goes last. Were it first, a write torn between it and the entries would
@@ -573,9 +607,12 @@ impl Replay {
                         self.snapshot = meta;
                     }
                 }
-                RecordKind::Entry => {
-                    let entry: Entry =
+                RecordKind::Entry | RecordKind::ConfEntry => {
+                    let stored: StoredEntry =
                         codec::decode(raw.payload).map_err(|e| corrupt(format!("entry: {e}")))?;
+                    let kind =
+                        if raw.kind == RecordKind::Entry { EntryKind::Normal } else { EntryKind::ConfChange };
+                    let entry = Entry { term: stored.term, index: stored.index, data: stored.data, kind };
                     if entry.index <= self.snapshot.index {
                         return Err(corrupt(format!(
                             "entry {} at or below snapshot {:?}",
@@ -625,7 +662,7 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        Entry { index, term, data: format!("entry {index}/{term}").into_bytes() }
+        Entry { index, term, data: format!("entry {index}/{term}").into_bytes(), ..Entry::default() }
     }
 
     fn small() -> WalOptions {

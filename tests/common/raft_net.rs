@@ -30,7 +30,7 @@ pub fn entries_with_terms(terms: &[u64]) -> Vec<Entry> {
     terms
         .iter()
         .enumerate()
-        .map(|(i, &term)| Entry { term, index: i as u64 + 1, data: vec![i as u8] })
+        .map(|(i, &term)| Entry { term, index: i as u64 + 1, data: vec![i as u8], ..Entry::default() })
         .collect()
 }
 

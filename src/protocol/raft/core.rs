@@ -8,18 +8,20 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::log::RaftLog;
-use super::message::{Entry, HardState, Message, MessageBody, NodeId, Snapshot, SnapshotMeta};
+use super::membership::{ChangeOp, ConfChange, Membership, MembershipError, VoteResult};
+use super::message::{Entry, EntryKind, HardState, Message, MessageBody, NodeId, Snapshot, SnapshotMeta};
 use super::progress::{Progress, ProgressState};
 use super::read_index::ReadQueue;
 use super::ready::{Ready, Role, RoleState};
+use crate::protocol::codec;
 use crate::protocol::rng::Rng;
 
 /// Settings of one Raft node. Times are in ticks of the caller's clock.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// This node's id (non-zero, one of `members`).
+    /// This node's id (non-zero).
     pub id: NodeId,
-    /// Every member of the cluster, this node included.
+    /// The voters when no membership is recorded (see [`RaftCore::new`]).
     pub members: Vec<NodeId>,
     /// Minimum election timeout; each timeout is drawn from `[this, 2 * this)`.
     pub election_timeout_ticks: u32,
@@ -41,6 +43,8 @@ pub struct Config {
     /// A leader steps down if a quorum has not answered within an election timeout; a node
     /// that hears from a leader ignores votes for that long (Raft §6.2, §4.2.3).
     pub check_quorum: bool,
+    /// A learner is promoted only if its log is at most this many entries behind the leader's.
+    pub max_promote_lag: u64,
     /// Seed of the RNG that draws election timeouts.
     pub seed: u64,
 }
@@ -60,6 +64,7 @@ impl Config {
             max_uncommitted_bytes: 64 << 20,
             pre_vote: true,
             check_quorum: true,
+            max_promote_lag: DEFAULT_MAX_PROMOTE_LAG,
             seed: id,
         }
     }
@@ -70,8 +75,8 @@ impl Config {
         if unique.len() != self.members.len() || self.members.contains(&0) {
             return Err("members must be unique and non-zero".into());
         }
-        if !self.members.contains(&self.id) {
-            return Err(format!("id {} is not a member", self.id));
+        if self.id == 0 {
+            return Err("id must be non-zero".into());
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_timeout_ticks {
             return Err("need 0 < heartbeat_ticks < election_timeout_ticks".into());
@@ -82,6 +87,9 @@ impl Config {
         Ok(())
     }
 }
+
+/// Entries a learner may trail the leader's log by and still be promoted.
+pub const DEFAULT_MAX_PROMOTE_LAG: u64 = 1000;
 
 /// Why a proposal or read was not accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -95,6 +103,45 @@ pub enum ProposeError {
     /// Too many proposals are waiting to commit.
     #[error("too many uncommitted entries")]
     Busy,
+    /// The leader is handing leadership over and takes no proposals meanwhile.
+    #[error("leadership transfer in progress")]
+    Transferring,
+}
+
+/// Why a membership change was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    /// Not the leader, busy, or transferring: as for any proposal.
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+    /// The change breaks a membership rule (or another is in progress).
+    #[error(transparent)]
+    Refused(#[from] MembershipError),
+    /// A learner to promote is too far behind: it could not vote usefully yet.
+    #[error("{id} has not caught up ({behind} entries behind the leader)")]
+    NotCaughtUp {
+        /// The learner.
+        id: NodeId,
+        /// How far its log trails the leader's.
+        behind: u64,
+    },
+}
+
+/// Why a leader transfer was not started.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// This node is not the leader; `leader` is the one it knows (0 if none).
+    #[error("not the leader (leader is {leader})")]
+    NotLeader {
+        /// The known leader, 0 if none.
+        leader: NodeId,
+    },
+    /// The target already leads.
+    #[error("{0} is already the leader")]
+    ToSelf(NodeId),
+    /// The target cannot lead: a learner, or not a member.
+    #[error("{0} is not a voter")]
+    NotVoter(NodeId),
 }
 
 /// Why a message from a peer was refused. Every refusal is also counted.
@@ -118,6 +165,8 @@ pub struct Stats {
     pub invalid_messages: u64,
     /// Elections started (real, not pre-vote).
     pub elections: u64,
+    /// Membership changes applied (bootstrap, changes and leaving joint).
+    pub membership_changes: u64,
 }
 
 /// One Raft node's state.
@@ -131,7 +180,18 @@ pub struct RaftCore {
     /// Known leader of `term`, 0 if none.
     leader: NodeId,
     log: RaftLog,
-    /// The leader's view of each other member; empty unless leader.
+    /// The membership at the applied index (configurations take effect when applied).
+    membership: Membership,
+    /// The membership changed since the last Ready.
+    membership_changed: bool,
+    /// A leader accepts no membership change until it has applied this index: its last
+    /// change's entry, or on election its no-op (so it has committed in its own term first).
+    pending_conf_index: u64,
+    /// The voter leadership is being handed to, and the ticks since that began.
+    lead_transferee: Option<(NodeId, u32)>,
+    /// Members just removed, still sent heartbeats for the given ticks so they learn it.
+    leaving: BTreeMap<NodeId, u32>,
+    /// The leader's view of each other member (and of `leaving` ones); empty unless leader.
     progress: BTreeMap<NodeId, Progress>,
     /// Votes received in the current (pre-)campaign: true = granted.
     votes: BTreeMap<NodeId, bool>,
@@ -167,7 +227,8 @@ pub struct RaftCore {
 }
 
 impl RaftCore {
-    /// A node recovered from storage: its hard state, snapshot position and the entries after it.
+    /// A node recovered from storage whose membership at the snapshot is `config.members`, all
+    /// voters (a cluster whose log records no membership).
     ///
     /// Panics if the config is invalid (a programming error, checked at start-up).
     pub fn new(
@@ -176,11 +237,31 @@ impl RaftCore {
         snapshot: SnapshotMeta,
         entries: Vec<Entry>,
     ) -> RaftCore {
+        let membership = Membership::from_voters(config.members.iter().copied());
+        RaftCore::restore(config, hard_state, snapshot, membership, entries)
+    }
+
+    /// A node recovered from storage: its hard state, snapshot position, the membership at the
+    /// snapshot (empty if none is known yet, as for a joining replica), and the entries after it.
+    ///
+    /// Membership changes in `entries` take effect as they are applied again.
+    pub fn restore(
+        config: Config,
+        hard_state: HardState,
+        snapshot: SnapshotMeta,
+        membership: Membership,
+        entries: Vec<Entry>,
+    ) -> RaftCore {
         if let Err(e) = config.validate() {
             panic!("invalid raft config: {e}");
         }
         let log = RaftLog::restore(snapshot, entries, hard_state.commit);
         let mut core = RaftCore {
+            membership,
+            membership_changed: true,
+            pending_conf_index: 0,
+            lead_transferee: None,
+            leaving: BTreeMap::new(),
             rng: Rng::new(config.seed),
             config,
             term: hard_state.term,
@@ -256,12 +337,37 @@ impl RaftCore {
         self.reads.len()
     }
 
-    fn quorum(&self) -> usize {
-        self.config.members.len() / 2 + 1
+    /// The membership in force (the one at the applied index).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Everyone this node may send to as leader: members of any set and just-removed ones.
+    pub fn replication_targets(&self) -> Vec<NodeId> {
+        let mut ids = self.membership.ids();
+        ids.extend(self.leaving.keys());
+        ids.sort_unstable();
+        ids.dedup();
+        ids.retain(|&id| id != self.config.id);
+        ids
+    }
+
+    /// The voter leadership is being handed to, if a transfer is under way.
+    pub fn lead_transferee(&self) -> Option<NodeId> {
+        self.lead_transferee.map(|(id, _)| id)
+    }
+
+    /// The match index the leader knows for `id` (None unless leader and `id` is replicated to).
+    pub fn matched(&self, id: NodeId) -> Option<u64> {
+        self.progress.get(&id).map(|p| p.matched)
+    }
+
+    fn voter_peers(&self) -> Vec<NodeId> {
+        self.membership.voter_ids().into_iter().filter(|&m| m != self.config.id).collect()
     }
 
     fn peers(&self) -> Vec<NodeId> {
-        self.config.members.iter().copied().filter(|&m| m != self.config.id).collect()
+        self.progress.keys().copied().collect()
     }
 
     fn reset_election_timer(&mut self) {
@@ -283,7 +389,12 @@ impl RaftCore {
         } else {
             self.election_elapsed += 1;
             if self.election_elapsed >= self.randomized_timeout {
-                self.campaign(self.config.pre_vote);
+                if self.membership.is_voter(self.config.id) {
+                    self.campaign(self.config.pre_vote, false);
+                } else {
+                    // Learners, removed members and replicas that know no membership yet wait.
+                    self.reset_election_timer();
+                }
             }
         }
     }
@@ -295,8 +406,9 @@ impl RaftCore {
             self.election_elapsed = 0;
             if self.config.check_quorum {
                 // Raft §6.2: a leader cut off from a quorum steps down, so clients go elsewhere.
-                let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
-                if active < self.quorum() {
+                let (me, progress) = (self.config.id, &self.progress);
+                let active = |id| id == me || progress.get(&id).is_some_and(|p| p.recent_active);
+                if !self.membership.has_quorum(active) {
                     log::info!(
                         "raft {}: check-quorum failed in term {}, stepping down",
                         self.config.id,
@@ -308,6 +420,21 @@ impl RaftCore {
                 self.progress.values_mut().for_each(|p| p.recent_active = false);
             }
         }
+        if let Some((to, elapsed)) = self.lead_transferee.as_mut() {
+            *elapsed += 1;
+            if *elapsed >= self.config.election_timeout_ticks {
+                // Thesis §3.10: a transfer that does not finish within an election timeout is
+                // abandoned, and the leader takes proposals again.
+                log::info!("raft {}: leader transfer to {to} timed out", self.config.id);
+                self.lead_transferee = None;
+            }
+        }
+        self.leaving.retain(|_, ticks| {
+            *ticks = ticks.saturating_sub(1);
+            *ticks > 0
+        });
+        let (membership, leaving) = (&self.membership, &self.leaving);
+        self.progress.retain(|id, _| membership.contains(*id) || leaving.contains_key(id));
         // Lost appends: pipelined appends unanswered for an election timeout are resent from the
         // match point, and so is a snapshot that got no answer for twice that.
         let (append_timeout, snapshot_timeout) =
@@ -350,13 +477,15 @@ impl RaftCore {
         }
         self.role = Role::Follower;
         self.leader = leader;
+        self.lead_transferee = None;
+        self.leaving.clear();
         self.progress.clear();
         self.votes.clear();
         self.broadcast_wanted = false;
         self.reset_election_timer();
     }
 
-    fn campaign(&mut self, pre_vote: bool) {
+    fn campaign(&mut self, pre_vote: bool, transfer: bool) {
         let campaign_term = if pre_vote {
             self.role = Role::PreCandidate;
             self.term + 1
@@ -372,18 +501,18 @@ impl RaftCore {
         self.votes.clear();
         self.votes.insert(self.config.id, true);
         self.reset_election_timer();
-        if self.quorum() == 1 {
+        if self.membership.vote_result(&self.votes) == VoteResult::Won {
             return self.won_votes(pre_vote);
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        for peer in self.peers() {
-            self.send(peer, campaign_term, MessageBody::Vote { pre_vote, last_index, last_term });
+        for peer in self.voter_peers() {
+            self.send(peer, campaign_term, MessageBody::Vote { pre_vote, last_index, last_term, transfer });
         }
     }
 
     fn won_votes(&mut self, pre_vote: bool) {
         if pre_vote {
-            self.campaign(false);
+            self.campaign(false, false);
         } else {
             self.become_leader();
         }
@@ -396,10 +525,26 @@ impl RaftCore {
         self.votes.clear();
         self.heartbeat_elapsed = 0;
         self.election_elapsed = 0;
+        self.lead_transferee = None;
         let last = self.log.last_index();
-        self.progress = self.peers().into_iter().map(|p| (p, Progress::new(last))).collect();
+        let me = self.config.id;
+        self.progress = self
+            .membership
+            .ids()
+            .into_iter()
+            .filter(|&p| p != me)
+            .map(|p| (p, Progress::new(last)))
+            .collect();
         // Raft §8: a no-op of the new term lets the leader commit (and so learn) everything before it.
-        self.log.append(&[Entry { term: self.term, index: last + 1, data: Vec::new() }]);
+        self.log.append(&[Entry {
+            term: self.term,
+            index: last + 1,
+            data: Vec::new(),
+            kind: EntryKind::Normal,
+        }]);
+        // No membership change until the no-op is applied: by then this leader has committed in
+        // its own term (Ongaro's 2015 fix) and applied any change a predecessor left in the log.
+        self.pending_conf_index = last + 1;
         self.broadcast_wanted = true;
         self.maybe_commit();
     }
@@ -411,23 +556,87 @@ impl RaftCore {
     /// The entry is only durable and replicated after the next `Ready` is carried out, and only
     /// committed once a quorum has stored it: watch the index, and check the term applied there.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(u64, u64), ProposeError> {
+        self.check_proposable(data.len())?;
+        Ok(self.append_entry(data, EntryKind::Normal))
+    }
+
+    /// Whether a proposal of `bytes` would be taken now.
+    fn check_proposable(&self, bytes: usize) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader: self.leader });
+        }
+        if self.lead_transferee.is_some() {
+            return Err(ProposeError::Transferring);
         }
         if self.log.last_index() - self.log.committed() >= self.config.max_uncommitted_entries {
             return Err(ProposeError::Busy);
         }
         let pending = self.log.uncommitted_bytes();
-        if pending > 0 && pending + data.len() > self.config.max_uncommitted_bytes {
+        if pending > 0 && pending + bytes > self.config.max_uncommitted_bytes {
             return Err(ProposeError::Busy);
         }
+        Ok(())
+    }
+
+    fn append_entry(&mut self, data: Vec<u8>, kind: EntryKind) -> (u64, u64) {
         let index = self.log.last_index() + 1;
-        self.log.append(&[Entry { term: self.term, index, data }]);
+        self.log.append(&[Entry { term: self.term, index, data, kind }]);
         self.broadcast_wanted = true;
-        if self.quorum() == 1 {
-            self.maybe_commit();
+        (index, self.term)
+    }
+
+    /// Proposes a membership change; returns its entry's (index, term), as `propose` does.
+    ///
+    /// One change at a time: refused while an earlier one is not applied, while joint, and
+    /// before this leader has applied its own no-op. A learner to promote must be within
+    /// `max_promote_lag` entries of the leader's log.
+    pub fn propose_change(&mut self, ops: Vec<ChangeOp>) -> Result<(u64, u64), ChangeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader: self.leader }.into());
         }
-        Ok((index, self.term))
+        if self.pending_conf_index > self.log.applied() || self.membership.is_joint() {
+            return Err(MembershipError::InProgress.into());
+        }
+        self.membership.plan(&ops)?;
+        let last = self.log.last_index();
+        for op in &ops {
+            if let ChangeOp::Promote { id } = op {
+                let behind = last - self.progress.get(id).map_or(0, |p| p.matched);
+                if behind > self.config.max_promote_lag {
+                    return Err(ChangeError::NotCaughtUp { id: *id, behind });
+                }
+            }
+        }
+        let data = codec::encode(&ConfChange::Change(ops)).map_err(|_| ProposeError::Busy)?;
+        self.check_proposable(data.len())?;
+        let (index, term) = self.append_entry(data, EntryKind::ConfChange);
+        self.pending_conf_index = index;
+        Ok((index, term))
+    }
+
+    /// Starts handing leadership to voter `to` (thesis §3.10): proposals are refused until it
+    /// leads or an election timeout passes; `to` campaigns once its log matches the leader's.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), TransferError> {
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader { leader: self.leader });
+        }
+        if to == self.config.id {
+            return Err(TransferError::ToSelf(to));
+        }
+        if !self.membership.is_voter(to) {
+            return Err(TransferError::NotVoter(to));
+        }
+        if self.lead_transferee() == Some(to) {
+            return Ok(());
+        }
+        log::info!("raft {}: transferring leadership to {to} in term {}", self.config.id, self.term);
+        self.lead_transferee = Some((to, 0));
+        if self.progress.get(&to).is_some_and(|p| p.matched == self.log.last_index()) {
+            self.send(to, self.term, MessageBody::TimeoutNow);
+        } else {
+            self.send_append(to, true);
+        }
+        Ok(())
     }
 
     /// Starts a linearizable read (Raft §6.4); `ctx` comes back in a `ReadState` or `dropped_reads`.
@@ -446,10 +655,11 @@ impl RaftCore {
     }
 
     fn confirm_reads(&mut self) {
-        let quorum = self.quorum();
-        let progress = &self.progress;
-        self.reads
-            .confirm(|round| 1 + progress.values().filter(|p| p.read_round_acked >= round).count() >= quorum);
+        let (me, progress, membership) = (self.config.id, &self.progress, &self.membership);
+        self.reads.confirm(|round| {
+            membership
+                .has_quorum(|id| id == me || progress.get(&id).is_some_and(|p| p.read_round_acked >= round))
+        });
     }
 
     /// Drops log entries up to `index`, which a snapshot of the applied state now covers.
@@ -486,8 +696,9 @@ impl RaftCore {
     fn step_valid(&mut self, m: Message) -> Result<(), StepError> {
         if m.term > self.term {
             match m.body {
-                MessageBody::Vote { pre_vote, .. } => {
-                    let in_lease = self.config.check_quorum
+                MessageBody::Vote { pre_vote, transfer, .. } => {
+                    let in_lease = !transfer
+                        && self.config.check_quorum
                         && self.leader != 0
                         && self.election_elapsed < self.config.election_timeout_ticks;
                     if in_lease {
@@ -520,7 +731,7 @@ impl RaftCore {
         }
 
         match m.body {
-            MessageBody::Vote { pre_vote, last_index, last_term } => {
+            MessageBody::Vote { pre_vote, last_index, last_term, .. } => {
                 self.handle_vote(m.from, m.term, pre_vote, last_index, last_term);
                 Ok(())
             }
@@ -552,6 +763,16 @@ impl RaftCore {
                 self.handle_heartbeat_response(m.from, read_round);
                 Ok(())
             }
+            MessageBody::TimeoutNow => {
+                if self.role != Role::Leader
+                    && self.leader == m.from
+                    && self.membership.is_voter(self.config.id)
+                {
+                    log::info!("raft {}: leader {} hands over; campaigning now", self.config.id, m.from);
+                    self.campaign(false, true);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -559,7 +780,9 @@ impl RaftCore {
         if m.to != self.config.id {
             return Err(StepError::WrongRecipient(m.to));
         }
-        if m.from == self.config.id || !self.config.members.contains(&m.from) {
+        // Any member of this cluster may speak (the peer listener checked its handshake): a
+        // replica that has not applied a membership change yet still hears from those it adds.
+        if m.from == self.config.id || m.from == 0 {
             return Err(StepError::UnknownSender(m.from));
         }
         match &m.body {
@@ -632,12 +855,10 @@ impl RaftCore {
             return;
         }
         self.votes.entry(from).or_insert(!reject);
-        let granted = self.votes.values().filter(|&&v| v).count();
-        let refused = self.votes.len() - granted;
-        if granted >= self.quorum() {
-            self.won_votes(pre_vote);
-        } else if refused >= self.quorum() {
-            self.become_follower(self.term, 0);
+        match self.membership.vote_result(&self.votes) {
+            VoteResult::Won => self.won_votes(pre_vote),
+            VoteResult::Lost => self.become_follower(self.term, 0),
+            VoteResult::Pending => {}
         }
     }
 
@@ -708,6 +929,9 @@ impl RaftCore {
                 meta.term
             );
             self.log.install_snapshot(meta);
+            if !snapshot.membership.is_empty() && snapshot.membership != self.membership {
+                self.set_membership(snapshot.membership.clone());
+            }
             self.pending_snapshot = Some(snapshot);
         }
         self.send(
@@ -753,6 +977,10 @@ impl RaftCore {
                     pr.become_replicate();
                 }
                 _ => {}
+            }
+            let caught_up = pr.matched == self.log.last_index();
+            if caught_up && self.lead_transferee() == Some(from) {
+                self.send(from, self.term, MessageBody::TimeoutNow);
             }
             if self.maybe_commit() {
                 self.broadcast_wanted = true;
@@ -810,7 +1038,7 @@ impl RaftCore {
                     self.send(
                         to,
                         self.term,
-                        MessageBody::InstallSnapshot { snapshot: Snapshot { meta, data: Vec::new() } },
+                        MessageBody::InstallSnapshot { snapshot: Snapshot { meta, ..Snapshot::default() } },
                     );
                     if let Some(pr) = self.progress.get_mut(&to) {
                         pr.become_snapshot(meta.index);
@@ -851,11 +1079,15 @@ impl RaftCore {
 
     /// Commits the highest index a quorum stores, if it is from the current term (Raft §5.4.2).
     fn maybe_commit(&mut self) -> bool {
-        let mut matched: Vec<u64> = self.progress.values().map(|p| p.matched).collect();
+        let (me, stabled, progress) = (self.config.id, self.log.stabled(), &self.progress);
         // The leader counts itself only for what it has on stable storage.
-        matched.push(self.log.stabled());
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matched[self.quorum() - 1];
+        let candidate = self.membership.committed_index(|id| {
+            if id == me {
+                stabled
+            } else {
+                progress.get(&id).map_or(0, |p| p.matched)
+            }
+        });
         if candidate <= self.log.committed() || self.log.term(candidate) != Some(self.term) {
             return false;
         }
@@ -877,6 +1109,7 @@ impl RaftCore {
         }
         let leader = self.role == Role::Leader;
         self.reported_role != Some(self.role_state())
+            || self.membership_changed
             || self.vote_changed()
             || self.pending_snapshot.is_some()
             || !self.log.unstable_entries().is_empty()
@@ -956,8 +1189,25 @@ impl RaftCore {
 
         let committed_entries = self.log.next_committed_entries(self.config.max_apply_bytes);
         let applied_upto = committed_entries.last().map_or(self.log.applied(), |e| e.index);
+        for entry in committed_entries.iter().filter(|e| e.kind == EntryKind::ConfChange) {
+            self.apply_conf_change(entry);
+        }
+        if self.role == Role::Leader
+            && self.membership.is_joint()
+            && self.pending_conf_index <= applied_upto
+            && self.lead_transferee.is_none()
+        {
+            // Thesis §4.3: once the joint membership is in force, the leader leaves it on its own.
+            // The entry goes out with the next Ready.
+            if let Ok(data) = codec::encode(&ConfChange::LeaveJoint) {
+                let (index, _) = self.append_entry(data, EntryKind::ConfChange);
+                self.pending_conf_index = index;
+            }
+        }
+        let membership = std::mem::take(&mut self.membership_changed).then(|| self.membership.clone());
         self.ready_in_flight = true;
         Ready {
+            membership,
             role,
             number,
             hard_state,
@@ -992,6 +1242,85 @@ impl RaftCore {
             self.released.extend(write.messages);
         }
         if self.role == Role::Leader && self.maybe_commit() {
+            self.broadcast_wanted = true;
+        }
+    }
+}
+
+impl RaftCore {
+    /// Puts the change carried by a committed entry into force. A change that does not apply
+    /// (impossible from a correct leader) is skipped alike on every replica, so they agree.
+    fn apply_conf_change(&mut self, entry: &Entry) {
+        let change = match codec::decode::<ConfChange>(&entry.data) {
+            Ok(change) => change,
+            Err(e) => {
+                log::warn!("raft {}: entry {} holds no membership change: {e}", self.config.id, entry.index);
+                return;
+            }
+        };
+        match self.membership.apply(&change) {
+            Ok(next) => {
+                log::info!(
+                    "raft {}: membership at index {}: voters {:?}{} learners {:?}",
+                    self.config.id,
+                    entry.index,
+                    next.voters,
+                    if next.is_joint() { format!(" and {:?} (joint)", next.outgoing) } else { String::new() },
+                    next.learners
+                );
+                self.set_membership(next);
+            }
+            Err(e) => {
+                log::warn!("raft {}: membership change at {} skipped: {e}", self.config.id, entry.index)
+            }
+        }
+    }
+
+    fn set_membership(&mut self, next: Membership) {
+        let previous = std::mem::replace(&mut self.membership, next);
+        self.membership_changed = true;
+        self.stats.membership_changes += 1;
+        if self.role != Role::Leader {
+            return;
+        }
+        let (me, last) = (self.config.id, self.log.last_index());
+        for id in self.membership.ids() {
+            if id != me {
+                self.progress.entry(id).or_insert_with(|| Progress::new(last));
+            }
+        }
+        // Removed members keep getting heartbeats for a while, which carry the commit index
+        // that tells them they were removed.
+        let linger = self.config.election_timeout_ticks * 2;
+        for id in previous.ids() {
+            if id != me && !self.membership.contains(id) {
+                self.leaving.insert(id, linger);
+            }
+        }
+        if let Some(to) = self.lead_transferee() {
+            if !self.membership.is_voter(to) {
+                self.lead_transferee = None;
+            }
+        }
+        if !self.membership.contains(me) {
+            // Thesis §4.2.2: a leader leads until the change removing it commits, then steps
+            // down. It asks the most caught-up voter to campaign at once, to save an election timeout.
+            log::info!("raft {me}: removed from the membership; stepping down");
+            let best = self
+                .membership
+                .voters
+                .iter()
+                .max_by_key(|&&id| self.progress.get(&id).map_or(0, |p| p.matched));
+            if let Some(&to) = best {
+                if self.progress.get(&to).is_some_and(|p| p.matched == last) {
+                    self.send(to, self.term, MessageBody::TimeoutNow);
+                }
+            }
+            self.become_follower(self.term, 0);
+            return;
+        }
+        self.broadcast_wanted = true;
+        if self.maybe_commit() {
             self.broadcast_wanted = true;
         }
     }

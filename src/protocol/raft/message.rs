@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::membership::Membership;
+
 /// A member's id within one cluster; 0 means "none".
 pub type NodeId = u64;
 
@@ -19,15 +21,27 @@ pub struct HardState {
     pub commit: u64,
 }
 
-/// One log entry. An empty `data` is the leader's no-op.
+/// What an entry's `data` holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A replicated command, opaque to Raft (empty: the leader's no-op).
+    #[default]
+    Normal,
+    /// An encoded [`ConfChange`](super::membership::ConfChange), applied by the core itself.
+    ConfChange,
+}
+
+/// One log entry. An empty normal `data` is the leader's no-op.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// The term in which a leader created this entry.
     pub term: u64,
     /// The entry's position in the log, from 1.
     pub index: u64,
-    /// The replicated command, opaque to Raft.
+    /// The replicated command, opaque to Raft, or a membership change.
     pub data: Vec<u8>,
+    /// Which of the two `data` is.
+    pub kind: EntryKind,
 }
 
 impl Entry {
@@ -51,6 +65,8 @@ pub struct SnapshotMeta {
 pub struct Snapshot {
     /// Log position the image covers.
     pub meta: SnapshotMeta,
+    /// The membership at `meta.index` (empty when the image recorded none).
+    pub membership: Membership,
     /// The image itself, opaque to Raft.
     pub data: Vec<u8>,
 }
@@ -66,6 +82,9 @@ pub enum MessageBody {
         last_index: u64,
         /// Term of the candidate's last entry.
         last_term: u64,
+        /// The candidate campaigns because the leader handed over (thesis §3.10): voters answer
+        /// even while they hear from that leader.
+        transfer: bool,
     },
     /// The answer to a (pre-)vote.
     VoteResponse {
@@ -113,19 +132,25 @@ pub enum MessageBody {
         /// The snapshot.
         snapshot: Snapshot,
     },
+    /// Leader transfer (thesis §3.10): the leader tells a caught-up voter to campaign at once.
+    TimeoutNow,
 }
 
 impl MessageBody {
     /// Whether this message may leave before the sender's pending writes are durable.
     ///
-    /// Only a leader's replication traffic may (Raft thesis §10.2.1): it promises nothing about
-    /// the leader's own disk, which the leader counts toward a quorum only once it is durable.
+    /// Only a leader's traffic may (Raft thesis §10.2.1): replication and the transfer order
+    /// promise nothing about the leader's own disk, which the leader counts toward a quorum
+    /// only once it is durable.
     /// Everything else (votes, vote requests, acknowledgements) speaks for the sender's term,
     /// vote or log, so it waits until what the sender wrote before it is on stable storage.
     pub fn may_precede_persistence(&self) -> bool {
         matches!(
             self,
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. }
+            MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. }
+                | MessageBody::TimeoutNow
         )
     }
 }

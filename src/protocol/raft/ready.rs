@@ -1,5 +1,6 @@
 //! The hand-off between the pure core and the code that does its I/O.
 
+use super::membership::Membership;
 use super::message::{Entry, HardState, Message, NodeId, Snapshot};
 
 /// A node's role in the cluster.
@@ -84,8 +85,12 @@ pub struct Ready {
     pub entries: Vec<Entry>,
     /// Messages that may be sent now.
     pub messages: Vec<Message>,
-    /// Committed entries to apply, consecutive and in order.
+    /// Committed entries to apply, consecutive and in order. Configuration changes among them
+    /// are already in force in the core (`membership`); the state machine records them too.
     pub committed_entries: Vec<Entry>,
+    /// The membership, if applying `committed_entries` (or a snapshot) changed it: open and
+    /// close peer links to match (the core's `replication_targets` says whom it still sends to).
+    pub membership: Option<Membership>,
     /// Reads confirmed by a heartbeat quorum whose index is reached by the entries handed out.
     pub read_states: Vec<ReadState>,
     /// Read tokens that can no longer be confirmed (leadership lost): answer them with a retry.
