@@ -7,15 +7,19 @@
 //! logs are compacted and lagging nodes catch up by snapshot, the image travelling in chunks
 //! paced by the replica's own `SnapshotSender`/`SnapshotReceiver`, driven by the same ticks. After every step the safety
 //! properties are checked; at the end the network heals and a new proposal must commit.
+//! A third run adds random membership changes (ids 1..7, from a founding 3) and leader transfers
+//! to those faults, and checks that every node walks through the same memberships in order.
 //!
 //! `SIM_SEED=n` replays one seed; `SIM_SEEDS=n` sets how many seeds each test runs (default 200);
 //! `SIM_STEPS=n` sets the chaos steps per seed (default 5000).
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use quorumkv::protocol::codec;
 use quorumkv::protocol::peer_wire::SnapshotChunk;
 use quorumkv::protocol::raft::{
-    Config, Entry, HardState, Message, MessageBody, RaftCore, Ready, Role, SnapshotMeta,
+    ChangeOp, ConfChange, Config, Entry, EntryKind, HardState, MemberAddrs, Membership, Message, MessageBody,
+    RaftCore, Ready, Role, SnapshotMeta,
 };
 use quorumkv::protocol::rng::Rng;
 use quorumkv::protocol::snapshot_transfer::{
@@ -57,6 +61,8 @@ struct Disk {
     /// The newest snapshot file: its position and state machine image (index, chained hash of
     /// everything applied). Written at once, as the snapshotter writes its own file.
     image: (SnapshotMeta, (u64, u64)),
+    /// The membership recorded in that image (the state machine's, at its index).
+    image_membership: Membership,
     /// The log's compaction marker: `entries` start after it. Never ahead of `image`.
     snapshot: SnapshotMeta,
     /// Entries after `snapshot.index`.
@@ -67,7 +73,7 @@ struct Disk {
 struct Write {
     /// The Ready's number, 0 for a compaction.
     number: u64,
-    snapshot: Option<(SnapshotMeta, (u64, u64))>,
+    snapshot: Option<(SnapshotMeta, (u64, u64), Membership)>,
     /// Compact the log up to here (its image is already written).
     compact: Option<SnapshotMeta>,
     entries: Vec<Entry>,
@@ -76,9 +82,10 @@ struct Write {
 
 impl Disk {
     fn persist(&mut self, write: Write) {
-        if let Some((meta, state)) = write.snapshot {
+        if let Some((meta, state, membership)) = write.snapshot {
             if meta.index > self.image.0.index {
                 self.image = (meta, state);
+                self.image_membership = membership;
             }
             self.snapshot = meta;
             self.entries.clear();
@@ -114,10 +121,15 @@ impl Disk {
     }
 }
 
-fn encode_state((index, hash): (u64, u64)) -> Vec<u8> {
+fn encode_state((index, hash): (u64, u64), membership: &Membership) -> Vec<u8> {
     let mut out = index.to_le_bytes().to_vec();
     out.extend_from_slice(&hash.to_le_bytes());
+    out.extend(codec::encode(membership).expect("encode membership"));
     out
+}
+
+fn decode_membership(data: &[u8]) -> Membership {
+    codec::decode(&data[16..]).expect("image membership")
 }
 
 fn decode_state(data: &[u8]) -> (u64, u64) {
@@ -145,6 +157,8 @@ struct Node {
     receiver: SnapshotReceiver,
     /// The state machine: (applied index, chained hash).
     state: (u64, u64),
+    /// The state machine's membership, from the configuration entries it applied.
+    membership: Membership,
     /// Highest commit index whose entries were checked against the global record.
     checked: u64,
     restarts: u64,
@@ -160,7 +174,12 @@ struct Faults {
 struct Sim {
     seed: u64,
     rng: Rng,
+    /// The founding voters: the membership at index 0.
     members: Vec<u64>,
+    /// Membership changes and leader transfers are part of the chaos.
+    dynamic: bool,
+    /// The membership each configuration entry led to, as first applied anywhere.
+    membership_at: BTreeMap<u64, Membership>,
     nodes: BTreeMap<u64, Node>,
     /// In flight: (deliver no earlier than tick, message).
     network: Vec<(u64, Packet)>,
@@ -185,12 +204,19 @@ struct SimStats {
     compactions: u64,
     snapshots_installed: u64,
     max_commit: u64,
+    /// Membership changes a leader accepted.
+    changes_proposed: u64,
+    /// Membership changes applied (the most any one node applied, bootstrap not counted).
+    changes_applied: u64,
+    transfers: u64,
 }
 
 impl Sim {
-    fn new(seed: u64, n: u64) -> Sim {
+    /// `n` founding voters; with `dynamic`, ids up to 7 run too, outside the membership until added.
+    fn new(seed: u64, n: u64, dynamic: bool) -> Sim {
         let mut rng = Rng::new(seed);
         let members: Vec<u64> = (1..=n).collect();
+        let all: Vec<u64> = if dynamic { (1..=7).collect() } else { members.clone() };
         let faults = Faults {
             drop: rng.range(0, 20) as f64 / 100.0,
             duplicate: rng.range(0, 5) as f64 / 100.0,
@@ -200,6 +226,8 @@ impl Sim {
             seed,
             rng,
             members: members.clone(),
+            dynamic,
+            membership_at: BTreeMap::new(),
             nodes: BTreeMap::new(),
             network: Vec::new(),
             cut: BTreeSet::new(),
@@ -211,7 +239,7 @@ impl Sim {
             proposals: 0,
             stats: SimStats::default(),
         };
-        for id in members {
+        for id in all {
             sim.nodes.insert(
                 id,
                 Node {
@@ -221,6 +249,7 @@ impl Sim {
                     sender: SnapshotSender::new(TRANSFER),
                     receiver: SnapshotReceiver::new(TRANSFER.max_image_bytes),
                     state: (0, 0),
+                    membership: Membership::default(),
                     checked: 0,
                     restarts: 0,
                 },
@@ -239,12 +268,14 @@ impl Sim {
         let seed = self.seed;
         let node = self.nodes.get_mut(&id).expect("node");
         node.restarts += 1;
-        let mut config = Config::new(id, members);
+        let mut config = Config::new(id, members.clone());
         config.seed = seed ^ (id << 32) ^ node.restarts;
         config.max_inflight_appends = 8;
         config.max_append_bytes = 64;
         // A few entries' worth, so leaders under load hit the uncommitted-bytes bound (Busy).
         config.max_uncommitted_bytes = 1024;
+        // The simulation's logs are short: a learner must be nearly level to be promoted.
+        config.max_promote_lag = 4;
         // A crash between an image and its log compaction leaves the image ahead: start from it,
         // as `replica::recover` does, and record the compaction.
         assert!(
@@ -257,7 +288,14 @@ impl Sim {
         node.pending.clear();
         node.sender = SnapshotSender::new(TRANSFER);
         node.receiver = SnapshotReceiver::new(TRANSFER.max_image_bytes);
-        node.core = Some(RaftCore::new(config, disk.hard_state, disk.snapshot, disk.entries));
+        // The membership at the snapshot: the image's, or at index 0 the founders'.
+        let membership = if disk.snapshot.index == 0 {
+            Membership::from_voters(members.iter().copied())
+        } else {
+            disk.image_membership.clone()
+        };
+        node.membership = membership.clone();
+        node.core = Some(RaftCore::restore(config, disk.hard_state, disk.snapshot, membership, disk.entries));
         node.state = disk.image.1;
         node.checked = disk.snapshot.index;
     }
@@ -339,7 +377,10 @@ impl Sim {
         if ready.must_persist() {
             node.pending.push(Write {
                 number: ready.number,
-                snapshot: ready.snapshot.as_ref().map(|s| (s.meta, decode_state(&s.data))),
+                snapshot: ready
+                    .snapshot
+                    .as_ref()
+                    .map(|s| (s.meta, decode_state(&s.data), decode_membership(&s.data))),
                 compact: None,
                 entries: ready.entries.clone(),
                 hard_state: ready.hard_state,
@@ -347,6 +388,7 @@ impl Sim {
         }
         // A leader's snapshot offers are only made from the compacted log, which the disk holds.
         let disk_snapshot = node.disk.image;
+        let disk_membership = node.disk.image_membership.clone();
         for m in ready.messages.iter().cloned() {
             if let MessageBody::InstallSnapshot { snapshot } = &m.body {
                 assert_eq!(
@@ -357,7 +399,7 @@ impl Sim {
                 // The image goes in chunks beside Raft, as in a replica.
                 let node = self.nodes.get_mut(&id).expect("node");
                 if !node.sender.is_sending(m.to, snapshot.meta) {
-                    let image = encode_state(disk_snapshot.1);
+                    let image = encode_state(disk_snapshot.1, &disk_membership);
                     let first = node.sender.start(m.to, snapshot.meta, image.len() as u64, image);
                     self.send_chunk(id, m.term, first);
                 }
@@ -376,10 +418,24 @@ impl Sim {
                     ));
                 }
             }
-            self.nodes.get_mut(&id).expect("node").state = state;
+            let node = self.nodes.get_mut(&id).expect("node");
+            node.state = state;
+            node.membership = decode_membership(&snapshot.data);
         }
         for entry in &ready.committed_entries {
             self.apply(id, entry);
+        }
+        // The core put the Ready's configuration entries in force as it handed them out.
+        let node = &self.nodes[&id];
+        if let Some(core) = node.core.as_ref() {
+            if core.membership() != &node.membership {
+                self.fail(format!(
+                    "node {id}: core membership {:?} differs from its state's {:?}",
+                    core.membership(),
+                    node.membership
+                ));
+            }
+            self.stats.changes_applied = self.stats.changes_applied.max(core.stats().membership_changes);
         }
         let node = self.nodes.get_mut(&id).expect("node");
         if let Some(core) = node.core.as_mut() {
@@ -410,6 +466,31 @@ impl Sim {
             }
         }
         self.nodes.get_mut(&id).expect("node").state = (entry.index, hash);
+        if entry.kind == EntryKind::ConfChange {
+            self.apply_conf_change(id, entry);
+        }
+    }
+
+    /// The state machine's side of a configuration entry, as `StateMachine` does it; checks that
+    /// every node reaches the same membership at the same index (so each node's membership
+    /// history is a prefix of the longest one).
+    fn apply_conf_change(&mut self, id: u64, entry: &Entry) {
+        let change: ConfChange = codec::decode(&entry.data).expect("a configuration entry decodes");
+        let node = self.nodes.get_mut(&id).expect("node");
+        if let Ok(next) = node.membership.apply(&change) {
+            node.membership = next;
+        }
+        let membership = node.membership.clone();
+        match self.membership_at.get(&entry.index) {
+            Some(m) if *m != membership => self.fail(format!(
+                "node {id} reached another membership at {}: {membership:?} vs {m:?}",
+                entry.index
+            )),
+            Some(_) => {}
+            None => {
+                self.membership_at.insert(entry.index, membership.clone());
+            }
+        }
     }
 
     /// Sends the chunk `order` names, cut from the image kept with `from`'s transfer.
@@ -453,7 +534,9 @@ impl Sim {
                 if let Some(received) = outcome.ack {
                     self.send(Packet::Ack { from: to, to: from, meta, received });
                 }
-                let Some(snapshot) = outcome.complete else { return true };
+                let Some(mut snapshot) = outcome.complete else { return true };
+                // As the consensus actor does: the membership comes out of the image.
+                snapshot.membership = decode_membership(&snapshot.data);
                 Message { from, to, term, body: MessageBody::InstallSnapshot { snapshot } }
             }
             Packet::Ack { meta, received, .. } => {
@@ -528,6 +611,7 @@ impl Sim {
         let meta = SnapshotMeta { index, term };
         if meta.index > node.disk.image.0.index {
             node.disk.image = (meta, node.state);
+            node.disk.image_membership = node.membership.clone();
         }
         node.pending.push(Write {
             number: 0,
@@ -540,15 +624,62 @@ impl Sim {
         self.stats.compactions += 1;
     }
 
+    /// A random membership change at a random leader: add a new id, promote a learner, remove
+    /// a member, or swap a voter through the joint membership. Refusals are part of the test.
+    fn change_membership(&mut self) {
+        let Some(leader) = self.any_leader() else { return };
+        let m = self.nodes[&leader].core.as_ref().expect("leader").membership().clone();
+        let fresh: Vec<u64> = (1..=7).filter(|id| !m.contains(*id) && !m.removed.contains(id)).collect();
+        let learners: Vec<u64> = m.learners.iter().copied().collect();
+        let members = m.ids();
+        let voters = m.voter_ids();
+        let ops = match self.rng.range(0, 4) {
+            0 => self.pick(&fresh).map(|id| vec![ChangeOp::Add { id, addrs: sim_addrs(id) }]),
+            1 => self.pick(&learners).map(|id| vec![ChangeOp::Promote { id }]),
+            2 => self.pick(&members).map(|id| vec![ChangeOp::Remove { id }]),
+            _ => match (self.pick(&learners), self.pick(&voters)) {
+                (Some(up), Some(out)) => {
+                    Some(vec![ChangeOp::Promote { id: up }, ChangeOp::Remove { id: out }])
+                }
+                _ => None,
+            },
+        };
+        let Some(ops) = ops else { return };
+        let core = self.nodes.get_mut(&leader).and_then(|n| n.core.as_mut()).expect("leader");
+        if core.propose_change(ops).is_ok() {
+            self.stats.changes_proposed += 1;
+        }
+    }
+
+    fn transfer(&mut self) {
+        let Some(leader) = self.any_leader() else { return };
+        let voters = self.nodes[&leader].core.as_ref().expect("leader").membership().voter_ids();
+        let Some(to) = self.pick(&voters) else { return };
+        let core = self.nodes.get_mut(&leader).and_then(|n| n.core.as_mut()).expect("leader");
+        if core.transfer_leader(to).is_ok() {
+            self.stats.transfers += 1;
+        }
+    }
+
+    fn any_leader(&mut self) -> Option<u64> {
+        let leaders: Vec<u64> = self
+            .live()
+            .into_iter()
+            .filter(|id| self.nodes[id].core.as_ref().is_some_and(|c| c.role() == Role::Leader))
+            .collect();
+        self.pick(&leaders)
+    }
+
     fn partition(&mut self) {
         self.cut.clear();
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
         let mut side: BTreeMap<u64, bool> = BTreeMap::new();
-        for &id in &self.members {
+        for &id in &ids {
             let b = self.rng.chance(0.5);
             side.insert(id, b);
         }
-        for &a in &self.members {
-            for &b in &self.members {
+        for &a in &ids {
+            for &b in &ids {
                 if side[&a] != side[&b] {
                     self.cut.insert((a, b));
                 }
@@ -610,6 +741,8 @@ impl Sim {
                 }
             }
             550..=799 => self.tick_all(),
+            800..=814 if self.dynamic => self.change_membership(),
+            815..=817 if self.dynamic => self.transfer(),
             800..=929 => self.propose(),
             930..=936 => {
                 let live = self.live();
@@ -666,15 +799,43 @@ impl Sim {
                     }
                 }
             }
-            if let Some((index, term, _)) = proposed_at {
-                let done = self.nodes.values().all(|n| n.state.0 >= index)
+            if let Some((index, term, lid)) = proposed_at {
+                // Every member must apply it (ids never added, or removed, never hear of it).
+                let members =
+                    self.nodes[&lid].core.as_ref().map(|c| c.membership().ids()).unwrap_or_default();
+                let done = members.iter().all(|id| self.nodes[id].state.0 >= index)
                     && self.committed.get(&index).is_some_and(|(t, d)| *t == term && *d == final_data);
                 if done {
                     return;
                 }
             }
         }
-        self.fail(format!("no progress within {bound_ticks} ticks after healing (proposal {proposed_at:?})"));
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| n.core.as_ref().map(|c| (id, c)))
+            .map(|(id, c)| {
+                let m = c.membership();
+                format!(
+                    "{id}: {:?} term {} leader {} vote {} last {}@{} commit {} applied {} voters {:?} outgoing {:?} learners {:?}",
+                    c.role(),
+                    c.term(),
+                    c.leader(),
+                    c.hard_state().vote,
+                    c.log().last_index(),
+                    c.log().last_term(),
+                    c.log().committed(),
+                    c.log().applied(),
+                    m.voters,
+                    m.outgoing,
+                    m.learners
+                )
+            })
+            .collect();
+        self.fail(format!(
+            "no progress within {bound_ticks} ticks after healing (proposal {proposed_at:?}); nodes: {}",
+            nodes.join("; ")
+        ));
     }
 }
 
@@ -682,7 +843,15 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+fn sim_addrs(id: u64) -> MemberAddrs {
+    MemberAddrs { peer_addr: format!("sim:{id}"), client_addr: format!("sim:{id}") }
+}
+
 fn run(n: u64, base_seed: u64) {
+    run_with(n, base_seed, false);
+}
+
+fn run_with(n: u64, base_seed: u64, dynamic: bool) {
     let seeds: Vec<u64> = match env_u64("SIM_SEED") {
         Some(seed) => vec![seed],
         None => (0..env_u64("SIM_SEEDS").unwrap_or(200)).map(|i| base_seed + i).collect(),
@@ -690,7 +859,7 @@ fn run(n: u64, base_seed: u64) {
     let steps = env_u64("SIM_STEPS").unwrap_or(5000);
     let mut total = SimStats::default();
     for seed in &seeds {
-        let mut sim = Sim::new(*seed, n);
+        let mut sim = Sim::new(*seed, n, dynamic);
         for _ in 0..steps {
             sim.chaos_step();
         }
@@ -703,6 +872,9 @@ fn run(n: u64, base_seed: u64) {
         total.compactions += s.compactions;
         total.snapshots_installed += s.snapshots_installed;
         total.max_commit = total.max_commit.max(s.max_commit);
+        total.changes_proposed += s.changes_proposed;
+        total.changes_applied += s.changes_applied;
+        total.transfers += s.transfers;
     }
     println!("{n} nodes, {} seeds from {base_seed}, {steps} chaos steps each: {total:?}", seeds.len());
 }
@@ -715,4 +887,9 @@ fn three_node_cluster_stays_safe_and_live() {
 #[test]
 fn five_node_cluster_stays_safe_and_live() {
     run(5, 2_000);
+}
+
+#[test]
+fn membership_changes_stay_safe_and_live() {
+    run_with(3, 3_000, true);
 }

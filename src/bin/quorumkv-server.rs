@@ -278,11 +278,12 @@ async fn shutdown_signal() {
     }
 }
 
-/// Resolves once replica `status` is removed from the membership (never for `local`).
+/// Resolves once a replica is removed from the membership and no longer leads.
 async fn removed(statuses: Vec<std::sync::Arc<quorumkv::actors::status::StatusBoard>>) {
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        if statuses.iter().any(|s| s.is_removed()) {
+        // A removed leader first hands leadership over: the others may still need it for that.
+        if statuses.iter().any(|s| s.is_removed() && !s.is_leader()) {
             return;
         }
     }

@@ -43,7 +43,8 @@ pub struct Config {
     /// A leader steps down if a quorum has not answered within an election timeout; a node
     /// that hears from a leader ignores votes for that long (Raft §6.2, §4.2.3).
     pub check_quorum: bool,
-    /// A learner is promoted only if its log is at most this many entries behind the leader's.
+    /// A learner is promoted only if the leader replicates to it in step and its log is at most
+    /// this many entries behind the leader's.
     pub max_promote_lag: u64,
     /// Seed of the RNG that draws election timeouts.
     pub seed: u64,
@@ -189,6 +190,8 @@ pub struct RaftCore {
     pending_conf_index: u64,
     /// The voter leadership is being handed to, and the ticks since that began.
     lead_transferee: Option<(NodeId, u32)>,
+    /// This leader was removed and hands leadership over until a newer term takes it.
+    handing_over: bool,
     /// Members just removed, still sent heartbeats for the given ticks so they learn it.
     leaving: BTreeMap<NodeId, u32>,
     /// The leader's view of each other member (and of `leaving` ones); empty unless leader.
@@ -261,6 +264,7 @@ impl RaftCore {
             membership_changed: true,
             pending_conf_index: 0,
             lead_transferee: None,
+            handing_over: false,
             leaving: BTreeMap::new(),
             rng: Rng::new(config.seed),
             config,
@@ -389,11 +393,18 @@ impl RaftCore {
         } else {
             self.election_elapsed += 1;
             if self.election_elapsed >= self.randomized_timeout {
-                if self.membership.is_voter(self.config.id) {
+                if self.membership.is_voter(self.config.id)
+                    || self.membership.removed.contains(&self.config.id)
+                {
+                    // A removed node campaigns too, counting only the current voters: it may be
+                    // the one whose log the others need (a removed leader that crashed before
+                    // handing over), and then it wins, catches them up and hands over.
                     self.campaign(self.config.pre_vote, false);
                 } else {
-                    // Learners, removed members and replicas that know no membership yet wait.
-                    self.reset_election_timer();
+                    // Learners, removed members and replicas that know no membership yet never
+                    // campaign. The timer is left to run out, not reset: it is also the lease in
+                    // which this node ignores vote requests, and that must end too.
+                    self.election_elapsed = self.randomized_timeout;
                 }
             }
         }
@@ -428,6 +439,9 @@ impl RaftCore {
                 log::info!("raft {}: leader transfer to {to} timed out", self.config.id);
                 self.lead_transferee = None;
             }
+        }
+        if self.handing_over && self.lead_transferee.is_none() {
+            self.hand_over();
         }
         self.leaving.retain(|_, ticks| {
             *ticks = ticks.saturating_sub(1);
@@ -478,6 +492,7 @@ impl RaftCore {
         self.role = Role::Follower;
         self.leader = leader;
         self.lead_transferee = None;
+        self.handing_over = false;
         self.leaving.clear();
         self.progress.clear();
         self.votes.clear();
@@ -546,6 +561,9 @@ impl RaftCore {
         // its own term (Ongaro's 2015 fix) and applied any change a predecessor left in the log.
         self.pending_conf_index = last + 1;
         self.broadcast_wanted = true;
+        if !self.membership.contains(me) {
+            self.hand_over();
+        }
         self.maybe_commit();
     }
 
@@ -601,8 +619,12 @@ impl RaftCore {
         let last = self.log.last_index();
         for op in &ops {
             if let ChangeOp::Promote { id } = op {
-                let behind = last - self.progress.get(id).map_or(0, |p| p.matched);
-                if behind > self.config.max_promote_lag {
+                // In step (appends pipelined, no snapshot needed) and within the bound.
+                let (behind, in_step) = match self.progress.get(id) {
+                    Some(p) => (last - p.matched, p.state == ProgressState::Replicate),
+                    None => (last, false),
+                };
+                if !in_step || behind > self.config.max_promote_lag {
                     return Err(ChangeError::NotCaughtUp { id: *id, behind });
                 }
             }
@@ -1276,6 +1298,27 @@ impl RaftCore {
         }
     }
 
+    /// A leader whose removal is in force hands over instead of stepping down at once (thesis
+    /// §4.2.2 lets it lead until then). Stepping down at once can leave the cluster without a
+    /// leader for good: the remaining voters learn that the removal committed only from this
+    /// leader, and until they do they still need its vote, which its longer log may refuse
+    /// them. So it goes on replicating (its heartbeats carry the commit index), takes no
+    /// proposals, catches the most advanced voter up and sends it `TimeoutNow`, again after
+    /// each election timeout, until a newer term takes over.
+    fn hand_over(&mut self) {
+        let progress = &self.progress;
+        let best =
+            self.membership.voters.iter().copied().max_by_key(|id| progress.get(id).map_or(0, |p| p.matched));
+        let Some(to) = best else { return };
+        self.handing_over = true;
+        self.lead_transferee = Some((to, 0));
+        if self.progress.get(&to).is_some_and(|p| p.matched == self.log.last_index()) {
+            self.send(to, self.term, MessageBody::TimeoutNow);
+        } else {
+            self.send_append(to, true);
+        }
+    }
+
     fn set_membership(&mut self, next: Membership) {
         let previous = std::mem::replace(&mut self.membership, next);
         self.membership_changed = true;
@@ -1303,21 +1346,8 @@ impl RaftCore {
             }
         }
         if !self.membership.contains(me) {
-            // Thesis §4.2.2: a leader leads until the change removing it commits, then steps
-            // down. It asks the most caught-up voter to campaign at once, to save an election timeout.
-            log::info!("raft {me}: removed from the membership; stepping down");
-            let best = self
-                .membership
-                .voters
-                .iter()
-                .max_by_key(|&&id| self.progress.get(&id).map_or(0, |p| p.matched));
-            if let Some(&to) = best {
-                if self.progress.get(&to).is_some_and(|p| p.matched == last) {
-                    self.send(to, self.term, MessageBody::TimeoutNow);
-                }
-            }
-            self.become_follower(self.term, 0);
-            return;
+            log::info!("raft {me}: removed from the membership; handing leadership over");
+            self.hand_over();
         }
         self.broadcast_wanted = true;
         if self.maybe_commit() {
