@@ -166,6 +166,8 @@ fn classify(reply: &Reply) -> Outcome {
             addr => Outcome::Redirect(addr.to_string()),
         },
         "TRYAGAIN" => Outcome::TryAgain,
+        // A replica removed from the membership serves no one: ask another.
+        "ERR" if rest.starts_with("removed from the cluster") => Outcome::NoLeader,
         _ => Outcome::Done,
     }
 }

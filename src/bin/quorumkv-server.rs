@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -278,18 +279,28 @@ async fn shutdown_signal() {
     }
 }
 
-/// Resolves once a replica is removed from the membership and no longer leads.
-async fn removed(statuses: Vec<std::sync::Arc<quorumkv::actors::status::StatusBoard>>) {
+/// Resolves once a replica is removed from the membership and has not led for `grace`.
+///
+/// A removed leader first hands leadership over, and a removed replica that restarts may still
+/// be the one whose log the others need (it then leads long enough to hand over): so it waits
+/// a couple of election timeouts without leading before it goes.
+async fn removed(statuses: Vec<std::sync::Arc<quorumkv::actors::status::StatusBoard>>, grace: Duration) {
+    let mut since: Option<std::time::Instant> = None;
     loop {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        // A removed leader first hands leadership over: the others may still need it for that.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         if statuses.iter().any(|s| s.is_removed() && !s.is_leader()) {
-            return;
+            let start = *since.get_or_insert_with(std::time::Instant::now);
+            if start.elapsed() >= grace {
+                return;
+            }
+        } else {
+            since = None;
         }
     }
 }
 
 async fn run(configs: Vec<ReplicaConfig>, local: bool, join: Option<(JoinRequest, bool)>) -> ExitCode {
+    let election_timeout_ms = configs.first().map_or(1000, |c| c.election_timeout_ms);
     let mut replicas = Vec::new();
     for config in configs {
         match Replica::start(config).await {
@@ -322,9 +333,10 @@ async fn run(configs: Vec<ReplicaConfig>, local: bool, join: Option<(JoinRequest
         }
     }
     let watched = if local { Vec::new() } else { replicas.iter().map(|r| r.status.clone()).collect() };
+    let grace = Duration::from_millis(2 * election_timeout_ms);
     tokio::select! {
         _ = shutdown_signal() => log::info!("shutting down"),
-        _ = removed(watched), if !local => {
+        _ = removed(watched, grace), if !local => {
             log::info!("removed from the cluster: shutting down (the data dir is kept)");
         }
     }

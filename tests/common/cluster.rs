@@ -51,7 +51,18 @@ pub fn test_config(id: u64, dir: &std::path::Path) -> ReplicaConfig {
 impl TestCluster {
     /// Starts `n` replicas, with `adjust` applied to each config.
     pub fn start_with(n: u64, adjust: impl Fn(&mut ReplicaConfig) + Send + 'static) -> TestCluster {
-        TestCluster::launch(n, None, adjust)
+        TestCluster::launch(n, 0, None, adjust)
+    }
+
+    /// Starts `n` founding replicas and `spares` more (ids n+1..) with empty data dirs that
+    /// are not members: each waits, as a `--join` replica does, to be added.
+    pub fn start_with_spares(
+        n: u64,
+        spares: u64,
+        network: Option<SimNetwork>,
+        adjust: impl Fn(&mut ReplicaConfig) + Send + 'static,
+    ) -> TestCluster {
+        TestCluster::launch(n, spares, network, adjust)
     }
 
     /// Starts `n` replicas talking through a simulated network seeded with `seed`.
@@ -61,11 +72,12 @@ impl TestCluster {
         faults: SimFaults,
         adjust: impl Fn(&mut ReplicaConfig) + Send + 'static,
     ) -> TestCluster {
-        TestCluster::launch(n, Some(SimNetwork::new(seed, faults)), adjust)
+        TestCluster::launch(n, 0, Some(SimNetwork::new(seed, faults)), adjust)
     }
 
     fn launch(
         n: u64,
+        spares: u64,
         network: Option<SimNetwork>,
         adjust: impl Fn(&mut ReplicaConfig) + Send + 'static,
     ) -> TestCluster {
@@ -76,7 +88,7 @@ impl TestCluster {
         let net = network.clone();
         let thread = std::thread::spawn(move || {
             let system = actix_rt::System::new();
-            system.block_on(run(n, root, adjust, net, rx, ready_tx));
+            system.block_on(run(n, spares, root, adjust, net, rx, ready_tx));
         });
         let (client_addrs, peer_addrs, status) = ready_rx.recv().expect("cluster thread started");
         TestCluster { commands: tx, thread: Some(thread), client_addrs, peer_addrs, status, dir, network }
@@ -135,6 +147,28 @@ impl TestCluster {
             std::thread::park_timeout(Duration::from_millis(5));
         }
     }
+
+    /// Waits until exactly one of `members` leads and all of them know it; returns its id.
+    pub fn wait_for_leader_among(&self, members: &[u64], timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running: Vec<&Arc<StatusBoard>> =
+                members.iter().filter_map(|id| self.status.get(id)).collect();
+            let leaders: Vec<u64> = members
+                .iter()
+                .copied()
+                .filter(|id| self.status.get(id).is_some_and(|s| s.is_leader()))
+                .collect();
+            if let [leader] = leaders[..] {
+                let term = self.status[&leader].term();
+                if running.iter().all(|s| s.leader() == leader && s.term() == term) {
+                    return leader;
+                }
+            }
+            assert!(Instant::now() < deadline, "no stable leader among {members:?} within {timeout:?}");
+            std::thread::park_timeout(Duration::from_millis(5));
+        }
+    }
 }
 
 impl Drop for TestCluster {
@@ -163,6 +197,7 @@ fn register(network: &Option<SimNetwork>, replica: &Replica) {
 
 async fn run(
     n: u64,
+    spares: u64,
     root: PathBuf,
     adjust: impl Fn(&mut ReplicaConfig),
     network: Option<SimNetwork>,
@@ -171,19 +206,26 @@ async fn run(
 ) {
     // Bind every listener first so each member's config can list the others' peer addresses.
     let mut listeners = BTreeMap::new();
-    for id in 1..=n {
+    for id in 1..=n + spares {
         let client = bind("127.0.0.1:0").await.expect("bind client");
         let peer = bind("127.0.0.1:0").await.expect("bind peer");
         listeners.insert(id, (client, peer));
     }
-    let peers: BTreeMap<u64, String> =
+    let all_peers: BTreeMap<u64, String> =
         listeners.iter().map(|(&id, (_, p))| (id, p.local_addr().expect("addr").to_string())).collect();
+    let peers: BTreeMap<u64, String> =
+        all_peers.iter().filter(|(&id, _)| id <= n).map(|(&id, a)| (id, a.clone())).collect();
     let mut configs = BTreeMap::new();
     for (&id, (client, peer)) in &listeners {
         let mut config = test_config(id, &root);
         config.client_addr = client.local_addr().expect("addr").to_string();
         config.peer_addr = peer.local_addr().expect("addr").to_string();
         config.peers = peers.clone();
+        if id > n {
+            // A spare: it knows the founders' addresses and its own, and joins when added.
+            config.peers.insert(id, all_peers[&id].clone());
+            config.join = true;
+        }
         adjust(&mut config);
         configs.insert(id, config);
     }

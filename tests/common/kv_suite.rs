@@ -391,7 +391,7 @@ pub struct ClerkLog {
     pub ops: u64,
 }
 
-fn clerk_loop(
+pub fn clerk_loop(
     mut clerk: Clerk,
     n: usize,
     random_keys: bool,
@@ -436,7 +436,7 @@ fn clerk_loop(
 }
 
 /// Every acknowledged append of every clerk is present in its key exactly once, in order.
-fn check_appends(
+pub fn check_appends(
     cluster: &TestCluster,
     logs: &[ClerkLog],
     seed: u64,

@@ -1,0 +1,254 @@
+//! Membership changes on real actors, under load, partitions and crashes: grow and shrink,
+//! replace every member, kill a replica in the middle of a change, cut a learner off while it
+//! is promoted. Every history is checked for linearizability and every acknowledged append
+//! must be present exactly once.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::cluster::TestCluster;
+use common::kv_suite::{
+    check_appends, check_linearizable, clerk_id, clerk_loop, seed, Clerk, ClerkError, ClerkLog,
+};
+use common::linearizability::HistoryRecorder;
+use quorumkv::actors::sim_network::{SimFaults, SimNetwork};
+use quorumkv::client::{Client, ClientConfig};
+use quorumkv::protocol::resp::Reply;
+
+/// How long one membership step may take, retries included.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Scenario {
+    name: &'static str,
+    seed: u64,
+    cluster: TestCluster,
+    history: Arc<HistoryRecorder>,
+    stop: Arc<AtomicBool>,
+    healed: Arc<AtomicBool>,
+    clerks: Vec<JoinHandle<Result<ClerkLog, ClerkError>>>,
+}
+
+impl Scenario {
+    /// `founders` voting replicas and `spares` waiting to be added, on the simulated network,
+    /// with `clients` clerks appending to their own keys through every replica.
+    fn start(name: &'static str, founders: u64, spares: u64, clients: usize) -> Scenario {
+        let seed = seed(name);
+        let network = SimNetwork::new(seed, SimFaults::reliable());
+        let cluster = TestCluster::start_with_spares(founders, spares, Some(network), move |c| {
+            c.request_timeout_ms = 1500;
+            c.seed = Some(seed);
+        });
+        let history = Arc::new(HistoryRecorder::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let healed = Arc::new(AtomicBool::new(false));
+        let servers = cluster.servers();
+        let clerks = (0..clients)
+            .map(|n| {
+                let clerk = Clerk::new(clerk_id(), servers.clone(), false, seed ^ n as u64, history.clone())
+                    .with_flags(Arc::new(AtomicBool::new(false)), healed.clone());
+                let stop = stop.clone();
+                std::thread::spawn(move || clerk_loop(clerk, n, false, stop))
+            })
+            .collect();
+        Scenario { name, seed, cluster, history, stop, healed, clerks }
+    }
+
+    /// Runs one membership command until the cluster accepts it and it is in force.
+    fn admin(&self, words: &[String]) {
+        let mut config = ClientConfig::new(self.cluster.servers());
+        config.request_timeout_ms = 5000;
+        let mut client = Client::new(config).expect("client");
+        let args: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let reply = client.call(&args);
+            match &reply {
+                Ok(Reply::Simple(ok)) if ok == "OK" => return,
+                // A retry of a change whose first try did commit: it is in force.
+                Ok(Reply::Error(e)) if e.contains("already a member") || e.contains("already a voter") => {
+                    return
+                }
+                Ok(Reply::Error(e))
+                    if e.contains("is not a member") && words[1].eq_ignore_ascii_case("remove") =>
+                {
+                    return
+                }
+                _ => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: seed {}: {words:?} not done within {STEP_TIMEOUT:?}: last {reply:?}",
+                self.name,
+                self.seed
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn add(&self, id: u64) {
+        let peer = self.cluster.peer_addrs[&id].to_string();
+        let client = self.cluster.client_addrs[&id].to_string();
+        self.admin(&words(&["MEMBER", "ADD", &id.to_string(), &peer, &client]));
+    }
+
+    fn promote(&self, id: u64) {
+        self.admin(&words(&["MEMBER", "PROMOTE", &id.to_string()]));
+    }
+
+    fn remove(&self, id: u64) {
+        self.admin(&words(&["MEMBER", "REMOVE", &id.to_string()]));
+    }
+
+    /// The voters of the membership `id` applied.
+    fn voters(&self, id: u64) -> Vec<u64> {
+        self.cluster.status[&id].membership().voter_ids()
+    }
+
+    /// Waits until replica `id` has applied a membership whose voters are `voters`.
+    fn wait_for_voters(&self, id: u64, voters: &[u64]) {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while self.voters(id) != voters {
+            assert!(
+                Instant::now() < deadline,
+                "replica {id} has voters {:?}, not {voters:?}",
+                self.voters(id)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the clerks, heals, checks appends, linearizability and that `members` agree.
+    fn finish(mut self, members: &[u64]) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.cluster.net().heal();
+        self.healed.store(true, Ordering::Relaxed);
+        let logs: Vec<ClerkLog> = std::mem::take(&mut self.clerks)
+            .into_iter()
+            .map(|c| match c.join().expect("clerk thread") {
+                Ok(log) => log,
+                Err(e) => panic!("{}: seed {}: {e:?}", self.name, self.seed),
+            })
+            .collect();
+        let ops: u64 = logs.iter().map(|l| l.ops).sum();
+        assert!(ops > 0, "{}: no operation completed", self.name);
+        check_appends(&self.cluster, &logs, self.seed, &self.history, false);
+        check_linearizable(self.name, self.seed, &self.history);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let views: Vec<(u64, u64, Vec<u64>)> = members
+                .iter()
+                .map(|id| {
+                    let s = &self.cluster.status[id];
+                    (s.applied_index(), s.state_digest(), s.membership().voter_ids())
+                })
+                .collect();
+            let commit = members.iter().map(|id| self.cluster.status[id].commit_index()).max().unwrap_or(0);
+            if views.iter().all(|v| *v == views[0] && v.0 >= commit && v.2 == members) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: seed {}: members disagree: {views:?}",
+                self.name,
+                self.seed
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        println!("{}: {ops} operations while the membership changed", self.name);
+    }
+}
+
+fn words(w: &[&str]) -> Vec<String> {
+    w.iter().map(|s| s.to_string()).collect()
+}
+
+// Grow 3 → 5 and shrink back while clerks run, with a partition and a crash on the way.
+#[test]
+fn grow_to_five_and_shrink_back_under_load_partitions_and_crashes() {
+    let s = Scenario::start("grow_to_five_and_shrink_back", 3, 2, 3);
+    s.add(4);
+    s.promote(4);
+    let leader = s.cluster.wait_for_leader_among(&[1, 2, 3, 4], Duration::from_secs(10));
+    // The leader alone on one side: the others elect among themselves and go on.
+    let others: Vec<u64> = (1..=5).filter(|&id| id != leader).collect();
+    s.cluster.net().partition(&[vec![leader], others]);
+    std::thread::sleep(Duration::from_millis(800));
+    s.cluster.net().heal();
+    s.add(5);
+    s.promote(5);
+    s.wait_for_voters(1, &[1, 2, 3, 4, 5]);
+    let mut s = s;
+    s.cluster.stop(2);
+    s.remove(4);
+    s.cluster.restart(2);
+    s.remove(5);
+    s.finish(&[1, 2, 3]);
+}
+
+// Replace every member of a 3-replica cluster, one at a time, the leader included.
+#[test]
+fn replace_every_member_one_at_a_time() {
+    let s = Scenario::start("replace_every_member", 3, 3, 3);
+    for (old, new) in [(1, 4), (2, 5), (3, 6)] {
+        s.add(new);
+        s.promote(new);
+        s.remove(old);
+    }
+    s.finish(&[4, 5, 6]);
+}
+
+// The leader is killed right after proposing a joint change (promote a learner, remove
+// another member in one step); after its restart the change is either in force or can be
+// made, and nothing acknowledged is lost. Then a learner is cut off while it is promoted.
+#[test]
+fn a_crash_in_a_change_and_a_learner_cut_off_while_promoted() {
+    let mut s = Scenario::start("crash_in_a_change", 3, 2, 3);
+    s.add(4);
+    let leader = s.cluster.wait_for_leader_among(&[1, 2, 3], Duration::from_secs(10));
+    let gone = if leader == 1 { 2 } else { 1 };
+    let mut config = ClientConfig::new([s.cluster.client_addrs[&leader].to_string()]);
+    config.request_timeout_ms = 200;
+    let mut client = Client::new(config).expect("client");
+    let change = words(&["MEMBER", "CHANGE", "PROMOTE", "4", "REMOVE", &gone.to_string()]);
+    let _ = client.call(&change.iter().map(|w| w.as_bytes().to_vec()).collect::<Vec<_>>());
+    s.cluster.stop(leader);
+    s.cluster.restart(leader);
+    // Either the change committed, or it is made again now (the retry tells which).
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let m = s.cluster.status[&leader].membership();
+        if !m.is_joint() && m.is_voter(4) && !m.contains(gone) {
+            break;
+        }
+        if !m.is_joint() && m.is_learner(4) && s.cluster.status[&leader].leader() != 0 {
+            // Not committed before the crash (or not yet applied here): make it again.
+            s.admin(&change);
+        }
+        assert!(Instant::now() < deadline, "the change never settled: {m:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let members: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&id| id != gone).collect();
+    s.wait_for_voters(leader, &members);
+
+    // A learner cut off while its promotion is in flight: the cluster keeps a quorum.
+    s.add(5);
+    let side: Vec<u64> = (1..=5).filter(|&id| id != 5).collect();
+    let s = Arc::new(s);
+    let promoting = {
+        let s = s.clone();
+        std::thread::spawn(move || s.promote(5))
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    s.cluster.net().partition(&[vec![5], side]);
+    std::thread::sleep(Duration::from_millis(800));
+    s.cluster.net().heal();
+    promoting.join().expect("promotion");
+    let Ok(s) = Arc::try_unwrap(s) else { panic!("scenario still shared") };
+    let mut all = members.clone();
+    all.push(5);
+    s.finish(&all);
+}
