@@ -647,3 +647,93 @@ fn random_kill_9_of_leader_and_of_everyone_loses_nothing() {
         let _ = child.wait();
     }
 }
+
+// The cluster's life through the binaries: a new `--join` process joins three running ones and
+// is promoted on its own, `leader transfer` moves the leader, bad membership input is refused
+// with nothing changed, and a removed member's process exits 0.
+#[test]
+fn a_replica_joins_the_leader_moves_and_a_removed_member_exits_0() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Layout { client, args, .. } = layout(dir.path(), "living");
+    let mut servers: Vec<Child> =
+        (0..3).map(|i| spawn_server(&args[i], &dir.path().join(format!("log{}", i + 1)))).collect();
+    let all = client.join(",");
+    assert_eq!(stdout(&cli(&all, &["set", "before", "join"])), "OK");
+
+    let ports = free_ports(2);
+    let (client4, peer4) = (format!("127.0.0.1:{}", ports[0]), format!("127.0.0.1:{}", ports[1]));
+    let data4 = dir.path().join("d4").display().to_string();
+    let join_args: Vec<String> = [
+        "--id",
+        "4",
+        "--client-addr",
+        &client4,
+        "--peer-addr",
+        &peer4,
+        "--data-dir",
+        &data4,
+        "--join",
+        &all,
+        "--election-timeout-ms",
+        "300",
+        "--heartbeat-ms",
+        "50",
+        "--cluster-name",
+        "living",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut fourth = spawn_server(&join_args, &dir.path().join("log4"));
+    // It catches up as a learner, then asks to be promoted.
+    wait_for("4 to be a voter", || {
+        let members = info_field(&client4, "members")?;
+        members.split(',').any(|m| m == "4").then_some(())
+    });
+    let listed = stdout(&cli(&all, &["member", "list"]));
+    assert!(listed.contains(&format!("4 {peer4} {client4} voter")), "{listed}");
+    assert_eq!(stdout(&cli(&client4, &["get", "before"])).lines().last(), Some("\"join\""));
+
+    // Refused, each with a clear error, nothing changed.
+    for bad in [
+        vec!["member", "add", "2", "127.0.0.1:1", "127.0.0.1:2"],
+        vec!["member", "add", "0", "127.0.0.1:1", "127.0.0.1:2"],
+        vec!["member", "add", "9", "nowhere", "127.0.0.1:2"],
+        vec!["member", "promote", "4"],
+        vec!["member", "promote", "9"],
+        vec!["member", "change", "remove", "1", "remove", "2", "remove", "3", "remove", "4"],
+        vec!["leader", "transfer", "9"],
+    ] {
+        let out = cli(&all, &bad);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {out:?}");
+        assert!(stdout(&out).starts_with("(error) ERR"), "{bad:?}: {}", stdout(&out));
+    }
+
+    let leader = wait_for("a leader", || {
+        (0..3).find(|&i| info_field(&client[i], "role").as_deref() == Some("leader")).map(|i| i as u64 + 1)
+    });
+    let target = if leader == 1 { 2 } else { 1 };
+    let out = cli(&all, &["leader", "transfer", &target.to_string()]);
+    assert_eq!(stdout(&out), "OK", "{out:?}");
+    assert_eq!(info_field(&client[target as usize - 1], "role").as_deref(), Some("leader"));
+    let out = cli(&all, &["leader", "transfer", &target.to_string()]);
+    assert!(stdout(&out).starts_with("(error) ERR"), "transfer to itself: {out:?}");
+
+    // Remove the old leader: its process exits 0 once the removal is committed.
+    let out = cli(&all, &["member", "remove", &leader.to_string()]);
+    assert_eq!(stdout(&out), "OK", "{out:?}");
+    let status =
+        wait_for("the removed member to exit", || servers[leader as usize - 1].try_wait().ok().flatten());
+    assert_eq!(status.code(), Some(0));
+    let out = cli(&all, &["member", "add", &leader.to_string(), "127.0.0.1:1", "127.0.0.1:2"]);
+    assert!(stdout(&out).contains("cannot be reused"), "{out:?}");
+    assert_eq!(stdout(&cli(&all, &["set", "after", "remove"])), "OK");
+    assert_eq!(stdout(&cli(&client4, &["get", "after"])).lines().last(), Some("\"remove\""));
+    kill(&mut fourth);
+    for (i, s) in servers.iter_mut().enumerate() {
+        if i as u64 + 1 != leader {
+            kill(s);
+        }
+    }
+}

@@ -315,3 +315,20 @@ fn a_snapshot_brings_its_membership() {
     assert_eq!(n.membership(), &membership);
     assert!(readies.iter().any(|r| r.membership.as_ref() == Some(&membership)), "the Ready reports it");
 }
+
+// A new member whose first probe is lost still gets the log with no write to carry it: the
+// next heartbeat's answer brings another (empty) probe.
+#[test]
+fn a_new_member_whose_first_probe_is_lost_catches_up_on_heartbeats() {
+    let mut net = Net::new(3, false, false);
+    net.nodes.insert(4, joiner(4, &[1, 2, 3], false, false));
+    elect(&mut net, 1);
+    net.cut.insert((1, 4));
+    change(&mut net, 1, vec![add(4)]);
+    assert_eq!(net.node(4).log().last_index(), 0, "the probe was lost");
+    net.heal();
+    let heartbeat = net.node(1).config().heartbeat_ticks;
+    net.tick(1, heartbeat);
+    assert_eq!(net.node(4).log().last_index(), net.node(1).log().last_index());
+    assert!(net.node(4).membership().is_learner(4));
+}

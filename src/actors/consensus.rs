@@ -379,7 +379,9 @@ impl Consensus {
                 self.applier.do_send(ApplyEntries(std::mem::take(&mut ready.committed_entries)));
             }
             if ready.membership.is_some() {
+                // Links first: the next Ready may already send to a member just added.
                 self.membership_dirty = true;
+                self.sync_peers();
             }
             if let Some(role) = ready.role {
                 // After this Ready's entries, so a watcher whose entry did commit hears that first.

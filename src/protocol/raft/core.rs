@@ -1025,12 +1025,14 @@ impl RaftCore {
         pr.recent_active = true;
         pr.probe_sent = false;
         let behind = pr.matched < last;
+        // A probe may be empty: it finds where a follower's log (a new member's, say) matches.
+        let probing = pr.state == ProgressState::Probe;
         if read_round > pr.read_round_acked {
             pr.read_round_acked = read_round;
             self.confirm_reads();
         }
         if behind {
-            self.send_append(from, false);
+            self.send_append(from, probing);
         }
     }
 
