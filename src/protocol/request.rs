@@ -578,6 +578,38 @@ mod tests {
     }
 
     #[test]
+    fn membership_commands_parse_into_changes() {
+        let add = |id| ChangeOp::Add {
+            id,
+            addrs: MemberAddrs { peer_addr: "h:7".into(), client_addr: "h:6".into() },
+        };
+        let change = |ops| Ok(ClientRequest::Admin(AdminRequest::Change(ops)));
+        assert_eq!(parse("member list"), Ok(ClientRequest::MemberList));
+        assert_eq!(parse("MEMBER ADD 4 h:7 h:6"), change(vec![add(4)]));
+        assert_eq!(parse("member promote 4"), change(vec![ChangeOp::Promote { id: 4 }]));
+        assert_eq!(parse("member remove 2"), change(vec![ChangeOp::Remove { id: 2 }]));
+        assert_eq!(
+            parse("member change add 4 h:7 h:6 promote 5 remove 1"),
+            change(vec![add(4), ChangeOp::Promote { id: 5 }, ChangeOp::Remove { id: 1 }])
+        );
+        assert_eq!(parse("leader transfer 3"), Ok(ClientRequest::Admin(AdminRequest::TransferLeader(3))));
+        for (line, error) in [
+            ("member add 0 h:7 h:6", "ERR member id must be a positive integer, not '0'"),
+            ("member add x h:7 h:6", "ERR member id must be a positive integer, not 'x'"),
+            ("member add 4 nowhere h:6", "ERR invalid address 'nowhere': expected HOST:PORT"),
+            ("member add 4 h:7", "ERR wrong number of arguments for 'member|add' command"),
+            ("member change", "ERR wrong number of arguments for 'member|change' command"),
+            ("member change add 4 h:7", "ERR 'add' is missing arguments"),
+            ("member change swap 4", "ERR unknown membership step 'swap': expected ADD, PROMOTE or REMOVE"),
+            ("member frob", "ERR unknown subcommand 'frob'. Try MEMBER HELP."),
+            ("leader transfer", "ERR wrong number of arguments for 'leader|transfer' command"),
+            ("leader transfer 0", "ERR member id must be a positive integer, not '0'"),
+        ] {
+            assert_eq!(error_line(line), error, "{line}");
+        }
+    }
+
+    #[test]
     fn local_commands_are_answered_locally() {
         assert_eq!(parse("ping"), Ok(ClientRequest::Ping(None)));
         assert_eq!(parse("PING hi"), Ok(ClientRequest::Ping(Some(b"hi".to_vec()))));
