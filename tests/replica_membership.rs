@@ -63,30 +63,23 @@ impl Scenario {
         config.request_timeout_ms = 5000;
         let mut client = Client::new(config).expect("client");
         let args: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
+        let what = format!("{}: seed {}: {words:?}", self.name, self.seed);
+        wait_until(&what, STEP_TIMEOUT, || {
             let reply = client.call(&args);
             match &reply {
-                Ok(Reply::Simple(ok)) if ok == "OK" => return,
+                Ok(Reply::Simple(ok)) if ok == "OK" => Ok(()),
                 // A retry of a change whose first try did commit: it is in force.
                 Ok(Reply::Error(e)) if e.contains("already a member") || e.contains("already a voter") => {
-                    return
+                    Ok(())
                 }
                 Ok(Reply::Error(e))
                     if e.contains("is not a member") && words[1].eq_ignore_ascii_case("remove") =>
                 {
-                    return
+                    Ok(())
                 }
-                _ => {}
+                _ => Err(reply),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{}: seed {}: {words:?} not done within {STEP_TIMEOUT:?}: last {reply:?}",
-                self.name,
-                self.seed
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        });
     }
 
     fn add(&self, id: u64) {
@@ -110,15 +103,14 @@ impl Scenario {
 
     /// Waits until replica `id` has applied a membership whose voters are `voters`.
     fn wait_for_voters(&self, id: u64, voters: &[u64]) {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        while self.voters(id) != voters {
-            assert!(
-                Instant::now() < deadline,
-                "replica {id} has voters {:?}, not {voters:?}",
-                self.voters(id)
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(&format!("replica {id} with voters {voters:?}"), STEP_TIMEOUT, || {
+            let now = self.voters(id);
+            if now == voters {
+                Ok(())
+            } else {
+                Err(now)
+            }
+        });
     }
 
     /// Stops the clerks, heals, checks appends, linearizability and that `members` agree.
@@ -137,8 +129,8 @@ impl Scenario {
         assert!(ops > 0, "{}: no operation completed", self.name);
         check_appends(&self.cluster, &logs, self.seed, &self.history, false);
         check_linearizable(self.name, self.seed, &self.history);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let what = format!("{}: seed {}: members agreeing", self.name, self.seed);
+        wait_until(&what, Duration::from_secs(20), || {
             let views: Vec<(u64, u64, Vec<u64>)> = members
                 .iter()
                 .map(|id| {
@@ -148,17 +140,24 @@ impl Scenario {
                 .collect();
             let commit = members.iter().map(|id| self.cluster.status[id].commit_index()).max().unwrap_or(0);
             if views.iter().all(|v| *v == views[0] && v.0 >= commit && v.2 == members) {
-                break;
+                Ok(())
+            } else {
+                Err(views)
             }
-            assert!(
-                Instant::now() < deadline,
-                "{}: seed {}: members disagree: {views:?}",
-                self.name,
-                self.seed
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        });
         println!("{}: {ops} operations while the membership changed", self.name);
+    }
+}
+
+/// Polls `done` until it holds, failing with `what` (and the last view) past `timeout`.
+fn wait_until<T: std::fmt::Debug>(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<(), T>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match done() {
+            Ok(()) => return,
+            Err(view) => assert!(Instant::now() < deadline, "{what} not within {timeout:?}: {view:?}"),
+        }
+        std::thread::park_timeout(Duration::from_millis(10));
     }
 }
 
@@ -176,7 +175,8 @@ fn grow_to_five_and_shrink_back_under_load_partitions_and_crashes() {
     // The leader alone on one side: the others elect among themselves and go on.
     let others: Vec<u64> = (1..=5).filter(|&id| id != leader).collect();
     s.cluster.net().partition(&[vec![leader], others]);
-    std::thread::sleep(Duration::from_millis(800));
+    let voters: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&id| id != leader).collect();
+    s.cluster.wait_for_leader_among(&voters, STEP_TIMEOUT);
     s.cluster.net().heal();
     s.add(5);
     s.promote(5);
@@ -218,19 +218,17 @@ fn a_crash_in_a_change_and_a_learner_cut_off_while_promoted() {
     s.cluster.stop(leader);
     s.cluster.restart(leader);
     // Either the change committed, or it is made again now (the retry tells which).
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    loop {
+    wait_until("the change settling", STEP_TIMEOUT, || {
         let m = s.cluster.status[&leader].membership();
         if !m.is_joint() && m.is_voter(4) && !m.contains(gone) {
-            break;
+            return Ok(());
         }
         if !m.is_joint() && m.is_learner(4) && s.cluster.status[&leader].leader() != 0 {
             // Not committed before the crash (or not yet applied here): make it again.
             s.admin(&change);
         }
-        assert!(Instant::now() < deadline, "the change never settled: {m:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Err(m)
+    });
     let members: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&id| id != gone).collect();
     s.wait_for_voters(leader, &members);
 
@@ -242,9 +240,17 @@ fn a_crash_in_a_change_and_a_learner_cut_off_while_promoted() {
         let s = s.clone();
         std::thread::spawn(move || s.promote(5))
     };
-    std::thread::sleep(Duration::from_millis(20));
     s.cluster.net().partition(&[vec![5], side]);
-    std::thread::sleep(Duration::from_millis(800));
+    // The side with the quorum goes on committing the clerks' writes without 5.
+    let before = s.cluster.status[&members[0]].commit_index();
+    wait_until("commits without the cut-off learner", STEP_TIMEOUT, || {
+        let now = s.cluster.status[&members[0]].commit_index();
+        if now >= before + 10 {
+            Ok(())
+        } else {
+            Err(now)
+        }
+    });
     s.cluster.net().heal();
     promoting.join().expect("promotion");
     let Ok(s) = Arc::try_unwrap(s) else { panic!("scenario still shared") };
