@@ -43,6 +43,16 @@ fn change(net: &mut Net, leader: u64, ops: Vec<ChangeOp>) {
     net.stabilize();
 }
 
+/// Cuts every link between a node of `a` and a node of `b`, both ways.
+fn cut_between(net: &mut Net, a: &[u64], b: &[u64]) {
+    for &x in a {
+        for &y in b {
+            net.cut.insert((x, y));
+            net.cut.insert((y, x));
+        }
+    }
+}
+
 fn ids(set: &BTreeSet<u64>) -> Vec<u64> {
     set.iter().copied().collect()
 }
@@ -67,10 +77,7 @@ fn five_with_two_learners() -> Net {
 #[test]
 fn joint_commit_needs_a_majority_of_both_voter_sets() {
     let mut net = five_with_two_learners();
-    for other in [4, 5] {
-        net.cut.insert((1, other));
-        net.cut.insert((other, 1));
-    }
+    cut_between(&mut net, &[1], &[4, 5]);
     let ops = vec![
         ChangeOp::Promote { id: 4 },
         ChangeOp::Promote { id: 5 },
@@ -108,12 +115,7 @@ fn joint_commit_needs_a_majority_of_both_voter_sets() {
 fn joint_election_needs_a_majority_of_both_voter_sets() {
     let mut net = five_with_two_learners();
     // 4 and 5 hear nothing more, so their logs end before the joint entry.
-    for other in [4, 5] {
-        for peer in 1..=3 {
-            net.cut.insert((peer, other));
-            net.cut.insert((other, peer));
-        }
-    }
+    cut_between(&mut net, &[1, 2, 3], &[4, 5]);
     let ops = vec![ChangeOp::Promote { id: 4 }, ChangeOp::Promote { id: 5 }, ChangeOp::Remove { id: 3 }];
     net.node(1).propose_change(ops).expect("accepted");
     net.stabilize();
@@ -148,10 +150,7 @@ fn learners_replicate_but_never_count_or_campaign() {
         "the learner never campaigned"
     );
     // With 2 and 3 cut off, the leader and its learner are not a quorum.
-    for other in [2, 3] {
-        net.cut.insert((1, other));
-        net.cut.insert((other, 1));
-    }
+    cut_between(&mut net, &[1], &[2, 3]);
     let (index, _) = net.node(1).propose(b"x".to_vec()).expect("leader");
     net.stabilize();
     assert_eq!(net.node(4).log().last_index(), index, "the learner has the entry");
