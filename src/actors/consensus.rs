@@ -412,7 +412,6 @@ impl Consensus {
         if ran {
             self.publish_numbers();
             self.maybe_snapshot(ctx);
-            self.sync_peers();
         }
         self.settle_admin();
     }
@@ -698,7 +697,8 @@ impl Actor for Consensus {
             act.core.tick();
             act.tick_transfers();
             act.drive(ctx);
-            // Just-removed members stop being sent to after a while, without a Ready.
+            // Just-removed members stop being sent to after a while, without a Ready. (A
+            // membership change itself syncs the links in the drive that hands it out.)
             act.sync_peers();
         });
     }

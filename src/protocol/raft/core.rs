@@ -652,13 +652,19 @@ impl RaftCore {
             return Ok(());
         }
         log::info!("raft {}: transferring leadership to {to} in term {}", self.config.id, self.term);
+        self.start_transfer(to);
+        Ok(())
+    }
+
+    /// Hands leadership to `to`: `TimeoutNow` at once if its log matches, else an append first
+    /// (its acknowledgement sends `TimeoutNow` once it matches).
+    fn start_transfer(&mut self, to: NodeId) {
         self.lead_transferee = Some((to, 0));
         if self.progress.get(&to).is_some_and(|p| p.matched == self.log.last_index()) {
             self.send(to, self.term, MessageBody::TimeoutNow);
         } else {
             self.send_append(to, true);
         }
-        Ok(())
     }
 
     /// Starts a linearizable read (Raft §6.4); `ctx` comes back in a `ReadState` or `dropped_reads`.
@@ -1313,12 +1319,7 @@ impl RaftCore {
             self.membership.voters.iter().copied().max_by_key(|id| progress.get(id).map_or(0, |p| p.matched));
         let Some(to) = best else { return };
         self.handing_over = true;
-        self.lead_transferee = Some((to, 0));
-        if self.progress.get(&to).is_some_and(|p| p.matched == self.log.last_index()) {
-            self.send(to, self.term, MessageBody::TimeoutNow);
-        } else {
-            self.send_append(to, true);
-        }
+        self.start_transfer(to);
     }
 
     fn set_membership(&mut self, next: Membership) {
