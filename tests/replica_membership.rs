@@ -8,13 +8,14 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::TestCluster;
 use common::kv_suite::{
     check_appends, check_linearizable, clerk_id, clerk_loop, seed, Clerk, ClerkError, ClerkLog,
 };
 use common::linearizability::HistoryRecorder;
+use common::wait_until;
 use quorumkv::actors::sim_network::{SimFaults, SimNetwork};
 use quorumkv::client::{Client, ClientConfig};
 use quorumkv::protocol::resp::Reply;
@@ -150,16 +151,6 @@ impl Scenario {
 }
 
 /// Polls `done` until it holds, failing with `what` (and the last view) past `timeout`.
-fn wait_until<T: std::fmt::Debug>(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<(), T>) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match done() {
-            Ok(()) => return,
-            Err(view) => assert!(Instant::now() < deadline, "{what} not within {timeout:?}: {view:?}"),
-        }
-        std::thread::park_timeout(Duration::from_millis(10));
-    }
-}
 
 fn words(w: &[&str]) -> Vec<String> {
     w.iter().map(|s| s.to_string()).collect()

@@ -49,19 +49,6 @@ fn redis_crate_talks_to_the_leader_and_pipelines_in_order() {
 }
 
 #[test]
-fn follower_redirects_to_leader() {
-    let cluster = TestCluster::start(3);
-    let leader = cluster.wait_for_leader(WAIT);
-    let follower = *cluster.client_addrs.keys().find(|&&id| id != leader).expect("a follower");
-    let mut conn = RespConn::connect(cluster.client_addrs[&follower], WAIT);
-    let reply = conn.call(&[b"SET", b"a", b"1"]);
-    assert_eq!(reply, Reply::Error(format!("NOTLEADER {}", cluster.client_addrs[&leader])));
-    let reply = conn.call(&[b"GET", b"a"]);
-    assert!(is_err(&reply, "NOTLEADER"), "{reply:?}");
-    assert_eq!(conn.call(&[b"PING"]), Reply::Simple("PONG".into()));
-}
-
-#[test]
 fn client_port_limits_answer_errors_and_keep_the_connection() {
     let cluster = TestCluster::start(1);
     let leader = cluster.wait_for_leader(WAIT);

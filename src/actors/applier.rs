@@ -1,6 +1,6 @@
 //! The applier: applies committed entries in log order and tells the waiters what happened.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -31,6 +31,29 @@ pub struct Watch {
     /// Who to tell.
     pub watcher: Recipient<WatchFired>,
 }
+
+/// Start recording what entries carrying `request_id` answer: a follower forwards that proposal
+/// to the leader and learns where it went only later, maybe after the entry was applied here.
+///
+/// Sent by consensus before the forward leaves, so it precedes every `ApplyEntries` that could
+/// hold the entry (which cannot exist before the leader has the forward).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Expect {
+    /// The proposal's request id.
+    pub request_id: u64,
+}
+
+/// Stop recording for `request_id` (the forward was refused or abandoned).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unexpect {
+    /// The proposal's request id.
+    pub request_id: u64,
+}
+
+/// Results an expectation keeps before its watch arrives (more than one only if request ids collide).
+const MAX_RESULTS_PER_EXPECTATION: usize = 4;
 
 /// Apply these committed entries, consecutive and in order.
 #[derive(Message)]
@@ -81,6 +104,9 @@ pub struct Applier {
     /// Term of the entry at the applied index (for snapshot positions).
     applied_term: u64,
     watches: BTreeMap<u64, Vec<Watcher>>,
+    /// Forwarded proposals whose position is not known yet: what entries with their request id
+    /// answered, as (index, term, result).
+    expected: HashMap<u64, Vec<(u64, u64, CommandResult)>>,
     status: Arc<StatusBoard>,
     snapshotter: Addr<Snapshotter>,
 }
@@ -94,7 +120,14 @@ impl Applier {
         status: Arc<StatusBoard>,
         snapshotter: Addr<Snapshotter>,
     ) -> Applier {
-        Applier { state, applied_term, watches: BTreeMap::new(), status, snapshotter }
+        Applier {
+            state,
+            applied_term,
+            watches: BTreeMap::new(),
+            expected: HashMap::new(),
+            status,
+            snapshotter,
+        }
     }
 
     fn publish(&self) {
@@ -143,6 +176,11 @@ impl Applier {
             match codec::decode::<Proposal>(&entry.data) {
                 Ok(proposal) => {
                     let result = self.state.apply(entry.index, &proposal);
+                    if let Some(results) = self.expected.get_mut(&proposal.request_id) {
+                        if results.len() < MAX_RESULTS_PER_EXPECTATION {
+                            results.push((entry.index, entry.term, result.clone()));
+                        }
+                    }
                     (proposal.request_id, Some(result))
                 }
                 Err(e) => {
@@ -166,10 +204,21 @@ impl Handler<Watch> for Applier {
     type Result = ();
 
     fn handle(&mut self, msg: Watch, _ctx: &mut Self::Context) {
+        let expected = self.expected.remove(&msg.request_id);
         if msg.index <= self.state.applied_index() {
-            // Cannot happen by construction (a new proposal is always past the applied index),
-            // but if it did the outcome would be unknown, never a false success.
-            msg.watcher.do_send(WatchFired(WatchOutcome::Superseded));
+            // A forwarded proposal applied before the leader's answer got here: the recorded
+            // result at exactly that position is its own, by the same rule as any watch. (For a
+            // local proposal this cannot happen: it is always past the applied index.)
+            let own = expected.into_iter().flatten().find(|(index, term, _)| {
+                let key = WatchKey { index: msg.index, term: msg.term, request_id: msg.request_id };
+                let applied = Applied { index: *index, proposal: Some((*term, msg.request_id)) };
+                watch_verdict(key, applied) == WatchVerdict::Own
+            });
+            let outcome = match own {
+                Some((_, _, result)) => WatchOutcome::Applied(result),
+                None => WatchOutcome::Superseded,
+            };
+            msg.watcher.do_send(WatchFired(outcome));
             return;
         }
         self.watches.entry(msg.index).or_default().push(Watcher {
@@ -177,6 +226,22 @@ impl Handler<Watch> for Applier {
             request_id: msg.request_id,
             watcher: msg.watcher,
         });
+    }
+}
+
+impl Handler<Expect> for Applier {
+    type Result = ();
+
+    fn handle(&mut self, msg: Expect, _ctx: &mut Self::Context) {
+        self.expected.insert(msg.request_id, Vec::new());
+    }
+}
+
+impl Handler<Unexpect> for Applier {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unexpect, _ctx: &mut Self::Context) {
+        self.expected.remove(&msg.request_id);
     }
 }
 

@@ -1,6 +1,10 @@
 //! The consensus actor: drives the Raft core, sends at once, writes in order (one write at the
 //! disk writer, the next one growing meanwhile), and hands out commits.
 //!
+//! On a follower it forwards what only the leader can do (writes, read-index confirmation,
+//! membership changes) over the peer link and finishes each request itself, from its own
+//! applier; on the leader it carries out what followers forward.
+//!
 //! It also owns the snapshot life cycle: it asks the applier for a snapshot once the log passes
 //! the threshold and then compacts; it streams snapshots to followers that need one, in chunks
 //! paced by `protocol::snapshot_transfer` (stop-and-wait, tick-driven); and it installs one it
@@ -12,7 +16,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::applier::{Applier, ApplyEntries, Restore, ServeRead, TakeSnapshot, TermChanged, Watch};
+use super::applier::{
+    Applier, ApplyEntries, Expect, Restore, ServeRead, TakeSnapshot, TermChanged, Unexpect, Watch,
+};
 use super::connection::ReplyBudget;
 use super::disk::{DiskWriter, Persist};
 use super::snapshotter::{LoadLatest, SaveImage, SavedSnapshot, Snapshotter};
@@ -20,7 +26,10 @@ use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
 use crate::protocol::command::Command;
-use crate::protocol::peer_wire::{PeerFrame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES};
+use crate::protocol::forwarding::{Abandoned, Freshness, Outbox, RepeatFilter};
+use crate::protocol::peer_wire::{
+    ForwardAnswer, ForwardRefusal, Forwarded, PeerFrame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES,
+};
 use crate::protocol::raft::{
     ChangeError, Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, SnapshotMeta,
     TransferError,
@@ -66,6 +75,10 @@ pub enum Refusal {
     Busy,
     /// Leadership is being handed over; try again.
     Transferring,
+    /// No leader is known to forward to; try again.
+    NoLeader,
+    /// The replica forwarded to was no longer the leader; nothing was proposed.
+    LeaderChanged,
 }
 
 /// Change the membership or move the leader; `reply_to` hears once it took effect, or why not.
@@ -83,11 +96,57 @@ pub struct Admin {
 #[rtype(result = "()")]
 pub struct AdminDone(pub Reply);
 
+/// Who hears the outcome of an admin request: a local waiter, or a follower that forwarded it.
+enum AdminReplyTo {
+    Local(Recipient<AdminDone>),
+    Remote { follower: NodeId, id: u64 },
+}
+
+impl AdminReplyTo {
+    /// Sends `reply`; a follower is told `index`, the position it must apply before answering `+OK`.
+    fn answer(&self, transport: &mut dyn Transport, me: NodeId, reply: Reply, index: u64) {
+        match self {
+            AdminReplyTo::Local(reply_to) => reply_to.do_send(AdminDone(reply)),
+            AdminReplyTo::Remote { follower, id } => {
+                let answer = match reply {
+                    Reply::Error(line) => ForwardAnswer::Failed(line),
+                    _ => ForwardAnswer::AdminDone(index),
+                };
+                transport.send(PeerFrame::ForwardAnswer { from: me, to: *follower, id: *id, answer });
+            }
+        }
+    }
+
+    /// Sends a refusal (for a follower: the structured kind, so it words the reply itself).
+    fn refuse(&self, transport: &mut dyn Transport, me: NodeId, refusal: Refusal) {
+        match self {
+            AdminReplyTo::Local(reply_to) => reply_to.do_send(AdminDone(refusal_to_reply(refusal))),
+            AdminReplyTo::Remote { follower, id } => {
+                let answer = ForwardAnswer::Refused(forward_refusal(&refusal));
+                transport.send(PeerFrame::ForwardAnswer { from: me, to: *follower, id: *id, answer });
+            }
+        }
+    }
+}
+
 /// A membership change proposed and not yet applied.
 struct ChangeWaiter {
     index: u64,
     term: u64,
+    reply_to: AdminReplyTo,
+}
+
+/// A write this follower forwarded: the waiter to tell once the leader says where it went.
+struct ForwardedWrite {
+    request_id: u64,
+    watcher: Recipient<WatchFired>,
+}
+
+/// An admin request this follower forwarded.
+struct ForwardedAdmin {
     reply_to: Recipient<AdminDone>,
+    /// For a leader transfer, its target: that member leading is its success, whoever says so.
+    transfer_to: Option<NodeId>,
 }
 
 /// Propose an encoded [`Proposal`](crate::protocol::command::Proposal); the watcher learns its fate.
@@ -150,12 +209,22 @@ pub struct ConsensusParts {
     /// Peer addresses known at start-up (`--peers`, or what a joining replica was told), used
     /// for members the recorded membership has no address for.
     pub address_book: BTreeMap<NodeId, String>,
+    /// Forward what only the leader can do to it (false: answer `-NOTLEADER` instead).
+    pub forward: bool,
+    /// How long a client request may wait (forwards unanswered for longer are dropped).
+    pub request_timeout: Duration,
 }
 
 struct PendingRead {
     command: Command,
     budget: Arc<ReplyBudget>,
     reply_to: Recipient<ReadDone>,
+}
+
+/// A read waiting for the leader's confirmation: a client's here, or a follower's batch.
+enum ReadWaiter {
+    Local(PendingRead),
+    Remote { follower: NodeId, id: u64 },
 }
 
 /// What the leader keeps with each transfer: the image and its checksum.
@@ -181,7 +250,7 @@ pub struct Consensus {
     writing: bool,
     /// Writes waiting for it, in order; the last one grows while it waits (group commit).
     disk_queue: VecDeque<DiskWrite>,
-    reads: HashMap<u64, PendingRead>,
+    reads: HashMap<u64, ReadWaiter>,
     next_read_ctx: u64,
     /// Watches of terms below this have been abandoned.
     watch_term_floor: u64,
@@ -201,7 +270,21 @@ pub struct Consensus {
     membership_dirty: bool,
     change_waiters: Vec<ChangeWaiter>,
     /// Leader transfers waiting for their target to lead.
-    transfer_waiters: Vec<(NodeId, Recipient<AdminDone>)>,
+    transfer_waiters: Vec<(NodeId, AdminReplyTo)>,
+    /// Forward to the leader (`--no-forward` clears it).
+    forward: bool,
+    /// Identifies this run in forward frames.
+    run: u64,
+    /// Ticks since start (the clock of forwards).
+    ticks: u64,
+    /// Ticks a request may wait before its forward is dropped.
+    request_timeout_ticks: u64,
+    /// What this replica forwarded and waits on.
+    outbox: Outbox<ForwardedWrite, PendingRead, ForwardedAdmin>,
+    /// The (term, leader) the outbox's forwards went to.
+    forwarded_to: (u64, NodeId),
+    /// On the leader: the forward ids taken from each follower.
+    repeats: RepeatFilter,
 }
 
 impl Consensus {
@@ -234,6 +317,16 @@ impl Consensus {
             membership_dirty: true,
             change_waiters: Vec::new(),
             transfer_waiters: Vec::new(),
+            forward: parts.forward,
+            run: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            ticks: 0,
+            request_timeout_ticks: (parts.request_timeout.as_millis() / parts.tick.as_millis().max(1)) as u64
+                + 1,
+            outbox: Outbox::new(),
+            forwarded_to: (0, 0),
+            repeats: RepeatFilter::default(),
         }
     }
 
@@ -275,12 +368,17 @@ impl Consensus {
     /// Answers membership changes that were applied (or can no longer be), and transfers whose
     /// target now leads (or that were abandoned).
     fn settle_admin(&mut self) {
+        let applied = self.core.log().applied();
+        for admin in self.outbox.release_admins(applied) {
+            admin.reply_to.do_send(AdminDone(Reply::ok()));
+        }
         if self.change_waiters.is_empty() && self.transfer_waiters.is_empty() {
             return;
         }
-        let (applied, term, role, leader) =
-            (self.core.log().applied(), self.core.term(), self.core.role(), self.core.leader());
+        let (term, role, leader, me) =
+            (self.core.term(), self.core.role(), self.core.leader(), self.core.id());
         let log = self.core.log();
+        let transport = &mut *self.transport;
         self.change_waiters.retain(|w| {
             let reply = if applied >= w.index {
                 if log.term(w.index) == Some(w.term) {
@@ -293,7 +391,7 @@ impl Consensus {
             } else {
                 return true;
             };
-            w.reply_to.do_send(AdminDone(reply));
+            w.reply_to.answer(transport, me, reply, w.index);
             false
         });
         let transferee = self.core.lead_transferee();
@@ -309,7 +407,7 @@ impl Consensus {
             } else {
                 return true;
             };
-            reply_to.do_send(AdminDone(reply));
+            reply_to.answer(transport, me, reply, 0);
             false
         });
     }
@@ -385,24 +483,34 @@ impl Consensus {
             }
             if let Some(role) = ready.role {
                 // After this Ready's entries, so a watcher whose entry did commit hears that first.
-                // A leader keeps its own term's watches; anyone else can no longer see them through.
-                let keep_from = if role.role == Role::Leader { role.term } else { role.term + 1 };
+                // A leader keeps its own term's watches, and a follower those it forwarded to
+                // this term's leader; a candidate can see none through.
+                let keep_from = match role.role {
+                    Role::Leader | Role::Follower => role.term,
+                    Role::Candidate | Role::PreCandidate => role.term + 1,
+                };
                 if keep_from != self.watch_term_floor {
                     self.watch_term_floor = keep_from;
                     self.applier.do_send(TermChanged(keep_from));
                 }
             }
             for read in &ready.read_states {
-                if let Some(pending) = self.reads.remove(&read.ctx) {
-                    let PendingRead { command, budget, reply_to } = pending;
-                    self.applier.do_send(ServeRead { command, budget, reply_to });
+                match self.reads.remove(&read.ctx) {
+                    Some(ReadWaiter::Local(pending)) => self.serve(pending),
+                    Some(ReadWaiter::Remote { follower, id }) => {
+                        self.answer_forward(follower, id, ForwardAnswer::ReadIndex(read.index))
+                    }
+                    None => {}
                 }
             }
             for read_ctx in &ready.dropped_reads {
-                if let Some(pending) = self.reads.remove(read_ctx) {
-                    pending
-                        .reply_to
-                        .do_send(ReadDone::failed("leadership lost before the read was confirmed"));
+                const WHY: &str = "leadership lost before the read was confirmed";
+                match self.reads.remove(read_ctx) {
+                    Some(ReadWaiter::Local(pending)) => pending.reply_to.do_send(ReadDone::failed(WHY)),
+                    Some(ReadWaiter::Remote { follower, id }) => {
+                        self.answer_forward(follower, id, ForwardAnswer::Failed(format!("TRYAGAIN {WHY}")))
+                    }
+                    None => {}
                 }
             }
             self.core.advance(ready);
@@ -413,6 +521,7 @@ impl Consensus {
             self.publish_numbers();
             self.maybe_snapshot(ctx);
         }
+        self.settle_forwards();
         self.settle_admin();
     }
 
@@ -470,6 +579,13 @@ impl Consensus {
         self.status.mark_stopped(why);
         let reason = format!("consensus stopped on this replica: {why}");
         for (_, read) in self.reads.drain() {
+            if let ReadWaiter::Local(read) = read {
+                read.reply_to.do_send(ReadDone::failed(reason.clone()));
+            }
+        }
+        let gone = self.outbox.leader_changed();
+        self.abandon(gone, &reason);
+        for read in self.outbox.release_reads(u64::MAX) {
             read.reply_to.do_send(ReadDone::failed(reason.clone()));
         }
         // Every watch's term is below this: all settle as unknown.
@@ -509,6 +625,254 @@ impl Consensus {
                 Err(e) => log::warn!("replica {}: snapshot not taken: {e}", act.core.id()),
             }
         }));
+    }
+
+    /// Carries out an admin request on the leader, for a client here or a follower.
+    fn admin(&mut self, ctx: &mut Context<Self>, request: AdminRequest, reply_to: AdminReplyTo) {
+        let me = self.core.id();
+        match request {
+            AdminRequest::Change(ops) => match self.core.propose_change(ops) {
+                Ok((index, term)) => {
+                    log::info!("replica {me}: membership change proposed at index {index}");
+                    self.change_waiters.push(ChangeWaiter { index, term, reply_to });
+                }
+                Err(ChangeError::Propose(e)) => {
+                    let refusal = self.refusal(e);
+                    return reply_to.refuse(&mut *self.transport, me, refusal);
+                }
+                Err(e) => {
+                    let reply = self.change_refusal(e);
+                    return reply_to.answer(&mut *self.transport, me, reply, 0);
+                }
+            },
+            AdminRequest::TransferLeader(to) => match self.core.transfer_leader(to) {
+                Ok(()) => self.transfer_waiters.push((to, reply_to)),
+                Err(TransferError::NotLeader { .. }) => {
+                    let refusal = Refusal::NotLeader(self.status.leader_hint());
+                    return reply_to.refuse(&mut *self.transport, me, refusal);
+                }
+                Err(e) => return reply_to.answer(&mut *self.transport, me, Reply::err(e), 0),
+            },
+        }
+        self.drive_soon(ctx);
+    }
+
+    // ----- forwarding: the follower's side -----
+
+    /// The leader to forward to, or why there is none.
+    fn forward_target(&self) -> Result<NodeId, Refusal> {
+        match self.core.leader() {
+            0 => Err(Refusal::NoLeader),
+            leader if leader == self.core.id() => Err(Refusal::NoLeader),
+            leader => Ok(leader),
+        }
+    }
+
+    fn send_forward(&mut self, to: NodeId, id: u64, request: Forwarded) {
+        let (from, run) = (self.core.id(), self.run);
+        self.transport.send(PeerFrame::Forward { from, to, run, id, request });
+    }
+
+    /// Hands a write to the leader. Its expectation reaches the applier before the forward
+    /// leaves, so the entry, wherever it lands, is recognised even if it is applied here before
+    /// the leader's answer arrives.
+    fn forward_write(&mut self, msg: Propose) {
+        let leader = match self.forward_target() {
+            Ok(leader) => leader,
+            Err(refusal) => return msg.watcher.do_send(WatchFired(WatchOutcome::Refused(refusal))),
+        };
+        self.note_forward_target();
+        let Propose { data, request_id, watcher } = msg;
+        let write = ForwardedWrite { request_id, watcher };
+        match self.outbox.add_write(self.ticks, data.len(), write) {
+            Ok(id) => {
+                self.applier.do_send(Expect { request_id });
+                self.send_forward(leader, id, Forwarded::Propose(data));
+            }
+            Err(write) => write.watcher.do_send(WatchFired(WatchOutcome::Refused(Refusal::Busy))),
+        }
+    }
+
+    fn forward_admin(&mut self, msg: Admin) {
+        let leader = match self.forward_target() {
+            Ok(leader) => leader,
+            Err(refusal) => return msg.reply_to.do_send(AdminDone(refusal_to_reply(refusal))),
+        };
+        self.note_forward_target();
+        let transfer_to = match msg.request {
+            AdminRequest::TransferLeader(to) => Some(to),
+            AdminRequest::Change(_) => None,
+        };
+        match self.outbox.add_admin(self.ticks, ForwardedAdmin { reply_to: msg.reply_to, transfer_to }) {
+            Ok(id) => self.send_forward(leader, id, Forwarded::Admin(msg.request)),
+            Err(admin) => admin.reply_to.do_send(AdminDone(refusal_to_reply(Refusal::Busy))),
+        }
+    }
+
+    /// Remembers which leader the outbox's forwards go to (a change abandons them).
+    fn note_forward_target(&mut self) {
+        let now = (self.core.term(), self.core.leader());
+        if self.outbox.is_empty() {
+            self.forwarded_to = now;
+        }
+    }
+
+    /// After a drive: abandons forwards if the leader changed, sends the reads gathered meanwhile
+    /// as one batch, and serves the confirmed reads this replica has now applied far enough.
+    fn settle_forwards(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let now = (self.core.term(), self.core.leader());
+        if now != self.forwarded_to {
+            self.forwarded_to = now;
+            let gone = self.outbox.leader_changed();
+            self.abandon(gone, "leader changed");
+        }
+        if let Some(id) = self.outbox.send_reads(self.ticks) {
+            match self.forward_target() {
+                Ok(leader) if self.core.role() != Role::Leader => {
+                    self.send_forward(leader, id, Forwarded::ReadIndex)
+                }
+                // The leader went (or this replica leads now) since the reads arrived.
+                _ => {
+                    for read in self.outbox.fail_reads(id) {
+                        read.reply_to.do_send(ReadDone::failed("no leader to confirm the read"));
+                    }
+                }
+            }
+        }
+        for read in self.outbox.release_reads(self.core.log().applied()) {
+            self.serve(read);
+        }
+    }
+
+    /// Fails forwards whose fate this replica can no longer learn.
+    fn abandon(&mut self, gone: Abandoned<ForwardedWrite, PendingRead, ForwardedAdmin>, why: &str) {
+        for write in gone.writes {
+            self.applier.do_send(Unexpect { request_id: write.request_id });
+            write.watcher.do_send(WatchFired(WatchOutcome::Superseded));
+        }
+        for read in gone.reads {
+            read.reply_to.do_send(ReadDone::failed(format!("{why} before the read was confirmed")));
+        }
+        for admin in gone.admins {
+            match admin.transfer_to {
+                // The change of leader may be the transfer itself: judged here as on the leader.
+                Some(to) => self.transfer_waiters.push((to, AdminReplyTo::Local(admin.reply_to))),
+                None => admin.reply_to.do_send(AdminDone(Reply::Error(format!(
+                    "TRYAGAIN {why}; the membership change may or may not commit"
+                )))),
+            }
+        }
+    }
+
+    fn on_forward_answer(&mut self, id: u64, answer: ForwardAnswer) {
+        match answer {
+            ForwardAnswer::Proposed { index, term } => {
+                if let Some(ForwardedWrite { request_id, watcher }) = self.outbox.take_write(id) {
+                    // The applier checks what it recorded since the Expect if `index` is already applied.
+                    self.applier.do_send(Watch { index, term, request_id, watcher });
+                }
+            }
+            ForwardAnswer::ReadIndex(index) => {
+                self.outbox.confirm_reads(id, index);
+                for read in self.outbox.release_reads(self.core.log().applied()) {
+                    self.serve(read);
+                }
+            }
+            ForwardAnswer::AdminDone(index) => {
+                if let Some(admin) = self.outbox.take_admin(id) {
+                    self.outbox.admin_applied_at(index, admin);
+                    self.settle_admin();
+                }
+            }
+            ForwardAnswer::Failed(line) => {
+                // Taken, then failed: only reads and admin requests end so.
+                if let Some(admin) = self.outbox.take_admin(id) {
+                    return admin.reply_to.do_send(AdminDone(Reply::Error(line)));
+                }
+                let why = line.strip_prefix("TRYAGAIN ").unwrap_or(&line).to_string();
+                for read in self.outbox.fail_reads(id) {
+                    read.reply_to.do_send(ReadDone::failed(why.clone()));
+                }
+            }
+            ForwardAnswer::Refused(refusal) => {
+                // Nothing was proposed: the request may be retried as it is.
+                let refusal = refusal_from(refusal);
+                if let Some(write) = self.outbox.take_write(id) {
+                    self.applier.do_send(Unexpect { request_id: write.request_id });
+                    write.watcher.do_send(WatchFired(WatchOutcome::Refused(refusal)));
+                } else if let Some(admin) = self.outbox.take_admin(id) {
+                    admin.reply_to.do_send(AdminDone(refusal_to_reply(refusal)));
+                } else {
+                    for read in self.outbox.fail_reads(id) {
+                        read.reply_to.do_send(ReadDone::refused(refusal.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops forwards unanswered for longer than a request may wait.
+    fn expire_forwards(&mut self) {
+        let Some(before) = self.ticks.checked_sub(self.request_timeout_ticks) else { return };
+        let gone = self.outbox.expire(before);
+        if !gone.is_empty() {
+            self.abandon(gone, "no answer from the leader");
+        }
+    }
+
+    /// Hands a read whose index this replica has applied to the applier (after those entries).
+    fn serve(&mut self, read: PendingRead) {
+        let PendingRead { command, budget, reply_to } = read;
+        self.applier.do_send(ServeRead { command, budget, reply_to });
+    }
+
+    // ----- forwarding: the leader's side -----
+
+    fn answer_forward(&mut self, follower: NodeId, id: u64, answer: ForwardAnswer) {
+        let from = self.core.id();
+        self.transport.send(PeerFrame::ForwardAnswer { from, to: follower, id, answer });
+    }
+
+    /// Carries out a request a follower forwarded, at most once however often its frame arrives.
+    fn on_forward(&mut self, ctx: &mut Context<Self>, from: NodeId, run: u64, id: u64, request: Forwarded) {
+        match self.repeats.check(from, run, id) {
+            Freshness::Repeat => return,
+            Freshness::TooOld => {
+                return self.answer_forward(from, id, ForwardAnswer::Refused(ForwardRefusal::Busy))
+            }
+            Freshness::New => {}
+        }
+        if self.stopped {
+            return self.answer_forward(from, id, ForwardAnswer::Refused(ForwardRefusal::Busy));
+        }
+        match request {
+            Forwarded::Propose(data) => {
+                let answer = match self.core.propose(data) {
+                    Ok((index, term)) => ForwardAnswer::Proposed { index, term },
+                    Err(e) => ForwardAnswer::Refused(forward_refusal(&self.refusal(e))),
+                };
+                self.answer_forward(from, id, answer);
+            }
+            Forwarded::ReadIndex => {
+                if self.reads.len() >= MAX_PENDING_READS {
+                    return self.answer_forward(from, id, ForwardAnswer::Refused(ForwardRefusal::Busy));
+                }
+                let read_ctx = self.next_read_ctx;
+                if let Err(e) = self.core.read_index(read_ctx) {
+                    let answer = ForwardAnswer::Refused(forward_refusal(&self.refusal(e)));
+                    return self.answer_forward(from, id, answer);
+                }
+                self.next_read_ctx += 1;
+                self.reads.insert(read_ctx, ReadWaiter::Remote { follower: from, id });
+            }
+            Forwarded::Admin(request) => {
+                return self.admin(ctx, request, AdminReplyTo::Remote { follower: from, id })
+            }
+        }
+        self.drive_soon(ctx);
     }
 
     // ----- sending a snapshot -----
@@ -694,6 +1058,8 @@ impl Actor for Consensus {
         self.publish_numbers();
         self.sync_peers();
         ctx.run_interval(self.tick, |act, ctx| {
+            act.ticks += 1;
+            act.expire_forwards();
             act.core.tick();
             act.tick_transfers();
             act.drive(ctx);
@@ -729,6 +1095,10 @@ impl Handler<Inbound> for Consensus {
                 self.on_snapshot_ack(from, meta, received);
                 return;
             }
+            PeerFrame::Forward { from, run, id, request, .. } => {
+                return self.on_forward(ctx, from, run, id, request)
+            }
+            PeerFrame::ForwardAnswer { id, answer, .. } => return self.on_forward_answer(id, answer),
         };
         if let Err(e) = self.core.step(message) {
             log::warn!("replica {}: refused a peer message: {e}", self.core.id());
@@ -741,18 +1111,19 @@ impl Handler<Propose> for Consensus {
     type Result = ();
 
     fn handle(&mut self, msg: Propose, ctx: &mut Self::Context) {
-        let proposed = if self.stopped {
-            Err(Refusal::Busy)
-        } else {
-            self.core.propose(msg.data).map_err(|e| self.refusal(e))
-        };
-        match proposed {
+        if self.stopped {
+            return msg.watcher.do_send(WatchFired(WatchOutcome::Refused(Refusal::Busy)));
+        }
+        if self.forward && self.core.role() != Role::Leader {
+            return self.forward_write(msg);
+        }
+        match self.core.propose(msg.data) {
             Ok((index, term)) => {
                 // The watch goes out before any ApplyEntries that could hold `index` (DESIGN.md).
                 self.applier.do_send(Watch { index, term, request_id: msg.request_id, watcher: msg.watcher });
                 self.drive_soon(ctx);
             }
-            Err(refusal) => msg.watcher.do_send(WatchFired(WatchOutcome::Refused(refusal))),
+            Err(e) => msg.watcher.do_send(WatchFired(WatchOutcome::Refused(self.refusal(e)))),
         }
     }
 }
@@ -761,16 +1132,24 @@ impl Handler<ReadIndex> for Consensus {
     type Result = ();
 
     fn handle(&mut self, msg: ReadIndex, ctx: &mut Self::Context) {
-        if self.stopped || self.reads.len() >= MAX_PENDING_READS {
+        if self.stopped || self.reads.len() + self.outbox.reads_len() >= MAX_PENDING_READS {
             return msg.reply_to.do_send(ReadDone::refused(Refusal::Busy));
+        }
+        let pending = PendingRead { command: msg.command, budget: msg.budget, reply_to: msg.reply_to };
+        if self.forward && self.core.role() != Role::Leader {
+            if let Err(refusal) = self.forward_target() {
+                return pending.reply_to.do_send(ReadDone::refused(refusal));
+            }
+            // Sent with every other read of this burst as one batch, at the end of the drive.
+            self.outbox.add_read(pending);
+            return self.drive_soon(ctx);
         }
         let read_ctx = self.next_read_ctx;
         if let Err(e) = self.core.read_index(read_ctx) {
-            return msg.reply_to.do_send(ReadDone::refused(self.refusal(e)));
+            return pending.reply_to.do_send(ReadDone::refused(self.refusal(e)));
         }
         self.next_read_ctx += 1;
-        let pending = PendingRead { command: msg.command, budget: msg.budget, reply_to: msg.reply_to };
-        self.reads.insert(read_ctx, pending);
+        self.reads.insert(read_ctx, ReadWaiter::Local(pending));
         self.drive_soon(ctx);
     }
 }
@@ -801,25 +1180,10 @@ impl Handler<Admin> for Consensus {
         if self.stopped {
             return msg.reply_to.do_send(AdminDone(refusal_to_reply(Refusal::Busy)));
         }
-        match msg.request {
-            AdminRequest::Change(ops) => match self.core.propose_change(ops) {
-                Ok((index, term)) => {
-                    log::info!("replica {}: membership change proposed at index {index}", self.core.id());
-                    self.change_waiters.push(ChangeWaiter { index, term, reply_to: msg.reply_to });
-                }
-                Err(e) => return msg.reply_to.do_send(AdminDone(self.change_refusal(e))),
-            },
-            AdminRequest::TransferLeader(to) => match self.core.transfer_leader(to) {
-                Ok(()) => self.transfer_waiters.push((to, msg.reply_to)),
-                Err(TransferError::NotLeader { .. }) => {
-                    return msg
-                        .reply_to
-                        .do_send(AdminDone(refusal_to_reply(Refusal::NotLeader(self.status.leader_hint()))))
-                }
-                Err(e) => return msg.reply_to.do_send(AdminDone(Reply::err(e))),
-            },
+        if self.forward && self.core.role() != Role::Leader {
+            return self.forward_admin(msg);
         }
-        self.drive_soon(ctx);
+        self.admin(ctx, msg.request, AdminReplyTo::Local(msg.reply_to));
     }
 }
 
@@ -829,5 +1193,25 @@ pub fn refusal_to_reply(r: Refusal) -> Reply {
         Refusal::NotLeader(addr) => Reply::Error(format!("NOTLEADER {addr}")),
         Refusal::Busy => Reply::Error("TRYAGAIN replica busy".into()),
         Refusal::Transferring => Reply::Error("TRYAGAIN leadership transfer in progress".into()),
+        Refusal::NoLeader => Reply::Error("TRYAGAIN no leader".into()),
+        Refusal::LeaderChanged => Reply::Error("TRYAGAIN leader changed; not proposed".into()),
+    }
+}
+
+/// How a leader tells a follower why it did not take a forwarded request.
+fn forward_refusal(r: &Refusal) -> ForwardRefusal {
+    match r {
+        Refusal::NotLeader(_) | Refusal::NoLeader | Refusal::LeaderChanged => ForwardRefusal::NotLeader,
+        Refusal::Busy => ForwardRefusal::Busy,
+        Refusal::Transferring => ForwardRefusal::Transferring,
+    }
+}
+
+/// What a follower makes of the leader's refusal.
+fn refusal_from(r: ForwardRefusal) -> Refusal {
+    match r {
+        ForwardRefusal::NotLeader => Refusal::LeaderChanged,
+        ForwardRefusal::Busy => Refusal::Busy,
+        ForwardRefusal::Transferring => Refusal::Transferring,
     }
 }

@@ -74,6 +74,9 @@ pub struct ReplicaConfig {
     pub max_clients: usize,
     /// Close a client connection idle this long with nothing in flight (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// A follower forwards writes, reads and admin requests to the leader (`--no-forward`
+    /// clears it: followers answer `-NOTLEADER addr`).
+    pub forward: bool,
     /// Seed of the election-timeout draws (`None`: from the clock), so a test's printed seed
     /// replays the same elections.
     pub seed: Option<u64>,
@@ -105,6 +108,7 @@ impl ReplicaConfig {
             wal_segment_bytes: crate::storage::wal::DEFAULT_SEGMENT_BYTES,
             max_clients: super::front_end::DEFAULT_MAX_CLIENTS,
             idle_timeout: None,
+            forward: true,
             seed: None,
         }
     }
@@ -376,6 +380,8 @@ impl Replica {
             status: status.clone(),
             tick: Duration::from_millis(config.tick_ms.max(1)),
             address_book: config.peers.clone(),
+            forward: config.forward,
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
         };
         let consensus = Consensus::new(parts);
         let consensus = Consensus::start_in_arbiter(&on_consensus, move |_| consensus);

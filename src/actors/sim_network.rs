@@ -59,6 +59,9 @@ struct NetState {
     members: BTreeMap<NodeId, Recipient<Inbound>>,
     /// Cut directed links (from, to).
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// Leaders' answers to forwarded requests are held back (not lost) while this is set.
+    hold_forward_answers: bool,
+    held: Vec<PeerFrame>,
     stats: SimStats,
 }
 
@@ -76,6 +79,8 @@ impl SimNetwork {
             faults,
             members: BTreeMap::new(),
             cut: BTreeSet::new(),
+            hold_forward_answers: false,
+            held: Vec::new(),
             stats: SimStats::default(),
         };
         SimNetwork { state: Arc::new(Mutex::new(state)) }
@@ -128,6 +133,27 @@ impl SimNetwork {
         self.lock().cut.insert((from, to));
     }
 
+    /// Holds back every answer a leader sends to a forwarded request until
+    /// [`release_forward_answers`](SimNetwork::release_forward_answers): the slow reply path
+    /// that lets a follower apply a forwarded entry before it learns where the entry went.
+    pub fn hold_forward_answers(&self) {
+        self.lock().hold_forward_answers = true;
+    }
+
+    /// Delivers the held answers and stops holding; returns how many there were.
+    pub fn release_forward_answers(&self) -> usize {
+        let held = {
+            let mut state = self.lock();
+            state.hold_forward_answers = false;
+            std::mem::take(&mut state.held)
+        };
+        let count = held.len();
+        for frame in held {
+            self.deliver(frame);
+        }
+        count
+    }
+
     /// Restores every link.
     pub fn heal(&self) {
         self.lock().cut.clear();
@@ -143,6 +169,10 @@ impl SimNetwork {
         let mut state = self.lock();
         if matches!(&frame, PeerFrame::Raft(m) if matches!(m.body, MessageBody::Heartbeat { .. })) {
             state.stats.heartbeats += 1;
+        }
+        if state.hold_forward_answers && matches!(frame, PeerFrame::ForwardAnswer { .. }) {
+            state.held.push(frame);
+            return;
         }
         let faults = state.faults;
         if state.cut.contains(&(from, to))

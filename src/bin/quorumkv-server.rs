@@ -69,6 +69,9 @@ struct ReplicaArgs {
     /// With --join: stay a learner (get the log, never vote).
     #[arg(long, requires = "join")]
     learner: bool,
+    /// Do not forward to the leader: a follower answers writes and reads "-NOTLEADER addr".
+    #[arg(long)]
+    no_forward: bool,
 }
 
 /// File descriptors kept for each replica's own use (WAL, snapshots, peer links and listener).
@@ -171,6 +174,7 @@ fn replica_config(args: &ReplicaArgs) -> Result<ReplicaConfig, String> {
     config.heartbeat_ms = args.heartbeat_ms;
     config.max_clients = args.max_clients;
     config.idle_timeout = idle_timeout(args);
+    config.forward = !args.no_forward;
     Ok(config)
 }
 
@@ -206,6 +210,7 @@ fn local_configs(
         config.heartbeat_ms = template.heartbeat_ms;
         config.max_clients = template.max_clients;
         config.idle_timeout = idle_timeout(template);
+        config.forward = !template.no_forward;
         configs.push(config);
     }
     Ok(configs)

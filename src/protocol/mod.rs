@@ -2,6 +2,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod forwarding;
 pub mod peer_wire;
 pub mod raft;
 pub mod request;

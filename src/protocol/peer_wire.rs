@@ -1,15 +1,17 @@
 //! Frames between replicas: a 4-byte big-endian length, then one encoded value.
 //!
 //! The first frame on a connection is a [`Handshake`]; every later one is a [`PeerFrame`]: a Raft
-//! message, or a piece of a snapshot transfer (snapshots travel in bounded chunks beside Raft).
+//! message, a piece of a snapshot transfer (snapshots travel in bounded chunks beside Raft), or a
+//! client request a follower forwards to the leader and the leader's answer.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::codec::{self, CodecError};
 use super::raft::{Message, NodeId, SnapshotMeta};
+use super::request::AdminRequest;
 
 /// Version of the peer protocol; a peer speaking another version is refused.
-pub const PEER_PROTOCOL_VERSION: u32 = 1;
+pub const PEER_PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame payload accepted from a peer, in bytes (one maximal value plus headroom).
 pub const MAX_FRAME_BYTES: usize = 40 * 1024 * 1024;
@@ -54,6 +56,49 @@ pub struct SnapshotChunk {
     pub data: Vec<u8>,
 }
 
+/// A client request a follower hands to the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Forwarded {
+    /// Propose this encoded proposal; answered [`ForwardAnswer::Proposed`] with where it went.
+    Propose(Vec<u8>),
+    /// Confirm leadership and give a read index for the reads the follower holds.
+    ReadIndex,
+    /// Change the membership or hand leadership over.
+    Admin(AdminRequest),
+}
+
+/// Why the leader did not take a forwarded request (nothing was appended).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardRefusal {
+    /// The receiver is not the leader (any more).
+    NotLeader,
+    /// Too much is waiting on the leader.
+    Busy,
+    /// The leader is handing leadership over.
+    Transferring,
+}
+
+/// The leader's answer to a [`Forwarded`] request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardAnswer {
+    /// The proposal was appended at `index` in `term`; the follower watches that position.
+    Proposed {
+        /// Log index.
+        index: u64,
+        /// The leader's term.
+        term: u64,
+    },
+    /// Leadership was confirmed after the request arrived; serve the reads once `index` is applied.
+    ReadIndex(u64),
+    /// The admin request took effect; for a membership change, once the follower has applied
+    /// `index` it answers `+OK` (0: answer at once).
+    AdminDone(u64),
+    /// The request was taken but failed; answer the client this error line.
+    Failed(String),
+    /// The request was not taken.
+    Refused(ForwardRefusal),
+}
+
 /// What travels between peers after the handshake.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerFrame {
@@ -73,6 +118,30 @@ pub enum PeerFrame {
         /// Bytes held so far.
         received: u64,
     },
+    /// A client request forwarded by a follower to the leader it knows.
+    Forward {
+        /// The follower.
+        from: NodeId,
+        /// The leader.
+        to: NodeId,
+        /// Identifies the follower's run (so ids of a restarted follower are not taken for repeats).
+        run: u64,
+        /// The follower's id for this request, increasing within a run; the answer carries it.
+        id: u64,
+        /// The request.
+        request: Forwarded,
+    },
+    /// The leader's answer to a [`PeerFrame::Forward`].
+    ForwardAnswer {
+        /// The leader.
+        from: NodeId,
+        /// The follower.
+        to: NodeId,
+        /// The forward's id.
+        id: u64,
+        /// What became of it.
+        answer: ForwardAnswer,
+    },
 }
 
 impl PeerFrame {
@@ -81,7 +150,9 @@ impl PeerFrame {
         match self {
             PeerFrame::Raft(m) => m.from,
             PeerFrame::SnapshotChunk(c) => c.from,
-            PeerFrame::SnapshotAck { from, .. } => *from,
+            PeerFrame::SnapshotAck { from, .. }
+            | PeerFrame::Forward { from, .. }
+            | PeerFrame::ForwardAnswer { from, .. } => *from,
         }
     }
 
@@ -90,7 +161,9 @@ impl PeerFrame {
         match self {
             PeerFrame::Raft(m) => m.to,
             PeerFrame::SnapshotChunk(c) => c.to,
-            PeerFrame::SnapshotAck { to, .. } => *to,
+            PeerFrame::SnapshotAck { to, .. }
+            | PeerFrame::Forward { to, .. }
+            | PeerFrame::ForwardAnswer { to, .. } => *to,
         }
     }
 }

@@ -52,7 +52,7 @@ pub enum ClientRequest {
 }
 
 /// A request that changes who is in the cluster or who leads it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AdminRequest {
     /// `MEMBER ADD|PROMOTE|REMOVE|CHANGE`: the steps of one change.
     Change(Vec<ChangeOp>),

@@ -6,3 +6,21 @@ pub mod kv_suite;
 pub mod linearizability;
 pub mod raft_net;
 pub mod resp_conn;
+
+use std::time::{Duration, Instant};
+
+/// Polls `done` until it holds, failing with `what` and its last view once `timeout` passes.
+pub fn wait_until<T: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> Result<(), T>,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match done() {
+            Ok(()) => return,
+            Err(view) => assert!(Instant::now() < deadline, "{what} not within {timeout:?}: {view:?}"),
+        }
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+}
