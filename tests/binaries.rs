@@ -737,3 +737,62 @@ fn a_replica_joins_the_leader_moves_and_a_removed_member_exits_0() {
         }
     }
 }
+
+/// Runs a tool from Debian's redis-tools (`.ci/run` installs them).
+fn redis_tool(tool: &str, args: &[&str]) -> Output {
+    Command::new(tool).args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run {tool} ({e}): install redis-tools (apt-get install redis-tools), as .ci/run does")
+    })
+}
+
+#[test]
+fn redis_cli_and_redis_benchmark_work_against_every_follower() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Layout { client, args, .. } = layout(dir.path(), "forwarding");
+    let mut servers: Vec<Child> =
+        (0..3).map(|i| spawn_server(&args[i], &dir.path().join(format!("log{}", i + 1)))).collect();
+    let leader = wait_for("a leader", || {
+        (0..3).find(|&i| info_field(&client[i], "role").as_deref() == Some("leader"))
+    });
+    for (n, addr) in client.iter().enumerate().filter(|&(i, _)| i != leader) {
+        let (host, port) = addr.split_once(':').expect("host:port");
+        let rcli = |command: &[&str]| {
+            let mut full = vec!["-h", host, "-p", port];
+            full.extend_from_slice(command);
+            let out = redis_tool("redis-cli", &full);
+            assert!(out.status.success(), "redis-cli {command:?}: {out:?}");
+            stdout(&out)
+        };
+        let key = format!("f{n}");
+        assert_eq!(rcli(&["set", &key, "v"]), "OK");
+        assert_eq!(rcli(&["get", &key]), "v");
+        assert_eq!(rcli(&["append", &key, "w"]), "2");
+        assert_eq!(rcli(&["exists", &key, "nope"]), "1");
+        assert_eq!(rcli(&["rawput", "write", "r", "x"]), "OK");
+        assert_eq!(rcli(&["rawget", "write", "r"]), "x");
+        assert_eq!(rcli(&["rawscan", "write", "", "5"]), "r\nx");
+        assert_eq!(rcli(&["rawdelete", "write", "r"]), "1");
+        assert_eq!(rcli(&["del", &key]), "1");
+        assert_eq!(rcli(&["get", &key]), "");
+        assert_eq!(rcli(&["ping"]), "PONG");
+        assert_eq!(rcli(&["member", "list"]).lines().count(), 3);
+        // redis-benchmark's SET and GET, pipelined, against this follower alone: no errors.
+        let out = redis_tool(
+            "redis-benchmark",
+            &["-h", host, "-p", port, "-t", "set,get", "-n", "2000", "-c", "8", "-P", "4", "-q"],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "redis-benchmark: {text}");
+        assert!(text.contains("SET:") && text.contains("GET:"), "redis-benchmark: {text}");
+        assert!(!text.contains("ERR") && !text.contains("NOTLEADER") && !text.contains("TRYAGAIN"), "{text}");
+        // Everything redis-benchmark wrote is in the replicated state: read it on the leader.
+        let out = cli(&client[leader], &["get", "key:__rand_int__"]);
+        // (redis-benchmark's default value: 3 bytes.)
+        let value = stdout(&out);
+        assert!(value.starts_with('"') && value.len() == 5, "redis-benchmark's SET through a follower: {out:?}");
+    }
+    for server in &mut servers {
+        kill(server);
+    }
+}

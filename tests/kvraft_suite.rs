@@ -406,3 +406,25 @@ fn nemesis_long() {
         Some(SNAPSHOT_THRESHOLD),
     );
 }
+
+// Any replica serves any client: clerks pinned to one replica each, never redirected, so every
+// follower forwards writes and confirms reads with the leader, under partitions and crashes.
+#[test]
+fn pinned_clerks_partitions() {
+    run_generic(&Spec {
+        partitions: true,
+        pinned: true,
+        random_keys: true,
+        ..Spec::new("pinned clerks, partitions", 5, 5)
+    });
+}
+
+#[test]
+fn pinned_clerks_crashes_unreliable() {
+    run_generic(&Spec {
+        crash_during_round: true,
+        unreliable: true,
+        pinned: true,
+        ..Spec::new("pinned clerks, crashes, unreliable", 3, 6)
+    });
+}

@@ -236,6 +236,9 @@ pub struct Spec {
     pub random_keys: bool,
     /// Snapshot threshold (small values force snapshots and InstallSnapshot).
     pub snapshot_threshold: Option<u64>,
+    /// Each clerk talks to one replica only (clerk n to replica n mod replicas), never
+    /// redirected: followers must forward.
+    pub pinned: bool,
     /// Rounds.
     pub rounds: u32,
     /// Length of a round.
@@ -257,6 +260,7 @@ impl Spec {
             crash_during_round: false,
             random_keys: false,
             snapshot_threshold: None,
+            pinned: false,
             rounds: if long { 5 } else { 3 },
             round_ms: if long { 5000 } else { 1500 },
         }
@@ -298,9 +302,11 @@ pub fn run_generic(spec: &Spec) {
         let servers = cluster.servers();
         let clerks: Vec<JoinHandle<Result<ClerkLog, ClerkError>>> = (0..spec.clients)
             .map(|n| {
+                let servers =
+                    if spec.pinned { vec![servers[n % servers.len()].clone()] } else { servers.clone() };
                 let clerk = Clerk::new(
                     clerk_id(),
-                    servers.clone(),
+                    servers,
                     spec.unreliable,
                     seed ^ u64::from(round),
                     history.clone(),
