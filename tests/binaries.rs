@@ -790,7 +790,10 @@ fn redis_cli_and_redis_benchmark_work_against_every_follower() {
         let out = cli(&client[leader], &["get", "key:__rand_int__"]);
         // (redis-benchmark's default value: 3 bytes.)
         let value = stdout(&out);
-        assert!(value.starts_with('"') && value.len() == 5, "redis-benchmark's SET through a follower: {out:?}");
+        assert!(
+            value.starts_with('"') && value.len() == 5,
+            "redis-benchmark's SET through a follower: {out:?}"
+        );
     }
     for server in &mut servers {
         kill(server);

@@ -200,3 +200,21 @@ fn bench_runs_for_a_duration() {
     // Generous: the run stops at its duration, not at some default op count.
     assert!(report["elapsed_secs"].as_f64().is_some_and(|secs| (0.3..10.0).contains(&secs)), "{report}");
 }
+
+#[test]
+fn bench_spread_puts_connections_on_every_server() {
+    let servers: Vec<FakeServer> = (0..3).map(|_| FakeServer::replying(kv_store())).collect();
+    let list = servers.iter().map(|s| s.addr.clone()).collect::<Vec<_>>().join(",");
+    let output = run(&list, &["bench", "--ops", "300", "--clients", "6", "--spread", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["config"]["spread"], true);
+    let counts: Vec<usize> = servers.iter().map(|s| s.request_count()).collect();
+    assert_eq!(counts.iter().sum::<usize>(), 300);
+    assert!(counts.iter().all(|&c| c > 0), "every server gets a share: {counts:?}");
+    // Without --spread every connection starts (and, answered, stays) at the first server.
+    let output = run(&list, &["bench", "--ops", "60", "--clients", "6", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let after: Vec<usize> = servers.iter().map(|s| s.request_count()).collect();
+    assert_eq!((after[0] - counts[0], after[1] - counts[1], after[2] - counts[2]), (60, 0, 0));
+}

@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the text summary.
     #[arg(long)]
     pub json: bool,
+    /// Spread the connections over all servers (client i starts at server i mod N), instead of
+    /// all starting at the first; with forwarding every replica serves its share.
+    #[arg(long)]
+    pub spread: bool,
 }
 
 fn parse_ratio(text: &str) -> Result<f64, String> {
@@ -231,7 +235,12 @@ impl Shared<'_> {
 /// One client thread: its own connection, its own key picks, its own histograms.
 fn client_thread(shared: &Shared<'_>, thread_index: u64) -> Stats {
     let mut stats = Stats::new();
-    let mut client = match Client::new(shared.config.clone()) {
+    let mut config = shared.config.clone();
+    if shared.args.spread {
+        let n = config.servers.len().max(1);
+        config.servers.rotate_left(thread_index as usize % n);
+    }
+    let mut client = match Client::new(config) {
         Ok(client) => client,
         Err(error) => {
             stats.first_error = Some(error.to_string());
@@ -369,6 +378,7 @@ fn report(args: &BenchArgs, config: &ClientConfig, total: &Stats, elapsed: Durat
             "value_size_bytes": args.value_size_bytes,
             "keys": args.keys,
             "write_ratio": args.write_ratio,
+            "spread": args.spread,
             "ops": args.duration_secs.is_none().then(|| args.ops.unwrap_or(DEFAULT_OPS)),
             "duration_secs": args.duration_secs,
         },
