@@ -150,8 +150,6 @@ impl Scenario {
     }
 }
 
-/// Polls `done` until it holds, failing with `what` (and the last view) past `timeout`.
-
 fn words(w: &[&str]) -> Vec<String> {
     w.iter().map(|s| s.to_string()).collect()
 }
