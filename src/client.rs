@@ -12,8 +12,10 @@
 //!
 //! - on `-NOTLEADER host:port` goes to that server (adding it to the list if it is new);
 //! - on `-NOTLEADER ?`, a connection error, a timeout or an unparsable reply, goes to the next server;
-//! - on `-TRYAGAIN ...` retries after a jittered back-off that doubles from [`RETRY_BACKOFF_MIN_MS`]
-//!   to [`RETRY_BACKOFF_MAX_MS`];
+//! - on `-TRYAGAIN ...` retries on the next server after a jittered back-off that doubles from
+//!   [`RETRY_BACKOFF_MIN_MS`] to [`RETRY_BACKOFF_MAX_MS`] (with forwarding any replica serves, and
+//!   the one that answered may be cut off from the leader; with redirects the next one points
+//!   back to the leader);
 //! - after a whole round of servers without a leader, backs off the same way, so a cluster in the
 //!   middle of an election is not hammered.
 //!
@@ -598,6 +600,7 @@ impl Client {
                     Outcome::TryAgain => {
                         last_error = format!("{}: {reply:?}", self.servers[server]);
                         backoff.wait(&mut self.rng, deadline);
+                        server = self.next_server(server);
                         misses = 0;
                     }
                 },

@@ -268,3 +268,16 @@ fn pipeline_follows_a_redirect_for_the_whole_batch() {
     assert_eq!(leader.requests(), vec![args("REQ 77 1 SET a 1"), args("GET a")]);
     assert_eq!(client.current_server(), leader.addr);
 }
+
+#[test]
+fn tryagain_moves_the_retry_to_the_next_server() {
+    // With forwarding, a replica cut off from the leader answers -TRYAGAIN for as long as it is
+    // cut off; the next server serves.
+    let cut_off = FakeServer::replying(|_| Reply::Error("TRYAGAIN no leader".into()));
+    let healthy = FakeServer::replying(kv_store());
+    let mut client = client(&[&cut_off.addr, &healthy.addr]);
+    assert_eq!(client.append(b"k", b"abc").expect("append"), 3);
+    assert_eq!(cut_off.requests(), vec![args("REQ 77 1 APPEND k abc")]);
+    assert_eq!(healthy.requests(), vec![args("REQ 77 1 APPEND k abc")]);
+    assert_eq!(client.current_server(), healthy.addr);
+}

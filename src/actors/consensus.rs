@@ -709,11 +709,16 @@ impl Consensus {
         }
     }
 
-    /// Remembers which leader the outbox's forwards go to (a change abandons them).
+    /// Follows the leader the core knows now: whatever was forwarded to an earlier one is
+    /// abandoned (its answer may never come, and a new leader knows nothing of it).
     fn note_forward_target(&mut self) {
         let now = (self.core.term(), self.core.leader());
-        if self.outbox.is_empty() {
+        if now != self.forwarded_to {
             self.forwarded_to = now;
+            let gone = self.outbox.leader_changed();
+            if !gone.is_empty() {
+                self.abandon(gone, "leader changed");
+            }
         }
     }
 
@@ -723,12 +728,7 @@ impl Consensus {
         if self.outbox.is_empty() {
             return;
         }
-        let now = (self.core.term(), self.core.leader());
-        if now != self.forwarded_to {
-            self.forwarded_to = now;
-            let gone = self.outbox.leader_changed();
-            self.abandon(gone, "leader changed");
-        }
+        self.note_forward_target();
         if let Some(id) = self.outbox.send_reads(self.ticks) {
             match self.forward_target() {
                 Ok(leader) if self.core.role() != Role::Leader => {
