@@ -85,7 +85,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     for (seq, task) in tasks.into_iter().enumerate() {
-        Waiter::new(seq as u64, task, consensus.clone(), printer.clone(), timeout).start();
+        Waiter::new(seq as u64, task, consensus.clone(), printer.clone(), timeout, Default::default())
+            .start();
         // One at a time, so the read sees both writes (waiters in flight may finish in any order).
         done.recv().await.ok_or("printer stopped")?;
     }

@@ -58,9 +58,6 @@ pub const RETRY_BACKOFF_MAX_MS: u64 = 500;
 pub const MAX_KNOWN_SERVERS: usize = 64;
 /// Bytes asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
-/// The commands that change state, upper case: sent with a `REQ` session tag.
-const WRITE_COMMANDS: [&[u8]; 5] = [b"SET", b"APPEND", b"DEL", b"RAWPUT", b"RAWDELETE"];
-
 /// A key and its value, as RAWSCAN returns them.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
@@ -130,9 +127,10 @@ pub enum ClientError {
     Invalid(String),
 }
 
-/// True for the command names the client tags with `REQ` (SET, APPEND, DEL, RAWPUT, RAWDELETE).
+/// True for the command names the client tags with `REQ`: the data commands that write (the
+/// command table's `write` flag).
 pub fn is_write_command(name: &[u8]) -> bool {
-    WRITE_COMMANDS.iter().any(|write| name.eq_ignore_ascii_case(write))
+    crate::protocol::command_table::lookup(name).is_some_and(|spec| spec.flags.contains(&"write"))
 }
 
 /// A random client id from std alone: time, process id and a per-process counter hashed with a
@@ -669,10 +667,13 @@ mod tests {
 
     #[test]
     fn write_commands_are_recognised_by_name_in_any_case() {
-        for name in ["SET", "set", "Append", "del", "RAWPUT", "rawdelete"] {
+        for name in ["SET", "set", "Append", "del", "RAWPUT", "rawdelete", "incr", "MSET", "setver", "expire"]
+        {
             assert!(is_write_command(name.as_bytes()), "{name}");
         }
-        for name in ["GET", "EXISTS", "RAWGET", "RAWSCAN", "INFO", "PING", "REQ", "SETX"] {
+        for name in
+            ["GET", "EXISTS", "RAWGET", "RAWSCAN", "INFO", "PING", "REQ", "SETX", "MEMBER", "EXEC", "MGET"]
+        {
             assert!(!is_write_command(name.as_bytes()), "{name}");
         }
     }

@@ -88,7 +88,7 @@ fn client_port_limits_answer_errors_and_keep_the_connection() {
             quorumkv::protocol::resp::encode_request(&args, &mut out);
             out
         }),
-        ("unknown command", b"FLUSHALL\r\n".to_vec()),
+        ("unknown command", b"NOSUCHCOMMAND\r\n".to_vec()),
         ("wrong arity", b"GET\r\n".to_vec()),
         ("unknown column family", b"RAWGET nope k\r\n".to_vec()),
     ];

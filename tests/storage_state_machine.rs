@@ -194,7 +194,7 @@ fn a_scan_reply_is_bounded_in_bytes_and_its_size_is_known_before_copying() {
     let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
     assert!(bytes <= MAX_SCAN_REPLY_BYTES && pairs.len() < 40, "{} pairs, {bytes} bytes", pairs.len());
     assert_eq!(pairs.len(), MAX_SCAN_REPLY_BYTES / (1024 * 1024 + 3));
-    assert_eq!(sm.read_reply_bytes(&scan), bytes);
+    assert_eq!(sm.read_reply_bytes(&scan, 0), bytes);
     // A client goes on from after the last key and gets the rest.
     let next = pairs.last().map(|(k, _)| [k.as_slice(), b"\0"].concat()).expect("a pair");
     let rest = Command::Scan { cf: ColumnFamily::Write, start: next, limit: 10_000 };
@@ -202,7 +202,7 @@ fn a_scan_reply_is_bounded_in_bytes_and_its_size_is_known_before_copying() {
     assert_eq!(pairs.len() + more.len(), 40);
     // The size of a one-pair scan and of a GET, as answered.
     let small = Command::Scan { cf: ColumnFamily::Write, start: b"k39".to_vec(), limit: 1 };
-    assert_eq!(sm.read_reply_bytes(&small), 1024 * 1024 + 3);
+    assert_eq!(sm.read_reply_bytes(&small, 0), 1024 * 1024 + 3);
     let get = Command::Get { cf: ColumnFamily::Write, key: b"k00".to_vec() };
-    assert_eq!(sm.read_reply_bytes(&get), 1024 * 1024);
+    assert_eq!(sm.read_reply_bytes(&get, 0), 1024 * 1024);
 }

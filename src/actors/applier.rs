@@ -10,7 +10,7 @@ use super::snapshotter::{SaveState, SavedSnapshot, Snapshotter};
 use super::status::StatusBoard;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
 use crate::protocol::codec;
-use crate::protocol::command::{Command, CommandResult, Proposal};
+use crate::protocol::command::{decode_entry, Command, CommandResult};
 use crate::protocol::raft::{ConfChange, Entry, EntryKind, SnapshotMeta};
 use crate::protocol::watch::{watch_verdict, Applied, WatchKey, WatchVerdict};
 use crate::storage::StateMachine;
@@ -70,6 +70,8 @@ pub struct ServeRead {
     pub budget: Arc<ReplyBudget>,
     /// Who to answer.
     pub reply_to: Recipient<ReadDone>,
+    /// The read's time (milliseconds): the leader's clock once the read index was confirmed.
+    pub now_ms: u64,
 }
 
 /// Watches of terms below `0` can no longer be seen through by this replica: settle them as unknown.
@@ -133,6 +135,11 @@ impl Applier {
     fn publish(&self) {
         let engine = self.state.engine();
         self.status.publish_applied(self.state.applied_index(), engine.len() as u64, engine.digest());
+        let (expiring, earliest, mean) = self.state.expiring();
+        let clock = self.state.clock_ms();
+        let avg_ttl_ms = mean.map_or(0, |m| m.saturating_sub(clock));
+        self.status.publish_clock(clock, expiring as u64, earliest, avg_ttl_ms);
+        self.status.publish_data_bytes(engine.approximate_size_bytes());
     }
 
     /// Settles every watch at or below `index` by the waiter's success rule ([`watch_verdict`]).
@@ -173,9 +180,9 @@ impl Applier {
             self.state.apply_empty(entry.index);
             (0, None)
         } else {
-            match codec::decode::<Proposal>(&entry.data) {
-                Ok(proposal) => {
-                    let result = self.state.apply(entry.index, &proposal);
+            match decode_entry(&entry.data) {
+                Ok((stamp, proposal)) => {
+                    let result = self.state.apply_stamped(entry.index, stamp, &proposal);
                     if let Some(results) = self.expected.get_mut(&proposal.request_id) {
                         if results.len() < MAX_RESULTS_PER_EXPECTATION {
                             results.push((entry.index, entry.term, result.clone()));
@@ -315,9 +322,9 @@ impl Handler<ServeRead> for Applier {
     fn handle(&mut self, msg: ServeRead, _ctx: &mut Self::Context) {
         // Reserved before the value is copied out, so a client that does not read its replies
         // cannot make the applier copy more than its budget.
-        let bytes = self.state.read_reply_bytes(&msg.command);
+        let bytes = self.state.read_reply_bytes(&msg.command, msg.now_ms);
         let done = if msg.budget.try_reserve(bytes) {
-            ReadDone { result: Ok(self.state.read(&msg.command)), reserved: bytes }
+            ReadDone { result: Ok(self.state.read_at(&msg.command, msg.now_ms)), reserved: bytes }
         } else {
             ReadDone::failed("the connection's reply buffer is full; it is being closed")
         };

@@ -13,10 +13,17 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::byte_budget::ByteBudget;
 use super::consensus::Consensus;
+use super::registry::{ClientEntry, ClientRegistry, ScanCursors};
 use super::status::StatusBoard;
 use super::waiter::{Waiter, WaiterTask};
-use crate::protocol::request::{parse_client_request, ClientRequest};
+use crate::protocol::command::Command;
+use crate::protocol::request::{parse_client_request, ClientCommand, ClientRequest};
 use crate::protocol::resp::{ParseOutcome, Reply, RequestParser};
+
+/// Commands one MULTI may queue; one more is refused and the transaction aborts at EXEC.
+pub const MAX_QUEUED_COMMANDS: usize = 10_000;
+/// Bytes of arguments one MULTI may queue (its EXEC is one log entry).
+pub const MAX_QUEUED_BYTES: usize = crate::protocol::command::MAX_ENTRY_BYTES;
 
 /// Requests of one connection in flight (read, not yet answered) before reading pauses.
 pub const MAX_INFLIGHT_REQUESTS: usize = 1024;
@@ -80,6 +87,10 @@ pub struct ConnectionEnv {
     pub request_timeout: Duration,
     /// Close the connection once it has been idle this long with nothing in flight.
     pub idle_timeout: Option<Duration>,
+    /// Every live connection of this replica (CLIENT LIST).
+    pub clients: Arc<ClientRegistry>,
+    /// SCAN cursors this replica gave out.
+    pub cursors: Arc<ScanCursors>,
 }
 
 /// A waiter's result, for the connection that started it.
@@ -144,12 +155,30 @@ pub struct Connection {
     permits: BTreeMap<u64, OwnedSemaphorePermit>,
     /// Close once the reply with this sequence number is written.
     close_after: Option<u64>,
+    /// This connection in the registry.
+    client: Arc<ClientEntry>,
+    /// Between MULTI and EXEC/DISCARD: what is queued.
+    transaction: Option<Transaction>,
+    /// WATCHed keys, and the applied index when the first was watched.
+    watched: Vec<Vec<u8>>,
+    watch_point: u64,
+}
+
+/// A MULTI's queue.
+#[derive(Default)]
+struct Transaction {
+    commands: Vec<Command>,
+    bytes: usize,
+    /// A command was refused while queueing: EXEC answers -EXECABORT.
+    failed: bool,
 }
 
 impl Connection {
     /// A connection over `stream` for a replica described by `env`.
     pub fn new(stream: TcpStream, env: ConnectionEnv) -> Connection {
         let _ = stream.set_nodelay(true);
+        let addr_of = |a: std::io::Result<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        let client = env.clients.register(addr_of(stream.peer_addr()), addr_of(stream.local_addr()));
         let (reader, writer_half) = stream.into_split();
         Connection {
             env,
@@ -163,6 +192,10 @@ impl Connection {
             write_task: None,
             permits: BTreeMap::new(),
             close_after: None,
+            client,
+            transaction: None,
+            watched: Vec::new(),
+            watch_point: 0,
         }
     }
 
@@ -219,9 +252,21 @@ impl Connection {
     }
 
     fn start_request(&mut self, ctx: &mut Context<Self>, seq: u64, args: Vec<Vec<u8>>) {
+        self.client.touch();
+        let queued_bytes: usize = args.iter().map(Vec::len).sum();
         let request = match parse_client_request(args) {
             Ok(r) => r,
-            Err(e) => return self.complete(ctx, seq, e.to_reply()),
+            Err(e) => {
+                // As in Redis: a command refused while queueing dooms the transaction.
+                if let Some(transaction) = &mut self.transaction {
+                    transaction.failed = true;
+                }
+                return self.complete(ctx, seq, e.to_reply());
+            }
+        };
+        let request = match self.transaction_step(request, queued_bytes) {
+            Ok(request) => request,
+            Err(reply) => return self.complete(ctx, seq, reply),
         };
         let task = match request {
             ClientRequest::Ping(None) => return self.complete(ctx, seq, Reply::Simple("PONG".into())),
@@ -230,11 +275,44 @@ impl Connection {
                 self.close_after = Some(seq);
                 return self.complete(ctx, seq, Reply::ok());
             }
-            ClientRequest::Info(_) => {
-                let text = self.env.status.info_text();
+            ClientRequest::Info(section) => {
+                let text = self.env.status.info_text(section.as_deref(), self.env.clients.len());
                 return self.complete(ctx, seq, Reply::Bulk(Some(text.into_bytes())));
             }
             ClientRequest::Immediate(reply) => return self.complete(ctx, seq, reply),
+            ClientRequest::Client(command) => {
+                let reply = self.client_command(command);
+                return self.complete(ctx, seq, reply);
+            }
+            ClientRequest::Time => {
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let reply = Reply::Array(Some(vec![
+                    Reply::bulk(now.as_secs().to_string().into_bytes()),
+                    Reply::bulk(now.subsec_micros().to_string().into_bytes()),
+                ]));
+                return self.complete(ctx, seq, reply);
+            }
+            ClientRequest::Multi => {
+                self.transaction = Some(Transaction::default());
+                self.client.multi.store(0, Ordering::Relaxed);
+                return self.complete(ctx, seq, Reply::ok());
+            }
+            ClientRequest::Watch(keys) => {
+                if self.watched.is_empty() {
+                    // Anything written after this index was written after the WATCH (see dialect).
+                    self.watch_point = self.env.status.applied_index();
+                }
+                self.watched.extend(keys);
+                self.client.watching.store(self.watched.len(), Ordering::Relaxed);
+                return self.complete(ctx, seq, Reply::ok());
+            }
+            ClientRequest::Unwatch => {
+                self.unwatch();
+                return self.complete(ctx, seq, Reply::ok());
+            }
+            ClientRequest::Discard => return self.complete(ctx, seq, Reply::err("DISCARD without MULTI")),
+            ClientRequest::Exec => return self.complete(ctx, seq, Reply::err("EXEC without MULTI")),
             _ if self.env.status.is_removed() => {
                 return self.complete(ctx, seq, Reply::err("removed from the cluster"));
             }
@@ -244,7 +322,15 @@ impl Connection {
             }
             ClientRequest::Admin(request) => WaiterTask::Admin(request),
             ClientRequest::Write { session, command } => WaiterTask::Write { session, command },
-            ClientRequest::Read { command } => WaiterTask::Read(command, self.budget.clone()),
+            ClientRequest::Read { command } => {
+                WaiterTask::Read(with_random_start(command), self.budget.clone())
+            }
+            ClientRequest::Scan { cursor, pattern, count, kind } => match self.env.cursors.start_of(cursor) {
+                Some(start) => {
+                    WaiterTask::Read(Command::ScanKeys { start, pattern, count, kind }, self.budget.clone())
+                }
+                None => return self.complete(ctx, seq, Reply::err("invalid cursor")),
+            },
         };
         let waiter = Waiter::new(
             seq,
@@ -252,8 +338,121 @@ impl Connection {
             self.env.consensus.clone(),
             ctx.address().recipient(),
             self.env.request_timeout,
+            self.env.cursors.clone(),
         );
         waiter.start();
+    }
+
+    /// Inside MULTI, queues a data command (answering `+QUEUED`) and turns EXEC into the one write
+    /// that carries the queue; outside, and for what is never queued, hands the request back.
+    fn transaction_step(&mut self, request: ClientRequest, bytes: usize) -> Result<ClientRequest, Reply> {
+        if self.transaction.is_none() {
+            return Ok(request);
+        }
+        let request = match request {
+            ClientRequest::Exec => return self.exec(),
+            ClientRequest::Discard => {
+                self.transaction = None;
+                self.client.multi.store(-1, Ordering::Relaxed);
+                self.unwatch();
+                return Err(Reply::ok());
+            }
+            other => other,
+        };
+        let Some(transaction) = &mut self.transaction else { return Ok(request) };
+        let command = match request {
+            ClientRequest::Multi => return Err(Reply::err("MULTI calls can not be nested")),
+            ClientRequest::Watch(_) => return Err(Reply::err("WATCH inside MULTI is not allowed")),
+            ClientRequest::Quit => return Ok(ClientRequest::Quit),
+            ClientRequest::Write { command, .. } | ClientRequest::Read { command } => command,
+            ClientRequest::Scan { cursor, pattern, count, kind } => match self.env.cursors.start_of(cursor) {
+                Some(start) => Command::ScanKeys { start, pattern, count, kind },
+                None => {
+                    transaction.failed = true;
+                    return Err(Reply::err("invalid cursor"));
+                }
+            },
+            _ => {
+                transaction.failed = true;
+                return Err(Reply::err("this command cannot be queued in a transaction here"));
+            }
+        };
+        if transaction.commands.len() >= MAX_QUEUED_COMMANDS || transaction.bytes + bytes > MAX_QUEUED_BYTES {
+            transaction.failed = true;
+            return Err(Reply::err(format!(
+                "transaction too large (max {MAX_QUEUED_COMMANDS} commands, {MAX_QUEUED_BYTES} bytes)"
+            )));
+        }
+        transaction.commands.push(with_random_start(command));
+        transaction.bytes += bytes;
+        self.client.multi.store(transaction.commands.len() as i64, Ordering::Relaxed);
+        Err(Reply::Simple("QUEUED".into()))
+    }
+
+    /// EXEC: the queue and the watched keys as one write, or why not.
+    fn exec(&mut self) -> Result<ClientRequest, Reply> {
+        let transaction = self.transaction.take().unwrap_or_default();
+        self.client.multi.store(-1, Ordering::Relaxed);
+        let watched = std::mem::take(&mut self.watched);
+        self.client.watching.store(0, Ordering::Relaxed);
+        if transaction.failed {
+            return Err(Reply::Error("EXECABORT Transaction discarded because of previous errors.".into()));
+        }
+        if transaction.commands.is_empty() && watched.is_empty() {
+            return Err(Reply::Array(Some(Vec::new())));
+        }
+        let command =
+            Command::Exec { watched, watch_point: self.watch_point, commands: transaction.commands };
+        Ok(ClientRequest::Write { session: None, command })
+    }
+
+    fn unwatch(&mut self) {
+        self.watched.clear();
+        self.client.watching.store(0, Ordering::Relaxed);
+    }
+
+    fn client_command(&mut self, command: ClientCommand) -> Reply {
+        let mut names = match self.client.names.lock() {
+            Ok(names) => names,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match command {
+            ClientCommand::Id => Reply::Integer(self.client.id as i64),
+            ClientCommand::GetName if names.name.is_empty() => Reply::Bulk(None),
+            ClientCommand::GetName => Reply::bulk(names.name.clone().into_bytes()),
+            ClientCommand::SetName(name) => {
+                names.name = name;
+                Reply::ok()
+            }
+            ClientCommand::SetInfo { lib_name: true, value } => {
+                names.lib_name = value;
+                Reply::ok()
+            }
+            ClientCommand::SetInfo { lib_name: false, value } => {
+                names.lib_ver = value;
+                Reply::ok()
+            }
+            ClientCommand::Info => {
+                drop(names);
+                Reply::bulk((self.client.info_line() + "\n").into_bytes())
+            }
+            ClientCommand::List => {
+                drop(names);
+                Reply::bulk(self.env.clients.list().into_bytes())
+            }
+        }
+    }
+}
+
+/// RANDOMKEY starts looking at a random key; the replica serving it picks where.
+fn with_random_start(command: Command) -> Command {
+    match command {
+        Command::RandomKey { .. } => {
+            use std::hash::BuildHasher;
+            let from = std::collections::hash_map::RandomState::new().hash_one(0u8).to_be_bytes().to_vec();
+            Command::RandomKey { from }
+        }
+        other => other,
     }
 }
 
@@ -368,6 +567,10 @@ async fn write_loop(
 
 impl Actor for Connection {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.env.clients.remove(self.client.id);
+    }
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_REQUESTS));

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 
@@ -25,7 +25,7 @@ use super::snapshotter::{LoadLatest, SaveImage, SavedSnapshot, Snapshotter};
 use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
-use crate::protocol::command::Command;
+use crate::protocol::command::{encode_entry, stamp_entry, Command, Proposal};
 use crate::protocol::forwarding::{Abandoned, Freshness, Outbox, RepeatFilter};
 use crate::protocol::peer_wire::{
     ForwardAnswer, ForwardRefusal, Forwarded, PeerFrame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES,
@@ -43,6 +43,32 @@ use crate::storage::StateMachine;
 
 /// Reads waiting for confirmation before new ones are refused with `-TRYAGAIN`.
 pub const MAX_PENDING_READS: usize = 100_000;
+/// Most expired keys one reclaiming entry removes (it is one step of the applier on every replica).
+pub const MAX_RECLAIMED_PER_ENTRY: u64 = 1_000;
+/// How often a leader looks for expired keys to reclaim.
+const RECLAIM_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The leader's clock, stamped into entries and read answers: wall-clock milliseconds, never
+/// decreasing, never behind a clock this replica applied or was told by a leader.
+#[derive(Debug, Default)]
+struct StampClock {
+    /// The largest time handed out or observed.
+    last_ms: u64,
+}
+
+impl StampClock {
+    /// A time for an entry or a read, at least `floor_ms` (the applied clock).
+    fn stamp(&mut self, floor_ms: u64) -> u64 {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last_ms = self.last_ms.max(wall).max(floor_ms);
+        self.last_ms
+    }
+
+    /// Notes a time a leader handed out.
+    fn observe(&mut self, ms: u64) {
+        self.last_ms = self.last_ms.max(ms);
+    }
+}
 /// A snapshot chunk unanswered this long is sent again.
 pub const SNAPSHOT_RESEND_MS: u64 = 300;
 /// A snapshot transfer without progress this long is abandoned (Raft will ask again).
@@ -285,6 +311,12 @@ pub struct Consensus {
     forwarded_to: (u64, NodeId),
     /// On the leader: the forward ids taken from each follower.
     repeats: RepeatFilter,
+    /// Entry stamps and read times.
+    clock: StampClock,
+    /// The reclaiming entry proposed and not yet applied, as (index, term).
+    reclaim_in_flight: Option<(u64, u64)>,
+    /// Ticks between looks for expired keys.
+    reclaim_interval_ticks: u64,
 }
 
 impl Consensus {
@@ -326,6 +358,10 @@ impl Consensus {
                 + 1,
             outbox: Outbox::new(),
             forwarded_to: (0, 0),
+            clock: StampClock::default(),
+            reclaim_in_flight: None,
+            reclaim_interval_ticks: (RECLAIM_INTERVAL.as_millis() / parts.tick.as_millis().max(1)).max(1)
+                as u64,
             repeats: RepeatFilter::default(),
         }
     }
@@ -498,7 +534,12 @@ impl Consensus {
                 match self.reads.remove(&read.ctx) {
                     Some(ReadWaiter::Local(pending)) => self.serve(pending),
                     Some(ReadWaiter::Remote { follower, id }) => {
-                        self.answer_forward(follower, id, ForwardAnswer::ReadIndex(read.index))
+                        let clock_ms = self.clock.stamp(self.status.applied_clock_ms());
+                        self.answer_forward(
+                            follower,
+                            id,
+                            ForwardAnswer::ReadIndex { index: read.index, clock_ms },
+                        )
                     }
                     None => {}
                 }
@@ -775,7 +816,9 @@ impl Consensus {
                     self.applier.do_send(Watch { index, term, request_id, watcher });
                 }
             }
-            ForwardAnswer::ReadIndex(index) => {
+            ForwardAnswer::ReadIndex { index, clock_ms } => {
+                // Every read served from now on is judged at this time or later.
+                self.clock.observe(clock_ms);
                 self.outbox.confirm_reads(id, index);
                 for read in self.outbox.release_reads(self.core.log().applied()) {
                     self.serve(read);
@@ -824,9 +867,57 @@ impl Consensus {
     }
 
     /// Hands a read whose index this replica has applied to the applier (after those entries).
+    ///
+    /// Its time: on the leader, its clock now (after the read arrived, before it is answered);
+    /// on a follower, the latest time a leader confirmed a read index with, which is no earlier
+    /// than the confirmation of this read's own batch.
     fn serve(&mut self, read: PendingRead) {
         let PendingRead { command, budget, reply_to } = read;
-        self.applier.do_send(ServeRead { command, budget, reply_to });
+        let applied_clock = self.status.applied_clock_ms();
+        let now_ms = if self.core.role() == Role::Leader {
+            self.clock.stamp(applied_clock)
+        } else {
+            self.clock.last_ms.max(applied_clock)
+        };
+        self.applier.do_send(ServeRead { command, budget, reply_to, now_ms });
+    }
+
+    /// Stamps an entry about to be proposed with the leader's clock.
+    fn stamp(&mut self, mut data: Vec<u8>) -> Vec<u8> {
+        let now = self.clock.stamp(self.status.applied_clock_ms());
+        // An entry without the header (none of ours) is proposed as it is, unstamped.
+        stamp_entry(&mut data, now);
+        data
+    }
+
+    /// On the leader, now and then: proposes the removal of keys whose time to live has passed,
+    /// one bounded entry at a time, so every replica frees them at the same log position.
+    fn reclaim_expired(&mut self, ctx: &mut Context<Self>) {
+        if self.stopped || self.core.role() != Role::Leader {
+            self.reclaim_in_flight = None;
+            return;
+        }
+        if let Some((index, term)) = self.reclaim_in_flight {
+            if self.core.log().applied() < index && self.core.term() == term {
+                return;
+            }
+            self.reclaim_in_flight = None;
+        }
+        if !self.ticks.is_multiple_of(self.reclaim_interval_ticks) {
+            return;
+        }
+        let Some(earliest) = self.status.earliest_expiry_ms() else { return };
+        let now = self.clock.stamp(self.status.applied_clock_ms());
+        if earliest >= now {
+            return;
+        }
+        let command = Command::ReclaimExpired { limit: MAX_RECLAIMED_PER_ENTRY };
+        let Ok(data) = encode_entry(&Proposal { request_id: 0, session: None, command }) else { return };
+        let data = self.stamp(data);
+        if let Ok(position) = self.core.propose(data) {
+            self.reclaim_in_flight = Some(position);
+            self.drive_soon(ctx);
+        }
     }
 
     // ----- forwarding: the leader's side -----
@@ -850,6 +941,7 @@ impl Consensus {
         }
         match request {
             Forwarded::Propose(data) => {
+                let data = self.stamp(data);
                 let answer = match self.core.propose(data) {
                     Ok((index, term)) => ForwardAnswer::Proposed { index, term },
                     Err(e) => ForwardAnswer::Refused(forward_refusal(&self.refusal(e))),
@@ -1062,6 +1154,7 @@ impl Actor for Consensus {
             act.expire_forwards();
             act.core.tick();
             act.tick_transfers();
+            act.reclaim_expired(ctx);
             act.drive(ctx);
             // Just-removed members stop being sent to after a while, without a Ready. (A
             // membership change itself syncs the links in the drive that hands it out.)
@@ -1117,7 +1210,8 @@ impl Handler<Propose> for Consensus {
         if self.forward && self.core.role() != Role::Leader {
             return self.forward_write(msg);
         }
-        match self.core.propose(msg.data) {
+        let data = self.stamp(msg.data);
+        match self.core.propose(data) {
             Ok((index, term)) => {
                 // The watch goes out before any ApplyEntries that could hold `index` (DESIGN.md).
                 self.applier.do_send(Watch { index, term, request_id: msg.request_id, watcher: msg.watcher });

@@ -14,6 +14,7 @@ pub mod disk;
 pub mod front_end;
 pub mod peer_link;
 pub mod peer_listener;
+pub mod registry;
 pub mod replica;
 pub mod sim_network;
 pub mod snapshotter;

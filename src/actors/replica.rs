@@ -22,6 +22,7 @@ use super::consensus::{Consensus, ConsensusParts, StopConsensus};
 use super::disk::{CloseDisk, DiskWriter, Persist};
 use super::front_end::{FrontEnd, StopFrontEnd};
 use super::peer_listener::{PeerListener, StopListener};
+use super::registry::{ClientRegistry, ScanCursors};
 use super::snapshotter::{SavedSnapshot, Snapshotter};
 use super::status::StatusBoard;
 use super::transport::{TcpTransport, Transport};
@@ -401,6 +402,8 @@ impl Replica {
             status: status.clone(),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             idle_timeout: config.idle_timeout,
+            clients: Arc::new(ClientRegistry::default()),
+            cursors: Arc::new(ScanCursors::default()),
         };
         let front_end = FrontEnd::new(client_listener, env, config.max_clients).start();
         log::info!("replica {}: serving clients on {client_addr}, peers on {peer_addr}", config.id);

@@ -21,6 +21,18 @@ pub struct StatusBoard {
     log_bytes: AtomicU64,
     keys: AtomicU64,
     state_digest: AtomicU64,
+    /// The replicated clock at the applied index (milliseconds).
+    applied_clock_ms: AtomicU64,
+    /// Keys with a time to live.
+    expiring_keys: AtomicU64,
+    /// The earliest expiry of any key (u64::MAX: none).
+    earliest_expiry_ms: AtomicU64,
+    /// Mean time to live left of the keys that have one.
+    avg_ttl_ms: AtomicU64,
+    /// Bytes of keys and values stored.
+    data_bytes: AtomicU64,
+    /// When the replica started.
+    started: std::sync::OnceLock<std::time::Instant>,
     /// Client address of each member, learnt from configuration and peer handshakes.
     client_addrs: RwLock<BTreeMap<NodeId, String>>,
     /// Why consensus stopped, once it has (a failed disk write): the replica no longer takes part.
@@ -63,6 +75,8 @@ impl StatusBoard {
     /// A board for replica `id` whose own client address is `client_addr`.
     pub fn new(id: NodeId, client_addr: String) -> StatusBoard {
         let board = StatusBoard { id, ..StatusBoard::default() };
+        board.earliest_expiry_ms.store(u64::MAX, Ordering::Relaxed);
+        let _ = board.started.set(std::time::Instant::now());
         board.set_client_addr(id, client_addr);
         board
     }
@@ -83,6 +97,40 @@ impl StatusBoard {
         self.applied_index.store(applied_index, Ordering::Relaxed);
         self.keys.store(keys, Ordering::Relaxed);
         self.state_digest.store(state_digest, Ordering::Relaxed);
+    }
+
+    /// Publishes the applier's clock and what it knows of expiring keys.
+    pub fn publish_clock(
+        &self,
+        applied_clock_ms: u64,
+        expiring_keys: u64,
+        earliest_expiry_ms: Option<u64>,
+        avg_ttl_ms: u64,
+    ) {
+        self.avg_ttl_ms.store(avg_ttl_ms, Ordering::Relaxed);
+        self.applied_clock_ms.store(applied_clock_ms, Ordering::Relaxed);
+        self.expiring_keys.store(expiring_keys, Ordering::Relaxed);
+        self.earliest_expiry_ms.store(earliest_expiry_ms.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Publishes the bytes of keys and values the state holds.
+    pub fn publish_data_bytes(&self, bytes: u64) {
+        self.data_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The replicated clock at the applied index (milliseconds; 0 before any stamped entry).
+    pub fn applied_clock_ms(&self) -> u64 {
+        self.applied_clock_ms.load(Ordering::Relaxed)
+    }
+
+    /// Keys with a time to live, at the applied index.
+    pub fn expiring_keys(&self) -> u64 {
+        self.expiring_keys.load(Ordering::Relaxed)
+    }
+
+    /// The earliest expiry of any key at the applied index, if any key has one.
+    pub fn earliest_expiry_ms(&self) -> Option<u64> {
+        Some(self.earliest_expiry_ms.load(Ordering::Relaxed)).filter(|&t| t != u64::MAX)
     }
 
     /// Records that consensus stopped for `reason`: the replica neither leads nor follows any more.
@@ -201,41 +249,133 @@ impl StatusBoard {
         }
     }
 
-    /// INFO's text: `field:value` lines under a section header.
-    pub fn info_text(&self) -> String {
+    /// INFO's text for `section` (none, `all`, `default` or `everything`: every section):
+    /// `field:value` lines under `# Section` headers, as Redis lays them out, with our `raft` section.
+    /// `clients` is the number of live client connections.
+    pub fn info_text(&self, section: Option<&str>, clients: usize) -> String {
         let leader = self.leader();
         let leader_addr =
             if leader == 0 { String::new() } else { self.client_addr(leader).unwrap_or_default() };
         let membership = self.membership();
         let join = |ids: Vec<NodeId>| ids.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(",");
-        let members = join(membership.voter_ids());
+        let voters = membership.voter_ids();
+        let members = join(voters.clone());
         let learners = join(membership.learners.iter().copied().collect());
         let stop_reason = self.stop_reason();
-        let fields = [
-            ("id", self.id.to_string()),
-            ("role", self.role_name().to_string()),
-            ("term", self.term().to_string()),
-            ("leader_id", leader.to_string()),
-            ("leader_client_addr", leader_addr),
-            ("commit_index", self.commit_index().to_string()),
-            ("applied_index", self.applied_index().to_string()),
-            ("last_log_index", self.last_log_index.load(Ordering::Relaxed).to_string()),
-            ("snapshot_index", self.snapshot_index.load(Ordering::Relaxed).to_string()),
-            ("log_bytes", self.log_bytes.load(Ordering::Relaxed).to_string()),
-            ("members", members),
-            ("learners", learners),
-            ("keys", self.keys.load(Ordering::Relaxed).to_string()),
-            ("state_digest", format!("{:016x}", self.state_digest())),
-            ("consensus", if stop_reason.is_some() { "stopped" } else { "running" }.to_string()),
-            ("consensus_error", stop_reason.unwrap_or_default()),
+        let uptime = self.started.get().map_or(0, |s| s.elapsed().as_secs());
+        let used = self.data_bytes.load(Ordering::Relaxed);
+        let keys = self.keys.load(Ordering::Relaxed);
+        let expires = self.expiring_keys();
+        let sections: [(&str, Vec<(&str, String)>); 8] = [
+            (
+                "Server",
+                vec![
+                    ("redis_version", "7.2.0".to_string()),
+                    ("quorumkv_version", env!("CARGO_PKG_VERSION").to_string()),
+                    ("redis_mode", "standalone".to_string()),
+                    ("os", std::env::consts::OS.to_string()),
+                    ("arch_bits", (usize::BITS).to_string()),
+                    ("process_id", std::process::id().to_string()),
+                    ("uptime_in_seconds", uptime.to_string()),
+                    ("uptime_in_days", (uptime / 86_400).to_string()),
+                ],
+            ),
+            (
+                "Clients",
+                vec![("connected_clients", clients.to_string()), ("blocked_clients", "0".to_string())],
+            ),
+            (
+                "Memory",
+                vec![
+                    ("used_memory", used.to_string()),
+                    ("used_memory_human", human_bytes(used)),
+                    ("maxmemory", "0".to_string()),
+                    ("maxmemory_policy", "noeviction".to_string()),
+                ],
+            ),
+            (
+                "Persistence",
+                vec![
+                    ("loading", "0".to_string()),
+                    ("rdb_changes_since_last_save", "0".to_string()),
+                    ("aof_enabled", "0".to_string()),
+                    ("wal_enabled", "1".to_string()),
+                ],
+            ),
+            ("Stats", vec![("expired_keys_pending", self.expired_pending().to_string())]),
+            (
+                "Replication",
+                vec![
+                    ("role", self.role_name().to_string()),
+                    ("leader_id", leader.to_string()),
+                    ("leader_client_addr", leader_addr),
+                    ("connected_slaves", voters.len().saturating_sub(1).to_string()),
+                    ("members", members),
+                    ("learners", learners),
+                ],
+            ),
+            (
+                "Raft",
+                vec![
+                    ("id", self.id.to_string()),
+                    ("term", self.term().to_string()),
+                    ("commit_index", self.commit_index().to_string()),
+                    ("applied_index", self.applied_index().to_string()),
+                    ("last_log_index", self.last_log_index.load(Ordering::Relaxed).to_string()),
+                    ("snapshot_index", self.snapshot_index.load(Ordering::Relaxed).to_string()),
+                    ("log_bytes", self.log_bytes.load(Ordering::Relaxed).to_string()),
+                    ("keys", keys.to_string()),
+                    ("state_digest", format!("{:016x}", self.state_digest())),
+                    ("applied_clock_ms", self.applied_clock_ms().to_string()),
+                    ("consensus", if stop_reason.is_some() { "stopped" } else { "running" }.to_string()),
+                    ("consensus_error", stop_reason.unwrap_or_default()),
+                ],
+            ),
+            (
+                "Keyspace",
+                if keys == 0 {
+                    Vec::new()
+                } else {
+                    let avg_ttl = self.avg_ttl_ms.load(Ordering::Relaxed);
+                    vec![("db0", format!("keys={keys},expires={expires},avg_ttl={avg_ttl}"))]
+                },
+            ),
         ];
-        let mut out = String::from("# Replication\r\n");
-        for (k, v) in fields {
-            out.push_str(k);
-            out.push(':');
-            out.push_str(&v);
-            out.push_str("\r\n");
+        let wanted = section.map(str::to_ascii_lowercase);
+        let all = matches!(wanted.as_deref(), None | Some("all" | "default" | "everything"));
+        let mut out = String::new();
+        for (name, fields) in sections {
+            if !all && wanted.as_deref() != Some(name.to_ascii_lowercase().as_str()) {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push_str("\r\n");
+            }
+            out.push_str(&format!("# {name}\r\n"));
+            for (k, v) in fields {
+                out.push_str(k);
+                out.push(':');
+                out.push_str(&v);
+                out.push_str("\r\n");
+            }
         }
         out
     }
+
+    /// Keys whose time to live has passed at the applied clock but that are not reclaimed yet
+    /// (an estimate: 1 if the earliest expiry has passed, else 0).
+    fn expired_pending(&self) -> u64 {
+        u64::from(self.earliest_expiry_ms().is_some_and(|at| at < self.applied_clock_ms()))
+    }
+}
+
+/// Bytes as Redis's `_human` fields print them (`1.50M`).
+fn human_bytes(bytes: u64) -> String {
+    let units = [("G", 1u64 << 30), ("M", 1 << 20), ("K", 1 << 10)];
+    for (unit, size) in units {
+        if bytes >= size {
+            return format!("{:.2}{unit}", bytes as f64 / size as f64);
+        }
+    }
+    format!("{bytes}B")
 }

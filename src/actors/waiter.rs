@@ -8,8 +8,8 @@ use actix::prelude::*;
 
 use super::connection::{ReplyBudget, WaiterDone};
 use super::consensus::{refusal_to_reply, Admin, AdminDone, Consensus, Propose, ReadIndex, Refusal};
-use crate::protocol::codec;
-use crate::protocol::command::{Command, CommandResult, Proposal, SessionTag};
+use super::registry::ScanCursors;
+use crate::protocol::command::{encode_entry, Command, CommandResult, Proposal, SessionTag, MAX_ENTRY_BYTES};
 use crate::protocol::request::AdminRequest;
 use crate::protocol::resp::Reply;
 
@@ -88,6 +88,8 @@ pub struct Waiter {
     done: bool,
     /// Bytes reserved for the reply (released by the connection once written).
     reserved: usize,
+    /// Where SCAN pages that go on get their cursor.
+    cursors: Arc<ScanCursors>,
 }
 
 fn try_again(why: &str) -> Reply {
@@ -106,8 +108,26 @@ impl Waiter {
         consensus: Addr<Consensus>,
         reply_to: Recipient<WaiterDone>,
         timeout: Duration,
+        cursors: Arc<ScanCursors>,
     ) -> Waiter {
-        Waiter { seq, task: Some(task), consensus, reply_to, timeout, done: false, reserved: 0 }
+        Waiter { seq, task: Some(task), consensus, reply_to, timeout, done: false, reserved: 0, cursors }
+    }
+
+    /// The reply for `result`; a SCAN page that goes on gets a cursor for where it stopped.
+    fn reply_for(&self, result: CommandResult) -> Reply {
+        match result {
+            CommandResult::ScanPage { next: Some(next), keys } => {
+                let cursor = self.cursors.register(next);
+                Reply::Array(Some(vec![
+                    Reply::bulk(cursor.to_string().into_bytes()),
+                    Reply::Array(Some(keys.into_iter().map(|k| Reply::Bulk(Some(k))).collect())),
+                ]))
+            }
+            CommandResult::Array(results) => {
+                Reply::Array(Some(results.into_iter().map(|r| self.reply_for(r)).collect()))
+            }
+            other => Reply::from(other),
+        }
     }
 
     fn finish(&mut self, ctx: &mut Context<Self>, reply: Reply) {
@@ -134,7 +154,13 @@ impl Actor for Waiter {
             Some(WaiterTask::Write { session, command }) => {
                 let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
                 let proposal = Proposal { request_id, session, command };
-                let data = match codec::encode(&proposal) {
+                let data = match encode_entry(&proposal) {
+                    Ok(data) if data.len() > MAX_ENTRY_BYTES => {
+                        let why = format!(
+                            "request too large to replicate (max {MAX_ENTRY_BYTES} bytes as one entry)"
+                        );
+                        return self.finish(ctx, Reply::err(why));
+                    }
                     Ok(data) => data,
                     Err(e) => return self.finish(ctx, Reply::err(format!("cannot encode request: {e}"))),
                 };
@@ -166,7 +192,7 @@ impl Handler<WatchFired> for Waiter {
 
     fn handle(&mut self, msg: WatchFired, ctx: &mut Self::Context) {
         let reply = match msg.0 {
-            WatchOutcome::Applied(result) => Reply::from(result),
+            WatchOutcome::Applied(result) => self.reply_for(result),
             WatchOutcome::Superseded => try_again("leader changed before the write was applied"),
             WatchOutcome::Refused(refusal) => refusal_reply(refusal),
         };
@@ -179,7 +205,7 @@ impl Handler<ReadDone> for Waiter {
 
     fn handle(&mut self, msg: ReadDone, ctx: &mut Self::Context) {
         let reply = match msg.result {
-            Ok(result) => Reply::from(result),
+            Ok(result) => self.reply_for(result),
             Err(ReadFailure::Refused(refusal)) => refusal_reply(refusal),
             Err(ReadFailure::Failed(why)) => try_again(&why),
         };

@@ -30,6 +30,14 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// Encodes `value` after the bytes `prefix`, in one buffer.
+pub fn encode_with_prefix<T: Serialize>(prefix: &[u8], value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = prefix.to_vec();
+    bincode::serde::encode_into_std_write(value, &mut out, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(out)
+}
+
 /// Decodes exactly one value from `bytes`; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) =

@@ -2,6 +2,8 @@
 
 pub mod codec;
 pub mod command;
+pub mod command_table;
+pub mod dialect;
 pub mod forwarding;
 pub mod peer_wire;
 pub mod raft;

@@ -88,8 +88,14 @@ pub enum ForwardAnswer {
         /// The leader's term.
         term: u64,
     },
-    /// Leadership was confirmed after the request arrived; serve the reads once `index` is applied.
-    ReadIndex(u64),
+    /// Leadership was confirmed after the request arrived; serve the reads once `index` is applied,
+    /// judging expiry at `clock_ms` (the leader's clock at confirmation) or later.
+    ReadIndex {
+        /// The read index.
+        index: u64,
+        /// The leader's clock, milliseconds.
+        clock_ms: u64,
+    },
     /// The admin request took effect; for a membership change, once the follower has applied
     /// `index` it answers `+OK` (0: answer at once).
     AdminDone(u64),

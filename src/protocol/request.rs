@@ -10,6 +10,8 @@
 //! (PING, INFO, CLIENT, ...) or another `REQ` it is an error.
 
 use super::command::{ColumnFamily, Command, SessionTag};
+use super::command_table;
+use super::dialect::{parse_dialect, DIALECT_COMMANDS};
 use super::raft::membership::check_addr;
 use super::raft::{ChangeOp, MemberAddrs, NodeId};
 use super::resp::{Reply, MAX_ARG_BYTES};
@@ -46,9 +48,56 @@ pub enum ClientRequest {
     MemberList,
     /// A membership change or leader transfer, answered once it took effect.
     Admin(AdminRequest),
-    /// A connection command whose answer is known without the replica (ECHO, SELECT, CLIENT SETINFO,
-    /// CLIENT SETNAME, HELLO, COMMAND, CONFIG GET): write this reply.
+    /// A connection command whose answer is known without the replica (ECHO, SELECT, HELLO,
+    /// COMMAND, CONFIG GET): write this reply.
     Immediate(Reply),
+    /// `MULTI`: start queueing.
+    Multi,
+    /// `EXEC`: send what was queued as one entry.
+    Exec,
+    /// `DISCARD`: drop what was queued.
+    Discard,
+    /// `WATCH key ...`.
+    Watch(Vec<Vec<u8>>),
+    /// `UNWATCH`.
+    Unwatch,
+    /// `TIME`: this replica's clock.
+    Time,
+    /// `SCAN cursor ...`: the connection turns the cursor into where the page starts.
+    Scan {
+        /// The cursor the client sent (0: from the start).
+        cursor: u64,
+        /// MATCH.
+        pattern: Option<Vec<u8>>,
+        /// COUNT, at most [`MAX_SCAN_COUNT`](super::dialect::MAX_SCAN_COUNT).
+        count: u64,
+        /// TYPE.
+        kind: Option<Vec<u8>>,
+    },
+    /// `CLIENT ID|GETNAME|SETNAME|INFO|LIST|SETINFO`: answered from the connection registry.
+    Client(ClientCommand),
+}
+
+/// The CLIENT subcommands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientCommand {
+    /// CLIENT ID.
+    Id,
+    /// CLIENT GETNAME.
+    GetName,
+    /// CLIENT SETNAME name.
+    SetName(String),
+    /// CLIENT INFO.
+    Info,
+    /// CLIENT LIST.
+    List,
+    /// CLIENT SETINFO LIB-NAME|LIB-VER value.
+    SetInfo {
+        /// LIB-NAME (true) or LIB-VER.
+        lib_name: bool,
+        /// The value.
+        value: String,
+    },
 }
 
 /// A request that changes who is in the cluster or who leads it.
@@ -112,6 +161,9 @@ pub enum RequestError {
     /// A malformed membership request.
     #[error("ERR {0}")]
     Member(String),
+    /// Any other refusal: the whole error line, code first.
+    #[error("{0}")]
+    Other(String),
 }
 
 impl RequestError {
@@ -188,18 +240,7 @@ fn parse_command(name: Vec<u8>, args: Vec<Vec<u8>>) -> Result<ClientRequest, Req
             let [key] = take(args)?;
             Ok(read(Command::Get { cf: ColumnFamily::Default, key: check_key(key)? }))
         }
-        b"SET" => {
-            arity(2, None)?;
-            if args.len() > 2 {
-                return Err(RequestError::Syntax);
-            }
-            let [key, value] = take(args)?;
-            Ok(write(Command::Put {
-                cf: ColumnFamily::Default,
-                key: check_key(key)?,
-                value: check_value(value)?,
-            }))
-        }
+        name if DIALECT_COMMANDS.contains(&name) => parse_dialect(name, &lower, args),
         b"APPEND" => {
             arity(2, Some(2))?;
             let [key, value] = take(args)?;
@@ -254,11 +295,7 @@ fn parse_command(name: Vec<u8>, args: Vec<Vec<u8>>) -> Result<ClientRequest, Req
         }
         b"CLIENT" => parse_client_subcommand(args),
         b"HELLO" => parse_hello(args),
-        b"COMMAND" => Ok(ClientRequest::Immediate(match args.first() {
-            Some(sub) if sub.eq_ignore_ascii_case(b"COUNT") => Reply::Integer(COMMAND_NAMES.len() as i64),
-            // Clients (redis-cli) only use COMMAND for hints; an empty list means "none".
-            _ => Reply::Array(Some(Vec::new())),
-        })),
+        b"COMMAND" => Ok(ClientRequest::Immediate(command_table::command_reply(&args))),
         b"CONFIG" => parse_config(args),
         b"MEMBER" => parse_member(args),
         b"LEADER" => match args.as_slice() {
@@ -276,31 +313,6 @@ fn parse_command(name: Vec<u8>, args: Vec<Vec<u8>>) -> Result<ClientRequest, Req
         _ => Err(unknown_command(&name, &args)),
     }
 }
-
-/// Every command name this module accepts (what `COMMAND COUNT` counts).
-const COMMAND_NAMES: [&str; 21] = [
-    "append",
-    "client",
-    "command",
-    "config",
-    "del",
-    "echo",
-    "exists",
-    "get",
-    "hello",
-    "info",
-    "leader",
-    "member",
-    "ping",
-    "quit",
-    "rawdelete",
-    "rawget",
-    "rawput",
-    "rawscan",
-    "req",
-    "select",
-    "set",
-];
 
 /// A member id: a positive integer.
 fn member_id(arg: &[u8]) -> Result<NodeId, RequestError> {
@@ -374,11 +386,41 @@ fn parse_member(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
 fn parse_client_subcommand(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
     let Some(sub) = args.first() else { return Err(RequestError::WrongArity("client".into())) };
     let upper = sub.to_ascii_uppercase();
-    match upper.as_slice() {
-        b"SETINFO" if args.len() == 3 => Ok(ClientRequest::Immediate(Reply::ok())),
-        b"SETNAME" if args.len() == 2 => Ok(ClientRequest::Immediate(Reply::ok())),
-        b"SETINFO" => Err(RequestError::WrongArity("client|setinfo".into())),
-        b"SETNAME" => Err(RequestError::WrongArity("client|setname".into())),
+    let client = |c| Ok(ClientRequest::Client(c));
+    match (upper.as_slice(), &args[1..]) {
+        (b"ID", []) => client(ClientCommand::Id),
+        (b"GETNAME", []) => client(ClientCommand::GetName),
+        (b"INFO", []) => client(ClientCommand::Info),
+        (b"LIST", []) => client(ClientCommand::List),
+        (b"LIST", [word, ..]) if word.eq_ignore_ascii_case(b"TYPE") => client(ClientCommand::List),
+        (b"SETNAME", [name]) => {
+            if name.iter().any(|b| *b <= b' ' || *b > b'~') {
+                return Err(RequestError::Other(
+                    "ERR Client names cannot contain spaces, newlines or special characters.".into(),
+                ));
+            }
+            client(ClientCommand::SetName(String::from_utf8_lossy(name).into_owned()))
+        }
+        (b"SETINFO", [attr, value]) => {
+            let lib_name = match attr.to_ascii_uppercase().as_slice() {
+                b"LIB-NAME" => true,
+                b"LIB-VER" => false,
+                _ => return Err(RequestError::Other(format!("ERR Unrecognized option '{}'", quote(attr)))),
+            };
+            if value.iter().any(|b| *b < b' ' || *b > b'~') {
+                return Err(RequestError::Other(format!(
+                    "ERR {} cannot contain spaces, newlines or special characters.",
+                    quote(attr).to_ascii_lowercase()
+                )));
+            }
+            client(ClientCommand::SetInfo { lib_name, value: String::from_utf8_lossy(value).into_owned() })
+        }
+        (b"ID" | b"GETNAME" | b"INFO" | b"LIST", _) => Err(RequestError::WrongArity(format!(
+            "client|{}",
+            String::from_utf8_lossy(&upper).to_lowercase()
+        ))),
+        (b"SETINFO", _) => Err(RequestError::WrongArity("client|setinfo".into())),
+        (b"SETNAME", _) => Err(RequestError::WrongArity("client|setname".into())),
         _ => Err(RequestError::UnknownSubcommand { command: "CLIENT".into(), subcommand: quote(sub) }),
     }
 }
@@ -423,9 +465,14 @@ fn parse_config(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
     }
     let mut pairs = Vec::new();
     for parameter in &args[1..] {
+        // Only what tools read; the durability answer is the honest one: every write is on a
+        // majority's disk before it is acknowledged, which no RDB/AOF setting describes.
         let value: &[u8] = match parameter.to_ascii_lowercase().as_slice() {
             b"save" => b"",
             b"appendonly" => b"no",
+            b"maxmemory" => b"0",
+            b"maxmemory-policy" => b"noeviction",
+            b"databases" => b"1",
             _ => continue,
         };
         pairs.push(Reply::bulk(parameter.to_ascii_lowercase()));
@@ -434,20 +481,20 @@ fn parse_config(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
     Ok(ClientRequest::Immediate(Reply::Array(Some(pairs))))
 }
 
-fn read(command: Command) -> ClientRequest {
+pub(crate) fn read(command: Command) -> ClientRequest {
     ClientRequest::Read { command }
 }
 
-fn write(command: Command) -> ClientRequest {
+pub(crate) fn write(command: Command) -> ClientRequest {
     ClientRequest::Write { session: None, command }
 }
 
 /// Moves exactly N arguments out; callers check arity first, so the error cannot happen.
-fn take<const N: usize>(args: Vec<Vec<u8>>) -> Result<[Vec<u8>; N], RequestError> {
+pub(crate) fn take<const N: usize>(args: Vec<Vec<u8>>) -> Result<[Vec<u8>; N], RequestError> {
     <[Vec<u8>; N]>::try_from(args).map_err(|_| RequestError::Syntax)
 }
 
-fn check_key(key: Vec<u8>) -> Result<Vec<u8>, RequestError> {
+pub(crate) fn check_key(key: Vec<u8>) -> Result<Vec<u8>, RequestError> {
     if key.len() > MAX_KEY_BYTES {
         Err(RequestError::KeyTooLarge)
     } else {
@@ -455,11 +502,11 @@ fn check_key(key: Vec<u8>) -> Result<Vec<u8>, RequestError> {
     }
 }
 
-fn check_keys(keys: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, RequestError> {
+pub(crate) fn check_keys(keys: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, RequestError> {
     keys.into_iter().map(check_key).collect()
 }
 
-fn check_value(value: Vec<u8>) -> Result<Vec<u8>, RequestError> {
+pub(crate) fn check_value(value: Vec<u8>) -> Result<Vec<u8>, RequestError> {
     if value.len() > MAX_ARG_BYTES {
         Err(RequestError::ValueTooLarge)
     } else {
@@ -472,7 +519,7 @@ fn column_family(name: &[u8]) -> Result<ColumnFamily, RequestError> {
 }
 
 /// Parses an unsigned 64-bit decimal: digits only, no sign, no spaces.
-fn parse_u64(digits: &[u8]) -> Option<u64> {
+pub(crate) fn parse_u64(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -534,6 +581,25 @@ pub fn encode_command(session: Option<SessionTag>, command: &Command) -> Result<
         }
         Command::Scan { cf, start, limit } => {
             args.extend([b"RAWSCAN".to_vec(), cf_name(*cf), start.clone(), limit.to_string().into_bytes()])
+        }
+        Command::MGet { keys } => {
+            args.push(b"MGET".to_vec());
+            args.extend(keys.iter().cloned());
+        }
+        Command::IncrBy { key, delta } => {
+            args.extend([b"INCRBY".to_vec(), key.clone(), delta.to_string().into_bytes()])
+        }
+        Command::GetVer { key } => args.extend([b"GETVER".to_vec(), key.clone()]),
+        Command::SetVer { key, version, value } => {
+            args.extend([b"SETVER".to_vec(), key.clone(), version.to_string().into_bytes(), value.clone()])
+        }
+        Command::GetDel { key } => args.extend([b"GETDEL".to_vec(), key.clone()]),
+        Command::Strlen { key } => args.extend([b"STRLEN".to_vec(), key.clone()]),
+        Command::Type { key } => args.extend([b"TYPE".to_vec(), key.clone()]),
+        Command::DbSize => args.push(b"DBSIZE".to_vec()),
+        other => {
+            let _ = other;
+            return Err(RequestError::Other("ERR this command has no single-command encoding".into()));
         }
     }
     Ok(args)
@@ -617,9 +683,19 @@ mod tests {
         assert_eq!(parse("INFO Replication"), Ok(ClientRequest::Info(Some("replication".into()))));
         assert_eq!(parse("ECHO x"), Ok(ClientRequest::Immediate(Reply::bulk(b"x".to_vec()))));
         assert_eq!(parse("SELECT 0"), Ok(ClientRequest::Immediate(Reply::ok())));
-        assert_eq!(parse("client setinfo lib-name redis-rs"), Ok(ClientRequest::Immediate(Reply::ok())));
-        assert_eq!(parse("CLIENT SETNAME me"), Ok(ClientRequest::Immediate(Reply::ok())));
-        assert_eq!(parse("COMMAND DOCS"), Ok(ClientRequest::Immediate(Reply::Array(Some(vec![])))));
+        assert_eq!(
+            parse("client setinfo lib-name redis-rs"),
+            Ok(ClientRequest::Client(ClientCommand::SetInfo { lib_name: true, value: "redis-rs".into() }))
+        );
+        assert_eq!(
+            parse("CLIENT SETNAME me"),
+            Ok(ClientRequest::Client(ClientCommand::SetName("me".into())))
+        );
+        assert_eq!(parse("client id"), Ok(ClientRequest::Client(ClientCommand::Id)));
+        assert_eq!(
+            error_line("client setname 'a b'"),
+            "ERR Client names cannot contain spaces, newlines or special characters."
+        );
         assert_eq!(
             parse("HELLO 3"),
             Ok(ClientRequest::Immediate(Reply::Error("NOPROTO unsupported protocol version".into())))
@@ -629,7 +705,7 @@ mod tests {
         assert_eq!(parse("HELLO two"), Err(RequestError::NotAnInteger));
         assert_eq!(
             parse("command count"),
-            Ok(ClientRequest::Immediate(Reply::Integer(COMMAND_NAMES.len() as i64)))
+            Ok(ClientRequest::Immediate(Reply::Integer(command_table::COMMANDS.len() as i64)))
         );
         assert_eq!(
             parse("CONFIG GET save"),
@@ -638,7 +714,14 @@ mod tests {
                 Reply::bulk(b"".to_vec())
             ]))))
         );
-        assert_eq!(parse("CONFIG GET maxmemory"), Ok(ClientRequest::Immediate(Reply::Array(Some(vec![])))));
+        assert_eq!(
+            parse("CONFIG GET maxmemory"),
+            Ok(ClientRequest::Immediate(Reply::Array(Some(vec![
+                Reply::bulk(b"maxmemory".to_vec()),
+                Reply::bulk(b"0".to_vec())
+            ]))))
+        );
+        assert_eq!(parse("CONFIG GET nothing"), Ok(ClientRequest::Immediate(Reply::Array(Some(vec![])))));
     }
 
     #[test]
@@ -651,7 +734,28 @@ mod tests {
         assert_eq!(error_line("RAWSCAN default a -1"), "ERR value is not an integer or out of range");
         assert_eq!(error_line("RAWSCAN default a 10001"), "ERR scan limit too large (max 10000 pairs)");
         assert_eq!(error_line("SELECT 1"), "ERR DB index is out of range");
-        assert_eq!(error_line("SET k v EX 10"), "ERR syntax error");
+        assert_eq!(error_line("SET k v EX 10 PX 5"), "ERR syntax error");
+        assert_eq!(error_line("SET k v NX XX"), "ERR syntax error");
+        assert_eq!(error_line("SET k v EX 0"), "ERR invalid expire time in 'set' command");
+        assert_eq!(error_line("SET k v EX x"), "ERR value is not an integer or out of range");
+        assert_eq!(error_line("SET k v EX 9223372036854775"), "ERR invalid expire time in 'set' command");
+        assert_eq!(error_line("SETEX k -1 v"), "ERR invalid expire time in 'setex' command");
+        assert_eq!(
+            error_line("EXPIRE k 10 NX XX"),
+            "ERR NX and XX, GT or LT options at the same time are not compatible"
+        );
+        assert_eq!(
+            error_line("EXPIRE k 10 GT LT"),
+            "ERR GT and LT options at the same time are not compatible"
+        );
+        assert_eq!(error_line("EXPIRE k 10 FOO"), "ERR Unsupported option FOO");
+        assert_eq!(error_line("SETRANGE k -1 v"), "ERR offset is out of range");
+        assert_eq!(error_line("INCRBYFLOAT k abc"), "ERR value is not a valid float");
+        assert_eq!(error_line("DECRBY k -9223372036854775808"), "ERR decrement would overflow");
+        assert_eq!(error_line("MSET a 1 b"), "ERR wrong number of arguments for 'mset' command");
+        assert_eq!(error_line("SCAN x"), "ERR invalid cursor");
+        assert_eq!(error_line("SCAN 0 COUNT 0"), "ERR syntax error");
+        assert_eq!(error_line("GETEX k PERSIST EX 1"), "ERR syntax error");
         assert_eq!(error_line("CLIENT KILL x"), "ERR unknown subcommand 'KILL'. Try CLIENT HELP.");
         assert_eq!(parse_client_request(vec![]), Err(RequestError::Empty));
     }

@@ -579,6 +579,17 @@ impl From<CommandResult> for Reply {
                     .collect(),
             )),
             CommandResult::Error(message) => Reply::err(message),
+            CommandResult::Status(text) => Reply::Simple(text),
+            CommandResult::Array(results) => {
+                Reply::Array(Some(results.into_iter().map(Reply::from).collect()))
+            }
+            CommandResult::NilArray => Reply::Array(None),
+            // The cursor of a page that goes on is the serving replica's to give (see the waiter).
+            CommandResult::ScanPage { next: Some(_), .. } => Reply::err("scan page without a cursor"),
+            CommandResult::ScanPage { next: None, keys } => Reply::Array(Some(vec![
+                Reply::bulk(b"0".to_vec()),
+                Reply::Array(Some(keys.into_iter().map(|k| Reply::Bulk(Some(k))).collect())),
+            ])),
         }
     }
 }

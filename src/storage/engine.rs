@@ -7,14 +7,14 @@ use std::ops::Bound;
 /// One change in a [`WriteBatch`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOp {
-    /// Store `value` under `key` in `cf`.
+    /// Store `stored` under `key` in `cf`.
     Put {
         /// Column family.
         cf: ColumnFamily,
         /// Key bytes.
         key: Vec<u8>,
-        /// Value bytes.
-        value: Vec<u8>,
+        /// Value and metadata.
+        stored: Stored,
     },
     /// Remove `key` from `cf` (nothing happens if it is absent).
     Delete {
@@ -37,9 +37,14 @@ impl WriteBatch {
         WriteBatch::default()
     }
 
-    /// Adds a put.
+    /// Adds a put of a plain value (version 0, no time to live).
     pub fn put(&mut self, cf: ColumnFamily, key: Vec<u8>, value: Vec<u8>) -> &mut Self {
-        self.ops.push(WriteOp::Put { cf, key, value });
+        self.put_stored(cf, key, Stored::new(value, 0))
+    }
+
+    /// Adds a put of a value with its metadata.
+    pub fn put_stored(&mut self, cf: ColumnFamily, key: Vec<u8>, stored: Stored) -> &mut Self {
+        self.ops.push(WriteOp::Put { cf, key, stored });
         self
     }
 
@@ -60,6 +65,49 @@ impl WriteBatch {
     }
 }
 
+/// The type of a stored value. Only strings exist today; the engine records the type so that
+/// hashes, lists and sets can be added without changing what a key is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ValueKind {
+    /// A byte string.
+    #[default]
+    String,
+}
+
+impl ValueKind {
+    /// The name TYPE answers.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueKind::String => "string",
+        }
+    }
+}
+
+/// What the engine keeps under one key: the value and what the dialect needs to know about it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Stored {
+    /// The value's bytes.
+    pub value: Vec<u8>,
+    /// Its type.
+    pub kind: ValueKind,
+    /// Log index of the last write to the key (0 for keys from before versions existed).
+    pub version: u64,
+    /// Unix time in milliseconds after which the key is gone; none: it does not expire.
+    pub expire_at_ms: Option<u64>,
+}
+
+impl Stored {
+    /// A string value written at log index `version`, without a time to live.
+    pub fn new(value: Vec<u8>, version: u64) -> Stored {
+        Stored { value, kind: ValueKind::String, version, expire_at_ms: None }
+    }
+
+    /// True while the key exists at time `now_ms` (Redis: gone once the clock passes its expiry).
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.expire_at_ms.is_none_or(|at| now_ms <= at)
+    }
+}
+
 /// One column family's ordered map.
 ///
 /// A persistent B-tree (`imbl::OrdMap`): a clone shares every node with the original and costs
@@ -67,7 +115,10 @@ impl WriteBatch {
 /// snapshot be taken without stopping the applier: it clones the state, and the snapshotter
 /// encodes the clone on its own thread while writes go on (issue 12 measured a 1.58 s stall
 /// when the clone copied every pair).
-pub(crate) type Family = imbl::OrdMap<Vec<u8>, Vec<u8>>;
+pub(crate) type Family = imbl::OrdMap<Vec<u8>, Stored>;
+
+/// Keys with a time to live, by (expiry, family slot, key): the order expired keys are reclaimed in.
+type ExpiryIndex = imbl::OrdSet<(u64, u8, Vec<u8>)>;
 
 /// In-memory ordered key-value maps, one per [`ColumnFamily`] (the shape of TiKV's RawKV engine).
 ///
@@ -76,6 +127,10 @@ pub(crate) type Family = imbl::OrdMap<Vec<u8>, Vec<u8>>;
 pub struct KvEngine {
     /// Indexed by `cf_slot(cf)`.
     cfs: [Family; 3],
+    /// Every key with an expiry; kept up to date by `write`.
+    expiries: ExpiryIndex,
+    /// Sum of the expiries in `expiries` (for the average time to live).
+    expiry_sum_ms: u128,
     /// Sum of key and value lengths over every family, kept up to date by `write`.
     size_bytes: u64,
     /// XOR of a hash of every (cf, key, value): equal states have equal digests, kept up to date
@@ -83,13 +138,13 @@ pub struct KvEngine {
     digest: u64,
 }
 
-/// The digest contribution of one pair (a fixed-key hash: the same on every replica of a build).
-fn pair_hash(cf: ColumnFamily, key: &[u8], value: &[u8]) -> u64 {
+/// The digest contribution of one key (a fixed-key hash: the same on every replica of a build).
+fn pair_hash(cf: ColumnFamily, key: &[u8], stored: &Stored) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
     cf.hash(&mut h);
     key.hash(&mut h);
-    value.hash(&mut h);
+    stored.hash(&mut h);
     h.finish()
 }
 
@@ -107,9 +162,14 @@ impl KvEngine {
         KvEngine::default()
     }
 
-    /// The value of `key` in `cf`.
+    /// The value of `key` in `cf` (whether or not it has expired).
     pub fn get_cf(&self, cf: ColumnFamily, key: &[u8]) -> Option<&[u8]> {
-        self.cfs[cf_slot(cf)].get(key).map(Vec::as_slice)
+        self.get_stored(cf, key).map(|s| s.value.as_slice())
+    }
+
+    /// The value and metadata of `key` in `cf` (whether or not it has expired).
+    pub fn get_stored(&self, cf: ColumnFamily, key: &[u8]) -> Option<&Stored> {
+        self.cfs[cf_slot(cf)].get(key)
     }
 
     /// The pairs of `cf` with key >= `start`, in key order.
@@ -118,9 +178,52 @@ impl KvEngine {
         cf: ColumnFamily,
         start: &[u8],
     ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        self.iter_stored(cf, start).map(|(k, s)| (k, s.value.as_slice()))
+    }
+
+    /// The keys of `cf` >= `start` with values and metadata, in key order.
+    pub fn iter_stored<'a>(
+        &'a self,
+        cf: ColumnFamily,
+        start: &[u8],
+    ) -> impl Iterator<Item = (&'a [u8], &'a Stored)> {
         self.cfs[cf_slot(cf)]
             .range::<_, [u8]>((Bound::Included(start), Bound::Unbounded))
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .map(|(k, v)| (k.as_slice(), v))
+    }
+
+    /// Keys whose expiry is before `now_ms` (a key lives through its expiry's millisecond), earliest first.
+    pub fn expired(&self, now_ms: u64) -> impl Iterator<Item = (ColumnFamily, &[u8])> + '_ {
+        self.expiries
+            .range(..(now_ms, 0, Vec::new()))
+            .map(|(_, slot, key)| (ColumnFamily::ALL[usize::from(*slot)], key.as_slice()))
+    }
+
+    /// Number of keys with a time to live.
+    pub fn expiring_len(&self) -> usize {
+        self.expiries.len()
+    }
+
+    /// The mean expiry of the keys that have one (milliseconds), if any.
+    pub fn mean_expiry_ms(&self) -> Option<u64> {
+        let count = self.expiries.len() as u128;
+        (count > 0).then(|| (self.expiry_sum_ms / count) as u64)
+    }
+
+    /// The earliest expiry of any key.
+    pub fn earliest_expiry_ms(&self) -> Option<u64> {
+        self.expiries.get_min().map(|(at, _, _)| *at)
+    }
+
+    /// Removes every key of `cf` as one step.
+    pub fn clear_cf(&mut self, cf: ColumnFamily) {
+        let slot = cf_slot(cf);
+        let keys: Vec<Vec<u8>> = self.cfs[slot].keys().cloned().collect();
+        let mut batch = WriteBatch::new();
+        for key in keys {
+            batch.delete(cf, key);
+        }
+        self.write(batch);
     }
 
     /// Up to `limit` pairs of `cf` with key >= `start`, in key order.
@@ -132,22 +235,40 @@ impl KvEngine {
     pub fn write(&mut self, batch: WriteBatch) {
         for op in batch.ops {
             match op {
-                WriteOp::Put { cf, key, value } => {
-                    let added = (key.len() + value.len()) as u64;
+                WriteOp::Put { cf, key, stored } => {
+                    let slot = cf_slot(cf);
+                    let added = (key.len() + stored.value.len()) as u64;
                     let key_len = key.len() as u64;
-                    self.digest ^= pair_hash(cf, &key, &value);
-                    if let Some(old) = self.cfs[cf_slot(cf)].get(&key) {
-                        self.digest ^= pair_hash(cf, &key, old);
+                    self.digest ^= pair_hash(cf, &key, &stored);
+                    if let Some(at) = stored.expire_at_ms {
+                        if self.expiries.insert((at, slot as u8, key.clone())).is_none() {
+                            self.expiry_sum_ms += u128::from(at);
+                        }
                     }
-                    if let Some(old) = self.cfs[cf_slot(cf)].insert(key, value) {
-                        self.size_bytes -= key_len + old.len() as u64;
+                    if let Some(old) = self.cfs[slot].insert(key.clone(), stored) {
+                        self.digest ^= pair_hash(cf, &key, &old);
+                        self.size_bytes -= key_len + old.value.len() as u64;
+                        if let Some(at) = old.expire_at_ms {
+                            // Unless the new value expires at the same time (then the entry is its).
+                            if self.cfs[slot].get(&key).and_then(|s| s.expire_at_ms) != Some(at)
+                                && self.expiries.remove(&(at, slot as u8, key)).is_some()
+                            {
+                                self.expiry_sum_ms -= u128::from(at);
+                            }
+                        }
                     }
                     self.size_bytes += added;
                 }
                 WriteOp::Delete { cf, key } => {
-                    if let Some(old) = self.cfs[cf_slot(cf)].remove(&key) {
+                    let slot = cf_slot(cf);
+                    if let Some(old) = self.cfs[slot].remove(&key) {
                         self.digest ^= pair_hash(cf, &key, &old);
-                        self.size_bytes -= (key.len() + old.len()) as u64;
+                        self.size_bytes -= (key.len() + old.value.len()) as u64;
+                        if let Some(at) = old.expire_at_ms {
+                            if self.expiries.remove(&(at, slot as u8, key)).is_some() {
+                                self.expiry_sum_ms -= u128::from(at);
+                            }
+                        }
                     }
                 }
             }
@@ -181,11 +302,16 @@ impl KvEngine {
 
     /// Rebuilds an engine from maps taken by [`families`](Self::families).
     pub(crate) fn from_families(cfs: [Family; 3]) -> Self {
-        let mut engine = KvEngine { cfs, size_bytes: 0, digest: 0 };
+        let mut engine =
+            KvEngine { cfs, expiries: ExpiryIndex::new(), expiry_sum_ms: 0, size_bytes: 0, digest: 0 };
         engine.size_bytes = engine.recount_size_bytes();
-        for (cf, map) in ColumnFamily::ALL.into_iter().zip(engine.cfs.iter()) {
+        for (slot, (cf, map)) in ColumnFamily::ALL.into_iter().zip(engine.cfs.iter()).enumerate() {
             for (k, v) in map {
                 engine.digest ^= pair_hash(cf, k, v);
+                if let Some(at) = v.expire_at_ms {
+                    engine.expiries.insert((at, slot as u8, k.clone()));
+                    engine.expiry_sum_ms += u128::from(at);
+                }
             }
         }
         engine
@@ -197,6 +323,6 @@ impl KvEngine {
     }
 
     fn recount_size_bytes(&self) -> u64 {
-        self.cfs.iter().flat_map(|m| m.iter()).map(|(k, v)| (k.len() + v.len()) as u64).sum()
+        self.cfs.iter().flat_map(|m| m.iter()).map(|(k, v)| (k.len() + v.value.len()) as u64).sum()
     }
 }

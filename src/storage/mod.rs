@@ -3,11 +3,13 @@
 //! - [`log_store`]: the trait the consensus layer persists through; [`mem_log`] is its in-memory twin;
 //! - [`wal`]: Raft's hard state, log entries and snapshot markers in checksummed segment files;
 //! - [`snapshot_file`]: state-machine images written atomically, newest kept;
-//! - [`engine`]: the KV engine, ordered maps per column family;
+//! - [`engine`]: the KV engine, ordered maps per column family, values with versions and expiries;
+//! - [`dialect`]: what each Redis command does to the engine, decided at apply time;
 //! - [`state_machine`]: applies replicated commands, exactly once per client [`session`];
 //! - [`data_dir`]: a replica's data directory, its identity check and its lock.
 
 pub mod data_dir;
+pub mod dialect;
 pub mod engine;
 pub mod error;
 pub mod log_store;
@@ -20,7 +22,7 @@ pub mod state_machine;
 pub mod wal;
 
 pub use data_dir::DataDir;
-pub use engine::{KvEngine, WriteBatch, WriteOp};
+pub use engine::{KvEngine, Stored, ValueKind, WriteBatch, WriteOp};
 pub use error::{Result, StorageError};
 pub use log_store::LogStore;
 pub use mem_log::MemLog;

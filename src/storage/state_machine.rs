@@ -1,21 +1,21 @@
 //! The replicated state machine: applies committed commands to the KV engine, exactly once.
 
-use super::engine::{Family, KvEngine, WriteBatch};
+use super::dialect::{self, Applying};
+use super::engine::{Family, KvEngine, Stored};
 use super::error::{Result, StorageError};
 use super::session::{Session, SessionCheck, SessionTable, DEFAULT_MAX_SESSIONS};
 use crate::protocol::codec;
 use crate::protocol::command::{ColumnFamily, Command, CommandResult, Proposal};
 use crate::protocol::raft::{ConfChange, Membership};
-use crate::protocol::resp::MAX_ARG_BYTES;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-/// Version of the image [`StateMachine::snapshot`] writes (2: with the membership).
-const IMAGE_FORMAT_VERSION: u32 = 2;
+/// Version of the image [`StateMachine::snapshot`] writes (2: with the membership; 3: keys with
+/// versions and expiries, and the clock).
+const IMAGE_FORMAT_VERSION: u32 = 3;
 /// The oldest image version [`StateMachine::restore`] reads (1: without a membership).
 const OLDEST_IMAGE_FORMAT_VERSION: u32 = 1;
-/// Most bytes of keys and values one RAWSCAN answers (it stops early, after at least one pair).
-pub const MAX_SCAN_REPLY_BYTES: usize = 32 * 1024 * 1024;
+pub use super::dialect::MAX_SCAN_REPLY_BYTES;
 
 /// An image part is closed once it passes this many bytes of keys and values, so no part nears the
 /// codec's decode limit (a single key and value are far below it).
@@ -31,8 +31,13 @@ enum ImagePart {
     Header { format_version: u32, applied_index: u64, max_sessions: u64 },
     /// Second from version 2 on: the membership at the applied index.
     Membership(Membership),
-    /// Pairs of one family, in key order, continuing the previous part of that family.
+    /// Pairs of one family, in key order, continuing the previous part of that family (before
+    /// version 3: keys without versions or expiries).
     Pairs { cf: ColumnFamily, pairs: Vec<(Vec<u8>, Vec<u8>)> },
+    /// Third from version 3 on: the replicated clock and the last removal.
+    Clock { clock_ms: u64, last_removal_index: u64 },
+    /// Keys of one family with their metadata, in key order (version 3 on).
+    Keys { cf: ColumnFamily, keys: Vec<(Vec<u8>, Stored)> },
     /// Sessions by client id, continuing the previous part.
     Sessions(Vec<(u64, Session)>),
     /// Always last: totals, to catch a truncated image.
@@ -53,6 +58,10 @@ pub struct StateMachine {
     applied_index: u64,
     /// The membership at the applied index, from the log's configuration entries.
     membership: Membership,
+    /// The replicated clock: the largest leader stamp applied (milliseconds); never decreases.
+    clock_ms: u64,
+    /// Index of the last entry that removed a key.
+    last_removal_index: u64,
 }
 
 impl Default for StateMachine {
@@ -71,6 +80,8 @@ impl StateMachine {
             sessions: SessionTable::new(max_sessions),
             applied_index: 0,
             membership: Membership::default(),
+            clock_ms: 0,
+            last_removal_index: 0,
         }
     }
 
@@ -111,7 +122,16 @@ impl StateMachine {
     /// A write whose session tag was applied before answers the remembered reply without
     /// applying; one too old to be remembered answers an error and is not applied.
     pub fn apply(&mut self, index: u64, proposal: &Proposal) -> CommandResult {
+        self.apply_stamped(index, None, proposal)
+    }
+
+    /// [`apply`](Self::apply) for an entry the leader stamped with its clock: the clock moves
+    /// forward to the stamp (never back) before the command is decided.
+    pub fn apply_stamped(&mut self, index: u64, stamp_ms: Option<u64>, proposal: &Proposal) -> CommandResult {
         self.advance(index);
+        if let Some(stamp) = stamp_ms {
+            self.clock_ms = self.clock_ms.max(stamp);
+        }
         match proposal.session {
             Some(tag) if proposal.command.is_write() => match self.sessions.check(tag) {
                 SessionCheck::Duplicate(reply) => reply,
@@ -132,6 +152,11 @@ impl StateMachine {
     /// Records that the entry at `index` carried no command (a leader's no-op).
     pub fn apply_empty(&mut self, index: u64) {
         self.advance(index);
+    }
+
+    /// The replicated clock at the applied index (milliseconds since the Unix epoch).
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
     }
 
     /// Index of the last entry applied (0 if none).
@@ -159,94 +184,36 @@ impl StateMachine {
     }
 
     fn execute(&mut self, command: &Command) -> CommandResult {
-        match command {
-            Command::Put { cf, key, value } => {
-                let mut batch = WriteBatch::new();
-                batch.put(*cf, key.clone(), value.clone());
-                self.engine.write(batch);
-                CommandResult::Ok
-            }
-            Command::Append { key, value } => {
-                let cf = ColumnFamily::Default;
-                let old = self.engine.get_cf(cf, key).unwrap_or_default();
-                if old.len() + value.len() > MAX_ARG_BYTES {
-                    // Every replica refuses alike: the check reads only replicated state.
-                    return CommandResult::Error(format!("value would exceed {MAX_ARG_BYTES} bytes"));
-                }
-                let mut joined = old.to_vec();
-                joined.extend_from_slice(value);
-                let len = joined.len() as i64;
-                let mut batch = WriteBatch::new();
-                batch.put(cf, key.clone(), joined);
-                self.engine.write(batch);
-                CommandResult::Integer(len)
-            }
-            Command::Delete { cf, keys } => {
-                // A key named twice existed once.
-                let unique: BTreeSet<&Vec<u8>> = keys.iter().collect();
-                let mut batch = WriteBatch::new();
-                for key in unique {
-                    if self.engine.get_cf(*cf, key).is_some() {
-                        batch.delete(*cf, key.clone());
-                    }
-                }
-                let deleted = batch.len() as i64;
-                self.engine.write(batch);
-                CommandResult::Integer(deleted)
-            }
-            Command::Get { .. } | Command::Exists { .. } | Command::Scan { .. } => self.read(command),
-        }
+        let mut applying = Applying {
+            engine: &mut self.engine,
+            index: self.applied_index,
+            now_ms: self.clock_ms,
+            last_removal_index: &mut self.last_removal_index,
+        };
+        applying.execute(command)
     }
 
     /// Answers a read-only command from the state as it is now; a write is refused.
     ///
     /// Linearizable when called once the index a ReadIndex round confirmed has been applied.
     pub fn read(&self, command: &Command) -> CommandResult {
-        match command {
-            Command::Get { cf, key } => {
-                CommandResult::Value(self.engine.get_cf(*cf, key).map(<[u8]>::to_vec))
-            }
-            Command::Exists { keys } => {
-                let found =
-                    keys.iter().filter(|k| self.engine.get_cf(ColumnFamily::Default, k).is_some()).count();
-                CommandResult::Integer(found as i64)
-            }
-            Command::Scan { cf, start, limit } => {
-                let pairs = self.scan_pairs(*cf, start, *limit).map(|(k, v)| (k.to_vec(), v.to_vec()));
-                CommandResult::Pairs(pairs.collect())
-            }
-            Command::Put { .. } | Command::Append { .. } | Command::Delete { .. } => {
-                CommandResult::Error("a write cannot be served as a read".to_string())
-            }
-        }
+        self.read_at(command, 0)
     }
 
-    /// Bytes of keys and values [`read`](Self::read) would answer `command` with, without copying.
-    pub fn read_reply_bytes(&self, command: &Command) -> usize {
-        match command {
-            Command::Get { cf, key } => self.engine.get_cf(*cf, key).map_or(0, <[u8]>::len),
-            Command::Scan { cf, start, limit } => {
-                self.scan_pairs(*cf, start, *limit).map(|(k, v)| k.len() + v.len()).sum()
-            }
-            _ => 0,
-        }
+    /// [`read`](Self::read) judged at the read's own time: the later of the clock and `now_ms`
+    /// (the leader's clock when it confirmed the read index).
+    pub fn read_at(&self, command: &Command, now_ms: u64) -> CommandResult {
+        dialect::read(&self.engine, self.clock_ms.max(now_ms), command)
     }
 
-    /// The pairs a scan answers: up to `limit`, and no more than [`MAX_SCAN_REPLY_BYTES`] of keys
-    /// and values (at least one pair), so one reply stays bounded; a client goes on from the last key.
-    fn scan_pairs<'a>(
-        &'a self,
-        cf: ColumnFamily,
-        start: &[u8],
-        limit: u64,
-    ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let mut bytes = 0usize;
-        self.engine.iter_cf(cf, start).take(limit).take_while(move |(k, v)| {
-            let first = bytes == 0;
-            bytes += k.len() + v.len();
-            first || bytes <= MAX_SCAN_REPLY_BYTES
-        })
+    /// Bytes of values [`read_at`](Self::read_at) would answer `command` with, without copying.
+    pub fn read_reply_bytes(&self, command: &Command, now_ms: u64) -> usize {
+        dialect::read_reply_bytes(&self.engine, self.clock_ms.max(now_ms), command)
+    }
+
+    /// Number of keys with a time to live, the earliest expiry and the mean expiry (milliseconds).
+    pub fn expiring(&self) -> (usize, Option<u64>, Option<u64>) {
+        (self.engine.expiring_len(), self.engine.earliest_expiry_ms(), self.engine.mean_expiry_ms())
     }
 
     /// An image of the whole state: engine, sessions and applied index.
@@ -262,21 +229,23 @@ impl StateMachine {
             },
         )?;
         push_part(&mut out, &ImagePart::Membership(self.membership.clone()))?;
+        let clock = ImagePart::Clock { clock_ms: self.clock_ms, last_removal_index: self.last_removal_index };
+        push_part(&mut out, &clock)?;
         let mut pair_count = 0u64;
         for (cf, map) in ColumnFamily::ALL.into_iter().zip(self.engine.families()) {
-            let mut pairs = Vec::new();
+            let mut keys = Vec::new();
             let mut bytes = 0;
             for (k, v) in map {
-                bytes += k.len() + v.len();
-                pairs.push((k.clone(), v.clone()));
+                bytes += k.len() + v.value.len();
+                keys.push((k.clone(), v.clone()));
                 pair_count += 1;
                 if bytes >= IMAGE_PART_BYTES {
-                    push_part(&mut out, &ImagePart::Pairs { cf, pairs: std::mem::take(&mut pairs) })?;
+                    push_part(&mut out, &ImagePart::Keys { cf, keys: std::mem::take(&mut keys) })?;
                     bytes = 0;
                 }
             }
-            if !pairs.is_empty() {
-                push_part(&mut out, &ImagePart::Pairs { cf, pairs })?;
+            if !keys.is_empty() {
+                push_part(&mut out, &ImagePart::Keys { cf, keys })?;
             }
         }
         let sessions: Vec<(u64, Session)> =
@@ -309,20 +278,41 @@ impl StateMachine {
         } else {
             Membership::default()
         };
+        let (clock_ms, last_removal_index) = if format_version >= 3 {
+            match parts.next()? {
+                Some(ImagePart::Clock { clock_ms, last_removal_index }) => (clock_ms, last_removal_index),
+                _ => return Err(bad("no clock after the membership".into())),
+            }
+        } else {
+            (0, 0)
+        };
         let mut cfs: [Family; 3] = Default::default();
         let mut sessions = BTreeMap::new();
         let mut pair_count = 0u64;
         loop {
             match parts.next()? {
-                Some(ImagePart::Pairs { cf, pairs }) => {
+                Some(ImagePart::Pairs { cf, pairs }) if format_version < 3 => {
                     let slot = ColumnFamily::ALL.iter().position(|c| *c == cf).unwrap_or(0);
                     for (k, v) in pairs {
+                        if cfs[slot].insert(k, Stored::new(v, 0)).is_some() {
+                            return Err(bad(format!("duplicate key in family {cf}")));
+                        }
+                        pair_count += 1;
+                    }
+                }
+                Some(ImagePart::Keys { cf, keys }) if format_version >= 3 => {
+                    let slot = ColumnFamily::ALL.iter().position(|c| *c == cf).unwrap_or(0);
+                    for (k, v) in keys {
                         if cfs[slot].insert(k, v).is_some() {
                             return Err(bad(format!("duplicate key in family {cf}")));
                         }
                         pair_count += 1;
                     }
                 }
+                Some(ImagePart::Pairs { .. } | ImagePart::Keys { .. }) => {
+                    return Err(bad(format!("a key part of the wrong kind for format {format_version}")))
+                }
+                Some(ImagePart::Clock { .. }) => return Err(bad("second clock".into())),
                 Some(ImagePart::Sessions(chunk)) => {
                     for (client, session) in chunk {
                         if sessions.insert(client, session).is_some() {
@@ -347,7 +337,14 @@ impl StateMachine {
         let max_sessions = usize::try_from(max_sessions).map_err(|_| bad("max_sessions too large".into()))?;
         let sessions = SessionTable::from_sessions(max_sessions, sessions)
             .ok_or_else(|| bad("session table breaks its invariants".into()))?;
-        Ok(StateMachine { engine: KvEngine::from_families(cfs), sessions, applied_index, membership })
+        Ok(StateMachine {
+            engine: KvEngine::from_families(cfs),
+            sessions,
+            applied_index,
+            membership,
+            clock_ms,
+            last_removal_index,
+        })
     }
 }
 
