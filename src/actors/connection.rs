@@ -312,7 +312,7 @@ impl Connection {
                 return self.complete(ctx, seq, Reply::ok());
             }
             ClientRequest::Discard => return self.complete(ctx, seq, Reply::err("DISCARD without MULTI")),
-            ClientRequest::Exec => return self.complete(ctx, seq, Reply::err("EXEC without MULTI")),
+            ClientRequest::Exec(_) => return self.complete(ctx, seq, Reply::err("EXEC without MULTI")),
             _ if self.env.status.is_removed() => {
                 return self.complete(ctx, seq, Reply::err("removed from the cluster"));
             }
@@ -350,7 +350,7 @@ impl Connection {
             return Ok(request);
         }
         let request = match request {
-            ClientRequest::Exec => return self.exec(),
+            ClientRequest::Exec(session) => return self.exec(session),
             ClientRequest::Discard => {
                 self.transaction = None;
                 self.client.multi.store(-1, Ordering::Relaxed);
@@ -390,7 +390,10 @@ impl Connection {
     }
 
     /// EXEC: the queue and the watched keys as one write, or why not.
-    fn exec(&mut self) -> Result<ClientRequest, Reply> {
+    fn exec(
+        &mut self,
+        session: Option<crate::protocol::command::SessionTag>,
+    ) -> Result<ClientRequest, Reply> {
         let transaction = self.transaction.take().unwrap_or_default();
         self.client.multi.store(-1, Ordering::Relaxed);
         let watched = std::mem::take(&mut self.watched);
@@ -403,7 +406,7 @@ impl Connection {
         }
         let command =
             Command::Exec { watched, watch_point: self.watch_point, commands: transaction.commands };
-        Ok(ClientRequest::Write { session: None, command })
+        Ok(ClientRequest::Write { session, command })
     }
 
     fn unwatch(&mut self) {

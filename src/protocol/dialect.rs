@@ -488,7 +488,7 @@ pub(crate) fn parse_dialect(
                 Ok(write(Command::SetVer { key: check_key(key)?, version, value: check_value(value)? }))
             }
             b"MULTI" => arity(0, Some(0)).map(|()| ClientRequest::Multi),
-            b"EXEC" => arity(0, Some(0)).map(|()| ClientRequest::Exec),
+            b"EXEC" => arity(0, Some(0)).map(|()| ClientRequest::Exec(None)),
             b"DISCARD" => arity(0, Some(0)).map(|()| ClientRequest::Discard),
             b"UNWATCH" => arity(0, Some(0)).map(|()| ClientRequest::Unwatch),
             b"WATCH" => {

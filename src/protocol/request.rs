@@ -53,8 +53,8 @@ pub enum ClientRequest {
     Immediate(Reply),
     /// `MULTI`: start queueing.
     Multi,
-    /// `EXEC`: send what was queued as one entry.
-    Exec,
+    /// `EXEC`: send what was queued as one entry (exactly once with `REQ client-id seq EXEC`).
+    Exec(Option<SessionTag>),
     /// `DISCARD`: drop what was queued.
     Discard,
     /// `WATCH key ...`.
@@ -204,6 +204,7 @@ fn parse_session(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
             Ok(ClientRequest::Write { session: Some(SessionTag { client_id, seq }), command })
         }
         read @ ClientRequest::Read { .. } => Ok(read),
+        ClientRequest::Exec(_) => Ok(ClientRequest::Exec(Some(SessionTag { client_id, seq }))),
         _ => Err(RequestError::Session(format!("REQ can only prefix a data command, not '{lower_name}'"))),
     }
 }

@@ -248,9 +248,8 @@ impl Applying<'_> {
             }
             Command::GetDel { key } => {
                 let old = self.live(key).map(|s| s.value.clone());
-                if old.is_some() {
-                    self.remove(DEFAULT, std::slice::from_ref(key));
-                }
+                // An expired key goes too, as Redis deletes it on access.
+                self.remove(DEFAULT, std::slice::from_ref(key));
                 CommandResult::Value(old)
             }
             Command::GetEx { key, expiry } => {
