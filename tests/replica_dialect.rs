@@ -1,0 +1,303 @@
+//! The Redis dialect through real replicas: the redis crate against a follower and the leader;
+//! expiry decided at the same log position on every replica across a leader change and a
+//! snapshot install; optimistic transactions and SETVER under contention and leader changes.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::cluster::TestCluster;
+use common::resp_conn::RespConn;
+use common::wait_until;
+use quorumkv::protocol::resp::Reply;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[test]
+fn the_dialect_works_through_the_redis_crate_on_follower_and_leader() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(WAIT);
+    let follower = *cluster.client_addrs.keys().find(|&&id| id != leader).expect("a follower");
+    for (round, id) in [follower, leader].into_iter().enumerate() {
+        let client = redis::Client::open(format!("redis://{}/", cluster.client_addrs[&id])).expect("client");
+        let mut con = client.get_connection().expect("connect");
+        let p = format!("r{round}:");
+        let key = |k: &str| format!("{p}{k}");
+        let q = |cmd: &mut redis::Cmd, con: &mut redis::Connection| -> redis::Value {
+            cmd.query(con).unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+        };
+        let _ = q(redis::cmd("SET").arg(key("n")).arg(10), &mut con);
+        let n: i64 = redis::cmd("INCRBY").arg(key("n")).arg(5).query(&mut con).expect("INCRBY");
+        assert_eq!(n, 15);
+        let n: i64 = redis::cmd("DECR").arg(key("n")).query(&mut con).expect("DECR");
+        assert_eq!(n, 14);
+        let err = redis::cmd("INCR").arg(key("n")).arg("x").query::<i64>(&mut con).expect_err("arity");
+        assert!(err.to_string().contains("wrong number of arguments"), "{err}");
+        let _: () =
+            redis::cmd("MSET").arg(key("a")).arg("1").arg(key("b")).arg("2").query(&mut con).expect("MSET");
+        let got: Vec<Option<String>> =
+            redis::cmd("MGET").arg(key("a")).arg(key("none")).arg(key("b")).query(&mut con).expect("MGET");
+        assert_eq!(got, vec![Some("1".into()), None, Some("2".into())]);
+        let set: Option<String> =
+            redis::cmd("SET").arg(key("a")).arg("z").arg("NX").query(&mut con).expect("SET NX");
+        assert_eq!(set, None, "NX on an existing key writes nothing");
+        let _: () =
+            redis::cmd("SET").arg(key("t")).arg("v").arg("EX").arg(100).query(&mut con).expect("SET EX");
+        let ttl: i64 = redis::cmd("TTL").arg(key("t")).query(&mut con).expect("TTL");
+        assert!((99..=100).contains(&ttl), "ttl {ttl}");
+        let _: () =
+            redis::cmd("SET").arg(key("short")).arg("v").arg("PX").arg(50).query(&mut con).expect("PX");
+        wait_until("a 50 ms key expires", WAIT, || {
+            let exists: i64 = redis::cmd("EXISTS").arg(key("short")).query(&mut con).expect("EXISTS");
+            if exists == 0 {
+                Ok(())
+            } else {
+                Err(exists)
+            }
+        });
+        let kind: String = redis::cmd("TYPE").arg(key("a")).query(&mut con).expect("TYPE");
+        assert_eq!(kind, "string");
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg(format!("{p}*")).query(&mut con).expect("KEYS");
+        keys.sort();
+        assert_eq!(keys, vec![key("a"), key("b"), key("n"), key("t")]);
+        let mut scanned: Vec<String> = redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
+            .arg(format!("{p}*"))
+            .arg("COUNT")
+            .arg(1)
+            .clone()
+            .iter(&mut con)
+            .expect("SCAN")
+            .collect::<Result<_, _>>()
+            .expect("SCAN pages");
+        scanned.sort();
+        assert_eq!(scanned, keys, "SCAN pages through every key with the cursors it gave");
+        // A transaction through the crate's atomic pipeline: MULTI ... EXEC.
+        let (a, b): (i64, String) = redis::pipe()
+            .atomic()
+            .cmd("INCR")
+            .arg(key("a"))
+            .cmd("GET")
+            .arg(key("b"))
+            .query(&mut con)
+            .expect("MULTI/EXEC");
+        assert_eq!((a, b.as_str()), (2, "2"));
+        // WATCH, a write from another connection, EXEC: aborted (nil).
+        let _: () = redis::cmd("WATCH").arg(key("a")).query(&mut con).expect("WATCH");
+        let mut other = client.get_connection().expect("second connection");
+        let _: () = redis::cmd("SET").arg(key("a")).arg("9").query(&mut other).expect("SET");
+        let aborted: Option<(i64,)> =
+            redis::pipe().atomic().cmd("INCR").arg(key("a")).query(&mut con).expect("EXEC");
+        assert_eq!(aborted, None, "a watched key written since WATCH aborts EXEC");
+        let version: (String, i64) = redis::cmd("GETVER").arg(key("a")).query(&mut con).expect("GETVER");
+        assert_eq!(version.0, "9");
+        let new: i64 =
+            redis::cmd("SETVER").arg(key("a")).arg(version.1).arg("10").query(&mut con).expect("SETVER");
+        assert!(new > version.1);
+        let stale: Option<i64> =
+            redis::cmd("SETVER").arg(key("a")).arg(version.1).arg("11").query(&mut con).expect("SETVER");
+        assert_eq!(stale, None, "a moved version refuses the write");
+        let _: () = redis::cmd("RENAME").arg(key("a")).arg(key("c")).query(&mut con).expect("RENAME");
+        let err = redis::cmd("RENAME").arg(key("a")).arg(key("d")).query::<()>(&mut con).expect_err("gone");
+        assert!(err.to_string().contains("no such key"), "{err}");
+        let info: String = redis::cmd("INFO").arg("keyspace").query(&mut con).expect("INFO");
+        assert!(info.contains("db0:keys="), "{info}");
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).expect("CLIENT LIST");
+        assert!(list.lines().count() >= 2, "both connections listed: {list}");
+        let docs: redis::Value =
+            redis::cmd("COMMAND").arg("INFO").arg("get").query(&mut con).expect("COMMAND INFO");
+        assert!(format!("{docs:?}").contains("get"), "{docs:?}");
+    }
+    let client = redis::Client::open(format!("redis://{}/", cluster.client_addrs[&leader])).expect("client");
+    let mut con = client.get_connection().expect("connect");
+    let size: i64 = redis::cmd("DBSIZE").query(&mut con).expect("DBSIZE");
+    assert_eq!(size, 8, "n, b, t and c left by each round");
+    let _: () = redis::cmd("FLUSHDB").query(&mut con).expect("FLUSHDB");
+    let size: i64 = redis::cmd("DBSIZE").query(&mut con).expect("DBSIZE");
+    assert_eq!(size, 0);
+}
+
+/// (applied index, state digest, keys) of every running replica.
+fn views(cluster: &TestCluster) -> Vec<(u64, u64, u64)> {
+    cluster
+        .status
+        .values()
+        .map(|s| {
+            let info = s.info_text(Some("raft"), 0);
+            let field = |name: &str| {
+                info.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).unwrap_or_default().to_string()
+            };
+            let keys = field("keys").parse().unwrap_or(u64::MAX);
+            (s.applied_index(), s.state_digest(), keys)
+        })
+        .collect()
+}
+
+fn call(conn: &mut RespConn, args: &[&str]) -> Reply {
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    conn.call(&args)
+}
+
+#[test]
+fn expired_keys_go_at_the_same_log_position_on_every_replica_across_a_leader_change_and_a_snapshot() {
+    let mut cluster = TestCluster::start_with(3, |config| config.snapshot_threshold_bytes = 64 * 1024);
+    let leader = cluster.wait_for_leader(WAIT);
+    let lagging = *cluster.client_addrs.keys().find(|&&id| id != leader).expect("a follower");
+    let mut conn = RespConn::connect(cluster.client_addrs[&leader], WAIT);
+    for i in 0..300 {
+        let ttl = if i % 3 == 0 { "100000" } else { "400" };
+        assert_eq!(call(&mut conn, &["SET", &format!("t{i}"), "v", "PX", ttl]), Reply::ok());
+    }
+    cluster.stop(lagging);
+    // Hand leadership to the other follower while the short keys are still alive.
+    let target = *cluster.client_addrs.keys().find(|&&id| id != leader && id != lagging).expect("third");
+    assert_eq!(call(&mut conn, &["LEADER", "TRANSFER", &target.to_string()]), Reply::ok());
+    let mut conn = RespConn::connect(cluster.client_addrs[&target], WAIT);
+    // Enough writes for a snapshot, so the lagging replica catches up by one.
+    let value = "x".repeat(1000);
+    for i in 0..200 {
+        assert_eq!(call(&mut conn, &["SET", &format!("fill{i}"), &value]), Reply::ok());
+    }
+    // The new leader reclaims the 200 short-lived keys by itself.
+    wait_until("the short-lived keys reclaimed", WAIT, || match call(&mut conn, &["DBSIZE"]) {
+        Reply::Integer(300) => Ok(()),
+        other => Err(other),
+    });
+    cluster.restart(lagging);
+    wait_until("every replica at the same position with the same state", WAIT, || {
+        let v = views(&cluster);
+        let same = v.windows(2).all(|w| w[0] == w[1]);
+        // 100 long-lived keys and 200 fill keys, physically: the expired ones are gone everywhere.
+        if v.len() == 3 && same && v[0].2 == 300 {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    });
+    let restarted = &cluster.status[&lagging];
+    assert!(restarted.info_text(Some("raft"), 0).contains("snapshot_index:"), "raft section");
+    let mut lagging_conn = RespConn::connect(cluster.client_addrs[&lagging], WAIT);
+    assert_eq!(call(&mut lagging_conn, &["EXISTS", "t1", "t0"]), Reply::Integer(1), "t0 lives, t1 is gone");
+    let Reply::Integer(ttl) = call(&mut lagging_conn, &["PTTL", "t0"]) else { panic!("PTTL") };
+    assert!(ttl > 90_000, "the expiry came with the snapshot: {ttl}");
+}
+
+/// One client's optimistic increments: WATCH, GET, MULTI, SET, `REQ id seq EXEC`; a TRYAGAIN or a
+/// lost outcome retries the same seq, so each success is counted once whatever happened.
+fn watch_increments(addr: std::net::SocketAddr, client_id: u64, wanted: u64) -> u64 {
+    let mut conn = RespConn::connect(addr, WAIT);
+    let mut successes = 0;
+    let mut seq = 1;
+    while successes < wanted {
+        let id = client_id.to_string();
+        let s = seq.to_string();
+        assert_eq!(call(&mut conn, &["WATCH", "counter"]), Reply::ok());
+        let current = match call(&mut conn, &["GET", "counter"]) {
+            Reply::Bulk(Some(v)) => String::from_utf8_lossy(&v).parse::<u64>().expect("a number"),
+            Reply::Bulk(None) => 0,
+            _ => {
+                call(&mut conn, &["UNWATCH"]);
+                continue;
+            }
+        };
+        assert_eq!(call(&mut conn, &["MULTI"]), Reply::ok());
+        let next = (current + 1).to_string();
+        assert_eq!(call(&mut conn, &["SET", "counter", &next]), Reply::Simple("QUEUED".into()));
+        match call(&mut conn, &["REQ", &id, &s, "EXEC"]) {
+            Reply::Array(Some(replies)) => {
+                assert_eq!(replies, vec![Reply::ok()]);
+                successes += 1;
+                seq += 1;
+            }
+            Reply::Array(None) => seq += 1, // aborted: a definite outcome, try again with a new seq
+            Reply::Error(e) if e.starts_with("TRYAGAIN") => {} // unknown: the same seq again
+            other => panic!("EXEC answered {other:?}"),
+        }
+    }
+    successes
+}
+
+/// The same with versions: GETVER, then `REQ id seq SETVER counter version value`.
+fn setver_increments(addr: std::net::SocketAddr, client_id: u64, wanted: u64) -> u64 {
+    let mut conn = RespConn::connect(addr, WAIT);
+    let (mut successes, mut seq) = (0, 1);
+    while successes < wanted {
+        let (version, current) = match call(&mut conn, &["GETVER", "versioned"]) {
+            Reply::Array(Some(pair)) => match pair.as_slice() {
+                [Reply::Bulk(Some(v)), Reply::Integer(ver)] => {
+                    (*ver as u64, String::from_utf8_lossy(v).parse::<u64>().expect("a number"))
+                }
+                other => panic!("GETVER answered {other:?}"),
+            },
+            Reply::Bulk(None) => (0, 0),
+            _ => continue,
+        };
+        let (id, s, ver, next) =
+            (client_id.to_string(), seq.to_string(), version.to_string(), (current + 1).to_string());
+        match call(&mut conn, &["REQ", &id, &s, "SETVER", "versioned", &ver, &next]) {
+            Reply::Integer(_) => {
+                successes += 1;
+                seq += 1;
+            }
+            Reply::Bulk(None) => seq += 1,
+            Reply::Error(e) if e.starts_with("TRYAGAIN") => {}
+            other => panic!("SETVER answered {other:?}"),
+        }
+    }
+    successes
+}
+
+#[test]
+fn optimistic_increments_count_exactly_under_contention_and_leader_changes() {
+    let cluster = TestCluster::start(3);
+    cluster.wait_for_leader(WAIT);
+    let addrs: Vec<std::net::SocketAddr> = cluster.client_addrs.values().copied().collect();
+    let done = Arc::new(AtomicBool::new(false));
+    // Leadership moves around while the clients contend, each pinned to one replica.
+    let mover = {
+        let done = done.clone();
+        let addrs = addrs.clone();
+        let ids: Vec<u64> = cluster.client_addrs.keys().copied().collect();
+        std::thread::spawn(move || {
+            let mut moves = 0;
+            let mut i = 0;
+            while !done.load(Ordering::Relaxed) && moves < 6 {
+                std::thread::sleep(Duration::from_millis(300));
+                let mut conn = RespConn::connect(addrs[i % addrs.len()], WAIT);
+                let target = ids[(i + 1) % ids.len()].to_string();
+                if call(&mut conn, &["LEADER", "TRANSFER", &target]) == Reply::ok() {
+                    moves += 1;
+                }
+                i += 1;
+            }
+            moves
+        })
+    };
+    let workers: Vec<_> = (0..6u64)
+        .map(|c| {
+            let addr = addrs[c as usize % addrs.len()];
+            std::thread::spawn(move || {
+                if c % 2 == 0 {
+                    ("watch", watch_increments(addr, 9000 + c, 15))
+                } else {
+                    ("setver", setver_increments(addr, 9000 + c, 15))
+                }
+            })
+        })
+        .collect();
+    let results: Vec<(&str, u64)> = workers.into_iter().map(|w| w.join().expect("worker")).collect();
+    done.store(true, Ordering::Relaxed);
+    let moves = mover.join().expect("mover");
+    let total = |kind: &str| results.iter().filter(|(k, _)| *k == kind).map(|(_, n)| n).sum::<u64>();
+    let mut conn = RespConn::connect(addrs[0], WAIT);
+    assert_eq!(
+        call(&mut conn, &["GET", "counter"]),
+        Reply::Bulk(Some(total("watch").to_string().into_bytes()))
+    );
+    let Reply::Array(Some(pair)) = call(&mut conn, &["GETVER", "versioned"]) else { panic!("GETVER") };
+    assert_eq!(pair[0], Reply::Bulk(Some(total("setver").to_string().into_bytes())));
+    assert!(moves >= 1, "leadership moved during the run ({moves} transfers)");
+}
