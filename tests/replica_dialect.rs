@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::cluster::TestCluster;
 use common::resp_conn::RespConn;
 use common::wait_until;
+use quorumkv::actors::sim_network::SimFaults;
 use quorumkv::protocol::resp::Reply;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -250,31 +251,15 @@ fn setver_increments(addr: std::net::SocketAddr, client_id: u64, wanted: u64) ->
     successes
 }
 
-#[test]
-fn optimistic_increments_count_exactly_under_contention_and_leader_changes() {
-    let cluster = TestCluster::start(3);
-    cluster.wait_for_leader(WAIT);
+/// Six clients, each pinned to one replica, half incrementing `counter` by WATCH/MULTI/EXEC and
+/// half `versioned` by GETVER/SETVER, 15 successes each, while `nemesis` runs; then both counters
+/// must equal the successes counted.
+fn contend(cluster: &TestCluster, nemesis: impl FnOnce(Arc<AtomicBool>) -> u64 + Send + 'static) -> u64 {
     let addrs: Vec<std::net::SocketAddr> = cluster.client_addrs.values().copied().collect();
     let done = Arc::new(AtomicBool::new(false));
-    // Leadership moves around while the clients contend, each pinned to one replica.
-    let mover = {
+    let faults = {
         let done = done.clone();
-        let addrs = addrs.clone();
-        let ids: Vec<u64> = cluster.client_addrs.keys().copied().collect();
-        std::thread::spawn(move || {
-            let mut moves = 0;
-            let mut i = 0;
-            while !done.load(Ordering::Relaxed) && moves < 6 {
-                std::thread::sleep(Duration::from_millis(300));
-                let mut conn = RespConn::connect(addrs[i % addrs.len()], WAIT);
-                let target = ids[(i + 1) % ids.len()].to_string();
-                if call(&mut conn, &["LEADER", "TRANSFER", &target]) == Reply::ok() {
-                    moves += 1;
-                }
-                i += 1;
-            }
-            moves
-        })
+        std::thread::spawn(move || nemesis(done))
     };
     let workers: Vec<_> = (0..6u64)
         .map(|c| {
@@ -290,14 +275,69 @@ fn optimistic_increments_count_exactly_under_contention_and_leader_changes() {
         .collect();
     let results: Vec<(&str, u64)> = workers.into_iter().map(|w| w.join().expect("worker")).collect();
     done.store(true, Ordering::Relaxed);
-    let moves = mover.join().expect("mover");
+    let faults_done = faults.join().expect("nemesis");
     let total = |kind: &str| results.iter().filter(|(k, _)| *k == kind).map(|(_, n)| n).sum::<u64>();
     let mut conn = RespConn::connect(addrs[0], WAIT);
-    assert_eq!(
-        call(&mut conn, &["GET", "counter"]),
-        Reply::Bulk(Some(total("watch").to_string().into_bytes()))
-    );
-    let Reply::Array(Some(pair)) = call(&mut conn, &["GETVER", "versioned"]) else { panic!("GETVER") };
+    // The network may still be settling: a read that cannot be confirmed yet is asked again.
+    let mut definite = |args: &[&str]| loop {
+        match call(&mut conn, args) {
+            Reply::Error(e) if e.starts_with("TRYAGAIN") => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(definite(&["GET", "counter"]), Reply::Bulk(Some(total("watch").to_string().into_bytes())));
+    let getver = definite(&["GETVER", "versioned"]);
+    let Reply::Array(Some(pair)) = getver else { panic!("GETVER answered {getver:?}") };
     assert_eq!(pair[0], Reply::Bulk(Some(total("setver").to_string().into_bytes())));
+    faults_done
+}
+
+#[test]
+fn optimistic_increments_count_exactly_under_contention_and_leader_changes() {
+    let cluster = TestCluster::start(3);
+    cluster.wait_for_leader(WAIT);
+    let addrs: Vec<std::net::SocketAddr> = cluster.client_addrs.values().copied().collect();
+    let ids: Vec<u64> = cluster.client_addrs.keys().copied().collect();
+    // Leadership moves around while the clients contend.
+    let moves = contend(&cluster, move |done| {
+        let (mut moves, mut i) = (0, 0);
+        while !done.load(Ordering::Relaxed) && moves < 6 {
+            std::thread::sleep(Duration::from_millis(300));
+            let mut conn = RespConn::connect(addrs[i % addrs.len()], WAIT);
+            let target = ids[(i + 1) % ids.len()].to_string();
+            if call(&mut conn, &["LEADER", "TRANSFER", &target]) == Reply::ok() {
+                moves += 1;
+            }
+            i += 1;
+        }
+        moves
+    });
     assert!(moves >= 1, "leadership moved during the run ({moves} transfers)");
+}
+
+#[test]
+fn optimistic_increments_count_exactly_under_partitions_on_an_unreliable_network() {
+    let seed = common::kv_suite::seed("optimistic_increments_under_partitions");
+    let cluster = TestCluster::start_sim(3, seed, SimFaults::unreliable(), |_| {});
+    cluster.wait_for_leader(WAIT);
+    let net = cluster.net().clone();
+    let ids: Vec<u64> = cluster.client_addrs.keys().copied().collect();
+    // One replica at a time cut off from the other two, for 300-700 ms, healed in between;
+    // its pinned clients get -TRYAGAIN meanwhile and retry the same REQ seq.
+    let cuts = contend(&cluster, move |done| {
+        let mut rng = quorumkv::protocol::rng::Rng::new(seed);
+        let mut cuts = 0;
+        while !done.load(Ordering::Relaxed) && cuts < 8 {
+            let alone = ids[rng.range(0, ids.len() as u64) as usize];
+            let rest: Vec<u64> = ids.iter().copied().filter(|&id| id != alone).collect();
+            net.partition(&[vec![alone], rest]);
+            cuts += 1;
+            std::thread::sleep(Duration::from_millis(300 + rng.range(0, 400)));
+            net.heal();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        net.heal();
+        cuts
+    });
+    assert!(cuts >= 1, "seed {seed}: the network was partitioned ({cuts} times)");
 }
