@@ -341,3 +341,100 @@ fn optimistic_increments_count_exactly_under_partitions_on_an_unreliable_network
     });
     assert!(cuts >= 1, "seed {seed}: the network was partitioned ({cuts} times)");
 }
+
+/// Bulk reply of `s`.
+fn b(s: &str) -> Reply {
+    Reply::Bulk(Some(s.as_bytes().to_vec()))
+}
+
+#[test]
+fn every_dialect_command_answers_as_redis_does_on_a_follower() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(WAIT);
+    let follower = *cluster.client_addrs.keys().find(|&&id| id != leader).expect("a follower");
+    let mut conn = RespConn::connect(cluster.client_addrs[&follower], WAIT);
+    let nil = Reply::Bulk(None);
+    let int = Reply::Integer;
+    let arr = |items: Vec<Reply>| Reply::Array(Some(items));
+    let err = |line: &str| Reply::Error(line.to_string());
+    let cases: Vec<(&[&str], Reply)> = vec![
+        (&["SETNX", "s", "1"], int(1)),
+        (&["SETNX", "s", "2"], int(0)),
+        (&["GETSET", "s", "3"], b("1")),
+        (&["SETEX", "e", "100", "v"], Reply::ok()),
+        (&["TTL", "e"], int(100)),
+        (&["PSETEX", "p", "100000", "v"], Reply::ok()),
+        (&["PERSIST", "p"], int(1)),
+        (&["PTTL", "p"], int(-1)),
+        (&["PTTL", "nope"], int(-2)),
+        (&["EXPIRE", "p", "100", "XX"], int(0)),
+        (&["EXPIRE", "p", "100", "NX"], int(1)),
+        (&["EXPIRE", "p", "50", "LT"], int(1)),
+        (&["EXPIRE", "p", "500", "LT"], int(0)),
+        (&["PEXPIREAT", "p", "32503680000000"], int(1)), // year 3000
+        (&["EXPIRETIME", "p"], int(32_503_680_000)),
+        (&["PEXPIRETIME", "p"], int(32_503_680_000_000)),
+        (&["EXPIREAT", "p", "1"], int(1)), // in the past: the key goes at once
+        (&["EXISTS", "p"], int(0)),
+        (&["GETEX", "e", "PERSIST"], b("v")),
+        (&["TTL", "e"], int(-1)),
+        (&["GETEX", "e", "PX", "100000"], b("v")),
+        (&["GETDEL", "e"], b("v")),
+        (&["GETDEL", "e"], nil.clone()),
+        (&["MSETNX", "m1", "a", "m2", "b"], int(1)),
+        (&["MSETNX", "m2", "x", "m3", "y"], int(0)),
+        (&["STRLEN", "m1"], int(1)),
+        (&["SET", "r", "Hello World"], Reply::ok()),
+        (&["GETRANGE", "r", "-5", "-1"], b("World")),
+        (&["SETRANGE", "r", "6", "Redis"], int(11)),
+        (&["GET", "r"], b("Hello Redis")),
+        (&["SET", "f", "10.50"], Reply::ok()),
+        (&["INCRBYFLOAT", "f", "0.1"], b("10.6")),
+        (&["INCRBYFLOAT", "f", "-5"], b("5.6")),
+        (&["INCRBY", "i", "5"], int(5)),
+        (&["DECRBY", "i", "7"], int(-2)),
+        (&["INCR", "f"], err("ERR value is not an integer or out of range")),
+        (&["RENAMENX", "m1", "m2"], int(0)),
+        (&["RENAMENX", "m1", "m9"], int(1)),
+        (&["TOUCH", "m9", "m2", "none"], int(2)),
+        (&["UNLINK", "m9", "m2"], int(2)),
+        (&["SET", "k", "v", "XX"], nil.clone()),
+        (&["SET", "k", "v", "NX", "GET"], nil.clone()),
+        (&["SET", "k", "w", "XX", "GET", "KEEPTTL"], b("v")),
+        (&["SET", "k", "v", "EX", "10", "PX", "5"], err("ERR syntax error")),
+        (
+            &["EXPIRE", "k", "10", "GT", "LT"],
+            err("ERR GT and LT options at the same time are not compatible"),
+        ),
+        (&["EXEC"], err("ERR EXEC without MULTI")),
+        (&["DISCARD"], err("ERR DISCARD without MULTI")),
+        (&["MULTI"], Reply::ok()),
+        (&["MULTI"], err("ERR MULTI calls can not be nested")),
+        (&["INCR", "tx"], Reply::Simple("QUEUED".into())),
+        (&["DISCARD"], Reply::ok()),
+        (&["EXISTS", "tx"], int(0)),
+        (&["MULTI"], Reply::ok()),
+        (&["GET"], err("ERR wrong number of arguments for 'get' command")),
+        (&["EXEC"], err("EXECABORT Transaction discarded because of previous errors.")),
+        (&["SELECT", "0"], Reply::ok()),
+        (&["ECHO", "hi"], b("hi")),
+        (&["HELLO", "3"], err("NOPROTO unsupported protocol version")),
+        (&["CLIENT", "SETNAME", "tester"], Reply::ok()),
+        (&["CLIENT", "GETNAME"], b("tester")),
+        (&["CONFIG", "GET", "databases"], arr(vec![b("databases"), b("1")])),
+        (&["TYPE", "r"], Reply::Simple("string".into())),
+        (&["FLUSHALL"], Reply::ok()),
+        (&["DBSIZE"], int(0)),
+        (&["RANDOMKEY"], nil.clone()),
+        (&["SET", "only", "v"], Reply::ok()),
+        (&["RANDOMKEY"], b("only")),
+    ];
+    for (args, want) in cases {
+        assert_eq!(call(&mut conn, args), want, "{args:?}");
+    }
+    let Reply::Array(Some(time)) = call(&mut conn, &["TIME"]) else { panic!("TIME") };
+    assert_eq!(time.len(), 2);
+    let Reply::Integer(id) = call(&mut conn, &["CLIENT", "ID"]) else { panic!("CLIENT ID") };
+    let Reply::Bulk(Some(info)) = call(&mut conn, &["CLIENT", "INFO"]) else { panic!("CLIENT INFO") };
+    assert!(String::from_utf8_lossy(&info).starts_with(&format!("id={id} ")), "{info:?}");
+}
