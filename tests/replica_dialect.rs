@@ -188,11 +188,11 @@ fn expired_keys_go_at_the_same_log_position_on_every_replica_across_a_leader_cha
 
 /// One client's optimistic increments: WATCH, GET, MULTI, SET, `REQ id seq EXEC`; a TRYAGAIN or a
 /// lost outcome retries the same seq, so each success is counted once whatever happened.
-fn watch_increments(addr: std::net::SocketAddr, client_id: u64, wanted: u64) -> u64 {
+fn watch_increments(addr: std::net::SocketAddr, client_id: u64, wanted: u64, stop: Arc<AtomicBool>) -> u64 {
     let mut conn = RespConn::connect(addr, WAIT);
     let mut successes = 0;
     let mut seq = 1;
-    while successes < wanted {
+    while successes < wanted || !stop.load(Ordering::Relaxed) {
         let id = client_id.to_string();
         let s = seq.to_string();
         assert_eq!(call(&mut conn, &["WATCH", "counter"]), Reply::ok());
@@ -222,10 +222,10 @@ fn watch_increments(addr: std::net::SocketAddr, client_id: u64, wanted: u64) -> 
 }
 
 /// The same with versions: GETVER, then `REQ id seq SETVER counter version value`.
-fn setver_increments(addr: std::net::SocketAddr, client_id: u64, wanted: u64) -> u64 {
+fn setver_increments(addr: std::net::SocketAddr, client_id: u64, wanted: u64, stop: Arc<AtomicBool>) -> u64 {
     let mut conn = RespConn::connect(addr, WAIT);
     let (mut successes, mut seq) = (0, 1);
-    while successes < wanted {
+    while successes < wanted || !stop.load(Ordering::Relaxed) {
         let (version, current) = match call(&mut conn, &["GETVER", "versioned"]) {
             Reply::Array(Some(pair)) => match pair.as_slice() {
                 [Reply::Bulk(Some(v)), Reply::Integer(ver)] => {
@@ -252,29 +252,33 @@ fn setver_increments(addr: std::net::SocketAddr, client_id: u64, wanted: u64) ->
 }
 
 /// Six clients, each pinned to one replica, half incrementing `counter` by WATCH/MULTI/EXEC and
-/// half `versioned` by GETVER/SETVER, 15 successes each, while `nemesis` runs; then both counters
-/// must equal the successes counted.
-fn contend(cluster: &TestCluster, nemesis: impl FnOnce(Arc<AtomicBool>) -> u64 + Send + 'static) -> u64 {
+/// half `versioned` by GETVER/SETVER, until `nemesis` has run its course and each has 15
+/// successes; then both counters must equal the successes counted.
+fn contend(cluster: &TestCluster, nemesis: impl FnOnce() -> u64 + Send + 'static) -> u64 {
     let addrs: Vec<std::net::SocketAddr> = cluster.client_addrs.values().copied().collect();
     let done = Arc::new(AtomicBool::new(false));
     let faults = {
         let done = done.clone();
-        std::thread::spawn(move || nemesis(done))
+        std::thread::spawn(move || {
+            let faults = nemesis();
+            done.store(true, Ordering::Relaxed);
+            faults
+        })
     };
     let workers: Vec<_> = (0..6u64)
         .map(|c| {
             let addr = addrs[c as usize % addrs.len()];
+            let stop = done.clone();
             std::thread::spawn(move || {
                 if c % 2 == 0 {
-                    ("watch", watch_increments(addr, 9000 + c, 15))
+                    ("watch", watch_increments(addr, 9000 + c, 15, stop))
                 } else {
-                    ("setver", setver_increments(addr, 9000 + c, 15))
+                    ("setver", setver_increments(addr, 9000 + c, 15, stop))
                 }
             })
         })
         .collect();
     let results: Vec<(&str, u64)> = workers.into_iter().map(|w| w.join().expect("worker")).collect();
-    done.store(true, Ordering::Relaxed);
     let faults_done = faults.join().expect("nemesis");
     let total = |kind: &str| results.iter().filter(|(k, _)| *k == kind).map(|(_, n)| n).sum::<u64>();
     let mut conn = RespConn::connect(addrs[0], WAIT);
@@ -299,10 +303,11 @@ fn optimistic_increments_count_exactly_under_contention_and_leader_changes() {
     let addrs: Vec<std::net::SocketAddr> = cluster.client_addrs.values().copied().collect();
     let ids: Vec<u64> = cluster.client_addrs.keys().copied().collect();
     // Leadership moves around while the clients contend.
-    let moves = contend(&cluster, move |done| {
+    let moves = contend(&cluster, move || {
         let (mut moves, mut i) = (0, 0);
-        while !done.load(Ordering::Relaxed) && moves < 6 {
-            std::thread::sleep(Duration::from_millis(300));
+        let deadline = std::time::Instant::now() + WAIT;
+        while moves < 4 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
             let mut conn = RespConn::connect(addrs[i % addrs.len()], WAIT);
             let target = ids[(i + 1) % ids.len()].to_string();
             if call(&mut conn, &["LEADER", "TRANSFER", &target]) == Reply::ok() {
@@ -312,7 +317,7 @@ fn optimistic_increments_count_exactly_under_contention_and_leader_changes() {
         }
         moves
     });
-    assert!(moves >= 1, "leadership moved during the run ({moves} transfers)");
+    assert_eq!(moves, 4, "leadership moved during the run");
 }
 
 #[test]
@@ -324,10 +329,10 @@ fn optimistic_increments_count_exactly_under_partitions_on_an_unreliable_network
     let ids: Vec<u64> = cluster.client_addrs.keys().copied().collect();
     // One replica at a time cut off from the other two, for 300-700 ms, healed in between;
     // its pinned clients get -TRYAGAIN meanwhile and retry the same REQ seq.
-    let cuts = contend(&cluster, move |done| {
+    let cuts = contend(&cluster, move || {
         let mut rng = quorumkv::protocol::rng::Rng::new(seed);
         let mut cuts = 0;
-        while !done.load(Ordering::Relaxed) && cuts < 8 {
+        while cuts < 6 {
             let alone = ids[rng.range(0, ids.len() as u64) as usize];
             let rest: Vec<u64> = ids.iter().copied().filter(|&id| id != alone).collect();
             net.partition(&[vec![alone], rest]);
@@ -339,7 +344,7 @@ fn optimistic_increments_count_exactly_under_partitions_on_an_unreliable_network
         net.heal();
         cuts
     });
-    assert!(cuts >= 1, "seed {seed}: the network was partitioned ({cuts} times)");
+    assert_eq!(cuts, 6, "seed {seed}: the network was partitioned");
 }
 
 /// Bulk reply of `s`.
@@ -413,6 +418,21 @@ fn every_dialect_command_answers_as_redis_does_on_a_follower() {
         (&["INCR", "tx"], Reply::Simple("QUEUED".into())),
         (&["DISCARD"], Reply::ok()),
         (&["EXISTS", "tx"], int(0)),
+        (&["MULTI"], Reply::ok()),
+        (&["SET", "tx", "1"], Reply::Simple("QUEUED".into())),
+        (&["INCRBY", "tx", "x"], Reply::Simple("QUEUED".into())),
+        (&["PING"], Reply::Simple("QUEUED".into())),
+        (&["INCR", "tx"], Reply::Simple("QUEUED".into())),
+        (
+            &["EXEC"],
+            arr(vec![
+                Reply::ok(),
+                err("ERR value is not an integer or out of range"),
+                Reply::Simple("PONG".into()),
+                int(2),
+            ]),
+        ),
+        (&["DEL", "tx"], int(1)),
         (&["MULTI"], Reply::ok()),
         (&["GET"], err("ERR wrong number of arguments for 'get' command")),
         (&["EXEC"], err("EXECABORT Transaction discarded because of previous errors.")),

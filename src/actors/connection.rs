@@ -17,7 +17,7 @@ use super::registry::{ClientEntry, ClientRegistry, ScanCursors};
 use super::status::StatusBoard;
 use super::waiter::{Waiter, WaiterTask};
 use crate::protocol::command::Command;
-use crate::protocol::request::{parse_client_request, ClientCommand, ClientRequest};
+use crate::protocol::request::{parse_client_request, ClientCommand, ClientRequest, RequestError};
 use crate::protocol::resp::{ParseOutcome, Reply, RequestParser};
 
 /// Commands one MULTI may queue; one more is refused and the transaction aborts at EXEC.
@@ -162,12 +162,17 @@ pub struct Connection {
     /// WATCHed keys, and the applied index when the first was watched.
     watched: Vec<Vec<u8>>,
     watch_point: u64,
+    /// EXECs in flight, by request position: the replies to splice into their answer.
+    exec_splices: BTreeMap<u64, Vec<(usize, Reply)>>,
 }
 
 /// A MULTI's queue.
 #[derive(Default)]
 struct Transaction {
     commands: Vec<Command>,
+    /// Replies known while queueing (PING, ECHO, a command whose arguments were refused), by
+    /// their position in EXEC's answer: spliced into it.
+    local: Vec<(usize, Reply)>,
     bytes: usize,
     /// A command was refused while queueing: EXEC answers -EXECABORT.
     failed: bool,
@@ -196,6 +201,7 @@ impl Connection {
             transaction: None,
             watched: Vec::new(),
             watch_point: 0,
+            exec_splices: BTreeMap::new(),
         }
     }
 
@@ -203,7 +209,14 @@ impl Connection {
         self.complete_reserved(ctx, seq, reply, 0);
     }
 
-    fn complete_reserved(&mut self, ctx: &mut Context<Self>, seq: u64, reply: Reply, reserved: usize) {
+    fn complete_reserved(&mut self, ctx: &mut Context<Self>, seq: u64, mut reply: Reply, reserved: usize) {
+        if let Some(local) = self.exec_splices.remove(&seq) {
+            if let Reply::Array(Some(items)) = &mut reply {
+                for (position, local_reply) in local {
+                    items.insert(position.min(items.len()), local_reply);
+                }
+            }
+        }
         self.ready.insert(seq, ReadyReply { reply, reserved });
         let mut out = Vec::new();
         let mut permits = Vec::new();
@@ -257,14 +270,21 @@ impl Connection {
         let request = match parse_client_request(args) {
             Ok(r) => r,
             Err(e) => {
-                // As in Redis: a command refused while queueing dooms the transaction.
                 if let Some(transaction) = &mut self.transaction {
-                    transaction.failed = true;
+                    // As in Redis: an unknown command or a wrong number of arguments dooms the
+                    // transaction; any other refusal becomes that command's element of EXEC's answer.
+                    if matches!(e, RequestError::UnknownCommand { .. } | RequestError::WrongArity(_)) {
+                        transaction.failed = true;
+                    } else {
+                        let position = transaction.commands.len() + transaction.local.len();
+                        transaction.local.push((position, e.to_reply()));
+                        return self.complete(ctx, seq, Reply::Simple("QUEUED".into()));
+                    }
                 }
                 return self.complete(ctx, seq, e.to_reply());
             }
         };
-        let request = match self.transaction_step(request, queued_bytes) {
+        let request = match self.transaction_step(request, queued_bytes, seq) {
             Ok(request) => request,
             Err(reply) => return self.complete(ctx, seq, reply),
         };
@@ -284,15 +304,7 @@ impl Connection {
                 let reply = self.client_command(command);
                 return self.complete(ctx, seq, reply);
             }
-            ClientRequest::Time => {
-                let now =
-                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                let reply = Reply::Array(Some(vec![
-                    Reply::bulk(now.as_secs().to_string().into_bytes()),
-                    Reply::bulk(now.subsec_micros().to_string().into_bytes()),
-                ]));
-                return self.complete(ctx, seq, reply);
-            }
+            ClientRequest::Time => return self.complete(ctx, seq, time_reply()),
             ClientRequest::Multi => {
                 self.transaction = Some(Transaction::default());
                 self.client.multi.store(0, Ordering::Relaxed);
@@ -345,12 +357,17 @@ impl Connection {
 
     /// Inside MULTI, queues a data command (answering `+QUEUED`) and turns EXEC into the one write
     /// that carries the queue; outside, and for what is never queued, hands the request back.
-    fn transaction_step(&mut self, request: ClientRequest, bytes: usize) -> Result<ClientRequest, Reply> {
+    fn transaction_step(
+        &mut self,
+        request: ClientRequest,
+        bytes: usize,
+        seq: u64,
+    ) -> Result<ClientRequest, Reply> {
         if self.transaction.is_none() {
             return Ok(request);
         }
         let request = match request {
-            ClientRequest::Exec(session) => return self.exec(session),
+            ClientRequest::Exec(session) => return self.exec(session, seq),
             ClientRequest::Discard => {
                 self.transaction = None;
                 self.client.multi.store(-1, Ordering::Relaxed);
@@ -359,11 +376,43 @@ impl Connection {
             }
             other => other,
         };
+        // Connection commands answer as they would at EXEC (taken now: nothing they show is
+        // replicated state).
+        let local = match &request {
+            ClientRequest::Ping(None) => Some(Reply::Simple("PONG".into())),
+            ClientRequest::Ping(Some(msg)) => Some(Reply::Bulk(Some(msg.clone()))),
+            ClientRequest::Immediate(reply) => Some(reply.clone()),
+            ClientRequest::Info(section) => Some(Reply::Bulk(Some(
+                self.env.status.info_text(section.as_deref(), self.env.clients.len()).into_bytes(),
+            ))),
+            ClientRequest::Time => Some(time_reply()),
+            ClientRequest::Client(command) => Some(self.client_command(command.clone())),
+            ClientRequest::Unwatch => Some(Reply::ok()),
+            _ => None,
+        };
         let Some(transaction) = &mut self.transaction else { return Ok(request) };
+        if transaction.commands.len() + transaction.local.len() >= MAX_QUEUED_COMMANDS
+            || transaction.bytes + bytes > MAX_QUEUED_BYTES
+        {
+            transaction.failed = true;
+            return Err(Reply::err(format!(
+                "transaction too large (max {MAX_QUEUED_COMMANDS} commands, {MAX_QUEUED_BYTES} bytes)"
+            )));
+        }
+        transaction.bytes += bytes;
+        if let Some(reply) = local {
+            let position = transaction.commands.len() + transaction.local.len();
+            transaction.local.push((position, reply));
+            return Err(Reply::Simple("QUEUED".into()));
+        }
         let command = match request {
             ClientRequest::Multi => return Err(Reply::err("MULTI calls can not be nested")),
             ClientRequest::Watch(_) => return Err(Reply::err("WATCH inside MULTI is not allowed")),
             ClientRequest::Quit => return Ok(ClientRequest::Quit),
+            ClientRequest::Write { session: Some(_), .. } => {
+                transaction.failed = true;
+                return Err(Reply::err("REQ inside MULTI: tag the EXEC instead (REQ client-id seq EXEC)"));
+            }
             ClientRequest::Write { command, .. } | ClientRequest::Read { command } => command,
             ClientRequest::Scan { cursor, pattern, count, kind } => match self.env.cursors.start_of(cursor) {
                 Some(start) => Command::ScanKeys { start, pattern, count, kind },
@@ -374,17 +423,10 @@ impl Connection {
             },
             _ => {
                 transaction.failed = true;
-                return Err(Reply::err("this command cannot be queued in a transaction here"));
+                return Err(Reply::err("membership commands cannot be queued in a transaction"));
             }
         };
-        if transaction.commands.len() >= MAX_QUEUED_COMMANDS || transaction.bytes + bytes > MAX_QUEUED_BYTES {
-            transaction.failed = true;
-            return Err(Reply::err(format!(
-                "transaction too large (max {MAX_QUEUED_COMMANDS} commands, {MAX_QUEUED_BYTES} bytes)"
-            )));
-        }
         transaction.commands.push(with_random_start(command));
-        transaction.bytes += bytes;
         self.client.multi.store(transaction.commands.len() as i64, Ordering::Relaxed);
         Err(Reply::Simple("QUEUED".into()))
     }
@@ -393,6 +435,7 @@ impl Connection {
     fn exec(
         &mut self,
         session: Option<crate::protocol::command::SessionTag>,
+        seq: u64,
     ) -> Result<ClientRequest, Reply> {
         let transaction = self.transaction.take().unwrap_or_default();
         self.client.multi.store(-1, Ordering::Relaxed);
@@ -402,7 +445,10 @@ impl Connection {
             return Err(Reply::Error("EXECABORT Transaction discarded because of previous errors.".into()));
         }
         if transaction.commands.is_empty() && watched.is_empty() {
-            return Err(Reply::Array(Some(Vec::new())));
+            return Err(Reply::Array(Some(transaction.local.into_iter().map(|(_, r)| r).collect())));
+        }
+        if !transaction.local.is_empty() {
+            self.exec_splices.insert(seq, transaction.local);
         }
         let command =
             Command::Exec { watched, watch_point: self.watch_point, commands: transaction.commands };
@@ -445,6 +491,15 @@ impl Connection {
             }
         }
     }
+}
+
+/// TIME: this replica's wall clock, seconds and microseconds.
+fn time_reply() -> Reply {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Reply::Array(Some(vec![
+        Reply::bulk(now.as_secs().to_string().into_bytes()),
+        Reply::bulk(now.subsec_micros().to_string().into_bytes()),
+    ]))
 }
 
 /// RANDOMKEY starts looking at a random key; the replica serving it picks where.

@@ -44,7 +44,11 @@ pub fn parse_f64_strict(bytes: &[u8]) -> Option<f64> {
 /// INCRBYFLOAT's answer: the shortest decimal that reads back as the same float, never in
 /// exponent form, as Redis prints it.
 pub fn format_float(value: f64) -> String {
-    let text = format!("{value}");
+    // Redis adds in long double and prints 17 decimals, trimmed: representation noise of a
+    // double (0.1 + 0.2 = 0.30000000000000004) does not show. Rounding to 15 significant digits
+    // does the same for a double; the shortest form of that is printed.
+    let rounded: f64 = format!("{value:.14e}").parse().unwrap_or(value);
+    let text = format!("{rounded}");
     if text == "-0" {
         "0".to_string()
     } else {
@@ -69,11 +73,13 @@ fn positive_time_ms(arg: &[u8], unit_ms: i64, command: &str) -> Result<u64, Requ
     }
 }
 
-/// EXPIRE's time argument (any sign) in `unit_ms` milliseconds.
+/// EXPIRE's time argument (any sign) in `unit_ms` milliseconds; a time far in the past is
+/// taken as the earliest representable one (the key expires at once, as in Redis).
 fn any_time_ms(arg: &[u8], unit_ms: i64, command: &str) -> Result<i64, RequestError> {
     let n = integer(arg)?;
     match n.checked_mul(unit_ms) {
-        Some(ms) if ms.abs() <= MAX_TTL_MS => Ok(ms),
+        Some(ms) if ms <= MAX_TTL_MS => Ok(ms.max(-MAX_TTL_MS)),
+        None if n < 0 => Ok(-MAX_TTL_MS),
         _ => Err(invalid_expire(command)),
     }
 }
@@ -105,7 +111,9 @@ fn parse_set(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
     };
     let options: Vec<Vec<u8>> = args.collect();
     let mut condition = SetCondition::Always;
-    let mut expiry: Option<Expiry> = None;
+    // The expiry option as given (a repeat of the same option: the last one counts, as in Redis);
+    // its value is checked once every option has been read.
+    let mut expiry_word: Option<(Vec<u8>, Option<&Vec<u8>>)> = None;
     let mut get = false;
     let mut i = 0;
     while i < options.len() {
@@ -114,17 +122,29 @@ fn parse_set(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
             b"NX" if condition != SetCondition::IfPresent => condition = SetCondition::IfAbsent,
             b"XX" if condition != SetCondition::IfAbsent => condition = SetCondition::IfPresent,
             b"GET" => get = true,
-            b"KEEPTTL" if expiry.is_none() => expiry = Some(Expiry::Keep),
-            _ => match expiry_option(&word, options.get(i + 1), "set") {
-                Some(parsed) if expiry.is_none() => {
-                    expiry = Some(parsed?);
+            b"KEEPTTL" | b"EX" | b"PX" | b"EXAT" | b"PXAT"
+                if expiry_word.as_ref().is_none_or(|(given, _)| *given == word) =>
+            {
+                if word == b"KEEPTTL" {
+                    expiry_word = Some((word, None));
+                } else {
+                    let Some(arg) = options.get(i + 1) else { return Err(RequestError::Syntax) };
+                    expiry_word = Some((word, Some(arg)));
                     i += 1;
                 }
-                _ => return Err(RequestError::Syntax),
-            },
+            }
+            _ => return Err(RequestError::Syntax),
         }
         i += 1;
     }
+    let expiry = match expiry_word {
+        None => None,
+        Some((_, None)) => Some(Expiry::Keep),
+        Some((word, arg)) => match expiry_option(&word, arg, "set") {
+            Some(parsed) => Some(parsed?),
+            None => return Err(RequestError::Syntax),
+        },
+    };
     let (key, value) = (check_key(key)?, check_value(value)?);
     let expiry = expiry.unwrap_or(Expiry::Clear);
     if condition == SetCondition::Always && expiry == Expiry::Clear && !get {
@@ -407,7 +427,7 @@ pub(crate) fn parse_dialect(
             b"INCRBYFLOAT" => {
                 arity(2, Some(2))?;
                 let [key, delta] = take(args)?;
-                if parse_f64_strict(&delta).is_none_or(|f| !f.is_finite()) {
+                if parse_f64_strict(&delta).is_none() {
                     return Err(RequestError::Other("ERR value is not a valid float".into()));
                 }
                 Ok(write(Command::IncrByFloat { key: check_key(key)?, delta }))
@@ -541,5 +561,6 @@ mod tests {
         assert_eq!(format_float(5000.0 + 200.0), "5200");
         assert_eq!(format_float(1e20), "100000000000000000000");
         assert_eq!(format_float(-0.0), "0");
+        assert_eq!(format_float(0.1 + 0.2), "0.3", "no double representation noise, as Redis's long double");
     }
 }

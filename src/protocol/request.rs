@@ -288,7 +288,7 @@ fn parse_command(name: Vec<u8>, args: Vec<Vec<u8>>) -> Result<ClientRequest, Req
         b"SELECT" => {
             arity(1, Some(1))?;
             let [db] = take(args)?;
-            match parse_u64(&db) {
+            match super::dialect::parse_i64_strict(&db) {
                 Some(0) => Ok(ClientRequest::Immediate(Reply::ok())),
                 Some(_) => Err(RequestError::DbIndexOutOfRange),
                 None => Err(RequestError::NotAnInteger),
@@ -408,7 +408,7 @@ fn parse_client_subcommand(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestE
                 b"LIB-VER" => false,
                 _ => return Err(RequestError::Other(format!("ERR Unrecognized option '{}'", quote(attr)))),
             };
-            if value.iter().any(|b| *b < b' ' || *b > b'~') {
+            if value.iter().any(|b| *b <= b' ' || *b > b'~') {
                 return Err(RequestError::Other(format!(
                     "ERR {} cannot contain spaces, newlines or special characters.",
                     quote(attr).to_ascii_lowercase()
@@ -465,19 +465,21 @@ fn parse_config(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
         return Err(RequestError::WrongArity("config|get".into()));
     }
     let mut pairs = Vec::new();
-    for parameter in &args[1..] {
-        // Only what tools read; the durability answer is the honest one: every write is on a
-        // majority's disk before it is acknowledged, which no RDB/AOF setting describes.
-        let value: &[u8] = match parameter.to_ascii_lowercase().as_slice() {
-            b"save" => b"",
-            b"appendonly" => b"no",
-            b"maxmemory" => b"0",
-            b"maxmemory-policy" => b"noeviction",
-            b"databases" => b"1",
-            _ => continue,
-        };
-        pairs.push(Reply::bulk(parameter.to_ascii_lowercase()));
-        pairs.push(Reply::bulk(value.to_vec()));
+    // Only what tools read; the durability answer is the honest one: every write is on a
+    // majority's disk before it is acknowledged, which no RDB/AOF setting describes.
+    const PARAMETERS: [(&str, &str); 5] = [
+        ("save", ""),
+        ("appendonly", "no"),
+        ("maxmemory", "0"),
+        ("maxmemory-policy", "noeviction"),
+        ("databases", "1"),
+    ];
+    for (name, value) in PARAMETERS {
+        // Each parameter once, whichever patterns (Redis 7 globs) match it.
+        if args[1..].iter().any(|p| command_table::glob_match(&p.to_ascii_lowercase(), name.as_bytes())) {
+            pairs.push(Reply::bulk(name.as_bytes().to_vec()));
+            pairs.push(Reply::bulk(value.as_bytes().to_vec()));
+        }
     }
     Ok(ClientRequest::Immediate(Reply::Array(Some(pairs))))
 }
@@ -757,6 +759,23 @@ mod tests {
         assert_eq!(error_line("SCAN x"), "ERR invalid cursor");
         assert_eq!(error_line("SCAN 0 COUNT 0"), "ERR syntax error");
         assert_eq!(error_line("GETEX k PERSIST EX 1"), "ERR syntax error");
+        assert_eq!(
+            error_line("SET k v EX 0 FOO"),
+            "ERR syntax error",
+            "options are read before values are judged"
+        );
+        assert_eq!(error_line("SELECT -1"), "ERR DB index is out of range");
+        assert!(parse("SET k v EX 10 EX 20").is_ok(), "a repeated option: the last counts");
+        assert!(parse("PEXPIRE k -9223372036854775808").is_ok(), "far in the past: expire now");
+        assert_eq!(
+            parse("CONFIG GET max*"),
+            Ok(ClientRequest::Immediate(Reply::Array(Some(vec![
+                Reply::bulk(b"maxmemory".to_vec()),
+                Reply::bulk(b"0".to_vec()),
+                Reply::bulk(b"maxmemory-policy".to_vec()),
+                Reply::bulk(b"noeviction".to_vec()),
+            ]))))
+        );
         assert_eq!(error_line("CLIENT KILL x"), "ERR unknown subcommand 'KILL'. Try CLIENT HELP.");
         assert_eq!(parse_client_request(vec![]), Err(RequestError::Empty));
     }

@@ -233,7 +233,7 @@ impl Applying<'_> {
                 let old = self.live(key).map(|s| s.value.as_slice()).unwrap_or_default();
                 if old.len() + value.len() > MAX_ARG_BYTES {
                     // Every replica refuses alike: the check reads only replicated state.
-                    return CommandResult::Error(format!("value would exceed {MAX_ARG_BYTES} bytes"));
+                    return CommandResult::Error(TOO_LONG.into());
                 }
                 let mut joined = old.to_vec();
                 joined.extend_from_slice(value);
@@ -256,11 +256,20 @@ impl Applying<'_> {
                 let Some(old) = self.live(key).cloned() else { return CommandResult::Value(None) };
                 let expire_at_ms = match expiry {
                     Expiry::Keep => return CommandResult::Value(Some(old.value)),
+                    // PERSIST of a key without a time to live changes nothing (no new version).
+                    Expiry::Clear if old.expire_at_ms.is_none() => {
+                        return CommandResult::Value(Some(old.value))
+                    }
                     Expiry::Clear => None,
                     Expiry::AfterMs(ms) => Some(self.now_ms.saturating_add(*ms)),
                     Expiry::AtMs(at) => Some(*at),
                 };
-                self.put(DEFAULT, key, old.value.clone(), expire_at_ms);
+                if expire_at_ms.is_some_and(|at| at <= self.now_ms) {
+                    // A time already reached: the key goes now, as Redis deletes it.
+                    self.remove(DEFAULT, std::slice::from_ref(key));
+                } else {
+                    self.put(DEFAULT, key, old.value.clone(), expire_at_ms);
+                }
                 CommandResult::Value(Some(old.value))
             }
             Command::MSet { pairs, only_if_none_exist } => {
