@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::byte_budget::ByteBudget;
 use super::consensus::Consensus;
+use super::metrics::command_slot;
 use super::registry::{ClientEntry, ClientRegistry, ScanCursors};
 use super::status::StatusBoard;
 use super::waiter::{Waiter, WaiterTask};
@@ -164,6 +165,8 @@ pub struct Connection {
     watch_point: u64,
     /// EXECs in flight, by request position: the replies to splice into their answer.
     exec_splices: BTreeMap<u64, Vec<(usize, Reply)>>,
+    /// Requests in flight, by position: their command's metrics slot and arrival time.
+    started: BTreeMap<u64, (usize, std::time::Instant)>,
 }
 
 /// A MULTI's queue.
@@ -202,6 +205,7 @@ impl Connection {
             watched: Vec::new(),
             watch_point: 0,
             exec_splices: BTreeMap::new(),
+            started: BTreeMap::new(),
         }
     }
 
@@ -210,6 +214,13 @@ impl Connection {
     }
 
     fn complete_reserved(&mut self, ctx: &mut Context<Self>, seq: u64, mut reply: Reply, reserved: usize) {
+        if let Some((slot, arrived)) = self.started.remove(&seq) {
+            let metrics = &self.env.status.metrics;
+            metrics.request_seconds.observe(arrived.elapsed().as_secs_f64());
+            if matches!(reply, Reply::Error(_)) {
+                metrics.error(slot);
+            }
+        }
         if let Some(local) = self.exec_splices.remove(&seq) {
             if let Reply::Array(Some(items)) = &mut reply {
                 for (position, local_reply) in local {
@@ -266,10 +277,14 @@ impl Connection {
 
     fn start_request(&mut self, ctx: &mut Context<Self>, seq: u64, args: Vec<Vec<u8>>) {
         self.client.touch();
+        let slot = command_slot(args.first().map_or(&[][..], Vec::as_slice));
+        self.env.status.metrics.request(slot);
+        self.started.insert(seq, (slot, std::time::Instant::now()));
         let queued_bytes: usize = args.iter().map(Vec::len).sum();
         let request = match parse_client_request(args) {
             Ok(r) => r,
             Err(e) => {
+                self.env.status.metrics.refused_client_input.inc();
                 if let Some(transaction) = &mut self.transaction {
                     // As in Redis: an unknown command or a wrong number of arguments dooms the
                     // transaction; any other refusal becomes that command's element of EXEC's answer.
@@ -628,9 +643,11 @@ impl Actor for Connection {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.env.clients.remove(self.client.id);
+        self.env.status.set_connected_clients(self.env.clients.len());
     }
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.env.status.set_connected_clients(self.env.clients.len());
         let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_REQUESTS));
         if let Some(reader) = self.reader.take() {
             let idle = self.env.idle_timeout;
@@ -654,7 +671,10 @@ impl Handler<Incoming> for Connection {
         self.permits.insert(seq, msg.permit);
         match msg.request {
             Ok(args) => self.start_request(ctx, seq, args),
-            Err(message) => self.complete(ctx, seq, Reply::err(message)),
+            Err(message) => {
+                self.env.status.metrics.refused_client_input.inc();
+                self.complete(ctx, seq, Reply::err(message))
+            }
         }
     }
 }
@@ -665,6 +685,7 @@ impl Handler<ReaderEnded> for Connection {
     fn handle(&mut self, msg: ReaderEnded, ctx: &mut Self::Context) {
         match msg {
             ReaderEnded::Garbage(message, permit) => {
+                self.env.status.metrics.refused_client_input.inc();
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 self.permits.insert(seq, permit);

@@ -507,6 +507,7 @@ impl Consensus {
             if let Some(snapshot) = received {
                 // Before the entries that follow it.
                 self.latest_snapshot = Some(snapshot.clone());
+                self.status.metrics.snapshots_installed.inc();
                 self.applier.do_send(Restore(snapshot));
             }
             if !ready.committed_entries.is_empty() {
@@ -654,6 +655,7 @@ impl Consensus {
                 }
                 Ok(Ok(saved)) => {
                     let meta = saved.meta;
+                    act.status.metrics.snapshots_taken.inc();
                     act.latest_snapshot = Some(saved);
                     act.core.compact(meta.index);
                     // Ordered after every write handed out before it, which holds the entries it covers.
@@ -711,6 +713,7 @@ impl Consensus {
 
     fn send_forward(&mut self, to: NodeId, id: u64, request: Forwarded) {
         let (from, run) = (self.core.id(), self.run);
+        self.status.metrics.forwarded.inc();
         self.transport.send(PeerFrame::Forward { from, to, run, id, request });
     }
 
@@ -983,6 +986,7 @@ impl Consensus {
                     self.core.id(),
                     meta.index,
                 );
+                self.status.metrics.snapshots_sent.inc();
                 let first = self.outgoing.start(to, meta, total, OutgoingImage { snapshot, crc32 });
                 self.send_chunk(first);
             }
@@ -1105,6 +1109,7 @@ impl Consensus {
             last_log_index: log.last_index(),
             snapshot_index: log.snapshot_meta().index,
             log_bytes: log.entries_bytes() as u64,
+            elections: self.core.stats().elections,
         });
     }
 }
@@ -1194,6 +1199,7 @@ impl Handler<Inbound> for Consensus {
             PeerFrame::ForwardAnswer { id, answer, .. } => return self.on_forward_answer(id, answer),
         };
         if let Err(e) = self.core.step(message) {
+            self.status.metrics.refused_peer_input.inc();
             log::warn!("replica {}: refused a peer message: {e}", self.core.id());
         }
         self.drive_soon(ctx);

@@ -1,6 +1,12 @@
 //! The disk writer: owns the data dir and the WAL, on its own thread so fsync never stalls clients.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use actix::prelude::*;
+
+use super::metrics::SLOW_FSYNC_WARNING;
+use super::status::StatusBoard;
 
 use crate::protocol::raft::{Entry, HardState, SnapshotMeta};
 use crate::storage::{DataDir, StorageError, Wal};
@@ -28,6 +34,8 @@ pub struct CloseDisk;
 /// Runs on a dedicated arbiter: requests are served one at a time, in order.
 pub struct DiskWriter {
     wal: Option<Wal>,
+    /// Where write-and-fsync times are recorded.
+    status: Option<Arc<StatusBoard>>,
     /// Held for its lock; dropped on close.
     data_dir: Option<DataDir>,
 }
@@ -35,7 +43,13 @@ pub struct DiskWriter {
 impl DiskWriter {
     /// A writer owning `wal` inside `data_dir`.
     pub fn new(wal: Wal, data_dir: DataDir) -> DiskWriter {
-        DiskWriter { wal: Some(wal), data_dir: Some(data_dir) }
+        DiskWriter { wal: Some(wal), data_dir: Some(data_dir), status: None }
+    }
+
+    /// The same, recording each write-and-fsync's time in `status`'s metrics.
+    pub fn with_status(mut self, status: Arc<StatusBoard>) -> DiskWriter {
+        self.status = Some(status);
+        self
     }
 }
 
@@ -52,7 +66,20 @@ impl Handler<Persist> for DiskWriter {
             wal.compact(meta)?;
         }
         if msg.hard_state.is_some() || !msg.entries.is_empty() {
+            let started = Instant::now();
             wal.append(msg.hard_state, &msg.entries)?;
+            let took = started.elapsed();
+            if let Some(status) = &self.status {
+                status.metrics.fsync_seconds.observe(took.as_secs_f64());
+            }
+            if took > SLOW_FSYNC_WARNING {
+                log::warn!(
+                    "disk: writing and syncing {} log entries took {} ms (over {} ms): the disk is slow",
+                    msg.entries.len(),
+                    took.as_millis(),
+                    SLOW_FSYNC_WARNING.as_millis()
+                );
+            }
         }
         Ok(())
     }

@@ -12,6 +12,8 @@ pub mod connection;
 pub mod consensus;
 pub mod disk;
 pub mod front_end;
+pub mod http;
+pub mod metrics;
 pub mod peer_link;
 pub mod peer_listener;
 pub mod registry;

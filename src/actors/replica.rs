@@ -75,6 +75,8 @@ pub struct ReplicaConfig {
     pub max_clients: usize,
     /// Close a client connection idle this long with nothing in flight (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Where to serve `/metrics` and `/health` over HTTP (HOST:PORT; port 0 picks one; `None`: not served).
+    pub metrics_addr: Option<String>,
     /// A follower forwards writes, reads and admin requests to the leader (`--no-forward`
     /// clears it: followers answer `-NOTLEADER addr`).
     pub forward: bool,
@@ -109,6 +111,7 @@ impl ReplicaConfig {
             wal_segment_bytes: crate::storage::wal::DEFAULT_SEGMENT_BYTES,
             max_clients: super::front_end::DEFAULT_MAX_CLIENTS,
             idle_timeout: None,
+            metrics_addr: None,
             forward: true,
             seed: None,
         }
@@ -342,9 +345,12 @@ impl Replica {
         );
         let core = RaftCore::restore(raft_config, recovery.hard_state, snapshot_meta, membership, entries);
 
+        let status = Arc::new(StatusBoard::new(config.id, client_addr.to_string()));
+        let disk_status = status.clone();
         let disk_arbiter = Arbiter::new();
-        let disk =
-            DiskWriter::start_in_arbiter(&disk_arbiter.handle(), move |_| DiskWriter::new(wal, data_dir));
+        let disk = DiskWriter::start_in_arbiter(&disk_arbiter.handle(), move |_| {
+            DiskWriter::new(wal, data_dir).with_status(disk_status)
+        });
         if snapshot_meta != recovery.snapshot {
             // The snapshot file is newer than the log's marker (a crash between the two writes).
             disk.do_send(Persist { compact: Some(snapshot_meta), hard_state: None, entries: Vec::new() });
@@ -354,7 +360,6 @@ impl Replica {
         let snapshotter = Snapshotter::start_in_arbiter(&snapshot_arbiter.handle(), move |_| {
             Snapshotter::new(snapshots, id)
         });
-        let status = Arc::new(StatusBoard::new(config.id, client_addr.to_string()));
         let applier = Applier::new(state, snapshot_meta.term, status.clone(), snapshotter.clone()).start();
 
         let handshake = Handshake {
@@ -407,6 +412,12 @@ impl Replica {
         };
         let front_end = FrontEnd::new(client_listener, env, config.max_clients).start();
         log::info!("replica {}: serving clients on {client_addr}, peers on {peer_addr}", config.id);
+        if let Some(addr) = &config.metrics_addr {
+            let bound = super::http::start(addr, status.clone())
+                .map_err(|source| ReplicaError::Bind { addr: addr.clone(), source })?;
+            let _ = status.metrics_addr.set(bound);
+            log::info!("replica {}: serving /metrics and /health on http://{bound}", config.id);
+        }
         if !config.fsync {
             log::warn!(
                 "replica {}: --no-fsync: acknowledged writes can be lost if the machine crashes",

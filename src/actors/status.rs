@@ -33,6 +33,14 @@ pub struct StatusBoard {
     data_bytes: AtomicU64,
     /// When the replica started.
     started: std::sync::OnceLock<std::time::Instant>,
+    /// Elections this replica started.
+    elections: AtomicU64,
+    /// Live client connections.
+    connected_clients: AtomicU64,
+    /// Where `/metrics` and `/health` are served, once bound.
+    pub metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// What the actors count, for `/metrics`.
+    pub metrics: super::metrics::Metrics,
     /// Client address of each member, learnt from configuration and peer handshakes.
     client_addrs: RwLock<BTreeMap<NodeId, String>>,
     /// Why consensus stopped, once it has (a failed disk write): the replica no longer takes part.
@@ -62,6 +70,8 @@ pub struct ConsensusNumbers {
     pub snapshot_index: u64,
     /// Bytes of log since the last snapshot.
     pub log_bytes: u64,
+    /// Elections this replica started.
+    pub elections: u64,
 }
 
 /// The roles by their code on the board (the atomic holds an index into this).
@@ -83,6 +93,10 @@ impl StatusBoard {
 
     /// Publishes the consensus actor's numbers.
     pub fn publish_consensus(&self, n: ConsensusNumbers) {
+        self.elections.store(n.elections, Ordering::Relaxed);
+        if n.leader != 0 && n.leader != self.leader.load(Ordering::Relaxed) {
+            self.metrics.leader_changes.inc();
+        }
         self.role.store(role_code(n.role), Ordering::Relaxed);
         self.term.store(n.term, Ordering::Relaxed);
         self.leader.store(n.leader, Ordering::Relaxed);
@@ -247,6 +261,41 @@ impl StatusBoard {
             0 => "?".to_string(),
             id => self.client_addr(id).unwrap_or_else(|| "?".to_string()),
         }
+    }
+
+    /// Elections this replica started.
+    pub fn elections(&self) -> u64 {
+        self.elections.load(Ordering::Relaxed)
+    }
+
+    /// Index covered by the latest snapshot.
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_index.load(Ordering::Relaxed)
+    }
+
+    /// Last index in the log.
+    pub fn last_log_index(&self) -> u64 {
+        self.last_log_index.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of log since the snapshot.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Keys stored at the applied index.
+    pub fn key_count(&self) -> u64 {
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    /// Live client connections.
+    pub fn connected_clients(&self) -> u64 {
+        self.connected_clients.load(Ordering::Relaxed)
+    }
+
+    /// Records how many client connections are live.
+    pub fn set_connected_clients(&self, n: usize) {
+        self.connected_clients.store(n as u64, Ordering::Relaxed);
     }
 
     /// INFO's text for `section` (none, `all`, `default` or `everything`: every section):

@@ -72,6 +72,9 @@ struct ReplicaArgs {
     /// Do not forward to the leader: a follower answers writes and reads "-NOTLEADER addr".
     #[arg(long)]
     no_forward: bool,
+    /// Serve Prometheus /metrics and /health over HTTP on HOST:PORT (`local`: client port + 2000).
+    #[arg(long)]
+    metrics_addr: Option<String>,
 }
 
 /// File descriptors kept for each replica's own use (WAL, snapshots, peer links and listener).
@@ -175,6 +178,7 @@ fn replica_config(args: &ReplicaArgs) -> Result<ReplicaConfig, String> {
     config.max_clients = args.max_clients;
     config.idle_timeout = idle_timeout(args);
     config.forward = !args.no_forward;
+    config.metrics_addr = args.metrics_addr.clone();
     Ok(config)
 }
 
@@ -211,6 +215,7 @@ fn local_configs(
         config.max_clients = template.max_clients;
         config.idle_timeout = idle_timeout(template);
         config.forward = !template.no_forward;
+        config.metrics_addr = Some(format!("127.0.0.1:{}", port(i, 2000)?));
         configs.push(config);
     }
     Ok(configs)
@@ -323,11 +328,17 @@ async fn run(configs: Vec<ReplicaConfig>, local: bool, join: Option<(JoinRequest
         let addrs: Vec<String> = replicas.iter().map(|r| r.client_addr.to_string()).collect();
         println!("quorumkv: local cluster of {} replicas", replicas.len());
         for r in &replicas {
-            println!("  replica {}: clients on {}, peers on {}", r.id, r.client_addr, r.peer_addr);
+            let metrics = r
+                .status
+                .metrics_addr
+                .get()
+                .map(|a| format!(", metrics on http://{a}/metrics"))
+                .unwrap_or_default();
+            println!("  replica {}: clients on {}, peers on {}{metrics}", r.id, r.client_addr, r.peer_addr);
         }
         println!("connect with:  quorumkv-cli --servers {}", addrs.join(","));
         println!(
-            "          or:  redis-cli -p {}   (any replica; followers redirect with -NOTLEADER)",
+            "          or:  redis-cli -p {}   (any replica serves any command)",
             replicas[0].client_addr.port()
         );
     } else if let Some(r) = replicas.first() {
@@ -367,7 +378,8 @@ fn parse_cli() -> Result<Cli, ExitCode> {
         ExitCode::from(1)
     })?;
     if matches.subcommand_name() == Some("local") {
-        let single_only = ["id", "client_addr", "peer_addr", "peers", "data_dir", "join", "learner"];
+        let single_only =
+            ["id", "client_addr", "peer_addr", "peers", "data_dir", "join", "learner", "metrics_addr"];
         if let Some(flag) = single_only.iter().find(|id| given(&matches, id)) {
             let flag = flag.replace('_', "-");
             eprintln!(
