@@ -120,6 +120,17 @@ fn main() -> ExitCode {
             Err(code) => code,
         };
     }
+    if name == "status" {
+        let status: cli::status::StatusArgs =
+            match parse_or_exit(std::iter::once(OsString::from("quorumkv-cli status")).chain(command)) {
+                Ok(status) => status,
+                Err(code) => return code,
+            };
+        return match config_or_exit(&cli.servers) {
+            Ok(config) => ExitCode::from(cli::status::run(&status, &config)),
+            Err(code) => code,
+        };
+    }
     let args = std::iter::once(name).chain(command).map(os_bytes).collect();
     match config_or_exit(&cli.servers) {
         Ok(config) => ExitCode::from(run_once(config, args)),

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod repl;
+pub mod status;
 
 use std::io::Write;
 
