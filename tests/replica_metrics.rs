@@ -119,6 +119,31 @@ fn metrics_pass_promtool_and_move_with_writes_elections_and_snapshots() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"health\":true"), "{body}");
     assert_eq!(http_get(metrics_addr(&cluster, leader), "/nothing").0, 404);
+
+    // The shipped dashboard only graphs metrics that exist, and the scrape example is valid.
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-dashboard.json"))
+            .expect("deploy/grafana-dashboard.json");
+    let _: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut used: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("quorumkv_"))
+        .collect();
+    used.sort();
+    used.dedup();
+    assert!(used.len() >= 10, "{used:?}");
+    for name in used {
+        let family = name.strip_suffix("_bucket").unwrap_or(name);
+        assert!(
+            after.contains(&format!("# TYPE {family} ")),
+            "the dashboard graphs {name}, which /metrics lacks"
+        );
+    }
+    let config = std::process::Command::new("promtool")
+        .args(["check", "config", concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus.yml")])
+        .output()
+        .expect("promtool");
+    assert!(config.status.success(), "{}", String::from_utf8_lossy(&config.stdout));
 }
 
 #[test]
