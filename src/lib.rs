@@ -5,12 +5,14 @@
 //! - [`storage`]: bytes at rest (write-ahead log, snapshots, KV engine, state machine);
 //! - [`actors`]: concurrency and I/O (one actor per file, `replica` wires them);
 //! - [`client`]: the blocking Rust client (leader discovery, retries, exactly-once writes);
-//! - [`joining`]: how a `--join` replica adds and promotes itself through that client.
+//! - [`joining`]: how a `--join` replica adds and promotes itself through that client;
+//! - [`linearizability`]: the history checker behind `quorumkv-cli check` and the fault suite.
 
 #![deny(missing_docs)]
 
 pub mod actors;
 pub mod client;
 pub mod joining;
+pub mod linearizability;
 pub mod protocol;
 pub mod storage;

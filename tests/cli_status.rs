@@ -65,3 +65,47 @@ fn status_shows_every_member_and_says_which_are_unreachable() {
         view["members"].as_array().map_or(0, |m| m.iter().filter(|r| r["reachable"] == false).count());
     assert_eq!(unreachable, 2);
 }
+
+#[test]
+fn check_finds_a_healthy_cluster_linearizable_and_exits_0() {
+    let cluster = TestCluster::start(3);
+    cluster.wait_for_leader(Duration::from_secs(10));
+    let servers: Vec<String> = cluster.client_addrs.values().map(|a| a.to_string()).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_quorumkv-cli"))
+        .args(["--servers", &servers.join(","), "check", "--duration", "2", "--clients", "4", "--keys", "3"])
+        .output()
+        .expect("quorumkv-cli runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("linearizable") && !text.contains("NOT"), "{text}");
+    let done: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ops done: "))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("ops done line");
+    assert!(done > 20, "{text}");
+    // It wrote only under its prefix.
+    let mut conn = common::resp_conn::RespConn::connect(
+        cluster.client_addrs.values().next().copied().expect("a server"),
+        Duration::from_secs(10),
+    );
+    let quorumkv::protocol::resp::Reply::Array(Some(keys)) = conn.call(&[b"KEYS", b"*"]) else {
+        panic!("KEYS")
+    };
+    assert!(!keys.is_empty());
+    for key in keys {
+        let quorumkv::protocol::resp::Reply::Bulk(Some(k)) = key else { panic!("a key") };
+        assert!(k.starts_with(b"__check:"), "{k:?}");
+    }
+}
+
+#[test]
+fn check_against_no_server_exits_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_quorumkv-cli"))
+        .args(["--servers", "127.0.0.1:1", "check", "--duration", "0.5", "--clients", "1"])
+        .env("QUORUMKV_CLI_TIMEOUT_MS", "200")
+        .output()
+        .expect("quorumkv-cli runs");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+}

@@ -120,6 +120,17 @@ fn main() -> ExitCode {
             Err(code) => code,
         };
     }
+    if name == "check" {
+        let check: cli::check::CheckArgs =
+            match parse_or_exit(std::iter::once(OsString::from("quorumkv-cli check")).chain(command)) {
+                Ok(check) => check,
+                Err(code) => return code,
+            };
+        return match config_or_exit(&cli.servers) {
+            Ok(config) => ExitCode::from(cli::check::run(&check, config)),
+            Err(code) => code,
+        };
+    }
     if name == "status" {
         let status: cli::status::StatusArgs =
             match parse_or_exit(std::iter::once(OsString::from("quorumkv-cli status")).chain(command)) {

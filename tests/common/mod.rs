@@ -3,7 +3,7 @@
 
 pub mod cluster;
 pub mod kv_suite;
-pub mod linearizability;
+pub use quorumkv::linearizability;
 pub mod raft_net;
 pub mod resp_conn;
 

@@ -2,6 +2,7 @@
 //! and the benchmark.
 
 pub mod bench;
+pub mod check;
 pub mod repl;
 pub mod status;
 
