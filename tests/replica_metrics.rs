@@ -93,6 +93,8 @@ fn metrics_pass_promtool_and_move_with_writes_elections_and_snapshots() {
     );
     assert!(sample(&after, "quorumkv_applied_index") >= sample(&before, "quorumkv_applied_index") + 100.0);
     assert_eq!(sample(&after, "quorumkv_keys"), 100.0);
+    let lag = sample(&after, "quorumkv_apply_lag_entries");
+    assert_eq!(lag, sample(&after, "quorumkv_commit_index") - sample(&after, "quorumkv_applied_index"));
 
     // A leader change: the new leader's gauge and every replica's leader-change counter move.
     let target = *cluster.client_addrs.keys().find(|&&id| id != leader).expect("a follower");

@@ -54,6 +54,7 @@ struct Gauges {
     term: IntGauge,
     commit_index: IntGauge,
     applied_index: IntGauge,
+    apply_lag: IntGauge,
     snapshot_index: IntGauge,
     last_log_index: IntGauge,
     log_bytes: IntGauge,
@@ -158,6 +159,11 @@ impl Default for Metrics {
                 term: gauge(&r, "quorumkv_term", "Current Raft term."),
                 commit_index: gauge(&r, "quorumkv_commit_index", "Raft commit index."),
                 applied_index: gauge(&r, "quorumkv_applied_index", "Index applied to the state machine."),
+                apply_lag: gauge(
+                    &r,
+                    "quorumkv_apply_lag_entries",
+                    "Committed entries not yet applied (a stuck or slow applier).",
+                ),
                 snapshot_index: gauge(&r, "quorumkv_snapshot_index", "Index covered by the latest snapshot."),
                 last_log_index: gauge(&r, "quorumkv_last_log_index", "Last index in the log."),
                 log_bytes: gauge(&r, "quorumkv_log_bytes", "Bytes of log entries since the snapshot."),
@@ -202,6 +208,7 @@ impl Metrics {
         set(&g.term, values.term);
         set(&g.commit_index, values.commit_index);
         set(&g.applied_index, values.applied_index);
+        set(&g.apply_lag, values.commit_index.saturating_sub(values.applied_index));
         set(&g.snapshot_index, values.snapshot_index);
         set(&g.last_log_index, values.last_log_index);
         set(&g.log_bytes, values.log_bytes);
