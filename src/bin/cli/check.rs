@@ -82,7 +82,10 @@ pub fn run(args: &CheckArgs, config: ClientConfig) -> u8 {
         .map_or(1, |d| d.as_micros() as u64);
     let workers: Vec<_> = (0..args.clients.max(1))
         .map(|i| {
-            let (config, history, done) = (config.clone(), history.clone(), done.clone());
+            let (mut config, history, done) = (config.clone(), history.clone(), done.clone());
+            // Client i starts at server i: with forwarding every replica serves (and is checked).
+            let servers = config.servers.len().max(1);
+            config.servers.rotate_left(i as usize % servers);
             let keys = args.keys;
             std::thread::spawn(move || clerk(base.wrapping_add(i), config, keys, until, history, done))
         })
