@@ -307,6 +307,7 @@ fn optimistic_increments_count_exactly_under_contention_and_leader_changes() {
         let (mut moves, mut i) = (0, 0);
         let deadline = std::time::Instant::now() + WAIT;
         while moves < 4 && std::time::Instant::now() < deadline {
+            // The fault's pace (a transfer every 100 ms or so), not a wait for a condition.
             std::thread::sleep(Duration::from_millis(100));
             let mut conn = RespConn::connect(addrs[i % addrs.len()], WAIT);
             let target = ids[(i + 1) % ids.len()].to_string();
@@ -337,6 +338,7 @@ fn optimistic_increments_count_exactly_under_partitions_on_an_unreliable_network
             let rest: Vec<u64> = ids.iter().copied().filter(|&id| id != alone).collect();
             net.partition(&[vec![alone], rest]);
             cuts += 1;
+            // How long the cut lasts, and the healed gap after it: the fault itself.
             std::thread::sleep(Duration::from_millis(300 + rng.range(0, 400)));
             net.heal();
             std::thread::sleep(Duration::from_millis(200));

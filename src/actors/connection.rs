@@ -352,12 +352,12 @@ impl Connection {
             ClientRequest::Read { command } => {
                 WaiterTask::Read(with_random_start(command), self.budget.clone())
             }
-            ClientRequest::Scan { cursor, pattern, count, kind } => match self.env.cursors.start_of(cursor) {
-                Some(start) => {
-                    WaiterTask::Read(Command::ScanKeys { start, pattern, count, kind }, self.budget.clone())
+            ClientRequest::Scan { cursor, pattern, count, kind } => {
+                match scan_page(&self.env.cursors, cursor, pattern, count, kind) {
+                    Some(command) => WaiterTask::Read(command, self.budget.clone()),
+                    None => return self.complete(ctx, seq, Reply::err("invalid cursor")),
                 }
-                None => return self.complete(ctx, seq, Reply::err("invalid cursor")),
-            },
+            }
         };
         let waiter = Waiter::new(
             seq,
@@ -429,13 +429,15 @@ impl Connection {
                 return Err(Reply::err("REQ inside MULTI: tag the EXEC instead (REQ client-id seq EXEC)"));
             }
             ClientRequest::Write { command, .. } | ClientRequest::Read { command } => command,
-            ClientRequest::Scan { cursor, pattern, count, kind } => match self.env.cursors.start_of(cursor) {
-                Some(start) => Command::ScanKeys { start, pattern, count, kind },
-                None => {
-                    transaction.failed = true;
-                    return Err(Reply::err("invalid cursor"));
+            ClientRequest::Scan { cursor, pattern, count, kind } => {
+                match scan_page(&self.env.cursors, cursor, pattern, count, kind) {
+                    Some(command) => command,
+                    None => {
+                        transaction.failed = true;
+                        return Err(Reply::err("invalid cursor"));
+                    }
                 }
-            },
+            }
             _ => {
                 transaction.failed = true;
                 return Err(Reply::err("membership commands cannot be queued in a transaction"));
@@ -506,6 +508,18 @@ impl Connection {
             }
         }
     }
+}
+
+/// The SCAN page a client's cursor names (none: a cursor this replica did not give, or forgot).
+fn scan_page(
+    cursors: &ScanCursors,
+    cursor: u64,
+    pattern: Option<Vec<u8>>,
+    count: u64,
+    kind: Option<Vec<u8>>,
+) -> Option<Command> {
+    let start = cursors.start_of(cursor)?;
+    Some(Command::ScanKeys { start, pattern, count, kind })
 }
 
 /// TIME: this replica's wall clock, seconds and microseconds.

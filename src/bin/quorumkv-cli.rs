@@ -71,6 +71,24 @@ fn config_or_exit(servers: &[String]) -> Result<ClientConfig, ExitCode> {
     })
 }
 
+/// Parses a subcommand's own arguments and runs it against `servers`.
+fn subcommand<P: Parser>(
+    servers: &[String],
+    name: &str,
+    rest: impl Iterator<Item = OsString>,
+    run: impl FnOnce(P, ClientConfig) -> u8,
+) -> ExitCode {
+    let args =
+        match parse_or_exit(std::iter::once(OsString::from(format!("quorumkv-cli {name}"))).chain(rest)) {
+            Ok(args) => args,
+            Err(code) => return code,
+        };
+    match config_or_exit(servers) {
+        Ok(config) => ExitCode::from(run(args, config)),
+        Err(code) => code,
+    }
+}
+
 fn run_once(config: ClientConfig, args: Vec<Vec<u8>>) -> u8 {
     let mut client = match Client::new(config) {
         Ok(client) => client,
@@ -121,26 +139,14 @@ fn main() -> ExitCode {
         };
     }
     if name == "check" {
-        let check: cli::check::CheckArgs =
-            match parse_or_exit(std::iter::once(OsString::from("quorumkv-cli check")).chain(command)) {
-                Ok(check) => check,
-                Err(code) => return code,
-            };
-        return match config_or_exit(&cli.servers) {
-            Ok(config) => ExitCode::from(cli::check::run(&check, config)),
-            Err(code) => code,
-        };
+        return subcommand(&cli.servers, "check", command, |args: cli::check::CheckArgs, config| {
+            cli::check::run(&args, config)
+        });
     }
     if name == "status" {
-        let status: cli::status::StatusArgs =
-            match parse_or_exit(std::iter::once(OsString::from("quorumkv-cli status")).chain(command)) {
-                Ok(status) => status,
-                Err(code) => return code,
-            };
-        return match config_or_exit(&cli.servers) {
-            Ok(config) => ExitCode::from(cli::status::run(&status, &config)),
-            Err(code) => code,
-        };
+        return subcommand(&cli.servers, "status", command, |args: cli::status::StatusArgs, config| {
+            cli::status::run(&args, &config)
+        });
     }
     let args = std::iter::once(name).chain(command).map(os_bytes).collect();
     match config_or_exit(&cli.servers) {

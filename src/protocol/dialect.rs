@@ -154,6 +154,17 @@ fn parse_set(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
     Ok(write(Command::Set { key, value, condition, expiry, reply }))
 }
 
+/// SETNX, SETEX, PSETEX, GETSET: a SET with fixed options.
+fn set_family(
+    key: Vec<u8>,
+    value: Vec<u8>,
+    condition: SetCondition,
+    expiry: Expiry,
+    reply: SetReply,
+) -> Result<ClientRequest, RequestError> {
+    Ok(write(Command::Set { key: check_key(key)?, value: check_value(value)?, condition, expiry, reply }))
+}
+
 /// `GETEX key [EX s|PX ms|EXAT ts|PXAT ms-ts|PERSIST]`.
 fn parse_getex(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
     let mut args = args.into_iter();
@@ -322,37 +333,19 @@ pub(crate) fn parse_dialect(
             b"SETNX" => {
                 arity(2, Some(2))?;
                 let [key, value] = take(args)?;
-                Ok(write(Command::Set {
-                    key: check_key(key)?,
-                    value: check_value(value)?,
-                    condition: SetCondition::IfAbsent,
-                    expiry: Expiry::Clear,
-                    reply: SetReply::Flag,
-                }))
+                set_family(key, value, SetCondition::IfAbsent, Expiry::Clear, SetReply::Flag)
             }
             b"SETEX" | b"PSETEX" => {
                 arity(3, Some(3))?;
                 let [key, time, value] = take(args)?;
                 let unit_ms = if upper == b"SETEX" { 1000 } else { 1 };
                 let ms = positive_time_ms(&time, unit_ms, lower)?;
-                Ok(write(Command::Set {
-                    key: check_key(key)?,
-                    value: check_value(value)?,
-                    condition: SetCondition::Always,
-                    expiry: Expiry::AfterMs(ms),
-                    reply: SetReply::Status,
-                }))
+                set_family(key, value, SetCondition::Always, Expiry::AfterMs(ms), SetReply::Status)
             }
             b"GETSET" => {
                 arity(2, Some(2))?;
                 let [key, value] = take(args)?;
-                Ok(write(Command::Set {
-                    key: check_key(key)?,
-                    value: check_value(value)?,
-                    condition: SetCondition::Always,
-                    expiry: Expiry::Clear,
-                    reply: SetReply::OldValue,
-                }))
+                set_family(key, value, SetCondition::Always, Expiry::Clear, SetReply::OldValue)
             }
             b"GETDEL" => {
                 arity(1, Some(1))?;

@@ -60,6 +60,26 @@ fn byte_range(value: &[u8], start: i64, end: i64) -> &[u8] {
     &value[start as usize..=end as usize]
 }
 
+/// The pairs a RAWSCAN answers: live keys from `start`, up to `limit`, and no more than
+/// [`MAX_SCAN_REPLY_BYTES`] of keys and values (at least one pair), so one reply stays bounded.
+fn raw_scan<'e>(
+    engine: &'e KvEngine,
+    now_ms: u64,
+    cf: ColumnFamily,
+    start: &[u8],
+    limit: u64,
+) -> impl Iterator<Item = (&'e [u8], &'e Stored)> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut bytes = 0usize;
+    engine.iter_stored(cf, start).filter(move |(_, s)| s.is_live(now_ms)).take(limit).take_while(
+        move |(k, s)| {
+            let first = bytes == 0;
+            bytes += k.len() + s.value.len();
+            first || bytes <= MAX_SCAN_REPLY_BYTES
+        },
+    )
+}
+
 /// Answers a read-only command against `engine` at time `now_ms`; a write is refused.
 pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> CommandResult {
     let value_of = |key: &[u8]| live(engine, DEFAULT, key, now_ms).map(|s| s.value.clone());
@@ -70,21 +90,11 @@ pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> Command
         Command::Exists { keys } | Command::Touch { keys } => CommandResult::Integer(
             keys.iter().filter(|k| live(engine, DEFAULT, k, now_ms).is_some()).count() as i64,
         ),
-        Command::Scan { cf, start, limit } => {
-            let limit = usize::try_from(*limit).unwrap_or(usize::MAX);
-            let mut bytes = 0usize;
-            let pairs = engine
-                .iter_stored(*cf, start)
-                .filter(|(_, s)| s.is_live(now_ms))
-                .take(limit)
-                .take_while(|(k, s)| {
-                    let first = bytes == 0;
-                    bytes += k.len() + s.value.len();
-                    first || bytes <= MAX_SCAN_REPLY_BYTES
-                })
-                .map(|(k, s)| (k.to_vec(), s.value.clone()));
-            CommandResult::Pairs(pairs.collect())
-        }
+        Command::Scan { cf, start, limit } => CommandResult::Pairs(
+            raw_scan(engine, now_ms, *cf, start, *limit)
+                .map(|(k, s)| (k.to_vec(), s.value.clone()))
+                .collect(),
+        ),
         Command::MGet { keys } => {
             CommandResult::Array(keys.iter().map(|k| CommandResult::Value(value_of(k))).collect())
         }
@@ -168,7 +178,7 @@ pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> Command
 }
 
 /// Bytes of values [`read`] would copy out for `command`, counted without copying (keys-only
-/// replies are bounded by [`MAX_SCAN_REPLY_BYTES`] and counted as that bound).
+/// replies are bounded by [`MAX_SCAN_REPLY_BYTES`] and not counted).
 pub(crate) fn read_reply_bytes(engine: &KvEngine, now_ms: u64, command: &Command) -> usize {
     let len = |cf, key: &[u8]| live(engine, cf, key, now_ms).map_or(0, |s| s.value.len());
     match command {
@@ -178,10 +188,9 @@ pub(crate) fn read_reply_bytes(engine: &KvEngine, now_ms: u64, command: &Command
             live(engine, DEFAULT, key, now_ms).map_or(0, |s| byte_range(&s.value, *start, *end).len())
         }
         Command::GetVer { key } => len(DEFAULT, key),
-        Command::Scan { .. } => match read(engine, now_ms, command) {
-            CommandResult::Pairs(pairs) => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
-            _ => 0,
-        },
+        Command::Scan { cf, start, limit } => {
+            raw_scan(engine, now_ms, *cf, start, *limit).map(|(k, s)| k.len() + s.value.len()).sum()
+        }
         _ => 0,
     }
 }
