@@ -187,12 +187,15 @@ fn expired_keys_go_at_the_same_log_position_on_every_replica_across_a_leader_cha
 }
 
 /// One client's optimistic increments: WATCH, GET, MULTI, SET, `REQ id seq EXEC`; a TRYAGAIN or a
-/// lost outcome retries the same seq, so each success is counted once whatever happened.
+/// lost outcome retries the same seq, so each success is counted once whatever happened. The
+/// client stops only with no outcome unknown: a write answered TRYAGAIN may still be applied
+/// later, so its seq is retried until the answer is definite.
 fn watch_increments(addr: std::net::SocketAddr, client_id: u64, wanted: u64, stop: Arc<AtomicBool>) -> u64 {
     let mut conn = RespConn::connect(addr, WAIT);
     let mut successes = 0;
     let mut seq = 1;
-    while successes < wanted || !stop.load(Ordering::Relaxed) {
+    let mut unknown = false;
+    while unknown || successes < wanted || !stop.load(Ordering::Relaxed) {
         let id = client_id.to_string();
         let s = seq.to_string();
         assert_eq!(call(&mut conn, &["WATCH", "counter"]), Reply::ok());
@@ -210,11 +213,11 @@ fn watch_increments(addr: std::net::SocketAddr, client_id: u64, wanted: u64, sto
         match call(&mut conn, &["REQ", &id, &s, "EXEC"]) {
             Reply::Array(Some(replies)) => {
                 assert_eq!(replies, vec![Reply::ok()]);
-                successes += 1;
-                seq += 1;
+                (successes, seq, unknown) = (successes + 1, seq + 1, false);
             }
-            Reply::Array(None) => seq += 1, // aborted: a definite outcome, try again with a new seq
-            Reply::Error(e) if e.starts_with("TRYAGAIN") => {} // unknown: the same seq again
+            // Aborted: a definite outcome, try again with a new seq.
+            Reply::Array(None) => (seq, unknown) = (seq + 1, false),
+            Reply::Error(e) if e.starts_with("TRYAGAIN") => unknown = true, // the same seq again
             other => panic!("EXEC answered {other:?}"),
         }
     }
@@ -224,8 +227,8 @@ fn watch_increments(addr: std::net::SocketAddr, client_id: u64, wanted: u64, sto
 /// The same with versions: GETVER, then `REQ id seq SETVER counter version value`.
 fn setver_increments(addr: std::net::SocketAddr, client_id: u64, wanted: u64, stop: Arc<AtomicBool>) -> u64 {
     let mut conn = RespConn::connect(addr, WAIT);
-    let (mut successes, mut seq) = (0, 1);
-    while successes < wanted || !stop.load(Ordering::Relaxed) {
+    let (mut successes, mut seq, mut unknown) = (0, 1, false);
+    while unknown || successes < wanted || !stop.load(Ordering::Relaxed) {
         let (version, current) = match call(&mut conn, &["GETVER", "versioned"]) {
             Reply::Array(Some(pair)) => match pair.as_slice() {
                 [Reply::Bulk(Some(v)), Reply::Integer(ver)] => {
@@ -239,12 +242,9 @@ fn setver_increments(addr: std::net::SocketAddr, client_id: u64, wanted: u64, st
         let (id, s, ver, next) =
             (client_id.to_string(), seq.to_string(), version.to_string(), (current + 1).to_string());
         match call(&mut conn, &["REQ", &id, &s, "SETVER", "versioned", &ver, &next]) {
-            Reply::Integer(_) => {
-                successes += 1;
-                seq += 1;
-            }
-            Reply::Bulk(None) => seq += 1,
-            Reply::Error(e) if e.starts_with("TRYAGAIN") => {}
+            Reply::Integer(_) => (successes, seq, unknown) = (successes + 1, seq + 1, false),
+            Reply::Bulk(None) => (seq, unknown) = (seq + 1, false),
+            Reply::Error(e) if e.starts_with("TRYAGAIN") => unknown = true,
             other => panic!("SETVER answered {other:?}"),
         }
     }
