@@ -799,3 +799,116 @@ fn redis_cli_and_redis_benchmark_work_against_every_follower() {
         kill(server);
     }
 }
+
+/// The fields `snapshot save` printed: "... index I, term T, N bytes, K keys, state_digest D".
+fn saved_field<'a>(printed: &'a str, name: &str) -> &'a str {
+    printed
+        .split(", ")
+        .find_map(|part| {
+            let part = part.rsplit(": ").next()?;
+            part.strip_prefix(&format!("{name} ")).or_else(|| part.strip_suffix(&format!(" {name}")))
+        })
+        .unwrap_or_else(|| panic!("no {name} in {printed:?}"))
+}
+
+// A backup of a live cluster (keys, an expiry, a session) restored as a new three-member cluster
+// under new ids' data dirs: the same state digest, the same keys, TTLs and exactly-once memory;
+// restore refuses a used data dir (exit 2) and a damaged file (exit 1), touching neither.
+#[test]
+fn snapshot_save_and_restore_start_a_new_cluster_with_the_same_state() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = dir.path().join("source");
+    let Layout { client, args, .. } = layout(&source, "backup-source");
+    let servers_arg = client.join(",");
+    let mut servers: Vec<Child> =
+        (0..3).map(|i| spawn_server(&args[i], &dir.path().join(format!("src{}.log", i + 1)))).collect();
+    for i in 0..300 {
+        let out = cli(&servers_arg, &["set", &format!("k{i}"), &format!("v{i}")]);
+        assert_eq!(stdout(&out), "OK", "set k{i}: {out:?}");
+    }
+    assert_eq!(stdout(&cli(&servers_arg, &["set", "ttl", "x", "EX", "1000"])), "OK");
+    assert_eq!(stdout(&cli(&servers_arg, &["req", "77", "1", "incr", "n"])), "(integer) 1");
+
+    let file = dir.path().join("backup.qkv");
+    let saved = cli(&servers_arg, &["snapshot", "save", &file.display().to_string()]);
+    assert_eq!(saved.status.code(), Some(0), "{saved:?}");
+    let printed = stdout(&saved);
+    let index: u64 = saved_field(&printed, "index").parse().expect("index");
+    let digest = saved_field(&printed, "state_digest").to_string();
+    assert_eq!(saved_field(&printed, "keys"), "302", "{printed}");
+    assert!(file.exists() && !dir.path().join("backup.qkv.tmp").exists());
+    // Nothing was written since: the source's own digest at its applied index is the one saved.
+    let leader = wait_for("a leader", || {
+        (0..3).find(|&i| info_field(&client[i], "role").as_deref() == Some("leader"))
+    });
+    assert_eq!(info_field(&client[leader], "state_digest").as_deref(), Some(digest.as_str()));
+    assert!(info_field(&client[leader], "applied_index").and_then(|a| a.parse::<u64>().ok()) >= Some(index));
+
+    // A new cluster: its own ports, names and data dirs, every member from the same file.
+    let target = dir.path().join("target");
+    let Layout { client: new_client, peers: new_peers, args: new_args } = layout(&target, "backup-target");
+    for id in 1..=3 {
+        let data_dir = target.join(format!("d{id}"));
+        let out = Command::new(SERVER)
+            .args(["restore", &file.display().to_string(), "--data-dir", &data_dir.display().to_string()])
+            .args(["--id", &id.to_string(), "--peers", &new_peers, "--cluster-name", "backup-target"])
+            .output()
+            .expect("run restore");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(stdout(&out).contains(&format!("state_digest {digest}")), "{out:?}");
+    }
+    // A used data dir: exit 2, untouched. A damaged file: exit 1, no dir made.
+    let d1 = target.join("d1");
+    let meta_before = std::fs::read(d1.join("quorumkv.meta")).expect("meta");
+    let again = Command::new(SERVER)
+        .args(["restore", &file.display().to_string(), "--data-dir", &d1.display().to_string()])
+        .args(["--id", "1", "--peers", &new_peers])
+        .output()
+        .expect("run restore");
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    assert_eq!(std::fs::read(d1.join("quorumkv.meta")).expect("meta"), meta_before);
+    let mut damaged = std::fs::read(&file).expect("backup");
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    let bad_file = dir.path().join("damaged.qkv");
+    std::fs::write(&bad_file, &damaged).expect("write damaged");
+    let elsewhere = dir.path().join("never");
+    let bad = Command::new(SERVER)
+        .args(["restore", &bad_file.display().to_string(), "--data-dir", &elsewhere.display().to_string()])
+        .args(["--id", "1", "--peers", &new_peers])
+        .output()
+        .expect("run restore");
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid snapshot"), "{bad:?}");
+    assert!(!elsewhere.exists());
+
+    for s in &mut servers {
+        kill(s);
+    }
+    let mut restored: Vec<Child> =
+        (0..3).map(|i| spawn_server(&new_args[i], &dir.path().join(format!("new{}.log", i + 1)))).collect();
+    let new_servers = new_client.join(",");
+    let new_leader = wait_for("a leader of the restored cluster", || {
+        (0..3).find(|&i| info_field(&new_client[i], "role").as_deref() == Some("leader"))
+    });
+    for addr in &new_client {
+        wait_for_info(addr, "state_digest", &digest);
+    }
+    assert_eq!(stdout(&cli(&new_servers, &["get", "k299"])), "\"v299\"");
+    assert_eq!(stdout(&cli(&new_servers, &["dbsize"])), "(integer) 302");
+    let ttl = stdout(&cli(&new_servers, &["ttl", "ttl"]));
+    let secs: u64 = ttl.trim_start_matches("(integer) ").parse().expect("a TTL");
+    assert!((900..=1000).contains(&secs), "the expiry came along: {ttl}");
+    // The session came along: the same request again is answered, not applied again.
+    assert_eq!(stdout(&cli(&new_servers, &["req", "77", "1", "incr", "n"])), "(integer) 1");
+    assert_eq!(stdout(&cli(&new_servers, &["get", "n"])), "\"1\"");
+    // And the new cluster takes writes past the restored index.
+    assert_eq!(stdout(&cli(&new_servers, &["set", "after", "restore"])), "OK");
+    let applied: u64 =
+        info_field(&new_client[new_leader], "applied_index").and_then(|a| a.parse().ok()).expect("applied");
+    assert!(applied > index, "the log goes on after the snapshot: {applied} > {index}");
+    for s in &mut restored {
+        kill(s);
+    }
+}

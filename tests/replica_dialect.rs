@@ -460,3 +460,69 @@ fn every_dialect_command_answers_as_redis_does_on_a_follower() {
     let Reply::Bulk(Some(info)) = call(&mut conn, &["CLIENT", "INFO"]) else { panic!("CLIENT INFO") };
     assert!(String::from_utf8_lossy(&info).starts_with(&format!("id={id} ")), "{info:?}");
 }
+
+// SNAPSHOT BEGIN/CHUNK/END on a follower: the image comes in chunks of at most 1 MiB, matches
+// its checksum and restores to the state the follower shows; at most two are held at once; an
+// unknown token is refused; SNAPSHOT cannot be queued in MULTI.
+#[test]
+fn snapshot_downloads_are_chunked_bounded_and_match_the_state() {
+    const CHUNK: usize = 1024 * 1024;
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(WAIT);
+    let follower = *cluster.client_addrs.keys().find(|&&id| id != leader).expect("a follower");
+    let mut conn = RespConn::connect(cluster.client_addrs[&follower], WAIT);
+    let big = "x".repeat(CHUNK);
+    for k in ["b1", "b2", "b3"] {
+        assert_eq!(call(&mut conn, &["SET", k, &big]), Reply::ok());
+    }
+    assert_eq!(call(&mut conn, &["SET", "small", "v", "PX", "600000"]), Reply::ok());
+    let Reply::Array(Some(begun)) = call(&mut conn, &["SNAPSHOT", "BEGIN"]) else { panic!("BEGIN") };
+    let int = |r: &Reply| match r {
+        Reply::Integer(n) => *n as u64,
+        other => panic!("a number, not {other:?}"),
+    };
+    let (token, index, size, crc, keys) =
+        (int(&begun[0]), int(&begun[1]), int(&begun[3]), int(&begun[4]) as u32, int(&begun[5]));
+    assert_eq!(keys, 4);
+    assert!(size as usize > 3 * CHUNK, "the image holds the values: {size}");
+    let (t, mut image) = (token.to_string(), Vec::new());
+    while (image.len() as u64) < size {
+        let at = image.len().to_string();
+        let Reply::Bulk(Some(chunk)) = call(&mut conn, &["SNAPSHOT", "CHUNK", &t, &at]) else {
+            panic!("CHUNK")
+        };
+        assert!(!chunk.is_empty() && chunk.len() <= CHUNK, "bounded chunk: {}", chunk.len());
+        image.extend_from_slice(&chunk);
+    }
+    assert_eq!(image.len() as u64, size);
+    assert_eq!(crc32fast::hash(&image), crc, "the checksum BEGIN gave");
+    let state = quorumkv::storage::StateMachine::restore(&image).expect("a valid image");
+    assert_eq!(state.applied_index(), index);
+    let shown = cluster.status[&follower].state_digest();
+    assert_eq!(
+        format!("{:016x}", state.engine().digest()),
+        String::from_utf8_lossy(match &begun[6] {
+            Reply::Bulk(Some(d)) => d,
+            other => panic!("digest {other:?}"),
+        })
+    );
+    assert_eq!(state.engine().digest(), shown, "no write since: the follower's own digest");
+
+    let Reply::Array(Some(second)) = call(&mut conn, &["SNAPSHOT", "BEGIN"]) else { panic!("second BEGIN") };
+    let third = call(&mut conn, &["SNAPSHOT", "BEGIN"]);
+    assert!(matches!(&third, Reply::Error(e) if e.contains("too many snapshots")), "{third:?}");
+    assert_eq!(call(&mut conn, &["SNAPSHOT", "END", &t]), Reply::ok());
+    let gone = call(&mut conn, &["SNAPSHOT", "CHUNK", &t, "0"]);
+    assert!(matches!(&gone, Reply::Error(e) if e.contains("no such snapshot")), "{gone:?}");
+    let again = call(&mut conn, &["SNAPSHOT", "END", &t]);
+    assert!(matches!(&again, Reply::Error(e) if e.contains("no such snapshot")), "{again:?}");
+    assert_eq!(call(&mut conn, &["SNAPSHOT", "END", &int(&second[0]).to_string()]), Reply::ok());
+    let unknown = call(&mut conn, &["SNAPSHOT", "NOPE"]);
+    assert!(matches!(&unknown, Reply::Error(e) if e.contains("unknown subcommand")), "{unknown:?}");
+
+    assert_eq!(call(&mut conn, &["MULTI"]), Reply::ok());
+    let queued = call(&mut conn, &["SNAPSHOT", "BEGIN"]);
+    assert!(matches!(&queued, Reply::Error(e) if e.contains("cannot be queued")), "{queued:?}");
+    let exec = call(&mut conn, &["EXEC"]);
+    assert!(matches!(&exec, Reply::Error(e) if e.starts_with("EXECABORT")), "{exec:?}");
+}

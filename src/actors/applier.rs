@@ -6,7 +6,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::connection::ReplyBudget;
-use super::snapshotter::{SaveState, SavedSnapshot, Snapshotter};
+use super::registry::{HeldImage, HeldSnapshots};
+use super::snapshotter::{EncodeState, SaveState, SavedSnapshot, Snapshotter};
 use super::status::StatusBoard;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
 use crate::protocol::codec;
@@ -111,16 +112,19 @@ pub struct Applier {
     expected: HashMap<u64, Vec<(u64, u64, CommandResult)>>,
     status: Arc<StatusBoard>,
     snapshotter: Addr<Snapshotter>,
+    /// Where images taken for `SNAPSHOT BEGIN` are held for download.
+    held: Arc<HeldSnapshots>,
 }
 
 impl Applier {
     /// An applier over `state` (whose applied entry has `applied_term`), publishing progress on
-    /// `status` and writing snapshots through `snapshotter`.
+    /// `status`, writing snapshots through `snapshotter` and holding backup images in `held`.
     pub fn new(
         state: StateMachine,
         applied_term: u64,
         status: Arc<StatusBoard>,
         snapshotter: Addr<Snapshotter>,
+        held: Arc<HeldSnapshots>,
     ) -> Applier {
         Applier {
             state,
@@ -129,7 +133,54 @@ impl Applier {
             expected: HashMap::new(),
             status,
             snapshotter,
+            held,
         }
+    }
+
+    /// `SNAPSHOT BEGIN`, served at a linearizable point: a copy of the state now, encoded on the
+    /// snapshotter's thread and held for download; answers its token and what to check it by.
+    fn hold_image(&mut self, reply_to: Recipient<ReadDone>) {
+        let Some(token) = self.held.reserve() else {
+            let why = format!(
+                "too many snapshots held for download (at most {}); finish one first",
+                super::registry::MAX_HELD_SNAPSHOTS
+            );
+            return reply_to.do_send(ReadDone { result: Ok(CommandResult::Error(why)), reserved: 0 });
+        };
+        let (index, term) = (self.state.applied_index(), self.applied_term);
+        let keys = self.state.engine().len() as u64;
+        let digest = self.state.engine().digest();
+        let encode = self.snapshotter.send(EncodeState(Box::new(self.state.clone())));
+        let held = self.held.clone();
+        actix::spawn(async move {
+            let result = match encode.await {
+                Ok(Ok(image)) => {
+                    let crc32 = crc32fast::hash(&image);
+                    let size = image.len() as i64;
+                    let image = Arc::new(image);
+                    held.fill(token, HeldImage { index, term, image, crc32, keys, digest });
+                    let int = |n: u64| CommandResult::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+                    CommandResult::Array(vec![
+                        int(token),
+                        int(index),
+                        int(term),
+                        CommandResult::Integer(size),
+                        int(u64::from(crc32)),
+                        int(keys),
+                        CommandResult::Value(Some(format!("{digest:016x}").into_bytes())),
+                    ])
+                }
+                Ok(Err(e)) => {
+                    held.release(token);
+                    CommandResult::Error(format!("cannot take the snapshot: {e}"))
+                }
+                Err(e) => {
+                    held.release(token);
+                    CommandResult::Error(format!("cannot take the snapshot: {e}"))
+                }
+            };
+            reply_to.do_send(ReadDone { result: Ok(result), reserved: 0 });
+        });
     }
 
     fn publish(&self) {
@@ -320,6 +371,9 @@ impl Handler<ServeRead> for Applier {
     type Result = ();
 
     fn handle(&mut self, msg: ServeRead, _ctx: &mut Self::Context) {
+        if msg.command == Command::SnapshotImage {
+            return self.hold_image(msg.reply_to);
+        }
         // Reserved before the value is copied out, so a client that does not read its replies
         // cannot make the applier copy more than its budget.
         let bytes = self.state.read_reply_bytes(&msg.command, msg.now_ms);

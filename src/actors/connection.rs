@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use super::byte_budget::ByteBudget;
 use super::consensus::Consensus;
 use super::metrics::command_slot;
-use super::registry::{ClientEntry, ClientRegistry, ScanCursors};
+use super::registry::{ClientEntry, ClientRegistry, HeldSnapshots, ScanCursors};
 use super::status::StatusBoard;
 use super::waiter::{Waiter, WaiterTask};
 use crate::protocol::command::Command;
@@ -92,7 +92,13 @@ pub struct ConnectionEnv {
     pub clients: Arc<ClientRegistry>,
     /// SCAN cursors this replica gave out.
     pub cursors: Arc<ScanCursors>,
+    /// Images held for `SNAPSHOT CHUNK`.
+    pub snapshots: Arc<HeldSnapshots>,
 }
+
+/// The answer to a chunk or end of an image not held here.
+const NO_SUCH_SNAPSHOT: &str =
+    "no such snapshot on this replica (let go after SNAPSHOT END, or unused for 60 s; BEGIN again)";
 
 /// A waiter's result, for the connection that started it.
 #[derive(Message)]
@@ -347,6 +353,25 @@ impl Connection {
                 let reply = member_list(&self.env.status);
                 return self.complete(ctx, seq, reply);
             }
+            ClientRequest::SnapshotChunk { token, offset } => {
+                let Some(chunk) = self.env.snapshots.chunk(token, offset) else {
+                    return self.complete(ctx, seq, Reply::err(NO_SUCH_SNAPSHOT));
+                };
+                // Counted like a read's value: a client that does not read its replies is closed.
+                if !self.budget.try_reserve(chunk.len()) {
+                    return self.complete(ctx, seq, Reply::err("the connection's reply buffer is full"));
+                }
+                let reserved = chunk.len();
+                return self.complete_reserved(ctx, seq, Reply::Bulk(Some(chunk)), reserved);
+            }
+            ClientRequest::SnapshotEnd(token) => {
+                let reply = if self.env.snapshots.release(token) {
+                    Reply::ok()
+                } else {
+                    Reply::err(NO_SUCH_SNAPSHOT)
+                };
+                return self.complete(ctx, seq, reply);
+            }
             ClientRequest::Admin(request) => WaiterTask::Admin(request),
             ClientRequest::Write { session, command } => WaiterTask::Write { session, command },
             ClientRequest::Read { command } => {
@@ -427,6 +452,12 @@ impl Connection {
             ClientRequest::Write { session: Some(_), .. } => {
                 transaction.failed = true;
                 return Err(Reply::err("REQ inside MULTI: tag the EXEC instead (REQ client-id seq EXEC)"));
+            }
+            ClientRequest::Read { command: Command::SnapshotImage }
+            | ClientRequest::SnapshotChunk { .. }
+            | ClientRequest::SnapshotEnd(_) => {
+                transaction.failed = true;
+                return Err(Reply::err("SNAPSHOT cannot be queued in a transaction"));
             }
             ClientRequest::Write { command, .. } | ClientRequest::Read { command } => command,
             ClientRequest::Scan { cursor, pattern, count, kind } => {

@@ -1,12 +1,13 @@
-//! Maps every connection actor of a replica shares: the live clients (CLIENT LIST, INFO clients)
-//! and SCAN cursors. Not actors: each connection reads and writes them directly.
+//! Maps every connection actor of a replica shares: the live clients (CLIENT LIST, INFO clients),
+//! SCAN cursors and the images held for `SNAPSHOT` downloads. Not actors: each connection reads
+//! and writes them directly.
 
 use std::collections::hash_map::RandomState;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -173,9 +174,129 @@ impl ScanCursors {
     }
 }
 
+/// Most snapshot images a replica holds for download at once (each is a copy of the whole state).
+pub const MAX_HELD_SNAPSHOTS: usize = 2;
+
+/// A held image no chunk was read from for this long is let go.
+pub const HELD_SNAPSHOT_IDLE: Duration = Duration::from_secs(60);
+
+/// Largest piece of an image one `SNAPSHOT CHUNK` answers.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// An image taken for `SNAPSHOT BEGIN`, with what the downloader checks it against.
+#[derive(Clone, Debug)]
+pub struct HeldImage {
+    /// Log index the image stands for.
+    pub index: u64,
+    /// Term of the entry at `index`.
+    pub term: u64,
+    /// The image, as the state machine encodes it.
+    pub image: Arc<Vec<u8>>,
+    /// CRC-32 of `image`.
+    pub crc32: u32,
+    /// Keys in the state (all column families).
+    pub keys: u64,
+    /// The state's digest (INFO's `state_digest` at `index`).
+    pub digest: u64,
+}
+
+struct HeldSlot {
+    /// None while the image is being taken.
+    image: Option<HeldImage>,
+    last_used: Instant,
+}
+
+/// Images held for download: at most [`MAX_HELD_SNAPSHOTS`], each let go by `SNAPSHOT END` or
+/// after [`HELD_SNAPSHOT_IDLE`] unused.
+#[derive(Default)]
+pub struct HeldSnapshots {
+    slots: Mutex<(u64, BTreeMap<u64, HeldSlot>)>,
+}
+
+impl std::fmt::Debug for HeldSnapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldSnapshots").finish_non_exhaustive()
+    }
+}
+
+impl HeldSnapshots {
+    /// A token for an image about to be taken, or None when as many are held as allowed.
+    pub fn reserve(&self) -> Option<u64> {
+        let mut guard = self.slots.lock().ok()?;
+        let (next, slots) = &mut *guard;
+        slots.retain(|_, s| s.image.is_none() || s.last_used.elapsed() < HELD_SNAPSHOT_IDLE);
+        if slots.len() >= MAX_HELD_SNAPSHOTS {
+            return None;
+        }
+        *next += 1;
+        slots.insert(*next, HeldSlot { image: None, last_used: Instant::now() });
+        Some(*next)
+    }
+
+    /// Holds `image` under the `token` [`reserve`](Self::reserve) gave.
+    pub fn fill(&self, token: u64, image: HeldImage) {
+        if let Ok(mut guard) = self.slots.lock() {
+            if let Some(slot) = guard.1.get_mut(&token) {
+                slot.image = Some(image);
+                slot.last_used = Instant::now();
+            }
+        }
+    }
+
+    /// Lets the image of `token` go (taken or not); false if it was not held.
+    pub fn release(&self, token: u64) -> bool {
+        self.slots.lock().is_ok_and(|mut guard| guard.1.remove(&token).is_some())
+    }
+
+    /// At most [`SNAPSHOT_CHUNK_BYTES`] of the image of `token` from `offset`; None if it is not
+    /// held (never taken, let go, or still being taken).
+    pub fn chunk(&self, token: u64, offset: u64) -> Option<Vec<u8>> {
+        let mut guard = self.slots.lock().ok()?;
+        let slot = guard.1.get_mut(&token)?;
+        let held = slot.image.as_ref()?;
+        slot.last_used = Instant::now();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(held.image.len());
+        let end = start.saturating_add(SNAPSHOT_CHUNK_BYTES).min(held.image.len());
+        Some(held.image[start..end].to_vec())
+    }
+
+    /// Number of images held or being taken.
+    pub fn len(&self) -> usize {
+        self.slots.lock().map_or(0, |guard| guard.1.len())
+    }
+
+    /// True if none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_snapshots_are_bounded_chunked_and_released() {
+        let held = HeldSnapshots::default();
+        let first = held.reserve().expect("room for one");
+        let second = held.reserve().expect("room for two");
+        assert_eq!(held.reserve(), None, "no more than {MAX_HELD_SNAPSHOTS}");
+        assert_eq!(held.chunk(first, 0), None, "not taken yet");
+        let image = Arc::new((0..SNAPSHOT_CHUNK_BYTES + 10).map(|i| i as u8).collect::<Vec<u8>>());
+        let crc32 = crc32fast::hash(&image);
+        held.fill(first, HeldImage { index: 7, term: 2, image: image.clone(), crc32, keys: 1, digest: 9 });
+        assert_eq!(held.chunk(first, 0).map(|c| c.len()), Some(SNAPSHOT_CHUNK_BYTES));
+        assert_eq!(
+            held.chunk(first, SNAPSHOT_CHUNK_BYTES as u64),
+            Some(image[SNAPSHOT_CHUNK_BYTES..].to_vec())
+        );
+        assert_eq!(held.chunk(first, u64::MAX), Some(Vec::new()), "past the end: empty");
+        assert!(held.release(first));
+        assert!(!held.release(first));
+        assert_eq!(held.chunk(first, 0), None);
+        assert!(held.reserve().is_some(), "a released slot is free again");
+        assert!(held.release(second));
+    }
 
     #[test]
     fn cursors_resolve_until_forgotten() {

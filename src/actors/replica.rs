@@ -22,7 +22,7 @@ use super::consensus::{Consensus, ConsensusParts, StopConsensus};
 use super::disk::{CloseDisk, DiskWriter, Persist};
 use super::front_end::{FrontEnd, StopFrontEnd};
 use super::peer_listener::{PeerListener, StopListener};
-use super::registry::{ClientRegistry, ScanCursors};
+use super::registry::{ClientRegistry, HeldSnapshots, ScanCursors};
 use super::snapshotter::{SavedSnapshot, Snapshotter};
 use super::status::StatusBoard;
 use super::transport::{TcpTransport, Transport};
@@ -360,7 +360,15 @@ impl Replica {
         let snapshotter = Snapshotter::start_in_arbiter(&snapshot_arbiter.handle(), move |_| {
             Snapshotter::new(snapshots, id)
         });
-        let applier = Applier::new(state, snapshot_meta.term, status.clone(), snapshotter.clone()).start();
+        let held_snapshots = Arc::new(HeldSnapshots::default());
+        let applier = Applier::new(
+            state,
+            snapshot_meta.term,
+            status.clone(),
+            snapshotter.clone(),
+            held_snapshots.clone(),
+        )
+        .start();
 
         let handshake = Handshake {
             cluster_name: config.cluster_name.clone(),
@@ -409,6 +417,7 @@ impl Replica {
             idle_timeout: config.idle_timeout,
             clients: Arc::new(ClientRegistry::default()),
             cursors: Arc::new(ScanCursors::default()),
+            snapshots: held_snapshots,
         };
         let front_end = FrontEnd::new(client_listener, env, config.max_clients).start();
         log::info!("replica {}: serving clients on {client_addr}, peers on {peer_addr}", config.id);

@@ -27,6 +27,11 @@ pub struct SaveState {
     pub state: Box<StateMachine>,
 }
 
+/// Encode `state` into an image, without saving it (a backup for `SNAPSHOT BEGIN`).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u8>, StorageError>")]
+pub struct EncodeState(pub Box<StateMachine>);
+
 /// Save an image received from the leader, durably.
 #[derive(Message)]
 #[rtype(result = "Result<(), StorageError>")]
@@ -109,5 +114,22 @@ impl Handler<LoadLatest> for Snapshotter {
 
     fn handle(&mut self, _msg: LoadLatest, _ctx: &mut Self::Context) -> Self::Result {
         Ok(self.store.load_latest()?.map(|(meta, image)| SavedSnapshot { meta, image: Arc::new(image) }))
+    }
+}
+
+impl Handler<EncodeState> for Snapshotter {
+    type Result = Result<Vec<u8>, StorageError>;
+
+    fn handle(&mut self, msg: EncodeState, _ctx: &mut Self::Context) -> Self::Result {
+        let started = Instant::now();
+        let image = msg.0.snapshot()?;
+        log::info!(
+            "replica {}: image at index {} taken for download: {} bytes in {} ms",
+            self.id,
+            msg.0.applied_index(),
+            image.len(),
+            started.elapsed().as_millis()
+        );
+        Ok(image)
     }
 }

@@ -6,6 +6,7 @@
 //!                    [--keys N] [--write-ratio F] [--pipeline N] [--json]
 //! quorumkv-cli member list | add ID PEER-ADDR CLIENT-ADDR | promote ID | remove ID
 //! quorumkv-cli leader transfer ID
+//! quorumkv-cli status [--json] | check [...] | snapshot save FILE
 //! ```
 //!
 //! Exit codes: 0 success, 1 an error reply (or a usage error), 2 no server could be reached in time.
@@ -27,6 +28,7 @@ With COMMAND, runs it and prints the reply as redis-cli does; without, starts an
 (history in ~/.quorumkv_history). `quorumkv-cli bench --help` describes the benchmark.
 Membership: `member list`, `member add ID PEER-ADDR CLIENT-ADDR`, `member promote ID`,
 `member remove ID`, `member change OP...`, `leader transfer ID` (each answered once in force).
+`status`, `check` and `snapshot save FILE` have their own --help.
 
 Exit codes: 0 success, 1 an error reply or a usage error, 2 no server could be reached in time.
 Environment: QUORUMKV_CLI_TIMEOUT_MS, the deadline of each request in milliseconds (default 10000).";
@@ -141,6 +143,11 @@ fn main() -> ExitCode {
     if name == "check" {
         return subcommand(&cli.servers, "check", command, |args: cli::check::CheckArgs, config| {
             cli::check::run(&args, config)
+        });
+    }
+    if name == "snapshot" {
+        return subcommand(&cli.servers, "snapshot", command, |args: cli::snapshot::SnapshotArgs, config| {
+            cli::snapshot::run(&args, config)
         });
     }
     if name == "status" {

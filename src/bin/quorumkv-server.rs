@@ -129,6 +129,62 @@ enum Command {
         #[arg(long, default_value = "./quorumkv-local")]
         data_dir: PathBuf,
     },
+    /// Initialize an empty data dir from a snapshot file (`quorumkv-cli snapshot save`), as a
+    /// member of a new cluster that starts with that state; restore every member from the same file.
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The data dir to create (missing or empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// This member's id in the new cluster.
+        #[arg(long)]
+        id: u64,
+        /// Every member of the new cluster: ID=HOST:PORT,... (peer addresses, this one included).
+        #[arg(long)]
+        peers: String,
+        /// The new cluster's name.
+        #[arg(long, default_value = "quorumkv")]
+        cluster_name: String,
+    },
+}
+
+/// `quorumkv-server restore`: exit 0 restored, 1 a bad file or arguments, 2 a data dir in use.
+fn restore(
+    file: &std::path::Path,
+    data_dir: &std::path::Path,
+    id: u64,
+    peers: &str,
+    cluster_name: &str,
+) -> ExitCode {
+    use quorumkv::storage::restore::{restore_data_dir, RestoreError};
+    let peers = match parse_peers(peers) {
+        Ok(peers) => peers,
+        Err(e) => {
+            eprintln!("quorumkv-server: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match restore_data_dir(file, data_dir, cluster_name, id, &peers) {
+        Ok(restored) => {
+            println!(
+                "restored {} as member {id} of cluster {cluster_name:?}: index {}, term {}, {} keys, state_digest {:016x}",
+                data_dir.display(),
+                restored.meta.index,
+                restored.meta.term,
+                restored.keys,
+                restored.digest
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("quorumkv-server: {e}");
+            match e {
+                RestoreError::NotEmpty { .. } => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
 }
 
 fn parse_peers(spec: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -377,6 +433,18 @@ fn parse_cli() -> Result<Cli, ExitCode> {
         let _ = e.print();
         ExitCode::from(1)
     })?;
+    if matches.subcommand_name() == Some("restore") {
+        let flags = ReplicaArgs::augment_args(clap::Command::new("flags"));
+        let typed = flags.get_arguments().map(|a| a.get_id().to_string()).find(|id| given(&matches, id));
+        if let Some(flag) = typed {
+            eprintln!(
+                "quorumkv-server: --{} does not apply to `restore`; put its options after it: \
+                 quorumkv-server restore FILE --data-dir DIR --id N --peers ID=HOST:PORT,...",
+                flag.replace('_', "-")
+            );
+            return Err(ExitCode::from(1));
+        }
+    }
     if matches.subcommand_name() == Some("local") {
         let single_only =
             ["id", "client_addr", "peer_addr", "peers", "data_dir", "join", "learner", "metrics_addr"];
@@ -404,10 +472,14 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let mut join = None;
+    if let Some(Command::Restore { file, data_dir, id, peers, cluster_name }) = &cli.command {
+        return restore(file, data_dir, *id, peers, cluster_name);
+    }
     let (configs, local) = match &cli.command {
         Some(Command::Local { replicas, base_port, data_dir }) => {
             (local_configs(*replicas, *base_port, data_dir, &cli.replica), true)
         }
+        Some(Command::Restore { .. }) => return ExitCode::from(1),
         None => {
             let config = replica_config(&cli.replica).and_then(|mut c| {
                 join = prepare_join(&cli.replica, &mut c)?.map(|r| (r, cli.replica.learner));

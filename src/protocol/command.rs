@@ -275,6 +275,9 @@ pub enum Command {
         /// Most keys removed by this entry.
         limit: u64,
     },
+    /// `SNAPSHOT BEGIN`: an image of the whole state at a linearizable point, held for download
+    /// (served by the applier, never logged).
+    SnapshotImage,
 }
 
 /// SET's NX / XX.
@@ -362,6 +365,7 @@ impl Command {
                 | Command::Touch { .. }
                 | Command::Ttl { .. }
                 | Command::GetVer { .. }
+                | Command::SnapshotImage
         )
     }
 }

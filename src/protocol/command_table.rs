@@ -887,6 +887,21 @@ pub const COMMANDS: &[CommandSpec] = &[
         syntax: "SETVER key version value",
     },
     CommandSpec {
+        name: "snapshot",
+        arity: -2,
+        flags: &["admin", "noscript"],
+        first_key: 0,
+        last_key: 0,
+        step: 0,
+        acl_categories: &["admin", "slow", "dangerous"],
+        group: "server",
+        since: "0.1.0",
+        complexity: "O(N) where N is the size of the state",
+        summary: "Takes an image of the whole state at a linearizable point and hands it out in \
+            chunks (what quorumkv-cli snapshot save uses).",
+        syntax: "SNAPSHOT BEGIN|CHUNK token offset|END token",
+    },
+    CommandSpec {
         name: "strlen",
         arity: 2,
         flags: &["readonly", "fast"],

@@ -76,6 +76,15 @@ pub enum ClientRequest {
     },
     /// `CLIENT ID|GETNAME|SETNAME|INFO|LIST|SETINFO`: answered from the connection registry.
     Client(ClientCommand),
+    /// `SNAPSHOT CHUNK token offset`: the next bytes of an image held by `SNAPSHOT BEGIN`.
+    SnapshotChunk {
+        /// The image's token.
+        token: u64,
+        /// Where the chunk starts.
+        offset: u64,
+    },
+    /// `SNAPSHOT END token`: let the held image go.
+    SnapshotEnd(u64),
 }
 
 /// The CLIENT subcommands.
@@ -299,6 +308,7 @@ fn parse_command(name: Vec<u8>, args: Vec<Vec<u8>>) -> Result<ClientRequest, Req
         b"COMMAND" => Ok(ClientRequest::Immediate(command_table::command_reply(&args))),
         b"CONFIG" => parse_config(args),
         b"MEMBER" => parse_member(args),
+        b"SNAPSHOT" => parse_snapshot(args),
         b"LEADER" => match args.as_slice() {
             [sub, id] if sub.eq_ignore_ascii_case(b"TRANSFER") => {
                 Ok(ClientRequest::Admin(AdminRequest::TransferLeader(member_id(id)?)))
@@ -359,6 +369,25 @@ fn change_ops(mut args: &[Vec<u8>]) -> Result<Vec<ChangeOp>, RequestError> {
         return Err(RequestError::WrongArity("member|change".into()));
     }
     Ok(ops)
+}
+
+/// `SNAPSHOT BEGIN | CHUNK token offset | END token`: downloading a backup image.
+fn parse_snapshot(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
+    let Some((sub, rest)) = args.split_first() else {
+        return Err(RequestError::WrongArity("snapshot".into()));
+    };
+    let number = |arg: &[u8]| parse_u64(arg).ok_or(RequestError::NotAnInteger);
+    match (sub.to_ascii_uppercase().as_slice(), rest) {
+        (b"BEGIN", []) => Ok(ClientRequest::Read { command: Command::SnapshotImage }),
+        (b"CHUNK", [token, offset]) => {
+            Ok(ClientRequest::SnapshotChunk { token: number(token)?, offset: number(offset)? })
+        }
+        (b"END", [token]) => Ok(ClientRequest::SnapshotEnd(number(token)?)),
+        (b"BEGIN", _) => Err(RequestError::WrongArity("snapshot|begin".into())),
+        (b"CHUNK", _) => Err(RequestError::WrongArity("snapshot|chunk".into())),
+        (b"END", _) => Err(RequestError::WrongArity("snapshot|end".into())),
+        _ => Err(RequestError::UnknownSubcommand { command: "SNAPSHOT".into(), subcommand: quote(sub) }),
+    }
 }
 
 fn parse_member(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {

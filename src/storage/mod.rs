@@ -6,7 +6,8 @@
 //! - [`engine`]: the KV engine, ordered maps per column family, values with versions and expiries;
 //! - [`dialect`]: what each Redis command does to the engine, decided at apply time;
 //! - [`state_machine`]: applies replicated commands, exactly once per client [`session`];
-//! - [`data_dir`]: a replica's data directory, its identity check and its lock.
+//! - [`data_dir`]: a replica's data directory, its identity check and its lock;
+//! - [`restore`]: a new cluster's data dir initialized from a backup file.
 
 pub mod data_dir;
 pub mod dialect;
@@ -16,6 +17,7 @@ pub mod log_store;
 mod log_tail;
 pub mod mem_log;
 pub mod record;
+pub mod restore;
 pub mod session;
 pub mod snapshot_file;
 pub mod state_machine;

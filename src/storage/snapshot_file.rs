@@ -56,17 +56,8 @@ impl SnapshotStore {
         let name = file_name(meta);
         let path = self.dir.join(&name);
         let temp = self.dir.join(format!("{name}.tmp"));
-        let mut header = Vec::with_capacity(HEADER_BYTES);
-        header.extend_from_slice(&MAGIC);
-        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        header.extend_from_slice(&meta.index.to_le_bytes());
-        header.extend_from_slice(&meta.term.to_le_bytes());
-        header.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&header);
-        hasher.update(data);
-        let crc = hasher.finalize();
-        write_atomically(&path, &temp, &[&header, data, &crc.to_le_bytes()])?;
+        let (header, crc) = frame(meta, data);
+        write_atomically(&path, &temp, &[&header, data, &crc])?;
         for old in self.list()? {
             if (old.meta.index, old.meta.term) < (meta.index, meta.term) {
                 fs::remove_file(&old.path).map_err(io_err("remove", &old.path))?;
@@ -121,6 +112,106 @@ impl SnapshotStore {
     }
 }
 
+/// Writes `data`, the image at `meta`, to `path` as a standalone snapshot file (the layout
+/// above: what `quorumkv-cli snapshot save` writes and `quorumkv-server restore` reads).
+///
+/// Durability: when it returns `Ok` the file is complete on stable storage under `path`; before,
+/// `path` is untouched (a temp file beside it is renamed over it at the end).
+pub fn write_snapshot_file(path: &Path, meta: SnapshotMeta, data: &[u8]) -> Result<()> {
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(".tmp");
+    let (header, crc) = frame(meta, data);
+    write_atomically(path, Path::new(&temp), &[&header, data, &crc])
+}
+
+/// A standalone snapshot file being written piece by piece (a download), with the same layout
+/// and durability as [`write_snapshot_file`]: nothing is under `path` until [`finish`](Self::finish).
+pub struct SnapshotFileWriter {
+    path: PathBuf,
+    temp: PathBuf,
+    file: fs::File,
+    hasher: crc32fast::Hasher,
+    expected: u64,
+    written: u64,
+}
+
+impl SnapshotFileWriter {
+    /// Starts the file for an image at `meta` of exactly `len` bytes.
+    pub fn create(path: &Path, meta: SnapshotMeta, len: u64) -> Result<SnapshotFileWriter> {
+        let mut temp = path.as_os_str().to_owned();
+        temp.push(".tmp");
+        let temp = PathBuf::from(temp);
+        let mut file = fs::File::create(&temp).map_err(io_err("create", &temp))?;
+        let mut header = Vec::with_capacity(HEADER_BYTES);
+        header.extend_from_slice(&MAGIC);
+        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&meta.index.to_le_bytes());
+        header.extend_from_slice(&meta.term.to_le_bytes());
+        header.extend_from_slice(&len.to_le_bytes());
+        std::io::Write::write_all(&mut file, &header).map_err(io_err("write", &temp))?;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header);
+        Ok(SnapshotFileWriter { path: path.to_path_buf(), temp, file, hasher, expected: len, written: 0 })
+    }
+
+    /// Appends the next bytes of the image.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        std::io::Write::write_all(&mut self.file, bytes).map_err(io_err("write", &self.temp))?;
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the file: checksum, fsync, rename into place, directory fsync. Fails (removing the
+    /// temp file) if the image was not exactly the announced length.
+    pub fn finish(mut self) -> Result<()> {
+        if self.written != self.expected {
+            let _ = fs::remove_file(&self.temp);
+            return Err(StorageError::Corrupt {
+                path: self.path.clone(),
+                offset: self.written,
+                reason: format!("image of {} bytes, {} announced", self.written, self.expected),
+            });
+        }
+        let crc = self.hasher.clone().finalize().to_le_bytes();
+        std::io::Write::write_all(&mut self.file, &crc).map_err(io_err("write", &self.temp))?;
+        self.file.sync_all().map_err(io_err("fsync", &self.temp))?;
+        fs::rename(&self.temp, &self.path).map_err(io_err("rename", &self.temp))?;
+        match self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(dir) => super::wal::sync_dir(dir),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives up: removes the temp file, leaving `path` as it was.
+    pub fn abandon(self) {
+        let _ = fs::remove_file(&self.temp);
+    }
+}
+
+/// Reads a standalone snapshot file and checks it whole: the position it stands for and its image.
+pub fn read_snapshot_file(path: &Path) -> Result<(SnapshotMeta, Vec<u8>)> {
+    let mut bytes = fs::read(path).map_err(io_err("read", path))?;
+    let (meta, _) = check_frame(path, &bytes)?;
+    bytes.truncate(bytes.len() - TRAILER_BYTES);
+    bytes.drain(..HEADER_BYTES);
+    Ok((meta, bytes))
+}
+
+/// The header and checksum trailer that frame `data` as the image at `meta`.
+fn frame(meta: SnapshotMeta, data: &[u8]) -> (Vec<u8>, [u8; 4]) {
+    let mut header = Vec::with_capacity(HEADER_BYTES);
+    header.extend_from_slice(&MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&meta.index.to_le_bytes());
+    header.extend_from_slice(&meta.term.to_le_bytes());
+    header.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header);
+    hasher.update(data);
+    (header, hasher.finalize().to_le_bytes())
+}
+
 fn file_name(meta: SnapshotMeta) -> String {
     format!("snap-{:020}-{:020}{SUFFIX}", meta.index, meta.term)
 }
@@ -132,8 +223,21 @@ fn parse_name(name: &str) -> Option<SnapshotMeta> {
     (file_name(meta) == name).then_some(meta)
 }
 
-/// Checks a whole snapshot file and returns its data.
+/// Checks a whole snapshot file named for `meta` and returns its data.
 fn check<'a>(path: &Path, meta: SnapshotMeta, bytes: &'a [u8]) -> Result<&'a [u8]> {
+    let (inside, data) = check_frame(path, bytes)?;
+    if inside != meta {
+        return Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 12,
+            reason: format!("holds {inside:?} but is named for {meta:?}"),
+        });
+    }
+    Ok(data)
+}
+
+/// Checks a whole snapshot file: the position written inside it, and its data.
+fn check_frame<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SnapshotMeta, &'a [u8])> {
     let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
         path: path.to_path_buf(),
         offset: offset as u64,
@@ -163,19 +267,43 @@ fn check<'a>(path: &Path, meta: SnapshotMeta, bytes: &'a [u8]) -> Result<&'a [u8
         return Err(corrupt(8, format!("format version {version}, expected {FORMAT_VERSION}")));
     }
     let inside = SnapshotMeta { index: u64_at(12), term: u64_at(20) };
-    if inside != meta {
-        return Err(corrupt(12, format!("holds {inside:?} but is named for {meta:?}")));
-    }
     let len = u64_at(28);
     if len != (crc_at - HEADER_BYTES) as u64 {
         return Err(corrupt(28, format!("data length {len} does not match the file size")));
     }
-    Ok(&bytes[HEADER_BYTES..crc_at])
+    Ok((inside, &bytes[HEADER_BYTES..crc_at]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standalone_files_round_trip_and_damage_is_refused() {
+        let dir = std::env::temp_dir().join(format!("qkv-snapfile-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("backup.qkv");
+        let meta = SnapshotMeta { index: 40, term: 3 };
+        write_snapshot_file(&path, meta, b"an image").expect("write");
+        assert_eq!(read_snapshot_file(&path).expect("read"), (meta, b"an image".to_vec()));
+        let streamed = dir.join("streamed.qkv");
+        let mut writer = SnapshotFileWriter::create(&streamed, meta, 8).expect("create");
+        writer.write(b"an ").expect("write");
+        writer.write(b"image").expect("write");
+        writer.finish().expect("finish");
+        assert_eq!(fs::read(&streamed).expect("streamed"), fs::read(&path).expect("whole"), "same bytes");
+        let mut short = SnapshotFileWriter::create(&dir.join("short.qkv"), meta, 8).expect("create");
+        short.write(b"an").expect("write");
+        assert!(short.finish().is_err(), "fewer bytes than announced");
+        assert!(!dir.join("short.qkv").exists() && !dir.join("short.qkv.tmp").exists());
+        let mut bytes = fs::read(&path).expect("bytes");
+        bytes[HEADER_BYTES] ^= 1;
+        fs::write(&path, &bytes).expect("damage");
+        assert!(matches!(read_snapshot_file(&path), Err(StorageError::Corrupt { .. })));
+        fs::write(&path, b"short").expect("truncate");
+        assert!(matches!(read_snapshot_file(&path), Err(StorageError::Corrupt { .. })));
+        fs::remove_dir_all(&dir).expect("clean up");
+    }
 
     #[test]
     fn names_round_trip_and_strays_are_ignored() {

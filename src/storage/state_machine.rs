@@ -98,6 +98,11 @@ impl StateMachine {
         }
     }
 
+    /// Replaces the membership: a state restored from a backup becomes the start of a new cluster.
+    pub fn replace_membership(&mut self, membership: Membership) {
+        self.membership = membership;
+    }
+
     /// The membership at the applied index (empty if the log recorded none).
     pub fn membership(&self) -> &Membership {
         &self.membership

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod check;
 pub mod repl;
+pub mod snapshot;
 pub mod status;
 
 use std::io::Write;

@@ -1,0 +1,123 @@
+//! Initializing a data dir from a backup file, as a member of a new cluster that starts with the
+//! backed-up state (`quorumkv-server restore`).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::error::{io_err, StorageError};
+use super::snapshot_file::read_snapshot_file;
+use super::wal::sync_dir;
+use super::{DataDir, SnapshotStore, StateMachine, Wal, WalOptions};
+use crate::protocol::raft::{HardState, MemberAddrs, Membership, NodeId, SnapshotMeta};
+
+/// Why a data dir was not restored (nothing was changed).
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The file is not a valid snapshot.
+    #[error("{path}: not a valid snapshot file: {why}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The data dir already holds something.
+    #[error("{path}: the data dir is not empty; restore only initializes a new one")]
+    NotEmpty {
+        /// The data dir.
+        path: PathBuf,
+    },
+    /// The arguments do not make a member of a cluster.
+    #[error("{0}")]
+    Config(String),
+    /// Writing the new data dir failed (what was written is removed).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What a restore wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Restored {
+    /// The log position the state stands for (the new cluster's log starts after it).
+    pub meta: SnapshotMeta,
+    /// Keys in the state.
+    pub keys: u64,
+    /// The state's digest, as INFO's `state_digest` shows it.
+    pub digest: u64,
+}
+
+/// Initializes `data_dir` (missing or empty) as member `member_id` of a new cluster
+/// `cluster_name` of `peers` (id to peer address), holding the state of the snapshot `file`.
+///
+/// The state keeps its keys, versions, expiries and sessions; its membership becomes `peers`.
+/// Every member of the new cluster is restored from the same file, each with its own id. The dir
+/// is built beside its final path and renamed into place once durable, so a failed or
+/// interrupted restore never leaves a half-made data dir under that name.
+pub fn restore_data_dir(
+    file: &Path,
+    data_dir: &Path,
+    cluster_name: &str,
+    member_id: NodeId,
+    peers: &BTreeMap<NodeId, String>,
+) -> Result<Restored, RestoreError> {
+    let bad = |why: String| RestoreError::BadFile { path: file.to_path_buf(), why };
+    let (meta, image) = read_snapshot_file(file).map_err(|e| bad(e.to_string()))?;
+    let mut state = StateMachine::restore(&image).map_err(|e| bad(e.to_string()))?;
+    if meta.index == 0 || state.applied_index() != meta.index {
+        return Err(bad(format!(
+            "the header says index {} but the image was taken at {}",
+            meta.index,
+            state.applied_index()
+        )));
+    }
+    if !peers.contains_key(&member_id) {
+        return Err(RestoreError::Config(format!("--peers does not list this member (id {member_id})")));
+    }
+    if fs::read_dir(data_dir).is_ok_and(|mut items| items.next().is_some()) || data_dir.is_file() {
+        return Err(RestoreError::NotEmpty { path: data_dir.to_path_buf() });
+    }
+    let members = peers
+        .iter()
+        .map(|(&id, peer)| (id, MemberAddrs { peer_addr: peer.clone(), client_addr: String::new() }))
+        .collect();
+    state.replace_membership(Membership::bootstrap(members));
+    let image = state.snapshot()?;
+
+    let mut building = data_dir.as_os_str().to_owned();
+    building.push(".restoring");
+    let building = PathBuf::from(building);
+    if building.exists() {
+        // Left by an interrupted restore of this same dir: never a live data dir (it has no lock holder).
+        fs::remove_dir_all(&building).map_err(io_err("remove", &building))?;
+    }
+    let written = write_dir(&building, cluster_name, member_id, meta, &image);
+    if let Err(e) = written {
+        let _ = fs::remove_dir_all(&building);
+        return Err(e.into());
+    }
+    if data_dir.exists() {
+        fs::remove_dir(data_dir).map_err(io_err("remove", data_dir))?;
+    }
+    fs::rename(&building, data_dir).map_err(io_err("rename", &building))?;
+    if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
+    Ok(Restored { meta, keys: state.engine().len() as u64, digest: state.engine().digest() })
+}
+
+/// A data dir at `root` whose log is empty after a snapshot of `image` at `meta`.
+fn write_dir(
+    root: &Path,
+    cluster_name: &str,
+    member_id: NodeId,
+    meta: SnapshotMeta,
+    image: &[u8],
+) -> Result<(), StorageError> {
+    let dir = DataDir::open(root, cluster_name, member_id)?;
+    SnapshotStore::open(dir.snap_dir())?.save(meta, image)?;
+    let (mut wal, _) = Wal::open_witnessed(dir.wal_dir(), WalOptions::default(), Some(&dir.wal_witness()))?;
+    wal.compact(meta)?;
+    wal.append(Some(HardState { term: meta.term, vote: 0, commit: meta.index }), &[])?;
+    Ok(())
+}
