@@ -273,41 +273,83 @@ impl Drop for SmallDisk {
     }
 }
 
-// A replica whose disk fills stops consensus; it must then say so (INFO `consensus:stopped`, not
-// `role:leader`, no leader claimed) and answer requests with -TRYAGAIN at once instead of hanging.
+/// One HTTP GET on a raw socket: the status code and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = connect(addr);
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).expect("send");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("read");
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status line");
+    (code, text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
+}
+
+// A replica whose disk fills refuses writes at once with -ERR disk full (the alarm in INFO,
+// /metrics and /health), keeps serving reads, and resumes writing by itself once there is space,
+// with no restart; nothing acknowledged is lost, and the WAL it wrote replays after a kill -9.
 #[test]
-fn a_replica_whose_disk_filled_stops_claiming_to_lead() {
+fn a_replica_whose_disk_fills_refuses_writes_serves_reads_and_resumes_when_space_returns() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let mnt = dir.path().join("disk");
     std::fs::create_dir(&mnt).expect("mkdir");
     let _disk = SmallDisk::mount(&mnt, "3m");
-    let (client, args) = single_server(&mnt.join("data"), &[]);
+    // Room to give back later.
+    let filler = mnt.join("filler");
+    std::fs::write(&filler, vec![0u8; 1024 * 1024]).expect("filler");
+    let metrics = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let (client, args) = single_server(&mnt.join("data"), &["--metrics-addr", &metrics]);
     let mut server = spawn_server(&args, &dir.path().join("log"));
     wait_for_info(&client, "role", "leader");
     let value = "v".repeat(60_000);
-    let mut failed = false;
-    for i in 0..200 {
-        let out = Command::new(CLI)
-            .args(["--servers", &client, "set", &format!("k{i}"), &value])
+    let set = |key: &str| {
+        Command::new(CLI)
+            .args(["--servers", &client, "set", key, &value])
             .env("QUORUMKV_CLI_TIMEOUT_MS", "2000")
             .output()
-            .expect("run cli");
-        if stdout(&out) != "OK" {
-            failed = true;
-            break;
-        }
+            .expect("run cli")
+    };
+    let mut acknowledged = 0;
+    while stdout(&set(&format!("k{acknowledged}"))) == "OK" {
+        acknowledged += 1;
+        assert!(acknowledged < 200, "3 MiB of disk took 12 MB of writes");
     }
-    assert!(failed, "3 MiB of disk took 12 MB of writes");
-    wait_for_info(&client, "consensus", "stopped");
-    assert_eq!(info_field(&client, "role").as_deref(), Some("follower"));
-    assert_eq!(info_field(&client, "leader_id").as_deref(), Some("0"));
-    assert!(info_field(&client, "consensus_error").is_some_and(|e| !e.is_empty()));
-    // Requests are answered at once, well before the 3 s request timeout.
-    let mut conn = connect(&client);
-    conn.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-    let replies = [exchange(&mut conn, b"GET k0\r\nSET a b\r\n"), exchange(&mut conn, b"")];
-    assert!(replies.iter().all(|r| r.starts_with("-TRYAGAIN")), "{replies:?}");
+    assert!(acknowledged > 0, "some writes fit");
+    wait_for_info(&client, "disk_full", "1");
+    assert!(info_field(&client, "disk_full_error").is_some_and(|e| e.contains("disk full")));
+    assert_eq!(info_field(&client, "consensus").as_deref(), Some("running"), "not a failure");
+
+    // Writes: refused at once, with the reason.
+    let refused = set("refused");
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(stdout(&refused).starts_with("(error) ERR disk full"), "{refused:?}");
+    // Reads: served.
+    assert_eq!(stdout(&cli(&client, &["get", "k0"])), format!("\"{value}\""));
+    assert_eq!(stdout(&cli(&client, &["exists", "k0", "refused"])), "(integer) 1");
+    // The alarm, where monitoring looks.
+    let (code, body) = http_get(&metrics, "/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("disk full"), "{body}");
+    let (_, text) = http_get(&metrics, "/metrics");
+    assert!(text.lines().any(|l| l == "quorumkv_disk_full 1"), "the gauge");
+
+    // Space comes back: writing resumes by itself, the stuck write included.
+    std::fs::remove_file(&filler).expect("free space");
+    wait_for_info(&client, "disk_full", "0");
+    assert_eq!(stdout(&set("after")), "OK");
+    assert_eq!(http_get(&metrics, "/health").0, 200);
+    let keys: u64 =
+        stdout(&cli(&client, &["dbsize"])).trim_start_matches("(integer) ").parse().expect("dbsize");
+    assert!(keys > acknowledged, "every acknowledged write and `after` are there: {keys} keys");
+
+    // The WAL written around the full disk replays: every acknowledged key survives kill -9.
+    kill(&mut server);
+    let mut server = spawn_server(&args, &dir.path().join("log-restarted"));
+    wait_for_info(&client, "role", "leader");
+    for i in [0, acknowledged - 1] {
+        assert_eq!(stdout(&cli(&client, &["strlen", &format!("k{i}")])), "(integer) 60000", "k{i}");
+    }
+    assert_eq!(stdout(&cli(&client, &["strlen", "after"])), "(integer) 60000");
     kill(&mut server);
 }
 

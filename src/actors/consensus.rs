@@ -20,7 +20,7 @@ use super::applier::{
     Applier, ApplyEntries, Expect, Restore, ServeRead, TakeSnapshot, TermChanged, Unexpect, Watch,
 };
 use super::connection::ReplyBudget;
-use super::disk::{DiskWriter, Persist};
+use super::disk::{DiskWriter, Persist, PersistError};
 use super::snapshotter::{LoadLatest, SaveImage, SavedSnapshot, Snapshotter};
 use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
@@ -105,7 +105,12 @@ pub enum Refusal {
     NoLeader,
     /// The replica forwarded to was no longer the leader; nothing was proposed.
     LeaderChanged,
+    /// The disk of this replica (or of the leader) is full: writes are refused until there is room.
+    DiskFull,
 }
+
+/// How long a replica whose disk is full waits before it tries the refused write again.
+pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
 
 /// Change the membership or move the leader; `reply_to` hears once it took effect, or why not.
 #[derive(Message)]
@@ -274,6 +279,8 @@ pub struct Consensus {
     undriven: u32,
     /// A write is with the disk writer.
     writing: bool,
+    /// The disk was full: the write at the queue's head waits for its retry.
+    disk_retry_pending: bool,
     /// Writes waiting for it, in order; the last one grows while it waits (group commit).
     disk_queue: VecDeque<DiskWrite>,
     reads: HashMap<u64, ReadWaiter>,
@@ -333,6 +340,7 @@ impl Consensus {
             drive_scheduled: false,
             undriven: 0,
             writing: false,
+            disk_retry_pending: false,
             disk_queue: VecDeque::new(),
             reads: HashMap::new(),
             next_read_ctx: 1,
@@ -583,7 +591,7 @@ impl Consensus {
     /// commit); the disk writer's own mailbox is not used as the queue, so nothing merged
     /// there could overtake or be overtaken.
     fn start_write(&mut self, ctx: &mut Context<Self>) {
-        if self.writing || self.stopped {
+        if self.writing || self.stopped || self.disk_retry_pending {
             return;
         }
         let Some(DiskWrite { image, persist, number }) = self.disk_queue.pop_front() else { return };
@@ -595,19 +603,54 @@ impl Consensus {
             if let Some(save) = save_image {
                 save.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
             }
-            disk.send(persist).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+            match disk.send(persist).await {
+                Ok(Ok(())) => Ok(None),
+                Ok(Err(PersistError::DiskFull { persist, why })) => Ok(Some((persist, why))),
+                Ok(Err(PersistError::Failed(e))) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
         };
         ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
-            if let Err(e) = result {
-                return act.fail(ctx, &format!("write to disk failed: {e}"));
-            }
             act.writing = false;
-            if number > 0 {
-                act.core.on_persisted(number);
+            match result {
+                Err(e) => act.fail(ctx, &format!("write to disk failed: {e}")),
+                Ok(Some((persist, why))) => {
+                    act.disk_full(ctx, DiskWrite { image: None, persist, number }, &why)
+                }
+                Ok(None) => {
+                    if act.status.disk_full().is_some() {
+                        log::info!("replica {}: the disk has room again; writes resume", act.core.id());
+                        act.status.set_disk_full(None);
+                    }
+                    if number > 0 {
+                        act.core.on_persisted(number);
+                    }
+                    act.start_write(ctx);
+                    act.drive(ctx);
+                }
             }
-            act.start_write(ctx);
-            act.drive(ctx);
         }));
+    }
+
+    /// The disk had no room for `write` (nothing of it was kept): raise the alarm, refuse writes,
+    /// and try it again, first in the queue, after [`DISK_FULL_RETRY`]. Reads go on being served;
+    /// what this replica has not persisted it does not acknowledge (votes and acks wait for it).
+    fn disk_full(&mut self, ctx: &mut Context<Self>, write: DiskWrite, why: &str) {
+        if self.status.disk_full().is_none() {
+            log::error!(
+                "replica {}: {why}; writes are refused (-ERR disk full) until there is space, \
+                 reads are served",
+                self.core.id()
+            );
+        }
+        self.status.set_disk_full(Some(why.to_string()));
+        // Its image, if it brought one, is already durable.
+        self.disk_queue.push_front(write);
+        self.disk_retry_pending = true;
+        ctx.run_later(DISK_FULL_RETRY, |act, ctx| {
+            act.disk_retry_pending = false;
+            act.start_write(ctx);
+        });
     }
 
     /// A replica that cannot write its log must not go on acknowledging: stop consensus.
@@ -896,7 +939,7 @@ impl Consensus {
     /// On the leader, now and then: proposes the removal of keys whose time to live has passed,
     /// one bounded entry at a time, so every replica frees them at the same log position.
     fn reclaim_expired(&mut self, ctx: &mut Context<Self>) {
-        if self.stopped || self.core.role() != Role::Leader {
+        if self.stopped || self.core.role() != Role::Leader || self.status.disk_full().is_some() {
             self.reclaim_in_flight = None;
             return;
         }
@@ -943,6 +986,9 @@ impl Consensus {
             return self.answer_forward(from, id, ForwardAnswer::Refused(ForwardRefusal::Busy));
         }
         match request {
+            Forwarded::Propose(_) | Forwarded::Admin(_) if self.status.disk_full().is_some() => {
+                return self.answer_forward(from, id, ForwardAnswer::Refused(ForwardRefusal::DiskFull));
+            }
             Forwarded::Propose(data) => {
                 let data = self.stamp(data);
                 let answer = match self.core.propose(data) {
@@ -1213,6 +1259,9 @@ impl Handler<Propose> for Consensus {
         if self.stopped {
             return msg.watcher.do_send(WatchFired(WatchOutcome::Refused(Refusal::Busy)));
         }
+        if self.status.disk_full().is_some() {
+            return msg.watcher.do_send(WatchFired(WatchOutcome::Refused(Refusal::DiskFull)));
+        }
         if self.forward && self.core.role() != Role::Leader {
             return self.forward_write(msg);
         }
@@ -1280,6 +1329,9 @@ impl Handler<Admin> for Consensus {
         if self.stopped {
             return msg.reply_to.do_send(AdminDone(refusal_to_reply(Refusal::Busy)));
         }
+        if self.status.disk_full().is_some() {
+            return msg.reply_to.do_send(AdminDone(refusal_to_reply(Refusal::DiskFull)));
+        }
         if self.forward && self.core.role() != Role::Leader {
             return self.forward_admin(msg);
         }
@@ -1295,6 +1347,10 @@ pub fn refusal_to_reply(r: Refusal) -> Reply {
         Refusal::Transferring => Reply::Error("TRYAGAIN leadership transfer in progress".into()),
         Refusal::NoLeader => Reply::Error("TRYAGAIN no leader".into()),
         Refusal::LeaderChanged => Reply::Error("TRYAGAIN leader changed; not proposed".into()),
+        Refusal::DiskFull => Reply::err(
+            "disk full: writes are refused until there is space again (reads are served; nothing \
+             acknowledged is lost)",
+        ),
     }
 }
 
@@ -1304,6 +1360,7 @@ fn forward_refusal(r: &Refusal) -> ForwardRefusal {
         Refusal::NotLeader(_) | Refusal::NoLeader | Refusal::LeaderChanged => ForwardRefusal::NotLeader,
         Refusal::Busy => ForwardRefusal::Busy,
         Refusal::Transferring => ForwardRefusal::Transferring,
+        Refusal::DiskFull => ForwardRefusal::DiskFull,
     }
 }
 
@@ -1313,5 +1370,6 @@ fn refusal_from(r: ForwardRefusal) -> Refusal {
         ForwardRefusal::NotLeader => Refusal::LeaderChanged,
         ForwardRefusal::Busy => Refusal::Busy,
         ForwardRefusal::Transferring => Refusal::Transferring,
+        ForwardRefusal::DiskFull => Refusal::DiskFull,
     }
 }

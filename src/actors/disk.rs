@@ -15,8 +15,8 @@ use crate::storage::{DataDir, StorageError, Wal};
 ///
 /// With `compact`, first record that the log is compacted up to that snapshot (whose image is
 /// already durable) and release the segments it covers.
-#[derive(Message)]
-#[rtype(result = "Result<(), StorageError>")]
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), PersistError>")]
 pub struct Persist {
     /// A snapshot position the log now starts after, if any.
     pub compact: Option<SnapshotMeta>,
@@ -24,6 +24,21 @@ pub struct Persist {
     pub hard_state: Option<HardState>,
     /// Entries to append (replacing any suffix from the first one's index).
     pub entries: Vec<Entry>,
+}
+
+/// Why a [`Persist`] did not complete.
+#[derive(Debug)]
+pub enum PersistError {
+    /// The disk is full: nothing of it was kept (the WAL ends at its last good record, as
+    /// before); here it is back, to be retried once there is space.
+    DiskFull {
+        /// The write, unchanged.
+        persist: Persist,
+        /// What the disk said.
+        why: String,
+    },
+    /// Any other failure: the WAL is unusable from now on.
+    Failed(StorageError),
 }
 
 /// Close the WAL and release the data dir lock; answered once both are closed.
@@ -58,16 +73,25 @@ impl Actor for DiskWriter {
 }
 
 impl Handler<Persist> for DiskWriter {
-    type Result = Result<(), StorageError>;
+    type Result = Result<(), PersistError>;
 
     fn handle(&mut self, msg: Persist, _ctx: &mut Self::Context) -> Self::Result {
-        let wal = self.wal.as_mut().ok_or(StorageError::Poisoned)?;
+        let wal = self.wal.as_mut().ok_or(PersistError::Failed(StorageError::Poisoned))?;
+        let give_back = |persist: Persist, e: StorageError| match e {
+            StorageError::DiskFull { .. } => PersistError::DiskFull { why: e.to_string(), persist },
+            other => PersistError::Failed(other),
+        };
         if let Some(meta) = msg.compact {
-            wal.compact(meta)?;
+            // Done again on a retry: a marker at or below the current one is ignored.
+            if let Err(e) = wal.compact(meta) {
+                return Err(give_back(msg, e));
+            }
         }
         if msg.hard_state.is_some() || !msg.entries.is_empty() {
             let started = Instant::now();
-            wal.append(msg.hard_state, &msg.entries)?;
+            if let Err(e) = wal.append(msg.hard_state, &msg.entries) {
+                return Err(give_back(msg, e));
+            }
             let took = started.elapsed();
             if let Some(status) = &self.status {
                 status.metrics.fsync_seconds.observe(took.as_secs_f64());

@@ -20,6 +20,9 @@ pub fn unhealthy_reason(status: &StatusBoard) -> Option<String> {
     if status.is_removed() {
         return Some("removed from the cluster".into());
     }
+    if let Some(why) = status.disk_full() {
+        return Some(format!("disk full, writes refused: {why}"));
+    }
     if status.leader() == 0 {
         return Some("no leader known".into());
     }
@@ -43,6 +46,7 @@ pub fn gauge_values(status: &StatusBoard) -> GaugeValues {
         keys: status.key_count(),
         elections: status.elections(),
         clients: status.connected_clients(),
+        disk_full: status.disk_full().is_some(),
     }
 }
 

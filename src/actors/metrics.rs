@@ -61,6 +61,7 @@ struct Gauges {
     keys: IntGauge,
     elections: IntGauge,
     clients: IntGauge,
+    disk_full: IntGauge,
 }
 
 /// The numbers the status board holds, as the gauges want them.
@@ -86,6 +87,8 @@ pub struct GaugeValues {
     pub elections: u64,
     /// Live client connections.
     pub clients: u64,
+    /// The disk-full alarm is raised.
+    pub disk_full: bool,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -170,6 +173,11 @@ impl Default for Metrics {
                 keys: gauge(&r, "quorumkv_keys", "Keys stored."),
                 elections: gauge(&r, "quorumkv_elections_started", "Elections this replica started."),
                 clients: gauge(&r, "quorumkv_connected_clients", "Live client connections."),
+                disk_full: gauge(
+                    &r,
+                    "quorumkv_disk_full",
+                    "1 while the disk is full and writes are refused (the alarm).",
+                ),
             },
             registry: r,
         }
@@ -213,6 +221,7 @@ impl Metrics {
         set(&g.last_log_index, values.last_log_index);
         set(&g.log_bytes, values.log_bytes);
         set(&g.keys, values.keys);
+        set(&g.disk_full, u64::from(values.disk_full));
         set(&g.elections, values.elections);
         set(&g.clients, values.clients);
         let mut out = Vec::new();

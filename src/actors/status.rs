@@ -45,6 +45,8 @@ pub struct StatusBoard {
     client_addrs: RwLock<BTreeMap<NodeId, String>>,
     /// Why consensus stopped, once it has (a failed disk write): the replica no longer takes part.
     stopped: RwLock<Option<String>>,
+    /// Why the disk refused the last write, while it is full (the alarm); None once a write succeeds.
+    disk_full: RwLock<Option<String>>,
     /// The membership this replica has applied.
     membership: RwLock<Membership>,
     /// Members just removed that the leader still talks to (their handshakes are accepted).
@@ -154,6 +156,18 @@ impl StatusBoard {
         if let Ok(mut stopped) = self.stopped.write() {
             stopped.get_or_insert_with(|| reason.to_string());
         }
+    }
+
+    /// Raises (`Some(why)`) or clears (`None`) the disk-full alarm.
+    pub fn set_disk_full(&self, why: Option<String>) {
+        if let Ok(mut alarm) = self.disk_full.write() {
+            *alarm = why;
+        }
+    }
+
+    /// Why the disk is full, while it is (writes are refused meanwhile).
+    pub fn disk_full(&self) -> Option<String> {
+        self.disk_full.read().ok().and_then(|s| s.clone())
     }
 
     /// Why consensus stopped, if it has.
@@ -311,6 +325,7 @@ impl StatusBoard {
         let members = join(voters.clone());
         let learners = join(membership.learners.iter().copied().collect());
         let stop_reason = self.stop_reason();
+        let disk_full = self.disk_full();
         let uptime = self.started.get().map_or(0, |s| s.elapsed().as_secs());
         let used = self.data_bytes.load(Ordering::Relaxed);
         let keys = self.keys.load(Ordering::Relaxed);
@@ -378,6 +393,8 @@ impl StatusBoard {
                     ("applied_clock_ms", self.applied_clock_ms().to_string()),
                     ("consensus", if stop_reason.is_some() { "stopped" } else { "running" }.to_string()),
                     ("consensus_error", stop_reason.unwrap_or_default()),
+                    ("disk_full", u8::from(disk_full.is_some()).to_string()),
+                    ("disk_full_error", disk_full.unwrap_or_default()),
                 ],
             ),
             (

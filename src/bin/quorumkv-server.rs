@@ -365,6 +365,19 @@ async fn removed(statuses: Vec<std::sync::Arc<quorumkv::actors::status::StatusBo
     }
 }
 
+/// Resolves with the reason once consensus stopped on one of the replicas: a write or fsync of
+/// its log failed, which cannot be retried safely (a full disk is not such a failure).
+async fn consensus_failed(statuses: Vec<std::sync::Arc<quorumkv::actors::status::StatusBoard>>) -> String {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(why) =
+            statuses.iter().find_map(|s| s.stop_reason().map(|why| format!("replica {}: {why}", s.id)))
+        {
+            return why;
+        }
+    }
+}
+
 async fn run(configs: Vec<ReplicaConfig>, local: bool, join: Option<(JoinRequest, bool)>) -> ExitCode {
     let election_timeout_ms = configs.first().map_or(1000, |c| c.election_timeout_ms);
     let mut replicas = Vec::new();
@@ -405,17 +418,26 @@ async fn run(configs: Vec<ReplicaConfig>, local: bool, join: Option<(JoinRequest
         }
     }
     let watched = if local { Vec::new() } else { replicas.iter().map(|r| r.status.clone()).collect() };
+    let all = replicas.iter().map(|r| r.status.clone()).collect();
     let grace = Duration::from_millis(2 * election_timeout_ms);
+    let mut code = ExitCode::SUCCESS;
     tokio::select! {
         _ = shutdown_signal() => log::info!("shutting down"),
         _ = removed(watched, grace), if !local => {
             log::info!("removed from the cluster: shutting down (the data dir is kept)");
         }
+        why = consensus_failed(all) => {
+            // Lingering would only answer -TRYAGAIN for ever: exit so a supervisor restarts it,
+            // and the restart replays the log up to its last good record.
+            log::error!("{why}; exiting with code 1 (nothing acknowledged is lost; restart to recover)");
+            eprintln!("quorumkv-server: {why}");
+            code = ExitCode::from(1);
+        }
     }
     for r in replicas {
         r.stop().await;
     }
-    ExitCode::SUCCESS
+    code
 }
 
 /// Parses the command line; a flag that does not apply where it is given is an error (exit 1).

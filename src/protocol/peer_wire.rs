@@ -76,6 +76,8 @@ pub enum ForwardRefusal {
     Busy,
     /// The leader is handing leadership over.
     Transferring,
+    /// The leader's disk is full: it takes no writes until there is room.
+    DiskFull,
 }
 
 /// The leader's answer to a [`Forwarded`] request.

@@ -86,6 +86,13 @@ pub enum StorageError {
         /// The limit.
         limit_bytes: usize,
     },
+    /// The disk is full: the write was undone (the log ends at its last good record as before)
+    /// and may be retried once there is space.
+    #[error("disk full writing {path}: the write was undone; it is retried once there is space")]
+    DiskFull {
+        /// The file that could not grow.
+        path: PathBuf,
+    },
     /// An earlier write or fsync failed; the log refuses further writes until reopened.
     #[error("write-ahead log is unusable after an earlier I/O failure; restart to recover")]
     Poisoned,
@@ -104,4 +111,9 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 pub(crate) fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StorageError {
     let path = path.into();
     move |source| StorageError::Io { op, path, source }
+}
+
+/// True if `error` says the disk (or a quota) is full.
+pub(crate) fn is_disk_full(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }

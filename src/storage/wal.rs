@@ -4,7 +4,7 @@
 //! counting up from 1 without gaps; each segment starts with the hard state and snapshot marker that
 //! were current when it was created, so deleting older segments never loses them.
 
-use super::error::{io_err, Result, StorageError};
+use super::error::{io_err, is_disk_full, Result, StorageError};
 use super::log_tail::{check_follows, Slot, Tail};
 use super::record::{self, Damage, RecordKind, HEADER_BYTES, MAX_PAYLOAD_BYTES};
 use crate::protocol::codec;
@@ -337,24 +337,31 @@ impl Wal {
     }
 
     /// Writes `buf` to the active segment (rolling first if it is full) and fsyncs once.
+    ///
+    /// A write the disk has no room for is undone: the segment is cut back to its last good
+    /// record and [`StorageError::DiskFull`] returned; the log is as before and the same write
+    /// may be retried. Any other failure poisons the log.
     fn write_durably(&mut self, buf: &[u8]) -> Result<()> {
         if self.active_bytes >= self.options.segment_bytes {
             self.roll()?;
         }
-        let result =
-            self.active_file.write_all(buf).map_err(io_err("write", &self.active.path)).and_then(|()| {
-                if self.options.fsync {
-                    self.active_file.sync_data().map_err(io_err("fsync", &self.active.path))
-                } else {
-                    Ok(())
-                }
-            });
-        if result.is_err() {
-            // After a failed write or fsync the file's contents are unknown (and a retried fsync
-            // may report success for lost pages), so no further write may build on it.
+        if let Err(e) = self.active_file.write_all(buf) {
+            // Nothing of this write was synced, and no later write builds on it once it is cut
+            // off; the next successful fsync makes the cut durable with the file's new contents.
+            if is_disk_full(&e) && self.active_file.set_len(self.active_bytes).is_ok() {
+                return Err(StorageError::DiskFull { path: self.active.path.clone() });
+            }
             self.poisoned = true;
+            return Err(io_err("write", &self.active.path)(e));
         }
-        result?;
+        if self.options.fsync {
+            if let Err(e) = self.active_file.sync_data() {
+                // After a failed fsync the file's contents are unknown (and a retried fsync may
+                // report success for lost pages), so no further write may build on it.
+                self.poisoned = true;
+                return Err(io_err("fsync", &self.active.path)(e));
+            }
+        }
         self.active_bytes += buf.len() as u64;
         Ok(())
     }
@@ -363,9 +370,33 @@ impl Wal {
     fn roll(&mut self) -> Result<()> {
         let head = head_records(&self.hard_state, &self.snapshot)?;
         let created = create_segment(&self.dir, self.active.seq + 1, &head, self.options.fsync);
-        let (segment, file, bytes) = created.inspect_err(|_| self.poisoned = true)?;
+        let (segment, file, bytes) = match created {
+            Ok(created) => created,
+            // Not named by the witness yet: the new segment file can simply go again.
+            Err(StorageError::Io { source, path, .. }) if is_disk_full(&source) => {
+                let _ = fs::remove_file(&path);
+                return Err(StorageError::DiskFull { path });
+            }
+            Err(e) => {
+                self.poisoned = true;
+                return Err(e);
+            }
+        };
         if let Some(path) = &self.witness {
-            write_witness(path, segment.seq).inspect_err(|_| self.poisoned = true)?;
+            match write_witness(path, segment.seq) {
+                Ok(()) => {}
+                // The witness is replaced by rename: a failed write leaves the old one naming
+                // the current active segment, so the new file can go and the log is as before.
+                Err(StorageError::Io { source, .. }) if is_disk_full(&source) => {
+                    let _ = fs::remove_file(&segment.path);
+                    let _ = fs::remove_file(path.with_extension("tmp"));
+                    return Err(StorageError::DiskFull { path: path.clone() });
+                }
+                Err(e) => {
+                    self.poisoned = true;
+                    return Err(e);
+                }
+            }
         }
         let old = std::mem::replace(&mut self.active, segment);
         assert_eq!(old.seq + 1, self.active.seq, "segment seqs are consecutive");
