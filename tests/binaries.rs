@@ -353,6 +353,56 @@ fn a_replica_whose_disk_fills_refuses_writes_serves_reads_and_resumes_when_space
     kill(&mut server);
 }
 
+// A log write that fails for another reason than a full disk cannot be retried safely: the
+// server logs why and exits 1 (for a supervisor to restart it) instead of lingering; the restart
+// replays the log to its last good record with every acknowledged write. The failure here is a
+// file-size limit (EFBIG, with SIGXFSZ ignored), which the WAL treats like any I/O error.
+#[test]
+fn a_failed_log_write_makes_the_server_exit_1_and_a_restart_recovers() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (client, args) = single_server(&dir.path().join("data"), &[]);
+    let log = std::fs::File::create(dir.path().join("log")).expect("log file");
+    // bash: `ulimit -f` counts 1024-byte blocks; the WAL may grow to 2 MiB.
+    let mut server = Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 2048; exec \"$0\" \"$@\"")
+        .arg(SERVER)
+        .args(&args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn a limited server");
+    wait_for_info(&client, "role", "leader");
+    let value = "v".repeat(60_000);
+    let mut acknowledged = 0;
+    loop {
+        let out = Command::new(CLI)
+            .args(["--servers", &client, "set", &format!("k{acknowledged}"), &value])
+            .env("QUORUMKV_CLI_TIMEOUT_MS", "2000")
+            .output()
+            .expect("run cli");
+        if stdout(&out) != "OK" {
+            break;
+        }
+        acknowledged += 1;
+        assert!(acknowledged < 200, "a 2 MiB file took 12 MB of writes");
+    }
+    let status = wait_for("the server to exit", || server.try_wait().ok().flatten());
+    assert_eq!(status.code(), Some(1), "exits non-zero: {status:?}");
+    let logged = std::fs::read_to_string(dir.path().join("log")).expect("log");
+    assert!(logged.contains("exiting with code 1"), "says why: {logged}");
+    assert!(!logged.contains("disk full"), "not mistaken for a full disk");
+
+    let mut server = spawn_server(&args, &dir.path().join("log-restarted"));
+    wait_for_info(&client, "role", "leader");
+    for i in 0..acknowledged {
+        assert_eq!(stdout(&cli(&client, &["strlen", &format!("k{i}")])), "(integer) 60000", "k{i}");
+    }
+    kill(&mut server);
+}
+
 /// One RESP exchange on a raw socket: sends `request`, returns the first reply line ("" on EOF).
 fn exchange(conn: &mut std::net::TcpStream, request: &[u8]) -> String {
     use std::io::{Read, Write};
