@@ -93,6 +93,11 @@ fn metrics_pass_promtool_and_move_with_writes_elections_and_snapshots() {
     );
     assert!(sample(&after, "quorumkv_applied_index") >= sample(&before, "quorumkv_applied_index") + 100.0);
     assert_eq!(sample(&after, "quorumkv_keys"), 100.0);
+    assert_eq!(sample(&after, "quorumkv_disk_full"), 0.0);
+    for peer in cluster.client_addrs.keys().filter(|&&id| id != leader) {
+        let rtt = format!("quorumkv_peer_round_trip_seconds_count{{peer=\"{peer}\"}}");
+        assert!(sample(&after, &rtt) >= 1.0, "heartbeat round trips to {peer} timed");
+    }
     let lag = sample(&after, "quorumkv_apply_lag_entries");
     assert_eq!(lag, sample(&after, "quorumkv_commit_index") - sample(&after, "quorumkv_applied_index"));
 

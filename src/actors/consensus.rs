@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 
@@ -108,6 +108,9 @@ pub enum Refusal {
     /// The disk of this replica (or of the leader) is full: writes are refused until there is room.
     DiskFull,
 }
+
+/// A heartbeat unanswered this long is taken as lost: the round trip is timed from the next one.
+const HEARTBEAT_ANSWER_LOST: Duration = Duration::from_secs(1);
 
 /// How long a replica whose disk is full waits before it tries the refused write again.
 pub const DISK_FULL_RETRY: Duration = Duration::from_secs(1);
@@ -281,6 +284,8 @@ pub struct Consensus {
     writing: bool,
     /// The disk was full: the write at the queue's head waits for its retry.
     disk_retry_pending: bool,
+    /// When the oldest unanswered heartbeat to each peer left (for the round-trip metric).
+    heartbeat_sent: HashMap<NodeId, Instant>,
     /// Writes waiting for it, in order; the last one grows while it waits (group commit).
     disk_queue: VecDeque<DiskWrite>,
     reads: HashMap<u64, ReadWaiter>,
@@ -341,6 +346,7 @@ impl Consensus {
             undriven: 0,
             writing: false,
             disk_retry_pending: false,
+            heartbeat_sent: HashMap::new(),
             disk_queue: VecDeque::new(),
             reads: HashMap::new(),
             next_read_ctx: 1,
@@ -499,6 +505,14 @@ impl Consensus {
                 if let MessageBody::InstallSnapshot { snapshot } = &message.body {
                     self.start_transfer(ctx, message.to, snapshot.meta);
                     continue;
+                }
+                if matches!(message.body, MessageBody::Heartbeat { .. }) {
+                    // The oldest unanswered heartbeat, unless it was lost (then start again).
+                    let now = Instant::now();
+                    let sent = self.heartbeat_sent.entry(message.to).or_insert(now);
+                    if now.duration_since(*sent) > HEARTBEAT_ANSWER_LOST {
+                        *sent = now;
+                    }
                 }
                 self.transport.send(PeerFrame::Raft(message));
             }
@@ -1228,6 +1242,11 @@ impl Handler<Inbound> for Consensus {
                         m.from
                     );
                     return;
+                }
+                if matches!(m.body, MessageBody::HeartbeatResponse { .. }) {
+                    if let Some(sent) = self.heartbeat_sent.remove(&m.from) {
+                        self.status.metrics.peer_round_trip(m.from, sent.elapsed());
+                    }
                 }
                 m
             }

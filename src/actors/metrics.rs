@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::protocol::command_table::COMMANDS;
@@ -31,6 +32,8 @@ pub struct Metrics {
     pub request_seconds: Histogram,
     /// Time to write and fsync one WAL batch.
     pub fsync_seconds: Histogram,
+    /// Leader's heartbeat to a peer until its answer, by peer id.
+    peer_rtt_seconds: HistogramVec,
     /// Snapshots this replica took of its state.
     pub snapshots_taken: IntCounter,
     /// Snapshots this replica started sending to a follower.
@@ -110,6 +113,13 @@ fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
     h
 }
 
+fn histogram_by(registry: &Registry, name: &str, help: &str, label: &str) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    let h = HistogramVec::new(opts, &[label]).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry.register(Box::new(h.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    h
+}
+
 fn by_command(registry: &Registry, name: &str, help: &str) -> Vec<IntCounter> {
     let vec =
         IntCounterVec::new(Opts::new(name, help), &["command"]).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -137,6 +147,12 @@ impl Default for Metrics {
                 &r,
                 "quorumkv_wal_fsync_duration_seconds",
                 "Time to write and fsync one batch of the write-ahead log.",
+            ),
+            peer_rtt_seconds: histogram_by(
+                &r,
+                "quorumkv_peer_round_trip_seconds",
+                "From the leader's heartbeat to a peer until the peer's answer, by peer.",
+                "peer",
             ),
             snapshots_taken: counter(&r, "quorumkv_snapshots_taken_total", "Snapshots taken of the state."),
             snapshots_sent: counter(
@@ -199,6 +215,12 @@ impl Metrics {
         if let Some(c) = self.requests.get(slot) {
             c.inc();
         }
+    }
+
+    /// Records one heartbeat round trip to peer `peer` (a few per second per peer: the label
+    /// lookup is off the request path).
+    pub fn peer_round_trip(&self, peer: u64, took: Duration) {
+        self.peer_rtt_seconds.with_label_values(&[&peer.to_string()]).observe(took.as_secs_f64());
     }
 
     /// Counts an error reply to the command in `slot`.
