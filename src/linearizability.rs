@@ -1,4 +1,5 @@
-//! A linearizability checker for key-value histories, and a recorder the test clerks fill in.
+//! A linearizability checker for key-value histories, a recorder the test clerks fill in, and the
+//! workload `quorumkv-cli check` runs against a live cluster.
 //!
 //! The search is Wing & Gong's with Lowe's memoization, the way Porcupine runs it: call and return
 //! events sit in one doubly linked list ordered by time; the search walks it from the front and
@@ -634,5 +635,74 @@ impl HistoryRecorder {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Operation>> {
         // A clerk that panicked mid-record leaves a consistent Vec: keep recording.
         self.ops.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The prefix of every key [`run_workload`] writes.
+pub const CHECK_KEY_PREFIX: &str = "__check:";
+
+/// A short concurrent workload against a live cluster, recorded for [`check_history`]: one
+/// thread per client config, each doing GETs (half), SETs and APPENDs of unique values on keys
+/// `__check:0` .. `__check:{keys-1}` until `duration` has passed, counting finished operations
+/// in `done`. Client ids come from the clock, so sessions of earlier runs do not interfere; they
+/// are consecutive in the order of `configs`.
+pub fn run_workload(
+    configs: Vec<crate::client::ClientConfig>,
+    keys: u64,
+    duration: Duration,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<Operation> {
+    let until = Instant::now() + duration;
+    let history = std::sync::Arc::new(HistoryRecorder::new());
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64);
+    let workers: Vec<_> = configs
+        .into_iter()
+        .enumerate()
+        .map(|(i, config)| {
+            let (history, done) = (history.clone(), done.clone());
+            let id = base.wrapping_add(i as u64);
+            std::thread::spawn(move || workload_clerk(id, config, keys, until, &history, &done))
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    history.finish()
+}
+
+/// One client of [`run_workload`].
+fn workload_clerk(
+    id: u64,
+    config: crate::client::ClientConfig,
+    keys: u64,
+    until: Instant,
+    history: &HistoryRecorder,
+    done: &std::sync::atomic::AtomicU64,
+) {
+    use crate::protocol::resp::Reply;
+    let Ok(mut client) = crate::client::Client::new(config) else { return };
+    let mut rng = crate::protocol::rng::Rng::new(id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5eed);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        n += 1;
+        let key = format!("{CHECK_KEY_PREFIX}{}", rng.range(0, keys.max(1)));
+        let value = format!("{id}.{n};").into_bytes();
+        let (input, args): (KvInput, Vec<Vec<u8>>) = match rng.range(0, 4) {
+            0 | 1 => (KvInput::Get, vec![b"GET".to_vec(), key.clone().into_bytes()]),
+            2 => (KvInput::Put(value.clone()), vec![b"SET".to_vec(), key.clone().into_bytes(), value]),
+            _ => (KvInput::Append(value.clone()), vec![b"APPEND".to_vec(), key.clone().into_bytes(), value]),
+        };
+        let is_read = input == KvInput::Get;
+        let token = history.begin(id, key.into_bytes(), input);
+        let output = match client.call(&args) {
+            Ok(Reply::Bulk(value)) if is_read => KvOutput::Value(value),
+            Ok(Reply::Simple(_) | Reply::Integer(_)) if !is_read => KvOutput::Ok,
+            // An error reply or a lost connection: the write may or may not have happened.
+            Ok(_) | Err(_) => KvOutput::Unknown,
+        };
+        history.end(token, output);
+        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -245,6 +245,8 @@ pub struct ConsensusParts {
     pub address_book: BTreeMap<NodeId, String>,
     /// Forward what only the leader can do to it (false: answer `-NOTLEADER` instead).
     pub forward: bool,
+    /// Test-only fault: serve reads from local state without a read index (stale reads).
+    pub unsafe_local_reads: bool,
     /// How long a client request may wait (forwards unanswered for longer are dropped).
     pub request_timeout: Duration,
 }
@@ -311,6 +313,8 @@ pub struct Consensus {
     transfer_waiters: Vec<(NodeId, AdminReplyTo)>,
     /// Forward to the leader (`--no-forward` clears it).
     forward: bool,
+    /// Test-only fault: reads are served from local state at once (see `ReplicaConfig`).
+    unsafe_local_reads: bool,
     /// Identifies this run in forward frames.
     run: u64,
     /// Ticks since start (the clock of forwards).
@@ -364,6 +368,7 @@ impl Consensus {
             change_waiters: Vec::new(),
             transfer_waiters: Vec::new(),
             forward: parts.forward,
+            unsafe_local_reads: parts.unsafe_local_reads,
             run: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
@@ -1304,6 +1309,10 @@ impl Handler<ReadIndex> for Consensus {
             return msg.reply_to.do_send(ReadDone::refused(Refusal::Busy));
         }
         let pending = PendingRead { command: msg.command, budget: msg.budget, reply_to: msg.reply_to };
+        if self.unsafe_local_reads {
+            // The injected fault: no read index, so nothing says this state is current.
+            return self.serve(pending);
+        }
         if self.forward && self.core.role() != Role::Leader {
             if let Err(refusal) = self.forward_target() {
                 return pending.reply_to.do_send(ReadDone::refused(refusal));

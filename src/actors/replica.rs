@@ -80,6 +80,10 @@ pub struct ReplicaConfig {
     /// A follower forwards writes, reads and admin requests to the leader (`--no-forward`
     /// clears it: followers answer `-NOTLEADER addr`).
     pub forward: bool,
+    /// Fault injection for tests, never for use: serve reads from this replica's own state at
+    /// once, without confirming it is current. Its reads can be stale; it exists so a test can
+    /// show that `quorumkv-cli check`'s checker catches a replica that breaks linearizability.
+    pub unsafe_local_reads: bool,
     /// Seed of the election-timeout draws (`None`: from the clock), so a test's printed seed
     /// replays the same elections.
     pub seed: Option<u64>,
@@ -113,6 +117,7 @@ impl ReplicaConfig {
             idle_timeout: None,
             metrics_addr: None,
             forward: true,
+            unsafe_local_reads: false,
             seed: None,
         }
     }
@@ -395,6 +400,7 @@ impl Replica {
             tick: Duration::from_millis(config.tick_ms.max(1)),
             address_book: config.peers.clone(),
             forward: config.forward,
+            unsafe_local_reads: config.unsafe_local_reads,
             request_timeout: Duration::from_millis(config.request_timeout_ms),
         };
         let consensus = Consensus::new(parts);
