@@ -353,6 +353,66 @@ fn a_replica_whose_disk_fills_refuses_writes_serves_reads_and_resumes_when_space
     kill(&mut server);
 }
 
+// Every replica's disk full at once (three tmpfs data dirs): each refuses writes with the clear
+// error and serves reads; once the tmpfs are enlarged, writing resumes with no restart and every
+// acknowledged write is there.
+#[test]
+fn a_cluster_whose_disks_all_fill_serves_reads_and_resumes_when_they_grow() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Layout { client, args, .. } = layout(dir.path(), "disk-full");
+    let disks: Vec<SmallDisk> = (1..=3)
+        .map(|i| {
+            let data = dir.path().join(format!("d{i}"));
+            std::fs::create_dir(&data).expect("mkdir");
+            SmallDisk::mount(&data, "2m")
+        })
+        .collect();
+    let mut servers: Vec<Child> =
+        (0..3).map(|i| spawn_server(&args[i], &dir.path().join(format!("log{}", i + 1)))).collect();
+    let all = client.join(",");
+    wait_for("a leader", || (0..3).find(|&i| info_field(&client[i], "role").as_deref() == Some("leader")));
+    let value = "v".repeat(60_000);
+    let set = |servers: &str, key: &str| {
+        Command::new(CLI)
+            .args(["--servers", servers, "set", key, &value])
+            .env("QUORUMKV_CLI_TIMEOUT_MS", "3000")
+            .output()
+            .expect("run cli")
+    };
+    let mut acknowledged = 0;
+    while stdout(&set(&all, &format!("k{acknowledged}"))) == "OK" {
+        acknowledged += 1;
+        assert!(acknowledged < 100, "2 MiB disks took 6 MB of writes");
+    }
+    assert!(acknowledged > 0, "some writes fit");
+    for addr in &client {
+        wait_for_info(addr, "disk_full", "1");
+        let refused = set(addr, "refused");
+        assert!(stdout(&refused).starts_with("(error) ERR disk full"), "{addr}: {refused:?}");
+        assert_eq!(stdout(&cli(addr, &["strlen", "k0"])), "(integer) 60000", "{addr} serves reads");
+    }
+    for disk in &disks {
+        let grown = Command::new("mount").args(["-o", "remount,size=20m"]).arg(&disk.0).status();
+        assert!(grown.expect("run mount").success(), "enlarge {}", disk.0.display());
+    }
+    for addr in &client {
+        wait_for_info(addr, "disk_full", "0");
+    }
+    assert_eq!(stdout(&set(&all, "after")), "OK");
+    for addr in &client {
+        let keys = stdout(&cli(addr, &["dbsize"]));
+        let keys: u64 = keys.trim_start_matches("(integer) ").parse().expect("dbsize");
+        assert!(keys > acknowledged, "{addr}: every acknowledged write and `after`: {keys}");
+        for i in 0..acknowledged {
+            assert_eq!(stdout(&cli(addr, &["strlen", &format!("k{i}")])), "(integer) 60000", "{addr} k{i}");
+        }
+    }
+    for s in &mut servers {
+        kill(s);
+    }
+}
+
 // A log write that fails for another reason than a full disk cannot be retried safely: the
 // server logs why and exits 1 (for a supervisor to restart it) instead of lingering; the restart
 // replays the log to its last good record with every acknowledged write. The failure here is a
@@ -937,6 +997,43 @@ fn snapshot_save_and_restore_start_a_new_cluster_with_the_same_state() {
     assert_eq!(info_field(&client[leader], "state_digest").as_deref(), Some(digest.as_str()));
     assert!(info_field(&client[leader], "applied_index").and_then(|a| a.parse::<u64>().ok()) >= Some(index));
 
+    // Again under load: one writer sets load0, load1, ... in order while the backup is taken.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let (stop, acked, servers) = (stop.clone(), acked.clone(), client.clone());
+        std::thread::spawn(move || {
+            let mut load =
+                quorumkv::client::Client::new(quorumkv::client::ClientConfig::new(servers)).expect("client");
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                load.set(format!("load{n}").as_bytes(), format!("v{n}").as_bytes())
+                    .expect("a write under load");
+                n += 1;
+                acked.store(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    wait_for("writes under way", || (acked.load(std::sync::atomic::Ordering::Relaxed) >= 50).then_some(()));
+    let acked_before_save = acked.load(std::sync::atomic::Ordering::Relaxed);
+    let file = dir.path().join("loaded.qkv");
+    let saved = cli(&servers_arg, &["snapshot", "save", &file.display().to_string()]);
+    assert_eq!(saved.status.code(), Some(0), "{saved:?}");
+    let acked_after_save = acked.load(std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().expect("writer");
+    let printed = stdout(&saved);
+    let index: u64 = saved_field(&printed, "index").parse().expect("index");
+    let digest = saved_field(&printed, "state_digest").to_string();
+    let saved_keys: u64 = saved_field(&printed, "keys").parse().expect("keys");
+    // The writes in it are a prefix of the writer's: at least those acknowledged before the save
+    // began, at most those acknowledged before it ended (plus the one in flight).
+    let loaded = saved_keys - 302;
+    assert!(
+        (acked_before_save..=acked_after_save + 1).contains(&loaded),
+        "{acked_before_save} <= {loaded} <= {acked_after_save} + 1"
+    );
+
     // A new cluster: its own ports, names and data dirs, every member from the same file.
     let target = dir.path().join("target");
     let Layout { client: new_client, peers: new_peers, args: new_args } = layout(&target, "backup-target");
@@ -960,7 +1057,18 @@ fn snapshot_save_and_restore_start_a_new_cluster_with_the_same_state() {
         .expect("run restore");
     assert_eq!(again.status.code(), Some(2), "{again:?}");
     assert_eq!(std::fs::read(d1.join("quorumkv.meta")).expect("meta"), meta_before);
-    let mut damaged = std::fs::read(&file).expect("backup");
+    let whole = std::fs::read(&file).expect("backup");
+    let truncated_file = dir.path().join("truncated.qkv");
+    std::fs::write(&truncated_file, &whole[..whole.len() - 100]).expect("write truncated");
+    let cut = Command::new(SERVER)
+        .args(["restore", &truncated_file.display().to_string(), "--data-dir"])
+        .arg(dir.path().join("never-truncated"))
+        .args(["--id", "1", "--peers", &new_peers])
+        .output()
+        .expect("run restore");
+    assert_eq!(cut.status.code(), Some(1), "{cut:?}");
+    assert!(!dir.path().join("never-truncated").exists());
+    let mut damaged = whole;
     let middle = damaged.len() / 2;
     damaged[middle] ^= 0xff;
     let bad_file = dir.path().join("damaged.qkv");
@@ -988,7 +1096,12 @@ fn snapshot_save_and_restore_start_a_new_cluster_with_the_same_state() {
         wait_for_info(addr, "state_digest", &digest);
     }
     assert_eq!(stdout(&cli(&new_servers, &["get", "k299"])), "\"v299\"");
-    assert_eq!(stdout(&cli(&new_servers, &["dbsize"])), "(integer) 302");
+    assert_eq!(stdout(&cli(&new_servers, &["dbsize"])), format!("(integer) {saved_keys}"));
+    // Every key the writer got into the backup, with its value, and none after.
+    for n in 0..loaded {
+        assert_eq!(stdout(&cli(&new_servers, &["get", &format!("load{n}")])), format!("\"v{n}\""), "load{n}");
+    }
+    assert_eq!(stdout(&cli(&new_servers, &["exists", &format!("load{loaded}")])), "(integer) 0");
     let ttl = stdout(&cli(&new_servers, &["ttl", "ttl"]));
     let secs: u64 = ttl.trim_start_matches("(integer) ").parse().expect("a TTL");
     assert!((900..=1000).contains(&secs), "the expiry came along: {ttl}");

@@ -746,6 +746,56 @@ fn follower_acknowledges_only_after_its_write_is_durable() {
     assert_eq!(acks, 2, "both answers leave once the write is durable: {out:?}");
 }
 
+// A heartbeat's answer speaks for the follower's term only: it waits for that term to be durable,
+// never for entries being written (so a follower whose write is stuck, a full disk say, still
+// confirms the leader's reads and lease), while the append's answer keeps waiting.
+#[test]
+fn heartbeat_answers_wait_for_the_term_but_not_for_entries() {
+    let mut f = core(2, &[1, 2, 3], false, false);
+    let heartbeat = || msg(1, 2, 1, MessageBody::Heartbeat { commit: 0, read_round: 7 });
+    let answered = |out: &[Message]| {
+        out.iter().any(|m| matches!(m.body, MessageBody::HeartbeatResponse { read_round: 7 }))
+    };
+    let append =
+        MessageBody::Append { prev_index: 0, prev_term: 0, entries: entries_with_terms(&[1]), commit: 0 };
+    f.step(msg(1, 2, 1, append)).expect("valid");
+    let first = f.ready();
+    assert_eq!(first.hard_state.map(|h| h.term), Some(1), "the new term is written");
+    let first_number = first.number;
+    f.advance(first);
+    // Term 1 is not durable yet: its heartbeat answer waits.
+    f.step(heartbeat()).expect("valid");
+    let (out, _) = drain(&mut f);
+    assert!(!answered(&out), "answered in a term not yet durable: {out:?}");
+    f.on_persisted(first_number);
+    let (out, _) = drain(&mut f);
+    assert!(answered(&out), "released with the write: {out:?}");
+    // Now term 1 is durable and a new entry's write is pending: the heartbeat is answered at once.
+    let more = MessageBody::Append {
+        prev_index: 1,
+        prev_term: 1,
+        entries: entries_with_terms(&[1, 1])[1..].to_vec(),
+        commit: 0,
+    };
+    f.step(msg(1, 2, 1, more)).expect("valid");
+    let pending = f.ready();
+    assert!(pending.must_persist());
+    let pending_number = pending.number;
+    f.advance(pending);
+    f.step(heartbeat()).expect("valid");
+    let (out, _) = drain(&mut f);
+    assert!(answered(&out), "a durable term's heartbeat waits for nothing: {out:?}");
+    assert!(
+        !out.iter().any(|m| matches!(m.body, MessageBody::AppendResponse { index: 2, .. })),
+        "the append's answer still waits for its entry: {out:?}"
+    );
+    f.on_persisted(pending_number);
+    let (out, _) = drain(&mut f);
+    assert!(out
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::AppendResponse { reject: false, index: 2, .. })));
+}
+
 // A vote promises a durable term and vote: it is held until they are written; a commit mark that
 // moved alone is no reason to write.
 #[test]

@@ -1293,7 +1293,7 @@ mod tests {
         decr incrby decrby incrbyfloat unlink type rename renamenx keys scan dbsize randomkey \
         flushdb flushall touch expire pexpire expireat pexpireat ttl pttl expiretime pexpiretime \
         persist multi exec discard watch unwatch req rawget rawput rawdelete rawscan getver \
-        setver member leader";
+        setver member leader snapshot";
 
     /// The flags Redis 7.2 shows in `COMMAND INFO`, in its order.
     const REDIS_FLAGS: &str =

@@ -222,6 +222,8 @@ pub struct RaftCore {
     broadcast_wanted: bool,
     /// The hard state as last handed out to be written.
     written_hard_state: HardState,
+    /// The highest term storage has confirmed durable (in a hard state written and persisted).
+    durable_term: u64,
     /// The role state as last handed out.
     reported_role: Option<RoleState>,
     /// A Ready is out and not yet advanced.
@@ -287,6 +289,7 @@ impl RaftCore {
             pending_snapshot: None,
             broadcast_wanted: false,
             written_hard_state: hard_state,
+            durable_term: hard_state.term,
             reported_role: None,
             ready_in_flight: false,
             stats: Stats::default(),
@@ -1193,7 +1196,13 @@ impl RaftCore {
         let mut messages = std::mem::take(&mut self.released);
         let mut held = Vec::new();
         for m in self.messages.drain(..) {
-            if m.body.may_precede_persistence() {
+            // A heartbeat's answer speaks only for the sender's term (it says nothing of its
+            // log), so it waits only until that term is durable, not for entries being written:
+            // a follower whose disk is full (its write retried) still confirms the leader's
+            // reads and keeps its lease.
+            let term_only =
+                matches!(m.body, MessageBody::HeartbeatResponse { .. }) && m.term <= self.durable_term;
+            if m.body.may_precede_persistence() || term_only {
                 messages.push(m);
             } else {
                 held.push(m);
@@ -1206,7 +1215,13 @@ impl RaftCore {
                 (None, Some(s)) => Some((s.meta.index, s.meta.term)),
                 (None, None) => None,
             };
-            self.pending_writes.push_back(PendingWrite { number: self.last_write, last, messages: held });
+            let term = hard_state.map(|hs| hs.term);
+            self.pending_writes.push_back(PendingWrite {
+                number: self.last_write,
+                last,
+                term,
+                messages: held,
+            });
             self.last_write
         } else {
             // Nothing new to write, but what was written before may still be in flight.
@@ -1268,6 +1283,9 @@ impl RaftCore {
         while let Some(write) = self.pending_writes.pop_front_if(|w| w.number <= number) {
             if let Some((index, term)) = write.last {
                 self.log.stable_to(index, term);
+            }
+            if let Some(term) = write.term {
+                self.durable_term = self.durable_term.max(term);
             }
             self.released.extend(write.messages);
         }
@@ -1365,6 +1383,8 @@ struct PendingWrite {
     number: u64,
     /// Its last log position written (entry or snapshot), if it wrote any.
     last: Option<(u64, u64)>,
+    /// The term of the hard state it writes, if it writes one.
+    term: Option<u64>,
     /// Messages that promise what it writes (or what was written before it).
     messages: Vec<Message>,
 }

@@ -52,8 +52,9 @@ pub struct ReadState {
 /// The caller must:
 /// 1. send `messages` now. None of them promises anything about this node's storage: they are
 ///    a leader's appends, heartbeats and snapshot offers (the leader counts its own copy of an
-///    entry toward a quorum only once it is durable, Raft thesis §10.2.1), and messages whose
-///    writes were already reported durable;
+///    entry toward a quorum only once it is durable, Raft thesis §10.2.1), heartbeat answers in
+///    a term already reported durable (they speak for the term only, never for the log), and
+///    messages whose writes were already reported durable;
 /// 2. hand `snapshot` (if any), then `entries` and `hard_state` (if any) to stable storage, in
 ///    order after the writes of every earlier Ready; once they are durable, call
 ///    [`on_persisted`](super::RaftCore::on_persisted) with `number`. Votes, vote requests and
