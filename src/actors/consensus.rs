@@ -702,6 +702,11 @@ impl Consensus {
         if self.snapshotting || (self.core.log().entries_bytes() as u64) < self.snapshot_threshold_bytes {
             return;
         }
+        if self.status.disk_full().is_some() {
+            // The image would not fit either; encoding the whole state at every drive to learn
+            // that again would only burn CPU. Taken once writing resumes.
+            return;
+        }
         self.snapshotting = true;
         ctx.spawn(self.applier.send(TakeSnapshot).into_actor(self).map(|result, act, ctx| {
             act.snapshotting = false;
