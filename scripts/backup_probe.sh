@@ -16,11 +16,14 @@ now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc; }
 field() { "$BIN/quorumkv-cli" --servers "$1" info | tr -d '\r' | sed -n "s/^$2://p"; }
 
-"$BIN/quorumkv-server" local --base-port 26380 --data-dir "$WORK/source" --snapshot-threshold 8000000000 \
+"$BIN/quorumkv-server" --snapshot-threshold 8000000000 local --base-port 26380 --data-dir "$WORK/source" \
     > "$WORK/source.log" 2>&1 &
 PIDS+=($!)
 SRC=127.0.0.1:26380,127.0.0.1:26381,127.0.0.1:26382
-until "$BIN/quorumkv-cli" --servers "$SRC" set ready 1 >/dev/null 2>&1; do sleep 0.2; done
+until "$BIN/quorumkv-cli" --servers "$SRC" set ready 1 >/dev/null 2>&1; do
+    kill -0 "${PIDS[0]}" 2>/dev/null || { cat "$WORK/source.log"; exit 1; }
+    sleep 0.2
+done
 echo "loading $KEYS keys of $VALUE bytes..."
 "$BIN/quorumkv-cli" bench --servers "$SRC" --clients 16 --pipeline 8 --keys "$KEYS" --value-size "$VALUE" \
     --write-ratio 1 --ops $((KEYS * 3)) --json > "$WORK/load.json"

@@ -154,6 +154,12 @@ impl Applier {
         let held = self.held.clone();
         actix::spawn(async move {
             let result = match encode.await {
+                // The asker gave up (its waiter timed out, its connection closed): nobody will
+                // download this image, so its slot is freed now rather than after the idle time.
+                Ok(Ok(_)) if !reply_to.connected() => {
+                    held.release(token);
+                    return;
+                }
                 Ok(Ok(image)) => {
                     let crc32 = crc32fast::hash(&image);
                     let size = image.len() as i64;

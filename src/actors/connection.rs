@@ -96,6 +96,9 @@ pub struct ConnectionEnv {
     pub snapshots: Arc<HeldSnapshots>,
 }
 
+/// How long `SNAPSHOT BEGIN` may take (the image of the whole state is encoded meanwhile).
+pub const SNAPSHOT_BEGIN_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// The answer to a chunk or end of an image not held here.
 const NO_SUCH_SNAPSHOT: &str =
     "no such snapshot on this replica (let go after SNAPSHOT END, or unused for 60 s; BEGIN again)";
@@ -384,12 +387,19 @@ impl Connection {
                 }
             }
         };
+        // Taking a backup image encodes the whole state: seconds per GB, not a request's time.
+        let timeout = match &task {
+            WaiterTask::Read(Command::SnapshotImage, _) => {
+                self.env.request_timeout.max(SNAPSHOT_BEGIN_TIMEOUT)
+            }
+            _ => self.env.request_timeout,
+        };
         let waiter = Waiter::new(
             seq,
             task,
             self.env.consensus.clone(),
             ctx.address().recipient(),
-            self.env.request_timeout,
+            timeout,
             self.env.cursors.clone(),
         );
         waiter.start();

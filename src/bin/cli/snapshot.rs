@@ -29,6 +29,9 @@ enum Action {
     },
 }
 
+/// How long BEGIN may take: the server's own bound on taking the image.
+const BEGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// What `SNAPSHOT BEGIN` answered.
 struct Begun {
     token: u64,
@@ -84,9 +87,15 @@ pub fn run(args: &SnapshotArgs, config: ClientConfig) -> u8 {
         }
     };
     let server = leader.unwrap_or_else(|| finder.current_server().to_string());
-    let mut client = match Client::new(ClientConfig { servers: vec![server.clone()], ..config }) {
-        Ok(client) => client,
-        Err(e) => {
+    let pinned = ClientConfig { servers: vec![server.clone()], ..config };
+    // BEGIN waits while the server encodes the whole state (seconds per GB): one long call,
+    // never retried (a retry would only take a second image).
+    let begin_ms = BEGIN_TIMEOUT.as_millis() as u64;
+    let begin_config =
+        ClientConfig { request_timeout_ms: begin_ms, io_timeout_ms: begin_ms, ..pinned.clone() };
+    let (mut beginner, mut client) = match (Client::new(begin_config), Client::new(pinned)) {
+        (Ok(beginner), Ok(client)) => (beginner, client),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("{e}");
             return EXIT_ERROR;
         }
@@ -95,7 +104,7 @@ pub fn run(args: &SnapshotArgs, config: ClientConfig) -> u8 {
         let args: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
         client.call(&args).map_err(|e| describe_failure(&e))
     };
-    let begun = match call(&mut client, &[b"SNAPSHOT", b"BEGIN"]).map(begun) {
+    let begun = match call(&mut beginner, &[b"SNAPSHOT", b"BEGIN"]).map(begun) {
         Ok(Ok(begun)) => begun,
         Ok(Err(why)) => {
             eprintln!("snapshot save: {why}");
