@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::connection::ReplyBudget;
-use super::registry::{HeldImage, HeldSnapshots};
+use super::registry::HeldSnapshots;
 use super::snapshotter::{EncodeState, SaveState, SavedSnapshot, Snapshotter};
 use super::status::StatusBoard;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
@@ -153,18 +153,21 @@ impl Applier {
         let encode = self.snapshotter.send(EncodeState(Box::new(self.state.clone())));
         let held = self.held.clone();
         actix::spawn(async move {
-            let result = match encode.await {
+            let encoded = match encode.await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let result = match encoded {
                 // The asker gave up (its waiter timed out, its connection closed): nobody will
                 // download this image, so its slot is freed now rather than after the idle time.
-                Ok(Ok(_)) if !reply_to.connected() => {
+                Ok(_) if !reply_to.connected() => {
                     held.release(token);
                     return;
                 }
-                Ok(Ok(image)) => {
+                Ok(image) => {
                     let crc32 = crc32fast::hash(&image);
                     let size = image.len() as i64;
-                    let image = Arc::new(image);
-                    held.fill(token, HeldImage { index, term, image, crc32, keys, digest });
+                    held.fill(token, Arc::new(image));
                     let int = |n: u64| CommandResult::Integer(i64::try_from(n).unwrap_or(i64::MAX));
                     CommandResult::Array(vec![
                         int(token),
@@ -175,10 +178,6 @@ impl Applier {
                         int(keys),
                         CommandResult::Value(Some(format!("{digest:016x}").into_bytes())),
                     ])
-                }
-                Ok(Err(e)) => {
-                    held.release(token);
-                    CommandResult::Error(format!("cannot take the snapshot: {e}"))
                 }
                 Err(e) => {
                     held.release(token);

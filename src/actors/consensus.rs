@@ -637,7 +637,7 @@ impl Consensus {
                     act.disk_full(ctx, DiskWrite { image: None, persist, number }, &why)
                 }
                 Ok(None) => {
-                    if act.status.disk_full().is_some() {
+                    if act.status.is_disk_full() {
                         log::info!("replica {}: the disk has room again; writes resume", act.core.id());
                         act.status.set_disk_full(None);
                     }
@@ -655,7 +655,7 @@ impl Consensus {
     /// and try it again, first in the queue, after [`DISK_FULL_RETRY`]. Reads go on being served;
     /// what this replica has not persisted it does not acknowledge (votes and acks wait for it).
     fn disk_full(&mut self, ctx: &mut Context<Self>, write: DiskWrite, why: &str) {
-        if self.status.disk_full().is_none() {
+        if !self.status.is_disk_full() {
             log::error!(
                 "replica {}: {why}; writes are refused (-ERR disk full) until there is space, \
                  reads are served",
@@ -702,7 +702,7 @@ impl Consensus {
         if self.snapshotting || (self.core.log().entries_bytes() as u64) < self.snapshot_threshold_bytes {
             return;
         }
-        if self.status.disk_full().is_some() {
+        if self.status.is_disk_full() {
             // The image would not fit either; encoding the whole state at every drive to learn
             // that again would only burn CPU. Taken once writing resumes.
             return;
@@ -963,7 +963,7 @@ impl Consensus {
     /// On the leader, now and then: proposes the removal of keys whose time to live has passed,
     /// one bounded entry at a time, so every replica frees them at the same log position.
     fn reclaim_expired(&mut self, ctx: &mut Context<Self>) {
-        if self.stopped || self.core.role() != Role::Leader || self.status.disk_full().is_some() {
+        if self.stopped || self.core.role() != Role::Leader || self.status.is_disk_full() {
             self.reclaim_in_flight = None;
             return;
         }
@@ -1010,7 +1010,7 @@ impl Consensus {
             return self.answer_forward(from, id, ForwardAnswer::Refused(ForwardRefusal::Busy));
         }
         match request {
-            Forwarded::Propose(_) | Forwarded::Admin(_) if self.status.disk_full().is_some() => {
+            Forwarded::Propose(_) | Forwarded::Admin(_) if self.status.is_disk_full() => {
                 return self.answer_forward(from, id, ForwardAnswer::Refused(ForwardRefusal::DiskFull));
             }
             Forwarded::Propose(data) => {
@@ -1288,7 +1288,7 @@ impl Handler<Propose> for Consensus {
         if self.stopped {
             return msg.watcher.do_send(WatchFired(WatchOutcome::Refused(Refusal::Busy)));
         }
-        if self.status.disk_full().is_some() {
+        if self.status.is_disk_full() {
             return msg.watcher.do_send(WatchFired(WatchOutcome::Refused(Refusal::DiskFull)));
         }
         if self.forward && self.core.role() != Role::Leader {
@@ -1362,7 +1362,7 @@ impl Handler<Admin> for Consensus {
         if self.stopped {
             return msg.reply_to.do_send(AdminDone(refusal_to_reply(Refusal::Busy)));
         }
-        if self.status.disk_full().is_some() {
+        if self.status.is_disk_full() {
             return msg.reply_to.do_send(AdminDone(refusal_to_reply(Refusal::DiskFull)));
         }
         if self.forward && self.core.role() != Role::Leader {

@@ -46,7 +46,7 @@ pub fn gauge_values(status: &StatusBoard) -> GaugeValues {
         keys: status.key_count(),
         elections: status.elections(),
         clients: status.connected_clients(),
-        disk_full: status.disk_full().is_some(),
+        disk_full: status.is_disk_full(),
     }
 }
 

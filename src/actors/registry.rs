@@ -183,26 +183,9 @@ pub const HELD_SNAPSHOT_IDLE: Duration = Duration::from_secs(60);
 /// Largest piece of an image one `SNAPSHOT CHUNK` answers.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
-/// An image taken for `SNAPSHOT BEGIN`, with what the downloader checks it against.
-#[derive(Clone, Debug)]
-pub struct HeldImage {
-    /// Log index the image stands for.
-    pub index: u64,
-    /// Term of the entry at `index`.
-    pub term: u64,
-    /// The image, as the state machine encodes it.
-    pub image: Arc<Vec<u8>>,
-    /// CRC-32 of `image`.
-    pub crc32: u32,
-    /// Keys in the state (all column families).
-    pub keys: u64,
-    /// The state's digest (INFO's `state_digest` at `index`).
-    pub digest: u64,
-}
-
 struct HeldSlot {
-    /// None while the image is being taken.
-    image: Option<HeldImage>,
+    /// The encoded image; None while it is being taken.
+    image: Option<Arc<Vec<u8>>>,
     last_used: Instant,
 }
 
@@ -234,7 +217,7 @@ impl HeldSnapshots {
     }
 
     /// Holds `image` under the `token` [`reserve`](Self::reserve) gave.
-    pub fn fill(&self, token: u64, image: HeldImage) {
+    pub fn fill(&self, token: u64, image: Arc<Vec<u8>>) {
         if let Ok(mut guard) = self.slots.lock() {
             if let Some(slot) = guard.1.get_mut(&token) {
                 slot.image = Some(image);
@@ -253,21 +236,11 @@ impl HeldSnapshots {
     pub fn chunk(&self, token: u64, offset: u64) -> Option<Vec<u8>> {
         let mut guard = self.slots.lock().ok()?;
         let slot = guard.1.get_mut(&token)?;
-        let held = slot.image.as_ref()?;
+        let image = slot.image.as_ref()?;
         slot.last_used = Instant::now();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(held.image.len());
-        let end = start.saturating_add(SNAPSHOT_CHUNK_BYTES).min(held.image.len());
-        Some(held.image[start..end].to_vec())
-    }
-
-    /// Number of images held or being taken.
-    pub fn len(&self) -> usize {
-        self.slots.lock().map_or(0, |guard| guard.1.len())
-    }
-
-    /// True if none is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(image.len());
+        let end = start.saturating_add(SNAPSHOT_CHUNK_BYTES).min(image.len());
+        Some(image[start..end].to_vec())
     }
 }
 
@@ -283,8 +256,7 @@ mod tests {
         assert_eq!(held.reserve(), None, "no more than {MAX_HELD_SNAPSHOTS}");
         assert_eq!(held.chunk(first, 0), None, "not taken yet");
         let image = Arc::new((0..SNAPSHOT_CHUNK_BYTES + 10).map(|i| i as u8).collect::<Vec<u8>>());
-        let crc32 = crc32fast::hash(&image);
-        held.fill(first, HeldImage { index: 7, term: 2, image: image.clone(), crc32, keys: 1, digest: 9 });
+        held.fill(first, image.clone());
         assert_eq!(held.chunk(first, 0).map(|c| c.len()), Some(SNAPSHOT_CHUNK_BYTES));
         assert_eq!(
             held.chunk(first, SNAPSHOT_CHUNK_BYTES as u64),

@@ -29,7 +29,7 @@ use super::transport::{TcpTransport, Transport};
 use crate::protocol::codec;
 use crate::protocol::peer_wire::{Handshake, PEER_PROTOCOL_VERSION};
 use crate::protocol::raft::{
-    ConfChange, Config, Entry, EntryKind, HardState, MemberAddrs, Membership, NodeId, RaftCore, SnapshotMeta,
+    ConfChange, Config, Entry, EntryKind, HardState, Membership, NodeId, RaftCore, SnapshotMeta,
 };
 use crate::storage::{
     DataDir, SnapshotStore, StateMachine, StorageError, Wal, WalOptions, DEFAULT_MAX_SESSIONS,
@@ -187,11 +187,7 @@ fn is_fresh(hard_state: &HardState, snapshot: &SnapshotMeta, entries: &[Entry]) 
 /// writes the same entry, committed by construction (client addresses are learnt later, from
 /// handshakes, so they are not part of it).
 fn bootstrap_entry(peers: &BTreeMap<NodeId, String>) -> Result<Entry, ReplicaError> {
-    let members = peers
-        .iter()
-        .map(|(&id, peer)| (id, MemberAddrs { peer_addr: peer.clone(), client_addr: String::new() }))
-        .collect();
-    let data = codec::encode(&ConfChange::Bootstrap(Membership::bootstrap(members)))
+    let data = codec::encode(&ConfChange::Bootstrap(Membership::from_peers(peers)))
         .map_err(|e| ReplicaError::Config(e.to_string()))?;
     Ok(Entry { term: 1, index: 1, data, kind: EntryKind::ConfChange })
 }
@@ -319,12 +315,7 @@ impl Replica {
         let joining = fresh && config.join;
         if !records_membership && !joining {
             // A data dir from before memberships were recorded: `--peers` is the membership.
-            let members = config
-                .peers
-                .iter()
-                .map(|(&id, peer)| (id, MemberAddrs { peer_addr: peer.clone(), client_addr: String::new() }))
-                .collect();
-            membership = Membership::bootstrap(members);
+            membership = Membership::from_peers(&config.peers);
         }
         let latest = latest_membership(&membership, &entries);
         if !fresh

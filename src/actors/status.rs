@@ -47,6 +47,8 @@ pub struct StatusBoard {
     stopped: RwLock<Option<String>>,
     /// Why the disk refused the last write, while it is full (the alarm); None once a write succeeds.
     disk_full: RwLock<Option<String>>,
+    /// The alarm is up (`disk_full` is Some): read on every proposal, so an atomic, not the lock.
+    disk_full_raised: AtomicBool,
     /// The membership this replica has applied.
     membership: RwLock<Membership>,
     /// Members just removed that the leader still talks to (their handshakes are accepted).
@@ -160,9 +162,15 @@ impl StatusBoard {
 
     /// Raises (`Some(why)`) or clears (`None`) the disk-full alarm.
     pub fn set_disk_full(&self, why: Option<String>) {
+        self.disk_full_raised.store(why.is_some(), Ordering::Relaxed);
         if let Ok(mut alarm) = self.disk_full.write() {
             *alarm = why;
         }
+    }
+
+    /// True while the disk-full alarm is up (writes are refused meanwhile).
+    pub fn is_disk_full(&self) -> bool {
+        self.disk_full_raised.load(Ordering::Relaxed)
     }
 
     /// Why the disk is full, while it is (writes are refused meanwhile).

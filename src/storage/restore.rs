@@ -9,7 +9,7 @@ use super::error::{io_err, StorageError};
 use super::snapshot_file::read_snapshot_file;
 use super::wal::sync_dir;
 use super::{DataDir, SnapshotStore, StateMachine, Wal, WalOptions};
-use crate::protocol::raft::{HardState, MemberAddrs, Membership, NodeId, SnapshotMeta};
+use crate::protocol::raft::{HardState, Membership, NodeId, SnapshotMeta};
 
 /// Why a data dir was not restored (nothing was changed).
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +77,7 @@ pub fn restore_data_dir(
     if fs::read_dir(data_dir).is_ok_and(|mut items| items.next().is_some()) || data_dir.is_file() {
         return Err(RestoreError::NotEmpty { path: data_dir.to_path_buf() });
     }
-    let members = peers
-        .iter()
-        .map(|(&id, peer)| (id, MemberAddrs { peer_addr: peer.clone(), client_addr: String::new() }))
-        .collect();
-    state.replace_membership(Membership::bootstrap(members));
+    state.replace_membership(Membership::from_peers(peers));
     let image = state.snapshot()?;
 
     let mut building = data_dir.as_os_str().to_owned();

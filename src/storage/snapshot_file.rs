@@ -56,8 +56,11 @@ impl SnapshotStore {
         let name = file_name(meta);
         let path = self.dir.join(&name);
         let temp = self.dir.join(format!("{name}.tmp"));
-        let (header, crc) = frame(meta, data);
-        write_atomically(&path, &temp, &[&header, data, &crc])?;
+        let head = header(meta, data.len() as u64);
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&head);
+        hasher.update(data);
+        write_atomically(&path, &temp, &[&head, data, &hasher.finalize().to_le_bytes()])?;
         for old in self.list()? {
             if (old.meta.index, old.meta.term) < (meta.index, meta.term) {
                 fs::remove_file(&old.path).map_err(io_err("remove", &old.path))?;
@@ -118,14 +121,14 @@ impl SnapshotStore {
 /// Durability: when it returns `Ok` the file is complete on stable storage under `path`; before,
 /// `path` is untouched (a temp file beside it is renamed over it at the end).
 pub fn write_snapshot_file(path: &Path, meta: SnapshotMeta, data: &[u8]) -> Result<()> {
-    let mut temp = path.as_os_str().to_owned();
-    temp.push(".tmp");
-    let (header, crc) = frame(meta, data);
-    write_atomically(path, Path::new(&temp), &[&header, data, &crc])
+    let mut writer = SnapshotFileWriter::create(path, meta, data.len() as u64)?;
+    writer.write(data)?;
+    writer.finish()
 }
 
 /// A standalone snapshot file being written piece by piece (a download), with the same layout
-/// and durability as [`write_snapshot_file`]: nothing is under `path` until [`finish`](Self::finish).
+/// and durability as [`write_snapshot_file`]: nothing is under `path` until
+/// [`finish`](Self::finish), and a writer dropped unfinished removes its temp file.
 pub struct SnapshotFileWriter {
     path: PathBuf,
     temp: PathBuf,
@@ -133,6 +136,7 @@ pub struct SnapshotFileWriter {
     hasher: crc32fast::Hasher,
     expected: u64,
     written: u64,
+    finished: bool,
 }
 
 impl SnapshotFileWriter {
@@ -141,23 +145,24 @@ impl SnapshotFileWriter {
         let mut temp = path.as_os_str().to_owned();
         temp.push(".tmp");
         let temp = PathBuf::from(temp);
-        let mut file = fs::File::create(&temp).map_err(io_err("create", &temp))?;
-        let mut header = Vec::with_capacity(HEADER_BYTES);
-        header.extend_from_slice(&MAGIC);
-        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        header.extend_from_slice(&meta.index.to_le_bytes());
-        header.extend_from_slice(&meta.term.to_le_bytes());
-        header.extend_from_slice(&len.to_le_bytes());
-        std::io::Write::write_all(&mut file, &header).map_err(io_err("write", &temp))?;
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&header);
-        Ok(SnapshotFileWriter { path: path.to_path_buf(), temp, file, hasher, expected: len, written: 0 })
+        let file = fs::File::create(&temp).map_err(io_err("create", &temp))?;
+        let mut writer = SnapshotFileWriter {
+            path: path.to_path_buf(),
+            temp,
+            file,
+            hasher: crc32fast::Hasher::new(),
+            expected: len,
+            written: 0,
+            finished: false,
+        };
+        let head = header(meta, len);
+        writer.put(&head)?;
+        Ok(writer)
     }
 
     /// Appends the next bytes of the image.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        std::io::Write::write_all(&mut self.file, bytes).map_err(io_err("write", &self.temp))?;
-        self.hasher.update(bytes);
+        self.put(bytes)?;
         self.written += bytes.len() as u64;
         Ok(())
     }
@@ -166,7 +171,6 @@ impl SnapshotFileWriter {
     /// temp file) if the image was not exactly the announced length.
     pub fn finish(mut self) -> Result<()> {
         if self.written != self.expected {
-            let _ = fs::remove_file(&self.temp);
             return Err(StorageError::Corrupt {
                 path: self.path.clone(),
                 offset: self.written,
@@ -177,15 +181,26 @@ impl SnapshotFileWriter {
         std::io::Write::write_all(&mut self.file, &crc).map_err(io_err("write", &self.temp))?;
         self.file.sync_all().map_err(io_err("fsync", &self.temp))?;
         fs::rename(&self.temp, &self.path).map_err(io_err("rename", &self.temp))?;
+        self.finished = true;
         match self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             Some(dir) => super::wal::sync_dir(dir),
             None => Ok(()),
         }
     }
 
-    /// Gives up: removes the temp file, leaving `path` as it was.
-    pub fn abandon(self) {
-        let _ = fs::remove_file(&self.temp);
+    /// Writes `bytes` to the temp file and into the checksum.
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        std::io::Write::write_all(&mut self.file, bytes).map_err(io_err("write", &self.temp))?;
+        self.hasher.update(bytes);
+        Ok(())
+    }
+}
+
+impl Drop for SnapshotFileWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = fs::remove_file(&self.temp);
+        }
     }
 }
 
@@ -198,18 +213,15 @@ pub fn read_snapshot_file(path: &Path) -> Result<(SnapshotMeta, Vec<u8>)> {
     Ok((meta, bytes))
 }
 
-/// The header and checksum trailer that frame `data` as the image at `meta`.
-fn frame(meta: SnapshotMeta, data: &[u8]) -> (Vec<u8>, [u8; 4]) {
+/// The header of a snapshot file holding `len` bytes of image at `meta`.
+fn header(meta: SnapshotMeta, len: u64) -> Vec<u8> {
     let mut header = Vec::with_capacity(HEADER_BYTES);
     header.extend_from_slice(&MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&meta.index.to_le_bytes());
     header.extend_from_slice(&meta.term.to_le_bytes());
-    header.extend_from_slice(&(data.len() as u64).to_le_bytes());
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&header);
-    hasher.update(data);
-    (header, hasher.finalize().to_le_bytes())
+    header.extend_from_slice(&len.to_le_bytes());
+    header
 }
 
 fn file_name(meta: SnapshotMeta) -> String {

@@ -156,34 +156,21 @@ fn download(
     }
     let mut crc = crc32fast::Hasher::new();
     let mut offset = 0u64;
+    // On any early return the writer is dropped unfinished and its temp file goes with it.
     while offset < begun.size {
         let at = offset.to_string();
-        let chunk = match call(client, &[b"SNAPSHOT", b"CHUNK", token.as_bytes(), at.as_bytes()]) {
-            Ok(Reply::Bulk(Some(chunk))) if !chunk.is_empty() => chunk,
-            Ok(Reply::Error(e)) => {
-                writer.abandon();
-                return Err((EXIT_ERROR, e));
-            }
-            Ok(other) => {
-                writer.abandon();
-                return Err((EXIT_ERROR, format!("SNAPSHOT CHUNK at {offset} answered {other:?}")));
-            }
-            Err(failure) => {
-                writer.abandon();
-                return Err(failure);
-            }
+        let chunk = match call(client, &[b"SNAPSHOT", b"CHUNK", token.as_bytes(), at.as_bytes()])? {
+            Reply::Bulk(Some(chunk)) if !chunk.is_empty() => chunk,
+            Reply::Error(e) => return Err((EXIT_ERROR, e)),
+            other => return Err((EXIT_ERROR, format!("SNAPSHOT CHUNK at {offset} answered {other:?}"))),
         };
         crc.update(&chunk);
-        if let Err(e) = writer.write(&chunk) {
-            writer.abandon();
-            return Err(failed(e));
-        }
+        writer.write(&chunk).map_err(failed)?;
         offset += chunk.len() as u64;
         bar.set_position(offset);
     }
     bar.finish_and_clear();
     if crc.finalize() != begun.crc32 {
-        writer.abandon();
         return Err((EXIT_ERROR, "the downloaded image does not match its checksum; nothing written".into()));
     }
     writer.finish().map_err(failed)

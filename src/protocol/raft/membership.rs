@@ -168,6 +168,16 @@ impl Membership {
         Membership { voters: members.keys().copied().collect(), addrs: members, ..Membership::default() }
     }
 
+    /// The founding membership of a new cluster from `--peers` (id to peer address): all voters,
+    /// client addresses learnt later from handshakes.
+    pub fn from_peers(peers: &BTreeMap<NodeId, String>) -> Membership {
+        let members = peers
+            .iter()
+            .map(|(&id, peer)| (id, MemberAddrs { peer_addr: peer.clone(), client_addr: String::new() }))
+            .collect();
+        Membership::bootstrap(members)
+    }
+
     /// No membership is known (a replica that has not yet received the log).
     pub fn is_empty(&self) -> bool {
         self.voters.is_empty() && self.outgoing.is_empty() && self.learners.is_empty()
