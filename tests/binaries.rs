@@ -68,14 +68,51 @@ struct Server {
 }
 
 fn spawn_server(args: &[String], log: &Path) -> Child {
+    spawn_server_under(&[], args, log)
+}
+
+/// The server run by `wrapper` (a command and its arguments, the server's path and `args`
+/// following them), its stderr in `log`; no wrapper runs it directly.
+fn spawn_server_under(wrapper: &[&str], args: &[String], log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("log file");
-    Command::new(SERVER)
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(SERVER);
+            c
+        }
+        None => Command::new(SERVER),
+    };
+    command
         .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("spawn quorumkv-server")
+}
+
+/// The value the disk-filling tests write: big enough to fill a small disk in few requests.
+const BIG: usize = 60_000;
+
+/// `set key` to a [`BIG`]-byte value through the CLI, with a deadline of `timeout_ms`.
+fn set_big(servers: &str, key: &str, timeout_ms: &str) -> Output {
+    Command::new(CLI)
+        .args(["--servers", servers, "set", key, &"v".repeat(BIG)])
+        .env("QUORUMKV_CLI_TIMEOUT_MS", timeout_ms)
+        .output()
+        .expect("run cli")
+}
+
+/// Sets k0, k1, ... to [`BIG`]-byte values until one is not acknowledged; answers how many were
+/// (fewer than `at_most`: the disk is small).
+fn fill_until_refused(servers: &str, timeout_ms: &str, at_most: u64) -> u64 {
+    let mut acknowledged = 0;
+    while stdout(&set_big(servers, &format!("k{acknowledged}"), timeout_ms)) == "OK" {
+        acknowledged += 1;
+        assert!(acknowledged < at_most, "{at_most} writes of {BIG} bytes all fit");
+    }
+    acknowledged
 }
 
 fn cli(servers: &str, args: &[&str]) -> Output {
@@ -301,19 +338,9 @@ fn a_replica_whose_disk_fills_refuses_writes_serves_reads_and_resumes_when_space
     let (client, args) = single_server(&mnt.join("data"), &["--metrics-addr", &metrics]);
     let mut server = spawn_server(&args, &dir.path().join("log"));
     wait_for_info(&client, "role", "leader");
-    let value = "v".repeat(60_000);
-    let set = |key: &str| {
-        Command::new(CLI)
-            .args(["--servers", &client, "set", key, &value])
-            .env("QUORUMKV_CLI_TIMEOUT_MS", "2000")
-            .output()
-            .expect("run cli")
-    };
-    let mut acknowledged = 0;
-    while stdout(&set(&format!("k{acknowledged}"))) == "OK" {
-        acknowledged += 1;
-        assert!(acknowledged < 200, "3 MiB of disk took 12 MB of writes");
-    }
+    let value = "v".repeat(BIG);
+    let set = |key: &str| set_big(&client, key, "2000");
+    let acknowledged = fill_until_refused(&client, "2000", 200);
     assert!(acknowledged > 0, "some writes fit");
     wait_for_info(&client, "disk_full", "1");
     assert!(info_field(&client, "disk_full_error").is_some_and(|e| e.contains("disk full")));
@@ -372,19 +399,8 @@ fn a_cluster_whose_disks_all_fill_serves_reads_and_resumes_when_they_grow() {
         (0..3).map(|i| spawn_server(&args[i], &dir.path().join(format!("log{}", i + 1)))).collect();
     let all = client.join(",");
     wait_for("a leader", || (0..3).find(|&i| info_field(&client[i], "role").as_deref() == Some("leader")));
-    let value = "v".repeat(60_000);
-    let set = |servers: &str, key: &str| {
-        Command::new(CLI)
-            .args(["--servers", servers, "set", key, &value])
-            .env("QUORUMKV_CLI_TIMEOUT_MS", "3000")
-            .output()
-            .expect("run cli")
-    };
-    let mut acknowledged = 0;
-    while stdout(&set(&all, &format!("k{acknowledged}"))) == "OK" {
-        acknowledged += 1;
-        assert!(acknowledged < 100, "2 MiB disks took 6 MB of writes");
-    }
+    let set = |servers: &str, key: &str| set_big(servers, key, "3000");
+    let acknowledged = fill_until_refused(&all, "3000", 100);
     assert!(acknowledged > 0, "some writes fit");
     for addr in &client {
         wait_for_info(addr, "disk_full", "1");
@@ -422,33 +438,11 @@ fn a_failed_log_write_makes_the_server_exit_1_and_a_restart_recovers() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let (client, args) = single_server(&dir.path().join("data"), &[]);
-    let log = std::fs::File::create(dir.path().join("log")).expect("log file");
     // bash: `ulimit -f` counts 1024-byte blocks; the WAL may grow to 2 MiB.
-    let mut server = Command::new("bash")
-        .arg("-c")
-        .arg("trap '' XFSZ; ulimit -f 2048; exec \"$0\" \"$@\"")
-        .arg(SERVER)
-        .args(&args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn a limited server");
+    let limited = ["bash", "-c", "trap '' XFSZ; ulimit -f 2048; exec \"$0\" \"$@\""];
+    let mut server = spawn_server_under(&limited, &args, &dir.path().join("log"));
     wait_for_info(&client, "role", "leader");
-    let value = "v".repeat(60_000);
-    let mut acknowledged = 0;
-    loop {
-        let out = Command::new(CLI)
-            .args(["--servers", &client, "set", &format!("k{acknowledged}"), &value])
-            .env("QUORUMKV_CLI_TIMEOUT_MS", "2000")
-            .output()
-            .expect("run cli");
-        if stdout(&out) != "OK" {
-            break;
-        }
-        acknowledged += 1;
-        assert!(acknowledged < 200, "a 2 MiB file took 12 MB of writes");
-    }
+    let acknowledged = fill_until_refused(&client, "2000", 200);
     let status = wait_for("the server to exit", || server.try_wait().ok().flatten());
     assert_eq!(status.code(), Some(1), "exits non-zero: {status:?}");
     let logged = std::fs::read_to_string(dir.path().join("log")).expect("log");
@@ -525,16 +519,7 @@ fn clients_never_exhaust_the_file_descriptors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (client, args) = single_server(&dir.path().join("data"), &[]);
     let log_path = dir.path().join("log");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let mut server = Command::new("prlimit")
-        .arg("--nofile=200:200")
-        .arg(SERVER)
-        .args(&args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn under prlimit");
+    let mut server = spawn_server_under(&["prlimit", "--nofile=200:200"], &args, &log_path);
     wait_for_info(&client, "role", "leader");
     let mut served = Vec::new();
     let mut refused = 0;

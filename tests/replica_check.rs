@@ -5,11 +5,12 @@
 
 mod common;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::TestCluster;
+use common::wait_until;
 use quorumkv::actors::sim_network::SimFaults;
 use quorumkv::client::ClientConfig;
 use quorumkv::linearizability::{check_history, run_workload, CheckResult, KvOutput};
@@ -19,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(15);
 const CUT_OFF: u64 = 3;
 
 /// Runs the check workload for 4 s with one client pinned to replica 3, cut off from the other
-/// two after the first second, and two clients on the majority; answers the verdict and the
+/// two once 100 operations are done, and two clients on the majority; answers the verdict and the
 /// number of reads the pinned client was answered after the cut.
 fn check_with_one_replica_cut_off(test: &str, faulty: bool) -> (CheckResult, usize) {
     let seed = common::kv_suite::seed(test);
@@ -28,11 +29,20 @@ fn check_with_one_replica_cut_off(test: &str, faulty: bool) -> (CheckResult, usi
     });
     cluster.wait_for_leader(WAIT);
     let addr = |id: u64| cluster.client_addrs[&id].to_string();
-    // The cut comes a second into the workload, so replica 3 holds values that then go stale.
+    // The cut comes once the workload has done 100 operations, so replica 3 holds values that
+    // then go stale.
     let net = cluster.net().clone();
+    let done = Arc::new(AtomicU64::new(0));
+    let counted = done.clone();
     let cut = std::thread::spawn(move || {
-        // The fault's timing, not a wait for a condition.
-        std::thread::sleep(Duration::from_secs(1));
+        wait_until("the workload under way", WAIT, || {
+            let ops = counted.load(Ordering::Relaxed);
+            if ops >= 100 {
+                Ok(())
+            } else {
+                Err(ops)
+            }
+        });
         net.partition(&[vec![CUT_OFF], vec![1, 2]]);
         std::time::Instant::now()
     });
@@ -44,7 +54,7 @@ fn check_with_one_replica_cut_off(test: &str, faulty: bool) -> (CheckResult, usi
     let majority = ClientConfig { only_listed_servers: true, ..ClientConfig::new([addr(1), addr(2)]) };
     let configs = vec![pinned, majority.clone(), majority];
     let started = std::time::Instant::now();
-    let ops = run_workload(configs, 2, Duration::from_secs(4), Arc::new(AtomicU64::new(0)));
+    let ops = run_workload(configs, 2, Duration::from_secs(4), done);
     // Operation times count from just after `started`: a call later than this began after the cut.
     let cut_at_us = cut.join().expect("the cut").duration_since(started).as_micros() as u64 + 10_000;
     cluster.net().heal();

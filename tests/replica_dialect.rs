@@ -302,13 +302,22 @@ fn optimistic_increments_count_exactly_under_contention_and_leader_changes() {
     cluster.wait_for_leader(WAIT);
     let addrs: Vec<std::net::SocketAddr> = cluster.client_addrs.values().copied().collect();
     let ids: Vec<u64> = cluster.client_addrs.keys().copied().collect();
-    // Leadership moves around while the clients contend.
+    let board = cluster.status[&ids[0]].clone();
+    // Leadership moves around while the clients contend: each transfer once the clients got
+    // some writes through since the last one.
     let moves = contend(&cluster, move || {
         let (mut moves, mut i) = (0, 0);
         let deadline = std::time::Instant::now() + WAIT;
         while moves < 4 && std::time::Instant::now() < deadline {
-            // The fault's pace (a transfer every 100 ms or so), not a wait for a condition.
-            std::thread::sleep(Duration::from_millis(100));
+            let since = board.applied_index();
+            wait_until("writes between two transfers", WAIT, || {
+                let applied = board.applied_index();
+                if applied >= since + 5 {
+                    Ok(())
+                } else {
+                    Err(applied)
+                }
+            });
             let mut conn = RespConn::connect(addrs[i % addrs.len()], WAIT);
             let target = ids[(i + 1) % ids.len()].to_string();
             if call(&mut conn, &["LEADER", "TRANSFER", &target]) == Reply::ok() {
@@ -328,20 +337,38 @@ fn optimistic_increments_count_exactly_under_partitions_on_an_unreliable_network
     cluster.wait_for_leader(WAIT);
     let net = cluster.net().clone();
     let ids: Vec<u64> = cluster.client_addrs.keys().copied().collect();
-    // One replica at a time cut off from the other two, for 300-700 ms, healed in between;
-    // its pinned clients get -TRYAGAIN meanwhile and retry the same REQ seq.
+    let boards = cluster.status.clone();
+    // One replica at a time cut off from the other two until they have applied 5-14 more
+    // entries without it, then healed until it has caught up; its pinned clients get -TRYAGAIN
+    // meanwhile and retry the same REQ seq.
     let cuts = contend(&cluster, move || {
         let mut rng = quorumkv::protocol::rng::Rng::new(seed);
         let mut cuts = 0;
         while cuts < 6 {
             let alone = ids[rng.range(0, ids.len() as u64) as usize];
             let rest: Vec<u64> = ids.iter().copied().filter(|&id| id != alone).collect();
+            let majority = boards[&rest[0]].clone();
+            let (since, more) = (majority.applied_index(), 5 + rng.range(0, 10));
             net.partition(&[vec![alone], rest]);
             cuts += 1;
-            // How long the cut lasts, and the healed gap after it: the fault itself.
-            std::thread::sleep(Duration::from_millis(300 + rng.range(0, 400)));
+            wait_until("the majority to go on without the cut-off replica", WAIT, || {
+                let applied = majority.applied_index();
+                if applied >= since + more {
+                    Ok(())
+                } else {
+                    Err(applied)
+                }
+            });
             net.heal();
-            std::thread::sleep(Duration::from_millis(200));
+            let target = majority.applied_index();
+            wait_until("the healed replica to catch up", WAIT, || {
+                let applied = boards[&alone].applied_index();
+                if applied >= target {
+                    Ok(())
+                } else {
+                    Err(applied)
+                }
+            });
         }
         net.heal();
         cuts
