@@ -820,3 +820,56 @@ fn vote_waits_for_its_hard_state_and_commit_alone_writes_nothing() {
     assert!(readies.iter().all(|r| !r.must_persist()), "a write for the commit mark alone");
     assert!(readies.iter().any(|r| r.committed_entries.iter().any(|e| e.index == 1)));
 }
+
+// One read round at a time: reads that arrive while a round waits for its quorum share the next
+// round, which starts as soon as the first is confirmed.
+#[test]
+fn reads_during_a_round_share_the_next_one() {
+    let mut net = Net::new(3, false, false);
+    elect(&mut net, 1);
+    net.node(1).propose(b"w".to_vec()).expect("leader");
+    net.stabilize();
+    let commit = net.node(1).log().committed();
+    let rounds = |out: &[Message]| -> Vec<u64> {
+        let mut r: Vec<u64> = out
+            .iter()
+            .filter_map(|m| match m.body {
+                MessageBody::Heartbeat { read_round, .. } if read_round > 0 => Some(read_round),
+                _ => None,
+            })
+            .collect();
+        r.dedup();
+        r
+    };
+    net.node(1).read_index(1).expect("leader");
+    let (first, _) = drain(net.node(1));
+    assert_eq!(rounds(&first), vec![1], "the first read starts round 1");
+    net.node(1).read_index(2).expect("leader");
+    net.node(1).read_index(3).expect("leader");
+    let (during, readies) = drain(net.node(1));
+    assert!(rounds(&during).is_empty(), "no second round while round 1 is out");
+    assert!(readies.iter().all(|r| r.read_states.is_empty()));
+    // Follower 2 answers round 1: read 1 is confirmed and round 2 starts for reads 2 and 3.
+    for m in first.into_iter().filter(|m| m.to == 2) {
+        net.node(2).step(m).expect("valid");
+    }
+    let (replies, _) = drain(net.node(2));
+    for m in replies {
+        net.node(1).step(m).expect("valid");
+    }
+    let (second, readies) = drain(net.node(1));
+    let released: Vec<u64> = readies.iter().flat_map(|r| r.read_states.iter().map(|s| s.ctx)).collect();
+    assert_eq!(released, vec![1]);
+    assert_eq!(rounds(&second), vec![2], "reads 2 and 3 share round 2");
+    for m in second.into_iter().filter(|m| m.to == 3) {
+        net.node(3).step(m).expect("valid");
+    }
+    let (replies, _) = drain(net.node(3));
+    for m in replies {
+        net.node(1).step(m).expect("valid");
+    }
+    let (_, readies) = drain(net.node(1));
+    let released: Vec<_> =
+        readies.iter().flat_map(|r| r.read_states.iter().map(|s| (s.ctx, s.index))).collect();
+    assert_eq!(released, vec![(2, commit), (3, commit)]);
+}

@@ -7,6 +7,8 @@
 //! logs are compacted and lagging nodes catch up by snapshot, the image travelling in chunks
 //! paced by the replica's own `SnapshotSender`/`SnapshotReceiver`, driven by the same ticks. After every step the safety
 //! properties are checked; at the end the network heals and a new proposal must commit.
+//! Reads go to whichever node believes it leads (a deposed leader too); every read served must
+//! cover all that was committed anywhere before it began, and only once the node applied it.
 //! A third run adds random membership changes (ids 1..7, from a founding 3) and leader transfers
 //! to those faults, and checks that every node walks through the same memberships in order.
 //!
@@ -192,6 +194,10 @@ struct Sim {
     hash_at: BTreeMap<u64, u64>,
     leaders: BTreeMap<u64, u64>,
     proposals: u64,
+    /// Reads started and not yet served: token -> the highest index committed anywhere when
+    /// the read began (what a linearizable read must reflect at least).
+    reads: BTreeMap<u64, u64>,
+    next_read: u64,
     stats: SimStats,
 }
 
@@ -209,6 +215,8 @@ struct SimStats {
     /// Membership changes applied (the most any one node applied, bootstrap not counted).
     changes_applied: u64,
     transfers: u64,
+    /// Reads a leader confirmed and served.
+    reads_served: u64,
 }
 
 impl Sim {
@@ -237,6 +245,8 @@ impl Sim {
             hash_at: BTreeMap::new(),
             leaders: BTreeMap::new(),
             proposals: 0,
+            reads: BTreeMap::new(),
+            next_read: 0,
             stats: SimStats::default(),
         };
         for id in all {
@@ -425,6 +435,30 @@ impl Sim {
         for entry in &ready.committed_entries {
             self.apply(id, entry);
         }
+        // Raft §6.4: a read is served at an index covering everything committed before it
+        // began, and only once this node's state has applied that far.
+        for read in &ready.read_states {
+            let Some(floor) = self.reads.remove(&read.ctx) else {
+                self.fail(format!("node {id} served read {} twice or unasked", read.ctx))
+            };
+            if read.index < floor {
+                self.fail(format!(
+                    "node {id} served read {} at index {} though {floor} was committed before it began",
+                    read.ctx, read.index
+                ));
+            }
+            let applied = self.nodes[&id].state.0;
+            if applied < read.index {
+                self.fail(format!(
+                    "node {id} released read {} at {} with only {applied} applied",
+                    read.ctx, read.index
+                ));
+            }
+            self.stats.reads_served += 1;
+        }
+        for ctx in &ready.dropped_reads {
+            self.reads.remove(ctx);
+        }
         // The core put the Ready's configuration entries in force as it handed them out.
         let node = &self.nodes[&id];
         if let Some(core) = node.core.as_ref() {
@@ -596,6 +630,25 @@ impl Sim {
         }
     }
 
+    /// Starts a read at a node that believes it leads (perhaps a deposed one, cut off).
+    fn read(&mut self) {
+        let leaders: Vec<u64> = self
+            .live()
+            .into_iter()
+            .filter(|id| self.nodes[id].core.as_ref().is_some_and(|c| c.role() == Role::Leader))
+            .collect();
+        let Some(id) = self.pick(&leaders) else { return };
+        let floor = self.nodes.values().filter_map(|n| n.core.as_ref()).map(|c| c.log().committed()).max();
+        let floor = floor.unwrap_or(0).max(self.committed.keys().next_back().copied().unwrap_or(0));
+        self.next_read += 1;
+        let ctx = self.next_read;
+        if let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
+            if core.read_index(ctx).is_ok() {
+                self.reads.insert(ctx, floor);
+            }
+        }
+    }
+
     fn compact(&mut self) {
         let live = self.live();
         let Some(id) = self.pick(&live) else { return };
@@ -743,7 +796,8 @@ impl Sim {
             550..=799 => self.tick_all(),
             800..=814 if self.dynamic => self.change_membership(),
             815..=817 if self.dynamic => self.transfer(),
-            800..=929 => self.propose(),
+            800..=899 => self.propose(),
+            900..=929 => self.read(),
             930..=936 => {
                 let live = self.live();
                 if let Some(id) = self.pick(&live) {
@@ -875,7 +929,9 @@ fn run_with(n: u64, base_seed: u64, dynamic: bool) {
         total.changes_proposed += s.changes_proposed;
         total.changes_applied += s.changes_applied;
         total.transfers += s.transfers;
+        total.reads_served += s.reads_served;
     }
+    assert!(total.reads_served > 0, "the chaos served no read: the read checks saw nothing");
     println!("{n} nodes, {} seeds from {base_seed}, {steps} chaos steps each: {total:?}", seeds.len());
 }
 

@@ -49,14 +49,24 @@ impl ReadQueue {
         }
     }
 
-    /// If reads wait for a round, starts one and returns its number (to put in heartbeats).
+    /// If reads wait for a round and none is in flight, starts one and returns its number (to
+    /// put in heartbeats).
+    ///
+    /// One round at a time, as etcd's read loop does: reads that arrive while a round is out
+    /// share the next one, so a burst of reads costs one heartbeat per follower per round trip
+    /// rather than one per arrival, at the price of waiting up to two round trips instead of one.
     pub fn start_round(&mut self) -> Option<u64> {
-        if !self.round_wanted {
+        if !self.round_wanted || self.round_in_flight() {
             return None;
         }
         self.round_wanted = false;
         self.round += 1;
         Some(self.round)
+    }
+
+    /// A started round still waits for its quorum (a read of it is unconfirmed).
+    fn round_in_flight(&self) -> bool {
+        self.unconfirmed.front().is_some_and(|r| r.round <= self.round)
     }
 
     /// The last round started (0 before any).
@@ -87,7 +97,8 @@ impl ReadQueue {
 
     /// Whether `release(applied)` would return something, or a round should start.
     pub fn has_work(&self, applied: u64) -> bool {
-        self.round_wanted || self.confirmed.front().is_some_and(|r| r.index <= applied)
+        (self.round_wanted && !self.round_in_flight())
+            || self.confirmed.front().is_some_and(|r| r.index <= applied)
     }
 
     /// Leadership is lost: returns the tokens of reads not yet confirmed.
