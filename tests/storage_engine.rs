@@ -115,3 +115,32 @@ fn digest_depends_only_on_content() {
     assert_ne!(a.digest(), b.digest(), "a different family is different content");
     assert_ne!(KvEngine::new().digest(), a.digest());
 }
+
+#[test]
+fn digest_tells_apart_where_key_ends_and_trailing_zeros() {
+    use quorumkv::protocol::command::ColumnFamily;
+    use quorumkv::storage::{KvEngine, WriteBatch};
+    let digest_of = |pairs: &[(&[u8], &[u8])]| {
+        let mut engine = KvEngine::new();
+        let mut batch = WriteBatch::new();
+        for (k, v) in pairs {
+            batch.put(ColumnFamily::Default, k.to_vec(), v.to_vec());
+        }
+        engine.write(batch);
+        engine.digest()
+    };
+    let cases: [&[(&[u8], &[u8])]; 6] = [
+        &[(b"ab", b"c")],
+        &[(b"a", b"bc")],
+        &[(b"a", b"b\0")],
+        &[(b"a", b"b")],
+        &[(b"key-0001", b"value-that-is-longer-than-eight-bytes")],
+        &[(b"key-0001", b"value-that-is-longer-than-eight-byteS")],
+    ];
+    let digests: Vec<u64> = cases.iter().map(|c| digest_of(c)).collect();
+    for (i, a) in digests.iter().enumerate() {
+        for b in &digests[i + 1..] {
+            assert_ne!(a, b, "{digests:?}");
+        }
+    }
+}

@@ -1,12 +1,14 @@
 //! One client connection: reads RESP requests, starts a waiter for each, writes replies in order.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -150,7 +152,11 @@ pub struct Connection {
     env: ConnectionEnv,
     reader: Option<OwnedReadHalf>,
     writer: Option<mpsc::UnboundedSender<WriteJob>>,
-    writer_half: Option<OwnedWriteHalf>,
+    /// The socket's write half, shared with the writer task (both on this thread): a burst of
+    /// replies goes straight to the socket when the task holds nothing, saving a task wake-up.
+    socket: Option<Rc<OwnedWriteHalf>>,
+    /// Jobs handed to the writer task and not yet written.
+    queued_jobs: Rc<Cell<usize>>,
     /// Next sequence number to give a request.
     next_seq: u64,
     /// Next sequence number whose reply must be written.
@@ -201,7 +207,8 @@ impl Connection {
             env,
             reader: Some(reader),
             writer: None,
-            writer_half: Some(writer_half),
+            socket: Some(Rc::new(writer_half)),
+            queued_jobs: Rc::new(Cell::new(0)),
             next_seq: 0,
             next_to_write: 0,
             ready: BTreeMap::new(),
@@ -230,32 +237,42 @@ impl Connection {
                 metrics.error(slot);
             }
         }
-        if let Some(local) = self.exec_splices.remove(&seq) {
+        let splices = if self.exec_splices.is_empty() { None } else { self.exec_splices.remove(&seq) };
+        if let Some(local) = splices {
             if let Reply::Array(Some(items)) = &mut reply {
                 for (position, local_reply) in local {
                     items.insert(position.min(items.len()), local_reply);
                 }
             }
         }
-        self.ready.insert(seq, ReadyReply { reply, reserved });
         let mut out = Vec::new();
         let mut permits = Vec::new();
-        let mut reserved = 0;
-        // Replies leave in request order, flushed once per burst.
-        while let Some(ready) = self.ready.remove(&self.next_to_write) {
+        let mut reserved_total = 0;
+        // Replies leave in request order, flushed once per burst; the usual case, the reply
+        // next in line, skips the map.
+        let mut next = if seq == self.next_to_write {
+            Some(ReadyReply { reply, reserved })
+        } else {
+            self.ready.insert(seq, ReadyReply { reply, reserved });
+            None
+        };
+        while let Some(ready) = next.take().or_else(|| {
+            if self.ready.is_empty() {
+                None
+            } else {
+                self.ready.remove(&self.next_to_write)
+            }
+        }) {
             ready.reply.encode_into(&mut out);
-            reserved += ready.reserved;
+            reserved_total += ready.reserved;
             permits.extend(self.permits.remove(&self.next_to_write));
             self.next_to_write += 1;
         }
+        let reserved = reserved_total;
         if !out.is_empty() {
             // The encoded bytes take the place of what the applier reserved for them.
             self.budget.release(reserved);
-            if self.budget.try_reserve(out.len()) {
-                if let Some(writer) = &self.writer {
-                    let _ = writer.send((out, permits));
-                }
-            }
+            self.write(out, permits);
         }
         // A refused reservation, here or by the applier for a read of this connection.
         if self.budget.overflowed() {
@@ -265,6 +282,27 @@ impl Connection {
             // Dropping the writer's sender lets it finish writing, then close the socket.
             self.writer = None;
             ctx.stop();
+        }
+    }
+
+    /// Writes `out` now if the writer task holds nothing and the socket takes it all; whatever
+    /// is left goes to the task, behind what it holds, so replies keep their order.
+    fn write(&mut self, mut out: Vec<u8>, permits: Vec<OwnedSemaphorePermit>) {
+        let (Some(writer), Some(socket)) = (&self.writer, &self.socket) else { return };
+        if self.queued_jobs.get() == 0 {
+            match socket.try_write(&out) {
+                Ok(n) if n == out.len() => return,
+                Ok(n) => {
+                    out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // The client is gone; its reader sees that too and ends the connection.
+                Err(_) => return,
+            }
+        }
+        if self.budget.try_reserve(out.len()) {
+            self.queued_jobs.set(self.queued_jobs.get() + 1);
+            let _ = writer.send((out, permits));
         }
     }
 
@@ -678,19 +716,30 @@ async fn read_loop(
     }
 }
 
+/// Writes what the connection could not write at once, in order; the socket's write side shuts
+/// when the last holder of `writer` (this task or the connection) lets go.
 async fn write_loop(
-    mut writer: OwnedWriteHalf,
+    writer: Rc<OwnedWriteHalf>,
     mut jobs: mpsc::UnboundedReceiver<WriteJob>,
     budget: Arc<ReplyBudget>,
+    queued_jobs: Rc<Cell<usize>>,
 ) {
     while let Some((bytes, permits)) = jobs.recv().await {
-        if writer.write_all(&bytes).await.is_err() {
-            return;
+        let mut written = 0;
+        while written < bytes.len() {
+            if writer.writable().await.is_err() {
+                return;
+            }
+            match writer.try_write(&bytes[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
         }
         budget.release(bytes.len());
+        queued_jobs.set(queued_jobs.get().saturating_sub(1));
         drop(permits);
     }
-    let _ = writer.shutdown().await;
 }
 
 impl Actor for Connection {
@@ -708,11 +757,12 @@ impl Actor for Connection {
             let idle = self.env.idle_timeout;
             ctx.spawn(read_loop(reader, ctx.address(), permits, idle).into_actor(self));
         }
-        if let Some(writer_half) = self.writer_half.take() {
+        if let Some(socket) = &self.socket {
             let (tx, rx) = mpsc::unbounded_channel();
             self.writer = Some(tx);
             // Not tied to the actor: queued replies are still written after it stops.
-            self.write_task = Some(actix::spawn(write_loop(writer_half, rx, self.budget.clone())));
+            let task = write_loop(socket.clone(), rx, self.budget.clone(), self.queued_jobs.clone());
+            self.write_task = Some(actix::spawn(task));
         }
     }
 }

@@ -202,11 +202,13 @@ impl Default for Metrics {
 
 /// The [`COMMANDS`] index of `name` (case-insensitive), or the "other" slot.
 pub fn command_slot(name: &[u8]) -> usize {
-    COMMANDS
-        .binary_search_by(|c| {
-            c.name.as_bytes().iter().map(u8::to_ascii_lowercase).cmp(name.iter().map(u8::to_ascii_lowercase))
-        })
-        .unwrap_or(COMMANDS.len())
+    // Lowercased once into a stack buffer (no command name is longer), then plain byte order.
+    let mut lower = [0u8; 24];
+    let Some(buf) = lower.get_mut(..name.len()) else { return COMMANDS.len() };
+    for (to, from) in buf.iter_mut().zip(name) {
+        *to = from.to_ascii_lowercase();
+    }
+    COMMANDS.binary_search_by(|c| c.name.as_bytes().cmp(buf)).unwrap_or(COMMANDS.len())
 }
 
 impl Metrics {
@@ -263,6 +265,10 @@ mod tests {
         assert_eq!(COMMANDS[command_slot(b"get")].name, "get");
         assert_eq!(COMMANDS[command_slot(b"SET")].name, "set");
         assert_eq!(command_slot(b"nosuch"), COMMANDS.len());
+        assert_eq!(command_slot(b"a-name-longer-than-any-command"), COMMANDS.len());
+        for (slot, c) in COMMANDS.iter().enumerate() {
+            assert_eq!(command_slot(c.name.to_ascii_uppercase().as_bytes()), slot, "{}", c.name);
+        }
         m.request(command_slot(b"GET"));
         m.request(command_slot(b"GET"));
         m.error(command_slot(b"nosuch"));

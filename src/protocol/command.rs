@@ -63,15 +63,19 @@ pub enum Command {
         /// Column family.
         cf: ColumnFamily,
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Value bytes.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// APPEND: append `value` to the value of `key` in the default cf (creating it).
     Append {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Bytes to append.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// DEL / RAWDELETE: delete `keys` from `cf`; answers how many existed.
@@ -79,6 +83,7 @@ pub enum Command {
         /// Column family.
         cf: ColumnFamily,
         /// Keys to delete (duplicates count once per existing key at the time).
+        #[serde(with = "crate::protocol::codec::byte_lists")]
         keys: Vec<Vec<u8>>,
     },
     /// GET / RAWGET when a read goes through the log.
@@ -86,11 +91,13 @@ pub enum Command {
         /// Column family.
         cf: ColumnFamily,
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// EXISTS when a read goes through the log: how many of `keys` exist in the default cf.
     Exists {
         /// Keys to test (repeats count each time, as in Redis).
+        #[serde(with = "crate::protocol::codec::byte_lists")]
         keys: Vec<Vec<u8>>,
     },
     /// RAWSCAN when a read goes through the log: up to `limit` pairs with key >= `start`.
@@ -98,6 +105,7 @@ pub enum Command {
         /// Column family.
         cf: ColumnFamily,
         /// First key of the range (inclusive).
+        #[serde(with = "serde_bytes")]
         start: Vec<u8>,
         /// Largest number of pairs returned.
         limit: u64,
@@ -105,8 +113,10 @@ pub enum Command {
     /// SET with options (and SETNX, SETEX, PSETEX, GETSET): store `value` under `key`.
     Set {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Value bytes.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// NX / XX.
         condition: SetCondition,
@@ -118,11 +128,13 @@ pub enum Command {
     /// GETDEL: the value, and the key deleted.
     GetDel {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// GETEX: the value, and the time to live changed as `expiry` says.
     GetEx {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// `Keep` when GETEX has no option.
         expiry: Expiry,
@@ -130,11 +142,13 @@ pub enum Command {
     /// MGET: the value of each key, nil for a missing one.
     MGet {
         /// Keys, in reply order.
+        #[serde(with = "crate::protocol::codec::byte_lists")]
         keys: Vec<Vec<u8>>,
     },
     /// MSET / MSETNX: store every pair; with `only_if_none_exist`, none unless no key exists.
     MSet {
         /// Pairs, applied in order (a repeated key keeps its last value).
+        #[serde(with = "crate::protocol::codec::byte_pairs")]
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
         /// MSETNX.
         only_if_none_exist: bool,
@@ -142,11 +156,13 @@ pub enum Command {
     /// STRLEN.
     Strlen {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// GETRANGE key start end (inclusive, negative counts from the end).
     GetRange {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// First offset.
         start: i64,
@@ -156,15 +172,18 @@ pub enum Command {
     /// SETRANGE key offset value: overwrite from `offset`, zero-padding.
     SetRange {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Where to write.
         offset: u64,
         /// Bytes to write.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// INCR / DECR / INCRBY / DECRBY.
     IncrBy {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Amount added.
         delta: i64,
@@ -172,20 +191,25 @@ pub enum Command {
     /// INCRBYFLOAT; `delta` is the checked decimal text (floats are parsed where they are used).
     IncrByFloat {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Amount added, as the client wrote it.
+        #[serde(with = "serde_bytes")]
         delta: Vec<u8>,
     },
     /// TYPE.
     Type {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// RENAME / RENAMENX.
     Rename {
         /// Source key.
+        #[serde(with = "serde_bytes")]
         from: Vec<u8>,
         /// Destination key.
+        #[serde(with = "serde_bytes")]
         to: Vec<u8>,
         /// RENAMENX: only if `to` does not exist.
         only_if_absent: bool,
@@ -193,17 +217,21 @@ pub enum Command {
     /// KEYS pattern.
     Keys {
         /// Glob pattern.
+        #[serde(with = "serde_bytes")]
         pattern: Vec<u8>,
     },
     /// SCAN: one page of keys from `start` on, at most `count` keys examined.
     ScanKeys {
         /// First key of the page (inclusive); empty for the first page.
+        #[serde(with = "serde_bytes")]
         start: Vec<u8>,
         /// MATCH pattern.
+        #[serde(with = "serde_bytes")]
         pattern: Option<Vec<u8>>,
         /// COUNT: keys examined.
         count: u64,
         /// TYPE filter.
+        #[serde(with = "serde_bytes")]
         kind: Option<Vec<u8>>,
     },
     /// DBSIZE.
@@ -211,6 +239,7 @@ pub enum Command {
     /// RANDOMKEY: the first live key at or after `from` (wrapping), nil if none.
     RandomKey {
         /// Where to start looking, chosen by the replica serving the read.
+        #[serde(with = "serde_bytes")]
         from: Vec<u8>,
     },
     /// FLUSHDB (the default family) / FLUSHALL (every family).
@@ -221,11 +250,13 @@ pub enum Command {
     /// TOUCH: how many of `keys` exist.
     Touch {
         /// Keys (repeats count each time).
+        #[serde(with = "crate::protocol::codec::byte_lists")]
         keys: Vec<Vec<u8>>,
     },
     /// EXPIRE / PEXPIRE / EXPIREAT / PEXPIREAT.
     Expire {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// When, relative to the entry's time or absolute.
         when: ExpireTime,
@@ -235,6 +266,7 @@ pub enum Command {
     /// TTL / PTTL / EXPIRETIME / PEXPIRETIME.
     Ttl {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Milliseconds (PTTL, PEXPIRETIME) rather than seconds.
         millis: bool,
@@ -244,11 +276,13 @@ pub enum Command {
     /// PERSIST.
     Persist {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// EXEC: the queued commands, applied as one step unless a watched key was written.
     Exec {
         /// WATCHed keys.
+        #[serde(with = "crate::protocol::codec::byte_lists")]
         watched: Vec<Vec<u8>>,
         /// An applied index of the watching replica at WATCH time: a watched key written after
         /// it aborts the transaction.
@@ -259,15 +293,18 @@ pub enum Command {
     /// GETVER: value and version.
     GetVer {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// SETVER: write only if the key's version is still `version` (0: the key must not exist).
     SetVer {
         /// Key bytes.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Expected version.
         version: u64,
         /// Value bytes.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Remove up to `limit` keys whose time to live has passed (proposed by the leader).
@@ -396,11 +433,11 @@ pub enum CommandResult {
     /// `+OK`.
     Ok,
     /// A bulk string, or nil.
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// `:n`.
     Integer(i64),
     /// A flat array k1 v1 k2 v2 ...
-    Pairs(Vec<(Vec<u8>, Vec<u8>)>),
+    Pairs(#[serde(with = "crate::protocol::codec::byte_pairs")] Vec<(Vec<u8>, Vec<u8>)>),
     /// `-ERR message` (the message does not include the `ERR` code).
     Error(String),
     /// `+text` (TYPE's answer).
@@ -412,8 +449,10 @@ pub enum CommandResult {
     /// One SCAN page: the keys, and the key the next page starts from (none: the scan is done).
     ScanPage {
         /// Where the next page starts.
+        #[serde(with = "serde_bytes")]
         next: Option<Vec<u8>>,
         /// Keys of this page.
+        #[serde(with = "crate::protocol::codec::byte_lists")]
         keys: Vec<Vec<u8>>,
     },
 }

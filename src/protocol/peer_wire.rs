@@ -53,6 +53,7 @@ pub struct SnapshotChunk {
     /// CRC-32 of the whole image, checked once it is all there.
     pub crc32: u32,
     /// The bytes, at most [`SNAPSHOT_CHUNK_BYTES`].
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -60,7 +61,7 @@ pub struct SnapshotChunk {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Forwarded {
     /// Propose this encoded proposal; answered [`ForwardAnswer::Proposed`] with where it went.
-    Propose(Vec<u8>),
+    Propose(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Confirm leadership and give a read index for the reads the follower holds.
     ReadIndex,
     /// Change the membership or hand leadership over.

@@ -489,15 +489,38 @@ fn hex(byte: u8) -> Option<u8> {
 
 /// Encodes `args` as one multibulk request (what a client sends).
 pub fn encode_request<A: AsRef<[u8]>>(args: &[A], out: &mut Vec<u8>) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    encode_header(b'*', args.len() as i64, out);
     for arg in args {
         encode_bulk(arg.as_ref(), out);
     }
 }
 
 fn encode_bulk(bytes: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(format!("${}\r\n", bytes.len()).as_bytes());
+    out.reserve(bytes.len() + 16);
+    encode_header(b'$', bytes.len() as i64, out);
     out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `kind`, `n` in decimal and CRLF: a RESP header or integer, without going through `format!`
+/// (a reply is encoded per request).
+fn encode_header(kind: u8, n: i64, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.push(kind);
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -539,12 +562,12 @@ impl Reply {
         match self {
             Reply::Simple(text) => encode_line(b'+', text, out),
             Reply::Error(text) => encode_line(b'-', text, out),
-            Reply::Integer(n) => out.extend_from_slice(format!(":{n}\r\n").as_bytes()),
+            Reply::Integer(n) => encode_header(b':', *n, out),
             Reply::Bulk(None) => out.extend_from_slice(b"$-1\r\n"),
             Reply::Bulk(Some(bytes)) => encode_bulk(bytes, out),
             Reply::Array(None) => out.extend_from_slice(b"*-1\r\n"),
             Reply::Array(Some(items)) => {
-                out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+                encode_header(b'*', items.len() as i64, out);
                 for item in items {
                     item.encode_into(out);
                 }

@@ -33,11 +33,19 @@ enum ImagePart {
     Membership(Membership),
     /// Pairs of one family, in key order, continuing the previous part of that family (before
     /// version 3: keys without versions or expiries).
-    Pairs { cf: ColumnFamily, pairs: Vec<(Vec<u8>, Vec<u8>)> },
+    Pairs {
+        cf: ColumnFamily,
+        #[serde(with = "crate::protocol::codec::byte_pairs")]
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
     /// Third from version 3 on: the replicated clock and the last removal.
     Clock { clock_ms: u64, last_removal_index: u64 },
     /// Keys of one family with their metadata, in key order (version 3 on).
-    Keys { cf: ColumnFamily, keys: Vec<(Vec<u8>, Stored)> },
+    Keys {
+        cf: ColumnFamily,
+        #[serde(with = "crate::protocol::codec::byte_keyed")]
+        keys: Vec<(Vec<u8>, Stored)>,
+    },
     /// Sessions by client id, continuing the previous part.
     Sessions(Vec<(u64, Session)>),
     /// Always last: totals, to catch a truncated image.

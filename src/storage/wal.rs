@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 struct StoredEntry {
     term: u64,
     index: u64,
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
 
@@ -26,6 +27,7 @@ struct StoredEntry {
 struct StoredEntryRef<'a> {
     term: u64,
     index: u64,
+    #[serde(with = "serde_bytes")]
     data: &'a [u8],
 }
 

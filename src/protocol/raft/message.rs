@@ -39,6 +39,7 @@ pub struct Entry {
     /// The entry's position in the log, from 1.
     pub index: u64,
     /// The replicated command, opaque to Raft, or a membership change.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// Which of the two `data` is.
     pub kind: EntryKind,
@@ -68,6 +69,7 @@ pub struct Snapshot {
     /// The membership at `meta.index` (empty when the image recorded none).
     pub membership: Membership,
     /// The image itself, opaque to Raft.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
