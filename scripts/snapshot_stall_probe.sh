@@ -20,6 +20,6 @@ for t in $(seq 1 100); do
 done
 PORT=$((36380+LEADER)); LPID=$(pgrep -f "client-addr 127.0.0.1:$PORT")
 ${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen} --target resp --addr 127.0.0.1:$PORT --clients 64 --pipeline 16 --duration $SECS --ops 100000000 --value-size 100 --keys 800000 --write-ratio 1
-echo "leader RSS: $(grep VmRSS /proc/$LPID/status)  keys: $(redis-cli -p $PORT info | grep '^keys:')"
+echo "leader RSS at the end: $(grep VmRSS /proc/$LPID/status)  keys: $(redis-cli -p $PORT info | grep "^keys:")"; sleep 10; echo "leader RSS 10 s later: $(grep VmRSS /proc/$LPID/status); followers: $(for p in $(pgrep -f "cluster-name stalltest" | grep -v "^$LPID$"); do grep VmRSS /proc/$p/status | tr -s " " | cut -d" " -f2; done | paste -sd" ") kB"
 grep -h "snapshot at index" /tmp/prof/slog$LEADER | grep taken | sed 's/.*snapshot/snapshot/' | head -5
 pkill -f "cluster-name stalltest"

@@ -532,8 +532,10 @@ impl Consensus {
                 self.queue_write(ctx, DiskWrite { image: received.clone(), persist, number: ready.number });
             }
             if let Some(snapshot) = received {
+                // Not kept here (its write and the applier hold it until done with it): a
+                // leader-to-be loads it from disk if a follower ever needs it.
+                self.latest_snapshot = None;
                 // Before the entries that follow it.
-                self.latest_snapshot = Some(snapshot.clone());
                 self.status.metrics.snapshots_installed.inc();
                 self.applier.do_send(Restore(snapshot));
             }
@@ -723,7 +725,10 @@ impl Consensus {
                 Ok(Ok(saved)) => {
                     let meta = saved.meta;
                     act.status.metrics.snapshots_taken.inc();
+                    // Kept only while a transfer may want it; otherwise loaded from disk when a
+                    // follower falls behind it (rare), rather than holding a copy of the state.
                     act.latest_snapshot = Some(saved);
+                    act.release_image_if_idle();
                     act.core.compact(meta.index);
                     // Ordered after every write handed out before it, which holds the entries it covers.
                     let persist = Persist { compact: Some(meta), hard_state: None, entries: Vec::new() };
@@ -1061,12 +1066,17 @@ impl Consensus {
                 self.send_chunk(first);
             }
             _ if !self.loading_snapshot => {
-                // Not in memory (e.g. after a restart): load it, then Raft's retry starts the transfer.
+                // Not in memory (it is let go between transfers): load it and start at once;
+                // if the file holds another snapshot by then, Raft asks again for the right one.
                 self.loading_snapshot = true;
-                ctx.spawn(self.snapshotter.send(LoadLatest).into_actor(self).map(|result, act, _| {
+                ctx.spawn(self.snapshotter.send(LoadLatest).into_actor(self).map(move |result, act, ctx| {
                     act.loading_snapshot = false;
                     if let Ok(Ok(Some(saved))) = result {
+                        let wanted = saved.meta == meta;
                         act.latest_snapshot = Some(saved);
+                        if wanted && act.core.role() == Role::Leader {
+                            act.start_transfer(ctx, to, meta);
+                        }
                     }
                 }));
             }
@@ -1095,13 +1105,26 @@ impl Consensus {
                     u128::from(ticks) * self.tick.as_millis()
                 );
                 self.core.report_snapshot(from, true);
+                drop(image);
+                self.release_image_if_idle();
             }
+        }
+    }
+
+    /// Lets go of the image held for followers once no transfer is under way: an image is as big
+    /// as the state, and only a follower behind the log's start ever needs it.
+    fn release_image_if_idle(&mut self) {
+        if self.outgoing.is_empty() {
+            self.latest_snapshot = None;
         }
     }
 
     fn tick_transfers(&mut self) {
         if self.core.role() != Role::Leader {
-            self.outgoing.clear();
+            if !self.outgoing.is_empty() {
+                self.outgoing.clear();
+                self.release_image_if_idle();
+            }
             return;
         }
         for order in self.outgoing.tick() {
@@ -1113,6 +1136,7 @@ impl Consensus {
                         self.core.id()
                     );
                     self.core.report_snapshot(to, false);
+                    self.release_image_if_idle();
                 }
             }
         }

@@ -23,7 +23,7 @@ use super::disk::{CloseDisk, DiskWriter, Persist};
 use super::front_end::{FrontEnd, StopFrontEnd};
 use super::peer_listener::{PeerListener, StopListener};
 use super::registry::{ClientRegistry, HeldSnapshots, ScanCursors};
-use super::snapshotter::{SavedSnapshot, Snapshotter};
+use super::snapshotter::Snapshotter;
 use super::status::StatusBoard;
 use super::transport::{TcpTransport, Transport};
 use crate::protocol::codec;
@@ -207,7 +207,7 @@ fn latest_membership(at_snapshot: &Membership, entries: &[Entry]) -> Membership 
 }
 
 /// What a replica restarts from: state machine, snapshot, and the log after it.
-type Recovered = (StateMachine, Option<SavedSnapshot>, SnapshotMeta, Vec<Entry>);
+type Recovered = (StateMachine, SnapshotMeta, Vec<Entry>);
 
 /// Reconciles the newest snapshot file with the WAL's compaction marker and entries.
 ///
@@ -226,7 +226,7 @@ fn recover(
                 marker.index
             )));
         }
-        return Ok((StateMachine::default(), None, SnapshotMeta::default(), entries));
+        return Ok((StateMachine::default(), SnapshotMeta::default(), entries));
     };
     if meta.index < marker.index {
         return Err(ReplicaError::Config(format!(
@@ -240,8 +240,9 @@ fn recover(
         meta.index == marker.index || entries.iter().any(|e| e.index == meta.index && e.term == meta.term);
     let entries =
         if agrees { entries.into_iter().filter(|e| e.index > meta.index).collect() } else { Vec::new() };
-    let saved = SavedSnapshot { meta, image: Arc::new(image) };
-    Ok((state, Some(saved), meta, entries))
+    // The image is not kept (it is as big as the state): consensus loads it from disk if a
+    // follower ever needs it.
+    Ok((state, meta, entries))
 }
 
 /// A running replica: its addresses and the handles to stop it.
@@ -307,7 +308,7 @@ impl Replica {
             recovery.entries = vec![entry];
             log::info!("replica {}: bootstrapped a new cluster of {:?}", config.id, config.peers.keys());
         }
-        let (state, latest_snapshot, snapshot_meta, entries) =
+        let (state, snapshot_meta, entries) =
             recover(config.id, latest, recovery.snapshot, recovery.entries)?;
         let mut membership = state.membership().clone();
         let records_membership = !membership.is_empty()
@@ -384,7 +385,7 @@ impl Replica {
             disk: disk.clone(),
             snapshotter,
             snapshot_threshold_bytes: config.snapshot_threshold_bytes,
-            latest_snapshot,
+            latest_snapshot: None,
             applier: applier.clone(),
             transport,
             status: status.clone(),
