@@ -32,7 +32,8 @@ pub const MAX_QUEUED_BYTES: usize = crate::protocol::command::MAX_ENTRY_BYTES;
 pub const MAX_INFLIGHT_REQUESTS: usize = 1024;
 /// Most bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// Read buffer of a connection with nothing buffered: an idle connection costs about this.
+/// Read buffer taken when a request starts arriving (a connection with nothing buffered holds
+/// none, so an idle connection costs only its actor and socket).
 const IDLE_READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes of replies one connection may hold unwritten (produced, not yet taken by the socket)
 /// before it is closed, as Redis's client-output-buffer-limit does for a client that does not read.
@@ -649,9 +650,9 @@ async fn read_loop(
     idle_timeout: Option<Duration>,
 ) {
     let mut parser = RequestParser::new();
-    // Read straight into the buffer's spare room: small while the client sends little, grown
-    // for bursts and large values, and shrunk back once drained.
-    let mut buf: Vec<u8> = Vec::with_capacity(IDLE_READ_BUFFER_BYTES);
+    // Read straight into the buffer's spare room: none while idle, small while the client sends
+    // little, grown for bursts and large values, and let go once drained.
+    let mut buf: Vec<u8> = Vec::new();
     loop {
         // Parse everything buffered before reading more; consumed bytes are dropped once per read,
         // not once per request, so a burst of small requests costs one move of the buffer.
@@ -684,17 +685,17 @@ async fn read_loop(
         if start > 0 {
             buf.drain(..start);
         }
-        if buf.is_empty() && buf.capacity() > IDLE_READ_BUFFER_BYTES {
-            buf = Vec::with_capacity(IDLE_READ_BUFFER_BYTES);
+        if buf.is_empty() {
+            buf = Vec::new();
         }
-        if buf.len() == buf.capacity() {
+        if buf.len() == buf.capacity() && !buf.is_empty() {
             // Full of a request still incomplete: room for one more read, doubling up to a chunk.
             buf.reserve(buf.len().clamp(IDLE_READ_BUFFER_BYTES, READ_CHUNK_BYTES));
         }
         let read = match idle_timeout {
-            None => reader.read_buf(&mut buf).await,
+            None => read_some(&mut reader, &mut buf).await,
             Some(idle) => loop {
-                match tokio::time::timeout(idle, reader.read_buf(&mut buf)).await {
+                match tokio::time::timeout(idle, read_some(&mut reader, &mut buf)).await {
                     Ok(read) => break read,
                     // A client waiting for replies is not idle.
                     Err(_) if permits.available_permits() < MAX_INFLIGHT_REQUESTS => continue,
@@ -718,6 +719,15 @@ async fn read_loop(
 
 /// Writes what the connection could not write at once, in order; the socket's write side shuts
 /// when the last holder of `writer` (this task or the connection) lets go.
+/// Reads what the socket has into `buf`, taking a buffer only once there is something to read.
+async fn read_some(reader: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    if buf.capacity() == 0 {
+        reader.readable().await?;
+        buf.reserve(IDLE_READ_BUFFER_BYTES);
+    }
+    reader.read_buf(buf).await
+}
+
 async fn write_loop(
     writer: Rc<OwnedWriteHalf>,
     mut jobs: mpsc::UnboundedReceiver<WriteJob>,
