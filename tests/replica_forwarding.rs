@@ -102,6 +102,10 @@ fn membership_commands_work_on_a_follower() {
     let leader = cluster.wait_for_leader(WAIT);
     let follower = followers(&cluster, leader)[0];
     let mut conn = RespConn::connect(cluster.client_addrs[&follower], WAIT);
+    // A new leader takes no membership change until it has applied its own no-op (Raft §4.1,
+    // refused "in progress"); a write acknowledged here was committed after that no-op and
+    // handed to the leader's state machine before the leader could read our next request.
+    assert_eq!(conn.call(&[b"SET", b"settled", b"1"]), Reply::Simple("OK".into()));
     // A learner that never runs: added and removed through the follower.
     let reply = conn.call(&[b"MEMBER", b"ADD", b"9", b"127.0.0.1:1", b"127.0.0.1:2"]);
     assert_eq!(reply, Reply::Simple("OK".into()));
