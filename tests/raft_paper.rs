@@ -821,6 +821,17 @@ fn vote_waits_for_its_hard_state_and_commit_alone_writes_nothing() {
     assert!(readies.iter().any(|r| r.committed_entries.iter().any(|e| e.index == 1)));
 }
 
+/// Hands `follower` what the leader (node 1) sent it in `out`, and the leader its replies.
+fn answer_leader(net: &mut Net, follower: u64, out: Vec<Message>) {
+    for m in out.into_iter().filter(|m| m.to == follower) {
+        net.node(follower).step(m).expect("valid");
+    }
+    let (replies, _) = drain(net.node(follower));
+    for m in replies {
+        net.node(1).step(m).expect("valid");
+    }
+}
+
 // One read round at a time: reads that arrive while a round waits for its quorum share the next
 // round, which starts as soon as the first is confirmed.
 #[test]
@@ -850,24 +861,12 @@ fn reads_during_a_round_share_the_next_one() {
     assert!(rounds(&during).is_empty(), "no second round while round 1 is out");
     assert!(readies.iter().all(|r| r.read_states.is_empty()));
     // Follower 2 answers round 1: read 1 is confirmed and round 2 starts for reads 2 and 3.
-    for m in first.into_iter().filter(|m| m.to == 2) {
-        net.node(2).step(m).expect("valid");
-    }
-    let (replies, _) = drain(net.node(2));
-    for m in replies {
-        net.node(1).step(m).expect("valid");
-    }
+    answer_leader(&mut net, 2, first);
     let (second, readies) = drain(net.node(1));
     let released: Vec<u64> = readies.iter().flat_map(|r| r.read_states.iter().map(|s| s.ctx)).collect();
     assert_eq!(released, vec![1]);
     assert_eq!(rounds(&second), vec![2], "reads 2 and 3 share round 2");
-    for m in second.into_iter().filter(|m| m.to == 3) {
-        net.node(3).step(m).expect("valid");
-    }
-    let (replies, _) = drain(net.node(3));
-    for m in replies {
-        net.node(1).step(m).expect("valid");
-    }
+    answer_leader(&mut net, 3, second);
     let (_, readies) = drain(net.node(1));
     let released: Vec<_> =
         readies.iter().flat_map(|r| r.read_states.iter().map(|s| (s.ctx, s.index))).collect();

@@ -616,12 +616,16 @@ impl Sim {
         }
     }
 
-    fn propose(&mut self) {
-        let leaders: Vec<u64> = self
-            .live()
+    /// Live nodes that believe they lead (more than one while a deposed leader is cut off).
+    fn leaders(&self) -> Vec<u64> {
+        self.live()
             .into_iter()
             .filter(|id| self.nodes[id].core.as_ref().is_some_and(|c| c.role() == Role::Leader))
-            .collect();
+            .collect()
+    }
+
+    fn propose(&mut self) {
+        let leaders = self.leaders();
         let Some(id) = self.pick(&leaders) else { return };
         self.proposals += 1;
         let data = format!("{}-{}", self.seed, self.proposals).into_bytes();
@@ -632,11 +636,7 @@ impl Sim {
 
     /// Starts a read at a node that believes it leads (perhaps a deposed one, cut off).
     fn read(&mut self) {
-        let leaders: Vec<u64> = self
-            .live()
-            .into_iter()
-            .filter(|id| self.nodes[id].core.as_ref().is_some_and(|c| c.role() == Role::Leader))
-            .collect();
+        let leaders = self.leaders();
         let Some(id) = self.pick(&leaders) else { return };
         let floor = self.nodes.values().filter_map(|n| n.core.as_ref()).map(|c| c.log().committed()).max();
         let floor = floor.unwrap_or(0).max(self.committed.keys().next_back().copied().unwrap_or(0));

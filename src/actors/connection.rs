@@ -238,8 +238,7 @@ impl Connection {
                 metrics.error(slot);
             }
         }
-        let splices = if self.exec_splices.is_empty() { None } else { self.exec_splices.remove(&seq) };
-        if let Some(local) = splices {
+        if let Some(local) = self.exec_splices.remove(&seq) {
             if let Reply::Array(Some(items)) = &mut reply {
                 for (position, local_reply) in local {
                     items.insert(position.min(items.len()), local_reply);
@@ -248,7 +247,7 @@ impl Connection {
         }
         let mut out = Vec::new();
         let mut permits = Vec::new();
-        let mut reserved_total = 0;
+        let mut released = 0;
         // Replies leave in request order, flushed once per burst; the usual case, the reply
         // next in line, skips the map.
         let mut next = if seq == self.next_to_write {
@@ -257,22 +256,15 @@ impl Connection {
             self.ready.insert(seq, ReadyReply { reply, reserved });
             None
         };
-        while let Some(ready) = next.take().or_else(|| {
-            if self.ready.is_empty() {
-                None
-            } else {
-                self.ready.remove(&self.next_to_write)
-            }
-        }) {
+        while let Some(ready) = next.take().or_else(|| self.ready.remove(&self.next_to_write)) {
             ready.reply.encode_into(&mut out);
-            reserved_total += ready.reserved;
+            released += ready.reserved;
             permits.extend(self.permits.remove(&self.next_to_write));
             self.next_to_write += 1;
         }
-        let reserved = reserved_total;
         if !out.is_empty() {
             // The encoded bytes take the place of what the applier reserved for them.
-            self.budget.release(reserved);
+            self.budget.release(released);
             self.write(out, permits);
         }
         // A refused reservation, here or by the applier for a read of this connection.

@@ -1105,7 +1105,6 @@ impl Consensus {
                     u128::from(ticks) * self.tick.as_millis()
                 );
                 self.core.report_snapshot(from, true);
-                drop(image);
                 self.release_image_if_idle();
             }
         }
