@@ -25,6 +25,20 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     paths
 }
 
+/// Where the records of a segment's bytes end (the space reserved after them reads as zeros).
+fn records_end(bytes: &[u8]) -> usize {
+    let (records, _) = record::scan(bytes);
+    records.last().map_or(0, |r| r.offset + record::HEADER_BYTES + r.payload.len())
+}
+
+/// The bytes a crash can leave of `full` when its writes reached only `cut`: cut short (a file
+/// that grew with its writes), or zeros from there on (a file whose space was reserved ahead).
+fn crash_leftovers(full: &[u8], cut: usize) -> [Vec<u8>; 2] {
+    let mut zeroed = full.to_vec();
+    zeroed[cut..].fill(0);
+    [full[..cut].to_vec(), zeroed]
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     for path in segments(from) {
         fs::copy(&path, to.join(path.file_name().expect("name"))).expect("copy");
@@ -95,29 +109,37 @@ fn every_truncation_of_the_last_segment_recovers_an_exact_prefix() {
     let last = segments(original.path()).into_iter().rfind(|p| fs::metadata(p).expect("stat").len() > 0);
     let last = last.expect("a segment");
     let full = fs::read(&last).expect("read");
+    let end = records_end(&full);
     let mut previous_prefix = 0;
     let mut distinct = std::collections::BTreeSet::new();
-    for cut in (0..=full.len()).rev() {
-        let copy = tempfile::tempdir().expect("tempdir");
-        copy_dir(original.path(), copy.path());
-        let name = last.file_name().expect("name");
-        fs::write(copy.path().join(name), &full[..cut]).expect("truncate copy");
-        let (_, recovery) = Wal::open(copy.path(), small(false))
-            .unwrap_or_else(|e| panic!("seed {seed:#x}: cut at {cut} of {}: {e}", full.len()));
-        let found = model
-            .states
-            .iter()
-            .rposition(|(hs, entries)| *hs == recovery.hard_state && *entries == recovery.entries);
-        let found =
-            found.unwrap_or_else(|| panic!("seed {seed:#x}: cut at {cut}: not a prefix: {recovery:?}"));
-        if cut < full.len() {
+    for cut in (0..=end).rev() {
+        let mut prefixes = Vec::new();
+        for (variant, bytes) in crash_leftovers(&full, cut).iter().enumerate() {
+            let copy = tempfile::tempdir().expect("tempdir");
+            copy_dir(original.path(), copy.path());
+            let name = last.file_name().expect("name");
+            fs::write(copy.path().join(name), bytes).expect("damage copy");
+            let (_, recovery) = Wal::open(copy.path(), small(false))
+                .unwrap_or_else(|e| panic!("seed {seed:#x}: cut at {cut} of {end} (variant {variant}): {e}"));
+            let found = model
+                .states
+                .iter()
+                .rposition(|(hs, entries)| *hs == recovery.hard_state && *entries == recovery.entries);
+            let found = found.unwrap_or_else(|| {
+                panic!("seed {seed:#x}: cut at {cut} (variant {variant}): not a prefix: {recovery:?}")
+            });
+            assert_eq!(recovery.snapshot, SnapshotMeta::default());
+            prefixes.push(found);
+        }
+        assert_eq!(prefixes[0], prefixes[1], "seed {seed:#x}: cut at {cut}: zeros after it read as the end");
+        let found = prefixes[0];
+        if cut < end {
             assert!(found <= previous_prefix, "seed {seed:#x}: a shorter file recovered a longer prefix");
         } else {
             assert_eq!(found, model.states.len() - 1, "the untouched log recovers everything");
         }
         previous_prefix = found;
         distinct.insert(found);
-        assert_eq!(recovery.snapshot, SnapshotMeta::default());
     }
     assert!(distinct.len() >= 4, "the last segment should hold several records: {distinct:?}");
 }
@@ -175,8 +197,8 @@ fn zero_filled_tail_is_truncated() {
         wal.append(None, &[entry(1, 1), entry(2, 1)]).expect("append");
     }
     let last = segments(dir.path()).remove(0);
-    let clean = fs::metadata(&last).expect("stat").len();
     let mut bytes = fs::read(&last).expect("read");
+    let clean = records_end(&bytes) as u64;
     bytes.extend_from_slice(&[0u8; 4096]);
     fs::write(&last, &bytes).expect("write");
     let (_, recovery) = Wal::open(dir.path(), small(false)).expect("zero tail is torn");
@@ -445,6 +467,8 @@ fn a_witnessed_log_survives_crash_leftovers() {
     let newest = segments(&wal_dir).pop().expect("a segment");
     // A torn record at the end of the newest segment.
     let mut bytes = fs::read(&newest).expect("read");
+    // Where the next write would have gone (the segment may hold reserved zeros after it).
+    bytes.truncate(records_end(&bytes));
     bytes.extend_from_slice(&[9, 0, 0, 0, 1, 2]);
     fs::write(&newest, &bytes).expect("write");
     let (_, recovery) = Wal::open_witnessed(&wal_dir, small(true), Some(&witness)).expect("torn tail");
@@ -507,20 +531,75 @@ fn a_torn_write_never_commits_the_entries_it_replaces() {
     }
     let last = segments(original.path()).into_iter().rfind(|p| fs::metadata(p).expect("stat").len() > 0);
     let last = last.expect("a segment");
-    let full = fs::read(&last).expect("read");
-    for cut in 0..=full.len() {
-        let copy = tempfile::tempdir().expect("tempdir");
-        copy_dir(original.path(), copy.path());
-        fs::write(copy.path().join(last.file_name().expect("name")), &full[..cut]).expect("truncate copy");
-        let (_, recovery) = Wal::open(copy.path(), options).expect("a torn tail is accepted");
-        for e in recovery.entries.iter().filter(|e| e.index <= recovery.hard_state.commit) {
-            assert!(
-                e.index <= 4 || e.term == 3,
-                "cut at {cut}: entry {} of term {} recovered as committed (commit {})",
-                e.index,
-                e.term,
-                recovery.hard_state.commit
-            );
+    // Its records and some of the zeros reserved after them (all of them would make each copy 1 MiB).
+    let mut full = fs::read(&last).expect("read");
+    full.truncate(records_end(&full) + 4096);
+    fs::write(&last, &full).expect("trim");
+    for cut in 0..=records_end(&full) {
+        for bytes in crash_leftovers(&full, cut) {
+            let copy = tempfile::tempdir().expect("tempdir");
+            copy_dir(original.path(), copy.path());
+            fs::write(copy.path().join(last.file_name().expect("name")), bytes).expect("damage copy");
+            let (_, recovery) = Wal::open(copy.path(), options).expect("a torn tail is accepted");
+            for e in recovery.entries.iter().filter(|e| e.index <= recovery.hard_state.commit) {
+                assert!(
+                    e.index <= 4 || e.term == 3,
+                    "cut at {cut}: entry {} of term {} recovered as committed (commit {})",
+                    e.index,
+                    e.term,
+                    recovery.hard_state.commit
+                );
+            }
         }
     }
+}
+
+// A write into the space reserved ahead, torn by a crash so that a sector in its middle never
+// reached the disk while later ones did, is the end of the log in the last segment (everything
+// before the write is recovered); the same hole in a closed segment is corruption.
+#[test]
+fn a_write_torn_around_a_zero_sector_ends_the_last_segment_but_not_a_closed_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = WalOptions { segment_bytes: 1 << 20, fsync: false };
+    let before: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
+    let big = |i: u64| Entry { index: i, term: 1, data: vec![7; 300], ..Entry::default() };
+    let torn: Vec<Entry> = (6..=12).map(big).collect();
+    let start;
+    {
+        let (mut wal, _) = Wal::open(dir.path(), options).expect("open");
+        wal.append(None, &before).expect("append");
+        start = records_end(&fs::read(&segments(dir.path())[0]).expect("read"));
+        wal.append(None, &torn).expect("the write a crash tears");
+    }
+    let last = segments(dir.path()).remove(0);
+    let mut bytes = fs::read(&last).expect("read");
+    let end = records_end(&bytes);
+    // A whole sector inside the second write, with written sectors after it.
+    let hole = (start / record::SECTOR_BYTES + 1) * record::SECTOR_BYTES;
+    assert!(hole + 2 * record::SECTOR_BYTES < end, "the write spans several sectors");
+    bytes[hole..hole + record::SECTOR_BYTES].fill(0);
+    let (records, damage) = record::scan(&bytes);
+    assert!(matches!(damage, Some(record::Damage::Corrupt { .. })), "valid records follow the hole");
+    fs::write(&last, &bytes).expect("write");
+    let (_, recovery) = Wal::open(dir.path(), options).expect("a torn write in the last segment");
+    let kept = records.iter().filter(|r| r.offset < hole).count() - 2;
+    assert!(kept >= before.len() && kept < before.len() + torn.len(), "{kept} entries kept");
+    assert_eq!(recovery.entries.len(), kept, "everything before the hole, nothing after it");
+    assert_eq!(recovery.entries[..before.len()], before[..]);
+
+    // The same hole in a segment that is no longer the last: refused.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut wal, _) = Wal::open(dir.path(), options).expect("open");
+        wal.append(None, &before).expect("append");
+        wal.append(None, &torn).expect("append");
+    }
+    drop(Wal::open(dir.path(), options).expect("a clean reopen starts the next segment"));
+    let first = segments(dir.path()).remove(0);
+    let mut bytes = fs::read(&first).expect("read");
+    assert_eq!(bytes.len(), end, "cut back to its records once it is not the last");
+    bytes[hole..hole + record::SECTOR_BYTES].fill(0);
+    fs::write(&first, &bytes).expect("write");
+    let err = Wal::open(dir.path(), options).expect_err("a hole in a closed segment");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
 }

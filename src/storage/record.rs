@@ -147,6 +147,30 @@ fn classify_damage(buf: &[u8], offset: usize) -> Damage {
     Damage::TornTail { offset, reason }
 }
 
+/// The unit a disk writes whole or not at all, for telling torn writes apart, in bytes.
+pub const SECTOR_BYTES: usize = 512;
+
+/// Whether damage at `offset` can be a write torn inside space reserved ahead of it.
+///
+/// A log that writes into zeros it reserved earlier can be left, by a crash, with some sectors
+/// of its last write on disk and others still zero. So if, between `offset` and the next valid
+/// record (or the end), a piece cut at sector boundaries is all zeros and at least a record
+/// header long, the damage is taken for such a write (etcd's WAL reads a zero sector inside its
+/// last record the same way). Only the last segment may be read with this rule.
+pub fn torn_into_reserved_space(buf: &[u8], offset: usize) -> bool {
+    let end = (offset + 1..buf.len()).find(|&at| valid_record_at(buf, at).is_some()).unwrap_or(buf.len());
+    let mut start = offset;
+    while start < end {
+        let stop = ((start / SECTOR_BYTES + 1) * SECTOR_BYTES).min(end);
+        let piece = &buf[start..stop];
+        if piece.len() >= HEADER_BYTES && piece.iter().all(|&b| b == 0) {
+            return true;
+        }
+        start = stop;
+    }
+    false
+}
+
 /// Says what is wrong with the record at the start of `rest`.
 fn describe(rest: &[u8]) -> String {
     if rest.len() < HEADER_BYTES {
