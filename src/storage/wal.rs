@@ -394,31 +394,33 @@ impl Wal {
     /// system that cannot reserve space is simply written to (the file grows with each write).
     fn reserve(&mut self, end: u64) -> Result<()> {
         let ahead = self.active_bytes.saturating_add(PREALLOCATE_BYTES).min(self.options.segment_bytes);
-        let mut targets = vec![end.max(ahead)];
         if ahead > end {
-            targets.push(end);
+            if allocate(&self.active_file, self.allocated, ahead - self.allocated).is_ok() {
+                self.allocated = ahead;
+                return Ok(());
+            }
+            // No room (or a file-size limit) for the chunk: whatever part of it was reserved is
+            // given back, and just this write is tried.
+            let _ = self.active_file.set_len(self.allocated);
         }
-        for target in targets {
-            match allocate(&self.active_file, self.allocated, target - self.allocated) {
-                Ok(()) => {
-                    self.allocated = target;
-                    return Ok(());
-                }
-                Err(e) if is_disk_full(&e) => {
-                    // Whatever part was reserved is given back: the file ends where it did.
-                    let _ = self.active_file.set_len(self.allocated);
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                    self.preallocating = false;
-                    return Ok(());
-                }
-                Err(e) => {
-                    self.poisoned = true;
-                    return Err(io_err("allocate", &self.active.path)(e));
-                }
+        match allocate(&self.active_file, self.allocated, end - self.allocated) {
+            Ok(()) => {
+                self.allocated = end;
+                Ok(())
+            }
+            Err(e) if is_disk_full(&e) => {
+                let _ = self.active_file.set_len(self.allocated);
+                Err(StorageError::DiskFull { path: self.active.path.clone() })
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                self.preallocating = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(io_err("allocate", &self.active.path)(e))
             }
         }
-        Err(StorageError::DiskFull { path: self.active.path.clone() })
     }
 
     /// Closes the active segment and starts the next one with the current hard state and marker.
