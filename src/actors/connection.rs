@@ -34,7 +34,7 @@ pub const MAX_INFLIGHT_REQUESTS: usize = 1024;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Read buffer taken when a request starts arriving (a connection with nothing buffered holds
 /// none, so an idle connection costs only its actor and socket).
-const IDLE_READ_BUFFER_BYTES: usize = 4 * 1024;
+const FIRST_READ_BYTES: usize = 4 * 1024;
 /// Bytes of replies one connection may hold unwritten (produced, not yet taken by the socket)
 /// before it is closed, as Redis's client-output-buffer-limit does for a client that does not read.
 pub const MAX_REPLY_BUFFER_BYTES: usize = 256 * 1024 * 1024;
@@ -678,11 +678,11 @@ async fn read_loop(
             buf.drain(..start);
         }
         if buf.is_empty() {
+            // Drained: let the buffer go; `read_some` takes one when bytes arrive.
             buf = Vec::new();
-        }
-        if buf.len() == buf.capacity() && !buf.is_empty() {
+        } else if buf.len() == buf.capacity() {
             // Full of a request still incomplete: room for one more read, doubling up to a chunk.
-            buf.reserve(buf.len().clamp(IDLE_READ_BUFFER_BYTES, READ_CHUNK_BYTES));
+            buf.reserve(buf.len().clamp(FIRST_READ_BYTES, READ_CHUNK_BYTES));
         }
         let read = match idle_timeout {
             None => read_some(&mut reader, &mut buf).await,
@@ -709,17 +709,17 @@ async fn read_loop(
     }
 }
 
-/// Writes what the connection could not write at once, in order; the socket's write side shuts
-/// when the last holder of `writer` (this task or the connection) lets go.
 /// Reads what the socket has into `buf`, taking a buffer only once there is something to read.
 async fn read_some(reader: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     if buf.capacity() == 0 {
         reader.readable().await?;
-        buf.reserve(IDLE_READ_BUFFER_BYTES);
+        buf.reserve(FIRST_READ_BYTES);
     }
     reader.read_buf(buf).await
 }
 
+/// Writes what the connection could not write at once, in order; the socket's write side shuts
+/// when the last holder of `writer` (this task or the connection) lets go.
 async fn write_loop(
     writer: Rc<OwnedWriteHalf>,
     mut jobs: mpsc::UnboundedReceiver<WriteJob>,

@@ -394,24 +394,13 @@ impl Wal {
     /// system that cannot reserve space is simply written to (the file grows with each write).
     fn reserve(&mut self, end: u64) -> Result<()> {
         let ahead = self.active_bytes.saturating_add(PREALLOCATE_BYTES).min(self.options.segment_bytes);
-        if ahead > end {
-            if allocate(&self.active_file, self.allocated, ahead - self.allocated).is_ok() {
-                self.allocated = ahead;
-                return Ok(());
-            }
-            // No room (or a file-size limit) for the chunk: whatever part of it was reserved is
-            // given back, and just this write is tried.
-            let _ = self.active_file.set_len(self.allocated);
+        // No room (or a file-size limit) for a chunk ahead: just this write is tried.
+        if ahead > end && self.allocate_to(ahead).is_ok() {
+            return Ok(());
         }
-        match allocate(&self.active_file, self.allocated, end - self.allocated) {
-            Ok(()) => {
-                self.allocated = end;
-                Ok(())
-            }
-            Err(e) if is_disk_full(&e) => {
-                let _ = self.active_file.set_len(self.allocated);
-                Err(StorageError::DiskFull { path: self.active.path.clone() })
-            }
+        match self.allocate_to(end) {
+            Ok(()) => Ok(()),
+            Err(e) if is_disk_full(&e) => Err(StorageError::DiskFull { path: self.active.path.clone() }),
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 self.preallocating = false;
                 Ok(())
@@ -423,18 +412,26 @@ impl Wal {
         }
     }
 
+    /// Grows the active segment's reserved space to `target` bytes, or leaves it as it was.
+    fn allocate_to(&mut self, target: u64) -> std::io::Result<()> {
+        match allocate(&self.active_file, self.allocated, target - self.allocated) {
+            Ok(()) => {
+                self.allocated = target;
+                Ok(())
+            }
+            Err(e) => {
+                // Whatever part was reserved is given back: the file ends where it did.
+                let _ = self.active_file.set_len(self.allocated);
+                Err(e)
+            }
+        }
+    }
+
     /// Closes the active segment and starts the next one with the current hard state and marker.
     fn roll(&mut self) -> Result<()> {
         if self.allocated > self.active_bytes {
             // A closed segment ends at its last record: replay takes zeros only at the very end.
-            let cut = self.active_file.set_len(self.active_bytes).and_then(|()| {
-                if self.options.fsync {
-                    self.active_file.sync_all()
-                } else {
-                    Ok(())
-                }
-            });
-            if let Err(e) = cut {
+            if let Err(e) = truncate(&self.active_file, self.active_bytes, self.options.fsync) {
                 self.poisoned = true;
                 return Err(io_err("truncate", &self.active.path)(e));
             }
@@ -521,14 +518,19 @@ fn create_segment(dir: &Path, seq: u64, head: &[u8], fsync: bool) -> Result<(Seg
     Ok((Segment { seq, path, max_index: None }, file, head.len() as u64))
 }
 
-/// Cuts the file at `path` to `len` bytes, durably if `fsync`.
-fn truncate_to(path: &Path, len: u64, fsync: bool) -> Result<()> {
-    let file = OpenOptions::new().write(true).open(path).map_err(io_err("open", path))?;
-    file.set_len(len).map_err(io_err("truncate", path))?;
+/// Cuts `file` to `len` bytes, durably if `fsync`.
+fn truncate(file: &File, len: u64, fsync: bool) -> std::io::Result<()> {
+    file.set_len(len)?;
     if fsync {
-        file.sync_all().map_err(io_err("fsync", path))?;
+        file.sync_all()?;
     }
     Ok(())
+}
+
+/// Cuts the file at `path` to `len` bytes, durably if `fsync`.
+fn truncate_at(path: &Path, len: u64, fsync: bool) -> Result<()> {
+    let file = OpenOptions::new().write(true).open(path).map_err(io_err("open", path))?;
+    truncate(&file, len, fsync).map_err(io_err("truncate", path))
 }
 
 /// Reserves `len` bytes of `file` from `offset` (zeros, counted in its size).
@@ -700,7 +702,7 @@ impl Replay {
                     path.display(),
                     buf.len() - offset
                 );
-                truncate_to(&path, offset as u64, fsync)?;
+                truncate_at(&path, offset as u64, fsync)?;
             }
             Some(Damage::TornTail { offset, reason }) if is_last => {
                 // Cut off either way: this segment is not the last one after this open.
@@ -718,7 +720,7 @@ impl Replay {
                         buf.len() - offset
                     );
                 }
-                truncate_to(&path, offset as u64, fsync)?;
+                truncate_at(&path, offset as u64, fsync)?;
             }
             Some(Damage::TornTail { offset, reason } | Damage::Corrupt { offset, reason }) => {
                 return Err(StorageError::Corrupt { path, offset: offset as u64, reason });
