@@ -6,12 +6,13 @@
 #
 # Prints loadgen's JSON line (p99.9 and max are the stall figures), the leader's RSS and key
 # count, and the snapshot lines of the leader's log. LOADGEN as in leader_cpu_probe.sh.
+# EXTRA adds server flags (EXTRA="--snapshot-threshold 100000000000" for a run without snapshots).
 BIN=$1; SECS=${2:-45}
 pkill -f "cluster-name stalltest"; sleep 0.5
 for i in 1 2 3; do rm -rf /tmp/prof/s$i; mkdir -p /tmp/prof/s$i
   nohup $BIN --id $i --client-addr 127.0.0.1:$((36380+i)) --peer-addr 127.0.0.1:$((37380+i)) \
    --peers 1=127.0.0.1:37381,2=127.0.0.1:37382,3=127.0.0.1:37383 --data-dir /tmp/prof/s$i/data \
-   --cluster-name stalltest > /tmp/prof/slog$i 2>&1 &
+   --cluster-name stalltest $EXTRA > /tmp/prof/slog$i 2>&1 &
 done
 LEADER=""
 for t in $(seq 1 100); do

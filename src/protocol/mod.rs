@@ -1,5 +1,6 @@
 //! Pure logic: no I/O, no clock, no threads, no runtime.
 
+pub mod chunked;
 pub mod codec;
 pub mod command;
 pub mod command_table;

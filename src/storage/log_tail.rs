@@ -2,8 +2,8 @@
 //! replay, the live WAL and its in-memory twin, so all three decide alike.
 
 use super::error::{Result, StorageError};
+use crate::protocol::chunked::ChunkedDeque;
 use crate::protocol::raft::{Entry, SnapshotMeta};
-use std::collections::VecDeque;
 
 /// Checks that `entries` are consecutive and that the first follows or overwrites a log holding
 /// `first..=last` (`last = first - 1` when empty).
@@ -32,15 +32,15 @@ pub(crate) struct Slot<T> {
 pub(crate) struct Tail<T> {
     /// Index of `slots[0]` (when empty: the index the next entry would get, if known).
     pub(crate) base: u64,
-    /// Consecutive entries from `base`.
-    pub(crate) slots: VecDeque<Slot<T>>,
+    /// Consecutive entries from `base` (in chunks: a million of them never move to grow).
+    pub(crate) slots: ChunkedDeque<Slot<T>>,
     /// Sum of `slots[..].bytes`.
     pub(crate) bytes: u64,
 }
 
 impl<T> Tail<T> {
     pub(crate) fn new(base: u64) -> Self {
-        Tail { base, slots: VecDeque::new(), bytes: 0 }
+        Tail { base, slots: ChunkedDeque::default(), bytes: 0 }
     }
 
     pub(crate) fn last(&self) -> Option<u64> {
@@ -55,11 +55,8 @@ impl<T> Tail<T> {
     /// Drops every entry at `index` and above.
     pub(crate) fn truncate_from(&mut self, index: u64) {
         let keep = index.saturating_sub(self.base) as usize;
-        while self.slots.len() > keep {
-            if let Some(slot) = self.slots.pop_back() {
-                self.bytes -= slot.bytes;
-            }
-        }
+        self.bytes -= self.slots.iter_from(keep).map(|slot| slot.bytes).sum::<u64>();
+        self.slots.truncate(keep);
     }
 
     /// Adds an entry; one at an index already present replaces it and everything after it.
@@ -97,11 +94,11 @@ impl<T> Tail<T> {
             _ => false,
         };
         if keeps_suffix {
-            while self.base <= meta.index {
-                if let Some(slot) = self.slots.pop_front() {
-                    self.bytes -= slot.bytes;
-                }
-                self.base += 1;
+            if meta.index >= self.base {
+                let dropped = (meta.index + 1 - self.base) as usize;
+                self.bytes -= self.slots.range(0, dropped).map(|slot| slot.bytes).sum::<u64>();
+                self.slots.drop_front(dropped);
+                self.base = meta.index + 1;
             }
         } else {
             self.truncate_from(self.base);

@@ -800,7 +800,7 @@ impl Replay {
                     ),
                 });
             }
-            entries.extend(tail.slots.into_iter().map(|slot| slot.value));
+            entries.extend(tail.slots.into_items().map(|slot| slot.value));
         }
         Ok(WalRecovery { hard_state: self.hard_state, snapshot: self.snapshot, entries })
     }

@@ -1145,7 +1145,7 @@ impl RaftCore {
             || self.membership_changed
             || self.vote_changed()
             || self.pending_snapshot.is_some()
-            || !self.log.unstable_entries().is_empty()
+            || self.log.has_unstable_entries()
             || !self.messages.is_empty()
             || !self.released.is_empty()
             || (leader && self.broadcast_wanted)
@@ -1184,7 +1184,7 @@ impl RaftCore {
         });
 
         let snapshot = self.pending_snapshot.take();
-        let entries = self.log.unstable_entries().to_vec();
+        let entries: Vec<Entry> = self.log.unstable_entries().cloned().collect();
         self.log.persisting_to_last();
         let writes_log = snapshot.is_some() || !entries.is_empty();
         let hs = self.hard_state();

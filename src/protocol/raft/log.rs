@@ -10,6 +10,7 @@
 //! before a quorum has them.
 
 use super::message::{Entry, SnapshotMeta};
+use crate::protocol::chunked::ChunkedDeque;
 
 /// The log held by one Raft node.
 #[derive(Debug, Clone)]
@@ -17,7 +18,7 @@ pub struct RaftLog {
     /// The compacted prefix: every index <= `snapshot.index` lives only in the snapshot.
     snapshot: SnapshotMeta,
     /// Consecutive entries from `snapshot.index + 1`.
-    entries: Vec<Entry>,
+    entries: ChunkedDeque<Entry>,
     /// Highest index confirmed on stable storage. <= persisting.
     stabled: u64,
     /// Highest index handed to stable storage (written or being written). <= last_index().
@@ -50,7 +51,7 @@ impl RaftLog {
         let uncommitted_bytes = entries.iter().filter(|e| e.index > committed).map(Entry::size_bytes).sum();
         RaftLog {
             snapshot,
-            entries,
+            entries: ChunkedDeque::from_vec(entries),
             stabled: last,
             persisting: last,
             committed,
@@ -108,7 +109,7 @@ impl RaftLog {
         if index < self.snapshot.index || index > self.last_index() {
             return None;
         }
-        Some(self.entries[(index - self.snapshot.index - 1) as usize].term)
+        self.entries.get((index - self.snapshot.index - 1) as usize).map(|e| e.term)
     }
 
     /// True if the entry at `index` exists and has `term` (Raft §5.3 log matching).
@@ -145,7 +146,7 @@ impl RaftLog {
         let mut out = Vec::new();
         let mut bytes = 0;
         let start = (from - self.snapshot.index - 1) as usize;
-        for entry in self.entries.iter().skip(start) {
+        for entry in self.entries.iter_from(start) {
             bytes += entry.size_bytes();
             if !out.is_empty() && bytes > max_bytes {
                 break;
@@ -172,7 +173,7 @@ impl RaftLog {
             );
             let keep = (entry.index - self.snapshot.index - 1) as usize;
             // Everything dropped lies past the commit mark (asserted above).
-            let dropped = self.entries[keep..].iter().map(Entry::size_bytes).sum::<usize>();
+            let dropped = self.entries.iter_from(keep).map(Entry::size_bytes).sum::<usize>();
             self.entries_bytes -= dropped;
             self.uncommitted_bytes -= dropped;
             self.entries.truncate(keep);
@@ -180,15 +181,24 @@ impl RaftLog {
             self.persisting = self.persisting.min(entry.index - 1);
             self.entries_bytes += entry.size_bytes();
             self.uncommitted_bytes += entry.size_bytes();
-            self.entries.push(entry.clone());
+            self.entries.push_back(entry.clone());
         }
         self.last_index()
     }
 
     /// Entries not yet handed to stable storage.
-    pub fn unstable_entries(&self) -> &[Entry] {
-        let start = (self.persisting.max(self.snapshot.index) - self.snapshot.index) as usize;
-        &self.entries[start..]
+    pub fn unstable_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter_from(self.unstable_from())
+    }
+
+    /// Some entry has not been handed to stable storage yet.
+    pub fn has_unstable_entries(&self) -> bool {
+        self.unstable_from() < self.entries.len()
+    }
+
+    /// Position in `entries` of the first entry not handed to storage.
+    fn unstable_from(&self) -> usize {
+        (self.persisting.max(self.snapshot.index) - self.snapshot.index) as usize
     }
 
     /// Records that every entry up to the last one is being written to stable storage.
@@ -227,7 +237,7 @@ impl RaftLog {
         if index > self.committed {
             let from = (self.committed.max(self.snapshot.index) - self.snapshot.index) as usize;
             let to = (index - self.snapshot.index) as usize;
-            self.uncommitted_bytes -= self.entries[from..to].iter().map(Entry::size_bytes).sum::<usize>();
+            self.uncommitted_bytes -= self.entries.range(from, to).map(Entry::size_bytes).sum::<usize>();
             self.committed = index;
             return true;
         }
@@ -272,8 +282,9 @@ impl RaftLog {
         // Applied entries were handed to storage in the Ready that handed them out, or earlier.
         assert!(index <= self.persisting, "compacting {index} past what storage was given");
         let Some(term) = self.term(index) else { return };
-        let dropped: usize =
-            self.entries.drain(..(index - self.snapshot.index) as usize).map(|e| e.size_bytes()).sum();
+        let count = (index - self.snapshot.index) as usize;
+        let dropped: usize = self.entries.range(0, count).map(Entry::size_bytes).sum();
+        self.entries.drop_front(count);
         self.entries_bytes -= dropped;
         self.snapshot = SnapshotMeta { index, term };
     }
@@ -307,9 +318,9 @@ mod tests {
         assert_eq!(log.last_index(), 5);
         assert_eq!(log.term(4), Some(3));
         assert_eq!(log.stabled(), 3);
-        assert_eq!(log.unstable_entries().len(), 2);
+        assert_eq!(log.unstable_entries().count(), 2);
         log.persisting_to_last();
-        assert!(log.unstable_entries().is_empty(), "handed to storage, not yet durable");
+        assert!(!log.has_unstable_entries(), "handed to storage, not yet durable");
         // A stale acknowledgement for the old entry 4 (term 2) does not mark the new one stable.
         log.stable_to(4, 2);
         assert_eq!(log.stabled(), 3);
