@@ -83,3 +83,45 @@ fn saving_an_older_snapshot_keeps_the_newer_one() {
     store.save(SnapshotMeta { index: 50, term: 3 }, b"next").expect("save");
     assert_eq!(snapshot_files(dir.path()).len(), 1);
 }
+
+#[test]
+fn a_streamed_image_makes_the_same_file_as_a_whole_one_and_a_failed_one_leaves_none() {
+    let image: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let meta = SnapshotMeta { index: 9, term: 2 };
+    let whole_dir = tempfile::tempdir().expect("tempdir");
+    let whole = SnapshotStore::open(whole_dir.path()).expect("open");
+    let whole_path = whole.save(meta, &image).expect("save");
+    let streamed_dir = tempfile::tempdir().expect("tempdir");
+    let streamed = SnapshotStore::open(streamed_dir.path()).expect("open");
+    // Pieces of uneven sizes, some bigger than the writer's buffer.
+    let len = streamed
+        .save_streaming(meta, |file| {
+            let mut rest = &image[..];
+            for size in [1, 7, 2_000_000, 65_536].into_iter().cycle() {
+                if rest.is_empty() {
+                    return Ok(());
+                }
+                let (piece, after) = rest.split_at(size.min(rest.len()));
+                file.write(piece)?;
+                rest = after;
+            }
+            Ok(())
+        })
+        .expect("save streaming");
+    assert_eq!(len, image.len() as u64);
+    let streamed_path = streamed.latest_path().expect("latest").expect("some").path;
+    assert_eq!(fs::read(&streamed_path).expect("read"), fs::read(&whole_path).expect("read"), "same bytes");
+    assert_eq!(streamed.load_latest().expect("load"), Some((meta, image.clone())));
+
+    // A write that fails midway leaves the older snapshot alone and no file of its own.
+    let failed = streamed.save_streaming(SnapshotMeta { index: 20, term: 2 }, |file| {
+        file.write(&image[..1000])?;
+        Err(StorageError::BadImage("encoding failed".into()))
+    });
+    assert!(failed.is_err());
+    assert_eq!(
+        snapshot_files(streamed_dir.path()),
+        vec![streamed_path.file_name().expect("name").to_string_lossy().into_owned()]
+    );
+    assert_eq!(streamed.load_latest().expect("load").map(|(m, _)| m), Some(meta));
+}

@@ -80,9 +80,9 @@ pub struct ServeRead {
 #[rtype(result = "()")]
 pub struct TermChanged(pub u64);
 
-/// Take a snapshot of the state at the applied index; answered once it is durable on disk.
+/// Take a snapshot of the state at the applied index; answered with its position once it is durable on disk.
 #[derive(Message)]
-#[rtype(result = "Result<SavedSnapshot, String>")]
+#[rtype(result = "Result<SnapshotMeta, String>")]
 pub struct TakeSnapshot;
 
 /// Replace the state with a snapshot received from the leader (already durable).
@@ -320,7 +320,7 @@ impl Handler<ApplyEntries> for Applier {
 }
 
 impl Handler<TakeSnapshot> for Applier {
-    type Result = ResponseFuture<Result<SavedSnapshot, String>>;
+    type Result = ResponseFuture<Result<SnapshotMeta, String>>;
 
     fn handle(&mut self, _msg: TakeSnapshot, _ctx: &mut Self::Context) -> Self::Result {
         let meta = SnapshotMeta { index: self.state.applied_index(), term: self.applied_term };
@@ -332,7 +332,7 @@ impl Handler<TakeSnapshot> for Applier {
                 return Err("nothing applied yet".to_string());
             }
             match save.await {
-                Ok(Ok(saved)) => Ok(saved),
+                Ok(Ok(_len)) => Ok(meta),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(e.to_string()),
             }

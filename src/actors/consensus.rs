@@ -714,21 +714,19 @@ impl Consensus {
             act.snapshotting = false;
             match result {
                 // Overtaken by a snapshot received meanwhile (the file store keeps that one).
-                Ok(Ok(saved)) if saved.meta.index <= act.core.log().snapshot_meta().index => {
+                Ok(Ok(meta)) if meta.index <= act.core.log().snapshot_meta().index => {
                     log::info!(
                         "replica {}: snapshot at index {} superseded by one at {}",
                         act.core.id(),
-                        saved.meta.index,
+                        meta.index,
                         act.core.log().snapshot_meta().index
                     );
                 }
-                Ok(Ok(saved)) => {
-                    let meta = saved.meta;
+                Ok(Ok(meta)) => {
                     act.status.metrics.snapshots_taken.inc();
-                    // Kept only while a transfer may want it; otherwise loaded from disk when a
-                    // follower falls behind it (rare), rather than holding a copy of the state.
-                    act.latest_snapshot = Some(saved);
-                    act.release_image_if_idle();
+                    // The image went straight to its file; a follower that falls behind it (rare)
+                    // gets it loaded from there. An older one kept for a transfer is let go.
+                    act.latest_snapshot = None;
                     act.core.compact(meta.index);
                     // Ordered after every write handed out before it, which holds the entries it covers.
                     let persist = Persist { compact: Some(meta), hard_state: None, entries: Vec::new() };

@@ -4,9 +4,10 @@
 //! [data: len bytes][crc32 u32 of everything before it]`, named `snap-{index:020}-{term:020}.snap`.
 
 use super::error::{io_err, Result, StorageError};
-use super::wal::write_atomically;
 use crate::protocol::raft::SnapshotMeta;
 use std::fs;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 8] = *b"QKVSNAP\0";
@@ -53,20 +54,37 @@ impl SnapshotStore {
     /// the leader at a later index, and deleting that one would leave the log compacted past
     /// the newest image (a replica that then refuses to restart).
     pub fn save(&self, meta: SnapshotMeta, data: &[u8]) -> Result<PathBuf> {
-        let name = file_name(meta);
-        let path = self.dir.join(&name);
-        let temp = self.dir.join(format!("{name}.tmp"));
-        let head = header(meta, data.len() as u64);
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&head);
-        hasher.update(data);
-        write_atomically(&path, &temp, &[&head, data, &hasher.finalize().to_le_bytes()])?;
+        let path = self.dir.join(file_name(meta));
+        let mut writer = SnapshotFileWriter::create(&path, meta, data.len() as u64)?;
+        writer.write(data)?;
+        writer.finish()?;
+        self.remove_older(meta)?;
+        Ok(path)
+    }
+
+    /// Like [`save`](Self::save), with the image written by `write` piece by piece straight to
+    /// the file (never whole in memory); returns the image's length.
+    pub fn save_streaming(
+        &self,
+        meta: SnapshotMeta,
+        write: impl FnOnce(&mut SnapshotFileWriter) -> Result<()>,
+    ) -> Result<u64> {
+        let mut writer = SnapshotFileWriter::create_unsized(&self.dir.join(file_name(meta)), meta)?;
+        write(&mut writer)?;
+        let len = writer.written;
+        writer.finish()?;
+        self.remove_older(meta)?;
+        Ok(len)
+    }
+
+    /// Removes every snapshot file older than `meta`.
+    fn remove_older(&self, meta: SnapshotMeta) -> Result<()> {
         for old in self.list()? {
             if (old.meta.index, old.meta.term) < (meta.index, meta.term) {
                 fs::remove_file(&old.path).map_err(io_err("remove", &old.path))?;
             }
         }
-        Ok(path)
+        Ok(())
     }
 
     /// The newest snapshot, checked; `None` if there is none. Leftover temp files are removed.
@@ -126,22 +144,37 @@ pub fn write_snapshot_file(path: &Path, meta: SnapshotMeta, data: &[u8]) -> Resu
     writer.finish()
 }
 
-/// A standalone snapshot file being written piece by piece (a download), with the same layout
-/// and durability as [`write_snapshot_file`]: nothing is under `path` until
-/// [`finish`](Self::finish), and a writer dropped unfinished removes its temp file.
+/// A snapshot file being written piece by piece (a download, or an image streamed from the
+/// state), with the same layout and durability as [`write_snapshot_file`]: nothing is under
+/// `path` until [`finish`](Self::finish), and a writer dropped unfinished removes its temp file.
 pub struct SnapshotFileWriter {
     path: PathBuf,
     temp: PathBuf,
-    file: fs::File,
+    file: BufWriter<fs::File>,
+    meta: SnapshotMeta,
+    /// Checksum of the image bytes so far (the header's is added at the end, when it is final).
     hasher: crc32fast::Hasher,
-    expected: u64,
+    /// The announced length, if it was known up front.
+    expected: Option<u64>,
     written: u64,
     finished: bool,
 }
 
+/// How much of an image is gathered before it goes to the file.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+
 impl SnapshotFileWriter {
     /// Starts the file for an image at `meta` of exactly `len` bytes.
     pub fn create(path: &Path, meta: SnapshotMeta, len: u64) -> Result<SnapshotFileWriter> {
+        SnapshotFileWriter::start(path, meta, Some(len))
+    }
+
+    /// Starts the file for an image at `meta` whose length is known only at the end.
+    pub fn create_unsized(path: &Path, meta: SnapshotMeta) -> Result<SnapshotFileWriter> {
+        SnapshotFileWriter::start(path, meta, None)
+    }
+
+    fn start(path: &Path, meta: SnapshotMeta, expected: Option<u64>) -> Result<SnapshotFileWriter> {
         let mut temp = path.as_os_str().to_owned();
         temp.push(".tmp");
         let temp = PathBuf::from(temp);
@@ -149,20 +182,23 @@ impl SnapshotFileWriter {
         let mut writer = SnapshotFileWriter {
             path: path.to_path_buf(),
             temp,
-            file,
+            file: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+            meta,
             hasher: crc32fast::Hasher::new(),
-            expected: len,
+            expected,
             written: 0,
             finished: false,
         };
-        let head = header(meta, len);
-        writer.put(&head)?;
+        // Rewritten by `finish` when the length was not known.
+        let head = header(meta, expected.unwrap_or(0));
+        writer.file.write_all(&head).map_err(io_err("write", &writer.temp))?;
         Ok(writer)
     }
 
     /// Appends the next bytes of the image.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.put(bytes)?;
+        self.file.write_all(bytes).map_err(io_err("write", &self.temp))?;
+        self.hasher.update(bytes);
         self.written += bytes.len() as u64;
         Ok(())
     }
@@ -170,29 +206,30 @@ impl SnapshotFileWriter {
     /// Ends the file: checksum, fsync, rename into place, directory fsync. Fails (removing the
     /// temp file) if the image was not exactly the announced length.
     pub fn finish(mut self) -> Result<()> {
-        if self.written != self.expected {
+        if self.expected.is_some_and(|len| len != self.written) {
             return Err(StorageError::Corrupt {
                 path: self.path.clone(),
                 offset: self.written,
-                reason: format!("image of {} bytes, {} announced", self.written, self.expected),
+                reason: format!("image of {} bytes, {} announced", self.written, self.expected.unwrap_or(0)),
             });
         }
-        let crc = self.hasher.clone().finalize().to_le_bytes();
-        std::io::Write::write_all(&mut self.file, &crc).map_err(io_err("write", &self.temp))?;
-        self.file.sync_all().map_err(io_err("fsync", &self.temp))?;
+        let head = header(self.meta, self.written);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
+        crc.combine(&self.hasher);
+        self.file.write_all(&crc.finalize().to_le_bytes()).map_err(io_err("write", &self.temp))?;
+        self.file.flush().map_err(io_err("write", &self.temp))?;
+        let file = self.file.get_ref();
+        if self.expected.is_none() {
+            file.write_all_at(&head, 0).map_err(io_err("write", &self.temp))?;
+        }
+        file.sync_all().map_err(io_err("fsync", &self.temp))?;
         fs::rename(&self.temp, &self.path).map_err(io_err("rename", &self.temp))?;
         self.finished = true;
         match self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             Some(dir) => super::wal::sync_dir(dir),
             None => Ok(()),
         }
-    }
-
-    /// Writes `bytes` to the temp file and into the checksum.
-    fn put(&mut self, bytes: &[u8]) -> Result<()> {
-        std::io::Write::write_all(&mut self.file, bytes).map_err(io_err("write", &self.temp))?;
-        self.hasher.update(bytes);
-        Ok(())
     }
 }
 

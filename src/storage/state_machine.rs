@@ -231,19 +231,29 @@ impl StateMachine {
 
     /// An image of the whole state: engine, sessions and applied index.
     pub fn snapshot(&self) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
+        let mut image = Vec::new();
+        self.write_image(&mut |bytes| {
+            image.extend_from_slice(bytes);
+            Ok(())
+        })?;
+        Ok(image)
+    }
+
+    /// The same image as [`snapshot`](Self::snapshot), handed to `out` part by part (each a few
+    /// MB at most), so it can go to a file without ever being whole in memory.
+    pub fn write_image(&self, out: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let max_sessions = self.sessions.max_sessions() as u64;
         push_part(
-            &mut out,
+            out,
             &ImagePart::Header {
                 format_version: IMAGE_FORMAT_VERSION,
                 applied_index: self.applied_index,
                 max_sessions,
             },
         )?;
-        push_part(&mut out, &ImagePart::Membership(self.membership.clone()))?;
+        push_part(out, &ImagePart::Membership(self.membership.clone()))?;
         let clock = ImagePart::Clock { clock_ms: self.clock_ms, last_removal_index: self.last_removal_index };
-        push_part(&mut out, &clock)?;
+        push_part(out, &clock)?;
         let mut pair_count = 0u64;
         for (cf, map) in ColumnFamily::ALL.into_iter().zip(self.engine.families()) {
             let mut keys = Vec::new();
@@ -253,21 +263,20 @@ impl StateMachine {
                 keys.push((k.clone(), v.clone()));
                 pair_count += 1;
                 if bytes >= IMAGE_PART_BYTES {
-                    push_part(&mut out, &ImagePart::Keys { cf, keys: std::mem::take(&mut keys) })?;
+                    push_part(out, &ImagePart::Keys { cf, keys: std::mem::take(&mut keys) })?;
                     bytes = 0;
                 }
             }
             if !keys.is_empty() {
-                push_part(&mut out, &ImagePart::Keys { cf, keys })?;
+                push_part(out, &ImagePart::Keys { cf, keys })?;
             }
         }
         let sessions: Vec<(u64, Session)> =
             self.sessions.sessions().iter().map(|(c, s)| (*c, s.clone())).collect();
         for chunk in sessions.chunks(IMAGE_PART_SESSIONS) {
-            push_part(&mut out, &ImagePart::Sessions(chunk.to_vec()))?;
+            push_part(out, &ImagePart::Sessions(chunk.to_vec()))?;
         }
-        push_part(&mut out, &ImagePart::End { pairs: pair_count, sessions: sessions.len() as u64 })?;
-        Ok(out)
+        push_part(out, &ImagePart::End { pairs: pair_count, sessions: sessions.len() as u64 })
     }
 
     /// Rebuilds a state machine from an image made by [`snapshot`](Self::snapshot).
@@ -361,11 +370,10 @@ impl StateMachine {
     }
 }
 
-fn push_part(out: &mut Vec<u8>, part: &ImagePart) -> Result<()> {
+fn push_part(out: &mut dyn FnMut(&[u8]) -> Result<()>, part: &ImagePart) -> Result<()> {
     let bytes = codec::encode(part)?;
-    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-    out.extend_from_slice(&bytes);
-    Ok(())
+    out(&(bytes.len() as u64).to_le_bytes())?;
+    out(&bytes)
 }
 
 /// Reads image parts one by one.
