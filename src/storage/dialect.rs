@@ -2,7 +2,7 @@
 //! time from replicated state only (the entry's index and its leader-stamped clock), so every
 //! replica answers alike.
 
-use super::engine::{KvEngine, Stored, WriteBatch};
+use super::engine::{KvEngine, SharedBytes, Stored, WriteBatch};
 use crate::protocol::command::{
     ColumnFamily, Command, CommandResult, ExpireCondition, ExpireTime, Expiry, SetCondition, SetReply,
 };
@@ -82,17 +82,17 @@ fn raw_scan<'e>(
 
 /// Answers a read-only command against `engine` at time `now_ms`; a write is refused.
 pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> CommandResult {
-    let value_of = |key: &[u8]| live(engine, DEFAULT, key, now_ms).map(|s| s.value.clone());
+    let value_of = |key: &[u8]| live(engine, DEFAULT, key, now_ms).map(|s| s.value.to_vec());
     match command {
         Command::Get { cf, key } => {
-            CommandResult::Value(live(engine, *cf, key, now_ms).map(|s| s.value.clone()))
+            CommandResult::Value(live(engine, *cf, key, now_ms).map(|s| s.value.to_vec()))
         }
         Command::Exists { keys } | Command::Touch { keys } => CommandResult::Integer(
             keys.iter().filter(|k| live(engine, DEFAULT, k, now_ms).is_some()).count() as i64,
         ),
         Command::Scan { cf, start, limit } => CommandResult::Pairs(
             raw_scan(engine, now_ms, *cf, start, *limit)
-                .map(|(k, s)| (k.to_vec(), s.value.clone()))
+                .map(|(k, s)| (k.to_vec(), s.value.to_vec()))
                 .collect(),
         ),
         Command::MGet { keys } => {
@@ -168,7 +168,7 @@ pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> Command
         }
         Command::GetVer { key } => match live(engine, DEFAULT, key, now_ms) {
             Some(s) => CommandResult::Array(vec![
-                CommandResult::Value(Some(s.value.clone())),
+                CommandResult::Value(Some(s.value.to_vec())),
                 CommandResult::Integer(i64::try_from(s.version).unwrap_or(i64::MAX)),
             ]),
             None => CommandResult::Value(None),
@@ -200,7 +200,13 @@ impl Applying<'_> {
         live(self.engine, DEFAULT, key, self.now_ms)
     }
 
-    fn put(&mut self, cf: ColumnFamily, key: &[u8], value: Vec<u8>, expire_at_ms: Option<u64>) {
+    fn put(
+        &mut self,
+        cf: ColumnFamily,
+        key: &[u8],
+        value: impl Into<SharedBytes>,
+        expire_at_ms: Option<u64>,
+    ) {
         let mut stored = Stored::new(value, self.index);
         stored.expire_at_ms = expire_at_ms;
         let mut batch = WriteBatch::new();
@@ -256,7 +262,7 @@ impl Applying<'_> {
                 self.set(key, value, *condition, *expiry, *reply)
             }
             Command::GetDel { key } => {
-                let old = self.live(key).map(|s| s.value.clone());
+                let old = self.live(key).map(|s| s.value.to_vec());
                 // An expired key goes too, as Redis deletes it on access.
                 self.remove(DEFAULT, std::slice::from_ref(key));
                 CommandResult::Value(old)
@@ -264,10 +270,10 @@ impl Applying<'_> {
             Command::GetEx { key, expiry } => {
                 let Some(old) = self.live(key).cloned() else { return CommandResult::Value(None) };
                 let expire_at_ms = match expiry {
-                    Expiry::Keep => return CommandResult::Value(Some(old.value)),
+                    Expiry::Keep => return CommandResult::Value(Some(old.value.to_vec())),
                     // PERSIST of a key without a time to live changes nothing (no new version).
                     Expiry::Clear if old.expire_at_ms.is_none() => {
-                        return CommandResult::Value(Some(old.value))
+                        return CommandResult::Value(Some(old.value.to_vec()))
                     }
                     Expiry::Clear => None,
                     Expiry::AfterMs(ms) => Some(self.now_ms.saturating_add(*ms)),
@@ -279,7 +285,7 @@ impl Applying<'_> {
                 } else {
                     self.put(DEFAULT, key, old.value.clone(), expire_at_ms);
                 }
-                CommandResult::Value(Some(old.value))
+                CommandResult::Value(Some(old.value.to_vec()))
             }
             Command::MSet { pairs, only_if_none_exist } => {
                 if *only_if_none_exist && pairs.iter().any(|(k, _)| self.live(k).is_some()) {
@@ -438,7 +444,7 @@ impl Applying<'_> {
             SetCondition::IfAbsent => old.is_none(),
             SetCondition::IfPresent => old.is_some(),
         };
-        let old_value = old.as_ref().map(|s| s.value.clone());
+        let old_value = old.as_ref().map(|s| s.value.to_vec());
         if allowed {
             let expire_at_ms = match expiry {
                 Expiry::Keep => old.and_then(|s| s.expire_at_ms),

@@ -24,7 +24,7 @@ pub mod state_machine;
 pub mod wal;
 
 pub use data_dir::DataDir;
-pub use engine::{KvEngine, Stored, ValueKind, WriteBatch, WriteOp};
+pub use engine::{KvEngine, SharedBytes, Stored, ValueKind, WriteBatch, WriteOp};
 pub use error::{Result, StorageError};
 pub use log_store::LogStore;
 pub use mem_log::MemLog;

@@ -1,7 +1,7 @@
 //! The replicated state machine: applies committed commands to the KV engine, exactly once.
 
 use super::dialect::{self, Applying};
-use super::engine::{Family, KvEngine, Stored};
+use super::engine::{Family, KvEngine, SharedBytes, Stored};
 use super::error::{Result, StorageError};
 use super::session::{Session, SessionCheck, SessionTable, DEFAULT_MAX_SESSIONS};
 use crate::protocol::codec;
@@ -43,8 +43,8 @@ enum ImagePart {
     /// Keys of one family with their metadata, in key order (version 3 on).
     Keys {
         cf: ColumnFamily,
-        #[serde(with = "crate::protocol::codec::byte_keyed")]
-        keys: Vec<(Vec<u8>, Stored)>,
+        /// Encoded as `byte_keyed` encodes a `Vec<u8>` key (a byte string): images of any build read alike.
+        keys: Vec<(SharedBytes, Stored)>,
     },
     /// Sessions by client id, continuing the previous part.
     Sessions(Vec<(u64, Session)>),
@@ -316,7 +316,7 @@ impl StateMachine {
                 Some(ImagePart::Pairs { cf, pairs }) if format_version < 3 => {
                     let slot = ColumnFamily::ALL.iter().position(|c| *c == cf).unwrap_or(0);
                     for (k, v) in pairs {
-                        if cfs[slot].insert(k, Stored::new(v, 0)).is_some() {
+                        if cfs[slot].insert(k.into(), Stored::new(v, 0)).is_some() {
                             return Err(bad(format!("duplicate key in family {cf}")));
                         }
                         pair_count += 1;
@@ -401,6 +401,59 @@ impl Parts<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `Stored` and the image's key parts were before their bytes were shared.
+    #[derive(Serialize)]
+    struct StoredAsVec {
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        kind: crate::storage::ValueKind,
+        version: u64,
+        expire_at_ms: Option<u64>,
+    }
+
+    #[derive(Serialize)]
+    enum KeysAsVec {
+        _Header,
+        _Membership,
+        _Pairs,
+        _Clock,
+        Keys {
+            cf: ColumnFamily,
+            #[serde(with = "crate::protocol::codec::byte_keyed")]
+            keys: Vec<(Vec<u8>, StoredAsVec)>,
+        },
+    }
+
+    // Logs and images written before keys and values were shared must read back unchanged.
+    #[test]
+    fn shared_keys_and_values_keep_the_encoding() {
+        let value: Vec<u8> = (0..=255u8).cycle().take(300).collect();
+        let old = |value: &[u8]| StoredAsVec {
+            value: value.to_vec(),
+            kind: crate::storage::ValueKind::String,
+            version: 7,
+            expire_at_ms: Some(9),
+        };
+        let mut new = Stored::new(value.clone(), 7);
+        new.expire_at_ms = Some(9);
+        assert_eq!(codec::encode(&new).expect("encode"), codec::encode(&old(&value)).expect("encode"));
+        let then = KeysAsVec::Keys {
+            cf: ColumnFamily::Write,
+            keys: vec![(b"k".to_vec(), old(&value)), (vec![], old(b""))],
+        };
+        let mut empty = Stored::new(Vec::new(), 7);
+        empty.expire_at_ms = Some(9);
+        let now = ImagePart::Keys {
+            cf: ColumnFamily::Write,
+            keys: vec![(b"k".to_vec().into(), new), (Vec::new().into(), empty.clone())],
+        };
+        let bytes = codec::encode(&then).expect("encode");
+        assert_eq!(codec::encode(&now).expect("encode"), bytes);
+        let Ok(ImagePart::Keys { keys, .. }) = codec::decode::<ImagePart>(&bytes) else { panic!("decodes") };
+        assert_eq!(keys[1], (SharedBytes::from(Vec::new()), empty));
+        assert_eq!(keys[0].0.as_slice(), b"k");
+    }
 
     fn put(key: &str, value: &str) -> Proposal {
         Proposal {
