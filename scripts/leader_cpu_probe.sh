@@ -10,19 +10,9 @@
 # `perf record -e cpu-clock` into /tmp/prof/perf.data (PERFG="--call-graph dwarf" for call
 # graphs, PERFSECS=n). EXTRA="--no-fsync" passes flags to every replica. Used for issue 12.
 BIN=$1; WR=$2; CL=$3; PERF=${4:-}
-pkill -f "cluster-name proftest" ; sleep 0.5
-for i in 1 2 3; do rm -rf /tmp/prof/d$i; mkdir -p /tmp/prof/d$i
-  nohup $BIN --id $i --client-addr 127.0.0.1:$((26380+i)) --peer-addr 127.0.0.1:$((27380+i)) \
-   --peers 1=127.0.0.1:27381,2=127.0.0.1:27382,3=127.0.0.1:27383 --data-dir /tmp/prof/d$i/data \
-   --cluster-name proftest $EXTRA > /tmp/prof/log$i 2>&1 &
-done
-LEADER=""
-for t in $(seq 1 100); do
-  for i in 1 2 3; do
-    if redis-cli -p $((26380+i)) info 2>/dev/null | grep -q "role:leader"; then LEADER=$i; fi
-  done
-  [ -n "$LEADER" ] && break; sleep 0.2
-done
+. "$(dirname "$0")/probe_cluster.sh"
+# shellcheck disable=SC2086 # EXTRA is a list of flags
+probe_cluster proftest 26380 27380 /tmp/prof/d /tmp/prof/log "$BIN" $EXTRA
 PORT=$((26380+LEADER)); LPID=$(pgrep -f "client-addr 127.0.0.1:$PORT")
 FPIDS=$(for i in 1 2 3; do [ $i != $LEADER ] && pgrep -f "client-addr 127.0.0.1:$((26380+i))"; done)
 LG=${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen}

@@ -12,19 +12,8 @@
 # /tmp/prof/sys.data: `perf report -i /tmp/prof/sys.data --no-children --sort pid,comm` (or
 # `--sort pid,sym`). Used for issue 12 (figures in its notes).
 BIN=$1; WR=$2; CL=$3; MODE=${4:-stat}
-pkill -f "cluster-name proftest"; sleep 0.5
-for i in 1 2 3; do rm -rf /tmp/prof/d$i; mkdir -p /tmp/prof/d$i
-  nohup "$BIN" --id $i --client-addr 127.0.0.1:$((26380+i)) --peer-addr 127.0.0.1:$((27380+i)) \
-   --peers 1=127.0.0.1:27381,2=127.0.0.1:27382,3=127.0.0.1:27383 --data-dir /tmp/prof/d$i/data \
-   --cluster-name proftest --metrics-addr 127.0.0.1:0 > /tmp/prof/log$i 2>&1 &
-done
-LEADER=""
-for t in $(seq 1 100); do
-  for i in 1 2 3; do
-    if redis-cli -p $((26380+i)) info 2>/dev/null | grep -q "role:leader"; then LEADER=$i; fi
-  done
-  [ -n "$LEADER" ] && break; sleep 0.2
-done
+. "$(dirname "$0")/probe_cluster.sh"
+probe_cluster proftest 26380 27380 /tmp/prof/d /tmp/prof/log "$BIN" --metrics-addr 127.0.0.1:0
 LPID=$(pgrep -f "client-addr 127.0.0.1:$((26380+LEADER))")
 F=$(( LEADER % 3 + 1 )); FPID=$(pgrep -f "client-addr 127.0.0.1:$((26380+F))")
 EVENTS=raw_syscalls:sys_enter,sched:sched_switch,page-faults

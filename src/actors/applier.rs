@@ -332,7 +332,7 @@ impl Handler<TakeSnapshot> for Applier {
                 return Err("nothing applied yet".to_string());
             }
             match save.await {
-                Ok(Ok(_len)) => Ok(meta),
+                Ok(Ok(())) => Ok(meta),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(e.to_string()),
             }

@@ -17,10 +17,9 @@ pub struct SavedSnapshot {
     pub image: Arc<Vec<u8>>,
 }
 
-/// Encode `state` (a copy taken at `meta.index`) straight into a snapshot file, durably;
-/// answers the image's length.
+/// Encode `state` (a copy taken at `meta.index`) straight into a snapshot file, durably.
 #[derive(Message)]
-#[rtype(result = "Result<u64, StorageError>")]
+#[rtype(result = "Result<(), StorageError>")]
 pub struct SaveState {
     /// Its log position.
     pub meta: SnapshotMeta,
@@ -75,7 +74,7 @@ impl Actor for Snapshotter {
 }
 
 impl Handler<SaveState> for Snapshotter {
-    type Result = Result<u64, StorageError>;
+    type Result = Result<(), StorageError>;
 
     fn handle(&mut self, msg: SaveState, _ctx: &mut Self::Context) -> Self::Result {
         let started = Instant::now();
@@ -92,7 +91,7 @@ impl Handler<SaveState> for Snapshotter {
             len,
             started.elapsed().as_millis()
         );
-        Ok(len)
+        Ok(())
     }
 }
 

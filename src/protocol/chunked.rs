@@ -62,7 +62,8 @@ impl<T> ChunkedDeque<T> {
 
     /// The last item.
     pub fn last(&self) -> Option<&T> {
-        self.chunks.back().and_then(|chunk| chunk.last()).filter(|_| self.len > 0)
+        // No chunk is kept without a live item (emptying clears them all).
+        self.chunks.back().and_then(|chunk| chunk.last())
     }
 
     /// Every item, in order.

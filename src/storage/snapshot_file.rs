@@ -55,9 +55,7 @@ impl SnapshotStore {
     /// the newest image (a replica that then refuses to restart).
     pub fn save(&self, meta: SnapshotMeta, data: &[u8]) -> Result<PathBuf> {
         let path = self.dir.join(file_name(meta));
-        let mut writer = SnapshotFileWriter::create(&path, meta, data.len() as u64)?;
-        writer.write(data)?;
-        writer.finish()?;
+        write_snapshot_file(&path, meta, data)?;
         self.remove_older(meta)?;
         Ok(path)
     }
@@ -206,11 +204,11 @@ impl SnapshotFileWriter {
     /// Ends the file: checksum, fsync, rename into place, directory fsync. Fails (removing the
     /// temp file) if the image was not exactly the announced length.
     pub fn finish(mut self) -> Result<()> {
-        if self.expected.is_some_and(|len| len != self.written) {
+        if let Some(announced) = self.expected.filter(|&len| len != self.written) {
             return Err(StorageError::Corrupt {
                 path: self.path.clone(),
                 offset: self.written,
-                reason: format!("image of {} bytes, {} announced", self.written, self.expected.unwrap_or(0)),
+                reason: format!("image of {} bytes, {announced} announced", self.written),
             });
         }
         let head = header(self.meta, self.written);
