@@ -1,5 +1,6 @@
-//! The consensus actor: drives the Raft core, sends at once, writes in order (one write at the
-//! disk writer, the next one growing meanwhile), and hands out commits.
+//! The consensus actor: drives the Raft core, sends at once, writes in order (one write at a
+//! time, the next one growing meanwhile: a leader's on the disk writer's thread, a follower's on
+//! this one), and hands out commits.
 //!
 //! On a follower it forwards what only the leader can do (writes, read-index confirmation,
 //! membership changes) over the peer link and finishes each request itself, from its own
@@ -20,7 +21,7 @@ use super::applier::{
     Applier, ApplyEntries, Expect, Restore, ServeRead, TakeSnapshot, TermChanged, Unexpect, Watch,
 };
 use super::connection::ReplyBudget;
-use super::disk::{DiskWriter, Persist, PersistError};
+use super::disk::{DiskWriter, Persist, PersistError, WalHandle};
 use super::snapshotter::{LoadLatest, SaveImage, SavedSnapshot, Snapshotter};
 use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
@@ -224,8 +225,10 @@ pub struct StopConsensus;
 pub struct ConsensusParts {
     /// The Raft core, recovered from the WAL.
     pub core: RaftCore,
-    /// Where Ready's entries and hard state are made durable.
+    /// Where Ready's entries and hard state are made durable while this replica leads.
     pub disk: Addr<DiskWriter>,
+    /// The same WAL, written on consensus's own thread while this replica follows.
+    pub wal: WalHandle,
     /// Where snapshot images are written and read.
     pub snapshotter: Addr<Snapshotter>,
     /// Where committed entries go.
@@ -273,6 +276,7 @@ struct OutgoingImage {
 pub struct Consensus {
     core: RaftCore,
     disk: Addr<DiskWriter>,
+    wal: WalHandle,
     snapshotter: Addr<Snapshotter>,
     applier: Addr<Applier>,
     transport: Box<dyn Transport>,
@@ -341,6 +345,7 @@ impl Consensus {
         Consensus {
             core: parts.core,
             disk: parts.disk,
+            wal: parts.wal,
             snapshotter: parts.snapshotter,
             applier: parts.applier,
             transport: parts.transport,
@@ -523,14 +528,14 @@ impl Consensus {
             }
             let received =
                 ready.snapshot.take().map(|s| SavedSnapshot { meta: s.meta, image: Arc::new(s.data) });
-            if ready.must_persist() {
+            let write = ready.must_persist().then(|| {
                 let persist = Persist {
                     compact: received.as_ref().map(|s| s.meta),
                     hard_state: ready.hard_state,
                     entries: std::mem::take(&mut ready.entries),
                 };
-                self.queue_write(ctx, DiskWrite { image: received.clone(), persist, number: ready.number });
-            }
+                DiskWrite { image: received.clone(), persist, number: ready.number }
+            });
             if let Some(snapshot) = received {
                 // Not kept here (its write and the applier hold it until done with it): a
                 // leader-to-be loads it from disk if a follower ever needs it.
@@ -585,6 +590,11 @@ impl Consensus {
                 }
             }
             self.core.advance(ready);
+            // After advance: a write done on this thread reports itself durable at once, and the
+            // messages that waited for it leave with the next turn of this loop.
+            if let Some(write) = write {
+                self.queue_write(ctx, write);
+            }
         }
         // Numbers and the log's size only move with a Ready (or with a compaction, which
         // publishes its own).
@@ -606,16 +616,28 @@ impl Consensus {
         self.start_write(ctx);
     }
 
-    /// Hands the oldest queued write to the disk writer unless one is already there.
+    /// Hands the oldest queued write to storage unless one is already there.
     ///
     /// One write at a time keeps them in order and lets the next one grow meanwhile (group
     /// commit); the disk writer's own mailbox is not used as the queue, so nothing merged
     /// there could overtake or be overtaken.
+    ///
+    /// A leader's write goes to the disk writer's thread, so that the leader goes on taking
+    /// proposals and acknowledgements during the fsync (its followers write the same entries
+    /// meanwhile). A follower has nothing to do during its fsync but wait for it (its
+    /// acknowledgement needs it, and the appends that arrive meanwhile join the next write), so
+    /// it writes here, without the two thread hand-offs. A write that brings a snapshot image
+    /// waits for the snapshotter, so it always goes the long way. The caller drives afterwards
+    /// (a write done here releases messages for the next Ready).
     fn start_write(&mut self, ctx: &mut Context<Self>) {
         if self.writing || self.stopped || self.disk_retry_pending {
             return;
         }
         let Some(DiskWrite { image, persist, number }) = self.disk_queue.pop_front() else { return };
+        if image.is_none() && self.core.role() != Role::Leader {
+            let result = self.wal.persist(persist);
+            return self.written(ctx, number, result);
+        }
         self.writing = true;
         let disk = self.disk.clone();
         let save_image = image.map(|s| self.snapshotter.send(SaveImage(s)));
@@ -624,33 +646,38 @@ impl Consensus {
             if let Some(save) = save_image {
                 save.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
             }
-            match disk.send(persist).await {
-                Ok(Ok(())) => Ok(None),
-                Ok(Err(PersistError::DiskFull { persist, why })) => Ok(Some((persist, why))),
-                Ok(Err(PersistError::Failed(e))) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
+            disk.send(persist).await.map_err(|e| e.to_string())
         };
         ctx.spawn(write.into_actor(self).map(move |result, act, ctx| {
             act.writing = false;
             match result {
                 Err(e) => act.fail(ctx, &format!("write to disk failed: {e}")),
-                Ok(Some((persist, why))) => {
-                    act.disk_full(ctx, DiskWrite { image: None, persist, number }, &why)
-                }
-                Ok(None) => {
-                    if act.status.is_disk_full() {
-                        log::info!("replica {}: the disk has room again; writes resume", act.core.id());
-                        act.status.set_disk_full(None);
-                    }
-                    if number > 0 {
-                        act.core.on_persisted(number);
-                    }
-                    act.start_write(ctx);
+                Ok(result) => {
+                    act.written(ctx, number, result);
                     act.drive(ctx);
                 }
             }
         }));
+    }
+
+    /// Takes in the outcome of write `number` (0: a compaction) and starts the next one.
+    fn written(&mut self, ctx: &mut Context<Self>, number: u64, result: Result<(), PersistError>) {
+        match result {
+            Err(PersistError::Failed(e)) => self.fail(ctx, &format!("write to disk failed: {e}")),
+            Err(PersistError::DiskFull { persist, why }) => {
+                self.disk_full(ctx, DiskWrite { image: None, persist, number }, &why)
+            }
+            Ok(()) => {
+                if self.status.is_disk_full() {
+                    log::info!("replica {}: the disk has room again; writes resume", self.core.id());
+                    self.status.set_disk_full(None);
+                }
+                if number > 0 {
+                    self.core.on_persisted(number);
+                }
+                self.start_write(ctx);
+            }
+        }
     }
 
     /// The disk had no room for `write` (nothing of it was kept): raise the alarm, refuse writes,
@@ -671,6 +698,7 @@ impl Consensus {
         ctx.run_later(DISK_FULL_RETRY, |act, ctx| {
             act.disk_retry_pending = false;
             act.start_write(ctx);
+            act.drive(ctx);
         });
     }
 

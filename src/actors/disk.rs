@@ -1,6 +1,8 @@
-//! The disk writer: owns the data dir and the WAL, on its own thread so fsync never stalls clients.
+//! The disk writer: holds the data dir's lock and writes a leader's WAL on its own thread, so
+//! the leader's fsync stalls neither clients nor consensus; and the WAL handle it shares with
+//! consensus, which writes a follower's log itself.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -46,37 +48,29 @@ pub enum PersistError {
 #[rtype(result = "()")]
 pub struct CloseDisk;
 
-/// Runs on a dedicated arbiter: requests are served one at a time, in order.
-pub struct DiskWriter {
-    wal: Option<Wal>,
+/// The WAL with the metrics of its writes, shared by the disk writer and consensus.
+///
+/// Consensus hands out one write at a time and waits for it to finish before the next, so the
+/// lock is never contended and the writes stay in order: it only lets a follower write on its
+/// own thread (see `Consensus::start_write`) while a leader's writes go to the disk writer.
+#[derive(Clone)]
+pub struct WalHandle {
+    /// `None` once closed.
+    wal: Arc<Mutex<Option<Wal>>>,
     /// Where write-and-fsync times are recorded.
     status: Option<Arc<StatusBoard>>,
-    /// Held for its lock; dropped on close.
-    data_dir: Option<DataDir>,
 }
 
-impl DiskWriter {
-    /// A writer owning `wal` inside `data_dir`.
-    pub fn new(wal: Wal, data_dir: DataDir) -> DiskWriter {
-        DiskWriter { wal: Some(wal), data_dir: Some(data_dir), status: None }
+impl WalHandle {
+    /// A handle on `wal`, recording each write-and-fsync's time in `status`'s metrics if given.
+    pub fn new(wal: Wal, status: Option<Arc<StatusBoard>>) -> WalHandle {
+        WalHandle { wal: Arc::new(Mutex::new(Some(wal))), status }
     }
 
-    /// The same, recording each write-and-fsync's time in `status`'s metrics.
-    pub fn with_status(mut self, status: Arc<StatusBoard>) -> DiskWriter {
-        self.status = Some(status);
-        self
-    }
-}
-
-impl Actor for DiskWriter {
-    type Context = Context<Self>;
-}
-
-impl Handler<Persist> for DiskWriter {
-    type Result = Result<(), PersistError>;
-
-    fn handle(&mut self, msg: Persist, _ctx: &mut Self::Context) -> Self::Result {
-        let wal = self.wal.as_mut().ok_or(PersistError::Failed(StorageError::Poisoned))?;
+    /// Carries out `msg` on the calling thread: compaction first, then one append and fsync.
+    pub fn persist(&self, msg: Persist) -> Result<(), PersistError> {
+        let mut guard = self.wal.lock().map_err(|_| PersistError::Failed(StorageError::Poisoned))?;
+        let wal = guard.as_mut().ok_or(PersistError::Failed(StorageError::Poisoned))?;
         let give_back = |persist: Persist, e: StorageError| match e {
             StorageError::DiskFull { .. } => PersistError::DiskFull { why: e.to_string(), persist },
             other => PersistError::Failed(other),
@@ -107,13 +101,46 @@ impl Handler<Persist> for DiskWriter {
         }
         Ok(())
     }
+
+    /// Closes the WAL: every later write fails.
+    fn close(&self) {
+        if let Ok(mut wal) = self.wal.lock() {
+            *wal = None;
+        }
+    }
+}
+
+/// Runs on a dedicated arbiter: requests are served one at a time, in order.
+pub struct DiskWriter {
+    wal: WalHandle,
+    /// Held for its lock; dropped on close.
+    data_dir: Option<DataDir>,
+}
+
+impl DiskWriter {
+    /// A writer owning `wal` inside `data_dir`.
+    pub fn new(wal: WalHandle, data_dir: DataDir) -> DiskWriter {
+        DiskWriter { wal, data_dir: Some(data_dir) }
+    }
+}
+
+impl Actor for DiskWriter {
+    type Context = Context<Self>;
+}
+
+impl Handler<Persist> for DiskWriter {
+    type Result = Result<(), PersistError>;
+
+    fn handle(&mut self, msg: Persist, _ctx: &mut Self::Context) -> Self::Result {
+        self.wal.persist(msg)
+    }
 }
 
 impl Handler<CloseDisk> for DiskWriter {
     type Result = ();
 
     fn handle(&mut self, _msg: CloseDisk, ctx: &mut Self::Context) {
-        self.wal = None;
+        self.wal.close();
         self.data_dir = None;
         ctx.stop();
     }

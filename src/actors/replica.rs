@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use super::applier::{Applier, StopApplier};
 use super::connection::ConnectionEnv;
 use super::consensus::{Consensus, ConsensusParts, StopConsensus};
-use super::disk::{CloseDisk, DiskWriter, Persist};
+use super::disk::{CloseDisk, DiskWriter, Persist, WalHandle};
 use super::front_end::{FrontEnd, StopFrontEnd};
 use super::peer_listener::{PeerListener, StopListener};
 use super::registry::{ClientRegistry, HeldSnapshots, ScanCursors};
@@ -345,12 +345,21 @@ impl Replica {
         let status = Arc::new(StatusBoard::new(config.id, client_addr.to_string()));
         let disk_status = status.clone();
         let disk_arbiter = Arbiter::new();
+        let wal = WalHandle::new(wal, Some(disk_status));
+        let disk_wal = wal.clone();
         let disk = DiskWriter::start_in_arbiter(&disk_arbiter.handle(), move |_| {
-            DiskWriter::new(wal, data_dir).with_status(disk_status)
+            DiskWriter::new(disk_wal, data_dir)
         });
         if snapshot_meta != recovery.snapshot {
             // The snapshot file is newer than the log's marker (a crash between the two writes).
-            disk.do_send(Persist { compact: Some(snapshot_meta), hard_state: None, entries: Vec::new() });
+            // Written here, before consensus starts, so no write of its own can come first.
+            let marker = Persist { compact: Some(snapshot_meta), hard_state: None, entries: Vec::new() };
+            if let Err(e) = wal.persist(marker) {
+                log::warn!(
+                    "replica {}: could not record the log's start after the snapshot: {e:?}",
+                    config.id
+                );
+            }
         }
         let snapshot_arbiter = Arbiter::new();
         let id = config.id;
@@ -383,6 +392,7 @@ impl Replica {
         let parts = ConsensusParts {
             core,
             disk: disk.clone(),
+            wal,
             snapshotter,
             snapshot_threshold_bytes: config.snapshot_threshold_bytes,
             latest_snapshot: None,
