@@ -294,6 +294,9 @@ pub struct Consensus {
     heartbeat_sent: HashMap<NodeId, Instant>,
     /// Writes waiting for it, in order; the last one grows while it waits (group commit).
     disk_queue: VecDeque<DiskWrite>,
+    /// Watches of local proposals not yet sent: they go to the applier just before the next
+    /// message to it, which is always before the `ApplyEntries` that could hold their index.
+    held_watches: Vec<Watch>,
     reads: HashMap<u64, ReadWaiter>,
     next_read_ctx: u64,
     /// Watches of terms below this have been abandoned.
@@ -357,6 +360,7 @@ impl Consensus {
             disk_retry_pending: false,
             heartbeat_sent: HashMap::new(),
             disk_queue: VecDeque::new(),
+            held_watches: Vec::new(),
             reads: HashMap::new(),
             next_read_ctx: 1,
             watch_term_floor: 0,
@@ -542,10 +546,10 @@ impl Consensus {
                 self.latest_snapshot = None;
                 // Before the entries that follow it.
                 self.status.metrics.snapshots_installed.inc();
-                self.applier.do_send(Restore(snapshot));
+                self.send_applier(Restore(snapshot));
             }
             if !ready.committed_entries.is_empty() {
-                self.applier.do_send(ApplyEntries(std::mem::take(&mut ready.committed_entries)));
+                self.send_applier(ApplyEntries(std::mem::take(&mut ready.committed_entries)));
             }
             if ready.membership.is_some() {
                 // Links first: the next Ready may already send to a member just added.
@@ -562,7 +566,7 @@ impl Consensus {
                 };
                 if keep_from != self.watch_term_floor {
                     self.watch_term_floor = keep_from;
-                    self.applier.do_send(TermChanged(keep_from));
+                    self.send_applier(TermChanged(keep_from));
                 }
             }
             for read in &ready.read_states {
@@ -654,7 +658,9 @@ impl Consensus {
                 Err(e) => act.fail(ctx, &format!("write to disk failed: {e}")),
                 Ok(result) => {
                     act.written(ctx, number, result);
-                    act.drive(ctx);
+                    if !act.stopped {
+                        act.drive(ctx);
+                    }
                 }
             }
         }));
@@ -698,7 +704,9 @@ impl Consensus {
         ctx.run_later(DISK_FULL_RETRY, |act, ctx| {
             act.disk_retry_pending = false;
             act.start_write(ctx);
-            act.drive(ctx);
+            if !act.stopped {
+                act.drive(ctx);
+            }
         });
     }
 
@@ -723,7 +731,7 @@ impl Consensus {
             read.reply_to.do_send(ReadDone::failed(reason.clone()));
         }
         // Every watch's term is below this: all settle as unknown.
-        self.applier.do_send(TermChanged(u64::MAX));
+        self.send_applier(TermChanged(u64::MAX));
         ctx.stop();
     }
 
@@ -738,6 +746,7 @@ impl Consensus {
             return;
         }
         self.snapshotting = true;
+        self.release_watches();
         ctx.spawn(self.applier.send(TakeSnapshot).into_actor(self).map(|result, act, ctx| {
             act.snapshotting = false;
             match result {
@@ -828,7 +837,7 @@ impl Consensus {
         let write = ForwardedWrite { request_id, watcher };
         match self.outbox.add_write(self.ticks, data.len(), write) {
             Ok(id) => {
-                self.applier.do_send(Expect { request_id });
+                self.send_applier(Expect { request_id });
                 self.send_forward(leader, id, Forwarded::Propose(data));
             }
             Err(write) => write.watcher.do_send(WatchFired(WatchOutcome::Refused(Refusal::Busy))),
@@ -892,7 +901,7 @@ impl Consensus {
     /// Fails forwards whose fate this replica can no longer learn.
     fn abandon(&mut self, gone: Abandoned<ForwardedWrite, PendingRead, ForwardedAdmin>, why: &str) {
         for write in gone.writes {
-            self.applier.do_send(Unexpect { request_id: write.request_id });
+            self.send_applier(Unexpect { request_id: write.request_id });
             write.watcher.do_send(WatchFired(WatchOutcome::Superseded));
         }
         for read in gone.reads {
@@ -914,7 +923,7 @@ impl Consensus {
             ForwardAnswer::Proposed { index, term } => {
                 if let Some(ForwardedWrite { request_id, watcher }) = self.outbox.take_write(id) {
                     // The applier checks what it recorded since the Expect if `index` is already applied.
-                    self.applier.do_send(Watch { index, term, request_id, watcher });
+                    self.send_applier(Watch { index, term, request_id, watcher });
                 }
             }
             ForwardAnswer::ReadIndex { index, clock_ms } => {
@@ -945,7 +954,7 @@ impl Consensus {
                 // Nothing was proposed: the request may be retried as it is.
                 let refusal = refusal_from(refusal);
                 if let Some(write) = self.outbox.take_write(id) {
-                    self.applier.do_send(Unexpect { request_id: write.request_id });
+                    self.send_applier(Unexpect { request_id: write.request_id });
                     write.watcher.do_send(WatchFired(WatchOutcome::Refused(refusal)));
                 } else if let Some(admin) = self.outbox.take_admin(id) {
                     admin.reply_to.do_send(AdminDone(refusal_to_reply(refusal)));
@@ -980,7 +989,7 @@ impl Consensus {
         } else {
             self.clock.last_ms.max(applied_clock)
         };
-        self.applier.do_send(ServeRead { command, budget, reply_to, now_ms });
+        self.send_applier(ServeRead { command, budget, reply_to, now_ms });
     }
 
     /// Stamps an entry about to be proposed with the leader's clock.
@@ -1218,6 +1227,24 @@ impl Consensus {
         }
     }
 
+    /// Sends `msg` to the applier, after the watches held for it.
+    fn send_applier<M>(&mut self, msg: M)
+    where
+        M: actix::Message + Send + 'static,
+        M::Result: Send,
+        Applier: Handler<M>,
+    {
+        self.release_watches();
+        self.applier.do_send(msg);
+    }
+
+    /// Sends the held watches to the applier, in the order of their proposals.
+    fn release_watches(&mut self) {
+        for watch in self.held_watches.drain(..) {
+            self.applier.do_send(watch);
+        }
+    }
+
     fn publish_numbers(&self) {
         let log = self.core.log();
         self.status.publish_consensus(ConsensusNumbers {
@@ -1346,8 +1373,10 @@ impl Handler<Propose> for Consensus {
         let data = self.stamp(msg.data);
         match self.core.propose(data) {
             Ok((index, term)) => {
-                // The watch goes out before any ApplyEntries that could hold `index` (DESIGN.md).
-                self.applier.do_send(Watch { index, term, request_id: msg.request_id, watcher: msg.watcher });
+                // The watch goes out before any ApplyEntries that could hold `index` (DESIGN.md),
+                // but not on its own: the applier's thread is not woken just to note it.
+                let watch = Watch { index, term, request_id: msg.request_id, watcher: msg.watcher };
+                self.held_watches.push(watch);
                 self.drive_soon(ctx);
             }
             Err(e) => msg.watcher.do_send(WatchFired(WatchOutcome::Refused(self.refusal(e)))),

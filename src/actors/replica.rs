@@ -343,9 +343,8 @@ impl Replica {
         let core = RaftCore::restore(raft_config, recovery.hard_state, snapshot_meta, membership, entries);
 
         let status = Arc::new(StatusBoard::new(config.id, client_addr.to_string()));
-        let disk_status = status.clone();
         let disk_arbiter = Arbiter::new();
-        let wal = WalHandle::new(wal, Some(disk_status));
+        let wal = WalHandle::new(wal, Some(status.clone()));
         let disk_wal = wal.clone();
         let disk = DiskWriter::start_in_arbiter(&disk_arbiter.handle(), move |_| {
             DiskWriter::new(disk_wal, data_dir)
