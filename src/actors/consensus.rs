@@ -21,7 +21,7 @@ use super::applier::{
     Applier, ApplyEntries, Expect, Restore, ServeRead, TakeSnapshot, TermChanged, Unexpect, Watch,
 };
 use super::connection::ReplyBudget;
-use super::disk::{DiskWriter, Persist, PersistError, WalHandle};
+use super::disk::{Disk, Persist, PersistError};
 use super::snapshotter::{LoadLatest, SaveImage, SavedSnapshot, Snapshotter};
 use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
@@ -225,10 +225,9 @@ pub struct StopConsensus;
 pub struct ConsensusParts {
     /// The Raft core, recovered from the WAL.
     pub core: RaftCore,
-    /// Where Ready's entries and hard state are made durable while this replica leads.
-    pub disk: Addr<DiskWriter>,
-    /// The same WAL, written on consensus's own thread while this replica follows.
-    pub wal: WalHandle,
+    /// Where Ready's entries and hard state are made durable: through the disk writer while
+    /// this replica leads, on consensus's own thread while it follows.
+    pub disk: Disk,
     /// Where snapshot images are written and read.
     pub snapshotter: Addr<Snapshotter>,
     /// Where committed entries go.
@@ -275,8 +274,7 @@ struct OutgoingImage {
 /// Owns the Raft core of one replica.
 pub struct Consensus {
     core: RaftCore,
-    disk: Addr<DiskWriter>,
-    wal: WalHandle,
+    disk: Disk,
     snapshotter: Addr<Snapshotter>,
     applier: Addr<Applier>,
     transport: Box<dyn Transport>,
@@ -348,7 +346,6 @@ impl Consensus {
         Consensus {
             core: parts.core,
             disk: parts.disk,
-            wal: parts.wal,
             snapshotter: parts.snapshotter,
             applier: parts.applier,
             transport: parts.transport,
@@ -639,11 +636,11 @@ impl Consensus {
         }
         let Some(DiskWrite { image, persist, number }) = self.disk_queue.pop_front() else { return };
         if image.is_none() && self.core.role() != Role::Leader {
-            let result = self.wal.persist(persist);
+            let result = self.disk.wal.persist(persist);
             return self.written(ctx, number, result);
         }
         self.writing = true;
-        let disk = self.disk.clone();
+        let disk = self.disk.writer.clone();
         let save_image = image.map(|s| self.snapshotter.send(SaveImage(s)));
         let write = async move {
             // A received snapshot's image is durable before the log says it starts after it.
@@ -768,6 +765,7 @@ impl Consensus {
                     // Ordered after every write handed out before it, which holds the entries it covers.
                     let persist = Persist { compact: Some(meta), hard_state: None, entries: Vec::new() };
                     act.queue_write(ctx, DiskWrite { image: None, persist, number: 0 });
+                    act.drive(ctx);
                     act.publish_numbers();
                     log::info!("replica {}: log compacted up to index {}", act.core.id(), meta.index);
                 }

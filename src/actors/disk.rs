@@ -2,7 +2,7 @@
 //! the leader's fsync stalls neither clients nor consensus; and the WAL handle it shares with
 //! consensus, which writes a follower's log itself.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -104,10 +104,17 @@ impl WalHandle {
 
     /// Closes the WAL: every later write fails.
     fn close(&self) {
-        if let Ok(mut wal) = self.wal.lock() {
-            *wal = None;
-        }
+        *self.wal.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
+}
+
+/// A replica's log storage: the disk writer and the WAL handle it writes through.
+#[derive(Clone)]
+pub struct Disk {
+    /// The disk writer, on its own thread.
+    pub writer: Addr<DiskWriter>,
+    /// The WAL it writes, for writes done on the caller's thread.
+    pub wal: WalHandle,
 }
 
 /// Runs on a dedicated arbiter: requests are served one at a time, in order.
@@ -118,9 +125,20 @@ pub struct DiskWriter {
 }
 
 impl DiskWriter {
-    /// A writer owning `wal` inside `data_dir`.
-    pub fn new(wal: WalHandle, data_dir: DataDir) -> DiskWriter {
-        DiskWriter { wal, data_dir: Some(data_dir) }
+    /// Starts a writer of `wal` inside `data_dir` on `arbiter`, recording fsync times in `status`.
+    pub fn start_on(
+        arbiter: &ArbiterHandle,
+        wal: Wal,
+        data_dir: DataDir,
+        status: Option<Arc<StatusBoard>>,
+    ) -> Disk {
+        let wal = WalHandle::new(wal, status);
+        let writer_wal = wal.clone();
+        let writer = DiskWriter::start_in_arbiter(arbiter, move |_| DiskWriter {
+            wal: writer_wal,
+            data_dir: Some(data_dir),
+        });
+        Disk { writer, wal }
     }
 }
 

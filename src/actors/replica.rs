@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use super::applier::{Applier, StopApplier};
 use super::connection::ConnectionEnv;
 use super::consensus::{Consensus, ConsensusParts, StopConsensus};
-use super::disk::{CloseDisk, DiskWriter, Persist, WalHandle};
+use super::disk::{CloseDisk, DiskWriter, Persist};
 use super::front_end::{FrontEnd, StopFrontEnd};
 use super::peer_listener::{PeerListener, StopListener};
 use super::registry::{ClientRegistry, HeldSnapshots, ScanCursors};
@@ -344,16 +344,12 @@ impl Replica {
 
         let status = Arc::new(StatusBoard::new(config.id, client_addr.to_string()));
         let disk_arbiter = Arbiter::new();
-        let wal = WalHandle::new(wal, Some(status.clone()));
-        let disk_wal = wal.clone();
-        let disk = DiskWriter::start_in_arbiter(&disk_arbiter.handle(), move |_| {
-            DiskWriter::new(disk_wal, data_dir)
-        });
+        let disk = DiskWriter::start_on(&disk_arbiter.handle(), wal, data_dir, Some(status.clone()));
         if snapshot_meta != recovery.snapshot {
             // The snapshot file is newer than the log's marker (a crash between the two writes).
             // Written here, before consensus starts, so no write of its own can come first.
             let marker = Persist { compact: Some(snapshot_meta), hard_state: None, entries: Vec::new() };
-            if let Err(e) = wal.persist(marker) {
+            if let Err(e) = disk.wal.persist(marker) {
                 log::warn!(
                     "replica {}: could not record the log's start after the snapshot: {e:?}",
                     config.id
@@ -391,7 +387,6 @@ impl Replica {
         let parts = ConsensusParts {
             core,
             disk: disk.clone(),
-            wal,
             snapshotter,
             snapshot_threshold_bytes: config.snapshot_threshold_bytes,
             latest_snapshot: None,
@@ -449,7 +444,7 @@ impl Replica {
             applier,
             front_end,
             peer_listener,
-            disk,
+            disk: disk.writer,
             disk_arbiter,
             snapshot_arbiter,
             consensus_arbiter,
