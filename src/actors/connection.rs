@@ -183,6 +183,21 @@ pub struct Connection {
     exec_splices: BTreeMap<u64, Vec<(usize, Reply)>>,
     /// Requests in flight, by position: their command's metrics slot and arrival time.
     started: BTreeMap<u64, (usize, std::time::Instant)>,
+    /// Replies encoded in order during this turn of the actor, written together once its
+    /// mailbox is drained: a burst of replies costs one send, not one per reply.
+    burst: Burst,
+}
+
+/// Replies encoded and not yet handed to the socket.
+#[derive(Default)]
+struct Burst {
+    bytes: Vec<u8>,
+    /// Permits of the requests these replies answer, released once written.
+    permits: Vec<OwnedSemaphorePermit>,
+    /// What the applier reserved in the budget for these replies, released when they are written.
+    reserved: usize,
+    /// A flush is spawned on this connection's context (it runs after the mailbox is drained).
+    flush_spawned: bool,
 }
 
 /// A MULTI's queue.
@@ -223,6 +238,7 @@ impl Connection {
             watch_point: 0,
             exec_splices: BTreeMap::new(),
             started: BTreeMap::new(),
+            burst: Burst::default(),
         }
     }
 
@@ -245,11 +261,7 @@ impl Connection {
                 }
             }
         }
-        let mut out = Vec::new();
-        let mut permits = Vec::new();
-        let mut released = 0;
-        // Replies leave in request order, flushed once per burst; the usual case, the reply
-        // next in line, skips the map.
+        // Replies leave in request order; the usual case, the reply next in line, skips the map.
         let mut next = if seq == self.next_to_write {
             Some(ReadyReply { reply, reserved })
         } else {
@@ -257,17 +269,29 @@ impl Connection {
             None
         };
         while let Some(ready) = next.take().or_else(|| self.ready.remove(&self.next_to_write)) {
-            ready.reply.encode_into(&mut out);
-            released += ready.reserved;
-            permits.extend(self.permits.remove(&self.next_to_write));
+            ready.reply.encode_into(&mut self.burst.bytes);
+            self.burst.reserved += ready.reserved;
+            self.burst.permits.extend(self.permits.remove(&self.next_to_write));
             self.next_to_write += 1;
         }
-        if !out.is_empty() {
-            // The encoded bytes take the place of what the applier reserved for them.
-            self.budget.release(released);
-            self.write(out, permits);
+        // A refused reservation by the applier for a read of this connection.
+        if self.budget.overflowed() {
+            return self.close_overflowed(ctx);
         }
-        // A refused reservation, here or by the applier for a read of this connection.
+        if !self.burst.bytes.is_empty() && !self.burst.flush_spawned {
+            // The context polls spawned futures only after its mailbox is empty, so the other
+            // replies that finished in this turn (a pipelined batch applied together) join it.
+            self.burst.flush_spawned = true;
+            ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| act.flush(ctx)));
+        }
+    }
+
+    /// Writes the burst of replies encoded so far, then closes if the last reply before a
+    /// close was among them.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        self.burst.flush_spawned = false;
+        self.write_burst();
+        // A refused reservation, by `write` or by the applier.
         if self.budget.overflowed() {
             return self.close_overflowed(ctx);
         }
@@ -275,6 +299,17 @@ impl Connection {
             // Dropping the writer's sender lets it finish writing, then close the socket.
             self.writer = None;
             ctx.stop();
+        }
+    }
+
+    /// Hands the burst of encoded replies to the socket.
+    fn write_burst(&mut self) {
+        if !self.burst.bytes.is_empty() {
+            let out = std::mem::take(&mut self.burst.bytes);
+            let permits = std::mem::take(&mut self.burst.permits);
+            // The encoded bytes take the place of what the applier reserved for them.
+            self.budget.release(std::mem::take(&mut self.burst.reserved));
+            self.write(out, permits);
         }
     }
 
@@ -748,6 +783,8 @@ impl Actor for Connection {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // Replies finished in the turn that stopped us (the client closed its side) still go.
+        self.write_burst();
         self.env.clients.remove(self.client.id);
         self.env.status.set_connected_clients(self.env.clients.len());
     }
