@@ -2,8 +2,10 @@
 
 use proptest::prelude::*;
 use quorumkv::protocol::command::ColumnFamily;
-use quorumkv::storage::{KvEngine, WriteBatch};
+use quorumkv::storage::engine::INLINE_BYTES;
+use quorumkv::storage::{KvEngine, SharedBytes, WriteBatch};
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -16,13 +18,25 @@ fn cf() -> impl Strategy<Value = ColumnFamily> {
 }
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
-    // A small alphabet so puts, deletes and scans hit the same keys.
-    prop::collection::vec(0u8..4, 0..4)
+    // A small alphabet so puts, deletes and scans hit the same keys; some behind a common
+    // prefix that puts them either side of the length up to which keys are held inline.
+    (any::<bool>(), prop::collection::vec(0u8..4, 0..4)).prop_map(|(long, k)| {
+        if long {
+            [vec![1; INLINE_BYTES - 1], k].concat()
+        } else {
+            k
+        }
+    })
+}
+
+fn bytes_around_inline_limit() -> impl Strategy<Value = Vec<u8>> {
+    (0..INLINE_BYTES + 3).prop_flat_map(|len| prop::collection::vec(0u8..3, len))
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (cf(), key(), prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(c, k, v)| Op::Put(c, k, v)),
+        3 => (cf(), key(), prop::collection::vec(any::<u8>(), 0..INLINE_BYTES + 8))
+            .prop_map(|(c, k, v)| Op::Put(c, k, v)),
         1 => (cf(), key()).prop_map(|(c, k)| Op::Delete(c, k)),
     ]
 }
@@ -30,6 +44,22 @@ fn op() -> impl Strategy<Value = Op> {
 proptest! {
     // proptest seeds from PROPTEST_RNG_SEED / its persistence file; a failure prints the case.
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn shared_bytes_compare_and_hash_as_their_bytes(
+        a in bytes_around_inline_limit(),
+        b in bytes_around_inline_limit(),
+    ) {
+        let (sa, sb) = (SharedBytes::from(a.clone()), SharedBytes::from(b.as_slice()));
+        prop_assert_eq!(sa.as_slice(), a.as_slice());
+        prop_assert_eq!(sb.as_slice(), b.as_slice());
+        prop_assert_eq!(sa.cmp(&sb), a.cmp(&b));
+        prop_assert_eq!(sa == sb, a == b);
+        let hasher = RandomState::new();
+        // Borrow<[u8]> lookups need the key and its bytes to hash alike.
+        prop_assert_eq!(hasher.hash_one(&sa), hasher.hash_one(a.as_slice()));
+        prop_assert_eq!(sa.clone(), SharedBytes::from(a.as_slice()));
+    }
 
     #[test]
     fn engine_matches_a_btreemap_model(

@@ -91,14 +91,67 @@ impl ValueKind {
 /// A write after a snapshot's clone copies the B-tree leaf it lands in; with shared keys and
 /// values that copy takes a reference count per pair instead of an allocation and a memcpy of
 /// every key and value in the leaf (measured: right after each snapshot, those copies faulted in
-/// fresh memory for a second of CPU on each replica). Encoded exactly as a byte string.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SharedBytes(Arc<[u8]>);
+/// fresh memory for a second of CPU on each replica). Up to [`INLINE_BYTES`] bytes (most keys,
+/// small values) are held in place instead: no allocation of their own, and a B-tree search
+/// compares them inside the node it reads instead of following a pointer per comparison.
+/// Compared, hashed and encoded exactly as a byte string.
+#[derive(Clone)]
+pub struct SharedBytes(Repr);
+
+/// Bytes no longer than this are held inside a [`SharedBytes`] (it is 24 bytes either way).
+pub const INLINE_BYTES: usize = 22;
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; INLINE_BYTES] },
+    Shared(Arc<[u8]>),
+}
 
 impl SharedBytes {
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Shared(shared) => shared,
+        }
+    }
+}
+
+impl Default for SharedBytes {
+    fn default() -> SharedBytes {
+        SharedBytes::from(&[][..])
+    }
+}
+
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SharedBytes").field(&self.as_slice()).finish()
+    }
+}
+
+impl PartialEq for SharedBytes {
+    fn eq(&self, other: &SharedBytes) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for SharedBytes {}
+
+impl PartialOrd for SharedBytes {
+    fn partial_cmp(&self, other: &SharedBytes) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SharedBytes {
+    fn cmp(&self, other: &SharedBytes) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl std::hash::Hash for SharedBytes {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state)
     }
 }
 
@@ -106,31 +159,42 @@ impl Deref for SharedBytes {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.0
+        self.as_slice()
     }
 }
 
 impl std::borrow::Borrow<[u8]> for SharedBytes {
     fn borrow(&self) -> &[u8] {
-        &self.0
+        self.as_slice()
     }
 }
 
 impl From<Vec<u8>> for SharedBytes {
     fn from(bytes: Vec<u8>) -> SharedBytes {
-        SharedBytes(bytes.into())
+        if bytes.len() <= INLINE_BYTES {
+            SharedBytes::from(bytes.as_slice())
+        } else {
+            SharedBytes(Repr::Shared(bytes.into()))
+        }
     }
 }
 
 impl From<&[u8]> for SharedBytes {
     fn from(bytes: &[u8]) -> SharedBytes {
-        SharedBytes(bytes.into())
+        match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= INLINE_BYTES => {
+                let mut inline = [0; INLINE_BYTES];
+                inline[..bytes.len()].copy_from_slice(bytes);
+                SharedBytes(Repr::Inline { len, bytes: inline })
+            }
+            _ => SharedBytes(Repr::Shared(bytes.into())),
+        }
     }
 }
 
 impl Serialize for SharedBytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
+        serializer.serialize_bytes(self.as_slice())
     }
 }
 
