@@ -216,3 +216,43 @@ fn minority_never_acknowledges_a_write() {
     let mut conn = RespConn::connect(cluster.client_addrs[&leader], WAIT);
     assert_eq!(conn.call(&[b"SET", b"after", b"1"]), Reply::Simple("OK".into()));
 }
+
+// A request that nothing settles (its leader is cut off and has not noticed yet) is answered
+// -TRYAGAIN at its deadline by the connection's sweep, each of a pipelined burst included, and the
+// connection goes on serving.
+#[test]
+fn requests_without_an_outcome_are_answered_at_their_deadline() {
+    use quorumkv::actors::sim_network::SimFaults;
+    let seed = common::kv_suite::seed("requests_without_an_outcome_are_answered_at_their_deadline");
+    // Check-quorum steps a cut-off leader down only after an election timeout: far beyond the
+    // request timeout, so the deadline is what answers.
+    let cluster = TestCluster::start_sim(3, seed, SimFaults::reliable(), |config| {
+        config.election_timeout_ms = 4000;
+        config.request_timeout_ms = 300;
+    });
+    let leader = cluster.wait_for_leader(Duration::from_secs(30));
+    let mut conn = RespConn::connect(cluster.client_addrs[&leader], WAIT);
+    assert_eq!(conn.call(&[b"SET", b"before", b"1"]), Reply::Simple("OK".into()));
+    let others: Vec<u64> = cluster.client_addrs.keys().copied().filter(|&id| id != leader).collect();
+    cluster.net().partition(&[vec![leader], others]);
+    let started = Instant::now();
+    for i in 0..5 {
+        conn.send(&[b"SET", format!("cut{i}").as_bytes(), b"v"]);
+    }
+    for i in 0..5 {
+        let reply = conn.read().expect("a reply");
+        assert_eq!(
+            reply,
+            Reply::Error("TRYAGAIN no outcome within the request timeout".into()),
+            "request {i} (seed {seed})"
+        );
+    }
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(300), "answered before the deadline: {waited:?} (seed {seed})");
+    assert!(
+        waited < Duration::from_millis(3000),
+        "answered long after the deadline: {waited:?} (seed {seed})"
+    );
+    assert_eq!(conn.call(&[b"PING"]), Reply::Simple("PONG".into()));
+    cluster.net().heal();
+}

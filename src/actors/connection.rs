@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::io::AsyncReadExt;
@@ -18,7 +18,7 @@ use super::consensus::Consensus;
 use super::metrics::command_slot;
 use super::registry::{ClientEntry, ClientRegistry, HeldSnapshots, ScanCursors};
 use super::status::StatusBoard;
-use super::waiter::{Waiter, WaiterTask};
+use super::waiter::{DeadlinePassed, Waiter, WaiterTask};
 use crate::protocol::command::Command;
 use crate::protocol::request::{parse_client_request, ClientCommand, ClientRequest, RequestError};
 use crate::protocol::resp::{ParseOutcome, Reply, RequestParser};
@@ -181,11 +181,22 @@ pub struct Connection {
     watch_point: u64,
     /// EXECs in flight, by request position: the replies to splice into their answer.
     exec_splices: BTreeMap<u64, Vec<(usize, Reply)>>,
-    /// Requests in flight, by position: their command's metrics slot and arrival time.
-    started: BTreeMap<u64, (usize, std::time::Instant)>,
+    /// Requests in flight, by position.
+    started: BTreeMap<u64, InFlight>,
+    /// A sweep for waiters past their deadline is scheduled.
+    sweep_armed: bool,
     /// Replies encoded in order during this turn of the actor, written together once its
     /// mailbox is drained: a burst of replies costs one send, not one per reply.
     burst: Burst,
+}
+
+/// A request that has not been answered yet.
+struct InFlight {
+    /// Its command's metrics slot.
+    slot: usize,
+    arrived: Instant,
+    /// Its waiter, until it is told the deadline passed; none for what is answered here.
+    waiter: Option<(Instant, Addr<Waiter>)>,
 }
 
 /// Replies encoded and not yet handed to the socket.
@@ -238,6 +249,7 @@ impl Connection {
             watch_point: 0,
             exec_splices: BTreeMap::new(),
             started: BTreeMap::new(),
+            sweep_armed: false,
             burst: Burst::default(),
         }
     }
@@ -247,11 +259,11 @@ impl Connection {
     }
 
     fn complete_reserved(&mut self, ctx: &mut Context<Self>, seq: u64, mut reply: Reply, reserved: usize) {
-        if let Some((slot, arrived)) = self.started.remove(&seq) {
+        if let Some(request) = self.started.remove(&seq) {
             let metrics = &self.env.status.metrics;
-            metrics.request_seconds.observe(arrived.elapsed().as_secs_f64());
+            metrics.request_seconds.observe(request.arrived.elapsed().as_secs_f64());
             if matches!(reply, Reply::Error(_)) {
-                metrics.error(slot);
+                metrics.error(request.slot);
             }
         }
         if let Some(local) = self.exec_splices.remove(&seq) {
@@ -354,7 +366,7 @@ impl Connection {
         self.client.touch();
         let slot = command_slot(args.first().map_or(&[][..], Vec::as_slice));
         self.env.status.metrics.request(slot);
-        self.started.insert(seq, (slot, std::time::Instant::now()));
+        self.started.insert(seq, InFlight { slot, arrived: Instant::now(), waiter: None });
         let queued_bytes: usize = args.iter().map(Vec::len).sum();
         let request = match parse_client_request(args) {
             Ok(r) => r,
@@ -465,10 +477,42 @@ impl Connection {
             task,
             self.env.consensus.clone(),
             ctx.address().recipient(),
-            timeout,
             self.env.cursors.clone(),
-        );
-        waiter.start();
+        )
+        .start();
+        let Some(request) = self.started.get_mut(&seq) else { return };
+        let deadline = request.arrived + timeout;
+        request.waiter = Some((deadline, waiter));
+        if !self.sweep_armed {
+            self.arm_sweep(ctx, deadline);
+        }
+    }
+
+    /// Sweeps for waiters past their deadline at `when`: one timer per connection, not per request.
+    fn arm_sweep(&mut self, ctx: &mut Context<Self>, when: Instant) {
+        self.sweep_armed = true;
+        ctx.run_later(when.saturating_duration_since(Instant::now()), |act, ctx| {
+            act.sweep_armed = false;
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            for request in act.started.values_mut() {
+                match &request.waiter {
+                    Some((deadline, _)) if *deadline > now => {
+                        next = Some(next.map_or(*deadline, |n| n.min(*deadline)))
+                    }
+                    Some(_) => {
+                        // It answers TRYAGAIN through the usual WaiterDone.
+                        if let Some((_, waiter)) = request.waiter.take() {
+                            waiter.do_send(DeadlinePassed);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            if let Some(next) = next {
+                act.arm_sweep(ctx, next);
+            }
+        });
     }
 
     /// Inside MULTI, queues a data command (answering `+QUEUED`) and turns EXEC into the one write
@@ -785,6 +829,12 @@ impl Actor for Connection {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         // Replies finished in the turn that stopped us (the client closed its side) still go.
         self.write_burst();
+        // Nobody sweeps this connection's waiters any more: they end now instead of at their deadline.
+        for request in self.started.values_mut() {
+            if let Some((_, waiter)) = request.waiter.take() {
+                waiter.do_send(DeadlinePassed);
+            }
+        }
         self.env.clients.remove(self.client.id);
         self.env.status.set_connected_clients(self.env.clients.len());
     }

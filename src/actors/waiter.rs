@@ -2,7 +2,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 
@@ -63,6 +62,13 @@ impl ReadDone {
     }
 }
 
+/// Sent by the connection when the request's deadline passed (or the connection ended): the
+/// waiter answers `-TRYAGAIN` unless it already answered. One sweep per connection keeps the
+/// deadlines, so a request costs no timer of its own.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct DeadlinePassed;
+
 /// What a waiter does.
 pub enum WaiterTask {
     /// Propose a write through the log.
@@ -84,7 +90,6 @@ pub struct Waiter {
     task: Option<WaiterTask>,
     consensus: Addr<Consensus>,
     reply_to: Recipient<WaiterDone>,
-    timeout: Duration,
     done: bool,
     /// Bytes reserved for the reply (released by the connection once written).
     reserved: usize,
@@ -101,16 +106,16 @@ fn refusal_reply(r: Refusal) -> Reply {
 }
 
 impl Waiter {
-    /// A waiter for request `seq` of a connection, answering `reply_to` within `timeout`.
+    /// A waiter for request `seq` of a connection, answering `reply_to` once there is an outcome
+    /// or it is sent [`DeadlinePassed`].
     pub fn new(
         seq: u64,
         task: WaiterTask,
         consensus: Addr<Consensus>,
         reply_to: Recipient<WaiterDone>,
-        timeout: Duration,
         cursors: Arc<ScanCursors>,
     ) -> Waiter {
-        Waiter { seq, task: Some(task), consensus, reply_to, timeout, done: false, reserved: 0, cursors }
+        Waiter { seq, task: Some(task), consensus, reply_to, done: false, reserved: 0, cursors }
     }
 
     /// The reply for `result`; a SCAN page that goes on gets a cursor for where it stopped.
@@ -147,9 +152,6 @@ impl Actor for Waiter {
         if !self.consensus.connected() {
             return self.finish(ctx, try_again("replica is shutting down"));
         }
-        ctx.run_later(self.timeout, |act, ctx| {
-            act.finish(ctx, try_again("no outcome within the request timeout"))
-        });
         match self.task.take() {
             Some(WaiterTask::Write { session, command }) => {
                 let request_id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
@@ -176,6 +178,14 @@ impl Actor for Waiter {
             }
             None => {}
         }
+    }
+}
+
+impl Handler<DeadlinePassed> for Waiter {
+    type Result = ();
+
+    fn handle(&mut self, _msg: DeadlinePassed, ctx: &mut Self::Context) {
+        self.finish(ctx, try_again("no outcome within the request timeout"));
     }
 }
 
