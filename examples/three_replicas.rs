@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use quorumkv::actors::connection::WaiterDone;
 use quorumkv::actors::replica::{bind, Replica, ReplicaConfig};
-use quorumkv::actors::waiter::{Waiter, WaiterTask};
+use quorumkv::actors::waiter::{DeadlinePassed, Waiter, WaiterTask};
 use quorumkv::protocol::command::{ColumnFamily, Command};
 use quorumkv::protocol::resp::format_reply;
 
@@ -85,10 +85,18 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         ),
     ];
     for (seq, task) in tasks.into_iter().enumerate() {
-        Waiter::new(seq as u64, task, consensus.clone(), printer.clone(), timeout, Default::default())
-            .start();
+        let waiter =
+            Waiter::new(seq as u64, task, consensus.clone(), printer.clone(), Default::default()).start();
         // One at a time, so the read sees both writes (waiters in flight may finish in any order).
-        done.recv().await.ok_or("printer stopped")?;
+        // The deadline is the caller's to keep: told it passed, a waiter answers -TRYAGAIN.
+        let answered = match actix_rt::time::timeout(timeout, done.recv()).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                waiter.do_send(DeadlinePassed);
+                done.recv().await
+            }
+        };
+        answered.ok_or("printer stopped")?;
     }
     for r in replicas {
         r.stop().await;
