@@ -8,7 +8,7 @@
 # see ../shared/bench/README.md), 100-byte values, 10,000 keys, and prints loadgen's JSON line
 # and the CPU ticks (1/100 s) each replica used. With `perf`, records the leader with
 # `perf record -e cpu-clock` into /tmp/prof/perf.data (PERFG="--call-graph dwarf" for call
-# graphs, PERFSECS=n), PIPE=n requests per batch. EXTRA="--no-fsync" passes flags to every replica. Used for issue 12.
+# graphs, PERFSECS=n, PERFWHO=follower for a follower instead), PIPE=n requests per batch. EXTRA="--no-fsync" passes flags to every replica. Used for issue 12.
 BIN=$1; WR=$2; CL=$3; PERF=${4:-}
 . "$(dirname "$0")/probe_cluster.sh"
 # shellcheck disable=SC2086 # EXTRA is a list of flags
@@ -18,7 +18,7 @@ FPIDS=$(for i in 1 2 3; do [ $i != $LEADER ] && pgrep -f "client-addr 127.0.0.1:
 LG=${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen}
 PRE=""; [ "$WR" = 0 ] && PRE=--preload
 c0=$(for p in $LPID $FPIDS; do awk '{print $14+$15}' /proc/$p/stat; done | paste -sd' ')
-if [ -n "$PERF" ]; then perf record -e cpu-clock ${PERFG:--g} -p $LPID -o /tmp/prof/perf.data -- sleep ${PERFSECS:-8} > /dev/null 2>&1 & PP=$!; fi
+if [ -n "$PERF" ]; then PP_PID=$LPID; [ "${PERFWHO:-}" = follower ] && PP_PID=${FPIDS%%[[:space:]]*}; perf record -e cpu-clock ${PERFG:--g} -p $PP_PID -o /tmp/prof/perf.data -- sleep ${PERFSECS:-8} > /dev/null 2>&1 & PP=$!; fi
 $LG --target resp --addr 127.0.0.1:$PORT --clients $CL --pipeline ${PIPE:-1} --duration 8 --ops 100000000 --value-size 100 --keys 10000 --write-ratio $WR $PRE
 c1=$(for p in $LPID $FPIDS; do awk '{print $14+$15}' /proc/$p/stat; done | paste -sd' ')
 echo "cpu ticks leader,f1,f2 before: $c0 after: $c1"
