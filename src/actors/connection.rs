@@ -183,8 +183,8 @@ pub struct Connection {
     exec_splices: BTreeMap<u64, Vec<(usize, Reply)>>,
     /// Requests in flight, by position.
     started: BTreeMap<u64, InFlight>,
-    /// A sweep for waiters past their deadline is scheduled.
-    sweep_armed: bool,
+    /// When the sweep for waiters past their deadline runs, if one is scheduled.
+    sweep: Option<(Instant, SpawnHandle)>,
     /// Replies encoded in order during this turn of the actor, written together once its
     /// mailbox is drained: a burst of replies costs one send, not one per reply.
     burst: Burst,
@@ -249,7 +249,7 @@ impl Connection {
             watch_point: 0,
             exec_splices: BTreeMap::new(),
             started: BTreeMap::new(),
-            sweep_armed: false,
+            sweep: None,
             burst: Burst::default(),
         }
     }
@@ -483,16 +483,22 @@ impl Connection {
         let Some(request) = self.started.get_mut(&seq) else { return };
         let deadline = request.arrived + timeout;
         request.waiter = Some((deadline, waiter));
-        if !self.sweep_armed {
-            self.arm_sweep(ctx, deadline);
+        // Deadlines mostly come in arrival order, but a SNAPSHOT BEGIN's is far later than the
+        // requests' after it: a sweep scheduled for it is moved earlier.
+        match self.sweep {
+            Some((at, _)) if at <= deadline => {}
+            Some((_, handle)) => {
+                ctx.cancel_future(handle);
+                self.arm_sweep(ctx, deadline);
+            }
+            None => self.arm_sweep(ctx, deadline),
         }
     }
 
     /// Sweeps for waiters past their deadline at `when`: one timer per connection, not per request.
     fn arm_sweep(&mut self, ctx: &mut Context<Self>, when: Instant) {
-        self.sweep_armed = true;
-        ctx.run_later(when.saturating_duration_since(Instant::now()), |act, ctx| {
-            act.sweep_armed = false;
+        let handle = ctx.run_later(when.saturating_duration_since(Instant::now()), |act, ctx| {
+            act.sweep = None;
             let now = Instant::now();
             let mut next: Option<Instant> = None;
             for request in act.started.values_mut() {
@@ -513,6 +519,7 @@ impl Connection {
                 act.arm_sweep(ctx, next);
             }
         });
+        self.sweep = Some((when, handle));
     }
 
     /// Inside MULTI, queues a data command (answering `+QUEUED`) and turns EXEC into the one write
@@ -827,7 +834,8 @@ impl Actor for Connection {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        // Replies finished in the turn that stopped us (the client closed its side) still go.
+        // Replies finished in the turn that stopped us still go, unless the writer was dropped on
+        // purpose (a client over its reply budget).
         self.write_burst();
         // Nobody sweeps this connection's waiters any more: they end now instead of at their deadline.
         for request in self.started.values_mut() {
@@ -904,6 +912,8 @@ impl Handler<CloseConnection> for Connection {
     type Result = ();
 
     fn handle(&mut self, _msg: CloseConnection, ctx: &mut Self::Context) {
+        // Replies already finished (a write that committed) still go before the close.
+        self.write_burst();
         self.writer = None;
         ctx.stop();
     }
