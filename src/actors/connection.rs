@@ -199,6 +199,16 @@ struct InFlight {
     waiter: Option<(Instant, Addr<Waiter>)>,
 }
 
+impl InFlight {
+    /// Tells its waiter, if it still has one, that its deadline passed (it answers TRYAGAIN
+    /// through the usual WaiterDone).
+    fn end_waiter(&mut self) {
+        if let Some((_, waiter)) = self.waiter.take() {
+            waiter.do_send(DeadlinePassed);
+        }
+    }
+}
+
 /// Replies encoded and not yet handed to the socket.
 #[derive(Default)]
 struct Burst {
@@ -502,17 +512,11 @@ impl Connection {
             let now = Instant::now();
             let mut next: Option<Instant> = None;
             for request in act.started.values_mut() {
-                match &request.waiter {
-                    Some((deadline, _)) if *deadline > now => {
-                        next = Some(next.map_or(*deadline, |n| n.min(*deadline)))
+                match request.waiter {
+                    Some((deadline, _)) if deadline > now => {
+                        next = Some(next.map_or(deadline, |n| n.min(deadline)))
                     }
-                    Some(_) => {
-                        // It answers TRYAGAIN through the usual WaiterDone.
-                        if let Some((_, waiter)) = request.waiter.take() {
-                            waiter.do_send(DeadlinePassed);
-                        }
-                    }
-                    None => {}
+                    _ => request.end_waiter(),
                 }
             }
             if let Some(next) = next {
@@ -838,11 +842,7 @@ impl Actor for Connection {
         // purpose (a client over its reply budget).
         self.write_burst();
         // Nobody sweeps this connection's waiters any more: they end now instead of at their deadline.
-        for request in self.started.values_mut() {
-            if let Some((_, waiter)) = request.waiter.take() {
-                waiter.do_send(DeadlinePassed);
-            }
-        }
+        self.started.values_mut().for_each(InFlight::end_waiter);
         self.env.clients.remove(self.client.id);
         self.env.status.set_connected_clients(self.env.clients.len());
     }
