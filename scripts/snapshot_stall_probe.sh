@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Write latency while snapshots are taken: three release replicas, 800,000 keys, 64 clients x
-# pipeline 16 of 100-byte SETs for SECS (default 45) with the default snapshot threshold.
+# pipeline 16 (CLIENTS, PIPE) of 100-byte SETs for SECS (default 45) with the default snapshot threshold.
 #
 #   scripts/snapshot_stall_probe.sh BINARY [SECS]
 #
@@ -12,7 +12,7 @@ BIN=$1; SECS=${2:-45}
 # shellcheck disable=SC2086 # EXTRA is a list of flags
 probe_cluster stalltest 36380 37380 /tmp/prof/s /tmp/prof/slog "$BIN" $EXTRA
 PORT=$((36380+LEADER)); LPID=$(pgrep -f "client-addr 127.0.0.1:$PORT")
-${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen} --target resp --addr 127.0.0.1:$PORT --clients 64 --pipeline 16 --duration $SECS --ops 100000000 --value-size 100 --keys 800000 --write-ratio 1
+${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen} --target resp --addr 127.0.0.1:$PORT --clients ${CLIENTS:-64} --pipeline ${PIPE:-16} --duration $SECS --ops 100000000 --value-size 100 --keys 800000 --write-ratio 1
 echo "leader RSS at the end: $(grep VmRSS /proc/$LPID/status)  keys: $(redis-cli -p $PORT info | grep "^keys:")"; sleep 10; echo "leader RSS 10 s later: $(grep VmRSS /proc/$LPID/status); followers: $(for p in $(pgrep -f "cluster-name stalltest" | grep -v "^$LPID$"); do grep VmRSS /proc/$p/status | tr -s " " | cut -d" " -f2; done | paste -sd" ") kB"
 grep -h "snapshot at index" /tmp/prof/slog$LEADER | grep taken | sed 's/.*snapshot/snapshot/' | head -5
-pkill -f "cluster-name stalltest"
+[ -n "$KEEP" ] || pkill -f "cluster-name stalltest"

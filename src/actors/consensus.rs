@@ -22,7 +22,7 @@ use super::applier::{
 };
 use super::connection::ReplyBudget;
 use super::disk::{Disk, Persist, PersistError};
-use super::snapshotter::{LoadLatest, SaveImage, SavedSnapshot, Snapshotter};
+use super::snapshotter::{Discard, LoadLatest, SaveImage, SavedSnapshot, Snapshotter};
 use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
@@ -761,7 +761,8 @@ impl Consensus {
                     // The image went straight to its file; a follower that falls behind it (rare)
                     // gets it loaded from there. An older one kept for a transfer is let go.
                     act.latest_snapshot = None;
-                    act.core.compact(meta.index);
+                    let compacted = act.core.compact(meta.index);
+                    act.snapshotter.do_send(Discard(compacted));
                     // Ordered after every write handed out before it, which holds the entries it covers.
                     let persist = Persist { compact: Some(meta), hard_state: None, entries: Vec::new() };
                     act.queue_write(ctx, DiskWrite { image: None, persist, number: 0 });

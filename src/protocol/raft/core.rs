@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::log::RaftLog;
+use super::log::{Compacted, RaftLog};
 use super::membership::{ChangeOp, ConfChange, Membership, MembershipError, VoteResult};
 use super::message::{Entry, EntryKind, HardState, Message, MessageBody, NodeId, Snapshot, SnapshotMeta};
 use super::progress::{Progress, ProgressState};
@@ -693,9 +693,10 @@ impl RaftCore {
         });
     }
 
-    /// Drops log entries up to `index`, which a snapshot of the applied state now covers.
-    pub fn compact(&mut self, index: u64) {
-        self.log.compact(index.min(self.log.applied()));
+    /// Drops log entries up to `index`, which a snapshot of the applied state now covers, and
+    /// returns their memory for the caller to free where it does not hold up the node.
+    pub fn compact(&mut self, index: u64) -> Compacted {
+        self.log.compact(index.min(self.log.applied()))
     }
 
     /// The caller finished sending a snapshot to `to` (`ok`), or gave up on it.

@@ -12,6 +12,22 @@
 use super::message::{Entry, SnapshotMeta};
 use crate::protocol::chunked::ChunkedDeque;
 
+/// Entries a compaction took out of the log, still allocated: dropping this frees them.
+#[derive(Debug, Default)]
+pub struct Compacted(Vec<Vec<Entry>>);
+
+impl Compacted {
+    /// Number of entries held (dropped ones share chunks with up to a chunk of earlier ones).
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Vec::len).sum()
+    }
+
+    /// True when there is nothing to free.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The log held by one Raft node.
 #[derive(Debug, Clone)]
 pub struct RaftLog {
@@ -274,19 +290,22 @@ impl RaftLog {
     }
 
     /// Drops entries up to `index` (already captured in a snapshot of the applied state).
-    pub fn compact(&mut self, index: u64) {
+    ///
+    /// Returns the memory that held them, for the caller to free off its own thread.
+    pub fn compact(&mut self, index: u64) -> Compacted {
         if index <= self.snapshot.index {
-            return;
+            return Compacted::default();
         }
         assert!(index <= self.applied, "compacting {index} past applied {}", self.applied);
         // Applied entries were handed to storage in the Ready that handed them out, or earlier.
         assert!(index <= self.persisting, "compacting {index} past what storage was given");
-        let Some(term) = self.term(index) else { return };
+        let Some(term) = self.term(index) else { return Compacted::default() };
         let count = (index - self.snapshot.index) as usize;
-        let dropped: usize = self.entries.range(0, count).map(Entry::size_bytes).sum();
-        self.entries.drop_front(count);
-        self.entries_bytes -= dropped;
+        let freed = self.entries.drop_front(count);
+        // Counted over what stays: compaction runs at the applied mark, so that is the short part.
+        self.entries_bytes = self.entries.iter().map(Entry::size_bytes).sum();
         self.snapshot = SnapshotMeta { index, term };
+        Compacted(freed)
     }
 
     /// Bytes held by the entries in memory (approximate).

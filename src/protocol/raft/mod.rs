@@ -14,7 +14,7 @@ pub mod read_index;
 pub mod ready;
 
 pub use self::core::{ChangeError, Config, ProposeError, RaftCore, Stats, StepError, TransferError};
-pub use self::log::RaftLog;
+pub use self::log::{Compacted, RaftLog};
 pub use self::membership::{ChangeOp, ConfChange, MemberAddrs, Membership, MembershipError};
 pub use self::message::{Entry, EntryKind, HardState, Message, MessageBody, NodeId, Snapshot, SnapshotMeta};
 pub use self::ready::{ReadState, Ready, Role, RoleState};
