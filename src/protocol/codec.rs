@@ -85,17 +85,34 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_DECODE_BYTES>()
 }
 
-/// Encodes `value` to bytes.
+/// Encodes `value` to bytes, in a buffer of exactly their size.
+///
+/// Sized first because encoded entries live in the Raft log until the next snapshot: a buffer
+/// grown by doubling held a 131-byte SET entry in 256 bytes, ~55 MB of the log's memory at the
+/// default snapshot threshold.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
+    encode_with_prefix(&[], value)
 }
 
-/// Encodes `value` after the bytes `prefix`, in one buffer.
+/// Encodes `value` after the bytes `prefix`, in one buffer of exactly their size.
 pub fn encode_with_prefix<T: Serialize>(prefix: &[u8], value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = prefix.to_vec();
-    bincode::serde::encode_into_std_write(value, &mut out, config())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let fail = |e: bincode::error::EncodeError| CodecError::Encode(e.to_string());
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, config()).map_err(fail)?;
+    let mut out = Vec::with_capacity(prefix.len() + size.bytes_written);
+    out.extend_from_slice(prefix);
+    bincode::serde::encode_into_writer(value, VecOut(&mut out), config()).map_err(fail)?;
     Ok(out)
+}
+
+/// A bincode writer appending to a `Vec` (bincode's own is private).
+struct VecOut<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecOut<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
 }
 
 /// Decodes exactly one value from `bytes`; trailing bytes are an error.
@@ -167,6 +184,28 @@ mod tests {
             decode::<Plain>(&encode(&Adapted { maybe: None, ..adapted }).expect("encodes")).expect("decodes"),
             none
         );
+    }
+
+    /// Encoded entries sit in the Raft log for a long time: no spare capacity, same bytes as before.
+    #[test]
+    fn encodings_fill_their_buffer_exactly() {
+        let p = Proposal {
+            request_id: 123_456,
+            session: Some(SessionTag { client_id: 1, seq: 2 }),
+            command: Command::Put {
+                cf: ColumnFamily::Default,
+                key: b"key:123456".to_vec(),
+                value: vec![7; 100],
+            },
+        };
+        let grown = bincode::serde::encode_to_vec(&p, config()).expect("encode");
+        let bytes = encode(&p).expect("encode");
+        assert_eq!(bytes, grown);
+        assert_eq!(bytes.capacity(), bytes.len(), "grown by doubling it had {}", grown.capacity());
+        let prefixed = encode_with_prefix(b"head", &p).expect("encode");
+        assert_eq!(prefixed[..4], *b"head");
+        assert_eq!(prefixed[4..], grown[..]);
+        assert_eq!(prefixed.capacity(), prefixed.len());
     }
 
     #[test]
