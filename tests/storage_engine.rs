@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 use quorumkv::protocol::command::ColumnFamily;
 use quorumkv::storage::engine::INLINE_BYTES;
-use quorumkv::storage::{KvEngine, SharedBytes, WriteBatch};
+use quorumkv::storage::{KvEngine, SharedBytes, Stored, ValueKind, WriteBatch};
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 
@@ -59,6 +59,24 @@ proptest! {
         // Borrow<[u8]> lookups need the key and its bytes to hash alike.
         prop_assert_eq!(hasher.hash_one(&sa), hasher.hash_one(a.as_slice()));
         prop_assert_eq!(sa.clone(), SharedBytes::from(a.as_slice()));
+    }
+
+    /// A packed value gives back what it was made of, and two are equal exactly when that is.
+    #[test]
+    fn stored_values_keep_their_fields(
+        a in (bytes_around_inline_limit(), any::<u64>(), proptest::option::of(any::<u64>())),
+        b in (bytes_around_inline_limit(), 0u64..3, proptest::option::of(0u64..3)),
+    ) {
+        let pack = |(value, version, expiry): &(Vec<u8>, u64, Option<u64>)| Stored::with_expiry(value, *version, *expiry);
+        let (sa, sb) = (pack(&a), pack(&b));
+        prop_assert_eq!(sa.value(), a.0.as_slice());
+        prop_assert_eq!(sa.version(), a.1);
+        prop_assert_eq!(sa.expire_at_ms(), a.2);
+        prop_assert_eq!(sa.kind(), ValueKind::String);
+        prop_assert_eq!(sa.is_live(0), true);
+        prop_assert_eq!(sa.is_live(u64::MAX), a.2.is_none_or(|at| at == u64::MAX));
+        prop_assert_eq!(sa == sb, a == b);
+        prop_assert_eq!(Stored::new(&a.0, a.1), Stored::with_expiry(&a.0, a.1, None));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! time from replicated state only (the entry's index and its leader-stamped clock), so every
 //! replica answers alike.
 
-use super::engine::{KvEngine, SharedBytes, Stored, WriteBatch};
+use super::engine::{KvEngine, Stored, WriteBatch};
 use crate::protocol::command::{
     ColumnFamily, Command, CommandResult, ExpireCondition, ExpireTime, Expiry, SetCondition, SetReply,
 };
@@ -74,7 +74,7 @@ fn raw_scan<'e>(
     engine.iter_stored(cf, start).filter(move |(_, s)| s.is_live(now_ms)).take(limit).take_while(
         move |(k, s)| {
             let first = bytes == 0;
-            bytes += k.len() + s.value.len();
+            bytes += k.len() + s.value().len();
             first || bytes <= MAX_SCAN_REPLY_BYTES
         },
     )
@@ -82,31 +82,31 @@ fn raw_scan<'e>(
 
 /// Answers a read-only command against `engine` at time `now_ms`; a write is refused.
 pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> CommandResult {
-    let value_of = |key: &[u8]| live(engine, DEFAULT, key, now_ms).map(|s| s.value.to_vec());
+    let value_of = |key: &[u8]| live(engine, DEFAULT, key, now_ms).map(|s| s.value().to_vec());
     match command {
         Command::Get { cf, key } => {
-            CommandResult::Value(live(engine, *cf, key, now_ms).map(|s| s.value.to_vec()))
+            CommandResult::Value(live(engine, *cf, key, now_ms).map(|s| s.value().to_vec()))
         }
         Command::Exists { keys } | Command::Touch { keys } => CommandResult::Integer(
             keys.iter().filter(|k| live(engine, DEFAULT, k, now_ms).is_some()).count() as i64,
         ),
         Command::Scan { cf, start, limit } => CommandResult::Pairs(
             raw_scan(engine, now_ms, *cf, start, *limit)
-                .map(|(k, s)| (k.to_vec(), s.value.to_vec()))
+                .map(|(k, s)| (k.to_vec(), s.value().to_vec()))
                 .collect(),
         ),
         Command::MGet { keys } => {
             CommandResult::Array(keys.iter().map(|k| CommandResult::Value(value_of(k))).collect())
         }
         Command::Strlen { key } => {
-            CommandResult::Integer(live(engine, DEFAULT, key, now_ms).map_or(0, |s| s.value.len() as i64))
+            CommandResult::Integer(live(engine, DEFAULT, key, now_ms).map_or(0, |s| s.value().len() as i64))
         }
         Command::GetRange { key, start, end } => {
-            let value = live(engine, DEFAULT, key, now_ms).map(|s| s.value.as_slice()).unwrap_or_default();
+            let value = live(engine, DEFAULT, key, now_ms).map(|s| s.value()).unwrap_or_default();
             CommandResult::Value(Some(byte_range(value, *start, *end).to_vec()))
         }
         Command::Type { key } => CommandResult::Status(
-            live(engine, DEFAULT, key, now_ms).map_or("none", |s| s.kind.name()).to_string(),
+            live(engine, DEFAULT, key, now_ms).map_or("none", |s| s.kind().name()).to_string(),
         ),
         Command::Keys { pattern } => {
             let prefix = literal_prefix(pattern);
@@ -141,7 +141,7 @@ pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> Command
                 }
                 let wanted = stored.is_live(now_ms)
                     && pattern.as_ref().is_none_or(|p| glob_match(p, key))
-                    && kind.as_ref().is_none_or(|k| k.eq_ignore_ascii_case(stored.kind.name().as_bytes()));
+                    && kind.as_ref().is_none_or(|k| k.eq_ignore_ascii_case(stored.kind().name().as_bytes()));
                 if wanted {
                     bytes += key.len();
                     keys.push(key.to_vec());
@@ -161,15 +161,15 @@ pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> Command
         }
         Command::Ttl { key, millis, absolute } => {
             let Some(stored) = live(engine, DEFAULT, key, now_ms) else { return CommandResult::Integer(-2) };
-            let Some(at) = stored.expire_at_ms else { return CommandResult::Integer(-1) };
+            let Some(at) = stored.expire_at_ms() else { return CommandResult::Integer(-1) };
             let ms = if *absolute { at } else { at.saturating_sub(now_ms) };
             let ms = i64::try_from(ms).unwrap_or(i64::MAX);
             CommandResult::Integer(if *millis { ms } else { ms.saturating_add(500) / 1000 })
         }
         Command::GetVer { key } => match live(engine, DEFAULT, key, now_ms) {
             Some(s) => CommandResult::Array(vec![
-                CommandResult::Value(Some(s.value.to_vec())),
-                CommandResult::Integer(i64::try_from(s.version).unwrap_or(i64::MAX)),
+                CommandResult::Value(Some(s.value().to_vec())),
+                CommandResult::Integer(i64::try_from(s.version()).unwrap_or(i64::MAX)),
             ]),
             None => CommandResult::Value(None),
         },
@@ -180,16 +180,16 @@ pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> Command
 /// Bytes of values [`read`] would copy out for `command`, counted without copying (keys-only
 /// replies are bounded by [`MAX_SCAN_REPLY_BYTES`] and not counted).
 pub(crate) fn read_reply_bytes(engine: &KvEngine, now_ms: u64, command: &Command) -> usize {
-    let len = |cf, key: &[u8]| live(engine, cf, key, now_ms).map_or(0, |s| s.value.len());
+    let len = |cf, key: &[u8]| live(engine, cf, key, now_ms).map_or(0, |s| s.value().len());
     match command {
         Command::Get { cf, key } => len(*cf, key),
         Command::MGet { keys } => keys.iter().map(|k| len(DEFAULT, k)).sum(),
         Command::GetRange { key, start, end } => {
-            live(engine, DEFAULT, key, now_ms).map_or(0, |s| byte_range(&s.value, *start, *end).len())
+            live(engine, DEFAULT, key, now_ms).map_or(0, |s| byte_range(s.value(), *start, *end).len())
         }
         Command::GetVer { key } => len(DEFAULT, key),
         Command::Scan { cf, start, limit } => {
-            raw_scan(engine, now_ms, *cf, start, *limit).map(|(k, s)| k.len() + s.value.len()).sum()
+            raw_scan(engine, now_ms, *cf, start, *limit).map(|(k, s)| k.len() + s.value().len()).sum()
         }
         _ => 0,
     }
@@ -200,15 +200,8 @@ impl Applying<'_> {
         live(self.engine, DEFAULT, key, self.now_ms)
     }
 
-    fn put(
-        &mut self,
-        cf: ColumnFamily,
-        key: &[u8],
-        value: impl Into<SharedBytes>,
-        expire_at_ms: Option<u64>,
-    ) {
-        let mut stored = Stored::new(value, self.index);
-        stored.expire_at_ms = expire_at_ms;
+    fn put(&mut self, cf: ColumnFamily, key: &[u8], value: impl AsRef<[u8]>, expire_at_ms: Option<u64>) {
+        let stored = Stored::with_expiry(value, self.index, expire_at_ms);
         let mut batch = WriteBatch::new();
         batch.put_stored(cf, key.to_vec(), stored);
         self.engine.write(batch);
@@ -234,7 +227,7 @@ impl Applying<'_> {
 
     /// The live key's time to live kept by a write that does not change it.
     fn kept_expiry(&self, key: &[u8]) -> Option<u64> {
-        self.live(key).and_then(|s| s.expire_at_ms)
+        self.live(key).and_then(Stored::expire_at_ms)
     }
 
     /// Applies a state-changing command (a read is answered as a read at the entry's clock).
@@ -245,7 +238,7 @@ impl Applying<'_> {
                 CommandResult::Ok
             }
             Command::Append { key, value } => {
-                let old = self.live(key).map(|s| s.value.as_slice()).unwrap_or_default();
+                let old = self.live(key).map(|s| s.value()).unwrap_or_default();
                 if old.len() + value.len() > MAX_ARG_BYTES {
                     // Every replica refuses alike: the check reads only replicated state.
                     return CommandResult::Error(TOO_LONG.into());
@@ -262,7 +255,7 @@ impl Applying<'_> {
                 self.set(key, value, *condition, *expiry, *reply)
             }
             Command::GetDel { key } => {
-                let old = self.live(key).map(|s| s.value.to_vec());
+                let old = self.live(key).map(|s| s.value().to_vec());
                 // An expired key goes too, as Redis deletes it on access.
                 self.remove(DEFAULT, std::slice::from_ref(key));
                 CommandResult::Value(old)
@@ -270,10 +263,10 @@ impl Applying<'_> {
             Command::GetEx { key, expiry } => {
                 let Some(old) = self.live(key).cloned() else { return CommandResult::Value(None) };
                 let expire_at_ms = match expiry {
-                    Expiry::Keep => return CommandResult::Value(Some(old.value.to_vec())),
+                    Expiry::Keep => return CommandResult::Value(Some(old.value().to_vec())),
                     // PERSIST of a key without a time to live changes nothing (no new version).
-                    Expiry::Clear if old.expire_at_ms.is_none() => {
-                        return CommandResult::Value(Some(old.value.to_vec()))
+                    Expiry::Clear if old.expire_at_ms().is_none() => {
+                        return CommandResult::Value(Some(old.value().to_vec()))
                     }
                     Expiry::Clear => None,
                     Expiry::AfterMs(ms) => Some(self.now_ms.saturating_add(*ms)),
@@ -283,9 +276,9 @@ impl Applying<'_> {
                     // A time already reached: the key goes now, as Redis deletes it.
                     self.remove(DEFAULT, std::slice::from_ref(key));
                 } else {
-                    self.put(DEFAULT, key, old.value.clone(), expire_at_ms);
+                    self.put(DEFAULT, key, old.value(), expire_at_ms);
                 }
-                CommandResult::Value(Some(old.value.to_vec()))
+                CommandResult::Value(Some(old.value().to_vec()))
             }
             Command::MSet { pairs, only_if_none_exist } => {
                 if *only_if_none_exist && pairs.iter().any(|(k, _)| self.live(k).is_some()) {
@@ -303,7 +296,7 @@ impl Applying<'_> {
                 }
             }
             Command::SetRange { key, offset, value } => {
-                let old = self.live(key).map(|s| s.value.as_slice()).unwrap_or_default();
+                let old = self.live(key).map(|s| s.value()).unwrap_or_default();
                 if value.is_empty() {
                     return CommandResult::Integer(old.len() as i64);
                 }
@@ -326,7 +319,7 @@ impl Applying<'_> {
             Command::IncrBy { key, delta } => {
                 let old = match self.live(key) {
                     None => 0,
-                    Some(s) => match parse_i64_strict(&s.value) {
+                    Some(s) => match parse_i64_strict(s.value()) {
                         Some(n) => n,
                         None => return CommandResult::Error(NOT_AN_INTEGER.into()),
                     },
@@ -341,7 +334,7 @@ impl Applying<'_> {
             Command::IncrByFloat { key, delta } => {
                 let old = match self.live(key) {
                     None => 0.0,
-                    Some(s) => match parse_f64_strict(&s.value) {
+                    Some(s) => match parse_f64_strict(s.value()) {
                         Some(f) => f,
                         None => return CommandResult::Error("value is not a valid float".into()),
                     },
@@ -373,7 +366,7 @@ impl Applying<'_> {
                     return answer(!only_if_absent);
                 }
                 self.remove(DEFAULT, std::slice::from_ref(from));
-                self.put(DEFAULT, to, source.value, source.expire_at_ms);
+                self.put(DEFAULT, to, source.value(), source.expire_at_ms());
                 answer(true)
             }
             Command::Flush { all } => {
@@ -388,8 +381,8 @@ impl Applying<'_> {
             }
             Command::Expire { key, when, condition } => self.expire(key, *when, *condition),
             Command::Persist { key } => match self.live(key).cloned() {
-                Some(stored) if stored.expire_at_ms.is_some() => {
-                    self.put(DEFAULT, key, stored.value, None);
+                Some(stored) if stored.expire_at_ms().is_some() => {
+                    self.put(DEFAULT, key, stored.value(), None);
                     CommandResult::Integer(1)
                 }
                 _ => CommandResult::Integer(0),
@@ -401,7 +394,7 @@ impl Applying<'_> {
                 CommandResult::Array(commands.iter().map(|c| self.execute(c)).collect())
             }
             Command::SetVer { key, version, value } => {
-                let current = self.live(key).map(|s| s.version);
+                let current = self.live(key).map(|s| s.version());
                 let matches = match current {
                     None => *version == 0,
                     Some(v) => *version != 0 && v == *version,
@@ -444,15 +437,15 @@ impl Applying<'_> {
             SetCondition::IfAbsent => old.is_none(),
             SetCondition::IfPresent => old.is_some(),
         };
-        let old_value = old.as_ref().map(|s| s.value.to_vec());
+        let old_value = old.as_ref().map(|s| s.value().to_vec());
         if allowed {
             let expire_at_ms = match expiry {
-                Expiry::Keep => old.and_then(|s| s.expire_at_ms),
+                Expiry::Keep => old.as_ref().and_then(Stored::expire_at_ms),
                 Expiry::Clear => None,
                 Expiry::AfterMs(ms) => Some(self.now_ms.saturating_add(ms)),
                 Expiry::AtMs(at) => Some(at),
             };
-            self.put(DEFAULT, key, value.to_vec(), expire_at_ms);
+            self.put(DEFAULT, key, value, expire_at_ms);
         }
         match (reply, allowed) {
             (SetReply::Status, true) => CommandResult::Ok,
@@ -469,7 +462,7 @@ impl Applying<'_> {
             ExpireTime::AfterMs(ms) => now.saturating_add(ms),
             ExpireTime::AtMs(at) => at,
         };
-        let current = stored.expire_at_ms.map(|c| i64::try_from(c).unwrap_or(i64::MAX));
+        let current = stored.expire_at_ms().map(|c| i64::try_from(c).unwrap_or(i64::MAX));
         let allowed = match (condition, current) {
             (ExpireCondition::Always, _) => true,
             (ExpireCondition::NoTtl, current) => current.is_none(),
@@ -486,7 +479,7 @@ impl Applying<'_> {
             // Already in the past: the key goes now, as Redis deletes it.
             self.remove(DEFAULT, &[key.to_vec()]);
         } else {
-            self.put(DEFAULT, key, stored.value, Some(at as u64));
+            self.put(DEFAULT, key, stored.value(), Some(at as u64));
         }
         CommandResult::Integer(1)
     }
@@ -495,7 +488,7 @@ impl Applying<'_> {
     /// gone (expired, or missing when some key was removed since — removals leave no version).
     fn watch_moved(&self, key: &[u8], watch_point: u64) -> bool {
         match self.engine.get_stored(DEFAULT, key) {
-            Some(stored) if stored.is_live(self.now_ms) => stored.version > watch_point,
+            Some(stored) if stored.is_live(self.now_ms) => stored.version() > watch_point,
             Some(_) => true,
             None => *self.last_removal_index > watch_point,
         }

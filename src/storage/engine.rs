@@ -206,27 +206,131 @@ impl<'de> Deserialize<'de> for SharedBytes {
 }
 
 /// What the engine keeps under one key: the value and what the dialect needs to know about it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Stored {
-    /// The value's bytes.
-    pub value: SharedBytes,
-    /// Its type.
-    pub kind: ValueKind,
-    /// Log index of the last write to the key (0 for keys from before versions existed).
-    pub version: u64,
-    /// Unix time in milliseconds after which the key is gone; none: it does not expire.
-    pub expire_at_ms: Option<u64>,
-}
+///
+/// Packed into one shared allocation, `[flags][version][expiry, if any][value]`, because the
+/// B-tree holds it inline: a 16-byte handle keeps its leaves small (a snapshot's writes copy
+/// every leaf they touch) and the value needs no allocation of its own. Measured at 640,000 keys
+/// of 100-byte values: 224 bytes per key with the fields laid out in the node and the value in an
+/// `Arc` of its own. Encoded in images exactly as the four fields it holds.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Stored(Arc<[u8]>);
+
+/// The flag bit saying an expiry follows the version.
+const HAS_EXPIRY: u8 = 1;
+/// Bytes before the expiry: the flags and the version.
+const STORED_HEAD: usize = 9;
 
 impl Stored {
     /// A string value written at log index `version`, without a time to live.
-    pub fn new(value: impl Into<SharedBytes>, version: u64) -> Stored {
-        Stored { value: value.into(), kind: ValueKind::String, version, expire_at_ms: None }
+    pub fn new(value: impl AsRef<[u8]>, version: u64) -> Stored {
+        Stored::with_expiry(value, version, None)
+    }
+
+    /// A string value written at log index `version`, gone after `expire_at_ms` if set.
+    pub fn with_expiry(value: impl AsRef<[u8]>, version: u64, expire_at_ms: Option<u64>) -> Stored {
+        // The kind would take the flag bits above HAS_EXPIRY; String is 0.
+        let mut head = [0u8; STORED_HEAD + 8];
+        head[1..STORED_HEAD].copy_from_slice(&version.to_le_bytes());
+        let head_len = match expire_at_ms {
+            Some(at) => {
+                head[0] = HAS_EXPIRY;
+                head[STORED_HEAD..].copy_from_slice(&at.to_le_bytes());
+                STORED_HEAD + 8
+            }
+            None => STORED_HEAD,
+        };
+        // An exact-size iterator: one allocation of exactly the packed length.
+        Stored(head[..head_len].iter().chain(value.as_ref()).copied().collect())
+    }
+
+    /// The value's bytes.
+    pub fn value(&self) -> &[u8] {
+        &self.0[self.value_start()..]
+    }
+
+    /// Its type.
+    pub fn kind(&self) -> ValueKind {
+        ValueKind::String
+    }
+
+    /// Log index of the last write to the key (0 for keys from before versions existed).
+    pub fn version(&self) -> u64 {
+        u64::from_le_bytes(self.word(1))
+    }
+
+    /// Unix time in milliseconds after which the key is gone; none: it does not expire.
+    pub fn expire_at_ms(&self) -> Option<u64> {
+        (self.0[0] & HAS_EXPIRY != 0).then(|| u64::from_le_bytes(self.word(STORED_HEAD)))
     }
 
     /// True while the key exists at time `now_ms` (Redis: gone once the clock passes its expiry).
     pub fn is_live(&self, now_ms: u64) -> bool {
-        self.expire_at_ms.is_none_or(|at| now_ms <= at)
+        self.expire_at_ms().is_none_or(|at| now_ms <= at)
+    }
+
+    fn value_start(&self) -> usize {
+        if self.0[0] & HAS_EXPIRY != 0 {
+            STORED_HEAD + 8
+        } else {
+            STORED_HEAD
+        }
+    }
+
+    fn word(&self, at: usize) -> [u8; 8] {
+        let mut word = [0; 8];
+        word.copy_from_slice(&self.0[at..at + 8]);
+        word
+    }
+}
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stored")
+            .field("value", &self.value())
+            .field("kind", &self.kind())
+            .field("version", &self.version())
+            .field("expire_at_ms", &self.expire_at_ms())
+            .finish()
+    }
+}
+
+/// How a [`Stored`] is encoded: its four fields in this order (the layout before it was packed).
+#[derive(Serialize)]
+struct StoredFields<'a> {
+    #[serde(with = "serde_bytes")]
+    value: &'a [u8],
+    kind: ValueKind,
+    version: u64,
+    expire_at_ms: Option<u64>,
+}
+
+/// [`StoredFields`] decoded.
+#[derive(Deserialize)]
+struct StoredFieldsOwned {
+    #[serde(with = "serde_bytes")]
+    value: Vec<u8>,
+    #[allow(dead_code)] // Only strings exist; read so the encoding stays the same.
+    kind: ValueKind,
+    version: u64,
+    expire_at_ms: Option<u64>,
+}
+
+impl Serialize for Stored {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        StoredFields {
+            value: self.value(),
+            kind: self.kind(),
+            version: self.version(),
+            expire_at_ms: self.expire_at_ms(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Stored {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Stored, D::Error> {
+        let fields = StoredFieldsOwned::deserialize(deserializer)?;
+        Ok(Stored::with_expiry(fields.value, fields.version, fields.expire_at_ms))
     }
 }
 
@@ -266,13 +370,13 @@ pub struct KvEngine {
 fn pair_hash(cf: ColumnFamily, key: &[u8], stored: &Stored) -> u64 {
     let mut h = mix(cf_slot(cf) as u64 + 1);
     h = hash_bytes(h, key);
-    h = hash_bytes(h, &stored.value);
-    let kind = match stored.kind {
+    h = hash_bytes(h, stored.value());
+    let kind = match stored.kind() {
         ValueKind::String => 1,
     };
     h = mix(h ^ kind);
-    h = mix(h ^ stored.version);
-    mix(h ^ stored.expire_at_ms.map_or(0, |at| at.wrapping_add(1)))
+    h = mix(h ^ stored.version());
+    mix(h ^ stored.expire_at_ms().map_or(0, |at| at.wrapping_add(1)))
 }
 
 /// Folds `bytes`, length first, into `h`.
@@ -317,7 +421,7 @@ impl KvEngine {
 
     /// The value of `key` in `cf` (whether or not it has expired).
     pub fn get_cf(&self, cf: ColumnFamily, key: &[u8]) -> Option<&[u8]> {
-        self.get_stored(cf, key).map(|s| s.value.as_slice())
+        self.get_stored(cf, key).map(Stored::value)
     }
 
     /// The value and metadata of `key` in `cf` (whether or not it has expired).
@@ -331,7 +435,7 @@ impl KvEngine {
         cf: ColumnFamily,
         start: &[u8],
     ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
-        self.iter_stored(cf, start).map(|(k, s)| (k, s.value.as_slice()))
+        self.iter_stored(cf, start).map(|(k, s)| (k, s.value()))
     }
 
     /// The keys of `cf` >= `start` with values and metadata, in key order.
@@ -390,20 +494,20 @@ impl KvEngine {
             match op {
                 WriteOp::Put { cf, key, stored } => {
                     let slot = cf_slot(cf);
-                    let added = (key.len() + stored.value.len()) as u64;
+                    let added = (key.len() + stored.value().len()) as u64;
                     let key_len = key.len() as u64;
                     self.digest ^= pair_hash(cf, &key, &stored);
-                    if let Some(at) = stored.expire_at_ms {
+                    if let Some(at) = stored.expire_at_ms() {
                         if self.expiries.insert((at, slot as u8, key.clone())).is_none() {
                             self.expiry_sum_ms += u128::from(at);
                         }
                     }
                     if let Some(old) = self.cfs[slot].insert(SharedBytes::from(key.as_slice()), stored) {
                         self.digest ^= pair_hash(cf, &key, &old);
-                        self.size_bytes -= key_len + old.value.len() as u64;
-                        if let Some(at) = old.expire_at_ms {
+                        self.size_bytes -= key_len + old.value().len() as u64;
+                        if let Some(at) = old.expire_at_ms() {
                             // Unless the new value expires at the same time (then the entry is its).
-                            if self.cfs[slot].get(key.as_slice()).and_then(|s| s.expire_at_ms) != Some(at)
+                            if self.cfs[slot].get(key.as_slice()).and_then(Stored::expire_at_ms) != Some(at)
                                 && self.expiries.remove(&(at, slot as u8, key)).is_some()
                             {
                                 self.expiry_sum_ms -= u128::from(at);
@@ -416,8 +520,8 @@ impl KvEngine {
                     let slot = cf_slot(cf);
                     if let Some(old) = self.cfs[slot].remove(key.as_slice()) {
                         self.digest ^= pair_hash(cf, &key, &old);
-                        self.size_bytes -= (key.len() + old.value.len()) as u64;
-                        if let Some(at) = old.expire_at_ms {
+                        self.size_bytes -= (key.len() + old.value().len()) as u64;
+                        if let Some(at) = old.expire_at_ms() {
                             if self.expiries.remove(&(at, slot as u8, key)).is_some() {
                                 self.expiry_sum_ms -= u128::from(at);
                             }
@@ -461,7 +565,7 @@ impl KvEngine {
         for (slot, (cf, map)) in ColumnFamily::ALL.into_iter().zip(engine.cfs.iter()).enumerate() {
             for (k, v) in map {
                 engine.digest ^= pair_hash(cf, k, v);
-                if let Some(at) = v.expire_at_ms {
+                if let Some(at) = v.expire_at_ms() {
                     engine.expiries.insert((at, slot as u8, k.to_vec()));
                     engine.expiry_sum_ms += u128::from(at);
                 }
@@ -476,6 +580,6 @@ impl KvEngine {
     }
 
     fn recount_size_bytes(&self) -> u64 {
-        self.cfs.iter().flat_map(|m| m.iter()).map(|(k, v)| (k.len() + v.value.len()) as u64).sum()
+        self.cfs.iter().flat_map(|m| m.iter()).map(|(k, v)| (k.len() + v.value().len()) as u64).sum()
     }
 }

@@ -259,7 +259,7 @@ impl StateMachine {
             let mut keys = Vec::new();
             let mut bytes = 0;
             for (k, v) in map {
-                bytes += k.len() + v.value.len();
+                bytes += k.len() + v.value().len();
                 keys.push((k.clone(), v.clone()));
                 pair_count += 1;
                 if bytes >= IMAGE_PART_BYTES {
@@ -435,15 +435,20 @@ mod tests {
             version: 7,
             expire_at_ms: Some(9),
         };
-        let mut new = Stored::new(value.clone(), 7);
-        new.expire_at_ms = Some(9);
+        let new = Stored::with_expiry(value.clone(), 7, Some(9));
         assert_eq!(codec::encode(&new).expect("encode"), codec::encode(&old(&value)).expect("encode"));
+        // Packed without an expiry, the same fields come out (and back).
+        let lasting = Stored::new(value.clone(), 7);
+        let old_lasting = StoredAsVec { expire_at_ms: None, ..old(&value) };
+        let bytes = codec::encode(&old_lasting).expect("encode");
+        assert_eq!(codec::encode(&lasting).expect("encode"), bytes);
+        assert_eq!(codec::decode::<Stored>(&bytes).expect("decode"), lasting);
+        assert_eq!(codec::decode::<Stored>(&codec::encode(&new).expect("encode")).expect("decode"), new);
         let then = KeysAsVec::Keys {
             cf: ColumnFamily::Write,
             keys: vec![(b"k".to_vec(), old(&value)), (vec![], old(b""))],
         };
-        let mut empty = Stored::new(Vec::new(), 7);
-        empty.expire_at_ms = Some(9);
+        let empty = Stored::with_expiry(Vec::new(), 7, Some(9));
         let now = ImagePart::Keys {
             cf: ColumnFamily::Write,
             keys: vec![(b"k".to_vec().into(), new), (Vec::new().into(), empty.clone())],
