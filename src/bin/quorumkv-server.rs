@@ -46,7 +46,7 @@ struct ReplicaArgs {
     #[arg(long, default_value = "quorumkv")]
     cluster_name: String,
     /// Log bytes since the last snapshot that trigger a new one.
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, default_value_t = quorumkv::actors::replica::DEFAULT_SNAPSHOT_THRESHOLD_BYTES)]
     snapshot_threshold: u64,
     /// Do not fsync the log (faster; a machine crash can lose acknowledged writes).
     #[arg(long)]
