@@ -79,14 +79,28 @@ proptest! {
         prop_assert_eq!(Stored::new(&a.0, a.1), Stored::with_expiry(&a.0, a.1, None));
     }
 
+    /// Reads and scans agree with a model at every step, while snapshot copies are taken and
+    /// the writes held aside for them put back (`snapshot`: 0 nothing, 1 copy, 2 copy released
+    /// and up to `drain` writes put back, 3 all put back); every copy keeps reading as the model
+    /// did when it was taken.
     #[test]
     fn engine_matches_a_btreemap_model(
-        batches in prop::collection::vec(prop::collection::vec(op(), 0..6), 0..20),
+        batches in prop::collection::vec((prop::collection::vec(op(), 0..6), 0u8..4, 0usize..4), 0..20),
         scans in prop::collection::vec((cf(), key(), 0usize..6), 1..8),
     ) {
         let mut engine = KvEngine::new();
-        let mut model: BTreeMap<(ColumnFamily, Vec<u8>), Vec<u8>> = BTreeMap::new();
-        for batch in batches {
+        let mut model: Model = BTreeMap::new();
+        let mut copies: Vec<(KvEngine, Model)> = Vec::new();
+        for (batch, snapshot, drain) in batches {
+            match snapshot {
+                1 => copies.push((engine.copy_for_snapshot(), model.clone())),
+                2 => {
+                    engine.release_snapshot_copy();
+                    engine.drain_deferred(drain);
+                }
+                3 => engine.apply_deferred(),
+                _ => {}
+            }
             let mut wb = WriteBatch::new();
             for op in batch {
                 match op {
@@ -101,13 +115,22 @@ proptest! {
                 }
             }
             engine.write(wb);
-            for ((c, k), v) in &model {
-                prop_assert_eq!(engine.get_cf(*c, k), Some(v.as_slice()));
+            check_against(&engine, &model)?;
+            for (copy, then) in &copies {
+                check_against(copy, then)?;
             }
-            prop_assert_eq!(engine.len(), model.len());
-            let size: usize = model.iter().map(|((_, k), v)| k.len() + v.len()).sum();
-            prop_assert_eq!(engine.approximate_size_bytes(), size as u64);
         }
+        // The same content built without copies or held writes is equal, digest included.
+        let mut rebuilt = KvEngine::new();
+        let mut wb = WriteBatch::new();
+        for ((c, k), v) in &model {
+            wb.put(*c, k.clone(), v.clone());
+        }
+        rebuilt.write(wb);
+        prop_assert_eq!(engine.digest(), rebuilt.digest());
+        prop_assert!(engine == rebuilt);
+        engine.apply_deferred();
+        prop_assert!(engine == rebuilt);
         for (c, start, limit) in scans {
             let expected: Vec<(Vec<u8>, Vec<u8>)> = model
                 .range((c, start.clone())..)
@@ -116,10 +139,27 @@ proptest! {
                 .map(|((_, k), v)| (k.clone(), v.clone()))
                 .collect();
             prop_assert_eq!(engine.scan_cf(c, &start, limit), expected);
-            let in_cf = model.keys().filter(|(mc, _)| *mc == c).count();
-            prop_assert_eq!(engine.len_cf(c), in_cf);
         }
     }
+}
+
+type Model = BTreeMap<(ColumnFamily, Vec<u8>), Vec<u8>>;
+
+/// Every read of `engine` (point, scan, counts, size) gives what `model` holds.
+fn check_against(engine: &KvEngine, model: &Model) -> Result<(), TestCaseError> {
+    for ((c, k), v) in model {
+        prop_assert_eq!(engine.get_cf(*c, k), Some(v.as_slice()));
+    }
+    prop_assert_eq!(engine.len(), model.len());
+    let size: usize = model.iter().map(|((_, k), v)| k.len() + v.len()).sum();
+    prop_assert_eq!(engine.approximate_size_bytes(), size as u64);
+    for c in ColumnFamily::ALL {
+        let expected: Vec<(Vec<u8>, Vec<u8>)> =
+            model.iter().filter(|((mc, _), _)| *mc == c).map(|((_, k), v)| (k.clone(), v.clone())).collect();
+        prop_assert_eq!(engine.len_cf(c), expected.len());
+        prop_assert_eq!(engine.scan_cf(c, &[], usize::MAX), expected);
+    }
+    Ok(())
 }
 
 #[test]

@@ -85,6 +85,15 @@ pub struct TermChanged(pub u64);
 #[rtype(result = "Result<SnapshotMeta, String>")]
 pub struct TakeSnapshot;
 
+/// Move the next writes held aside for a finished snapshot into the state's maps (sent by the
+/// applier to itself until none are left, so client work interleaves with the move).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DrainDeferred;
+
+/// Writes moved per [`DrainDeferred`]: about a millisecond of B-tree inserts (measured).
+const DRAIN_BATCH: usize = 1024;
+
 /// Replace the state with a snapshot received from the leader (already durable).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -320,23 +329,37 @@ impl Handler<ApplyEntries> for Applier {
 }
 
 impl Handler<TakeSnapshot> for Applier {
-    type Result = ResponseFuture<Result<SnapshotMeta, String>>;
+    type Result = ResponseActFuture<Self, Result<SnapshotMeta, String>>;
 
     fn handle(&mut self, _msg: TakeSnapshot, _ctx: &mut Self::Context) -> Self::Result {
         let meta = SnapshotMeta { index: self.state.applied_index(), term: self.applied_term };
-        // A copy now; encoding and writing happen on the snapshotter's thread while we go on applying.
-        let state = Box::new(self.state.clone());
+        // A copy now; encoding and writing happen on the snapshotter's thread while we go on
+        // applying, with our writes held aside until the snapshotter has dropped the copy.
+        let state = Box::new(self.state.copy_for_snapshot());
         let save = self.snapshotter.send(SaveState { meta, state });
-        Box::pin(async move {
+        Box::pin(save.into_actor(self).map(move |saved, act, ctx| {
+            // The snapshotter dropped the copy before answering: the maps are ours alone again.
+            act.state.release_snapshot_copy();
+            ctx.notify(DrainDeferred);
             if meta.index == 0 {
                 return Err("nothing applied yet".to_string());
             }
-            match save.await {
+            match saved {
                 Ok(Ok(())) => Ok(meta),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(e.to_string()),
             }
-        })
+        }))
+    }
+}
+
+impl Handler<DrainDeferred> for Applier {
+    type Result = ();
+
+    fn handle(&mut self, _msg: DrainDeferred, ctx: &mut Self::Context) {
+        if !self.state.drain_deferred(DRAIN_BATCH) {
+            ctx.notify(DrainDeferred);
+        }
     }
 }
 

@@ -340,7 +340,8 @@ impl<'de> Deserialize<'de> for Stored {
 /// O(1), and a write after a clone copies only the nodes on its path. That is what lets a
 /// snapshot be taken without stopping the applier: it clones the state, and the snapshotter
 /// encodes the clone on its own thread while writes go on (issue 12 measured a 1.58 s stall
-/// when the clone copied every pair).
+/// when the clone copied every pair). Writes during a snapshot are held aside instead of
+/// copying nodes ([`KvEngine::copy_for_snapshot`]).
 pub(crate) type Family = imbl::OrdMap<SharedBytes, Stored>;
 
 /// Keys with a time to live, by (expiry, family slot, key): the order expired keys are reclaimed in.
@@ -349,10 +350,13 @@ type ExpiryIndex = imbl::OrdSet<(u64, u8, Vec<u8>)>;
 /// In-memory ordered key-value maps, one per [`ColumnFamily`] (the shape of TiKV's RawKV engine).
 ///
 /// Durability: none by itself; the engine is rebuilt from a snapshot plus the replayed log.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct KvEngine {
     /// Indexed by `cf_slot(cf)`.
     cfs: [Family; 3],
+    /// Writes held back from `cfs` while a snapshot's copy shares them (see
+    /// [`copy_for_snapshot`](KvEngine::copy_for_snapshot)); none otherwise.
+    deferred: Option<Box<Deferred>>,
     /// Every key with an expiry; kept up to date by `write`.
     expiries: ExpiryIndex,
     /// Sum of the expiries in `expiries` (for the average time to live).
@@ -363,6 +367,43 @@ pub struct KvEngine {
     /// by `write`, so replicas can be compared cheaply.
     digest: u64,
 }
+
+/// Writes made while a snapshot's copy shares the maps, kept aside instead of copying the B-tree
+/// leaves they would touch: under random writes every leaf is touched within a second, so a
+/// snapshot taking a second or two doubled the tree's memory (+50-70 MB at 720,000 keys).
+///
+/// Once the copy is gone the changes are moved into the maps a few thousand at a time
+/// ([`drain_deferred`](KvEngine::drain_deferred)): all at once held the applier for ~100 ms.
+/// A key still aside is never written in the maps meanwhile, so what is aside is always newest.
+#[derive(Clone, Debug, Default)]
+struct Deferred {
+    /// Per family slot: each changed key's value now, or `None` if it was removed.
+    changes: [std::collections::BTreeMap<SharedBytes, Option<Stored>>; 3],
+    /// Keys per family slot counting the changes (the maps' own counts do not see them).
+    lens: [usize; 3],
+    /// The copy is gone: new writes go to the maps (taking their key out of `changes`).
+    draining: bool,
+}
+
+/// Changes held aside at most; past this the rest go into the maps (copying leaves again), so a
+/// snapshot that takes very long cannot make the aside grow without bound.
+const MAX_DEFERRED_CHANGES: usize = 1 << 18;
+
+impl PartialEq for KvEngine {
+    /// Equal content: the same pairs in every family, whether or not writes are held aside.
+    fn eq(&self, other: &KvEngine) -> bool {
+        self.digest == other.digest
+            && self.size_bytes == other.size_bytes
+            && self.expiry_sum_ms == other.expiry_sum_ms
+            && self.expiries == other.expiries
+            && ColumnFamily::ALL.into_iter().all(|cf| {
+                self.len_cf(cf) == other.len_cf(cf)
+                    && self.iter_shared(cf, &[]).eq(other.iter_shared(cf, &[]))
+            })
+    }
+}
+
+impl Eq for KvEngine {}
 
 /// The digest contribution of one key: a word-at-a-time 64-bit hash of the family, key and
 /// stored value with lengths between them (the same on every replica of a build; never
@@ -426,7 +467,11 @@ impl KvEngine {
 
     /// The value and metadata of `key` in `cf` (whether or not it has expired).
     pub fn get_stored(&self, cf: ColumnFamily, key: &[u8]) -> Option<&Stored> {
-        self.cfs[cf_slot(cf)].get(key)
+        let slot = cf_slot(cf);
+        if let Some(change) = self.deferred.as_ref().and_then(|d| d.changes[slot].get(key)) {
+            return change.as_ref();
+        }
+        self.cfs[slot].get(key)
     }
 
     /// The pairs of `cf` with key >= `start`, in key order.
@@ -444,9 +489,43 @@ impl KvEngine {
         cf: ColumnFamily,
         start: &[u8],
     ) -> impl Iterator<Item = (&'a [u8], &'a Stored)> {
-        self.cfs[cf_slot(cf)]
-            .range::<_, [u8]>((Bound::Included(start), Bound::Unbounded))
-            .map(|(k, v)| (k.as_slice(), v))
+        self.iter_shared(cf, start).map(|(k, v)| (k.as_slice(), v))
+    }
+
+    /// [`iter_stored`](Self::iter_stored) with the keys as held: the maps merged with the
+    /// writes held aside, which win over the maps and hide removed keys.
+    pub(crate) fn iter_shared<'a>(
+        &'a self,
+        cf: ColumnFamily,
+        start: &[u8],
+    ) -> impl Iterator<Item = (&'a SharedBytes, &'a Stored)> {
+        let slot = cf_slot(cf);
+        let from = (Bound::Included(start), Bound::Unbounded);
+        let mut held = self.cfs[slot].range::<_, [u8]>(from).peekable();
+        let changes = self.deferred.as_ref().map(|d| d.changes[slot].range::<[u8], _>(from));
+        let mut changes = changes.into_iter().flatten().peekable();
+        std::iter::from_fn(move || loop {
+            let change_first = match (held.peek(), changes.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((h, _)), Some((c, _))) => match h.as_slice().cmp(c.as_slice()) {
+                    std::cmp::Ordering::Less => false,
+                    std::cmp::Ordering::Equal => {
+                        held.next(); // Superseded by the change.
+                        true
+                    }
+                    std::cmp::Ordering::Greater => true,
+                },
+            };
+            if !change_first {
+                return held.next();
+            }
+            if let Some((key, Some(stored))) = changes.next() {
+                return Some((key, stored));
+            }
+            // A removed key: nothing to yield, look again.
+        })
     }
 
     /// Keys whose expiry is before `now_ms` (a key lives through its expiry's millisecond), earliest first.
@@ -474,8 +553,7 @@ impl KvEngine {
 
     /// Removes every key of `cf` as one step.
     pub fn clear_cf(&mut self, cf: ColumnFamily) {
-        let slot = cf_slot(cf);
-        let keys: Vec<Vec<u8>> = self.cfs[slot].keys().map(|k| k.to_vec()).collect();
+        let keys: Vec<Vec<u8>> = self.iter_shared(cf, &[]).map(|(k, _)| k.to_vec()).collect();
         let mut batch = WriteBatch::new();
         for key in keys {
             batch.delete(cf, key);
@@ -502,12 +580,13 @@ impl KvEngine {
                             self.expiry_sum_ms += u128::from(at);
                         }
                     }
-                    if let Some(old) = self.cfs[slot].insert(SharedBytes::from(key.as_slice()), stored) {
+                    let new_expiry = stored.expire_at_ms();
+                    if let Some(old) = self.insert_in(slot, &key, stored) {
                         self.digest ^= pair_hash(cf, &key, &old);
                         self.size_bytes -= key_len + old.value().len() as u64;
                         if let Some(at) = old.expire_at_ms() {
                             // Unless the new value expires at the same time (then the entry is its).
-                            if self.cfs[slot].get(key.as_slice()).and_then(Stored::expire_at_ms) != Some(at)
+                            if new_expiry != Some(at)
                                 && self.expiries.remove(&(at, slot as u8, key)).is_some()
                             {
                                 self.expiry_sum_ms -= u128::from(at);
@@ -518,7 +597,7 @@ impl KvEngine {
                 }
                 WriteOp::Delete { cf, key } => {
                     let slot = cf_slot(cf);
-                    if let Some(old) = self.cfs[slot].remove(key.as_slice()) {
+                    if let Some(old) = self.remove_in(slot, &key) {
                         self.digest ^= pair_hash(cf, &key, &old);
                         self.size_bytes -= (key.len() + old.value().len()) as u64;
                         if let Some(at) = old.expire_at_ms() {
@@ -539,12 +618,124 @@ impl KvEngine {
 
     /// Number of keys in `cf`.
     pub fn len_cf(&self, cf: ColumnFamily) -> usize {
-        self.cfs[cf_slot(cf)].len()
+        let slot = cf_slot(cf);
+        self.deferred.as_ref().map_or_else(|| self.cfs[slot].len(), |d| d.lens[slot])
     }
 
     /// Number of keys over every family.
     pub fn len(&self) -> usize {
-        self.cfs.iter().map(Family::len).sum()
+        ColumnFamily::ALL.into_iter().map(|cf| self.len_cf(cf)).sum()
+    }
+
+    /// A copy of the engine for a snapshot to read while this one goes on being written.
+    ///
+    /// The copy shares every map with this engine at no cost; until
+    /// [`release_snapshot_copy`](Self::release_snapshot_copy), writes here are held aside rather
+    /// than copying the shared B-tree leaves they touch.
+    pub fn copy_for_snapshot(&mut self) -> KvEngine {
+        let mut copy = self.clone();
+        copy.apply_deferred();
+        match self.deferred.as_mut() {
+            Some(deferred) => deferred.draining = false,
+            None => {
+                let lens = [self.cfs[0].len(), self.cfs[1].len(), self.cfs[2].len()];
+                self.deferred = Some(Box::new(Deferred { lens, ..Deferred::default() }));
+            }
+        }
+        copy
+    }
+
+    /// The snapshot's copy is gone: writes go to the maps again (in place), and
+    /// [`drain_deferred`](Self::drain_deferred) moves the ones held aside there.
+    pub fn release_snapshot_copy(&mut self) {
+        if let Some(deferred) = self.deferred.as_mut() {
+            deferred.draining = true;
+        }
+    }
+
+    /// Moves up to `max` writes held aside into the maps once the copy is released; true when
+    /// there is nothing more to move (none left, or a copy holds the maps again).
+    pub fn drain_deferred(&mut self, max: usize) -> bool {
+        let Some(deferred) = self.deferred.as_mut().filter(|d| d.draining) else { return true };
+        let mut moved = 0;
+        for (map, changes) in self.cfs.iter_mut().zip(deferred.changes.iter_mut()) {
+            while moved < max {
+                let Some((key, change)) = changes.pop_first() else { break };
+                match change {
+                    Some(stored) => map.insert(key, stored),
+                    None => map.remove(key.as_slice()),
+                };
+                moved += 1;
+            }
+        }
+        if deferred.changes.iter().all(|c| c.is_empty()) {
+            self.deferred = None;
+            return true;
+        }
+        false
+    }
+
+    /// Puts every write held aside into the maps at once, copy or not.
+    pub fn apply_deferred(&mut self) {
+        self.release_snapshot_copy();
+        self.drain_deferred(usize::MAX);
+    }
+
+    /// Stores `stored` under `key` in family `slot`, aside if a snapshot shares the maps; returns
+    /// the value it replaces.
+    fn insert_in(&mut self, slot: usize, key: &[u8], stored: Stored) -> Option<Stored> {
+        self.bound_deferred();
+        let Some(deferred) = self.deferred.as_mut() else {
+            return self.cfs[slot].insert(SharedBytes::from(key), stored);
+        };
+        let changes = &mut deferred.changes[slot];
+        let old = match changes.remove(key) {
+            Some(change) => change,
+            None => self.cfs[slot].get(key).cloned(),
+        };
+        if old.is_none() {
+            deferred.lens[slot] += 1;
+        }
+        if deferred.draining {
+            self.cfs[slot].insert(SharedBytes::from(key), stored);
+        } else {
+            changes.insert(SharedBytes::from(key), Some(stored));
+        }
+        old
+    }
+
+    /// Removes `key` from family `slot` (aside if a snapshot shares the maps); returns its value.
+    fn remove_in(&mut self, slot: usize, key: &[u8]) -> Option<Stored> {
+        self.bound_deferred();
+        let Some(deferred) = self.deferred.as_mut() else {
+            return self.cfs[slot].remove(key);
+        };
+        let changes = &mut deferred.changes[slot];
+        let old = match changes.remove(key) {
+            Some(change) => change,
+            None => self.cfs[slot].get(key).cloned(),
+        };
+        if deferred.draining {
+            self.cfs[slot].remove(key);
+        } else if old.is_some() || self.cfs[slot].get(key).is_some() {
+            // Aside, a removal is recorded whenever the maps still hold the key.
+            changes.insert(SharedBytes::from(key), None);
+        }
+        if old.is_some() {
+            deferred.lens[slot] -= 1;
+        }
+        old
+    }
+
+    /// Stops holding writes aside once [`MAX_DEFERRED_CHANGES`] are.
+    fn bound_deferred(&mut self) {
+        if self
+            .deferred
+            .as_ref()
+            .is_some_and(|d| d.changes.iter().map(|c| c.len()).sum::<usize>() >= MAX_DEFERRED_CHANGES)
+        {
+            self.apply_deferred();
+        }
     }
 
     /// True if no family holds a key.
@@ -552,15 +743,16 @@ impl KvEngine {
         self.len() == 0
     }
 
-    /// The maps themselves, for the state machine's image.
-    pub(crate) fn families(&self) -> &[Family; 3] {
-        &self.cfs
-    }
-
-    /// Rebuilds an engine from maps taken by [`families`](Self::families).
+    /// Rebuilds an engine from maps read back from an image.
     pub(crate) fn from_families(cfs: [Family; 3]) -> Self {
-        let mut engine =
-            KvEngine { cfs, expiries: ExpiryIndex::new(), expiry_sum_ms: 0, size_bytes: 0, digest: 0 };
+        let mut engine = KvEngine {
+            cfs,
+            deferred: None,
+            expiries: ExpiryIndex::new(),
+            expiry_sum_ms: 0,
+            size_bytes: 0,
+            digest: 0,
+        };
         engine.size_bytes = engine.recount_size_bytes();
         for (slot, (cf, map)) in ColumnFamily::ALL.into_iter().zip(engine.cfs.iter()).enumerate() {
             for (k, v) in map {

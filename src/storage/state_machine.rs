@@ -182,6 +182,30 @@ impl StateMachine {
         &self.engine
     }
 
+    /// A copy for a snapshot to encode while this machine goes on applying: see
+    /// [`KvEngine::copy_for_snapshot`]. Call [`release_snapshot_copy`](Self::release_snapshot_copy)
+    /// once the copy is dropped.
+    pub fn copy_for_snapshot(&mut self) -> StateMachine {
+        StateMachine {
+            engine: self.engine.copy_for_snapshot(),
+            sessions: self.sessions.clone(),
+            applied_index: self.applied_index,
+            membership: self.membership.clone(),
+            clock_ms: self.clock_ms,
+            last_removal_index: self.last_removal_index,
+        }
+    }
+
+    /// The snapshot's copy is gone: see [`KvEngine::release_snapshot_copy`].
+    pub fn release_snapshot_copy(&mut self) {
+        self.engine.release_snapshot_copy();
+    }
+
+    /// Moves up to `max` writes held aside for a snapshot into place; true once none are left.
+    pub fn drain_deferred(&mut self, max: usize) -> bool {
+        self.engine.drain_deferred(max)
+    }
+
     /// Number of client sessions remembered.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
@@ -255,10 +279,10 @@ impl StateMachine {
         let clock = ImagePart::Clock { clock_ms: self.clock_ms, last_removal_index: self.last_removal_index };
         push_part(out, &clock)?;
         let mut pair_count = 0u64;
-        for (cf, map) in ColumnFamily::ALL.into_iter().zip(self.engine.families()) {
+        for cf in ColumnFamily::ALL {
             let mut keys = Vec::new();
             let mut bytes = 0;
-            for (k, v) in map {
+            for (k, v) in self.engine.iter_shared(cf, &[]) {
                 bytes += k.len() + v.value().len();
                 keys.push((k.clone(), v.clone()));
                 pair_count += 1;
