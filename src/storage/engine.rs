@@ -2,6 +2,7 @@
 
 use crate::protocol::command::ColumnFamily;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::{btree_map, BTreeMap};
 use std::ops::{Bound, Deref};
 use std::sync::Arc;
 
@@ -378,7 +379,7 @@ pub struct KvEngine {
 #[derive(Clone, Debug, Default)]
 struct Deferred {
     /// Per family slot: each changed key's value now, or `None` if it was removed.
-    changes: [std::collections::BTreeMap<SharedBytes, Option<Stored>>; 3],
+    changes: [BTreeMap<SharedBytes, Option<Stored>>; 3],
     /// Keys per family slot counting the changes (the maps' own counts do not see them).
     lens: [usize; 3],
     /// The copy is gone: new writes go to the maps (taking their key out of `changes`).
@@ -689,17 +690,25 @@ impl KvEngine {
             return self.cfs[slot].insert(SharedBytes::from(key), stored);
         };
         let changes = &mut deferred.changes[slot];
-        let old = match changes.remove(key) {
-            Some(change) => change,
-            None => self.cfs[slot].get(key).cloned(),
+        let old = if deferred.draining {
+            let old = match changes.remove(key) {
+                Some(change) => change,
+                None => self.cfs[slot].get(key).cloned(),
+            };
+            self.cfs[slot].insert(SharedBytes::from(key), stored);
+            old
+        } else {
+            // One walk of the side map: this runs for every write of a snapshot's window.
+            match changes.entry(SharedBytes::from(key)) {
+                btree_map::Entry::Occupied(mut held) => held.insert(Some(stored)),
+                btree_map::Entry::Vacant(aside) => {
+                    aside.insert(Some(stored));
+                    self.cfs[slot].get(key).cloned()
+                }
+            }
         };
         if old.is_none() {
             deferred.lens[slot] += 1;
-        }
-        if deferred.draining {
-            self.cfs[slot].insert(SharedBytes::from(key), stored);
-        } else {
-            changes.insert(SharedBytes::from(key), Some(stored));
         }
         old
     }
