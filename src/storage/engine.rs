@@ -720,14 +720,17 @@ impl KvEngine {
             return self.cfs[slot].remove(key);
         };
         let changes = &mut deferred.changes[slot];
-        let old = match changes.remove(key) {
+        let held = changes.remove(key);
+        // Aside, a removal must be recorded whenever the maps may still hold the key: it was
+        // there, or an earlier removal of it was held aside.
+        let record = held.is_some();
+        let old = match held {
             Some(change) => change,
             None => self.cfs[slot].get(key).cloned(),
         };
         if deferred.draining {
             self.cfs[slot].remove(key);
-        } else if old.is_some() || self.cfs[slot].get(key).is_some() {
-            // Aside, a removal is recorded whenever the maps still hold the key.
+        } else if record || old.is_some() {
             changes.insert(SharedBytes::from(key), None);
         }
         if old.is_some() {
