@@ -386,6 +386,19 @@ struct Deferred {
     draining: bool,
 }
 
+/// Takes `key`'s held change out of `changes`; returns the key's value now (the change if there
+/// was one, else `map`'s) and whether a change was held.
+fn take_current(
+    changes: &mut BTreeMap<SharedBytes, Option<Stored>>,
+    map: &Family,
+    key: &[u8],
+) -> (Option<Stored>, bool) {
+    match changes.remove(key) {
+        Some(change) => (change, true),
+        None => (map.get(key).cloned(), false),
+    }
+}
+
 /// Changes held aside at most; past this the rest go into the maps (copying leaves again), so a
 /// snapshot that takes very long cannot make the aside grow without bound.
 const MAX_DEFERRED_CHANGES: usize = 1 << 18;
@@ -576,12 +589,12 @@ impl KvEngine {
                     let added = (key.len() + stored.value().len()) as u64;
                     let key_len = key.len() as u64;
                     self.digest ^= pair_hash(cf, &key, &stored);
-                    if let Some(at) = stored.expire_at_ms() {
+                    let new_expiry = stored.expire_at_ms();
+                    if let Some(at) = new_expiry {
                         if self.expiries.insert((at, slot as u8, key.clone())).is_none() {
                             self.expiry_sum_ms += u128::from(at);
                         }
                     }
-                    let new_expiry = stored.expire_at_ms();
                     if let Some(old) = self.insert_in(slot, &key, stored) {
                         self.digest ^= pair_hash(cf, &key, &old);
                         self.size_bytes -= key_len + old.value().len() as u64;
@@ -691,10 +704,7 @@ impl KvEngine {
         };
         let changes = &mut deferred.changes[slot];
         let old = if deferred.draining {
-            let old = match changes.remove(key) {
-                Some(change) => change,
-                None => self.cfs[slot].get(key).cloned(),
-            };
+            let (old, _) = take_current(changes, &self.cfs[slot], key);
             self.cfs[slot].insert(SharedBytes::from(key), stored);
             old
         } else {
@@ -720,17 +730,12 @@ impl KvEngine {
             return self.cfs[slot].remove(key);
         };
         let changes = &mut deferred.changes[slot];
-        let held = changes.remove(key);
-        // Aside, a removal must be recorded whenever the maps may still hold the key: it was
-        // there, or an earlier removal of it was held aside.
-        let record = held.is_some();
-        let old = match held {
-            Some(change) => change,
-            None => self.cfs[slot].get(key).cloned(),
-        };
+        let (old, was_held) = take_current(changes, &self.cfs[slot], key);
         if deferred.draining {
             self.cfs[slot].remove(key);
-        } else if record || old.is_some() {
+        } else if was_held || old.is_some() {
+            // Aside, a removal must be recorded whenever the maps may still hold the key: it was
+            // there, or an earlier removal of it was held aside.
             changes.insert(SharedBytes::from(key), None);
         }
         if old.is_some() {

@@ -17,7 +17,7 @@ use crate::protocol::chunked::ChunkedDeque;
 pub struct Compacted(Vec<Vec<Entry>>);
 
 impl Compacted {
-    /// Number of entries held (dropped ones share chunks with up to a chunk of earlier ones).
+    /// Number of entries held, counting the head of a chunk dropped by an earlier compaction.
     pub fn len(&self) -> usize {
         self.0.iter().map(Vec::len).sum()
     }
