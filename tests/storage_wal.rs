@@ -247,6 +247,8 @@ fn compaction_deletes_segments_and_replay_keeps_hard_state_marker_and_tail() {
     let bytes_before = wal.log_bytes();
     let meta = SnapshotMeta { index: 150, term: 4 };
     wal.compact(meta).expect("compact");
+    // Released segments are deleted on the log's remover thread.
+    wal.wait_for_removals();
     let after = segments(dir.path()).len();
     assert!(after < before / 3, "segments {before} -> {after}");
     assert_eq!(wal.segment_count(), after);
@@ -504,6 +506,7 @@ fn an_overwritten_tail_does_not_pin_segments() {
             wal = Wal::open(dir.path(), small(false)).expect("reopen").0;
         }
         wal.compact(SnapshotMeta { index: compact_at, term: 2 }).expect("compact");
+        wal.wait_for_removals();
         segments(dir.path()).len()
     };
     let _ = dir;

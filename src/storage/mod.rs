@@ -1,7 +1,8 @@
 //! Bytes at rest: write-ahead log, snapshots, KV engine, state machine.
 //!
 //! - [`log_store`]: the trait the consensus layer persists through; [`mem_log`] is its in-memory twin;
-//! - [`wal`]: Raft's hard state, log entries and snapshot markers in checksummed segment files;
+//! - [`wal`]: Raft's hard state, log entries and snapshot markers in checksummed segment files
+//!   (old segments deleted by `segment_remover`'s thread);
 //! - [`snapshot_file`]: state-machine images written atomically, newest kept;
 //! - [`engine`]: the KV engine, ordered maps per column family, values with versions and expiries;
 //! - [`dialect`]: what each Redis command does to the engine, decided at apply time;
@@ -18,6 +19,7 @@ mod log_tail;
 pub mod mem_log;
 pub mod record;
 pub mod restore;
+mod segment_remover;
 pub mod session;
 pub mod snapshot_file;
 pub mod state_machine;

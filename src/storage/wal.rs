@@ -7,6 +7,7 @@
 use super::error::{io_err, is_disk_full, Result, StorageError};
 use super::log_tail::{check_follows, Slot, Tail};
 use super::record::{self, Damage, RecordKind, HEADER_BYTES, MAX_PAYLOAD_BYTES};
+use super::segment_remover::{self, SegmentRemover};
 use crate::protocol::codec;
 use crate::protocol::raft::{Entry, EntryKind, HardState, SnapshotMeta};
 use serde::{Deserialize, Serialize};
@@ -131,6 +132,8 @@ pub struct Wal {
     tail: Tail<()>,
     /// Set by a failed write or fsync: what is on disk is unknown until reopened.
     poisoned: bool,
+    /// Deletes released segments; started at the first compaction that releases one.
+    remover: Option<SegmentRemover>,
 }
 
 impl Wal {
@@ -214,6 +217,7 @@ impl Wal {
             snapshot: recovery.snapshot,
             tail,
             poisoned: false,
+            remover: None,
         };
         Ok((wal, recovery))
     }
@@ -266,7 +270,8 @@ impl Wal {
         Ok(())
     }
 
-    /// Records that the log is compacted up to `meta` (durably), then deletes old segments.
+    /// Records that the log is compacted up to `meta` (durably), then releases old segments: they
+    /// are deleted on a thread of the log's own (see [`wait_for_removals`](Wal::wait_for_removals)).
     ///
     /// Entries after `meta.index` are kept if the log holds `meta.index` with `meta.term`;
     /// otherwise the whole log is discarded (Raft §7, a follower installing a snapshot). Deleted
@@ -287,7 +292,7 @@ impl Wal {
         self.tail.compact(meta);
         self.snapshot = meta;
         assert_eq!(self.tail.base, meta.index + 1, "the tail starts right after the snapshot");
-        let mut deleted = false;
+        let mut released = Vec::new();
         while let Some(oldest) = self.closed.front() {
             let covered = match oldest.max_index {
                 None => true,
@@ -296,14 +301,33 @@ impl Wal {
             if !covered {
                 break;
             }
-            fs::remove_file(&oldest.path).map_err(io_err("remove", &oldest.path))?;
-            self.closed.pop_front();
-            deleted = true;
+            released.extend(self.closed.pop_front().map(|segment| segment.path));
         }
-        if deleted && self.options.fsync {
-            sync_dir(&self.dir)?;
+        if !released.is_empty() {
+            self.release(released);
         }
         Ok(())
+    }
+
+    /// Deletes released segments (oldest first) off this thread, or here if no thread starts.
+    fn release(&mut self, paths: Vec<PathBuf>) {
+        let sync = self.options.fsync;
+        if self.remover.is_none() {
+            self.remover = SegmentRemover::start(&self.dir, sync);
+        }
+        match &self.remover {
+            Some(remover) => remover.remove(&self.dir, sync, paths),
+            None => {
+                segment_remover::remove_batch(&self.dir, sync, &paths);
+            }
+        }
+    }
+
+    /// Returns once the segments released by compactions so far are deleted from disk.
+    pub fn wait_for_removals(&self) {
+        if let Some(remover) = &self.remover {
+            remover.flush();
+        }
     }
 
     /// Bytes of log entries after the newest snapshot marker (framing included).
