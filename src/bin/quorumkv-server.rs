@@ -488,7 +488,9 @@ fn given(matches: &ArgMatches, id: &str) -> bool {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(code) => return code,
