@@ -606,3 +606,27 @@ fn a_write_torn_around_a_zero_sector_ends_the_last_segment_but_not_a_closed_one(
     let err = Wal::open(dir.path(), options).expect_err("a hole in a closed segment");
     assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
 }
+
+// A compaction's released segment is renamed out of the log's way before it is cut down; one a
+// crash left half cut is no longer read as a segment, and the next open deletes it.
+#[test]
+fn a_half_deleted_segment_left_by_a_crash_is_not_replayed_and_goes_at_the_next_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = small(true);
+    let (mut wal, _) = Wal::open(dir.path(), options).expect("open");
+    for i in 1..=40 {
+        wal.append(None, &[entry(i, 3)]).expect("append");
+    }
+    drop(wal);
+    let oldest = segments(dir.path()).into_iter().min().expect("a segment");
+    // What a crash in the middle of deleting it leaves: a set-aside name, a cut record.
+    let mut aside = oldest.clone().into_os_string();
+    aside.push(".removing");
+    let aside = PathBuf::from(aside);
+    fs::write(&aside, b"\x01\x02torn").expect("write");
+    let (wal, recovery) = Wal::open(dir.path(), options).expect("a set-aside file is not a segment");
+    assert_eq!(recovery.entries.len(), 40);
+    wal.wait_for_removals();
+    assert!(!aside.exists(), "the set-aside file is deleted");
+    assert!(oldest.exists(), "the segment itself is untouched");
+}

@@ -12,6 +12,7 @@ use crate::protocol::codec;
 use crate::protocol::raft::{Entry, EntryKind, HardState, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
 
 /// An entry as a record holds it; the record's kind says whether it is a membership change
 /// (so records written before entries had kinds read back unchanged).
@@ -203,7 +204,7 @@ impl Wal {
         if let Some(path) = witness {
             write_witness(path, next_seq)?;
         }
-        let wal = Wal {
+        let mut wal = Wal {
             dir,
             witness: witness.map(Path::to_path_buf),
             options,
@@ -219,6 +220,11 @@ impl Wal {
             poisoned: false,
             remover: None,
         };
+        // Segments a compaction released and a crash left half deleted.
+        let leftovers = segment_remover::set_aside_files(&wal.dir)?;
+        if !leftovers.is_empty() {
+            wal.release(leftovers);
+        }
         Ok((wal, recovery))
     }
 
@@ -318,7 +324,7 @@ impl Wal {
         match &self.remover {
             Some(remover) => remover.remove(&self.dir, sync, paths),
             None => {
-                segment_remover::remove_batch(&self.dir, sync, &paths);
+                segment_remover::remove_batch(&self.dir, sync, &AtomicBool::new(true), &paths);
             }
         }
     }
