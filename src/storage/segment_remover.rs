@@ -50,15 +50,6 @@ pub(crate) struct SegmentRemover {
     hurry: Arc<AtomicBool>,
 }
 
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Job::Remove(paths) => write!(f, "Remove({} segments)", paths.len()),
-            Job::Flush(_) => write!(f, "Flush"),
-        }
-    }
-}
-
 impl SegmentRemover {
     /// Starts the thread for the log in `dir`; `sync` makes each batch's deletions durable
     /// (directory fsync). `None` if no thread could be started.
@@ -128,6 +119,7 @@ fn run(dir: &Path, sync: bool, hurry: &AtomicBool, queue: &Receiver<Job>) {
 /// Deletes `paths` in order, stopping at the first that cannot be moved out of the log's way
 /// (so no gap opens between the segments left). False if one could not.
 pub(crate) fn remove_batch(dir: &Path, sync: bool, hurry: &AtomicBool, paths: &[PathBuf]) -> bool {
+    let mut deleted = false;
     for path in paths {
         let doomed = match set_aside(dir, sync, path) {
             Ok(Some(doomed)) => doomed,
@@ -137,12 +129,13 @@ pub(crate) fn remove_batch(dir: &Path, sync: bool, hurry: &AtomicBool, paths: &[
                 return false;
             }
         };
+        deleted = true;
         if let Err(e) = cut_and_unlink(&doomed, hurry) {
             // No longer a segment: the log's next open hands it back for deletion.
             log::warn!("wal: cannot delete released segment {}: {e}", doomed.display());
         }
     }
-    if sync {
+    if deleted && sync {
         if let Err(e) = sync_dir(dir) {
             log::error!("wal: {e}");
         }
