@@ -647,15 +647,12 @@ impl KvEngine {
     /// [`release_snapshot_copy`](Self::release_snapshot_copy), writes here are held aside rather
     /// than copying the shared B-tree leaves they touch.
     pub fn copy_for_snapshot(&mut self) -> KvEngine {
-        let mut copy = self.clone();
-        copy.apply_deferred();
-        match self.deferred.as_mut() {
-            Some(deferred) => deferred.draining = false,
-            None => {
-                let lens = [self.cfs[0].len(), self.cfs[1].len(), self.cfs[2].len()];
-                self.deferred = Some(Box::new(Deferred { lens, ..Deferred::default() }));
-            }
-        }
+        // Writes still aside from an earlier snapshot go into the maps first (in place, once
+        // that copy is gone), so the copy and this engine start from the same maps.
+        self.apply_deferred();
+        let copy = self.clone();
+        let lens = [self.cfs[0].len(), self.cfs[1].len(), self.cfs[2].len()];
+        self.deferred = Some(Box::new(Deferred { lens, ..Deferred::default() }));
         copy
     }
 

@@ -43,7 +43,11 @@ enum Job {
 /// The thread deleting one log's released segments; dropping it waits for what was handed over.
 #[derive(Debug)]
 pub(crate) struct SegmentRemover {
-    /// `None` only while dropping (closing the channel ends the thread).
+    /// The log's directory (fsynced after each batch if `sync`).
+    dir: PathBuf,
+    sync: bool,
+    /// `None` while dropping (closing the channel ends the thread), or if no thread started:
+    /// then segments are deleted by the caller.
     jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     /// Set when the log closes: what is still queued goes without pauses.
@@ -52,25 +56,32 @@ pub(crate) struct SegmentRemover {
 
 impl SegmentRemover {
     /// Starts the thread for the log in `dir`; `sync` makes each batch's deletions durable
-    /// (directory fsync). `None` if no thread could be started.
-    pub(crate) fn start(dir: &Path, sync: bool) -> Option<SegmentRemover> {
+    /// (directory fsync). Without a thread, [`remove`](Self::remove) deletes on the caller's.
+    pub(crate) fn start(dir: &Path, sync: bool) -> SegmentRemover {
         let (jobs, queue) = mpsc::channel();
-        let dir = dir.to_path_buf();
         let hurry = Arc::new(AtomicBool::new(false));
-        let in_hurry = hurry.clone();
+        let (thread_dir, in_hurry) = (dir.to_path_buf(), hurry.clone());
         let thread = thread::Builder::new()
             .name("wal-remover".into())
-            .spawn(move || run(&dir, sync, &in_hurry, &queue))
+            .spawn(move || run(&thread_dir, sync, &in_hurry, &queue))
             .map_err(|e| log::warn!("wal: no thread for deleting segments ({e}); deleting inline"))
-            .ok()?;
-        Some(SegmentRemover { jobs: Some(jobs), thread: Some(thread), hurry })
+            .ok();
+        let jobs = thread.as_ref().map(|_| jobs);
+        SegmentRemover { dir: dir.to_path_buf(), sync, jobs, thread, hurry }
     }
 
-    /// Hands `paths` (oldest first) over for deletion; if the thread is gone, deletes them here.
-    pub(crate) fn remove(&self, dir: &Path, sync: bool, paths: Vec<PathBuf>) {
-        let Some(jobs) = &self.jobs else { return };
-        if let Err(mpsc::SendError(Job::Remove(paths))) = jobs.send(Job::Remove(paths)) {
-            remove_batch(dir, sync, &AtomicBool::new(true), &paths);
+    /// Hands `paths` (oldest first) over for deletion; if there is no thread, deletes them here.
+    pub(crate) fn remove(&self, paths: Vec<PathBuf>) {
+        let inline = |paths: &[PathBuf]| remove_batch(&self.dir, self.sync, &AtomicBool::new(true), paths);
+        match &self.jobs {
+            Some(jobs) => {
+                if let Err(mpsc::SendError(Job::Remove(paths))) = jobs.send(Job::Remove(paths)) {
+                    inline(&paths);
+                }
+            }
+            None => {
+                inline(&paths);
+            }
         }
     }
 
@@ -118,7 +129,7 @@ fn run(dir: &Path, sync: bool, hurry: &AtomicBool, queue: &Receiver<Job>) {
 
 /// Deletes `paths` in order, stopping at the first that cannot be moved out of the log's way
 /// (so no gap opens between the segments left). False if one could not.
-pub(crate) fn remove_batch(dir: &Path, sync: bool, hurry: &AtomicBool, paths: &[PathBuf]) -> bool {
+fn remove_batch(dir: &Path, sync: bool, hurry: &AtomicBool, paths: &[PathBuf]) -> bool {
     let mut deleted = false;
     for path in paths {
         let doomed = match set_aside(dir, sync, path) {
@@ -213,9 +224,9 @@ mod tests {
         let paths = files(dir.path(), &["1.wal", "2.wal", "3.wal"]);
         let big = dir.path().join("1.wal");
         std::fs::write(&big, vec![7u8; 3 * CUT_STEP_BYTES as usize + 5]).expect("write");
-        let remover = SegmentRemover::start(dir.path(), true).expect("thread");
-        remover.remove(dir.path(), true, paths[..2].to_vec());
-        remover.remove(dir.path(), true, paths[2..].to_vec());
+        let remover = SegmentRemover::start(dir.path(), true);
+        remover.remove(paths[..2].to_vec());
+        remover.remove(paths[2..].to_vec());
         drop(remover);
         let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
         assert!(left.is_empty(), "every segment handed over is gone, set-aside names too: {left:?}");
@@ -231,11 +242,11 @@ mod tests {
         std::fs::create_dir(&blocker).expect("mkdir");
         std::fs::write(blocker.join("x"), b"x").expect("write");
         let later = files(dir.path(), &["3.wal", "4.wal"]);
-        let remover = SegmentRemover::start(dir.path(), false).expect("thread");
+        let remover = SegmentRemover::start(dir.path(), false);
         // An already missing segment is not a failure.
-        remover.remove(dir.path(), false, vec![dir.path().join("0.wal"), first[0].clone()]);
-        remover.remove(dir.path(), false, vec![stuck.clone(), later[0].clone()]);
-        remover.remove(dir.path(), false, vec![later[1].clone()]);
+        remover.remove(vec![dir.path().join("0.wal"), first[0].clone()]);
+        remover.remove(vec![stuck.clone(), later[0].clone()]);
+        remover.remove(vec![later[1].clone()]);
         remover.flush();
         assert!(!first[0].exists());
         assert!(stuck.exists() && later.iter().all(|p| p.exists()), "nothing after the failure went");

@@ -12,7 +12,6 @@ use crate::protocol::codec;
 use crate::protocol::raft::{Entry, EntryKind, HardState, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicBool;
 
 /// An entry as a record holds it; the record's kind says whether it is a membership change
 /// (so records written before entries had kinds read back unchanged).
@@ -315,18 +314,10 @@ impl Wal {
         Ok(())
     }
 
-    /// Deletes released segments (oldest first) off this thread, or here if no thread starts.
+    /// Deletes released segments (oldest first) off this thread.
     fn release(&mut self, paths: Vec<PathBuf>) {
         let sync = self.options.fsync;
-        if self.remover.is_none() {
-            self.remover = SegmentRemover::start(&self.dir, sync);
-        }
-        match &self.remover {
-            Some(remover) => remover.remove(&self.dir, sync, paths),
-            None => {
-                segment_remover::remove_batch(&self.dir, sync, &AtomicBool::new(true), &paths);
-            }
-        }
+        self.remover.get_or_insert_with(|| SegmentRemover::start(&self.dir, sync)).remove(paths);
     }
 
     /// Returns once the segments released by compactions so far are deleted from disk.
