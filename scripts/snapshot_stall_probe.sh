@@ -5,7 +5,7 @@
 #   scripts/snapshot_stall_probe.sh BINARY [SECS]
 #
 # Prints loadgen's JSON line (p99.9 and max are the stall figures), the leader's RSS and key
-# count (sampled each second during the load, and at the end), and the snapshot lines of the
+# count (sampled every 100 ms during the load, and at the end), and the snapshot lines of the
 # leader's log. KEEP=1 leaves the cluster running. LOADGEN as in leader_cpu_probe.sh.
 # EXTRA adds server flags (EXTRA="--snapshot-threshold 100000000000" for a run without snapshots).
 BIN=$1; SECS=${2:-45}
@@ -13,9 +13,9 @@ BIN=$1; SECS=${2:-45}
 # shellcheck disable=SC2086 # EXTRA is a list of flags
 probe_cluster stalltest 36380 37380 /tmp/prof/s /tmp/prof/slog "$BIN" $EXTRA
 PORT=$((36380+LEADER)); LPID=$(pgrep -f "client-addr 127.0.0.1:$PORT")
-# The leader's RSS once a second while the load runs: a single reading lands before or inside
-# a snapshot by chance (a snapshot's copied B-tree nodes come and go within seconds).
-(while kill -0 "$LPID" 2>/dev/null; do grep VmRSS /proc/$LPID/status | tr -s " " | cut -d" " -f2; sleep 1; done > /tmp/prof/rss_samples) &
+# The leader's RSS every 100 ms while the load runs, so the peak of a snapshot's window (its
+# held-aside writes, a second or so) shows; a reading once a second missed it.
+(while kill -0 "$LPID" 2>/dev/null; do grep VmRSS /proc/$LPID/status | tr -s " " | cut -d" " -f2; sleep 0.1; done > /tmp/prof/rss_samples) &
 SAMPLER=$!
 ${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen} --target resp --addr 127.0.0.1:$PORT --clients ${CLIENTS:-64} --pipeline ${PIPE:-16} --duration $SECS --ops 100000000 --value-size 100 --keys 800000 --write-ratio 1
 kill $SAMPLER 2>/dev/null

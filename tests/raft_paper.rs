@@ -4,7 +4,8 @@ mod common;
 
 use common::raft_net::{core, core_with_log, drain, entries_with_terms, Net};
 use quorumkv::protocol::raft::{
-    Entry, HardState, Message, MessageBody, ProposeError, RaftCore, Role, Snapshot, SnapshotMeta, StepError,
+    Config, Entry, HardState, Message, MessageBody, ProposeError, RaftCore, Role, Snapshot, SnapshotMeta,
+    StepError,
 };
 
 fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
@@ -581,7 +582,8 @@ fn lagging_follower_gets_snapshot_then_entries() {
         net.stabilize();
     }
     let applied = net.node(1).log().applied();
-    net.node(1).compact(applied);
+    let term = net.node(1).log().term(applied).expect("applied entry held");
+    net.node(1).compact(SnapshotMeta { index: applied, term });
     assert_eq!(net.node(1).log().first_index(), applied + 1);
     net.heal();
     net.tick(1, 12);
@@ -599,6 +601,100 @@ fn lagging_follower_gets_snapshot_then_entries() {
     let n3 = net.node(3);
     assert_eq!(n3.log().snapshot_meta().index, applied);
     assert_eq!(n3.log().committed(), applied + 1);
+}
+
+// Memory is trimmed only of entries every follower acknowledged: one cut off holds it back and
+// then catches up by entries, not by snapshot.
+#[test]
+fn leader_trims_only_what_every_follower_acknowledged() {
+    let mut net = Net::new(3, false, false);
+    elect(&mut net, 1);
+    let held_by_3 = net.node(1).log().last_index();
+    net.isolate(3);
+    for i in 0..20u8 {
+        net.node(1).propose(vec![i]).expect("leader");
+        net.stabilize();
+    }
+    let applied = net.node(1).log().applied();
+    assert!(applied > held_by_3 + 10);
+    assert_eq!(net.node(1).trimmable_entries(), held_by_3);
+    net.node(1).trim_memory();
+    assert_eq!(net.node(1).log().first_index(), held_by_3 + 1, "3's next entries stay in memory");
+    net.heal();
+    net.tick(1, 12);
+    assert!(!net.delivered.iter().any(|m| matches!(m.body, MessageBody::InstallSnapshot { .. })));
+    assert!(!net.node(1).wants_fresh_snapshot());
+    assert_eq!(net.node(3).log().committed(), applied);
+    // Now everyone has everything: the whole applied log can leave memory, not the snapshot.
+    assert_eq!(net.node(1).trimmable_entries(), applied - held_by_3);
+    let bytes = net.node(1).log().bytes_since_snapshot();
+    net.node(1).trim_memory();
+    assert_eq!(net.node(1).log().first_index(), applied + 1);
+    assert_eq!(net.node(1).log().snapshot_meta().index, 0);
+    assert_eq!(net.node(1).log().entries_bytes(), 0);
+    assert_eq!(net.node(1).log().bytes_since_snapshot(), bytes, "the trimmed entries still count");
+    net.node(1).propose(b"after".to_vec()).expect("leader");
+    net.stabilize();
+    assert_eq!(net.node(3).log().committed(), applied + 1);
+}
+
+// A leader whose memory no longer holds what a follower needs, and whose snapshot is older
+// still, asks for a fresh snapshot instead of sending the stale one; once it is taken, the
+// follower gets it and then the entries after it.
+#[test]
+fn follower_needing_trimmed_entries_gets_a_fresh_snapshot() {
+    let members = [1, 2, 3];
+    let nodes = members
+        .iter()
+        .map(|&id| {
+            let mut config = Config::new(id, members.to_vec());
+            config.pre_vote = false;
+            config.check_quorum = false;
+            config.seed = id * 7919;
+            config.retained_entries = 0;
+            (id, RaftCore::new(config, HardState::default(), SnapshotMeta::default(), Vec::new()))
+        })
+        .collect();
+    let mut net = Net::from_nodes(nodes);
+    elect(&mut net, 1);
+    net.isolate(3);
+    for i in 0..20u8 {
+        net.node(1).propose(vec![i]).expect("leader");
+        net.stabilize();
+    }
+    // Follower 2 keeps nothing below its applied mark.
+    let applied = net.node(2).log().applied();
+    assert!(applied > 10);
+    net.node(2).trim_memory();
+    assert_eq!(net.node(2).log().first_index(), applied + 1);
+    // 2 takes over while 1 is cut off; 3, far behind, is back.
+    net.heal();
+    net.isolate(1);
+    elect(&mut net, 2);
+    net.tick(2, 4);
+    assert!(net.node(2).wants_fresh_snapshot());
+    assert!(!net.delivered.iter().any(|m| matches!(m.body, MessageBody::InstallSnapshot { .. })));
+    assert!(net.node(3).log().last_index() < applied);
+    let applied = net.node(2).log().applied();
+    let term = net.node(2).log().term(applied).expect("applied entry held");
+    net.node(2).compact(SnapshotMeta { index: applied, term });
+    assert!(!net.node(2).wants_fresh_snapshot());
+    net.tick(2, 4);
+    let sent = net
+        .delivered
+        .iter()
+        .find_map(|m| match &m.body {
+            MessageBody::InstallSnapshot { snapshot } if m.to == 3 => Some(snapshot.meta.index),
+            _ => None,
+        })
+        .expect("a snapshot was sent");
+    assert_eq!(sent, applied);
+    net.node(2).report_snapshot(3, true);
+    net.node(2).propose(b"after".to_vec()).expect("leader");
+    net.tick(2, 4);
+    // The new term's no-op and the proposal, both past the snapshot, reached it as entries.
+    assert_eq!(net.node(3).log().committed(), applied + 2);
+    assert_eq!(net.node(2).log().committed(), applied + 2);
 }
 
 // A snapshot older than what the follower committed is ignored; commit and applied never go back.

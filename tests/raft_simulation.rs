@@ -4,7 +4,8 @@
 //! partitions; each node's writes reach its "disk" some random time after the Ready that handed
 //! them out (messages that promise them wait in the core); nodes crash (losing every write not
 //! yet on disk) and restart from their disk;
-//! logs are compacted and lagging nodes catch up by snapshot, the image travelling in chunks
+//! logs are compacted, and trimmed from memory as the consensus actor trims them (a leader
+//! lacking what a follower needs takes a fresh snapshot); lagging nodes catch up by snapshot, the image travelling in chunks
 //! paced by the replica's own `SnapshotSender`/`SnapshotReceiver`, driven by the same ticks. After every step the safety
 //! properties are checked; at the end the network heals and a new proposal must commit.
 //! Reads go to whichever node believes it leads (a deposed leader too); every read served must
@@ -208,6 +209,10 @@ struct SimStats {
     dropped: u64,
     crashes: u64,
     compactions: u64,
+    /// Trims of a node's in-memory log that dropped entries.
+    trims: u64,
+    /// Snapshots taken because a leader lacked, in memory, entries a follower needed.
+    fresh_snapshots: u64,
     snapshots_installed: u64,
     max_commit: u64,
     /// Membership changes a leader accepted.
@@ -286,6 +291,9 @@ impl Sim {
         config.max_uncommitted_bytes = 1024;
         // The simulation's logs are short: a learner must be nearly level to be promoted.
         config.max_promote_lag = 4;
+        // Followers keep 0-4 entries below their applied mark: leaders that lack what a
+        // follower needs, and so fresh snapshots, come often.
+        config.retained_entries = seed % 5;
         // A crash between an image and its log compaction leaves the image ahead: start from it,
         // as `replica::recover` does, and record the compaction.
         assert!(
@@ -343,6 +351,7 @@ impl Sim {
                     continue;
                 }
                 self.handle_ready(id, ready);
+                self.trim(id);
             }
             if !progressed {
                 return;
@@ -651,7 +660,12 @@ impl Sim {
 
     fn compact(&mut self) {
         let live = self.live();
-        let Some(id) = self.pick(&live) else { return };
+        if let Some(id) = self.pick(&live) {
+            self.compact_node(id);
+        }
+    }
+
+    fn compact_node(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).expect("node");
         let Some(core) = node.core.as_mut() else { return };
         // Everything applied, durable here or not yet: the log compaction is queued behind the
@@ -660,7 +674,9 @@ impl Sim {
         if index <= core.log().snapshot_meta().index || node.state.0 != index {
             return;
         }
-        let term = core.log().term(index).expect("applied entry is in the log");
+        // The applied entry may be trimmed from memory; its term is on record.
+        let term = core.log().term(index).or_else(|| self.committed.get(&index).map(|c| c.0));
+        let term = term.expect("applied entry's term is known");
         let meta = SnapshotMeta { index, term };
         if meta.index > node.disk.image.0.index {
             node.disk.image = (meta, node.state);
@@ -673,8 +689,26 @@ impl Sim {
             entries: Vec::new(),
             hard_state: None,
         });
-        core.compact(index);
+        core.compact(meta);
         self.stats.compactions += 1;
+    }
+
+    /// What the consensus actor does after a drive: drop from memory what no peer needs, and
+    /// take a snapshot when a follower needs entries that went.
+    fn trim(&mut self, id: u64) {
+        if self.rng.chance(0.3) {
+            if let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
+                if core.trimmable_entries() > 0 {
+                    self.stats.trims += 1;
+                }
+                drop(core.trim_memory());
+            }
+        }
+        let wanted = self.nodes[&id].core.as_ref().is_some_and(|c| c.wants_fresh_snapshot());
+        if wanted && self.rng.chance(0.5) {
+            self.stats.fresh_snapshots += 1;
+            self.compact_node(id);
+        }
     }
 
     /// A random membership change at a random leader: add a new id, promote a learner, remove
@@ -776,8 +810,8 @@ impl Sim {
     /// Raft §5.4: a new leader's log holds every entry committed so far.
     fn check_leader_completeness(&self, id: u64) {
         let Some(core) = self.nodes[&id].core.as_ref() else { return };
-        let first = core.log().snapshot_meta().index;
-        for (&index, (term, _)) in self.committed.range(first + 1..) {
+        let first = core.log().first_index();
+        for (&index, (term, _)) in self.committed.range(first..) {
             if core.log().term(index) != Some(*term) {
                 self.fail(format!("leader {id} of term {} lacks committed entry {index}", core.term()));
             }
@@ -924,6 +958,8 @@ fn run_with(n: u64, base_seed: u64, dynamic: bool) {
         total.dropped += s.dropped;
         total.crashes += s.crashes;
         total.compactions += s.compactions;
+        total.trims += s.trims;
+        total.fresh_snapshots += s.fresh_snapshots;
         total.snapshots_installed += s.snapshots_installed;
         total.max_commit = total.max_commit.max(s.max_commit);
         total.changes_proposed += s.changes_proposed;
@@ -932,6 +968,10 @@ fn run_with(n: u64, base_seed: u64, dynamic: bool) {
         total.reads_served += s.reads_served;
     }
     assert!(total.reads_served > 0, "the chaos served no read: the read checks saw nothing");
+    assert!(
+        total.trims > 0 && total.fresh_snapshots > 0,
+        "the chaos never trimmed or never needed a fresh snapshot"
+    );
     println!("{n} nodes, {} seeds from {base_seed}, {steps} chaos steps each: {total:?}", seeds.len());
 }
 

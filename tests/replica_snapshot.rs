@@ -132,3 +132,42 @@ fn stopped_follower_catches_up_by_snapshot_and_restart_keeps_everything() {
     assert_eq!(conn.call(&[b"REQ", b"77", b"1", b"APPEND", b"log", b"a"]), Reply::Integer(1));
     assert_eq!(conn.call(&[b"REQ", b"77", b"2", b"APPEND", b"log", b"b"]), Reply::Integer(2));
 }
+
+// A replica added once the log it needs has left the leader's memory (every member had those
+// entries, so they were trimmed) gets a snapshot taken for it, though the threshold is far off,
+// and then the entries after it.
+#[test]
+fn a_member_added_after_the_log_left_memory_gets_a_snapshot_taken_for_it() {
+    let cluster = TestCluster::start_with_spares(3, 1, None, |_| {});
+    let leader = cluster.wait_for_leader_among(&[1, 2, 3], WAIT);
+    let mut conn = RespConn::connect(cluster.client_addrs[&leader], WAIT);
+    // Pipelined, in batches: well past the 4,096 entries a leader trims at a time.
+    const KEYS: u32 = 6000;
+    for batch in (0..KEYS).step_by(500) {
+        for i in batch..batch + 500 {
+            let key = format!("key-{i:05}");
+            let value = format!("value-{i}-{}", "x".repeat(64));
+            conn.send(&[b"SET", key.as_bytes(), value.as_bytes()]);
+        }
+        for _ in batch..batch + 500 {
+            assert_eq!(conn.read(), Some(Reply::Simple("OK".into())));
+        }
+    }
+    assert_eq!(info_field(&mut conn, "snapshot_index"), 0, "no snapshot yet: the threshold is 32 MiB");
+    let (peer, client) = (cluster.peer_addrs[&4].to_string(), cluster.client_addrs[&4].to_string());
+    let add = conn.call(&[b"MEMBER", b"ADD", b"4", peer.as_bytes(), client.as_bytes()]);
+    assert_eq!(add, Reply::Simple("OK".into()));
+    let status = &cluster.status[&4];
+    let deadline = Instant::now() + WAIT;
+    while status.applied_index() < info_field(&mut conn, "commit_index") {
+        assert!(Instant::now() < deadline, "replica 4 did not catch up: applied {}", status.applied_index());
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+    let snapshot_index = info_field(&mut conn, "snapshot_index");
+    assert!(
+        snapshot_index >= u64::from(KEYS),
+        "the leader took no snapshot for the newcomer: {snapshot_index}"
+    );
+    let mut four = RespConn::connect(cluster.client_addrs[&4], WAIT);
+    check_keys(&mut four, 0..KEYS);
+}

@@ -216,6 +216,9 @@ struct DriveNow;
 /// Messages handled without a drive before one is forced (a bound on a burst's batch).
 const MAX_UNDRIVEN_MESSAGES: u32 = 256;
 
+/// Default of `trim_batch_entries`: one chunk of the log's deque, so each trim frees whole chunks.
+pub const DEFAULT_TRIM_BATCH_ENTRIES: u64 = 4096;
+
 /// Stop ticking and processing; the replica is shutting down (or crashing in a test).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -240,6 +243,8 @@ pub struct ConsensusParts {
     pub tick: Duration,
     /// Log bytes since the last snapshot that trigger a new one.
     pub snapshot_threshold_bytes: u64,
+    /// Entries dropped from memory at a time once no peer needs them.
+    pub trim_batch_entries: u64,
     /// The newest snapshot on disk, if any (sent to followers that need it).
     pub latest_snapshot: Option<SavedSnapshot>,
     /// Peer addresses known at start-up (`--peers`, or what a joining replica was told), used
@@ -300,6 +305,7 @@ pub struct Consensus {
     /// Watches of terms below this have been abandoned.
     watch_term_floor: u64,
     snapshot_threshold_bytes: u64,
+    trim_batch_entries: u64,
     /// A snapshot is being taken.
     snapshotting: bool,
     latest_snapshot: Option<SavedSnapshot>,
@@ -362,6 +368,7 @@ impl Consensus {
             next_read_ctx: 1,
             watch_term_floor: 0,
             snapshot_threshold_bytes: parts.snapshot_threshold_bytes,
+            trim_batch_entries: parts.trim_batch_entries,
             snapshotting: false,
             latest_snapshot: parts.latest_snapshot,
             outgoing: SnapshotSender::new(transfer_config(parts.tick)),
@@ -601,6 +608,13 @@ impl Consensus {
         // publishes its own).
         if ran {
             self.publish_numbers();
+            if self.core.trimmable_entries() >= self.trim_batch_entries {
+                // Freed here: a few hundred µs per batch, where the snapshotter would hold them
+                // for as long as it encodes an image (the moment memory peaks anyway).
+                drop(self.core.trim_memory());
+            }
+        }
+        if ran || self.core.wants_fresh_snapshot() {
             self.maybe_snapshot(ctx);
         }
         self.settle_forwards();
@@ -734,7 +748,8 @@ impl Consensus {
 
     /// Once the log passes the threshold, snapshots the applied state and then compacts.
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
-        if self.snapshotting || (self.core.log().entries_bytes() as u64) < self.snapshot_threshold_bytes {
+        let due = self.core.log().bytes_since_snapshot() as u64 >= self.snapshot_threshold_bytes;
+        if self.snapshotting || !(due || self.core.wants_fresh_snapshot()) {
             return;
         }
         if self.status.is_disk_full() {
@@ -761,7 +776,7 @@ impl Consensus {
                     // The image went straight to its file; a follower that falls behind it (rare)
                     // gets it loaded from there. An older one kept for a transfer is let go.
                     act.latest_snapshot = None;
-                    let compacted = act.core.compact(meta.index);
+                    let compacted = act.core.compact(meta);
                     act.snapshotter.do_send(Discard(compacted));
                     // Ordered after every write handed out before it, which holds the entries it covers.
                     let persist = Persist { compact: Some(meta), hard_state: None, entries: Vec::new() };
@@ -1253,7 +1268,7 @@ impl Consensus {
             commit_index: log.committed(),
             last_log_index: log.last_index(),
             snapshot_index: log.snapshot_meta().index,
-            log_bytes: log.entries_bytes() as u64,
+            log_bytes: log.bytes_since_snapshot() as u64,
             elections: self.core.stats().elections,
         });
     }

@@ -73,6 +73,12 @@ pub struct ReplicaConfig {
     pub request_timeout_ms: u64,
     /// Log bytes since the last snapshot that trigger a new one.
     pub snapshot_threshold_bytes: u64,
+    /// Applied entries a follower keeps in memory below its applied mark (the rest of the log
+    /// since the snapshot is only in the WAL).
+    pub retained_entries: u64,
+    /// Entries dropped from memory at a time once no peer needs them. Tests make this and
+    /// `retained_entries` small, so that trimming and the snapshots it leads to come quickly.
+    pub trim_batch_entries: u64,
     /// Client sessions remembered (must be equal on every member).
     pub max_sessions: usize,
     /// WAL segment size.
@@ -117,6 +123,8 @@ impl ReplicaConfig {
             tick_ms: 10,
             request_timeout_ms: 3000,
             snapshot_threshold_bytes: DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
+            retained_entries: crate::protocol::raft::DEFAULT_RETAINED_ENTRIES,
+            trim_batch_entries: super::consensus::DEFAULT_TRIM_BATCH_ENTRIES,
             max_sessions: DEFAULT_MAX_SESSIONS,
             wal_segment_bytes: crate::storage::wal::DEFAULT_SEGMENT_BYTES,
             max_clients: super::front_end::DEFAULT_MAX_CLIENTS,
@@ -138,6 +146,7 @@ impl ReplicaConfig {
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
         });
         config.seed = seed ^ self.id.rotate_left(32);
+        config.retained_entries = self.retained_entries;
         config.validate().map_err(ReplicaError::Config)?;
         Ok(config)
     }
@@ -395,6 +404,7 @@ impl Replica {
             disk: disk.clone(),
             snapshotter,
             snapshot_threshold_bytes: config.snapshot_threshold_bytes,
+            trim_batch_entries: config.trim_batch_entries.max(1),
             latest_snapshot: None,
             applier: applier.clone(),
             transport,

@@ -275,6 +275,10 @@ pub fn start_cluster(spec: &Spec, seed: u64) -> TestCluster {
         c.request_timeout_ms = 1500;
         // Elections drawn from the test's seed too, so QKV_SEED replays them.
         c.seed = Some(seed);
+        // Logs leave memory within a round, so leaders that lack what a lagging follower needs
+        // (and take a snapshot for it) are part of every scenario.
+        c.retained_entries = 8;
+        c.trim_batch_entries = 8;
         if let Some(t) = threshold {
             c.snapshot_threshold_bytes = t;
             c.wal_segment_bytes = 64 * 1024;

@@ -46,6 +46,10 @@ pub struct Config {
     /// A learner is promoted only if the leader replicates to it in step and its log is at most
     /// this many entries behind the leader's.
     pub max_promote_lag: u64,
+    /// Applied entries a follower keeps in memory below its applied mark (a leader keeps what
+    /// its followers have not acknowledged): should it lead, the followers a little behind it
+    /// get entries rather than a snapshot.
+    pub retained_entries: u64,
     /// Seed of the RNG that draws election timeouts.
     pub seed: u64,
 }
@@ -66,6 +70,7 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             max_promote_lag: DEFAULT_MAX_PROMOTE_LAG,
+            retained_entries: DEFAULT_RETAINED_ENTRIES,
             seed: id,
         }
     }
@@ -91,6 +96,9 @@ impl Config {
 
 /// Entries a learner may trail the leader's log by and still be promoted.
 pub const DEFAULT_MAX_PROMOTE_LAG: u64 = 1000;
+
+/// Default of [`Config::retained_entries`]: two chunks of the log's deque.
+pub const DEFAULT_RETAINED_ENTRIES: u64 = 8192;
 
 /// Why a proposal or read was not accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -220,6 +228,8 @@ pub struct RaftCore {
     pending_snapshot: Option<Snapshot>,
     /// The leader has new entries or a new commit to broadcast at the next Ready.
     broadcast_wanted: bool,
+    /// A follower needs entries trimmed from memory: a snapshot newer than them is wanted.
+    fresh_snapshot_wanted: bool,
     /// The hard state as last handed out to be written.
     written_hard_state: HardState,
     /// The highest term storage has confirmed durable (in a hard state written and persisted).
@@ -288,6 +298,7 @@ impl RaftCore {
             last_write: 0,
             pending_snapshot: None,
             broadcast_wanted: false,
+            fresh_snapshot_wanted: false,
             written_hard_state: hard_state,
             durable_term: hard_state.term,
             reported_role: None,
@@ -500,6 +511,7 @@ impl RaftCore {
         self.progress.clear();
         self.votes.clear();
         self.broadcast_wanted = false;
+        self.fresh_snapshot_wanted = false;
         self.reset_election_timer();
     }
 
@@ -693,10 +705,44 @@ impl RaftCore {
         });
     }
 
-    /// Drops log entries up to `index`, which a snapshot of the applied state now covers, and
+    /// Records a snapshot of the applied state at `meta`, drops the log entries it covers, and
     /// returns their memory for the caller to free where it does not hold up the node.
-    pub fn compact(&mut self, index: u64) -> Compacted {
-        self.log.compact(index.min(self.log.applied()))
+    pub fn compact(&mut self, meta: SnapshotMeta) -> Compacted {
+        let freed = self.log.compact(meta);
+        if !self.log.has_trimmed() {
+            self.fresh_snapshot_wanted = false;
+        }
+        freed
+    }
+
+    /// The index memory can be trimmed to now: applied and handed to storage, and on a leader
+    /// acknowledged by every follower; a follower keeps `retained_entries` below its applied mark.
+    fn trim_point(&self) -> u64 {
+        let log = &self.log;
+        let mut point = log.applied().min(log.persisting());
+        if self.role == Role::Leader {
+            point = self.progress.values().map(|pr| pr.matched).fold(point, u64::min);
+        } else {
+            point = point.saturating_sub(self.config.retained_entries);
+        }
+        point.max(log.first_index() - 1)
+    }
+
+    /// How many entries [`RaftCore::trim_memory`] would drop from memory now.
+    pub fn trimmable_entries(&self) -> u64 {
+        self.trim_point() - (self.log.first_index() - 1)
+    }
+
+    /// Drops from memory the entries no peer needs any more (they stay in stable storage until
+    /// a snapshot covers them) and returns their memory for the caller to free.
+    pub fn trim_memory(&mut self) -> Compacted {
+        self.log.trim_to(self.trim_point())
+    }
+
+    /// A follower needs entries that were trimmed from memory: the caller should take a
+    /// snapshot (the one there is is older than them), which is then sent to it.
+    pub fn wants_fresh_snapshot(&self) -> bool {
+        self.fresh_snapshot_wanted
     }
 
     /// The caller finished sending a snapshot to `to` (`ok`), or gave up on it.
@@ -1060,6 +1106,19 @@ impl RaftCore {
         let (prev_term, entries) =
             match (self.log.term(prev_index), self.log.entries_from(next, self.config.max_append_bytes)) {
                 (Some(term), Some(entries)) => (term, entries),
+                _ if self.log.has_trimmed() => {
+                    // Trimmed from memory and newer than the snapshot: ask for a fresh snapshot
+                    // (trimming stops meanwhile, since this follower's match holds it back).
+                    if !self.fresh_snapshot_wanted {
+                        log::info!(
+                            "raft {}: follower {to} needs entries from {next}, trimmed from memory: \
+                             a fresh snapshot is wanted",
+                            self.config.id
+                        );
+                        self.fresh_snapshot_wanted = true;
+                    }
+                    return false;
+                }
                 _ => {
                     // The entries it needs are compacted: send the snapshot's position; the transport
                     // attaches the image itself.

@@ -1,13 +1,18 @@
 //! The in-memory Raft log: a compacted prefix, then entries, with the stable, commit and apply marks.
 //!
 //! ```text
-//!   snapshot.index | first ...... applied .... committed .... stabled .... persisting .... last
-//!   (compacted)    | <---------------------------- entries ------------------------------------>
+//!   snapshot.index ... start.index | first ...... applied .... committed .... stabled .... persisting .... last
+//!   (compacted)       (trimmed)    | <---------------------------- entries ------------------------------------>
 //! ```
+//! Entries between the snapshot and `start` were trimmed from memory: every peer that needed them
+//! had them, and they stay in stable storage until the next snapshot covers them. A follower
+//! that turns out to need them after all is sent a snapshot taken for it.
 //! `persisting` is what has been handed to stable storage, `stabled` what storage confirmed
 //! durable. Both may lag or lead `committed`: a committed entry (durable on a quorum) may be
 //! applied before this node's own copy is durable, and a leader's entries are durable here
 //! before a quorum has them.
+
+use std::collections::VecDeque;
 
 use super::message::{Entry, SnapshotMeta};
 use crate::protocol::chunked::ChunkedDeque;
@@ -33,7 +38,9 @@ impl Compacted {
 pub struct RaftLog {
     /// The compacted prefix: every index <= `snapshot.index` lives only in the snapshot.
     snapshot: SnapshotMeta,
-    /// Consecutive entries from `snapshot.index + 1`.
+    /// The last entry not held in memory (compacted or trimmed): >= `snapshot`, <= applied.
+    start: SnapshotMeta,
+    /// Consecutive entries from `start.index + 1`.
     entries: ChunkedDeque<Entry>,
     /// Highest index confirmed on stable storage. <= persisting.
     stabled: u64,
@@ -47,6 +54,10 @@ pub struct RaftLog {
     entries_bytes: usize,
     /// Sum of `size_bytes` over the entries after `committed` (the leader's proposal budget).
     uncommitted_bytes: usize,
+    /// Trims since the snapshot, oldest first: (last index trimmed, bytes trimmed).
+    trims: VecDeque<(u64, usize)>,
+    /// Sum of the bytes in `trims`.
+    trimmed_bytes: usize,
 }
 
 impl RaftLog {
@@ -67,6 +78,7 @@ impl RaftLog {
         let uncommitted_bytes = entries.iter().filter(|e| e.index > committed).map(Entry::size_bytes).sum();
         RaftLog {
             snapshot,
+            start: snapshot,
             entries: ChunkedDeque::from_vec(entries),
             stabled: last,
             persisting: last,
@@ -74,6 +86,8 @@ impl RaftLog {
             applied: snapshot.index,
             entries_bytes,
             uncommitted_bytes,
+            trims: VecDeque::new(),
+            trimmed_bytes: 0,
         }
     }
 
@@ -82,19 +96,25 @@ impl RaftLog {
         self.snapshot
     }
 
-    /// Index of the first entry still held (snapshot index + 1).
+    /// Index of the first entry held in memory.
     pub fn first_index(&self) -> u64 {
-        self.snapshot.index + 1
+        self.start.index + 1
+    }
+
+    /// True when entries after the snapshot were trimmed from memory: a follower that needs
+    /// them must be sent a newer snapshot than the one there is.
+    pub fn has_trimmed(&self) -> bool {
+        self.start.index > self.snapshot.index
     }
 
     /// Index of the last entry (the snapshot index when no entries follow it).
     pub fn last_index(&self) -> u64 {
-        self.snapshot.index + self.entries.len() as u64
+        self.start.index + self.entries.len() as u64
     }
 
     /// Term of the last entry.
     pub fn last_term(&self) -> u64 {
-        self.entries.last().map_or(self.snapshot.term, |e| e.term)
+        self.entries.last().map_or(self.start.term, |e| e.term)
     }
 
     /// Highest index confirmed on stable storage.
@@ -119,13 +139,13 @@ impl RaftLog {
 
     /// The term of the entry at `index`, if the log still knows it (0 for index 0).
     pub fn term(&self, index: u64) -> Option<u64> {
-        if index == self.snapshot.index {
-            return Some(self.snapshot.term);
+        if index == self.start.index {
+            return Some(self.start.term);
         }
-        if index < self.snapshot.index || index > self.last_index() {
+        if index < self.start.index || index > self.last_index() {
             return None;
         }
-        self.entries.get((index - self.snapshot.index - 1) as usize).map(|e| e.term)
+        self.entries.get((index - self.start.index - 1) as usize).map(|e| e.term)
     }
 
     /// True if the entry at `index` exists and has `term` (Raft §5.3 log matching).
@@ -143,7 +163,7 @@ impl RaftLog {
     /// Used on both sides of the fast back-off: it skips a whole run of entries from a wrong term.
     pub fn find_conflict_by_term(&self, index: u64, term: u64) -> u64 {
         let mut index = index.min(self.last_index());
-        while index > self.snapshot.index {
+        while index > self.start.index {
             match self.term(index) {
                 Some(t) if t > term => index -= 1,
                 _ => break,
@@ -154,14 +174,14 @@ impl RaftLog {
 
     /// Entries in `[from, last]`, at most `max_bytes` (but always at least one if any exist).
     ///
-    /// Returns `None` if `from` is inside the compacted prefix.
+    /// Returns `None` if `from` is no longer held in memory (compacted or trimmed).
     pub fn entries_from(&self, from: u64, max_bytes: usize) -> Option<Vec<Entry>> {
-        if from <= self.snapshot.index {
+        if from <= self.start.index {
             return None;
         }
         let mut out = Vec::new();
         let mut bytes = 0;
-        let start = (from - self.snapshot.index - 1) as usize;
+        let start = (from - self.start.index - 1) as usize;
         for entry in self.entries.iter_from(start) {
             bytes += entry.size_bytes();
             if !out.is_empty() && bytes > max_bytes {
@@ -183,11 +203,8 @@ impl RaftLog {
                 _ => {}
             }
             assert!(entry.index > self.committed, "a committed entry can never be replaced");
-            assert!(
-                entry.index > self.snapshot.index && entry.index <= self.last_index() + 1,
-                "gap in append"
-            );
-            let keep = (entry.index - self.snapshot.index - 1) as usize;
+            assert!(entry.index > self.start.index && entry.index <= self.last_index() + 1, "gap in append");
+            let keep = (entry.index - self.start.index - 1) as usize;
             // Everything dropped lies past the commit mark (asserted above).
             let dropped = self.entries.iter_from(keep).map(Entry::size_bytes).sum::<usize>();
             self.entries_bytes -= dropped;
@@ -214,7 +231,7 @@ impl RaftLog {
 
     /// Position in `entries` of the first entry not handed to storage.
     fn unstable_from(&self) -> usize {
-        (self.persisting.max(self.snapshot.index) - self.snapshot.index) as usize
+        (self.persisting.max(self.start.index) - self.start.index) as usize
     }
 
     /// Records that every entry up to the last one is being written to stable storage.
@@ -251,8 +268,8 @@ impl RaftLog {
     pub fn commit_to(&mut self, index: u64) -> bool {
         assert!(index <= self.last_index(), "commit {index} past the last index {}", self.last_index());
         if index > self.committed {
-            let from = (self.committed.max(self.snapshot.index) - self.snapshot.index) as usize;
-            let to = (index - self.snapshot.index) as usize;
+            let from = (self.committed.max(self.start.index) - self.start.index) as usize;
+            let to = (index - self.start.index) as usize;
             self.uncommitted_bytes -= self.entries.range(from, to).map(Entry::size_bytes).sum::<usize>();
             self.committed = index;
             return true;
@@ -279,9 +296,12 @@ impl RaftLog {
     pub fn install_snapshot(&mut self, meta: SnapshotMeta) {
         assert!(meta.index > self.committed, "installing a snapshot older than the commit mark");
         self.snapshot = meta;
+        self.start = meta;
         self.entries.clear();
         self.entries_bytes = 0;
         self.uncommitted_bytes = 0;
+        self.trims.clear();
+        self.trimmed_bytes = 0;
         // The snapshot is written with the Ready that hands it out; its write confirms `stabled`.
         self.stabled = self.stabled.min(meta.index);
         self.persisting = meta.index;
@@ -289,23 +309,67 @@ impl RaftLog {
         self.applied = meta.index;
     }
 
-    /// Drops entries up to `index` (already captured in a snapshot of the applied state).
+    /// Records a snapshot of the applied state at `meta` and drops the entries it covers.
     ///
     /// Returns the memory that held them, for the caller to free off its own thread.
-    pub fn compact(&mut self, index: u64) -> Compacted {
-        if index <= self.snapshot.index {
+    pub fn compact(&mut self, meta: SnapshotMeta) -> Compacted {
+        if meta.index <= self.snapshot.index {
             return Compacted::default();
         }
-        assert!(index <= self.applied, "compacting {index} past applied {}", self.applied);
+        assert!(meta.index <= self.applied, "compacting {} past applied {}", meta.index, self.applied);
         // Applied entries were handed to storage in the Ready that handed them out, or earlier.
-        assert!(index <= self.persisting, "compacting {index} past what storage was given");
-        let Some(term) = self.term(index) else { return Compacted::default() };
-        let count = (index - self.snapshot.index) as usize;
+        assert!(meta.index <= self.persisting, "compacting {} past what storage was given", meta.index);
+        if meta.index <= self.start.index {
+            // Trimmed from memory already: only the snapshot's position moves.
+            self.snapshot = meta;
+            while let Some(&(last, bytes)) = self.trims.front() {
+                if last > meta.index {
+                    break;
+                }
+                self.trims.pop_front();
+                self.trimmed_bytes -= bytes;
+            }
+            return Compacted::default();
+        }
+        let term = self.term(meta.index);
+        assert_eq!(term, Some(meta.term), "snapshot at {} disagrees with the log's term", meta.index);
+        let count = (meta.index - self.start.index) as usize;
+        let bytes = self.entries.range(0, count).map(Entry::size_bytes).sum::<usize>();
         let freed = self.entries.drop_front(count);
-        // Counted over what stays: compaction runs at the applied mark, so that is the short part.
-        self.entries_bytes = self.entries.iter().map(Entry::size_bytes).sum();
-        self.snapshot = SnapshotMeta { index, term };
+        self.entries_bytes -= bytes;
+        self.trims.clear();
+        self.trimmed_bytes = 0;
+        self.snapshot = meta;
+        self.start = meta;
         Compacted(freed)
+    }
+
+    /// Drops entries up to `index` from memory, though no snapshot covers them: every peer that
+    /// needs them has them, and stable storage keeps them until a snapshot does.
+    ///
+    /// Returns the memory that held them, for the caller to free off its own thread.
+    pub fn trim_to(&mut self, index: u64) -> Compacted {
+        if index <= self.start.index {
+            return Compacted::default();
+        }
+        assert!(index <= self.applied, "trimming {index} past applied {}", self.applied);
+        assert!(index <= self.persisting, "trimming {index} past what storage was given");
+        let Some(term) = self.term(index) else { return Compacted::default() };
+        let count = (index - self.start.index) as usize;
+        let bytes = self.entries.range(0, count).map(Entry::size_bytes).sum::<usize>();
+        let freed = self.entries.drop_front(count);
+        self.entries_bytes -= bytes;
+        self.trims.push_back((index, bytes));
+        self.trimmed_bytes += bytes;
+        self.start = SnapshotMeta { index, term };
+        Compacted(freed)
+    }
+
+    /// Bytes of the entries after the snapshot, held or trimmed: what the next snapshot lets go.
+    ///
+    /// A trim that straddles the snapshot counts whole until the next one (approximate).
+    pub fn bytes_since_snapshot(&self) -> usize {
+        self.entries_bytes + self.trimmed_bytes
     }
 
     /// Bytes held by the entries in memory (approximate).
@@ -358,10 +422,41 @@ mod tests {
         assert!(log.entries_from(10, usize::MAX).is_none());
         assert_eq!(log.next_committed_entries(usize::MAX).len(), 2);
         log.applied_to(12);
-        log.compact(11);
+        log.compact(SnapshotMeta { index: 11, term: 3 });
         assert_eq!(log.first_index(), 12);
         assert_eq!(log.term(11), Some(3));
         assert_eq!(log.last_index(), 12);
+    }
+
+    #[test]
+    fn trimmed_entries_leave_memory_but_count_until_a_snapshot_covers_them() {
+        let entries = (1..=6).map(|i| entry(i, if i < 4 { 1 } else { 2 })).collect();
+        let mut log = RaftLog::restore(SnapshotMeta::default(), entries, 6);
+        let all = log.entries_bytes();
+        log.applied_to(6);
+        assert!(log.trim_to(3).len() <= 3);
+        assert!(log.has_trimmed());
+        assert_eq!(log.first_index(), 4);
+        assert_eq!(log.snapshot_meta(), SnapshotMeta::default(), "the snapshot has not moved");
+        assert_eq!((log.term(3), log.term(2)), (Some(1), None));
+        assert!(log.entries_from(3, usize::MAX).is_none());
+        assert_eq!(log.entries_from(4, usize::MAX).map(|v| v.len()), Some(3));
+        assert!(log.entries_bytes() < all);
+        assert_eq!(log.bytes_since_snapshot(), all);
+        // A snapshot below the trim point moves only the snapshot and lets go of whole trims.
+        log.compact(SnapshotMeta { index: 2, term: 1 });
+        assert_eq!((log.snapshot_meta().index, log.first_index()), (2, 4));
+        assert!(log.has_trimmed());
+        assert_eq!(log.bytes_since_snapshot(), all, "the trim of 1..=3 straddles 2 and still counts");
+        log.compact(SnapshotMeta { index: 3, term: 1 });
+        assert!(!log.has_trimmed());
+        assert_eq!(log.bytes_since_snapshot(), log.entries_bytes());
+        // One past the trim point drops from memory again.
+        log.trim_to(4);
+        log.compact(SnapshotMeta { index: 5, term: 2 });
+        assert_eq!((log.snapshot_meta().index, log.first_index(), log.last_index()), (5, 6, 6));
+        assert_eq!(log.bytes_since_snapshot(), log.entries_bytes());
+        assert_eq!(log.term(5), Some(2));
     }
 
     #[test]

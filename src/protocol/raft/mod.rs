@@ -13,7 +13,9 @@ pub mod progress;
 pub mod read_index;
 pub mod ready;
 
-pub use self::core::{ChangeError, Config, ProposeError, RaftCore, Stats, StepError, TransferError};
+pub use self::core::{
+    ChangeError, Config, ProposeError, RaftCore, Stats, StepError, TransferError, DEFAULT_RETAINED_ENTRIES,
+};
 pub use self::log::{Compacted, RaftLog};
 pub use self::membership::{ChangeOp, ConfChange, MemberAddrs, Membership, MembershipError};
 pub use self::message::{Entry, EntryKind, HardState, Message, MessageBody, NodeId, Snapshot, SnapshotMeta};
