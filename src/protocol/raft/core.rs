@@ -707,12 +707,13 @@ impl RaftCore {
 
     /// Records a snapshot of the applied state at `meta`, drops the log entries it covers, and
     /// returns their memory for the caller to free where it does not hold up the node.
+    ///
+    /// Any wish for a fresh snapshot is taken as met: a follower that still needs entries this
+    /// one does not cover asks again at its next probe (so a wish whose follower left the
+    /// membership meanwhile does not keep snapshots coming).
     pub fn compact(&mut self, meta: SnapshotMeta) -> Compacted {
-        let freed = self.log.compact(meta);
-        if !self.log.has_trimmed() {
-            self.fresh_snapshot_wanted = false;
-        }
-        freed
+        self.fresh_snapshot_wanted = false;
+        self.log.compact(meta)
     }
 
     /// The index memory can be trimmed to now: applied and handed to storage, and on a leader
