@@ -510,6 +510,22 @@ fn clients_past_max_clients_are_told_so_and_idle_ones_are_closed() {
     kill(&mut server);
 }
 
+// The server opts out of transparent huge pages (the kernel's `THP_enabled` for the process is 0),
+// whatever the machine's setting: a huge page zeroed on first touch stalls the writes of the moment.
+#[test]
+fn the_server_opts_out_of_transparent_huge_pages() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (client, args) = single_server(&dir.path().join("data"), &[]);
+    let mut server = spawn_server(&args, &dir.path().join("log"));
+    wait_for_info(&client, "role", "leader");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.id())).expect("proc status");
+    let thp = status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(str::trim);
+    kill(&mut server);
+    // Kernels before 5.0 do not report it; this one does.
+    assert_eq!(thp, Some("0"), "{status}");
+}
+
 // With the open-file limit smaller than --max-clients, the server lowers its client limit so that
 // clients cannot take the descriptors the data dir and peers need: every client gets an answer
 // (PONG, or the max-clients error), none hangs, and writes still reach the disk.

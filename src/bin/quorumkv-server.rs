@@ -77,6 +77,22 @@ struct ReplicaArgs {
     metrics_addr: Option<String>,
 }
 
+/// Opts this process out of transparent huge pages, as Redis does (`disable-thp`).
+///
+/// The allocator asks for huge pages, and on first touch the kernel zeroes a whole 2 MiB page
+/// in the thread that touched it: while the heap grows, the writes of the moment wait on that
+/// (64-client write p99 5.4-6.0 ms with them, 2.8-3.1 ms without, while the Raft log still grew).
+/// A failure only leaves the kernel's setting in force.
+fn opt_out_of_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE reads no memory of ours; it sets a flag on this process.
+        if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+            log::warn!("cannot opt out of transparent huge pages: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
 /// File descriptors kept for each replica's own use (WAL, snapshots, peer links and listener).
 const RESERVED_FDS_PER_REPLICA: u64 = 64;
 
@@ -520,6 +536,7 @@ fn main() -> ExitCode {
         }
     };
     fit_clients_to_fd_limit(&mut configs);
+    opt_out_of_transparent_huge_pages();
     let system = actix_rt::System::new();
     system.block_on(run(configs, local, join))
 }
