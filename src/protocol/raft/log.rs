@@ -56,7 +56,7 @@ pub struct RaftLog {
     uncommitted_bytes: usize,
     /// Trims since the snapshot, oldest first: (last index trimmed, bytes trimmed).
     trims: VecDeque<(u64, usize)>,
-    /// Sum of the bytes in `trims`.
+    /// Sum of the bytes in `trims`, kept because it is read at every drive and trims can be many.
     trimmed_bytes: usize,
 }
 
@@ -322,26 +322,17 @@ impl RaftLog {
         if meta.index <= self.start.index {
             // Trimmed from memory already: only the snapshot's position moves.
             self.snapshot = meta;
-            while let Some(&(last, bytes)) = self.trims.front() {
-                if last > meta.index {
-                    break;
-                }
-                self.trims.pop_front();
-                self.trimmed_bytes -= bytes;
-            }
+            self.trims.retain(|&(last, _)| last > meta.index);
+            self.trimmed_bytes = self.trims.iter().map(|&(_, bytes)| bytes).sum();
             return Compacted::default();
         }
         let term = self.term(meta.index);
         assert_eq!(term, Some(meta.term), "snapshot at {} disagrees with the log's term", meta.index);
-        let count = (meta.index - self.start.index) as usize;
-        let bytes = self.entries.range(0, count).map(Entry::size_bytes).sum::<usize>();
-        let freed = self.entries.drop_front(count);
-        self.entries_bytes -= bytes;
+        let (_, freed) = self.drop_through(meta);
         self.trims.clear();
         self.trimmed_bytes = 0;
         self.snapshot = meta;
-        self.start = meta;
-        Compacted(freed)
+        freed
     }
 
     /// Drops entries up to `index` from memory, though no snapshot covers them: every peer that
@@ -355,14 +346,21 @@ impl RaftLog {
         assert!(index <= self.applied, "trimming {index} past applied {}", self.applied);
         assert!(index <= self.persisting, "trimming {index} past what storage was given");
         let Some(term) = self.term(index) else { return Compacted::default() };
-        let count = (index - self.start.index) as usize;
+        let (bytes, freed) = self.drop_through(SnapshotMeta { index, term });
+        self.trims.push_back((index, bytes));
+        self.trimmed_bytes += bytes;
+        freed
+    }
+
+    /// Takes the entries up to `last` (held, after `start`) out of memory and makes `last` the
+    /// new start; returns their bytes and their memory.
+    fn drop_through(&mut self, last: SnapshotMeta) -> (usize, Compacted) {
+        let count = (last.index - self.start.index) as usize;
         let bytes = self.entries.range(0, count).map(Entry::size_bytes).sum::<usize>();
         let freed = self.entries.drop_front(count);
         self.entries_bytes -= bytes;
-        self.trims.push_back((index, bytes));
-        self.trimmed_bytes += bytes;
-        self.start = SnapshotMeta { index, term };
-        Compacted(freed)
+        self.start = last;
+        (bytes, Compacted(freed))
     }
 
     /// Bytes of the entries after the snapshot, held or trimmed: what the next snapshot lets go.
