@@ -8,8 +8,8 @@
 # Prints loadgen's figures, then the timeline's slow writes split by whether they overlap a
 # snapshot window on any replica (from its start to 1 s after it ends, from the replicas' logs,
 # which carry millisecond timestamps). THRESH sets --snapshot-threshold (default 16 MiB; pass
-# 100000000000 for a run without snapshots, the machine's own noise). LOADGEN as in
-# leader_cpu_probe.sh.
+# 100000000000 for a run without snapshots, the machine's own noise); PIPE pipelines the 64
+# clients (default 1). LOADGEN as in leader_cpu_probe.sh.
 BIN=$1; SECS=${2:-40}
 HERE=$(dirname "$0")
 . "$HERE/probe_cluster.sh"
@@ -17,7 +17,7 @@ probe_cluster windowtest 38380 39380 /tmp/prof/w /tmp/prof/wlog "$BIN" --snapsho
 PORT=$((38380+LEADER))
 python3 "$HERE/slow_write_timeline.py" $PORT "$SECS" 30 > /tmp/prof/window_timeline &
 TIMELINE=$!
-${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen} --target resp --addr 127.0.0.1:$PORT --clients 64 --pipeline 1 --duration "$SECS" --ops 100000000 --value-size 100 --keys 800000 --write-ratio 1
+${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen} --target resp --addr 127.0.0.1:$PORT --clients 64 --pipeline "${PIPE:-1}" --duration "$SECS" --ops 100000000 --value-size 100 --keys 800000 --write-ratio 1
 wait $TIMELINE
 python3 - /tmp/prof/window_timeline /tmp/prof/wlog1 /tmp/prof/wlog2 /tmp/prof/wlog3 <<'PY'
 import datetime, re, sys
