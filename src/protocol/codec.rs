@@ -105,6 +105,34 @@ pub fn encode_with_prefix<T: Serialize>(prefix: &[u8], value: &T) -> Result<Vec<
     Ok(out)
 }
 
+/// Appends the encoding of `value` to `out`, growing it as needed.
+pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_writer(value, VecOut(out), config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(())
+}
+
+/// Appends `n` as [`encode`] writes any integer (and a length): one byte up to 250, else a
+/// marker byte and 2, 4 or 8 little-endian bytes. For encoders written by hand where serde's
+/// per-field calls cost too much; their tests compare them with [`encode`].
+pub fn put_varint(out: &mut Vec<u8>, n: u64) {
+    match n {
+        0..=250 => out.push(n as u8),
+        251..=0xFFFF => {
+            out.push(251);
+            out.extend_from_slice(&(n as u16).to_le_bytes());
+        }
+        0x1_0000..=0xFFFF_FFFF => {
+            out.push(252);
+            out.extend_from_slice(&(n as u32).to_le_bytes());
+        }
+        _ => {
+            out.push(253);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+}
+
 /// A bincode writer appending to a `Vec` (bincode's own is private).
 struct VecOut<'a>(&'a mut Vec<u8>);
 
