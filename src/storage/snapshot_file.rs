@@ -205,14 +205,17 @@ impl SnapshotFileWriter {
 
     /// Appends the next bytes of the image.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file.write_all(bytes).map_err(io_err("write", &self.temp))?;
-        self.hasher.update(bytes);
-        self.written += bytes.len() as u64;
-        let end = HEADER_BYTES as u64 + self.written;
-        if end - self.writeback_from >= WRITEBACK_STEP_BYTES {
-            self.file.flush().map_err(io_err("write", &self.temp))?;
-            pace_writeback(self.file.get_ref(), self.writeback_from, end);
-            self.writeback_from = end;
+        // A whole image in one call (a received one) is paced like one streamed in pieces.
+        for step in bytes.chunks(WRITEBACK_STEP_BYTES as usize) {
+            self.file.write_all(step).map_err(io_err("write", &self.temp))?;
+            self.hasher.update(step);
+            self.written += step.len() as u64;
+            let end = HEADER_BYTES as u64 + self.written;
+            if end - self.writeback_from >= WRITEBACK_STEP_BYTES {
+                self.file.flush().map_err(io_err("write", &self.temp))?;
+                pace_writeback(self.file.get_ref(), self.writeback_from, end);
+                self.writeback_from = end;
+            }
         }
         Ok(())
     }
@@ -404,7 +407,11 @@ mod tests {
             .save_streaming(meta, |file| image.chunks(100_003).try_for_each(|piece| file.write(piece)))
             .expect("save");
         assert_eq!(len, image.len() as u64);
-        assert_eq!(store.load_latest().expect("load"), Some((meta, image)));
+        assert_eq!(store.load_latest().expect("load"), Some((meta, image.clone())));
+        // And in one piece, as a received image is saved.
+        let whole = dir.join("whole.qkv");
+        write_snapshot_file(&whole, meta, &image).expect("write");
+        assert_eq!(read_snapshot_file(&whole).expect("read"), (meta, image));
         fs::remove_dir_all(&dir).expect("clean up");
     }
 
