@@ -105,13 +105,6 @@ pub fn encode_with_prefix<T: Serialize>(prefix: &[u8], value: &T) -> Result<Vec<
     Ok(out)
 }
 
-/// Appends the encoding of `value` to `out`, growing it as needed.
-pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
-    bincode::serde::encode_into_writer(value, VecOut(out), config())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
-    Ok(())
-}
-
 /// Appends `n` as [`encode`] writes any integer (and a length): one byte up to 250, else a
 /// marker byte and 2, 4 or 8 little-endian bytes. For encoders written by hand where serde's
 /// per-field calls cost too much; their tests compare them with [`encode`].

@@ -424,7 +424,7 @@ impl KeysPartWriter {
         // start is everything before it.
         self.head.clear();
         self.head.extend_from_slice(&[0; 8]);
-        codec::encode_into(&ImagePart::Keys { cf, keys: Vec::new() }, &mut self.head)?;
+        self.head.extend_from_slice(&codec::encode(&ImagePart::Keys { cf, keys: Vec::new() })?);
         self.head.pop();
         self.body.clear();
         self.pairs = 0;
