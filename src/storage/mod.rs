@@ -2,7 +2,8 @@
 //!
 //! - [`log_store`]: the trait the consensus layer persists through; [`mem_log`] is its in-memory twin;
 //! - [`wal`]: Raft's hard state, log entries and snapshot markers in checksummed segment files
-//!   (old segments deleted by `segment_remover`'s thread);
+//!   (old segments deleted by `segment_remover`'s thread, space reserved ahead zeroed by
+//!   `segment_zeroer`'s);
 //! - [`snapshot_file`]: state-machine images written atomically, newest kept;
 //! - [`engine`]: the KV engine, ordered maps per column family, values with versions and expiries;
 //! - [`dialect`]: what each Redis command does to the engine, decided at apply time;
@@ -20,10 +21,12 @@ pub mod mem_log;
 pub mod record;
 pub mod restore;
 mod segment_remover;
+mod segment_zeroer;
 pub mod session;
 pub mod snapshot_file;
 pub mod state_machine;
 pub mod wal;
+mod writeback;
 
 pub use data_dir::DataDir;
 pub use engine::{KvEngine, SharedBytes, Stored, ValueKind, WriteBatch, WriteOp};

@@ -251,27 +251,11 @@ impl SnapshotFileWriter {
 }
 
 /// Starts the writeback of `from..to` of `file` and waits for everything before `from` to be on
-/// disk, so a long write reaches the disk at its pace instead of in one burst at the fsync. Only
-/// a pace: durability still comes from the fsync, so a failure here is ignored.
-#[cfg(target_os = "linux")]
+/// disk, so a long write reaches the disk at its pace instead of in one burst at the fsync.
 fn pace_writeback(file: &fs::File, from: u64, to: u64) {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    let (Ok(from), Ok(to)) = (i64::try_from(from), i64::try_from(to)) else { return };
-    // SAFETY: sync_file_range reads no memory of ours; a bad range or descriptor is an error.
-    unsafe {
-        libc::sync_file_range(fd, from, to - from, libc::SYNC_FILE_RANGE_WRITE);
-        if from > 0 {
-            let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-            libc::sync_file_range(fd, 0, from, wait);
-        }
-    }
+    super::writeback::start(file, from, to);
+    super::writeback::write_and_wait(file, 0, from);
 }
-
-#[cfg(not(target_os = "linux"))]
-fn pace_writeback(_file: &fs::File, _from: u64, _to: u64) {}
 
 impl Drop for SnapshotFileWriter {
     fn drop(&mut self) {
