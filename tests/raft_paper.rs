@@ -598,6 +598,9 @@ fn lagging_follower_gets_snapshot_then_entries() {
     net.node(1).report_snapshot(3, true);
     net.node(1).propose(b"after".to_vec()).expect("leader");
     net.tick(1, 4);
+    // A follower learns a commit it is not waiting on with its next append or heartbeat.
+    let heartbeat = net.node(1).config().heartbeat_ticks;
+    net.tick(1, heartbeat);
     let n3 = net.node(3);
     assert_eq!(n3.log().snapshot_meta().index, applied);
     assert_eq!(n3.log().committed(), applied + 1);
@@ -622,6 +625,9 @@ fn leader_trims_only_what_every_follower_acknowledged() {
     assert_eq!(net.node(1).log().first_index(), held_by_3 + 1, "3's next entries stay in memory");
     net.heal();
     net.tick(1, 12);
+    // A follower learns a commit it is not waiting on with its next append or heartbeat.
+    let heartbeat = net.node(1).config().heartbeat_ticks;
+    net.tick(1, heartbeat);
     assert!(!net.delivered.iter().any(|m| matches!(m.body, MessageBody::InstallSnapshot { .. })));
     assert!(!net.node(1).wants_fresh_snapshot());
     assert_eq!(net.node(3).log().committed(), applied);
@@ -635,6 +641,9 @@ fn leader_trims_only_what_every_follower_acknowledged() {
     assert_eq!(net.node(1).log().bytes_since_snapshot(), bytes, "the trimmed entries still count");
     net.node(1).propose(b"after".to_vec()).expect("leader");
     net.stabilize();
+    // A follower learns a commit it is not waiting on with its next append or heartbeat.
+    let heartbeat = net.node(1).config().heartbeat_ticks;
+    net.tick(1, heartbeat);
     assert_eq!(net.node(3).log().committed(), applied + 1);
 }
 
@@ -692,9 +701,15 @@ fn follower_needing_trimmed_entries_gets_a_fresh_snapshot() {
     net.node(2).report_snapshot(3, true);
     net.node(2).propose(b"after".to_vec()).expect("leader");
     net.tick(2, 4);
-    // The new term's no-op and the proposal, both past the snapshot, reached it as entries.
-    assert_eq!(net.node(3).log().committed(), applied + 2);
-    assert_eq!(net.node(2).log().committed(), applied + 2);
+    // A follower learns a commit it is not waiting on with its next append or heartbeat.
+    let heartbeat = net.node(2).config().heartbeat_ticks;
+    net.tick(2, heartbeat);
+    // Whatever 2 held past the snapshot (the new term's no-op, the proposal, and what 2 held
+    // of 1's term without knowing it committed) reached 3 as entries, and all of it committed.
+    let last = net.node(2).log().last_index();
+    assert!(last >= applied + 2);
+    assert_eq!(net.node(3).log().committed(), last);
+    assert_eq!(net.node(2).log().committed(), last);
 }
 
 // A snapshot older than what the follower committed is ignored; commit and applied never go back.
@@ -967,4 +982,54 @@ fn reads_during_a_round_share_the_next_one() {
     let released: Vec<_> =
         readies.iter().flat_map(|r| r.read_states.iter().map(|s| (s.ctx, s.index))).collect();
     assert_eq!(released, vec![(2, commit), (3, commit)]);
+}
+
+// A commit index alone is not broadcast: followers learn it with their next append or
+// heartbeat (at one write at a time this spares every write a round of empty appends).
+#[test]
+fn a_commit_alone_waits_for_the_next_append_or_heartbeat() {
+    let mut net = Net::new(3, false, false);
+    elect(&mut net, 1);
+    let (first, _) = net.node(1).propose(b"one".to_vec()).expect("leader");
+    net.stabilize();
+    assert_eq!(net.node(1).log().committed(), first);
+    for id in [2, 3] {
+        assert_eq!(net.node(id).log().committed(), first - 1, "node {id} was not told alone");
+    }
+    // The next append carries it.
+    let (second, _) = net.node(1).propose(b"two".to_vec()).expect("leader");
+    net.stabilize();
+    for id in [2, 3] {
+        assert_eq!(net.node(id).log().committed(), first, "node {id} learnt it with the next append");
+    }
+    // So does the next heartbeat.
+    let heartbeat = net.node(1).config().heartbeat_ticks;
+    net.tick(1, heartbeat);
+    for id in [2, 3] {
+        assert_eq!(net.node(id).log().committed(), second, "node {id} learnt it with a heartbeat");
+    }
+}
+
+// A follower waiting on an index (a request it forwarded) is told the commit at once, alone.
+#[test]
+fn a_follower_awaiting_an_index_hears_of_its_commit_at_once() {
+    let mut net = Net::new(3, false, false);
+    elect(&mut net, 1);
+    let (index, _) = net.node(1).propose(b"forwarded by 2".to_vec()).expect("leader");
+    net.node(1).await_commit(2, index);
+    net.stabilize();
+    assert_eq!(net.node(2).log().committed(), index, "the waiting follower was told");
+    assert_eq!(net.node(3).log().committed(), index - 1, "the other was not");
+    // Awaited after the commit (a read confirmed, an admin request applied): told at the next Ready.
+    let (later, _) = net.node(1).propose(b"written at 1".to_vec()).expect("leader");
+    net.stabilize();
+    assert_eq!(net.node(3).log().committed(), index, "with the append of the next entry");
+    net.node(1).await_commit(3, later);
+    net.stabilize();
+    assert_eq!(net.node(3).log().committed(), later);
+    // Told once: nothing more goes out for it.
+    let before = net.delivered.len();
+    net.node(1).await_commit(3, later);
+    net.stabilize();
+    assert_eq!(net.delivered.len(), before, "no append for a commit already sent");
 }

@@ -638,8 +638,15 @@ impl Sim {
         let Some(id) = self.pick(&leaders) else { return };
         self.proposals += 1;
         let data = format!("{}-{}", self.seed, self.proposals).into_bytes();
+        // Half the proposals stand for a follower's forwarded write: that follower awaits it.
+        let forwarded_by = match self.rng.range(0, 2) {
+            0 => self.pick(&self.nodes.keys().copied().filter(|&n| n != id).collect::<Vec<_>>()),
+            _ => None,
+        };
         if let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
-            let _ = core.propose(data);
+            if let (Ok((index, _)), Some(follower)) = (core.propose(data), forwarded_by) {
+                core.await_commit(follower, index);
+            }
         }
     }
 

@@ -447,6 +447,7 @@ impl Consensus {
             (self.core.term(), self.core.role(), self.core.leader(), self.core.id());
         let log = self.core.log();
         let transport = &mut *self.transport;
+        let mut awaited = Vec::new();
         self.change_waiters.retain(|w| {
             let reply = if applied >= w.index {
                 if log.term(w.index) == Some(w.term) {
@@ -459,9 +460,16 @@ impl Consensus {
             } else {
                 return true;
             };
+            if let AdminReplyTo::Remote { follower, .. } = &w.reply_to {
+                // The follower answers its client once it has applied the change.
+                awaited.push((*follower, w.index));
+            }
             w.reply_to.answer(transport, me, reply, w.index);
             false
         });
+        for (follower, index) in awaited {
+            self.core.await_commit(follower, index);
+        }
         let transferee = self.core.lead_transferee();
         self.transfer_waiters.retain(|(to, reply_to)| {
             let reply = if leader == *to {
@@ -619,6 +627,10 @@ impl Consensus {
         }
         self.settle_forwards();
         self.settle_admin();
+        if self.core.has_ready() {
+            // A follower's admin request was answered: the commit index it waits for goes now.
+            self.drive_soon(ctx);
+        }
     }
 
     /// Queues a write behind those already handed to the disk writer, merging where it can.
@@ -1047,6 +1059,10 @@ impl Consensus {
     // ----- forwarding: the leader's side -----
 
     fn answer_forward(&mut self, follower: NodeId, id: u64, answer: ForwardAnswer) {
+        if let ForwardAnswer::Proposed { index, .. } | ForwardAnswer::ReadIndex { index, .. } = answer {
+            // The follower answers its client once it has applied `index`.
+            self.core.await_commit(follower, index);
+        }
         let from = self.core.id();
         self.transport.send(PeerFrame::ForwardAnswer { from, to: follower, id, answer });
     }

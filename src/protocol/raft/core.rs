@@ -1149,24 +1149,55 @@ impl RaftCore {
         self.send(to, self.term, MessageBody::Append { prev_index, prev_term, entries, commit });
         if let Some(pr) = self.progress.get_mut(&to) {
             pr.sent(last, had_entries, window);
+            pr.commit_sent = pr.commit_sent.max(commit);
         }
         had_entries
     }
 
+    /// Sends every follower its new entries. A new commit index alone (an empty append) goes
+    /// only to a follower waiting on it (see [`await_commit`](Self::await_commit)), and to all
+    /// once it covers a membership change or a new leader's no-op (configurations take effect
+    /// when applied, everywhere at once) or while leadership is handed over (the answers tell
+    /// this leader when the next one has taken over); the others learn it with their next
+    /// append or heartbeat. At one write at a time that spares each write a round of empty
+    /// appends, their sends and the followers' wake-ups.
     fn broadcast_append(&mut self) {
+        let committed = self.log.committed();
+        let conf = self.pending_conf_index;
+        let everyone = self.lead_transferee.is_some();
         for peer in self.peers() {
-            // The first append may be empty: it still carries the new commit index.
-            if self.send_append(peer, true) {
+            let awaited = everyone
+                || self
+                    .progress
+                    .get(&peer)
+                    .is_some_and(|pr| pr.commit_sent < pr.commit_awaited.max(conf).min(committed));
+            if self.send_append(peer, awaited) {
                 while self.send_append(peer, false) {}
             }
         }
     }
 
+    /// Follower `peer` waits for `index` to be committed (and applied there): a request it
+    /// forwarded was appended there, or its read is to be served once that is applied. The
+    /// commit index goes to it as soon as it covers `index`, even with no entries to carry it.
+    pub fn await_commit(&mut self, peer: NodeId, index: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(pr) = self.progress.get_mut(&peer) else { return };
+        pr.commit_awaited = pr.commit_awaited.max(index);
+        if pr.commit_sent < pr.commit_awaited.min(self.log.committed()) {
+            self.broadcast_wanted = true;
+        }
+    }
+
     fn broadcast_heartbeat(&mut self, read_round: u64) {
+        let committed = self.log.committed();
         for peer in self.peers() {
-            let Some(pr) = self.progress.get(&peer) else { continue };
+            let Some(pr) = self.progress.get_mut(&peer) else { continue };
             // Never claim a commit past what the follower is known to hold (it might not have it).
-            let commit = self.log.committed().min(pr.matched);
+            let commit = committed.min(pr.matched);
+            pr.commit_sent = pr.commit_sent.max(commit);
             self.send(peer, self.term, MessageBody::Heartbeat { commit, read_round });
         }
     }

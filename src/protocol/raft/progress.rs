@@ -35,6 +35,11 @@ pub struct Progress {
     pub stalled_ticks: u32,
     /// Highest read-index round this follower has acknowledged.
     pub read_round_acked: u64,
+    /// Highest commit index sent to this follower, with an append or a heartbeat.
+    pub commit_sent: u64,
+    /// Highest index this follower waits to see committed (a request it forwarded is there):
+    /// once committed, the commit index goes to it at once, even with no entries to carry it.
+    pub commit_awaited: u64,
 }
 
 impl Progress {
@@ -49,6 +54,8 @@ impl Progress {
             recent_active: false,
             stalled_ticks: 0,
             read_round_acked: 0,
+            commit_sent: 0,
+            commit_awaited: 0,
         }
     }
 
