@@ -3,10 +3,10 @@
 //!
 //! Space reserved with `fallocate` is "unwritten" to ext4: the first write to each of its blocks
 //! changes the file's extent map, and the fdatasync after it must then write the inode too, a
-//! second disk round trip. On this project's VM a 10,000-byte write+fdatasync took 153-170 µs
-//! (p50) into such space and 98-106 µs into space already written with zeros
-//! (`SIZE=10000 python3 scripts/fsync_modes.py`); at 64 clients the replicas spent about
-//! 2.5 µs less CPU per write. Writing the zeros on the appending thread would stall it for the
+//! second disk round trip. On this project's VM a 10,000-byte write+fdatasync took 150-200 µs
+//! (p50) into such space and about 100 µs into space already written with zeros, with a third
+//! less CPU (`SIZE=10000 python3 scripts/fsync_modes.py`); at 64 clients the replicas spent
+//! about 2.5 µs less CPU per write. Writing the zeros on the appending thread would stall it for the
 //! whole chunk, so they are written here, a step at a time, each step sent to the disk before
 //! the next (see [`ZeroFront`] for how the two never write the same bytes).
 
