@@ -6,9 +6,9 @@
 //! second disk round trip. On this project's VM a 10,000-byte write+fdatasync took 150-200 µs
 //! (p50) into such space and about 100 µs into space already written with zeros, with a third
 //! less CPU (`SIZE=10000 python3 scripts/fsync_modes.py`); at 64 clients the replicas spent
-//! about 2.5 µs less CPU per write. Writing the zeros on the appending thread would stall it for the
-//! whole chunk, so they are written here, a step at a time, each step sent to the disk before
-//! the next (see [`ZeroFront`] for how the two never write the same bytes).
+//! about 2.5 µs less CPU per write. Writing the zeros on the appending thread would stall it
+//! for the whole chunk, so they are written here, a step at a time, each step sent to the disk
+//! before the next (see [`ZeroFront`] for how the two never write the same bytes).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
