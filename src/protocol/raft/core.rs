@@ -1166,11 +1166,8 @@ impl RaftCore {
         let conf = self.pending_conf_index;
         let everyone = self.lead_transferee.is_some();
         for peer in self.peers() {
-            let awaited = everyone
-                || self
-                    .progress
-                    .get(&peer)
-                    .is_some_and(|pr| pr.commit_sent < pr.commit_awaited.max(conf).min(committed));
+            let awaited =
+                everyone || self.progress.get(&peer).is_some_and(|pr| pr.is_owed_commit(committed, conf));
             if self.send_append(peer, awaited) {
                 while self.send_append(peer, false) {}
             }
@@ -1186,7 +1183,7 @@ impl RaftCore {
         }
         let Some(pr) = self.progress.get_mut(&peer) else { return };
         pr.commit_awaited = pr.commit_awaited.max(index);
-        if pr.commit_sent < pr.commit_awaited.min(self.log.committed()) {
+        if pr.is_owed_commit(self.log.committed(), 0) {
             self.broadcast_wanted = true;
         }
     }

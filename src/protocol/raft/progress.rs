@@ -43,6 +43,12 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Whether the commit index must go to this follower now, even alone: `committed` covers
+    /// what it awaits, or `floor` (an index everyone must hear of), and it was not sent that yet.
+    pub fn is_owed_commit(&self, committed: u64, floor: u64) -> bool {
+        self.commit_sent < self.commit_awaited.max(floor).min(committed)
+    }
+
     /// A fresh progress for a new leader whose log ends at `last_index`.
     pub fn new(last_index: u64) -> Progress {
         Progress {
