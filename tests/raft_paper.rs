@@ -977,11 +977,59 @@ fn reads_during_a_round_share_the_next_one() {
     let released: Vec<u64> = readies.iter().flat_map(|r| r.read_states.iter().map(|s| s.ctx)).collect();
     assert_eq!(released, vec![1]);
     assert_eq!(rounds(&second), vec![2], "reads 2 and 3 share round 2");
-    answer_leader(&mut net, 3, second);
+    answer_leader(&mut net, 2, second);
     let (_, readies) = drain(net.node(1));
     let released: Vec<_> =
         readies.iter().flat_map(|r| r.read_states.iter().map(|s| (s.ctx, s.index))).collect();
     assert_eq!(released, vec![(2, commit), (3, commit)]);
+}
+
+// A read round goes to just enough followers for a quorum, the one that answered the latest
+// round first; if it stays silent, the round goes to every peer after a bounded wait and the
+// other follower's answer confirms the read (and makes it the one asked next).
+#[test]
+fn a_read_round_asks_a_quorum_and_falls_back_to_everyone() {
+    let mut net = Net::new(3, false, false);
+    elect(&mut net, 1);
+    net.node(1).propose(b"w".to_vec()).expect("leader");
+    net.stabilize();
+    let commit = net.node(1).log().committed();
+    let asked = |out: &[Message]| -> Vec<u64> {
+        out.iter()
+            .filter(|m| matches!(m.body, MessageBody::Heartbeat { read_round: 1.., .. }))
+            .map(|m| m.to)
+            .collect()
+    };
+    let released = |readies: &[quorumkv::protocol::raft::Ready]| -> Vec<(u64, u64)> {
+        readies.iter().flat_map(|r| r.read_states.iter().map(|s| (s.ctx, s.index))).collect()
+    };
+    // No follower has answered a round yet: the lowest id is asked, and only it.
+    net.node(1).read_index(1).expect("leader");
+    let (out, _) = drain(net.node(1));
+    assert_eq!(asked(&out), vec![2]);
+    answer_leader(&mut net, 2, out);
+    let (_, readies) = drain(net.node(1));
+    assert_eq!(released(&readies), vec![(1, commit)]);
+    // Follower 2 answered last, so it is asked again; this time it stays silent.
+    net.node(1).read_index(2).expect("leader");
+    let (out, _) = drain(net.node(1));
+    assert_eq!(asked(&out), vec![2]);
+    let patience = quorumkv::protocol::raft::read_index::ROUND_PATIENCE_TICKS;
+    let mut resent = Vec::new();
+    for _ in 0..patience {
+        net.node(1).tick();
+        resent.extend(drain(net.node(1)).0);
+    }
+    let mut to: Vec<u64> = asked(&resent);
+    to.sort_unstable();
+    assert_eq!(to, vec![2, 3], "an unanswered round goes to every peer");
+    answer_leader(&mut net, 3, resent);
+    let (_, readies) = drain(net.node(1));
+    assert_eq!(released(&readies), vec![(2, commit)], "follower 3 completes the quorum");
+    // Follower 3 answered the latest round: the next round asks it.
+    net.node(1).read_index(3).expect("leader");
+    let (out, _) = drain(net.node(1));
+    assert_eq!(asked(&out), vec![3]);
 }
 
 // A commit index alone is not broadcast: followers learn it with their next append or

@@ -484,8 +484,12 @@ impl RaftCore {
                 _ => pr.stalled_ticks = 0,
             }
         }
-        if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
-            self.heartbeat_elapsed = 0;
+        // A read round that waited too long on the quorum it was sent to goes to everyone.
+        let round_overdue = self.reads.tick().is_some();
+        if self.heartbeat_elapsed >= self.config.heartbeat_ticks || round_overdue {
+            if !round_overdue {
+                self.heartbeat_elapsed = 0;
+            }
             // Every heartbeat carries the latest read round, so a lost round is confirmed by the next.
             let round = self.reads.round();
             self.broadcast_heartbeat(round);
@@ -680,6 +684,12 @@ impl RaftCore {
         } else {
             self.send_append(to, true);
         }
+    }
+
+    /// A read round is out: its acknowledgements, or the ticks that send it again, are still to
+    /// come.
+    pub fn read_round_out(&self) -> bool {
+        self.role == Role::Leader && self.reads.round_in_flight()
     }
 
     /// Starts a linearizable read (Raft §6.4); `ctx` comes back in a `ReadState` or `dropped_reads`.
@@ -1189,13 +1199,42 @@ impl RaftCore {
     }
 
     fn broadcast_heartbeat(&mut self, read_round: u64) {
-        let committed = self.log.committed();
         for peer in self.peers() {
-            let Some(pr) = self.progress.get_mut(&peer) else { continue };
-            // Never claim a commit past what the follower is known to hold (it might not have it).
-            let commit = committed.min(pr.matched);
-            pr.commit_sent = pr.commit_sent.max(commit);
-            self.send(peer, self.term, MessageBody::Heartbeat { commit, read_round });
+            self.send_heartbeat(peer, read_round);
+        }
+    }
+
+    fn send_heartbeat(&mut self, to: NodeId, read_round: u64) {
+        let Some(pr) = self.progress.get_mut(&to) else { return };
+        // Never claim a commit past what the follower is known to hold (it might not have it).
+        let commit = self.log.committed().min(pr.matched);
+        pr.commit_sent = pr.commit_sent.max(commit);
+        self.send(to, self.term, MessageBody::Heartbeat { commit, read_round });
+    }
+
+    /// Sends read round `round` to just enough voters to make a quorum with the leader, those
+    /// that acknowledged the latest rounds first: only a quorum's acknowledgements confirm a read,
+    /// so asking the others too costs them and the leader a message each and confirms nothing
+    /// sooner. Should one asked stay silent, the round goes to every peer after
+    /// [`ROUND_PATIENCE_TICKS`](super::read_index::ROUND_PATIENCE_TICKS), and the next round
+    /// prefers whoever answered.
+    fn ask_read_quorum(&mut self, round: u64) {
+        let mut candidates: Vec<(u64, NodeId)> = (self.progress.iter())
+            .filter(|(id, _)| self.membership.is_voter(**id))
+            .map(|(id, pr)| (pr.read_round_acked, *id))
+            .collect();
+        // Highest acknowledged round first; ties by id, so the choice is deterministic.
+        candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let me = self.config.id;
+        let mut asked: Vec<NodeId> = Vec::with_capacity(candidates.len());
+        for (_, id) in candidates {
+            if self.membership.has_quorum(|v| v == me || asked.contains(&v)) {
+                break;
+            }
+            asked.push(id);
+        }
+        for id in asked {
+            self.send_heartbeat(id, round);
         }
     }
 
@@ -1262,7 +1301,7 @@ impl RaftCore {
                 self.broadcast_append();
             }
             if let Some(round) = self.reads.start_round() {
-                self.broadcast_heartbeat(round);
+                self.ask_read_quorum(round);
                 self.confirm_reads();
             }
         }

@@ -28,7 +28,12 @@ pub struct ReadQueue {
     round: u64,
     /// Reads have arrived since the last broadcast: the next `Ready` starts a new round.
     round_wanted: bool,
+    /// Ticks the round in flight has been out.
+    round_ticks: u32,
 }
+
+/// Ticks a read round may wait for the followers it was sent to before it goes to every peer.
+pub const ROUND_PATIENCE_TICKS: u32 = 2;
 
 impl ReadQueue {
     /// Queues a read that must wait for the leader's first commit in its term.
@@ -61,11 +66,25 @@ impl ReadQueue {
         }
         self.round_wanted = false;
         self.round += 1;
+        self.round_ticks = 0;
         Some(self.round)
     }
 
+    /// Called every tick: returns the round in flight once it has waited
+    /// [`ROUND_PATIENCE_TICKS`], for the caller to send to every peer (once per round).
+    ///
+    /// A round first goes only to as many followers as make a quorum; if one of them is slow or
+    /// gone, this bounds how long its reads wait (a full tick at least, whenever the round started).
+    pub fn tick(&mut self) -> Option<u64> {
+        if !self.round_in_flight() {
+            return None;
+        }
+        self.round_ticks += 1;
+        (self.round_ticks == ROUND_PATIENCE_TICKS).then_some(self.round)
+    }
+
     /// A started round still waits for its quorum (a read of it is unconfirmed).
-    fn round_in_flight(&self) -> bool {
+    pub fn round_in_flight(&self) -> bool {
         self.unconfirmed.front().is_some_and(|r| r.round <= self.round)
     }
 
