@@ -75,6 +75,11 @@ pub struct ServeRead {
     pub now_ms: u64,
 }
 
+/// Serve these reads, in order (one message for the reads one round confirmed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ServeReads(pub Vec<ServeRead>);
+
 /// Watches of terms below `0` can no longer be seen through by this replica: settle them as unknown.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -398,6 +403,23 @@ impl Handler<ServeRead> for Applier {
     type Result = ();
 
     fn handle(&mut self, msg: ServeRead, _ctx: &mut Self::Context) {
+        self.serve(msg);
+    }
+}
+
+impl Handler<ServeReads> for Applier {
+    type Result = ();
+
+    fn handle(&mut self, msg: ServeReads, _ctx: &mut Self::Context) {
+        for read in msg.0 {
+            self.serve(read);
+        }
+    }
+}
+
+impl Applier {
+    /// Answers one read from the applied state.
+    fn serve(&mut self, msg: ServeRead) {
         if msg.command == Command::SnapshotImage {
             return self.hold_image(msg.reply_to);
         }

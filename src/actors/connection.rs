@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::byte_budget::ByteBudget;
-use super::consensus::Consensus;
+use super::consensus::{Consensus, ReadInbox};
 use super::metrics::command_slot;
 use super::registry::{ClientEntry, ClientRegistry, HeldSnapshots, ScanCursors};
 use super::status::StatusBoard;
@@ -85,6 +85,8 @@ impl ReplyBudget {
 pub struct ConnectionEnv {
     /// Where waiters propose and read.
     pub consensus: Addr<Consensus>,
+    /// Where waiters hand reads to consensus.
+    pub read_inbox: Arc<ReadInbox>,
     /// For INFO and redirects.
     pub status: Arc<StatusBoard>,
     /// How long a waiter may take.
@@ -489,6 +491,7 @@ impl Connection {
             ctx.address().recipient(),
             self.env.cursors.clone(),
         )
+        .with_read_inbox(self.env.read_inbox.clone())
         .start();
         let Some(request) = self.started.get_mut(&seq) else { return };
         let deadline = request.arrived + timeout;

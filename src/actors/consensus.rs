@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 
 use super::applier::{
-    Applier, ApplyEntries, Expect, Restore, ServeRead, TakeSnapshot, TermChanged, Unexpect, Watch,
+    Applier, ApplyEntries, Expect, Restore, ServeRead, ServeReads, TakeSnapshot, TermChanged, Unexpect, Watch,
 };
 use super::connection::ReplyBudget;
 use super::disk::{Disk, Persist, PersistError};
@@ -26,6 +26,7 @@ use super::snapshotter::{Discard, LoadLatest, SaveImage, SavedSnapshot, Snapshot
 use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
+use super::wake_inbox::WakeInbox;
 use crate::protocol::command::{encode_entry, stamp_entry, Command, Proposal};
 use crate::protocol::forwarding::{Abandoned, Freshness, Outbox, RepeatFilter};
 use crate::protocol::peer_wire::{
@@ -213,6 +214,26 @@ pub struct ReadIndex {
 #[rtype(result = "()")]
 struct DriveNow;
 
+/// Reads wait in the [`ReadInbox`] and consensus asked to be told: take them.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReadsWaiting;
+
+/// Reads handed to consensus without a message each. While a read round is out, consensus takes
+/// what arrived when the round ends (it drives then anyway), so a burst of reads from clients
+/// wakes its thread once rather than once per read; with no round out it asks to be woken.
+#[derive(Default)]
+pub struct ReadInbox(WakeInbox<ReadIndex>);
+
+impl ReadInbox {
+    /// Hands `read` to `consensus`, sending it a message only if it asked for one.
+    pub fn submit(&self, read: ReadIndex, consensus: &Addr<Consensus>) {
+        if self.0.push(read) {
+            consensus.do_send(ReadsWaiting);
+        }
+    }
+}
+
 /// Messages handled without a drive before one is forced (a bound on a burst's batch).
 const MAX_UNDRIVEN_MESSAGES: u32 = 256;
 
@@ -278,6 +299,8 @@ struct OutgoingImage {
 
 /// Owns the Raft core of one replica.
 pub struct Consensus {
+    /// Reads submitted by waiters, taken at each drive.
+    read_inbox: Arc<ReadInbox>,
     core: RaftCore,
     disk: Disk,
     snapshotter: Addr<Snapshotter>,
@@ -350,6 +373,7 @@ impl Consensus {
     /// A consensus actor from its parts.
     pub fn new(parts: ConsensusParts) -> Consensus {
         Consensus {
+            read_inbox: Arc::new(ReadInbox::default()),
             core: parts.core,
             disk: parts.disk,
             snapshotter: parts.snapshotter,
@@ -519,8 +543,24 @@ impl Consensus {
         }
     }
 
-    /// Runs Readies until none is left: sends at once, queues writes, hands out commits.
+    /// Takes the reads waiting in the inbox and runs Readies until neither is left.
     fn drive(&mut self, ctx: &mut Context<Self>) {
+        loop {
+            self.run_readies(ctx);
+            // With a read round out, its answers (or the tick that resends it) bring the next
+            // drive; with none, the next read must wake this actor.
+            let reads = self.read_inbox.0.take(!self.core.read_round_out());
+            if reads.is_empty() {
+                return;
+            }
+            for read in reads {
+                self.take_read(read);
+            }
+        }
+    }
+
+    /// Runs Readies until none is left: sends at once, queues writes, hands out commits.
+    fn run_readies(&mut self, ctx: &mut Context<Self>) {
         self.undriven = 0;
         let mut ran = false;
         while !self.stopped && self.core.has_ready() {
@@ -581,9 +621,10 @@ impl Consensus {
                     self.send_applier(TermChanged(keep_from));
                 }
             }
+            let mut to_serve = Vec::new();
             for read in &ready.read_states {
                 match self.reads.remove(&read.ctx) {
-                    Some(ReadWaiter::Local(pending)) => self.serve(pending),
+                    Some(ReadWaiter::Local(pending)) => to_serve.push(self.serve_order(pending)),
                     Some(ReadWaiter::Remote { follower, id }) => {
                         let clock_ms = self.clock.stamp(self.status.applied_clock_ms());
                         self.answer_forward(
@@ -594,6 +635,10 @@ impl Consensus {
                     }
                     None => {}
                 }
+            }
+            if !to_serve.is_empty() {
+                // One message for the round's reads: the applier's thread is woken once, not per read.
+                self.send_applier(ServeReads(to_serve));
             }
             for read_ctx in &ready.dropped_reads {
                 const WHY: &str = "leadership lost before the read was confirmed";
@@ -1002,12 +1047,54 @@ impl Consensus {
         }
     }
 
+    /// Starts a read (or refuses it); returns whether the core has something new to drive.
+    fn take_read(&mut self, msg: ReadIndex) -> bool {
+        if self.stopped || self.reads.len() + self.outbox.reads_len() >= MAX_PENDING_READS {
+            msg.reply_to.do_send(ReadDone::refused(Refusal::Busy));
+            return false;
+        }
+        let pending = PendingRead { command: msg.command, budget: msg.budget, reply_to: msg.reply_to };
+        if self.unsafe_local_reads {
+            // The injected fault: no read index, so nothing says this state is current.
+            self.serve(pending);
+            return false;
+        }
+        if self.forward && self.core.role() != Role::Leader {
+            if let Err(refusal) = self.forward_target() {
+                pending.reply_to.do_send(ReadDone::refused(refusal));
+                return false;
+            }
+            // Sent with every other read of this burst as one batch, at the end of the drive.
+            self.outbox.add_read(pending);
+            return true;
+        }
+        let read_ctx = self.next_read_ctx;
+        if let Err(e) = self.core.read_index(read_ctx) {
+            pending.reply_to.do_send(ReadDone::refused(self.refusal(e)));
+            return false;
+        }
+        self.next_read_ctx += 1;
+        self.reads.insert(read_ctx, ReadWaiter::Local(pending));
+        true
+    }
+
+    /// Where waiters hand reads to this actor (see [`ReadInbox`]).
+    pub fn read_inbox(&self) -> Arc<ReadInbox> {
+        self.read_inbox.clone()
+    }
+
     /// Hands a read whose index this replica has applied to the applier (after those entries).
     ///
     /// Its time: on the leader, its clock now (after the read arrived, before it is answered);
     /// on a follower, the latest time a leader confirmed a read index with, which is no earlier
     /// than the confirmation of this read's own batch.
     fn serve(&mut self, read: PendingRead) {
+        let order = self.serve_order(read);
+        self.send_applier(order);
+    }
+
+    /// What the applier is sent to serve `read`, stamped with the read's time (see [`Self::serve`]).
+    fn serve_order(&mut self, read: PendingRead) -> ServeRead {
         let PendingRead { command, budget, reply_to } = read;
         let applied_clock = self.status.applied_clock_ms();
         let now_ms = if self.core.role() == Role::Leader {
@@ -1015,7 +1102,7 @@ impl Consensus {
         } else {
             self.clock.last_ms.max(applied_clock)
         };
-        self.send_applier(ServeRead { command, budget, reply_to, now_ms });
+        ServeRead { command, budget, reply_to, now_ms }
     }
 
     /// Stamps an entry about to be proposed with the leader's clock.
@@ -1418,29 +1505,18 @@ impl Handler<ReadIndex> for Consensus {
     type Result = ();
 
     fn handle(&mut self, msg: ReadIndex, ctx: &mut Self::Context) {
-        if self.stopped || self.reads.len() + self.outbox.reads_len() >= MAX_PENDING_READS {
-            return msg.reply_to.do_send(ReadDone::refused(Refusal::Busy));
+        if self.take_read(msg) {
+            self.drive_soon(ctx);
         }
-        let pending = PendingRead { command: msg.command, budget: msg.budget, reply_to: msg.reply_to };
-        if self.unsafe_local_reads {
-            // The injected fault: no read index, so nothing says this state is current.
-            return self.serve(pending);
-        }
-        if self.forward && self.core.role() != Role::Leader {
-            if let Err(refusal) = self.forward_target() {
-                return pending.reply_to.do_send(ReadDone::refused(refusal));
-            }
-            // Sent with every other read of this burst as one batch, at the end of the drive.
-            self.outbox.add_read(pending);
-            return self.drive_soon(ctx);
-        }
-        let read_ctx = self.next_read_ctx;
-        if let Err(e) = self.core.read_index(read_ctx) {
-            return pending.reply_to.do_send(ReadDone::refused(self.refusal(e)));
-        }
-        self.next_read_ctx += 1;
-        self.reads.insert(read_ctx, ReadWaiter::Local(pending));
-        self.drive_soon(ctx);
+    }
+}
+
+impl Handler<ReadsWaiting> for Consensus {
+    type Result = ();
+
+    fn handle(&mut self, _msg: ReadsWaiting, ctx: &mut Self::Context) {
+        // The drive takes them.
+        self.drive(ctx);
     }
 }
 

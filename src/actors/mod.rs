@@ -23,3 +23,4 @@ pub mod snapshotter;
 pub mod status;
 pub mod transport;
 pub mod waiter;
+pub mod wake_inbox;

@@ -3,7 +3,7 @@
 //! ```text
 //!  client ──RESP──> FrontEnd ─> Connection ─> Waiter ──Propose/ReadIndex──> Consensus ──Persist──> DiskWriter (own thread)
 //!                                  ^            ^                            │   │
-//!                                  └─WaiterDone─┴──WatchFired/ReadDone── Applier <─ApplyEntries/Watch/ServeRead
+//!                                  └─WaiterDone─┴──WatchFired/ReadDone── Applier <─ApplyEntries/Watch/ServeRead(s)
 //!  peers ──TCP──> PeerListener ──Inbound──> Consensus ──Transport──> PeerLink ──TCP──> peers
 //! ```
 
@@ -416,6 +416,7 @@ impl Replica {
             request_timeout: Duration::from_millis(config.request_timeout_ms),
         };
         let consensus = Consensus::new(parts);
+        let read_inbox = consensus.read_inbox();
         let consensus = Consensus::start_in_arbiter(&on_consensus, move |_| consensus);
         let peer_std = peer_listener
             .into_std()
@@ -430,6 +431,7 @@ impl Replica {
         let peer_listener = PeerListener::start_in_arbiter(&on_consensus, move |_| peer_listener);
         let env = ConnectionEnv {
             consensus: consensus.clone(),
+            read_inbox,
             status: status.clone(),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             idle_timeout: config.idle_timeout,

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::connection::{ReplyBudget, WaiterDone};
-use super::consensus::{refusal_to_reply, Admin, AdminDone, Consensus, Propose, ReadIndex, Refusal};
+use super::consensus::{
+    refusal_to_reply, Admin, AdminDone, Consensus, Propose, ReadInbox, ReadIndex, Refusal,
+};
 use super::registry::ScanCursors;
 use crate::protocol::command::{encode_entry, Command, CommandResult, Proposal, SessionTag, MAX_ENTRY_BYTES};
 use crate::protocol::request::AdminRequest;
@@ -89,6 +91,8 @@ pub struct Waiter {
     seq: u64,
     task: Option<WaiterTask>,
     consensus: Addr<Consensus>,
+    /// Where reads go to consensus, if not as a message each.
+    read_inbox: Option<Arc<ReadInbox>>,
     reply_to: Recipient<WaiterDone>,
     done: bool,
     /// Bytes reserved for the reply (released by the connection once written).
@@ -115,7 +119,22 @@ impl Waiter {
         reply_to: Recipient<WaiterDone>,
         cursors: Arc<ScanCursors>,
     ) -> Waiter {
-        Waiter { seq, task: Some(task), consensus, reply_to, done: false, reserved: 0, cursors }
+        Waiter {
+            seq,
+            task: Some(task),
+            consensus,
+            read_inbox: None,
+            reply_to,
+            done: false,
+            reserved: 0,
+            cursors,
+        }
+    }
+
+    /// Hands its read to consensus through `inbox` (see [`ReadInbox`]) rather than as a message.
+    pub fn with_read_inbox(mut self, inbox: Arc<ReadInbox>) -> Waiter {
+        self.read_inbox = Some(inbox);
+        self
     }
 
     /// The reply for `result`; a SCAN page that goes on gets a cursor for where it stopped.
@@ -171,7 +190,11 @@ impl Actor for Waiter {
             }
             Some(WaiterTask::Read(command, budget)) => {
                 // The answer, a refusal included, comes back as a ReadDone.
-                self.consensus.do_send(ReadIndex { command, budget, reply_to: ctx.address().recipient() });
+                let read = ReadIndex { command, budget, reply_to: ctx.address().recipient() };
+                match &self.read_inbox {
+                    Some(inbox) => inbox.submit(read, &self.consensus),
+                    None => self.consensus.do_send(read),
+                }
             }
             Some(WaiterTask::Admin(request)) => {
                 self.consensus.do_send(Admin { request, reply_to: ctx.address().recipient() });
