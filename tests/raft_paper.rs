@@ -355,11 +355,7 @@ fn follower_in_lease_ignores_votes() {
 // Raft §6.4: a read is released only after a heartbeat round confirms leadership.
 #[test]
 fn read_index_waits_for_heartbeat_quorum() {
-    let mut net = Net::new(3, false, false);
-    elect(&mut net, 1);
-    net.node(1).propose(b"w".to_vec()).expect("leader");
-    net.stabilize();
-    let commit = net.node(1).log().committed();
+    let (mut net, commit) = leader_with_a_commit();
     net.isolate(1);
     net.node(1).read_index(42).expect("leader");
     let (_, readies) = drain(net.node(1));
@@ -932,6 +928,16 @@ fn vote_waits_for_its_hard_state_and_commit_alone_writes_nothing() {
     assert!(readies.iter().any(|r| r.committed_entries.iter().any(|e| e.index == 1)));
 }
 
+/// Three nodes with 1 elected and one entry committed everywhere; returns the commit index.
+fn leader_with_a_commit() -> (Net, u64) {
+    let mut net = Net::new(3, false, false);
+    elect(&mut net, 1);
+    net.node(1).propose(b"w".to_vec()).expect("leader");
+    net.stabilize();
+    let commit = net.node(1).log().committed();
+    (net, commit)
+}
+
 /// Hands `follower` what the leader (node 1) sent it in `out`, and the leader its replies.
 fn answer_leader(net: &mut Net, follower: u64, out: Vec<Message>) {
     for m in out.into_iter().filter(|m| m.to == follower) {
@@ -947,11 +953,7 @@ fn answer_leader(net: &mut Net, follower: u64, out: Vec<Message>) {
 // round, which starts as soon as the first is confirmed.
 #[test]
 fn reads_during_a_round_share_the_next_one() {
-    let mut net = Net::new(3, false, false);
-    elect(&mut net, 1);
-    net.node(1).propose(b"w".to_vec()).expect("leader");
-    net.stabilize();
-    let commit = net.node(1).log().committed();
+    let (mut net, commit) = leader_with_a_commit();
     let rounds = |out: &[Message]| -> Vec<u64> {
         let mut r: Vec<u64> = out
             .iter()
@@ -989,11 +991,7 @@ fn reads_during_a_round_share_the_next_one() {
 // other follower's answer confirms the read (and makes it the one asked next).
 #[test]
 fn a_read_round_asks_a_quorum_and_falls_back_to_everyone() {
-    let mut net = Net::new(3, false, false);
-    elect(&mut net, 1);
-    net.node(1).propose(b"w".to_vec()).expect("leader");
-    net.stabilize();
-    let commit = net.node(1).log().committed();
+    let (mut net, commit) = leader_with_a_commit();
     let asked = |out: &[Message]| -> Vec<u64> {
         out.iter()
             .filter(|m| matches!(m.body, MessageBody::Heartbeat { read_round: 1.., .. }))

@@ -637,7 +637,7 @@ impl Consensus {
                 }
             }
             if !to_serve.is_empty() {
-                // One message for the round's reads: the applier's thread is woken once, not per read.
+                // One message for the round's reads rather than one each.
                 self.send_applier(ServeReads(to_serve));
             }
             for read_ctx in &ready.dropped_reads {
@@ -1047,7 +1047,7 @@ impl Consensus {
         }
     }
 
-    /// Starts a read (or refuses it); returns whether the core has something new to drive.
+    /// Starts a read (or refuses it); returns whether a drive is due for it.
     fn take_read(&mut self, msg: ReadIndex) -> bool {
         if self.stopped || self.reads.len() + self.outbox.reads_len() >= MAX_PENDING_READS {
             msg.reply_to.do_send(ReadDone::refused(Refusal::Busy));
