@@ -487,9 +487,7 @@ impl RaftCore {
         // A read round that waited too long on the quorum it was sent to goes to everyone.
         let round_overdue = self.reads.tick().is_some();
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks || round_overdue {
-            if !round_overdue {
-                self.heartbeat_elapsed = 0;
-            }
+            self.heartbeat_elapsed = 0;
             // Every heartbeat carries the latest read round, so a lost round is confirmed by the next.
             let round = self.reads.round();
             self.broadcast_heartbeat(round);
@@ -1219,7 +1217,9 @@ impl RaftCore {
     /// [`ROUND_PATIENCE_TICKS`](super::read_index::ROUND_PATIENCE_TICKS), and the next round
     /// prefers whoever answered.
     fn ask_read_quorum(&mut self, round: u64) {
-        let mut candidates: Vec<(u64, NodeId)> = (self.progress.iter())
+        let mut candidates: Vec<(u64, NodeId)> = self
+            .progress
+            .iter()
             .filter(|(id, _)| self.membership.is_voter(**id))
             .map(|(id, pr)| (pr.read_round_acked, *id))
             .collect();

@@ -79,7 +79,7 @@ impl ReadQueue {
         if !self.round_in_flight() {
             return None;
         }
-        self.round_ticks += 1;
+        self.round_ticks = self.round_ticks.saturating_add(1);
         (self.round_ticks == ROUND_PATIENCE_TICKS).then_some(self.round)
     }
 
