@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::raft_net::{core, core_with_log, drain, entries_with_terms, Net};
+use common::raft_net::{core, core_with_log, drain, entries_with_terms, paper_config, Net};
 use quorumkv::protocol::raft::{
     Config, Entry, HardState, Message, MessageBody, ProposeError, RaftCore, Role, Snapshot, SnapshotMeta,
     StepError,
@@ -930,7 +930,11 @@ fn vote_waits_for_its_hard_state_and_commit_alone_writes_nothing() {
 
 /// Three nodes with 1 elected and one entry committed everywhere; returns the commit index.
 fn leader_with_a_commit() -> (Net, u64) {
-    let mut net = Net::new(3, false, false);
+    leader_of(Net::new(3, false, false))
+}
+
+/// Node 1 of `net` elected and one entry committed everywhere; returns the commit index.
+fn leader_of(mut net: Net) -> (Net, u64) {
     elect(&mut net, 1);
     net.node(1).propose(b"w".to_vec()).expect("leader");
     net.stabilize();
@@ -991,7 +995,15 @@ fn reads_during_a_round_share_the_next_one() {
 // other follower's answer confirms the read (and makes it the one asked next).
 #[test]
 fn a_read_round_asks_a_quorum_and_falls_back_to_everyone() {
-    let (mut net, commit) = leader_with_a_commit();
+    // Heartbeats far apart, so a round sent to everyone within them is the fallback's doing.
+    let members = [1, 2, 3];
+    let nodes = members.iter().map(|&id| {
+        let mut config = paper_config(id, &members, false, false);
+        config.heartbeat_ticks = 10;
+        config.election_timeout_ticks = 20;
+        (id, RaftCore::new(config, HardState::default(), SnapshotMeta::default(), Vec::new()))
+    });
+    let (mut net, commit) = leader_of(Net::from_nodes(nodes.collect()));
     let asked = |out: &[Message]| -> Vec<u64> {
         out.iter()
             .filter(|m| matches!(m.body, MessageBody::Heartbeat { read_round: 1.., .. }))

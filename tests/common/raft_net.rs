@@ -18,11 +18,21 @@ pub fn core_with_log(
     hard_state: HardState,
     entries: Vec<Entry>,
 ) -> RaftCore {
+    RaftCore::new(
+        paper_config(id, members, pre_vote, check_quorum),
+        hard_state,
+        SnapshotMeta::default(),
+        entries,
+    )
+}
+
+/// The config of [`core`], for a test that changes a field before making its cores.
+pub fn paper_config(id: u64, members: &[u64], pre_vote: bool, check_quorum: bool) -> Config {
     let mut config = Config::new(id, members.to_vec());
     config.pre_vote = pre_vote;
     config.check_quorum = check_quorum;
     config.seed = id * 7919;
-    RaftCore::new(config, hard_state, SnapshotMeta::default(), entries)
+    config
 }
 
 /// Entries with the given terms at indexes 1, 2, ...
