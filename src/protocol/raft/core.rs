@@ -485,7 +485,7 @@ impl RaftCore {
             }
         }
         // A read round that waited too long on the quorum it was sent to goes to everyone.
-        let round_overdue = self.reads.tick().is_some();
+        let round_overdue = self.reads.tick();
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks || round_overdue {
             self.heartbeat_elapsed = 0;
             // Every heartbeat carries the latest read round, so a lost round is confirmed by the next.

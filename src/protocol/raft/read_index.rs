@@ -70,17 +70,17 @@ impl ReadQueue {
         Some(self.round)
     }
 
-    /// Called every tick: returns the round in flight once it has waited
-    /// [`ROUND_PATIENCE_TICKS`], for the caller to send to every peer (once per round).
+    /// Called every tick: true once the round in flight ([`Self::round`]) has waited
+    /// [`ROUND_PATIENCE_TICKS`], for the caller to send it to every peer (once per round).
     ///
     /// A round first goes only to as many followers as make a quorum; if one of them is slow or
     /// gone, this bounds how long its reads wait (a full tick at least, whenever the round started).
-    pub fn tick(&mut self) -> Option<u64> {
+    pub fn tick(&mut self) -> bool {
         if !self.round_in_flight() {
-            return None;
+            return false;
         }
         self.round_ticks = self.round_ticks.saturating_add(1);
-        (self.round_ticks == ROUND_PATIENCE_TICKS).then_some(self.round)
+        self.round_ticks == ROUND_PATIENCE_TICKS
     }
 
     /// A started round still waits for its quorum (a read of it is unconfirmed).
