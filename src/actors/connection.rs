@@ -126,6 +126,8 @@ pub struct WaiterDone {
 struct Incoming {
     request: Result<Vec<Vec<u8>>, String>,
     permit: OwnedSemaphorePermit,
+    /// When the read that brought it returned: one clock read per read, not per request.
+    arrived: Instant,
 }
 
 /// The reader hit unparseable input (reply with the error, then close) or the end of input.
@@ -374,11 +376,11 @@ impl Connection {
         ctx.stop();
     }
 
-    fn start_request(&mut self, ctx: &mut Context<Self>, seq: u64, args: Vec<Vec<u8>>) {
-        self.client.touch();
+    fn start_request(&mut self, ctx: &mut Context<Self>, seq: u64, args: Vec<Vec<u8>>, arrived: Instant) {
+        self.client.touch(arrived);
         let slot = command_slot(args.first().map_or(&[][..], Vec::as_slice));
         self.env.status.metrics.request(slot);
-        self.started.insert(seq, InFlight { slot, arrived: Instant::now(), waiter: None });
+        self.started.insert(seq, InFlight { slot, arrived, waiter: None });
         let queued_bytes: usize = args.iter().map(Vec::len).sum();
         let request = match parse_client_request(args) {
             Ok(r) => r,
@@ -738,6 +740,7 @@ async fn read_loop(
     // Read straight into the buffer's spare room: none while idle, small while the client sends
     // little, grown for bursts and large values, and let go once drained.
     let mut buf: Vec<u8> = Vec::new();
+    let mut arrived = Instant::now();
     loop {
         // Parse everything buffered before reading more; consumed bytes are dropped once per read,
         // not once per request, so a burst of small requests costs one move of the buffer.
@@ -762,7 +765,7 @@ async fn read_loop(
                 matches!(&request, Ok(args) if args.first().is_some_and(|a| a.eq_ignore_ascii_case(b"QUIT")));
             // Waits while MAX_INFLIGHT_REQUESTS are unanswered: back-pressure on the client.
             let Ok(permit) = permits.clone().acquire_owned().await else { return };
-            connection.do_send(Incoming { request, permit });
+            connection.do_send(Incoming { request, permit, arrived });
             if quit {
                 return;
             }
@@ -797,7 +800,7 @@ async fn read_loop(
                 connection.do_send(ReaderEnded::Eof);
                 return;
             }
-            Ok(_) => {}
+            Ok(_) => arrived = Instant::now(),
         }
     }
 }
@@ -875,7 +878,7 @@ impl Handler<Incoming> for Connection {
         self.next_seq += 1;
         self.permits.insert(seq, msg.permit);
         match msg.request {
-            Ok(args) => self.start_request(ctx, seq, args),
+            Ok(args) => self.start_request(ctx, seq, args, msg.arrived),
             Err(message) => {
                 self.env.status.metrics.refused_client_input.inc();
                 self.complete(ctx, seq, Reply::err(message))

@@ -69,9 +69,10 @@ impl ClientEntry {
         )
     }
 
-    /// Notes that a request arrived now.
-    pub fn touch(&self) {
-        self.last_active_ms.store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
+    /// Notes that a request arrived at `at`.
+    pub fn touch(&self, at: Instant) {
+        let since_created = at.saturating_duration_since(self.created);
+        self.last_active_ms.store(since_created.as_millis() as u64, Ordering::Relaxed);
     }
 }
 

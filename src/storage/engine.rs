@@ -240,8 +240,16 @@ impl Stored {
             }
             None => STORED_HEAD,
         };
-        // An exact-size iterator: one allocation of exactly the packed length.
-        Stored(head[..head_len].iter().chain(value.as_ref()).copied().collect())
+        // One allocation of exactly the packed length, zeroed and then filled by two copies
+        // (collecting the chained bytes copied them one at a time: 1.5 % of a leader's CPU).
+        let value = value.as_ref();
+        let mut packed: Arc<[u8]> = std::iter::repeat_n(0, head_len + value.len()).collect();
+        // Just made, so not shared: `get_mut` finds it.
+        if let Some(bytes) = Arc::get_mut(&mut packed) {
+            bytes[..head_len].copy_from_slice(&head[..head_len]);
+            bytes[head_len..].copy_from_slice(value);
+        }
+        Stored(packed)
     }
 
     /// The value's bytes.
@@ -421,35 +429,42 @@ impl Eq for KvEngine {}
 
 /// The digest contribution of one key: a word-at-a-time 64-bit hash of the family, key and
 /// stored value with lengths between them (the same on every replica of a build; never
-/// persisted). Computed on every write, so cheap: SipHash cost ~1,300 instructions per SET here.
+/// persisted). Computed on every write, so cheap: SipHash cost ~1,300 instructions per SET here,
+/// and a full [`mix`] per word was 3.5 % of a leader's CPU under pipelined SETs.
 fn pair_hash(cf: ColumnFamily, key: &[u8], stored: &Stored) -> u64 {
-    let mut h = mix(cf_slot(cf) as u64 + 1);
-    h = hash_bytes(h, key);
-    h = hash_bytes(h, stored.value());
     let kind = match stored.kind() {
         ValueKind::String => 1,
     };
-    h = mix(h ^ kind);
-    h = mix(h ^ stored.version());
+    let mut h = step(cf_slot(cf) as u64 + 1);
+    h = hash_bytes(h, key);
+    h = hash_bytes(h, stored.value());
+    h = step(h ^ kind);
+    h = step(h ^ stored.version());
     mix(h ^ stored.expire_at_ms().map_or(0, |at| at.wrapping_add(1)))
 }
 
 /// Folds `bytes`, length first, into `h`.
 fn hash_bytes(mut h: u64, bytes: &[u8]) -> u64 {
-    h = mix(h ^ bytes.len() as u64);
+    h = step(h ^ bytes.len() as u64);
     let mut words = bytes.chunks_exact(8);
     for word in &mut words {
         let mut w = [0u8; 8];
         w.copy_from_slice(word);
-        h = mix(h ^ u64::from_le_bytes(w));
+        h = step(h ^ u64::from_le_bytes(w));
     }
     let rest = words.remainder();
     if !rest.is_empty() {
         let mut w = [0u8; 8];
         w[..rest.len()].copy_from_slice(rest);
-        h = mix(h ^ u64::from_le_bytes(w));
+        h = step(h ^ u64::from_le_bytes(w));
     }
     h
+}
+
+/// One word's step: a multiply by an odd constant and a rotation, each a bijection, so no word
+/// can cancel what came before it; [`mix`] at the end spreads every bit over the result.
+fn step(x: u64) -> u64 {
+    x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29)
 }
 
 /// SplitMix64's finalizer: every input bit reaches every output bit.
