@@ -224,9 +224,12 @@ impl Applier {
     /// Settles every watch at or below `index` by the waiter's success rule ([`watch_verdict`]).
     fn settle(&mut self, index: u64, own: Option<(u64, u64, &CommandResult)>) {
         let applied = Applied { index, proposal: own.map(|(term, request_id, _)| (term, request_id)) };
-        let settled: Vec<u64> = self.watches.range(..=index).map(|(&i, _)| i).collect();
-        for i in settled {
-            for w in self.watches.remove(&i).unwrap_or_default() {
+        while let Some(first) = self.watches.first_entry() {
+            if *first.key() > index {
+                break;
+            }
+            let (i, watches) = first.remove_entry();
+            for w in watches {
                 let key = WatchKey { index: i, term: w.term, request_id: w.request_id };
                 // Only watches at or below `index` are here, so none is still pending.
                 let outcome = match (watch_verdict(key, applied), own) {

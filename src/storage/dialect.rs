@@ -234,7 +234,7 @@ impl Applying<'_> {
     pub fn execute(&mut self, command: &Command) -> CommandResult {
         match command {
             Command::Put { cf, key, value } => {
-                self.put(*cf, key, value.clone(), None);
+                self.put(*cf, key, value, None);
                 CommandResult::Ok
             }
             Command::Append { key, value } => {
@@ -286,7 +286,7 @@ impl Applying<'_> {
                 }
                 let mut batch = WriteBatch::new();
                 for (key, value) in pairs {
-                    batch.put_stored(DEFAULT, key.clone(), Stored::new(value.clone(), self.index));
+                    batch.put_stored(DEFAULT, key.clone(), Stored::new(value, self.index));
                 }
                 self.engine.write(batch);
                 if *only_if_none_exist {
@@ -431,13 +431,17 @@ impl Applying<'_> {
         expiry: Expiry,
         reply: SetReply,
     ) -> CommandResult {
-        let old = self.live(key).cloned();
+        // A plain SET needs nothing of the old value, so it skips looking it up (the write finds
+        // the key anyway) and copying it.
+        let needs_old = !matches!(condition, SetCondition::Always)
+            || matches!(expiry, Expiry::Keep)
+            || matches!(reply, SetReply::OldValue);
+        let old = if needs_old { self.live(key).cloned() } else { None };
         let allowed = match condition {
             SetCondition::Always => true,
             SetCondition::IfAbsent => old.is_none(),
             SetCondition::IfPresent => old.is_some(),
         };
-        let old_value = old.as_ref().map(|s| s.value().to_vec());
         if allowed {
             let expire_at_ms = match expiry {
                 Expiry::Keep => old.as_ref().and_then(Stored::expire_at_ms),
@@ -451,7 +455,7 @@ impl Applying<'_> {
             (SetReply::Status, true) => CommandResult::Ok,
             (SetReply::Status, false) => CommandResult::Value(None),
             (SetReply::Flag, done) => CommandResult::Integer(i64::from(done)),
-            (SetReply::OldValue, _) => CommandResult::Value(old_value),
+            (SetReply::OldValue, _) => CommandResult::Value(old.map(|s| s.value().to_vec())),
         }
     }
 
