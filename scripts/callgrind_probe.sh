@@ -6,7 +6,7 @@
 #
 # Warms up with 2,000 unmeasured ops, zeroes the counters, runs OPS ops (100-byte values,
 # 10,000 keys) with the kit's loadgen (LOADGEN as in leader_cpu_probe.sh), dumps, and prints
-# Ir/op. The profile stays in /tmp/cgrun/cg.out.1 for `callgrind_annotate --inclusive=yes`.
+# Ir/op (PIPE=n pipelines the measured ops). The profile stays in /tmp/cgrun/cg.out.1 for `callgrind_annotate --inclusive=yes`.
 BIN=$1; WR=$2; CL=$3; OPS=$4
 LG=${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen}
 D=/tmp/cgrun; rm -rf $D; mkdir -p $D; cd $D || exit 1
@@ -21,7 +21,7 @@ done
 PRE=""; [ "$WR" = 0 ] && PRE=--preload
 $LG --target resp --addr 127.0.0.1:$LP --clients $CL --duration 30 --ops 2000 --value-size 100 --keys 10000 --write-ratio $WR $PRE > /dev/null
 callgrind_control -z $VP > /dev/null
-$LG --target resp --addr 127.0.0.1:$LP --clients $CL --duration 300 --ops $OPS --value-size 100 --keys 10000 --write-ratio $WR > $D/lg.json
+$LG --target resp --addr 127.0.0.1:$LP --clients $CL --pipeline ${PIPE:-1} --duration 300 --ops $OPS --value-size 100 --keys 10000 --write-ratio $WR > $D/lg.json
 callgrind_control -d $VP > /dev/null
 kill $VP; wait $VP 2>/dev/null
 IR=$(grep -E "^totals" $D/cg.out.1 | awk '{print $2}')

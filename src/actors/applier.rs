@@ -33,6 +33,11 @@ pub struct Watch {
     pub watcher: Recipient<WatchFired>,
 }
 
+/// Several [`Watch`]es at once: those a drive of consensus released together.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Watches(pub Vec<Watch>);
+
 /// Start recording what entries carrying `request_id` answer: a follower forwards that proposal
 /// to the leader and learns where it went only later, maybe after the entry was applied here.
 ///
@@ -115,7 +120,10 @@ pub struct Applier {
     state: StateMachine,
     /// Term of the entry at the applied index (for snapshot positions).
     applied_term: u64,
-    watches: BTreeMap<u64, Vec<Watcher>>,
+    /// By (index, arrival): one entry per watch, in index order.
+    watches: BTreeMap<(u64, u64), Watcher>,
+    /// Arrival number of the next watch (keeps watches at one index apart).
+    next_watch: u64,
     /// Forwarded proposals whose position is not known yet: what entries with their request id
     /// answered, as (index, term, result).
     expected: HashMap<u64, Vec<(u64, u64, CommandResult)>>,
@@ -139,6 +147,7 @@ impl Applier {
             state,
             applied_term,
             watches: BTreeMap::new(),
+            next_watch: 0,
             expected: HashMap::new(),
             status,
             snapshotter,
@@ -225,19 +234,17 @@ impl Applier {
     fn settle(&mut self, index: u64, own: Option<(u64, u64, &CommandResult)>) {
         let applied = Applied { index, proposal: own.map(|(term, request_id, _)| (term, request_id)) };
         while let Some(first) = self.watches.first_entry() {
-            if *first.key() > index {
+            if first.key().0 > index {
                 break;
             }
-            let (i, watches) = first.remove_entry();
-            for w in watches {
-                let key = WatchKey { index: i, term: w.term, request_id: w.request_id };
-                // Only watches at or below `index` are here, so none is still pending.
-                let outcome = match (watch_verdict(key, applied), own) {
-                    (WatchVerdict::Own, Some((_, _, result))) => WatchOutcome::Applied(result.clone()),
-                    _ => WatchOutcome::Superseded,
-                };
-                w.watcher.do_send(WatchFired(outcome));
-            }
+            let ((i, _), w) = first.remove_entry();
+            let key = WatchKey { index: i, term: w.term, request_id: w.request_id };
+            // Only watches at or below `index` are here, so none is still pending.
+            let outcome = match (watch_verdict(key, applied), own) {
+                (WatchVerdict::Own, Some((_, _, result))) => WatchOutcome::Applied(result.clone()),
+                _ => WatchOutcome::Superseded,
+            };
+            w.watcher.do_send(WatchFired(outcome));
         }
     }
 
@@ -293,6 +300,22 @@ impl Handler<Watch> for Applier {
     type Result = ();
 
     fn handle(&mut self, msg: Watch, _ctx: &mut Self::Context) {
+        self.watch(msg);
+    }
+}
+
+impl Handler<Watches> for Applier {
+    type Result = ();
+
+    fn handle(&mut self, msg: Watches, _ctx: &mut Self::Context) {
+        for watch in msg.0 {
+            self.watch(watch);
+        }
+    }
+}
+
+impl Applier {
+    fn watch(&mut self, msg: Watch) {
         let expected = self.expected.remove(&msg.request_id);
         if msg.index <= self.state.applied_index() {
             // A forwarded proposal applied before the leader's answer got here: the recorded
@@ -310,11 +333,9 @@ impl Handler<Watch> for Applier {
             msg.watcher.do_send(WatchFired(outcome));
             return;
         }
-        self.watches.entry(msg.index).or_default().push(Watcher {
-            term: msg.term,
-            request_id: msg.request_id,
-            watcher: msg.watcher,
-        });
+        let watcher = Watcher { term: msg.term, request_id: msg.request_id, watcher: msg.watcher };
+        self.watches.insert((msg.index, self.next_watch), watcher);
+        self.next_watch += 1;
     }
 }
 
@@ -442,17 +463,14 @@ impl Handler<TermChanged> for Applier {
     type Result = ();
 
     fn handle(&mut self, msg: TermChanged, _ctx: &mut Self::Context) {
-        for (_, watchers) in self.watches.iter_mut() {
-            watchers.retain(|w| {
-                if w.term < msg.0 {
-                    w.watcher.do_send(WatchFired(WatchOutcome::Superseded));
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        self.watches.retain(|_, w| !w.is_empty());
+        self.watches.retain(|_, w| {
+            if w.term < msg.0 {
+                w.watcher.do_send(WatchFired(WatchOutcome::Superseded));
+                false
+            } else {
+                true
+            }
+        });
     }
 }
 

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::prelude::*;
 
 use super::applier::{
-    Applier, ApplyEntries, Expect, Restore, ServeRead, ServeReads, TakeSnapshot, TermChanged, Unexpect, Watch,
+    Applier, ApplyEntries, Expect, Restore, ServeRead, ServeReads, TakeSnapshot, TermChanged, Unexpect,
+    Watch, Watches,
 };
 use super::connection::ReplyBudget;
 use super::disk::{Disk, Persist, PersistError};
@@ -1357,8 +1358,9 @@ impl Consensus {
 
     /// Sends the held watches to the applier, in the order of their proposals.
     fn release_watches(&mut self) {
-        for watch in self.held_watches.drain(..) {
-            self.applier.do_send(watch);
+        if !self.held_watches.is_empty() {
+            // One message for the drive's watches rather than one each.
+            self.applier.do_send(Watches(std::mem::take(&mut self.held_watches)));
         }
     }
 
