@@ -120,13 +120,19 @@ pub struct WaiterDone {
     pub reserved: usize,
 }
 
-/// One parsed request from the reader, with the permit that bounds requests in flight.
+/// A request the reader parsed (or the error that stands for it), with the permit that
+/// bounds requests in flight.
+type Parsed = (Result<Vec<Vec<u8>>, String>, OwnedSemaphorePermit);
+
+/// The requests the reader parsed from one read, in order: one message per read rather than
+/// one per request.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Incoming {
-    request: Result<Vec<Vec<u8>>, String>,
-    permit: OwnedSemaphorePermit,
-    /// When the read that brought it returned: one clock read per read, not per request.
+    first: Parsed,
+    /// The ones after it (none, so no allocation, when the read brought one).
+    rest: Vec<Parsed>,
+    /// When the read that brought them returned: one clock read per read, not per request.
     arrived: Instant,
 }
 
@@ -741,6 +747,13 @@ async fn read_loop(
     // little, grown for bursts and large values, and let go once drained.
     let mut buf: Vec<u8> = Vec::new();
     let mut arrived = Instant::now();
+    // Requests parsed and not yet handed over.
+    let mut parsed = Batch::default();
+    let hand_over = |parsed: &mut Batch, arrived| {
+        if let Some(first) = parsed.first.take() {
+            connection.do_send(Incoming { first, rest: std::mem::take(&mut parsed.rest), arrived });
+        }
+    };
     loop {
         // Parse everything buffered before reading more; consumed bytes are dropped once per read,
         // not once per request, so a burst of small requests costs one move of the buffer.
@@ -753,6 +766,7 @@ async fn read_loop(
                 ParseOutcome::Request { args, consumed } => (consumed, Some(Ok(args))),
                 ParseOutcome::LimitError { message, consumed } => (consumed, Some(Err(message))),
                 ParseOutcome::Fatal(message) => {
+                    hand_over(&mut parsed, arrived);
                     if let Ok(permit) = permits.clone().acquire_owned().await {
                         connection.do_send(ReaderEnded::Garbage(message, permit));
                     }
@@ -763,13 +777,25 @@ async fn read_loop(
             let Some(request) = request else { continue };
             let quit =
                 matches!(&request, Ok(args) if args.first().is_some_and(|a| a.eq_ignore_ascii_case(b"QUIT")));
-            // Waits while MAX_INFLIGHT_REQUESTS are unanswered: back-pressure on the client.
-            let Ok(permit) = permits.clone().acquire_owned().await else { return };
-            connection.do_send(Incoming { request, permit, arrived });
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    // MAX_INFLIGHT_REQUESTS are unanswered: what was parsed goes now, and the
+                    // reader waits for a reply (back-pressure on the client).
+                    hand_over(&mut parsed, arrived);
+                    let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                    permit
+                }
+            };
+            match parsed.first {
+                None => parsed.first = Some((request, permit)),
+                Some(_) => parsed.rest.push((request, permit)),
+            }
             if quit {
-                return;
+                return hand_over(&mut parsed, arrived);
             }
         }
+        hand_over(&mut parsed, arrived);
         if start > 0 {
             buf.drain(..start);
         }
@@ -803,6 +829,13 @@ async fn read_loop(
             Ok(_) => arrived = Instant::now(),
         }
     }
+}
+
+/// Requests the reader parsed and has not handed over yet.
+#[derive(Default)]
+struct Batch {
+    first: Option<Parsed>,
+    rest: Vec<Parsed>,
 }
 
 /// Reads what the socket has into `buf`, taking a buffer only once there is something to read.
@@ -874,14 +907,16 @@ impl Handler<Incoming> for Connection {
     type Result = ();
 
     fn handle(&mut self, msg: Incoming, ctx: &mut Self::Context) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.permits.insert(seq, msg.permit);
-        match msg.request {
-            Ok(args) => self.start_request(ctx, seq, args, msg.arrived),
-            Err(message) => {
-                self.env.status.metrics.refused_client_input.inc();
-                self.complete(ctx, seq, Reply::err(message))
+        for (request, permit) in std::iter::once(msg.first).chain(msg.rest) {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.permits.insert(seq, permit);
+            match request {
+                Ok(args) => self.start_request(ctx, seq, args, msg.arrived),
+                Err(message) => {
+                    self.env.status.metrics.refused_client_input.inc();
+                    self.complete(ctx, seq, Reply::err(message))
+                }
             }
         }
     }

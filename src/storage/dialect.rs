@@ -201,10 +201,7 @@ impl Applying<'_> {
     }
 
     fn put(&mut self, cf: ColumnFamily, key: &[u8], value: impl AsRef<[u8]>, expire_at_ms: Option<u64>) {
-        let stored = Stored::with_expiry(value, self.index, expire_at_ms);
-        let mut batch = WriteBatch::new();
-        batch.put_stored(cf, key.to_vec(), stored);
-        self.engine.write(batch);
+        self.engine.put(cf, key, Stored::with_expiry(value, self.index, expire_at_ms));
     }
 
     /// Removes `keys` of `cf` that are stored (live or expired); answers how many were live.

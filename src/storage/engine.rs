@@ -595,35 +595,36 @@ impl KvEngine {
         self.iter_cf(cf, start).take(limit).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
     }
 
+    /// Stores `stored` under `key` in `cf`: a batch of that one put, without the batch.
+    pub fn put(&mut self, cf: ColumnFamily, key: &[u8], stored: Stored) {
+        let slot = cf_slot(cf);
+        let added = (key.len() + stored.value().len()) as u64;
+        let key_len = key.len() as u64;
+        self.digest ^= pair_hash(cf, key, &stored);
+        let new_expiry = stored.expire_at_ms();
+        if let Some(at) = new_expiry {
+            if self.expiries.insert((at, slot as u8, key.to_vec())).is_none() {
+                self.expiry_sum_ms += u128::from(at);
+            }
+        }
+        if let Some(old) = self.insert_in(slot, key, stored) {
+            self.digest ^= pair_hash(cf, key, &old);
+            self.size_bytes -= key_len + old.value().len() as u64;
+            if let Some(at) = old.expire_at_ms() {
+                // Unless the new value expires at the same time (then the entry is its).
+                if new_expiry != Some(at) && self.expiries.remove(&(at, slot as u8, key.to_vec())).is_some() {
+                    self.expiry_sum_ms -= u128::from(at);
+                }
+            }
+        }
+        self.size_bytes += added;
+    }
+
     /// Applies every change of `batch` in order, as one step.
     pub fn write(&mut self, batch: WriteBatch) {
         for op in batch.ops {
             match op {
-                WriteOp::Put { cf, key, stored } => {
-                    let slot = cf_slot(cf);
-                    let added = (key.len() + stored.value().len()) as u64;
-                    let key_len = key.len() as u64;
-                    self.digest ^= pair_hash(cf, &key, &stored);
-                    let new_expiry = stored.expire_at_ms();
-                    if let Some(at) = new_expiry {
-                        if self.expiries.insert((at, slot as u8, key.clone())).is_none() {
-                            self.expiry_sum_ms += u128::from(at);
-                        }
-                    }
-                    if let Some(old) = self.insert_in(slot, &key, stored) {
-                        self.digest ^= pair_hash(cf, &key, &old);
-                        self.size_bytes -= key_len + old.value().len() as u64;
-                        if let Some(at) = old.expire_at_ms() {
-                            // Unless the new value expires at the same time (then the entry is its).
-                            if new_expiry != Some(at)
-                                && self.expiries.remove(&(at, slot as u8, key)).is_some()
-                            {
-                                self.expiry_sum_ms -= u128::from(at);
-                            }
-                        }
-                    }
-                    self.size_bytes += added;
-                }
+                WriteOp::Put { cf, key, stored } => self.put(cf, &key, stored),
                 WriteOp::Delete { cf, key } => {
                     let slot = cf_slot(cf);
                     if let Some(old) = self.remove_in(slot, &key) {

@@ -53,6 +53,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Bytes an entry's record takes beyond its data, at most: the record's header (length,
+/// checksum, kind) and the term, index and data length the payload encodes before the data.
+const ENTRY_RECORD_SLACK: usize = 9 + 3 * 9;
+
 /// Default size at which the active segment is closed and a new one started, in bytes.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -248,7 +252,9 @@ impl Wal {
         self.check_usable()?;
         let (first, last) = (self.first_index(), self.last_index());
         check_follows(first, last, entries)?;
-        let mut buf = Vec::new();
+        // Room for every record at once: growing the buffer copied it again at each doubling.
+        let mut buf =
+            Vec::with_capacity(entries.iter().map(|e| e.data.len() + ENTRY_RECORD_SLACK).sum::<usize>() + 64);
         let mut sizes = Vec::with_capacity(entries.len());
         for entry in entries {
             let before = buf.len();

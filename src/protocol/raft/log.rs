@@ -33,6 +33,9 @@ impl Compacted {
     }
 }
 
+/// Entries an append list is sized for up front at most (a long catch-up grows past it).
+const MAX_PRESIZED_ENTRIES: usize = 256;
+
 /// The log held by one Raft node.
 #[derive(Debug, Clone)]
 pub struct RaftLog {
@@ -179,9 +182,9 @@ impl RaftLog {
         if from <= self.start.index {
             return None;
         }
-        let mut out = Vec::new();
-        let mut bytes = 0;
         let start = (from - self.start.index - 1) as usize;
+        let mut out = Vec::with_capacity(self.entries.len().saturating_sub(start).min(MAX_PRESIZED_ENTRIES));
+        let mut bytes = 0;
         for entry in self.entries.iter_from(start) {
             bytes += entry.size_bytes();
             if !out.is_empty() && bytes > max_bytes {
