@@ -28,7 +28,12 @@ fn run_case(fsync: bool, batch_size: u64) {
     let (mut wal, _) =
         Wal::open(dir.path(), WalOptions { fsync, ..WalOptions::default() }).expect("open wal");
     let mut batch: Vec<Entry> = (0..batch_size)
-        .map(|i| Entry { term: 1, index: 0, data: vec![i as u8; ENTRY_DATA_BYTES], ..Entry::default() })
+        .map(|i| Entry {
+            term: 1,
+            index: 0,
+            data: vec![i as u8; ENTRY_DATA_BYTES].into(),
+            ..Entry::default()
+        })
         .collect();
     let mut next_index = 1;
     let mut appends = 0u64;

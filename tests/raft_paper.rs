@@ -157,7 +157,7 @@ fn leader_commits_on_majority_and_followers_learn() {
     for id in [2, 3] {
         assert_eq!(net.node(id).log().committed(), index, "follower {id} learns the commit");
     }
-    assert_eq!(net.applied[&2].last().map(|e| e.data.clone()), Some(b"x".to_vec()));
+    assert_eq!(net.applied[&2].last().map(|e| e.data.to_vec()), Some(b"x".to_vec()));
 }
 
 // Raft §5.4.2 (Figure 8): a leader never commits an entry of an older term by counting replicas.
@@ -464,7 +464,7 @@ fn invalid_messages_are_refused_and_counted() {
             MessageBody::Append {
                 prev_index: 0,
                 prev_term: 0,
-                entries: vec![Entry { term: 1, index: 5, data: vec![], ..Entry::default() }],
+                entries: vec![Entry { term: 1, index: 5, data: vec![].into(), ..Entry::default() }],
                 commit: 0,
             },
         ),
@@ -475,7 +475,7 @@ fn invalid_messages_are_refused_and_counted() {
             MessageBody::Append {
                 prev_index: 0,
                 prev_term: 0,
-                entries: vec![Entry { term: 7, index: 1, data: vec![], ..Entry::default() }],
+                entries: vec![Entry { term: 7, index: 1, data: vec![].into(), ..Entry::default() }],
                 commit: 0,
             },
         ),
@@ -498,7 +498,7 @@ fn invalid_messages_are_refused_and_counted() {
                 prev_index: u64::MAX - 1,
                 prev_term: 0,
                 entries: vec![
-                    Entry { term: 1, index: u64::MAX, data: vec![], ..Entry::default() },
+                    Entry { term: 1, index: u64::MAX, data: vec![].into(), ..Entry::default() },
                     Entry::default(),
                 ],
                 commit: 0,

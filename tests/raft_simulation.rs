@@ -492,12 +492,12 @@ impl Sim {
             self.fail(format!("node {id} applied index {} after {}", entry.index, state.0));
         }
         match self.committed.get(&entry.index) {
-            Some((term, data)) if (*term, data) != (entry.term, &entry.data) => {
+            Some((term, data)) if (*term, data.as_slice()) != (entry.term, &entry.data[..]) => {
                 self.fail(format!("node {id} applied a different entry at {}", entry.index))
             }
             Some(_) => {}
             None => {
-                self.committed.insert(entry.index, (entry.term, entry.data.clone()));
+                self.committed.insert(entry.index, (entry.term, entry.data.to_vec()));
             }
         }
         let hash = chain(state.1, entry);

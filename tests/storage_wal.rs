@@ -8,7 +8,12 @@ use std::path::{Path, PathBuf};
 
 fn entry(index: u64, term: u64) -> Entry {
     // Sizes vary so records straddle segment boundaries at different offsets.
-    Entry { index, term, data: vec![(index % 251) as u8; 20 + (index as usize * 7) % 60], ..Entry::default() }
+    Entry {
+        index,
+        term,
+        data: vec![(index % 251) as u8; 20 + (index as usize * 7) % 60].into(),
+        ..Entry::default()
+    }
 }
 
 fn small(fsync: bool) -> WalOptions {
@@ -565,7 +570,7 @@ fn a_write_torn_around_a_zero_sector_ends_the_last_segment_but_not_a_closed_one(
     let dir = tempfile::tempdir().expect("tempdir");
     let options = WalOptions { segment_bytes: 1 << 20, fsync: false };
     let before: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
-    let big = |i: u64| Entry { index: i, term: 1, data: vec![7; 300], ..Entry::default() };
+    let big = |i: u64| Entry { index: i, term: 1, data: vec![7; 300].into(), ..Entry::default() };
     let torn: Vec<Entry> = (6..=12).map(big).collect();
     let start;
     {

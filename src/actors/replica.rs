@@ -204,7 +204,7 @@ fn is_fresh(hard_state: &HardState, snapshot: &SnapshotMeta, entries: &[Entry]) 
 fn bootstrap_entry(peers: &BTreeMap<NodeId, String>) -> Result<Entry, ReplicaError> {
     let data = codec::encode(&ConfChange::Bootstrap(Membership::from_peers(peers)))
         .map_err(|e| ReplicaError::Config(e.to_string()))?;
-    Ok(Entry { term: 1, index: 1, data, kind: EntryKind::ConfChange })
+    Ok(Entry { term: 1, index: 1, data: data.into(), kind: EntryKind::ConfChange })
 }
 
 /// The membership a log of `entries` after a snapshot with `at_snapshot` ends with (all of them

@@ -155,7 +155,7 @@ mod tests {
     use crate::protocol::raft::Entry;
 
     fn entry(index: u64) -> Entry {
-        Entry { index, term: 1, data: vec![index as u8; 3], ..Entry::default() }
+        Entry { index, term: 1, data: vec![index as u8; 3].into(), ..Entry::default() }
     }
 
     fn indexes<'a>(iter: impl Iterator<Item = &'a Entry>) -> Vec<u64> {

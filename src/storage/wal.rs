@@ -822,7 +822,8 @@ impl Replay {
                         codec::decode(raw.payload).map_err(|e| corrupt(format!("entry: {e}")))?;
                     let kind =
                         if raw.kind == RecordKind::Entry { EntryKind::Normal } else { EntryKind::ConfChange };
-                    let entry = Entry { term: stored.term, index: stored.index, data: stored.data, kind };
+                    let entry =
+                        Entry { term: stored.term, index: stored.index, data: stored.data.into(), kind };
                     if entry.index <= self.snapshot.index {
                         return Err(corrupt(format!(
                             "entry {} at or below snapshot {:?}",
@@ -872,7 +873,7 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        Entry { index, term, data: format!("entry {index}/{term}").into_bytes(), ..Entry::default() }
+        Entry { index, term, data: format!("entry {index}/{term}").into_bytes().into(), ..Entry::default() }
     }
 
     fn small() -> WalOptions {
@@ -1009,7 +1010,7 @@ mod tests {
         assert!(wal.zeroer.is_some(), "a log that fsyncs zeroes its reserved space");
         let entries: Vec<Entry> = (1..=4000u64)
             .map(|i| Entry {
-                data: vec![(i % 251) as u8 + 1; 1000 + (i as usize * 7919) % 3000],
+                data: vec![(i % 251) as u8 + 1; 1000 + (i as usize * 7919) % 3000].into(),
                 ..entry(i, 1)
             })
             .collect();

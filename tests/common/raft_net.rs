@@ -40,7 +40,7 @@ pub fn entries_with_terms(terms: &[u64]) -> Vec<Entry> {
     terms
         .iter()
         .enumerate()
-        .map(|(i, &term)| Entry { term, index: i as u64 + 1, data: vec![i as u8], ..Entry::default() })
+        .map(|(i, &term)| Entry { term, index: i as u64 + 1, data: vec![i as u8].into(), ..Entry::default() })
         .collect()
 }
 

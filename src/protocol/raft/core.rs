@@ -571,7 +571,7 @@ impl RaftCore {
         self.log.append(&[Entry {
             term: self.term,
             index: last + 1,
-            data: Vec::new(),
+            data: bytes::Bytes::new(),
             kind: EntryKind::Normal,
         }]);
         // No membership change until the no-op is applied: by then this leader has committed in
@@ -615,7 +615,7 @@ impl RaftCore {
 
     fn append_entry(&mut self, data: Vec<u8>, kind: EntryKind) -> (u64, u64) {
         let index = self.log.last_index() + 1;
-        self.log.append(&[Entry { term: self.term, index, data, kind }]);
+        self.log.append(&[Entry { term: self.term, index, data: data.into(), kind }]);
         self.broadcast_wanted = true;
         (index, self.term)
     }

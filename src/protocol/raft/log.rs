@@ -385,7 +385,7 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        Entry { index, term, data: vec![index as u8], ..Entry::default() }
+        Entry { index, term, data: vec![index as u8].into(), ..Entry::default() }
     }
 
     fn log_with_terms(terms: &[u64]) -> RaftLog {

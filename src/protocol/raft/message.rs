@@ -1,5 +1,6 @@
 //! What Raft peers say to each other, and the records the core hands out to persist.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::membership::Membership;
@@ -38,9 +39,9 @@ pub struct Entry {
     pub term: u64,
     /// The entry's position in the log, from 1.
     pub index: u64,
-    /// The replicated command, opaque to Raft, or a membership change.
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+    /// The replicated command, opaque to Raft, or a membership change. Shared: the log, the
+    /// appends to each follower and the applier hold one copy.
+    pub data: Bytes,
     /// Which of the two `data` is.
     pub kind: EntryKind,
 }
@@ -168,4 +169,33 @@ pub struct Message {
     pub term: u64,
     /// What is said.
     pub body: MessageBody,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::codec;
+
+    /// The shape `Entry` had when its data was a `Vec<u8>` written through `serde_bytes`: logs
+    /// and peer frames written then must read the same now, and the other way round.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct EntryWithVecData {
+        term: u64,
+        index: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        kind: EntryKind,
+    }
+
+    #[test]
+    fn entry_data_is_encoded_as_the_plain_bytes_it_was() {
+        for data in [Vec::new(), b"x".to_vec(), (0..=255).collect::<Vec<u8>>(), vec![7; 70_000]] {
+            let old =
+                EntryWithVecData { term: 3, index: 300, data: data.clone(), kind: EntryKind::ConfChange };
+            let new = Entry { term: 3, index: 300, data: data.clone().into(), kind: EntryKind::ConfChange };
+            let old_bytes = codec::encode(&old).expect("encode");
+            assert_eq!(codec::encode(&new).expect("encode"), old_bytes, "{} bytes of data", data.len());
+            assert_eq!(codec::decode::<Entry>(&old_bytes).expect("decode"), new);
+        }
+    }
 }
