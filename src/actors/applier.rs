@@ -230,6 +230,30 @@ impl Applier {
         self.status.publish_data_bytes(engine.approximate_size_bytes());
     }
 
+    /// Records a proposal's watch, or settles it at once if its entry was already applied.
+    fn watch(&mut self, msg: Watch) {
+        let expected = self.expected.remove(&msg.request_id);
+        if msg.index <= self.state.applied_index() {
+            // A forwarded proposal applied before the leader's answer got here: the recorded
+            // result at exactly that position is its own, by the same rule as any watch. (For a
+            // local proposal this cannot happen: it is always past the applied index.)
+            let own = expected.into_iter().flatten().find(|(index, term, _)| {
+                let key = WatchKey { index: msg.index, term: msg.term, request_id: msg.request_id };
+                let applied = Applied { index: *index, proposal: Some((*term, msg.request_id)) };
+                watch_verdict(key, applied) == WatchVerdict::Own
+            });
+            let outcome = match own {
+                Some((_, _, result)) => WatchOutcome::Applied(result),
+                None => WatchOutcome::Superseded,
+            };
+            msg.watcher.do_send(WatchFired(outcome));
+            return;
+        }
+        let watcher = Watcher { term: msg.term, request_id: msg.request_id, watcher: msg.watcher };
+        self.watches.insert((msg.index, self.next_watch), watcher);
+        self.next_watch += 1;
+    }
+
     /// Settles every watch at or below `index` by the waiter's success rule ([`watch_verdict`]).
     fn settle(&mut self, index: u64, own: Option<(u64, u64, &CommandResult)>) {
         let applied = Applied { index, proposal: own.map(|(term, request_id, _)| (term, request_id)) };
@@ -311,31 +335,6 @@ impl Handler<Watches> for Applier {
         for watch in msg.0 {
             self.watch(watch);
         }
-    }
-}
-
-impl Applier {
-    fn watch(&mut self, msg: Watch) {
-        let expected = self.expected.remove(&msg.request_id);
-        if msg.index <= self.state.applied_index() {
-            // A forwarded proposal applied before the leader's answer got here: the recorded
-            // result at exactly that position is its own, by the same rule as any watch. (For a
-            // local proposal this cannot happen: it is always past the applied index.)
-            let own = expected.into_iter().flatten().find(|(index, term, _)| {
-                let key = WatchKey { index: msg.index, term: msg.term, request_id: msg.request_id };
-                let applied = Applied { index: *index, proposal: Some((*term, msg.request_id)) };
-                watch_verdict(key, applied) == WatchVerdict::Own
-            });
-            let outcome = match own {
-                Some((_, _, result)) => WatchOutcome::Applied(result),
-                None => WatchOutcome::Superseded,
-            };
-            msg.watcher.do_send(WatchFired(outcome));
-            return;
-        }
-        let watcher = Watcher { term: msg.term, request_id: msg.request_id, watcher: msg.watcher };
-        self.watches.insert((msg.index, self.next_watch), watcher);
-        self.next_watch += 1;
     }
 }
 

@@ -787,10 +787,7 @@ async fn read_loop(
                     permit
                 }
             };
-            match parsed.first {
-                None => parsed.first = Some((request, permit)),
-                Some(_) => parsed.rest.push((request, permit)),
-            }
+            parsed.push((request, permit));
             if quit {
                 return hand_over(&mut parsed, arrived);
             }
@@ -836,6 +833,15 @@ async fn read_loop(
 struct Batch {
     first: Option<Parsed>,
     rest: Vec<Parsed>,
+}
+
+impl Batch {
+    fn push(&mut self, parsed: Parsed) {
+        match self.first {
+            None => self.first = Some(parsed),
+            Some(_) => self.rest.push(parsed),
+        }
+    }
 }
 
 /// Reads what the socket has into `buf`, taking a buffer only once there is something to read.
