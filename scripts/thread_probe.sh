@@ -10,7 +10,7 @@
 # /tmp/prof/stat.follower, and saves each replica's /metrics (fsync histogram) to
 # /tmp/prof/metrics1..3. `perf` records every CPU (`perf record -a -e cpu-clock`, 4 s) into
 # /tmp/prof/sys.data: `perf report -i /tmp/prof/sys.data --no-children --sort pid,comm` (or
-# `--sort pid,sym`). Used for issue 12 (figures in its notes).
+# `--sort pid,sym`). PIPE=n pipelines the clients. Used for issue 12 (figures in its notes).
 BIN=$1; WR=$2; CL=$3; MODE=${4:-stat}
 . "$(dirname "$0")/probe_cluster.sh"
 probe_cluster proftest 26380 27380 /tmp/prof/d /tmp/prof/log "$BIN" --metrics-addr 127.0.0.1:0
@@ -32,7 +32,7 @@ else
 fi
 PRE=""; [ "$WR" = 0 ] && PRE=--preload
 ${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen} --target resp --addr 127.0.0.1:$((26380+LEADER)) \
-  --clients "$CL" --duration 8 --ops 100000000 --value-size 100 --keys 10000 --write-ratio "$WR" $PRE
+  --clients "$CL" --pipeline "${PIPE:-1}" --duration 8 --ops 100000000 --value-size 100 --keys 10000 --write-ratio "$WR" $PRE
 # Only the probes: the replicas are children of this shell too.
 wait $WAITS
 pkill -f "cluster-name proftest"
