@@ -583,6 +583,10 @@ impl Consensus {
                 }
                 self.transport.send(PeerFrame::Raft(message));
             }
+            // On the wire now, before this Ready wakes the disk writer or the applier (a wake
+            // costs this thread tens of µs on a VM): a leader's appends and a follower's acks
+            // are on the commit's critical path, where the leader's own fsync seldom is.
+            self.transport.flush();
             let received =
                 ready.snapshot.take().map(|s| SavedSnapshot { meta: s.meta, image: Arc::new(s.data) });
             let write = ready.must_persist().then(|| {
