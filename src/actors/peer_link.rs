@@ -55,9 +55,8 @@ pub struct LinkOut {
 struct OutState {
     /// Frames encoded since the last flush, in order.
     staged: Vec<u8>,
+    /// None while not connected: frames given then are dropped (Raft resends what matters).
     connection: Option<OutConnection>,
-    /// Frames dropped: not connected, or the queue full (Raft resends what matters).
-    dropped: u64,
 }
 
 struct OutConnection {
@@ -84,7 +83,6 @@ impl LinkOut {
         };
         let mut state = self.state();
         if state.connection.is_none() {
-            state.dropped += 1;
             return false;
         }
         if !state.staged.is_empty() && state.staged.len() + bytes.len() > PEER_QUEUE_BYTES {
@@ -110,10 +108,7 @@ impl LinkOut {
             return;
         }
         let mut bytes = std::mem::take(&mut state.staged);
-        let Some(connection) = &state.connection else {
-            state.dropped += 1;
-            return;
-        };
+        let Some(connection) = &state.connection else { return };
         let mut partly_written = false;
         if connection.queued.held() == 0 {
             // The writer task holds nothing, so these bytes are next on the wire either way.
@@ -135,7 +130,7 @@ impl LinkOut {
             }
             connection.queued.release(len);
         }
-        state.dropped += 1;
+        // Dropped: the queue is full, and Raft resends what matters.
         if partly_written {
             // The rest of a frame is lost mid-stream: end the connection rather than garble it.
             // (Not expected: an empty queue always has room for one item.)
