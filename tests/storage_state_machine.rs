@@ -206,3 +206,39 @@ fn a_scan_reply_is_bounded_in_bytes_and_its_size_is_known_before_copying() {
     let get = Command::Get { cf: ColumnFamily::Write, key: b"k00".to_vec() };
     assert_eq!(sm.read_reply_bytes(&get, 0), 1024 * 1024);
 }
+
+// read_within asks for exactly the bytes read_reply_bytes counts, answers what read_at answers
+// when they are granted, and copies nothing when they are refused: for a GET (its own one-lookup
+// path, present and missing) and for the other reads (counted, then read).
+#[test]
+fn read_within_reserves_what_read_reply_bytes_counts_and_answers_what_read_answers() {
+    let mut sm = StateMachine::default();
+    let put = |key: &str, value: &[u8]| Command::Put {
+        cf: ColumnFamily::Default,
+        key: key.as_bytes().to_vec(),
+        value: value.to_vec(),
+    };
+    sm.apply(1, &Proposal { request_id: 1, session: None, command: put("a", b"hello") });
+    sm.apply(2, &Proposal { request_id: 2, session: None, command: put("b", &[7; 300]) });
+    let reads = [
+        Command::Get { cf: ColumnFamily::Default, key: b"a".to_vec() },
+        Command::Get { cf: ColumnFamily::Default, key: b"missing".to_vec() },
+        Command::Get { cf: ColumnFamily::Write, key: b"a".to_vec() },
+        Command::MGet { keys: vec![b"a".to_vec(), b"b".to_vec(), b"missing".to_vec()] },
+        Command::Scan { cf: ColumnFamily::Default, start: Vec::new(), limit: 10 },
+        Command::Exists { keys: vec![b"a".to_vec()] },
+    ];
+    for command in &reads {
+        let expected_bytes = sm.read_reply_bytes(command, 0);
+        let mut asked = None;
+        let granted = sm.read_within(command, 0, |bytes| {
+            asked = Some(bytes);
+            true
+        });
+        assert_eq!(asked, Some(expected_bytes), "{command:?}");
+        assert_eq!(granted, Some((sm.read_at(command, 0), expected_bytes)), "{command:?}");
+        assert_eq!(sm.read_within(command, 0, |_| false), None, "{command:?}");
+    }
+    let get_a = sm.read_within(&reads[0], 0, |_| true);
+    assert_eq!(get_a, Some((CommandResult::Value(Some(b"hello".to_vec())), 5)));
+}

@@ -448,12 +448,11 @@ impl Applier {
         }
         // Reserved before the value is copied out, so a client that does not read its replies
         // cannot make the applier copy more than its budget.
-        let bytes = self.state.read_reply_bytes(&msg.command, msg.now_ms);
-        let done = if msg.budget.try_reserve(bytes) {
-            ReadDone { result: Ok(self.state.read_at(&msg.command, msg.now_ms)), reserved: bytes }
-        } else {
-            ReadDone::failed("the connection's reply buffer is full; it is being closed")
-        };
+        let done =
+            match self.state.read_within(&msg.command, msg.now_ms, |bytes| msg.budget.try_reserve(bytes)) {
+                Some((result, reserved)) => ReadDone { result: Ok(result), reserved },
+                None => ReadDone::failed("the connection's reply buffer is full; it is being closed"),
+            };
         msg.reply_to.do_send(done);
     }
 }

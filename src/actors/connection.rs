@@ -1,7 +1,7 @@
 //! One client connection: reads RESP requests, starts a waiter for each, writes replies in order.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -108,6 +108,9 @@ pub const SNAPSHOT_BEGIN_TIMEOUT: Duration = Duration::from_secs(600);
 const NO_SUCH_SNAPSHOT: &str =
     "no such snapshot on this replica (let go after SNAPSHOT END, or unused for 60 s; BEGIN again)";
 
+/// Slots for requests in flight a connection keeps once they are answered (more is given back).
+const KEPT_SLOTS: usize = 32;
+
 /// A waiter's result, for the connection that started it.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -178,8 +181,9 @@ pub struct Connection {
     budget: Arc<ReplyBudget>,
     /// The task writing to the socket, aborted (dropping what it holds) if the budget overflows.
     write_task: Option<tokio::task::JoinHandle<()>>,
-    /// Permits of requests not yet written, by sequence number.
-    permits: BTreeMap<u64, OwnedSemaphorePermit>,
+    /// Permits of the requests not yet written, one per sequence number from `next_to_write`
+    /// on, in order (a deque keeps its room, where a map allocated a node per request).
+    permits: VecDeque<OwnedSemaphorePermit>,
     /// Close once the reply with this sequence number is written.
     close_after: Option<u64>,
     /// This connection in the registry.
@@ -191,8 +195,9 @@ pub struct Connection {
     watch_point: u64,
     /// EXECs in flight, by request position: the replies to splice into their answer.
     exec_splices: BTreeMap<u64, Vec<(usize, Reply)>>,
-    /// Requests in flight, by position.
-    started: BTreeMap<u64, InFlight>,
+    /// Requests in flight, in order of position: mostly answered in order, so removal is from
+    /// the front.
+    started: VecDeque<(u64, InFlight)>,
     /// When the sweep for waiters past their deadline runs, if one is scheduled.
     sweep: Option<(Instant, SpawnHandle)>,
     /// Replies encoded in order during this turn of the actor, written together once its
@@ -261,17 +266,26 @@ impl Connection {
             ready: BTreeMap::new(),
             budget: Arc::new(ReplyBudget::default()),
             write_task: None,
-            permits: BTreeMap::new(),
+            permits: VecDeque::new(),
             close_after: None,
             client,
             transaction: None,
             watched: Vec::new(),
             watch_point: 0,
             exec_splices: BTreeMap::new(),
-            started: BTreeMap::new(),
+            started: VecDeque::new(),
             sweep: None,
             burst: Burst::default(),
         }
+    }
+
+    /// Removes the request at `seq` from those in flight.
+    fn take_started(&mut self, seq: u64) -> Option<InFlight> {
+        let at = match self.started.front() {
+            Some((first, _)) if *first == seq => 0,
+            _ => self.started.binary_search_by_key(&seq, |(at, _)| *at).ok()?,
+        };
+        self.started.remove(at).map(|(_, request)| request)
     }
 
     fn complete(&mut self, ctx: &mut Context<Self>, seq: u64, reply: Reply) {
@@ -279,7 +293,7 @@ impl Connection {
     }
 
     fn complete_reserved(&mut self, ctx: &mut Context<Self>, seq: u64, mut reply: Reply, reserved: usize) {
-        if let Some(request) = self.started.remove(&seq) {
+        if let Some(request) = self.take_started(seq) {
             let metrics = &self.env.status.metrics;
             metrics.request_seconds.observe(request.arrived.elapsed().as_secs_f64());
             if matches!(reply, Reply::Error(_)) {
@@ -303,7 +317,7 @@ impl Connection {
         while let Some(ready) = next.take().or_else(|| self.ready.remove(&self.next_to_write)) {
             ready.reply.encode_into(&mut self.burst.bytes);
             self.burst.reserved += ready.reserved;
-            self.burst.permits.extend(self.permits.remove(&self.next_to_write));
+            self.burst.permits.extend(self.permits.pop_front());
             self.next_to_write += 1;
         }
         // A refused reservation by the applier for a read of this connection.
@@ -323,6 +337,13 @@ impl Connection {
     fn flush(&mut self, ctx: &mut Context<Self>) {
         self.burst.flush_spawned = false;
         self.write_burst();
+        // A deep pipeline's room is given back once it has drained: an idle connection stays small.
+        if self.started.is_empty() && self.started.capacity() > KEPT_SLOTS {
+            self.started.shrink_to(KEPT_SLOTS);
+        }
+        if self.permits.is_empty() && self.permits.capacity() > KEPT_SLOTS {
+            self.permits.shrink_to(KEPT_SLOTS);
+        }
         // A refused reservation, by `write` or by the applier.
         if self.budget.overflowed() {
             return self.close_overflowed(ctx);
@@ -386,7 +407,7 @@ impl Connection {
         self.client.touch(arrived);
         let slot = command_slot(args.first().map_or(&[][..], Vec::as_slice));
         self.env.status.metrics.request(slot);
-        self.started.insert(seq, InFlight { slot, arrived, waiter: None });
+        self.started.push_back((seq, InFlight { slot, arrived, waiter: None }));
         let queued_bytes: usize = args.iter().map(Vec::len).sum();
         let request = match parse_client_request(args) {
             Ok(r) => r,
@@ -501,7 +522,7 @@ impl Connection {
         )
         .with_read_inbox(self.env.read_inbox.clone())
         .start();
-        let Some(request) = self.started.get_mut(&seq) else { return };
+        let Some((_, request)) = self.started.back_mut().filter(|(at, _)| *at == seq) else { return };
         let deadline = request.arrived + timeout;
         request.waiter = Some((deadline, waiter));
         // Deadlines mostly come in arrival order, but a SNAPSHOT BEGIN's is far later than the
@@ -522,7 +543,7 @@ impl Connection {
             act.sweep = None;
             let now = Instant::now();
             let mut next: Option<Instant> = None;
-            for request in act.started.values_mut() {
+            for (_, request) in act.started.iter_mut() {
                 match request.waiter {
                     Some((deadline, _)) if deadline > now => {
                         next = Some(next.map_or(deadline, |n| n.min(deadline)))
@@ -887,7 +908,7 @@ impl Actor for Connection {
         // purpose (a client over its reply budget).
         self.write_burst();
         // Nobody sweeps this connection's waiters any more: they end now instead of at their deadline.
-        self.started.values_mut().for_each(InFlight::end_waiter);
+        self.started.iter_mut().for_each(|(_, request)| request.end_waiter());
         self.env.clients.remove(self.client.id);
         self.env.status.set_connected_clients(self.env.clients.len());
     }
@@ -916,7 +937,7 @@ impl Handler<Incoming> for Connection {
         for (request, permit) in std::iter::once(msg.first).chain(msg.rest) {
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.permits.insert(seq, permit);
+            self.permits.push_back(permit);
             match request {
                 Ok(args) => self.start_request(ctx, seq, args, msg.arrived),
                 Err(message) => {
@@ -937,7 +958,7 @@ impl Handler<ReaderEnded> for Connection {
                 self.env.status.metrics.refused_client_input.inc();
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                self.permits.insert(seq, permit);
+                self.permits.push_back(permit);
                 self.close_after = Some(seq);
                 self.complete(ctx, seq, Reply::err(message));
             }

@@ -311,15 +311,13 @@ pub(crate) const DIALECT_COMMANDS: &[&[u8]] = &[
     b"TIME",
 ];
 
-/// Parses one of [`DIALECT_COMMANDS`] (`upper` is its name upper case, `lower` lower case).
-pub(crate) fn parse_dialect(
-    upper: &[u8],
-    lower: &str,
-    args: Vec<Vec<u8>>,
-) -> Result<ClientRequest, RequestError> {
+/// Parses one of [`DIALECT_COMMANDS`] (`upper` is its name upper case).
+pub(crate) fn parse_dialect(upper: &[u8], args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
+    // The name as errors show it, made only for an error.
+    let lower = || String::from_utf8_lossy(upper).to_ascii_lowercase();
     let arity = |min: usize, max: Option<usize>| {
         if args.len() < min || max.is_some_and(|max| args.len() > max) {
-            Err(RequestError::WrongArity(lower.to_string()))
+            Err(RequestError::WrongArity(lower()))
         } else {
             Ok(())
         }
@@ -339,7 +337,7 @@ pub(crate) fn parse_dialect(
                 arity(3, Some(3))?;
                 let [key, time, value] = take(args)?;
                 let unit_ms = if upper == b"SETEX" { 1000 } else { 1 };
-                let ms = positive_time_ms(&time, unit_ms, lower)?;
+                let ms = positive_time_ms(&time, unit_ms, &lower())?;
                 set_family(key, value, SetCondition::Always, Expiry::AfterMs(ms), SetReply::Status)
             }
             b"GETSET" => {
@@ -362,7 +360,7 @@ pub(crate) fn parse_dialect(
             }
             b"MSET" | b"MSETNX" => {
                 if args.is_empty() || !args.len().is_multiple_of(2) {
-                    return Err(RequestError::WrongArity(lower.to_string()));
+                    return Err(RequestError::WrongArity(lower()));
                 }
                 let mut pairs = Vec::with_capacity(args.len() / 2);
                 let mut args = args.into_iter();
@@ -473,10 +471,10 @@ pub(crate) fn parse_dialect(
                 }
                 Ok(write(Command::Flush { all: upper == b"FLUSHALL" }))
             }
-            b"EXPIRE" => parse_expire(lower, args, 1000, false),
-            b"PEXPIRE" => parse_expire(lower, args, 1, false),
-            b"EXPIREAT" => parse_expire(lower, args, 1000, true),
-            b"PEXPIREAT" => parse_expire(lower, args, 1, true),
+            b"EXPIRE" => parse_expire(&lower(), args, 1000, false),
+            b"PEXPIRE" => parse_expire(&lower(), args, 1, false),
+            b"EXPIREAT" => parse_expire(&lower(), args, 1000, true),
+            b"PEXPIREAT" => parse_expire(&lower(), args, 1, true),
             b"TTL" | b"PTTL" | b"EXPIRETIME" | b"PEXPIRETIME" => {
                 arity(1, Some(1))?;
                 let [key] = take(args)?;

@@ -184,13 +184,16 @@ impl RequestError {
 
 /// Parses the arguments of one request (command name first) into a typed request.
 pub fn parse_client_request(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
-    let mut args = args.into_iter();
-    let name = args.next().ok_or(RequestError::Empty)?;
-    let rest: Vec<Vec<u8>> = args.collect();
+    let mut args = args;
+    if args.is_empty() {
+        return Err(RequestError::Empty);
+    }
+    // Shifting the arguments down keeps their vector: no second one is allocated per request.
+    let name = args.remove(0);
     if name.eq_ignore_ascii_case(b"REQ") {
-        parse_session(rest)
+        parse_session(args)
     } else {
-        parse_command(name, rest)
+        parse_command(name, args)
     }
 }
 
@@ -219,16 +222,30 @@ fn parse_session(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
 }
 
 fn parse_command(name: Vec<u8>, args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
-    let upper = name.to_ascii_uppercase();
-    let lower = String::from_utf8_lossy(&name).to_ascii_lowercase();
+    // Upper-cased on the stack: command names are short, and this runs for every request.
+    let mut short = [0u8; 16];
+    let long;
+    let upper: &[u8] = match short.get_mut(..name.len()) {
+        Some(room) => {
+            room.copy_from_slice(&name);
+            room.make_ascii_uppercase();
+            room
+        }
+        None => {
+            long = name.to_ascii_uppercase();
+            &long
+        }
+    };
+    // The name as errors show it, made only for an error.
+    let lower = || String::from_utf8_lossy(&name).to_ascii_lowercase();
     let arity = |min: usize, max: Option<usize>| {
         if args.len() < min || max.is_some_and(|max| args.len() > max) {
-            Err(RequestError::WrongArity(lower.clone()))
+            Err(RequestError::WrongArity(lower()))
         } else {
             Ok(())
         }
     };
-    match upper.as_slice() {
+    match upper {
         b"PING" => {
             arity(0, Some(1))?;
             Ok(ClientRequest::Ping(args.into_iter().next()))
@@ -250,7 +267,7 @@ fn parse_command(name: Vec<u8>, args: Vec<Vec<u8>>) -> Result<ClientRequest, Req
             let [key] = take(args)?;
             Ok(read(Command::Get { cf: ColumnFamily::Default, key: check_key(key)? }))
         }
-        name if DIALECT_COMMANDS.contains(&name) => parse_dialect(name, &lower, args),
+        name if DIALECT_COMMANDS.contains(&name) => parse_dialect(name, args),
         b"APPEND" => {
             arity(2, Some(2))?;
             let [key, value] = take(args)?;

@@ -378,12 +378,26 @@ fn read_bulk_header(buf: &[u8], pos: usize) -> Result<Option<(i64, usize)>, Stri
 
 /// Parses a decimal i64: an optional `-` then digits, nothing else.
 fn parse_i64(digits: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(digits).ok()?;
-    let unsigned = text.strip_prefix('-').unwrap_or(text);
-    if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) {
+    let (negative, unsigned) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    if unsigned.is_empty() {
         return None;
     }
-    text.parse().ok()
+    // Summed below zero, where i64 reaches one further than above it (i64::MIN has no positive).
+    let mut below = 0i64;
+    for &byte in unsigned {
+        if !byte.is_ascii_digit() {
+            return None;
+        }
+        below = below.checked_mul(10)?.checked_sub(i64::from(byte - b'0'))?;
+    }
+    if negative {
+        Some(below)
+    } else {
+        below.checked_neg()
+    }
 }
 
 /// Splits an inline command line into arguments with redis-cli's quoting rules (Redis
@@ -771,6 +785,32 @@ fn escape_bytes(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_i64_takes_an_optional_minus_then_digits_within_i64() {
+        let cases: [(&[u8], Option<i64>); 12] = [
+            (b"0", Some(0)),
+            (b"-0", Some(0)),
+            (b"42", Some(42)),
+            (b"-17", Some(-17)),
+            (b"9223372036854775807", Some(i64::MAX)),
+            (b"-9223372036854775808", Some(i64::MIN)),
+            (b"9223372036854775808", None),
+            (b"-9223372036854775809", None),
+            (b"", None),
+            (b"-", None),
+            (b"+1", None),
+            (b"1a", None),
+        ];
+        for (digits, expected) in cases {
+            assert_eq!(parse_i64(digits), expected, "{:?}", String::from_utf8_lossy(digits));
+            // The same answer as the standard parser wherever that one agrees on the syntax.
+            if !digits.starts_with(b"+") {
+                let std = std::str::from_utf8(digits).ok().and_then(|t| t.parse::<i64>().ok());
+                assert_eq!(parse_i64(digits), std, "{:?}", String::from_utf8_lossy(digits));
+            }
+        }
+    }
 
     fn args(items: &[&[u8]]) -> Vec<Vec<u8>> {
         items.iter().map(|item| item.to_vec()).collect()

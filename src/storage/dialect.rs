@@ -179,6 +179,23 @@ pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> Command
 
 /// Bytes of values [`read`] would copy out for `command`, counted without copying (keys-only
 /// replies are bounded by [`MAX_SCAN_REPLY_BYTES`] and not counted).
+/// [`read`] once `reserve` took the bytes [`read_reply_bytes`] counts; `None` if it refused. A
+/// GET, the common read, looks its key up once for both.
+pub(crate) fn read_within(
+    engine: &KvEngine,
+    now_ms: u64,
+    command: &Command,
+    reserve: impl FnOnce(usize) -> bool,
+) -> Option<(CommandResult, usize)> {
+    if let Command::Get { cf, key } = command {
+        let value = live(engine, *cf, key, now_ms).map(Stored::value);
+        let bytes = value.map_or(0, <[u8]>::len);
+        return reserve(bytes).then(|| (CommandResult::Value(value.map(<[u8]>::to_vec)), bytes));
+    }
+    let bytes = read_reply_bytes(engine, now_ms, command);
+    reserve(bytes).then(|| (read(engine, now_ms, command), bytes))
+}
+
 pub(crate) fn read_reply_bytes(engine: &KvEngine, now_ms: u64, command: &Command) -> usize {
     let len = |cf, key: &[u8]| live(engine, cf, key, now_ms).map_or(0, |s| s.value().len());
     match command {

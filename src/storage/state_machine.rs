@@ -248,6 +248,18 @@ impl StateMachine {
         dialect::read_reply_bytes(&self.engine, self.clock_ms.max(now_ms), command)
     }
 
+    /// [`read_at`](Self::read_at) with its value bytes counted first: `reserve` is asked for
+    /// them before anything is copied, and `None` answers a refusal. Returns the result and the
+    /// bytes reserved.
+    pub fn read_within(
+        &self,
+        command: &Command,
+        now_ms: u64,
+        reserve: impl FnOnce(usize) -> bool,
+    ) -> Option<(CommandResult, usize)> {
+        dialect::read_within(&self.engine, self.clock_ms.max(now_ms), command, reserve)
+    }
+
     /// Number of keys with a time to live, the earliest expiry and the mean expiry (milliseconds).
     pub fn expiring(&self) -> (usize, Option<u64>, Option<u64>) {
         (self.engine.expiring_len(), self.engine.earliest_expiry_ms(), self.engine.mean_expiry_ms())

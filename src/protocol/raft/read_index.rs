@@ -96,9 +96,14 @@ impl ReadQueue {
     /// Confirms every read whose round is acknowledged by a quorum; `acked` says for a round
     /// whether a quorum (the leader included) has acknowledged it or a later one.
     pub fn confirm(&mut self, acked: impl Fn(u64) -> bool) {
+        // Reads share rounds, and are in round order: each round is asked about once.
+        let mut acked_round = None;
         while let Some(read) = self.unconfirmed.front() {
-            if !acked(read.round) {
-                break;
+            if acked_round != Some(read.round) {
+                if !acked(read.round) {
+                    break;
+                }
+                acked_round = Some(read.round);
             }
             self.confirmed.push_back(ReadState { ctx: read.ctx, index: read.index });
             self.unconfirmed.pop_front();
