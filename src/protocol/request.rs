@@ -773,6 +773,25 @@ mod tests {
         assert_eq!(parse("CONFIG GET nothing"), Ok(ClientRequest::Immediate(Reply::Array(Some(vec![])))));
     }
 
+    // A name is matched upper-cased whatever its length (short ones on the stack, long ones not)
+    // and shown lower-cased, as typed, in an arity error.
+    #[test]
+    fn command_names_match_in_any_case_and_length() {
+        let get = read(Command::Get { cf: ColumnFamily::Default, key: b"k".to_vec() });
+        assert_eq!(parse("gEt k"), Ok(get));
+        assert_eq!(error_line("GeT"), "ERR wrong number of arguments for 'get' command");
+        assert_eq!(error_line("SeTeX k 10"), "ERR wrong number of arguments for 'setex' command");
+        assert_eq!(error_line("pExPiRe k"), "ERR wrong number of arguments for 'pexpire' command");
+        assert_eq!(error_line("PSETEX k 0 v"), "ERR invalid expire time in 'psetex' command");
+        for name in ["ABCDEFGHIJKLMNOP", "AbcdefghijklmnopQ", &"x".repeat(100)] {
+            let expected = format!("ERR unknown command '{name}', with args beginning with: 'a' ");
+            assert_eq!(error_line(&format!("{name} a")), expected);
+        }
+        let Ok(ClientRequest::Write { session, .. }) = parse("REQ 7 1 sEt k v") else { panic!("REQ set") };
+        assert_eq!(session, Some(SessionTag { client_id: 7, seq: 1 }));
+        assert_eq!(parse_client_request(Vec::new()), Err(RequestError::Empty));
+    }
+
     #[test]
     fn errors_render_like_redis() {
         assert_eq!(error_line("FOO a b"), "ERR unknown command 'FOO', with args beginning with: 'a' 'b' ");
