@@ -177,8 +177,6 @@ pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> Command
     }
 }
 
-/// Bytes of values [`read`] would copy out for `command`, counted without copying (keys-only
-/// replies are bounded by [`MAX_SCAN_REPLY_BYTES`] and not counted).
 /// [`read`] once `reserve` took the bytes [`read_reply_bytes`] counts; `None` if it refused. A
 /// GET, the common read, looks its key up once for both.
 pub(crate) fn read_within(
@@ -196,6 +194,8 @@ pub(crate) fn read_within(
     reserve(bytes).then(|| (read(engine, now_ms, command), bytes))
 }
 
+/// Bytes of values [`read`] would copy out for `command`, counted without copying (keys-only
+/// replies are bounded by [`MAX_SCAN_REPLY_BYTES`] and not counted).
 pub(crate) fn read_reply_bytes(engine: &KvEngine, now_ms: u64, command: &Command) -> usize {
     let len = |cf, key: &[u8]| live(engine, cf, key, now_ms).map_or(0, |s| s.value().len());
     match command {
