@@ -4,7 +4,7 @@
 
 use super::command::{Command, ExpireCondition, ExpireTime, Expiry, SetCondition, SetReply};
 use super::request::{
-    check_key, check_keys, check_value, parse_u64, read, take, write, ClientRequest, RequestError,
+    check_key, check_keys, check_value, lower_name, parse_u64, read, take, write, ClientRequest, RequestError,
 };
 
 /// The largest time to live, in milliseconds: with it, an entry's clock plus any accepted time
@@ -313,8 +313,8 @@ pub(crate) const DIALECT_COMMANDS: &[&[u8]] = &[
 
 /// Parses one of [`DIALECT_COMMANDS`] (`upper` is its name upper case).
 pub(crate) fn parse_dialect(upper: &[u8], args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
-    // The name as errors show it, made only for an error.
-    let lower = || String::from_utf8_lossy(upper).to_ascii_lowercase();
+    // Made only for an error.
+    let lower = || lower_name(upper);
     let arity = |min: usize, max: Option<usize>| {
         if args.len() < min || max.is_some_and(|max| args.len() > max) {
             Err(RequestError::WrongArity(lower()))

@@ -182,6 +182,11 @@ impl RequestError {
     }
 }
 
+/// A command's name as errors show it: lower case, as Redis does.
+pub(crate) fn lower_name(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).to_ascii_lowercase()
+}
+
 /// Parses the arguments of one request (command name first) into a typed request.
 pub fn parse_client_request(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
     let mut args = args;
@@ -210,14 +215,14 @@ fn parse_session(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
     if name.eq_ignore_ascii_case(b"REQ") {
         return Err(RequestError::Session("REQ cannot be nested".into()));
     }
-    let lower_name = String::from_utf8_lossy(&name).to_ascii_lowercase();
+    let shown_name = lower_name(&name);
     match parse_command(name, args.collect())? {
         ClientRequest::Write { command, .. } => {
             Ok(ClientRequest::Write { session: Some(SessionTag { client_id, seq }), command })
         }
         read @ ClientRequest::Read { .. } => Ok(read),
         ClientRequest::Exec(_) => Ok(ClientRequest::Exec(Some(SessionTag { client_id, seq }))),
-        _ => Err(RequestError::Session(format!("REQ can only prefix a data command, not '{lower_name}'"))),
+        _ => Err(RequestError::Session(format!("REQ can only prefix a data command, not '{shown_name}'"))),
     }
 }
 
@@ -236,8 +241,8 @@ fn parse_command(name: Vec<u8>, args: Vec<Vec<u8>>) -> Result<ClientRequest, Req
             &long
         }
     };
-    // The name as errors show it, made only for an error.
-    let lower = || String::from_utf8_lossy(&name).to_ascii_lowercase();
+    // Made only for an error.
+    let lower = || lower_name(&name);
     let arity = |min: usize, max: Option<usize>| {
         if args.len() < min || max.is_some_and(|max| args.len() > max) {
             Err(RequestError::WrongArity(lower()))
