@@ -23,8 +23,7 @@ PRE=""; [ "$WR" = 0 ] && PRE=--preload
 c0=$(for p in $LPID $FPIDS; do awk '{print $14+$15}' /proc/$p/stat; done | paste -sd' ')
 # Each thread of the leader: id, name, user+system ticks (the fields after the name, which may hold spaces).
 thread_ticks() { for t in /proc/$LPID/task/*; do echo "${t##*/} $(tr ' ' _ < "$t/comm") $(sed 's/.*) //' "$t/stat" | awk '{print $12+$13}')"; done | sort; }
-[ -n "${THREADS:-}" ] && thread_ticks > /tmp/prof/threads_before
-T0=$(date +%s.%N)
+[ -n "${THREADS:-}" ] && { thread_ticks > /tmp/prof/threads_before; T0=$(date +%s.%N); }
 if [ -n "$PERF" ]; then PP_PID=$LPID; [ "${PERFWHO:-}" = follower ] && PP_PID=${FPIDS%%[[:space:]]*}; perf record -e cpu-clock ${PERFG:--g} -p $PP_PID -o /tmp/prof/perf.data -- sleep ${PERFSECS:-8} > /dev/null 2>&1 & PP=$!; fi
 $LG --target resp --addr 127.0.0.1:$PORT --clients $CL --pipeline ${PIPE:-1} --duration 8 --ops 100000000 --value-size 100 --keys 10000 --write-ratio $WR $PRE | tee /tmp/prof/load.json
 if [ -n "${THREADS:-}" ]; then

@@ -281,10 +281,7 @@ impl Connection {
 
     /// Removes the request at `seq` from those in flight.
     fn take_started(&mut self, seq: u64) -> Option<InFlight> {
-        let at = match self.started.front() {
-            Some((first, _)) if *first == seq => 0,
-            _ => self.started.binary_search_by_key(&seq, |(at, _)| *at).ok()?,
-        };
+        let at = self.started.binary_search_by_key(&seq, |(at, _)| *at).ok()?;
         self.started.remove(at).map(|(_, request)| request)
     }
 
