@@ -526,6 +526,36 @@ fn the_server_opts_out_of_transparent_huge_pages() {
     assert_eq!(thp, Some("0"), "{status}");
 }
 
+// Every thread of the server runs under SCHED_BATCH (policy 3), set before the first thread starts
+// so all inherit it, and the snapshot thread keeps its lower priority (nice 10) under it.
+#[test]
+fn every_server_thread_runs_under_sched_batch() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (client, args) = single_server(&dir.path().join("data"), &[]);
+    let mut server = spawn_server(&args, &dir.path().join("log"));
+    wait_for_info(&client, "role", "leader");
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.id())).expect("proc tasks");
+    let mut threads = Vec::new();
+    for task in tasks {
+        let path = task.expect("task entry").path();
+        let sched = std::fs::read_to_string(path.join("sched")).expect("task sched");
+        let policy = sched
+            .lines()
+            .find_map(|l| l.strip_prefix("policy"))
+            .map(|v| v.trim_start_matches([' ', ':']).trim().to_string());
+        let stat = std::fs::read_to_string(path.join("stat")).expect("task stat");
+        // Fields after the parenthesised name: state is the first, nice the seventeenth.
+        let nice =
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(16).map(str::to_string));
+        threads.push((policy, nice));
+    }
+    kill(&mut server);
+    assert!(threads.len() >= 4, "{threads:?}");
+    assert!(threads.iter().all(|(policy, _)| policy.as_deref() == Some("3")), "{threads:?}");
+    assert!(threads.iter().any(|(_, nice)| nice.as_deref() == Some("10")), "{threads:?}");
+}
+
 // With the open-file limit smaller than --max-clients, the server lowers its client limit so that
 // clients cannot take the descriptors the data dir and peers need: every client gets an answer
 // (PONG, or the max-clients error), none hangs, and writes still reach the disk.
