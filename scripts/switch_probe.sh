@@ -6,15 +6,15 @@
 #
 #   scripts/switch_probe.sh BINARY WRITE_RATIO CLIENTS
 #
-# Ports 36381-37383, data under /tmp/prof/f*, 7 s of loadgen (LOADGEN as in
+# Ports 52381-53383, data under /tmp/prof/x*, 7 s of loadgen (LOADGEN as in
 # leader_cpu_probe.sh). Used for issue 12 (figures in its notes).
 BIN=$1; WR=$2; CL=$3
 . "$(dirname "$0")/probe_cluster.sh"
-probe_cluster switchtest 36380 37380 /tmp/prof/f /tmp/prof/flog "$BIN"
-LPID=$(pgrep -f "client-addr 127.0.0.1:$((36380+LEADER))")
-F=$(( LEADER % 3 + 1 )); FPID=$(pgrep -f "client-addr 127.0.0.1:$((36380+F))")
+probe_cluster switchtest 52380 53380 /tmp/prof/x /tmp/prof/xlog "$BIN"
+LPID=$(pgrep -f "client-addr 127.0.0.1:$((52380+LEADER))")
+F=$(( LEADER % 3 + 1 )); FPID=$(pgrep -f "client-addr 127.0.0.1:$((52380+F))")
 PRE=""; [ "$WR" = 0 ] && PRE=--preload
-${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen} --target resp --addr 127.0.0.1:$((36380+LEADER)) \
+${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen} --target resp --addr 127.0.0.1:$((52380+LEADER)) \
   --clients "$CL" --pipeline "${PIPE:-1}" --duration 7 --ops 100000000 --value-size 100 --keys 10000 \
   --write-ratio "$WR" $PRE > /tmp/prof/switch_load.json &
 LOAD=$!

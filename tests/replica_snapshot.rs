@@ -86,6 +86,33 @@ fn log_and_data_dir_stay_bounded_and_every_value_reads_back() {
     }
 }
 
+// The members take their first snapshots at different points of the log (ids 2, 1 and 3 at a
+// third, two thirds and all of the threshold), so they never all write images at once.
+#[test]
+fn replicas_take_their_first_snapshots_a_third_of_the_threshold_apart() {
+    let cluster = small_snapshots(3);
+    let mut conn = leader_conn(&cluster);
+    // 80 entries: past every first snapshot (here at indexes 23, 46 and 68), short of replica 2's
+    // second one (at 91).
+    write_keys(&mut conn, 0..80);
+    let mut first = std::collections::BTreeMap::new();
+    for (&id, addr) in &cluster.client_addrs {
+        let mut c = RespConn::connect(*addr, WAIT);
+        let deadline = Instant::now() + WAIT;
+        let index = loop {
+            let index = info_field(&mut c, "snapshot_index");
+            if index > 0 {
+                break index;
+            }
+            assert!(Instant::now() < deadline, "replica {id} took no snapshot");
+            std::thread::park_timeout(Duration::from_millis(10));
+        };
+        first.insert(id, index);
+    }
+    // A third of 8 KiB is some 22 of these entries.
+    assert!(first[&2] + 10 <= first[&1] && first[&1] + 10 <= first[&3], "first snapshot indexes {first:?}");
+}
+
 #[test]
 fn stopped_follower_catches_up_by_snapshot_and_restart_keeps_everything() {
     let mut cluster = small_snapshots(3);

@@ -39,6 +39,7 @@ use crate::protocol::raft::{
 };
 use crate::protocol::request::AdminRequest;
 use crate::protocol::resp::Reply;
+use crate::protocol::snapshot_schedule::SnapshotSchedule;
 use crate::protocol::snapshot_transfer::{
     AckOutcome, SendChunk, SnapshotReceiver, SnapshotSender, TickOrder, TransferConfig,
 };
@@ -328,7 +329,8 @@ pub struct Consensus {
     next_read_ctx: u64,
     /// Watches of terms below this have been abandoned.
     watch_term_floor: u64,
-    snapshot_threshold_bytes: u64,
+    /// When the next snapshot is due (staggered across the members).
+    snapshot_schedule: SnapshotSchedule,
     trim_batch_entries: u64,
     /// A snapshot is being taken.
     snapshotting: bool,
@@ -373,6 +375,7 @@ pub struct Consensus {
 impl Consensus {
     /// A consensus actor from its parts.
     pub fn new(parts: ConsensusParts) -> Consensus {
+        let snapshot_schedule = SnapshotSchedule::new(parts.snapshot_threshold_bytes, parts.core.id());
         Consensus {
             read_inbox: Arc::new(ReadInbox::default()),
             core: parts.core,
@@ -392,7 +395,7 @@ impl Consensus {
             reads: HashMap::new(),
             next_read_ctx: 1,
             watch_term_floor: 0,
-            snapshot_threshold_bytes: parts.snapshot_threshold_bytes,
+            snapshot_schedule,
             trim_batch_entries: parts.trim_batch_entries,
             snapshotting: false,
             latest_snapshot: parts.latest_snapshot,
@@ -810,7 +813,7 @@ impl Consensus {
 
     /// Once the log passes the threshold, snapshots the applied state and then compacts.
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
-        let due = self.core.log().bytes_since_snapshot() as u64 >= self.snapshot_threshold_bytes;
+        let due = self.snapshot_schedule.due(self.core.log().bytes_since_snapshot() as u64);
         if self.snapshotting || !(due || self.core.wants_fresh_snapshot()) {
             return;
         }
@@ -834,6 +837,7 @@ impl Consensus {
                     );
                 }
                 Ok(Ok(meta)) => {
+                    act.snapshot_schedule.taken();
                     act.status.metrics.snapshots_taken.inc();
                     // The image went straight to its file; a follower that falls behind it (rare)
                     // gets it loaded from there. An older one kept for a transfer is let go.

@@ -11,5 +11,6 @@ pub mod raft;
 pub mod request;
 pub mod resp;
 pub mod rng;
+pub mod snapshot_schedule;
 pub mod snapshot_transfer;
 pub mod watch;
