@@ -538,17 +538,17 @@ fn every_server_thread_runs_under_sched_batch() {
     let tasks = std::fs::read_dir(format!("/proc/{}/task", server.id())).expect("proc tasks");
     let mut threads = Vec::new();
     for task in tasks {
-        let path = task.expect("task entry").path();
-        let sched = std::fs::read_to_string(path.join("sched")).expect("task sched");
-        let policy = sched
-            .lines()
-            .find_map(|l| l.strip_prefix("policy"))
-            .map(|v| v.trim_start_matches([' ', ':']).trim().to_string());
-        let stat = std::fs::read_to_string(path.join("stat")).expect("task stat");
-        // Fields after the parenthesised name: state is the first, nice the seventeenth.
-        let nice =
-            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(16).map(str::to_string));
-        threads.push((policy, nice));
+        // A thread that ended since the listing has no stat left to read: skip it.
+        let Ok(stat) = std::fs::read_to_string(task.expect("task entry").path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised name, from the state (field 3, here 0): nice is field
+        // 19, the scheduling policy field 41.
+        let fields: Vec<String> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        threads.push((fields.get(38).cloned(), fields.get(16).cloned()));
     }
     kill(&mut server);
     assert!(threads.len() >= 4, "{threads:?}");
