@@ -147,6 +147,15 @@ fn single_server(data: &Path, extra: &[&str]) -> (String, Vec<String>) {
     (client, args)
 }
 
+/// A single-replica server with its data and log in `dir` (`extra` flags last), started and
+/// leading: its client address and its process.
+fn leading_single_server(dir: &Path, extra: &[&str]) -> (String, Child) {
+    let (client, args) = single_server(&dir.join("data"), extra);
+    let server = spawn_server(&args, &dir.join("log"));
+    wait_for_info(&client, "role", "leader");
+    (client, server)
+}
+
 /// Waits until INFO of `addr` says `field:value`.
 fn wait_for_info(addr: &str, field: &str, value: &str) {
     wait_for(&format!("{field}:{value}"), || {
@@ -487,9 +496,7 @@ fn clients_past_max_clients_are_told_so_and_idle_ones_are_closed() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let extra = ["--max-clients", "3", "--idle-timeout-secs", "2"];
-    let (client, args) = single_server(&dir.path().join("data"), &extra);
-    let mut server = spawn_server(&args, &dir.path().join("log"));
-    wait_for_info(&client, "role", "leader");
+    let (client, mut server) = leading_single_server(dir.path(), &extra);
     let mut open: Vec<_> = (0..3).map(|_| connect(&client)).collect();
     for conn in &mut open {
         assert_eq!(exchange(conn, b"PING\r\n"), "+PONG");
@@ -516,9 +523,7 @@ fn clients_past_max_clients_are_told_so_and_idle_ones_are_closed() {
 fn the_server_opts_out_of_transparent_huge_pages() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (client, args) = single_server(&dir.path().join("data"), &[]);
-    let mut server = spawn_server(&args, &dir.path().join("log"));
-    wait_for_info(&client, "role", "leader");
+    let (_, mut server) = leading_single_server(dir.path(), &[]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.id())).expect("proc status");
     let thp = status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(str::trim);
     kill(&mut server);
@@ -532,9 +537,7 @@ fn the_server_opts_out_of_transparent_huge_pages() {
 fn every_server_thread_runs_under_sched_batch() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (client, args) = single_server(&dir.path().join("data"), &[]);
-    let mut server = spawn_server(&args, &dir.path().join("log"));
-    wait_for_info(&client, "role", "leader");
+    let (_, mut server) = leading_single_server(dir.path(), &[]);
     let tasks = std::fs::read_dir(format!("/proc/{}/task", server.id())).expect("proc tasks");
     let mut threads = Vec::new();
     for task in tasks {
@@ -604,9 +607,7 @@ fn a_client_that_does_not_read_its_replies_is_closed_with_memory_bounded() {
     use std::io::{Read, Write};
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (client, args) = single_server(&dir.path().join("data"), &[]);
-    let mut server = spawn_server(&args, &dir.path().join("log"));
-    wait_for_info(&client, "role", "leader");
+    let (client, mut server) = leading_single_server(dir.path(), &[]);
     let term = info_field(&client, "term");
     let mut writer = connect(&client);
     let mut set = Vec::new();

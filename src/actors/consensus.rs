@@ -811,7 +811,8 @@ impl Consensus {
         ctx.stop();
     }
 
-    /// Once the log passes the threshold, snapshots the applied state and then compacts.
+    /// Once a snapshot is due (by the schedule, or for a follower), snapshots the applied state and
+    /// then compacts.
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
         let due = self.snapshot_schedule.due(self.core.log().bytes_since_snapshot() as u64);
         if self.snapshotting || !(due || self.core.wants_fresh_snapshot()) {

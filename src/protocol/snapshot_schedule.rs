@@ -13,7 +13,7 @@
 use super::raft::NodeId;
 
 /// Decides when the next snapshot is due, from the bytes of log since the last one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct SnapshotSchedule {
     threshold: u64,
     /// Taken off the threshold until this replica's first snapshot.
