@@ -1042,6 +1042,35 @@ fn a_read_round_asks_a_quorum_and_falls_back_to_everyone() {
     assert_eq!(asked(&out), vec![3]);
 }
 
+// A round for more than one read goes to every follower, and whichever answers first makes the
+// quorum that releases them all; a later answer confirms nothing more.
+#[test]
+fn a_read_round_for_several_reads_asks_every_follower() {
+    let (mut net, commit) = leader_with_a_commit();
+    let asked = |out: &[Message]| -> Vec<u64> {
+        let mut to: Vec<u64> = out
+            .iter()
+            .filter(|m| matches!(m.body, MessageBody::Heartbeat { read_round: 1.., .. }))
+            .map(|m| m.to)
+            .collect();
+        to.sort_unstable();
+        to
+    };
+    let released = |readies: &[quorumkv::protocol::raft::Ready]| -> Vec<(u64, u64)> {
+        readies.iter().flat_map(|r| r.read_states.iter().map(|s| (s.ctx, s.index))).collect()
+    };
+    net.node(1).read_index(1).expect("leader");
+    net.node(1).read_index(2).expect("leader");
+    let (out, _) = drain(net.node(1));
+    assert_eq!(asked(&out), vec![2, 3]);
+    answer_leader(&mut net, 3, out.clone());
+    let (_, readies) = drain(net.node(1));
+    assert_eq!(released(&readies), vec![(1, commit), (2, commit)], "follower 3 and the leader are a quorum");
+    answer_leader(&mut net, 2, out);
+    let (_, readies) = drain(net.node(1));
+    assert!(released(&readies).is_empty());
+}
+
 // A commit index alone is not broadcast: followers learn it with their next append or
 // heartbeat (at one write at a time this spares every write a round of empty appends).
 #[test]

@@ -26,8 +26,8 @@ pub struct ReadQueue {
     confirmed: VecDeque<ReadState>,
     /// The last round broadcast. Never decreases.
     round: u64,
-    /// Reads have arrived since the last broadcast: the next `Ready` starts a new round.
-    round_wanted: bool,
+    /// Reads that arrived since the last round started: if any, the next `Ready` starts one.
+    next_round_reads: usize,
     /// Ticks the round in flight has been out.
     round_ticks: u32,
 }
@@ -44,7 +44,7 @@ impl ReadQueue {
     /// Queues a read at commit index `index`, to be confirmed by the next round.
     pub fn push(&mut self, ctx: u64, index: u64) {
         self.unconfirmed.push_back(PendingRead { ctx, index, round: self.round + 1 });
-        self.round_wanted = true;
+        self.next_round_reads += 1;
     }
 
     /// The leader committed in its own term at `index`: reads held for that may get an index now.
@@ -55,19 +55,19 @@ impl ReadQueue {
     }
 
     /// If reads wait for a round and none is in flight, starts one and returns its number (to
-    /// put in heartbeats).
+    /// put in heartbeats) and how many reads it is for.
     ///
     /// One round at a time, as etcd's read loop does: reads that arrive while a round is out
     /// share the next one, so a burst of reads costs one heartbeat per follower per round trip
     /// rather than one per arrival, at the price of waiting up to two round trips instead of one.
-    pub fn start_round(&mut self) -> Option<u64> {
-        if !self.round_wanted || self.round_in_flight() {
+    pub fn start_round(&mut self) -> Option<(u64, usize)> {
+        if self.next_round_reads == 0 || self.round_in_flight() {
             return None;
         }
-        self.round_wanted = false;
+        let reads = std::mem::take(&mut self.next_round_reads);
         self.round += 1;
         self.round_ticks = 0;
-        Some(self.round)
+        Some((self.round, reads))
     }
 
     /// Called every tick: true once the round in flight ([`Self::round`]) has waited
@@ -121,7 +121,7 @@ impl ReadQueue {
 
     /// Whether `release(applied)` would return something, or a round should start.
     pub fn has_work(&self, applied: u64) -> bool {
-        (self.round_wanted && !self.round_in_flight())
+        (self.next_round_reads > 0 && !self.round_in_flight())
             || self.confirmed.front().is_some_and(|r| r.index <= applied)
     }
 
@@ -130,7 +130,7 @@ impl ReadQueue {
     /// Confirmed reads stay: leadership was proven after they arrived, so their index is still a
     /// correct lower bound and they may be served once it is applied.
     pub fn drop_unconfirmed(&mut self) -> Vec<u64> {
-        self.round_wanted = false;
+        self.next_round_reads = 0;
         let mut dropped = std::mem::take(&mut self.before_first_commit);
         dropped.extend(self.unconfirmed.drain(..).map(|r| r.ctx));
         dropped
