@@ -73,8 +73,9 @@ impl ReadQueue {
     /// Called every tick: true once the round in flight ([`Self::round`]) has waited
     /// [`ROUND_PATIENCE_TICKS`], for the caller to send it to every peer (once per round).
     ///
-    /// A round first goes only to as many followers as make a quorum; if one of them is slow or
-    /// gone, this bounds how long its reads wait (a full tick at least, whenever the round started).
+    /// A round for a single read first goes only to as many followers as make a quorum; if one
+    /// of them is slow or gone, this bounds how long its read waits (a full tick at least,
+    /// whenever the round started). A round for more reads went to every peer at the start.
     pub fn tick(&mut self) -> bool {
         if !self.round_in_flight() {
             return false;
