@@ -953,6 +953,22 @@ fn answer_leader(net: &mut Net, follower: u64, out: Vec<Message>) {
     }
 }
 
+/// The followers a read round (a heartbeat with a round number) in `out` went to, in id order.
+fn read_round_recipients(out: &[Message]) -> Vec<u64> {
+    let mut to: Vec<u64> = out
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::Heartbeat { read_round: 1.., .. }))
+        .map(|m| m.to)
+        .collect();
+    to.sort_unstable();
+    to
+}
+
+/// The reads `readies` released, as (ctx, index).
+fn released_reads(readies: &[quorumkv::protocol::raft::Ready]) -> Vec<(u64, u64)> {
+    readies.iter().flat_map(|r| r.read_states.iter().map(|s| (s.ctx, s.index))).collect()
+}
+
 // One read round at a time: reads that arrive while a round waits for its quorum share the next
 // round, which starts as soon as the first is confirmed.
 #[test]
@@ -1004,15 +1020,8 @@ fn a_read_round_asks_a_quorum_and_falls_back_to_everyone() {
         (id, RaftCore::new(config, HardState::default(), SnapshotMeta::default(), Vec::new()))
     });
     let (mut net, commit) = leader_of(Net::from_nodes(nodes.collect()));
-    let asked = |out: &[Message]| -> Vec<u64> {
-        out.iter()
-            .filter(|m| matches!(m.body, MessageBody::Heartbeat { read_round: 1.., .. }))
-            .map(|m| m.to)
-            .collect()
-    };
-    let released = |readies: &[quorumkv::protocol::raft::Ready]| -> Vec<(u64, u64)> {
-        readies.iter().flat_map(|r| r.read_states.iter().map(|s| (s.ctx, s.index))).collect()
-    };
+    let asked = read_round_recipients;
+    let released = released_reads;
     // No follower has answered a round yet: the lowest id is asked, and only it.
     net.node(1).read_index(1).expect("leader");
     let (out, _) = drain(net.node(1));
@@ -1047,18 +1056,8 @@ fn a_read_round_asks_a_quorum_and_falls_back_to_everyone() {
 #[test]
 fn a_read_round_for_several_reads_asks_every_follower() {
     let (mut net, commit) = leader_with_a_commit();
-    let asked = |out: &[Message]| -> Vec<u64> {
-        let mut to: Vec<u64> = out
-            .iter()
-            .filter(|m| matches!(m.body, MessageBody::Heartbeat { read_round: 1.., .. }))
-            .map(|m| m.to)
-            .collect();
-        to.sort_unstable();
-        to
-    };
-    let released = |readies: &[quorumkv::protocol::raft::Ready]| -> Vec<(u64, u64)> {
-        readies.iter().flat_map(|r| r.read_states.iter().map(|s| (s.ctx, s.index))).collect()
-    };
+    let asked = read_round_recipients;
+    let released = released_reads;
     net.node(1).read_index(1).expect("leader");
     net.node(1).read_index(2).expect("leader");
     let (out, _) = drain(net.node(1));
