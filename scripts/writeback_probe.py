@@ -4,7 +4,7 @@
 # written into another and fsynced, either plainly or with sync_file_range every STEP MiB
 # (start the new step, wait for everything before it), as SnapshotFileWriter does.
 #
-#   python3 scripts/writeback_probe.py plain|sfr [STEP_MIB]   (STEP_MIB defaults to 8; the server uses 4)
+#   python3 scripts/writeback_probe.py plain|sfr [STEP_MIB]   (STEP_MIB defaults to 8; the server uses 1)
 #
 # Prints the big file's write and fsync times and the fdatasync loop's p99 and worst while they
 # ran. Files go to /tmp/fsynctest. Used for issue 12 (figures in its notes and the README).

@@ -164,8 +164,11 @@ pub struct SnapshotFileWriter {
 /// writeback and waits for the step before. Left to the final fsync, a 100 MB image went to the
 /// disk in one burst, and the WAL's fdatasyncs queued behind it: a small write+fdatasync loop
 /// beside a 300 MB file written and fsynced saw a worst of 47-99 ms, against 4-9 ms when the
-/// file was pushed out every 4 MiB (three runs each on this machine's disk).
-const WRITEBACK_STEP_BYTES: u64 = 4 << 20;
+/// file was pushed out every 4 MiB (three runs each on this machine's disk). A WAL fsync still
+/// waits behind the up to two steps on their way to the disk, so the step is 1 MiB: that loop's
+/// p99 1.9-2.4 ms against 6.2-6.7 ms with 4 MiB steps, the big file written in 268-302 ms
+/// against 236-253 ms (`scripts/writeback_probe.py sfr 1` and `sfr 4`).
+const WRITEBACK_STEP_BYTES: u64 = 1 << 20;
 
 /// How much of an image is gathered before it goes to the file.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
