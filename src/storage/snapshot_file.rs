@@ -166,8 +166,9 @@ pub struct SnapshotFileWriter {
 /// beside a 300 MB file written and fsynced saw a worst of 47-99 ms, against 4-9 ms when the
 /// file was pushed out every 4 MiB (three runs each on this machine's disk). A WAL fsync still
 /// waits behind the up to two steps on their way to the disk, so the step is 1 MiB: that loop's
-/// p99 1.9-2.4 ms against 6.2-6.7 ms with 4 MiB steps, the big file written in 268-302 ms
-/// against 236-253 ms (`scripts/writeback_probe.py sfr 1` and `sfr 4`).
+/// p99 1.9-2.4 ms against 6.2-6.7 ms with 4 MiB steps (in a third 4 MiB run the big file took 2 s
+/// and the loop ran beside a trickle), the big file written in 268-302 ms against 236-253 ms
+/// (`scripts/writeback_probe.py sfr 1` and `sfr 4`).
 const WRITEBACK_STEP_BYTES: u64 = 1 << 20;
 
 /// How much of an image is gathered before it goes to the file.
