@@ -21,15 +21,13 @@ FPIDS=$(for i in 1 2 3; do [ $i != $LEADER ] && pgrep -f "client-addr 127.0.0.1:
 LG=${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen}
 PRE=""; [ "$WR" = 0 ] && PRE=--preload
 c0=$(for p in $LPID $FPIDS; do awk '{print $14+$15}' /proc/$p/stat; done | paste -sd' ')
-# Each thread of the leader: id, name, user+system ticks (the fields after the name, which may hold spaces).
-thread_ticks() { for t in /proc/$LPID/task/*; do echo "${t##*/} $(tr ' ' _ < "$t/comm") $(sed 's/.*) //' "$t/stat" | awk '{print $12+$13}')"; done | sort; }
-[ -n "${THREADS:-}" ] && { thread_ticks > /tmp/prof/threads_before; T0=$(date +%s.%N); }
+[ -n "${THREADS:-}" ] && { thread_ticks "$LPID" > /tmp/prof/threads_before; T0=$(date +%s.%N); }
 if [ -n "$PERF" ]; then PP_PID=$LPID; [ "${PERFWHO:-}" = follower ] && PP_PID=${FPIDS%%[[:space:]]*}; perf record -e cpu-clock ${PERFG:--g} -p $PP_PID -o /tmp/prof/perf.data -- sleep ${PERFSECS:-8} > /dev/null 2>&1 & PP=$!; fi
 $LG --target resp --addr 127.0.0.1:$PORT --clients $CL --pipeline ${PIPE:-1} --duration 8 --ops 100000000 --value-size 100 --keys 10000 --write-ratio $WR $PRE | tee /tmp/prof/load.json
 if [ -n "${THREADS:-}" ]; then
   OPS=$(grep -o '"ops":[0-9]*' /tmp/prof/load.json | cut -d: -f2)
   SECS=$(echo "$(date +%s.%N) - $T0" | bc)
-  thread_ticks | join /tmp/prof/threads_before - | awk -v ops="$OPS" -v secs="$SECS" \
+  thread_ticks "$LPID" | join /tmp/prof/threads_before - | awk -v ops="$OPS" -v secs="$SECS" \
     '$5 > $3 { d = $5 - $3; printf "leader thread %-8s %-18s %5d ticks, %5.1f%% of a core, %6.2f us/op\n", $1, $2, d, d / secs, d * 10000 / ops }'
 fi
 c1=$(for p in $LPID $FPIDS; do awk '{print $14+$15}' /proc/$p/stat; done | paste -sd' ')

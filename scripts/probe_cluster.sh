@@ -22,3 +22,14 @@ probe_cluster() {
     [ -n "$LEADER" ] && break; sleep 0.2
   done
 }
+
+# Each thread of process PID, sorted by id: id, name (spaces as _), user+system ticks (read from
+# the fields after the name, which may itself hold spaces).
+#
+#   thread_ticks PID
+thread_ticks() {
+  local t
+  for t in /proc/$1/task/*; do
+    echo "${t##*/} $(tr ' ' _ < "$t/comm") $(sed 's/.*) //' "$t/stat" | awk '{print $12+$13}')"
+  done | sort
+}

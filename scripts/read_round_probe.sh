@@ -17,10 +17,10 @@ $LG --target resp --addr 127.0.0.1:$PORT --clients "$CL" --duration 9 --ops 1000
   --keys 10000 --write-ratio 0 --preload > /tmp/prof/round_load.json &
 LOAD=$!
 sleep 3
-# user+system ticks of each leader thread (id_name) and of each follower process.
+# Each leader thread (id, name, ticks) and each follower process (pid, "follower", ticks).
 ticks() {
-  for t in /proc/$LPID/task/*; do echo "leader:${t##*/}:$(tr ' |' '__' < "$t/comm") $(sed 's/.*) //' "$t/stat" | awk '{print $12+$13}')"; done
-  for p in $FPIDS; do echo "follower:$p $(awk '{print $14+$15}' /proc/$p/stat)"; done
+  thread_ticks "$LPID"
+  for p in $FPIDS; do echo "$p follower $(awk '{print $14+$15}' /proc/$p/stat)"; done
 }
 ticks | sort > /tmp/prof/round_t0
 ROUNDS=$(perf stat -x, -e syscalls:sys_enter_sendto -p "${FPIDS%%[[:space:]]*}" -- sleep 4 2>&1 | cut -d, -f1)
@@ -29,5 +29,5 @@ wait $LOAD
 cat /tmp/prof/round_load.json
 echo "rounds in 4 s: $ROUNDS"
 join /tmp/prof/round_t0 /tmp/prof/round_t1 | awk -v r="$ROUNDS" \
-  '$3 > $2 { printf "%-32s %5d ticks, %6.1f us per round\n", $1, $3 - $2, ($3 - $2) * 10000 / r }'
+  '$5 > $3 { printf "%-8s %-18s %5d ticks, %6.1f us per round\n", $1, $2, $5 - $3, ($5 - $3) * 10000 / r }'
 pkill -f "cluster-name roundtest"

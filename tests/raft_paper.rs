@@ -1020,35 +1020,31 @@ fn a_read_round_asks_a_quorum_and_falls_back_to_everyone() {
         (id, RaftCore::new(config, HardState::default(), SnapshotMeta::default(), Vec::new()))
     });
     let (mut net, commit) = leader_of(Net::from_nodes(nodes.collect()));
-    let asked = read_round_recipients;
-    let released = released_reads;
     // No follower has answered a round yet: the lowest id is asked, and only it.
     net.node(1).read_index(1).expect("leader");
     let (out, _) = drain(net.node(1));
-    assert_eq!(asked(&out), vec![2]);
+    assert_eq!(read_round_recipients(&out), vec![2]);
     answer_leader(&mut net, 2, out);
     let (_, readies) = drain(net.node(1));
-    assert_eq!(released(&readies), vec![(1, commit)]);
+    assert_eq!(released_reads(&readies), vec![(1, commit)]);
     // Follower 2 answered last, so it is asked again; this time it stays silent.
     net.node(1).read_index(2).expect("leader");
     let (out, _) = drain(net.node(1));
-    assert_eq!(asked(&out), vec![2]);
+    assert_eq!(read_round_recipients(&out), vec![2]);
     let patience = quorumkv::protocol::raft::read_index::ROUND_PATIENCE_TICKS;
     let mut resent = Vec::new();
     for _ in 0..patience {
         net.node(1).tick();
         resent.extend(drain(net.node(1)).0);
     }
-    let mut to: Vec<u64> = asked(&resent);
-    to.sort_unstable();
-    assert_eq!(to, vec![2, 3], "an unanswered round goes to every peer");
+    assert_eq!(read_round_recipients(&resent), vec![2, 3], "an unanswered round goes to every peer");
     answer_leader(&mut net, 3, resent);
     let (_, readies) = drain(net.node(1));
-    assert_eq!(released(&readies), vec![(2, commit)], "follower 3 completes the quorum");
+    assert_eq!(released_reads(&readies), vec![(2, commit)], "follower 3 completes the quorum");
     // Follower 3 answered the latest round: the next round asks it.
     net.node(1).read_index(3).expect("leader");
     let (out, _) = drain(net.node(1));
-    assert_eq!(asked(&out), vec![3]);
+    assert_eq!(read_round_recipients(&out), vec![3]);
 }
 
 // A round for more than one read goes to every follower, and whichever answers first makes the
@@ -1056,18 +1052,20 @@ fn a_read_round_asks_a_quorum_and_falls_back_to_everyone() {
 #[test]
 fn a_read_round_for_several_reads_asks_every_follower() {
     let (mut net, commit) = leader_with_a_commit();
-    let asked = read_round_recipients;
-    let released = released_reads;
     net.node(1).read_index(1).expect("leader");
     net.node(1).read_index(2).expect("leader");
     let (out, _) = drain(net.node(1));
-    assert_eq!(asked(&out), vec![2, 3]);
+    assert_eq!(read_round_recipients(&out), vec![2, 3]);
     answer_leader(&mut net, 3, out.clone());
     let (_, readies) = drain(net.node(1));
-    assert_eq!(released(&readies), vec![(1, commit), (2, commit)], "follower 3 and the leader are a quorum");
+    assert_eq!(
+        released_reads(&readies),
+        vec![(1, commit), (2, commit)],
+        "follower 3 and the leader are a quorum"
+    );
     answer_leader(&mut net, 2, out);
     let (_, readies) = drain(net.node(1));
-    assert!(released(&readies).is_empty());
+    assert!(released_reads(&readies).is_empty());
 }
 
 // A commit index alone is not broadcast: followers learn it with their next append or
