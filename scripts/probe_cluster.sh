@@ -33,3 +33,21 @@ thread_ticks() {
     echo "${t##*/} $(tr ' ' _ < "$t/comm") $(sed 's/.*) //' "$t/stat" | awk '{print $12+$13}')"
   done | sort
 }
+
+# Each thread of each PID, sorted by id: id, PID:name (spaces as _), then from its schedstat the ns
+# it ran, the ns it waited runnable for a CPU, and the times it was put on a CPU.
+#
+#   thread_waits PID...
+thread_waits() {
+  local p t
+  for p in "$@"; do
+    for t in /proc/$p/task/*; do
+      echo "${t##*/} $p:$(tr ' ' _ < "$t/comm") $(cat "$t/schedstat" 2>/dev/null)"
+    done
+  done | sort
+}
+
+# The machine's CPU time by kind (user, nice, system, idle, iowait, irq, softirq, steal ticks).
+cpu_split() {
+  head -1 /proc/stat | cut -d' ' -f3-10
+}
