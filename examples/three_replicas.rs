@@ -5,6 +5,7 @@
 //! consensus actor with the library's `Waiter`, printing each outcome.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -62,9 +63,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
-    let consensus = leader.ok_or("no leader elected")?;
+    // Shared by the waiters (they run on this thread): cloning an actix address allocates.
+    let consensus = Rc::new(leader.ok_or("no leader elected")?);
     let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
-    let printer = Printer(done_tx).start().recipient();
+    let printer = Rc::new(Printer(done_tx).start().recipient());
     let timeout = Duration::from_secs(2);
     let tasks = vec![
         WaiterTask::Write {

@@ -164,6 +164,10 @@ struct ReadyReply {
 /// The actor serving one client connection.
 pub struct Connection {
     env: ConnectionEnv,
+    /// Consensus's address and this connection's own, handed to every waiter: shared, since
+    /// each clone of an actix address costs two allocations.
+    consensus: Rc<Addr<Consensus>>,
+    waiter_reply_to: Option<Rc<Recipient<WaiterDone>>>,
     reader: Option<OwnedReadHalf>,
     writer: Option<mpsc::UnboundedSender<WriteJob>>,
     /// The socket's write half, shared with the writer task (both on this thread): a burst of
@@ -256,6 +260,8 @@ impl Connection {
         let client = env.clients.register(addr_of(stream.peer_addr()), addr_of(stream.local_addr()));
         let (reader, writer_half) = stream.into_split();
         Connection {
+            consensus: Rc::new(env.consensus.clone()),
+            waiter_reply_to: None,
             env,
             reader: Some(reader),
             writer: None,
@@ -510,15 +516,10 @@ impl Connection {
             }
             _ => self.env.request_timeout,
         };
-        let waiter = Waiter::new(
-            seq,
-            task,
-            self.env.consensus.clone(),
-            ctx.address().recipient(),
-            self.env.cursors.clone(),
-        )
-        .with_read_inbox(self.env.read_inbox.clone())
-        .start();
+        let reply_to = self.waiter_reply_to.get_or_insert_with(|| Rc::new(ctx.address().recipient())).clone();
+        let waiter = Waiter::new(seq, task, self.consensus.clone(), reply_to, self.env.cursors.clone())
+            .with_read_inbox(self.env.read_inbox.clone())
+            .start();
         let Some((_, request)) = self.started.back_mut().filter(|(at, _)| *at == seq) else { return };
         let deadline = request.arrived + timeout;
         request.waiter = Some((deadline, waiter));

@@ -1,5 +1,6 @@
 //! One waiter per client request: proposes or reads, then resolves to exactly one reply.
 
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -90,10 +91,12 @@ pub enum WaiterTask {
 pub struct Waiter {
     seq: u64,
     task: Option<WaiterTask>,
-    consensus: Addr<Consensus>,
+    /// Shared with the connection's other waiters: cloning an actix address allocates.
+    consensus: Rc<Addr<Consensus>>,
     /// Where reads go to consensus, if not as a message each.
     read_inbox: Option<Arc<ReadInbox>>,
-    reply_to: Recipient<WaiterDone>,
+    /// The connection's address, shared by its waiters like `consensus`.
+    reply_to: Rc<Recipient<WaiterDone>>,
     done: bool,
     /// Bytes reserved for the reply (released by the connection once written).
     reserved: usize,
@@ -111,12 +114,13 @@ fn refusal_reply(r: Refusal) -> Reply {
 
 impl Waiter {
     /// A waiter for request `seq` of a connection, answering `reply_to` once there is an outcome
-    /// or it is sent [`DeadlinePassed`].
+    /// or it is sent [`DeadlinePassed`]; both addresses are shared with the connection's other
+    /// waiters (it runs on the connection's thread).
     pub fn new(
         seq: u64,
         task: WaiterTask,
-        consensus: Addr<Consensus>,
-        reply_to: Recipient<WaiterDone>,
+        consensus: Rc<Addr<Consensus>>,
+        reply_to: Rc<Recipient<WaiterDone>>,
         cursors: Arc<ScanCursors>,
     ) -> Waiter {
         Waiter {
