@@ -164,9 +164,11 @@ struct ReadyReply {
 /// The actor serving one client connection.
 pub struct Connection {
     env: ConnectionEnv,
-    /// Consensus's address and this connection's own, handed to every waiter: shared, since
-    /// each clone of an actix address costs two allocations.
+    /// Consensus's address, handed to every waiter: shared, since each clone of an actix
+    /// address costs two allocations.
     consensus: Rc<Addr<Consensus>>,
+    /// This connection's own address for its waiters' replies, shared likewise (made with the
+    /// first waiter).
     waiter_reply_to: Option<Rc<Recipient<WaiterDone>>>,
     reader: Option<OwnedReadHalf>,
     writer: Option<mpsc::UnboundedSender<WriteJob>>,
