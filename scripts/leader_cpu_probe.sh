@@ -37,7 +37,7 @@ if [ -n "${THREADS:-}" ]; then
 fi
 if [ -n "${WAITS:-}" ]; then
   SECS=$(echo "$(date +%s.%N) - $W0" | bc)
-  # shellcheck disable=SC2086
+  # shellcheck disable=SC2086 # FPIDS is a list
   thread_waits $LPID $FPIDS > /tmp/prof/waits_after; join /tmp/prof/waits_before /tmp/prof/waits_after | awk -v secs="$SECS" -v leader="$LPID" \
     '$7 - $3 > 1e7 { run = $7 - $3; wait = $8 - $4; n = $9 - $5; split($2, w, ":"); \
       printf "%-8s thread %-8s %-18s run %5.1f%%, waits for a CPU %5.1f%%, %7d times on a CPU, %6.1f us waited each\n", \
