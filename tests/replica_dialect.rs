@@ -553,3 +553,76 @@ fn snapshot_downloads_are_chunked_bounded_and_match_the_state() {
     let exec = call(&mut conn, &["EXEC"]);
     assert!(matches!(&exec, Reply::Error(e) if e.starts_with("EXECABORT")), "{exec:?}");
 }
+
+/// Commands the random run draws from: the whole dialect but the ones that change who is a
+/// member or end the connection (tested on their own), whatever their arguments.
+const RANDOM_COMMANDS: &str =
+    "GET SET APPEND DEL EXISTS PING ECHO INFO DBSIZE DECR DECRBY INCR INCRBY INCRBYFLOAT EXPIRE \
+     EXPIREAT EXPIRETIME PEXPIRE PEXPIREAT PEXPIRETIME PERSIST TTL PTTL TYPE TOUCH UNLINK GETDEL \
+     GETEX GETRANGE GETSET SETRANGE STRLEN MGET MSET MSETNX SETNX SETEX PSETEX RENAME RENAMENX \
+     KEYS SCAN RANDOMKEY FLUSHDB SELECT TIME MULTI EXEC DISCARD WATCH UNWATCH GETVER SETVER REQ \
+     COMMAND CONFIG HELLO RAWGET RAWPUT RAWDELETE RAWSCAN NOSUCH";
+
+/// Arguments at the edges of what the commands parse, separated by `|`: numbers around the
+/// integer limits, floats that are not finite, glob patterns, options, empty and binary strings.
+const RANDOM_WORDS: &str = "|0|1|-1|2|10|-100|9223372036854775807|-9223372036854775808|\
+     9223372036854775808|18446744073709551615|99999999999999999999999|1e308|-1e308|inf|-inf|nan|\
+     1.5|-0|0x10| 1|abc|*|?|[|[a-|\\|a*|*a*a*a*a*a*a*a*a*a*a*a*a*a*b|k1|k2|k3|k1|k2|EX|PX|EXAT|\
+     PXAT|NX|XX|GET|KEEPTTL|PERSIST|MATCH|COUNT|TYPE|string|default|write|lock|\u{0}|536870911|\
+     536870912|4294967296|1000000000000|3";
+
+#[test]
+fn random_commands_with_edge_arguments_leave_every_replica_serving_and_in_agreement() {
+    let seed = common::kv_suite::seed("random_commands");
+    let mut rng = quorumkv::protocol::rng::Rng::new(seed);
+    let cluster = TestCluster::start(3);
+    cluster.wait_for_leader(WAIT);
+    // One connection to each replica: writes sent to followers are forwarded to the leader.
+    let mut conns: Vec<RespConn> =
+        cluster.client_addrs.values().map(|&a| RespConn::connect(a, WAIT)).collect();
+    let commands_list: Vec<&str> = RANDOM_COMMANDS.split_whitespace().collect();
+    let words: Vec<&str> = RANDOM_WORDS.split('|').collect();
+    let pick = |rng: &mut quorumkv::protocol::rng::Rng, from: &[&str]| -> String {
+        from[rng.range(0, from.len() as u64) as usize].to_string()
+    };
+    let commands = if common::kv_suite::long_mode() { 50_000 } else { 3_000 };
+    let mut errors = 0;
+    for i in 0..commands {
+        let conn = rng.range(0, conns.len() as u64) as usize;
+        let command = pick(&mut rng, &commands_list);
+        // Transactions need their commands bare to get anywhere; the rest mostly name a key.
+        let bare = ["MULTI", "EXEC", "DISCARD"].contains(&command.as_str()) && rng.chance(0.8);
+        let count = if bare { 0 } else { [0, 1, 1, 2, 2, 3, 4, 5, 8][rng.range(0, 9) as usize] };
+        let mut args = vec![command];
+        for n in 0..count {
+            args.push(if n == 0 && rng.chance(0.6) {
+                pick(&mut rng, &["k1", "k2", "k3"])
+            } else if rng.chance(0.9) {
+                pick(&mut rng, &words)
+            } else {
+                (rng.next_u64() as i64).to_string()
+            });
+        }
+        let bytes: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        conns[conn].send(&bytes);
+        match conns[conn].read() {
+            Some(Reply::Error(_)) => errors += 1,
+            Some(_) => {}
+            None => panic!("seed {seed}: command {i} {args:?} got no reply"),
+        }
+    }
+    println!("random_commands: {commands} commands, {errors} answered with an error");
+    // Every replica still serves, a write from each and a read of all of them from each.
+    for (n, conn) in conns.iter_mut().enumerate() {
+        conn.call(&[b"DISCARD"]);
+        let key = format!("after-{n}");
+        assert_eq!(conn.call(&[b"SET", key.as_bytes(), b"ok"]), Reply::ok(), "seed {seed}: replica {n}");
+    }
+    for conn in &mut conns {
+        for n in 0..3 {
+            let key = format!("after-{n}");
+            assert_eq!(conn.call(&[b"GET", key.as_bytes()]), b("ok"), "seed {seed}");
+        }
+    }
+    common::kv_suite::check_replicas_agree(&cluster, seed);
+}
