@@ -188,8 +188,9 @@ fn set_aside(dir: &Path, sync: bool, path: &Path) -> std::io::Result<Option<Path
     Ok(Some(doomed))
 }
 
-/// Frees a set-aside segment's blocks a step at a time, then unlinks it.
-fn cut_and_unlink(doomed: &Path, hurry: &AtomicBool) -> std::io::Result<()> {
+/// Frees a file's blocks a step at a time, then unlinks it: a set-aside segment here, an older
+/// snapshot image in the snapshot store (whose unlink in one go stalled the WAL the same way).
+pub(crate) fn cut_and_unlink(doomed: &Path, hurry: &AtomicBool) -> std::io::Result<()> {
     let file = OpenOptions::new().write(true).open(doomed)?;
     let mut len = file.metadata()?.len();
     while len > 0 {
