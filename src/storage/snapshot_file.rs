@@ -90,7 +90,12 @@ impl SnapshotStore {
     fn remove_older(&self, meta: SnapshotMeta) -> Result<()> {
         for old in self.list()? {
             if (old.meta.index, old.meta.term) < (meta.index, meta.term) {
-                cut_and_unlink(&old.path, &AtomicBool::new(false)).map_err(io_err("remove", &old.path))?;
+                if let Err(e) = cut_and_unlink(&old.path, &AtomicBool::new(false)) {
+                    // Cutting needs the file open for writing, unlinking only the directory: a
+                    // file that cannot be cut (made read-only, say) still goes.
+                    log::warn!("snapshot: cannot cut {} down before removing it: {e}", old.path.display());
+                    fs::remove_file(&old.path).map_err(io_err("remove", &old.path))?;
+                }
             }
         }
         Ok(())
