@@ -614,14 +614,16 @@ fn random_commands_with_edge_arguments_leave_every_replica_serving_and_in_agreem
     println!("random_commands: {commands} commands, {errors} answered with an error");
     // Every replica still serves, a write from each and a read of all of them from each.
     for (n, conn) in conns.iter_mut().enumerate() {
-        conn.call(&[b"DISCARD"]);
-        let key = format!("after-{n}");
-        assert_eq!(conn.call(&[b"SET", key.as_bytes(), b"ok"]), Reply::ok(), "seed {seed}: replica {n}");
+        call(conn, &["DISCARD"]);
+        assert_eq!(
+            call(conn, &["SET", &format!("after-{n}"), "ok"]),
+            Reply::ok(),
+            "seed {seed}: replica {n}"
+        );
     }
     for conn in &mut conns {
         for n in 0..3 {
-            let key = format!("after-{n}");
-            assert_eq!(conn.call(&[b"GET", key.as_bytes()]), b("ok"), "seed {seed}");
+            assert_eq!(call(conn, &["GET", &format!("after-{n}")]), b("ok"), "seed {seed}");
         }
     }
     common::kv_suite::check_replicas_agree(&cluster, seed);
