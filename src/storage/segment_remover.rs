@@ -3,10 +3,12 @@
 //! Unlinking a 64 MiB segment frees its blocks in one go: about 15 ms on this project's ext4 VM
 //! when idle and 40-115 ms under load, measured. Done by the log's writer, that time stalled
 //! every append queued behind it; done at once on another thread, it still held up the writer's
-//! fdatasync, which waits for the journal the unlink is using (an idle test: a 200-byte
-//! write+fdatasync loop saw up to 10-13 ms during the unlink, 2-3 ms while the same file was cut
-//! 4 MiB at a time). So a segment is renamed out of the log's way, cut down in steps with a
-//! pause between them, then unlinked.
+//! fdatasync, whose small write queues at the disk behind the freed blocks' discards (the test
+//! machine's file system is mounted with `discard`, so they are sent during the unlink; remounted
+//! without it, an unlink in one go cost the fsyncs nothing: README, stop 41). An idle test: a
+//! 200-byte write+fdatasync loop saw up to 10-13 ms during the unlink, 2-3 ms while the same
+//! file was cut 4 MiB at a time. So a segment is renamed out of the log's way, cut down in steps
+//! with a pause between them, then unlinked.
 //!
 //! Order is kept: segments go oldest first, batch after batch, so the segments left on disk are
 //! always a run of consecutive ones. A segment left behind (a crash, a failed rename) is
@@ -29,7 +31,7 @@ pub(crate) const REMOVING_SUFFIX: &str = ".removing";
 /// Bytes freed per step when cutting a released segment down.
 const CUT_STEP_BYTES: u64 = 4 << 20;
 
-/// Pause between steps, so the log's writer gets the journal in between.
+/// Pause between steps, so the log's writes get the disk in between.
 const CUT_PAUSE: Duration = Duration::from_millis(5);
 
 /// What the remover's thread is asked to do.

@@ -79,11 +79,11 @@ impl SnapshotStore {
 
     /// Removes every snapshot file older than `meta`, each cut down a step at a time first.
     ///
-    /// Unlinking an image of tens of MB frees its blocks in one journal transaction, and the
-    /// WAL's fdatasyncs on the same file system wait for it: under 64 × 16 pipelined writes
-    /// nearly every write over 22 ms of a one-at-a-time probe client (20 and 25 in 40 s runs)
-    /// overlapped the ~20 ms of that unlink, on whichever replica was snapshotting; cut as the
-    /// log's released segments are, 1 and 2 were left (`PIPE=16 LINE=22 THRESH=33554432
+    /// Unlinking an image of tens of MB frees its blocks in one go, and on a file system mounted
+    /// with `discard` the WAL's fdatasyncs wait behind their discards: under 64 × 16 pipelined
+    /// writes nearly every write over 22 ms of a one-at-a-time probe client (20 and 25 in 40 s
+    /// runs) overlapped the ~20 ms of that unlink, on whichever replica was snapshotting; cut as
+    /// the log's released segments are, 1 and 2 were left (`PIPE=16 LINE=22 THRESH=33554432
     /// scripts/snapshot_window_probe.sh BIN 40`).
     /// The cut adds about 5 ms per 4 MiB to the snapshotter's turn. A crash mid-cut leaves a
     /// short older file: never loaded (only the newest is, durable by now) and removed by the
