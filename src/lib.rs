@@ -4,6 +4,7 @@
 //! - [`protocol`]: pure, deterministic logic (the Raft core, commands, codecs);
 //! - [`storage`]: bytes at rest (write-ahead log, snapshots, KV engine, state machine);
 //! - [`actors`]: concurrency and I/O (one actor per file, `replica` wires them);
+//! - [`allocator`]: the server's global allocator (mimalloc);
 //! - [`client`]: the blocking Rust client (leader discovery, retries, exactly-once writes);
 //! - [`joining`]: how a `--join` replica adds and promotes itself through that client;
 //! - [`linearizability`]: the history checker behind `quorumkv-cli check` and the fault suite.
@@ -11,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod actors;
+pub mod allocator;
 pub mod client;
 pub mod joining;
 pub mod linearizability;

@@ -13,7 +13,7 @@ use quorumkv::storage::StorageError;
 
 /// The replica's allocator (the library leaves the choice to whoever links it).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: quorumkv::allocator::Mimalloc = quorumkv::allocator::Mimalloc;
 
 /// A replica of quorumkv, the replicated key-value store.
 #[derive(Parser, Debug)]
