@@ -559,6 +559,74 @@ fn every_server_thread_runs_under_sched_batch() {
     assert!(threads.iter().any(|(_, nice)| nice.as_deref() == Some("10")), "{threads:?}");
 }
 
+/// Each thread of process `pid`: its id, name and `Cpus_allowed_list` (a thread that ended since
+/// the listing is skipped).
+fn thread_cpu_lists(pid: u32) -> Vec<(u32, String, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("proc tasks");
+    let mut threads = Vec::new();
+    for task in tasks {
+        let path = task.expect("task entry").path();
+        let (Ok(comm), Ok(status)) =
+            (std::fs::read_to_string(path.join("comm")), std::fs::read_to_string(path.join("status")))
+        else {
+            continue;
+        };
+        let tid =
+            path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).expect("a thread id");
+        let cpus =
+            status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).expect("Cpus_allowed_list");
+        threads.push((tid, comm.trim().to_string(), cpus.trim().to_string()));
+    }
+    threads
+}
+
+#[test]
+fn cpu_list_pins_the_request_path_and_leaves_snapshots_on_every_cpu() {
+    let _serial = serial();
+    let allowed = quorumkv::actors::cpu_affinity::allowed_cpus().expect("this process's CPUs");
+    let cpu = allowed.cpus().last().expect("a CPU").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (client, mut server) = leading_single_server(dir.path(), &["--cpu-list", &cpu]);
+    let set = cli(&client, &["set", "pinned", "yes"]);
+    let get = cli(&client, &["get", "pinned"]);
+    let threads = thread_cpu_lists(server.id());
+    kill(&mut server);
+    assert_eq!(stdout(&set).trim(), "OK", "{set:?}");
+    assert_eq!(stdout(&get).trim(), "\"yes\"", "{get:?}");
+    let pinned: Vec<_> = threads.iter().filter(|(_, _, cpus)| *cpus == cpu).collect();
+    // The client thread (the main one), consensus's and the log writer's.
+    assert!(pinned.iter().any(|(tid, _, _)| *tid == server.id()), "{threads:?}");
+    assert_eq!(pinned.len(), 3, "{threads:?}");
+    if allowed.cpus().len() > 1 {
+        let everywhere = allowed.to_string();
+        // The snapshotter's arbiter and the WAL zeroer keep every CPU.
+        assert!(
+            threads.iter().any(|(_, name, cpus)| name == "wal-zeroer" && *cpus == everywhere),
+            "{threads:?}"
+        );
+        let free_arbiters =
+            threads.iter().filter(|(_, name, cpus)| name.starts_with("actix") && *cpus == everywhere);
+        assert_eq!(free_arbiters.count(), 1, "{threads:?}");
+    }
+    // A list that does not parse, and a CPU this process may not use: refused before the data
+    // dir is touched.
+    let mut refused = vec![("0-x".to_string(), 1, "not a CPU number")];
+    let unavailable =
+        (0..quorumkv::actors::cpu_affinity::MAX_CPUS).find(|c| allowed.cpus().binary_search(c).is_err());
+    if let Some(c) = unavailable {
+        refused.push((c.to_string(), 2, "is not available to this process"));
+    }
+    for (list, code, says) in refused {
+        let data = dir.path().join(format!("refused-{list}"));
+        let (_, args) = single_server(&data, &["--cpu-list", &list]);
+        let out = Command::new(SERVER).args(&args).output().expect("run server");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "--cpu-list {list}: {stderr}");
+        assert!(stderr.contains(says), "--cpu-list {list}: {stderr}");
+        assert!(!data.exists(), "--cpu-list {list}: the data dir was made");
+    }
+}
+
 // With the open-file limit smaller than --max-clients, the server lowers its client limit so that
 // clients cannot take the descriptors the data dir and peers need: every client gets an answer
 // (PONG, or the max-clients error), none hangs, and writes still reach the disk.

@@ -10,6 +10,7 @@ pub mod applier;
 pub mod byte_budget;
 pub mod connection;
 pub mod consensus;
+pub mod cpu_affinity;
 pub mod disk;
 pub mod front_end;
 pub mod http;

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use super::applier::{Applier, StopApplier};
 use super::connection::ConnectionEnv;
 use super::consensus::{Consensus, ConsensusParts, StopConsensus};
+use super::cpu_affinity::{self, CpuList};
 use super::disk::{CloseDisk, DiskWriter, Persist};
 use super::front_end::{FrontEnd, StopFrontEnd};
 use super::peer_listener::{PeerListener, StopListener};
@@ -99,6 +100,9 @@ pub struct ReplicaConfig {
     /// Seed of the election-timeout draws (`None`: from the clock), so a test's printed seed
     /// replays the same elections.
     pub seed: Option<u64>,
+    /// CPUs to pin the request path to: the calling (client) thread, consensus's and the log
+    /// writer's (`None`: the kernel places them). Snapshot encoding stays unpinned.
+    pub cpu_list: Option<CpuList>,
 }
 
 impl ReplicaConfig {
@@ -133,6 +137,7 @@ impl ReplicaConfig {
             forward: true,
             unsafe_local_reads: false,
             seed: None,
+            cpu_list: None,
         }
     }
 
@@ -190,6 +195,18 @@ pub async fn bind(addr: &str) -> Result<TcpListener, ReplicaError> {
             }
             Err(e) => return Err(err(e)),
         }
+    }
+}
+
+/// Pins `arbiter`'s thread to the config's CPU list, if it has one (`what` names it in a warning).
+fn pin_arbiter(arbiter: &Arbiter, config: &ReplicaConfig, what: &'static str) {
+    if let Some(cpus) = config.cpu_list.clone() {
+        let id = config.id;
+        arbiter.spawn_fn(move || {
+            if let Err(e) = cpu_affinity::pin_current_thread(&cpus) {
+                log::warn!("replica {id}: {what} thread not pinned to CPUs {cpus}: {e}");
+            }
+        });
     }
 }
 
@@ -298,6 +315,11 @@ impl Replica {
         transport: Option<Box<dyn Transport>>,
     ) -> Result<Replica, ReplicaError> {
         let raft_config = config.raft_config()?;
+        if let Some(cpus) = &config.cpu_list {
+            // Checked before anything starts, so that pinning cannot fail halfway.
+            cpu_affinity::check_available(cpus)
+                .map_err(|e| ReplicaError::Config(format!("--cpu-list {cpus}: {e}")))?;
+        }
         let client_addr = client_listener
             .local_addr()
             .map_err(|source| ReplicaError::Bind { addr: config.client_addr.clone(), source })?;
@@ -359,6 +381,7 @@ impl Replica {
 
         let status = Arc::new(StatusBoard::new(config.id, client_addr.to_string()));
         let disk_arbiter = Arbiter::new();
+        pin_arbiter(&disk_arbiter, &config, "log writer");
         let disk = DiskWriter::start_on(&disk_arbiter.handle(), wal, data_dir, Some(status.clone()));
         if snapshot_meta != recovery.snapshot {
             // The snapshot file is newer than the log's marker (a crash between the two writes).
@@ -396,6 +419,7 @@ impl Replica {
         // work on the main runtime (parsing, replies, waiters) can never delay heartbeats,
         // elections or acknowledgements.
         let consensus_arbiter = Arbiter::new();
+        pin_arbiter(&consensus_arbiter, &config, "consensus");
         let on_consensus = consensus_arbiter.handle();
         // The TCP transport starts its links from inside consensus, so on consensus's thread.
         let transport = transport.unwrap_or_else(|| Box::new(TcpTransport::new(handshake)));
@@ -452,6 +476,17 @@ impl Replica {
                 "replica {}: --no-fsync: acknowledged writes can be lost if the machine crashes",
                 config.id
             );
+        }
+        if let Some(cpus) = &config.cpu_list {
+            // Last, so that the threads started above (the snapshotter's, the HTTP server's)
+            // do not inherit the pin.
+            match cpu_affinity::pin_current_thread(cpus) {
+                Ok(()) => log::info!(
+                    "replica {}: client, consensus and log writer threads on CPUs {cpus}",
+                    config.id
+                ),
+                Err(e) => log::warn!("replica {}: client thread not pinned to CPUs {cpus}: {e}", config.id),
+            }
         }
         Ok(Replica {
             id: config.id,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use quorumkv::actors::cpu_affinity::CpuList;
 use quorumkv::actors::replica::{Replica, ReplicaConfig, ReplicaError};
 use quorumkv::joining::{self, JoinRequest};
 use quorumkv::storage::StorageError;
@@ -76,6 +77,10 @@ struct ReplicaArgs {
     /// Serve Prometheus /metrics and /health over HTTP on HOST:PORT (`local`: client port + 2000).
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// Pin the client, consensus and log-writer threads to these CPUs, written as for
+    /// `taskset -c` (0, 0-3, 0,2); snapshots stay unpinned. Default: the kernel places them.
+    #[arg(long, value_name = "LIST")]
+    cpu_list: Option<CpuList>,
 }
 
 /// Runs this process's threads under `SCHED_BATCH`, so a thread of ours that another wakes does
@@ -271,6 +276,7 @@ fn replica_config(args: &ReplicaArgs) -> Result<ReplicaConfig, String> {
     config.idle_timeout = idle_timeout(args);
     config.forward = !args.no_forward;
     config.metrics_addr = args.metrics_addr.clone();
+    config.cpu_list = args.cpu_list.clone();
     Ok(config)
 }
 
@@ -504,8 +510,17 @@ fn parse_cli() -> Result<Cli, ExitCode> {
         }
     }
     if matches.subcommand_name() == Some("local") {
-        let single_only =
-            ["id", "client_addr", "peer_addr", "peers", "data_dir", "join", "learner", "metrics_addr"];
+        let single_only = [
+            "id",
+            "client_addr",
+            "peer_addr",
+            "peers",
+            "data_dir",
+            "join",
+            "learner",
+            "metrics_addr",
+            "cpu_list",
+        ];
         if let Some(flag) = single_only.iter().find(|id| given(&matches, id)) {
             let flag = flag.replace('_', "-");
             eprintln!(
