@@ -1,15 +1,18 @@
 //! The server's global allocator: mimalloc, called the way a C program would call it.
 //!
 //! Rust hands every allocation an alignment, and the `mimalloc` crate passes each one to
-//! `mi_malloc_aligned`. In mimalloc 3 that call is fast only for a block of at most 1 KiB whose
-//! size class has a free block at hand; otherwise it takes a generic path that, unless the size
-//! is a power of two of at most 4 KiB, over-allocates by the alignment less one byte (and so may take
-//! a block of the next size class). Under 64 reading clients that path ran 142,070 times for 20,000
-//! reads, 6 % of a whole cluster's user-space instructions (`scripts/callgrind_probe.sh BIN 0 64
-//! 20000`). A plain `mi_malloc` block is aligned to 16 bytes (every size class is a multiple of
-//! 16), or to its size below 16, as a C `malloc` must be; so an alignment of at most 16 and at
-//! most the size needs nothing more (the rule of Rust's own `System` allocator for the C
-//! library's `malloc`). Larger alignments (tokio's task cells ask for 128) keep the aligned calls.
+//! `mi_malloc_aligned`. In mimalloc 3 that call is fast only for a block of at most 1 KiB, no
+//! more aligned than it is long, whose size class has an aligned free block at hand; otherwise
+//! it takes a generic path that over-allocates by the alignment less one byte (and so may take a
+//! block of the next size class) unless the block's size is a power of two of at most 4 KiB.
+//! Under 64 reading clients that path ran 142,070 times for 20,000 reads, 6 % of a whole
+//! cluster's user-space instructions (`scripts/callgrind_probe.sh BIN 0 64 20000`). A plain
+//! `mi_malloc` block is aligned to 16 bytes, or to 8 for the 8-byte class, as a C `malloc` must
+//! be (mimalloc rounds its small size classes to 16 bytes where `max_align_t` is 16, and starts
+//! every page's blocks 16-aligned); so an alignment of at most 16 and at most the size needs
+//! nothing more (the rule of Rust's own `System` allocator for the C library's `malloc`). Larger
+//! alignments (tokio's task cells ask for 128) keep the aligned calls. mimalloc's debug
+//! "guarded" builds may drop that alignment: `libmimalloc-sys` is used without its features.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;

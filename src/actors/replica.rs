@@ -101,7 +101,9 @@ pub struct ReplicaConfig {
     /// replays the same elections.
     pub seed: Option<u64>,
     /// CPUs to pin the request path to: the calling (client) thread, consensus's and the log
-    /// writer's (`None`: the kernel places them). Snapshot encoding stays unpinned.
+    /// writer's, and threads they start later (`None`: the kernel places them). Snapshot
+    /// encoding stays unpinned. The calling thread stays pinned after the replica stops, so
+    /// give each pinned replica a thread of its own.
     pub cpu_list: Option<CpuList>,
 }
 
@@ -478,8 +480,8 @@ impl Replica {
             );
         }
         if let Some(cpus) = &config.cpu_list {
-            // Last, so that the threads started above (the snapshotter's, the HTTP server's)
-            // do not inherit the pin.
+            // Last, so that the snapshotter's thread, started above, does not inherit the pin
+            // (the metrics server's threads start once this thread polls them: they do).
             match cpu_affinity::pin_current_thread(cpus) {
                 Ok(()) => log::info!(
                     "replica {}: client, consensus and log writer threads on CPUs {cpus}",

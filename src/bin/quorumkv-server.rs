@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use quorumkv::actors::cpu_affinity::CpuList;
+use quorumkv::actors::cpu_affinity::{self, CpuList};
 use quorumkv::actors::replica::{Replica, ReplicaConfig, ReplicaError};
 use quorumkv::joining::{self, JoinRequest};
 use quorumkv::storage::StorageError;
@@ -77,8 +77,8 @@ struct ReplicaArgs {
     /// Serve Prometheus /metrics and /health over HTTP on HOST:PORT (`local`: client port + 2000).
     #[arg(long)]
     metrics_addr: Option<String>,
-    /// Pin the client, consensus and log-writer threads to these CPUs, written as for
-    /// `taskset -c` (0, 0-3, 0,2); snapshots stay unpinned. Default: the kernel places them.
+    /// Pin the client, consensus and log-writer threads to these CPUs (a list such as 0, 0-3 or
+    /// 0,2); snapshot encoding stays unpinned. Default: the kernel places them.
     #[arg(long, value_name = "LIST")]
     cpu_list: Option<CpuList>,
 }
@@ -556,6 +556,13 @@ fn main() -> ExitCode {
         }
         Some(Command::Restore { .. }) => return ExitCode::from(1),
         None => {
+            if let Some(cpus) = &cli.replica.cpu_list {
+                // Checked before a --join asks the cluster to add this member.
+                if let Err(e) = cpu_affinity::check_available(cpus) {
+                    eprintln!("quorumkv-server: --cpu-list {cpus}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             let config = replica_config(&cli.replica).and_then(|mut c| {
                 join = prepare_join(&cli.replica, &mut c)?.map(|r| (r, cli.replica.learner));
                 Ok(c)
