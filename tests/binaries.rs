@@ -591,8 +591,8 @@ fn cpu_list_pins_the_request_path_and_leaves_snapshots_on_every_cpu() {
     let get = cli(&client, &["get", "pinned"]);
     let threads = thread_cpu_lists(server.id());
     kill(&mut server);
-    assert_eq!(stdout(&set).trim(), "OK", "{set:?}");
-    assert_eq!(stdout(&get).trim(), "\"yes\"", "{get:?}");
+    assert_eq!(stdout(&set), "OK", "{set:?}");
+    assert_eq!(stdout(&get), "\"yes\"", "{get:?}");
     let pinned: Vec<_> = threads.iter().filter(|(_, _, cpus)| *cpus == cpu).collect();
     // The client thread (the main one) is pinned.
     assert!(pinned.iter().any(|(tid, _, _)| *tid == server.id()), "{threads:?}");

@@ -143,6 +143,16 @@ impl ReplicaConfig {
         }
     }
 
+    /// Checks that every CPU of `cpu_list` is one this process may use, so that pinning cannot
+    /// fail halfway through a start (or after a `--join` has asked the cluster for anything).
+    pub fn check_cpu_list(&self) -> Result<(), ReplicaError> {
+        match &self.cpu_list {
+            Some(cpus) => cpu_affinity::check_available(cpus)
+                .map_err(|e| ReplicaError::Config(format!("--cpu-list {cpus}: {e}"))),
+            None => Ok(()),
+        }
+    }
+
     fn raft_config(&self) -> Result<Config, ReplicaError> {
         let tick = self.tick_ms.max(1);
         let mut config = Config::new(self.id, self.peers.keys().copied().collect());
@@ -317,11 +327,7 @@ impl Replica {
         transport: Option<Box<dyn Transport>>,
     ) -> Result<Replica, ReplicaError> {
         let raft_config = config.raft_config()?;
-        if let Some(cpus) = &config.cpu_list {
-            // Checked before anything starts, so that pinning cannot fail halfway.
-            cpu_affinity::check_available(cpus)
-                .map_err(|e| ReplicaError::Config(format!("--cpu-list {cpus}: {e}")))?;
-        }
+        config.check_cpu_list()?;
         let client_addr = client_listener
             .local_addr()
             .map_err(|source| ReplicaError::Bind { addr: config.client_addr.clone(), source })?;

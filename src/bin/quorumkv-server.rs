@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use quorumkv::actors::cpu_affinity::{self, CpuList};
+use quorumkv::actors::cpu_affinity::CpuList;
 use quorumkv::actors::replica::{Replica, ReplicaConfig, ReplicaError};
 use quorumkv::joining::{self, JoinRequest};
 use quorumkv::storage::StorageError;
@@ -556,14 +556,13 @@ fn main() -> ExitCode {
         }
         Some(Command::Restore { .. }) => return ExitCode::from(1),
         None => {
-            if let Some(cpus) = &cli.replica.cpu_list {
-                // Checked before a --join asks the cluster to add this member.
-                if let Err(e) = cpu_affinity::check_available(cpus) {
-                    eprintln!("quorumkv-server: --cpu-list {cpus}: {e}");
-                    return ExitCode::from(2);
-                }
+            let config = replica_config(&cli.replica);
+            // Before a --join asks the cluster to add this member.
+            if let Some(Err(e)) = config.as_ref().ok().map(ReplicaConfig::check_cpu_list) {
+                eprintln!("quorumkv-server: {e}");
+                return exit_code(&e);
             }
-            let config = replica_config(&cli.replica).and_then(|mut c| {
+            let config = config.and_then(|mut c| {
                 join = prepare_join(&cli.replica, &mut c)?.map(|r| (r, cli.replica.learner));
                 Ok(c)
             });
