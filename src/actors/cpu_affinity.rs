@@ -11,8 +11,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Largest CPU number a list may name, plus one (the kernel's `CPU_SETSIZE`).
-pub const MAX_CPUS: usize = 1024;
+/// Largest CPU number a list may name, plus one (far above glibc's `CPU_SETSIZE` of 1,024:
+/// the masks here are sized to the kernel's CPU count, so large machines work too).
+pub const MAX_CPUS: usize = 1 << 16;
+
+/// Bits in one word of a CPU mask as the kernel reads and writes it.
+const WORD_BITS: usize = u64::BITS as usize;
 
 /// A set of CPUs, written as a list of numbers and ranges: `0`, `0-3`, `0,2,4-5` (the form
 /// `taskset -c` and `/proc` use, without strides).
@@ -57,7 +61,7 @@ fn cpu_number(text: &str) -> Result<usize, String> {
     // All digits: a number too long for usize is beyond the largest CPU too.
     let n = text.parse::<usize>().unwrap_or(usize::MAX);
     if n >= MAX_CPUS {
-        return Err(format!("CPU {text} is beyond the largest this system can name ({})", MAX_CPUS - 1));
+        return Err(format!("CPU {text} is beyond the largest CPU number taken ({})", MAX_CPUS - 1));
     }
     Ok(n)
 }
@@ -82,30 +86,73 @@ impl fmt::Display for CpuList {
 /// The CPUs this thread may run on now (inherited by the threads it starts).
 #[cfg(target_os = "linux")]
 pub fn allowed_cpus() -> std::io::Result<CpuList> {
-    // SAFETY: `set` is a plain bit set the kernel fills; its size is passed along.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Err(std::io::Error::last_os_error());
+    let words = read_mask(|words| {
+        let bytes = std::mem::size_of_val(words);
+        // SAFETY: the kernel writes at most `bytes` bytes into `words`, which holds that many.
+        let rc = unsafe { libc::sched_getaffinity(0, bytes, words.as_mut_ptr().cast::<libc::cpu_set_t>()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
         }
-        Ok(CpuList((0..MAX_CPUS).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()))
+    })?;
+    Ok(CpuList(cpus_in_mask(&words)))
+}
+
+/// Reads a CPU mask with `get`, which fails with EINVAL while the buffer is shorter than the
+/// kernel's CPU count: from glibc's 1,024 CPUs, doubled up to [`MAX_CPUS`].
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn read_mask(mut get: impl FnMut(&mut [u64]) -> std::io::Result<()>) -> std::io::Result<Vec<u64>> {
+    let mut words = vec![0u64; 1024 / WORD_BITS];
+    loop {
+        match get(&mut words) {
+            Ok(()) => return Ok(words),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && words.len() * WORD_BITS < MAX_CPUS => {
+                words = vec![0; words.len() * 2];
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
 /// Restricts the calling thread to `cpus` (threads it starts afterwards inherit it).
 #[cfg(target_os = "linux")]
 pub fn pin_current_thread(cpus: &CpuList) -> std::io::Result<()> {
-    // SAFETY: as in `allowed_cpus`; every CPU number is below the set's size (`CpuList` checks).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &cpu in cpus.cpus() {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    // A mask just long enough for the largest CPU: the kernel takes the bits it lacks as 0.
+    let words = mask_of(cpus);
+    let bytes = words.len() * std::mem::size_of::<u64>();
+    // SAFETY: the kernel reads at most `bytes` bytes from `words`, which holds that many.
+    if unsafe { libc::sched_setaffinity(0, bytes, words.as_ptr().cast::<libc::cpu_set_t>()) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The CPUs whose bits are set in `words`, the kernel's layout: bit `n % 64` of word `n / 64`
+/// is CPU `n` (the kernel's array of `unsigned long` has the same bits on any 64-bit or
+/// little-endian target).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn cpus_in_mask(words: &[u64]) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for (w, &word) in words.iter().enumerate() {
+        for bit in 0..WORD_BITS {
+            if word & (1 << bit) != 0 {
+                cpus.push(w * WORD_BITS + bit);
+            }
+        }
+    }
+    cpus
+}
+
+/// The mask of `cpus` in the kernel's layout (see [`cpus_in_mask`]), at least one word.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn mask_of(cpus: &CpuList) -> Vec<u64> {
+    let len = cpus.cpus().last().map_or(1, |&last| last / WORD_BITS + 1);
+    let mut words = vec![0u64; len];
+    for &cpu in cpus.cpus() {
+        words[cpu / WORD_BITS] |= 1 << (cpu % WORD_BITS);
+    }
+    words
 }
 
 /// The CPUs this thread may run on (elsewhere than Linux: unknown).
@@ -141,13 +188,14 @@ mod tests {
 
     #[test]
     fn lists_parse_as_taskset_writes_them() {
-        let cases: [(&str, &[usize]); 6] = [
+        let cases: [(&str, &[usize]); 7] = [
             ("0", &[0]),
             ("3-5", &[3, 4, 5]),
             ("0,2,4-5", &[0, 2, 4, 5]),
             ("5,1-2,2", &[1, 2, 5]),
             (" 7 , 1 ", &[1, 7]),
             ("1023", &[1023]),
+            ("1024-1025", &[1024, 1025]),
         ];
         for (text, cpus) in cases {
             assert_eq!(list(text).as_deref(), Ok(cpus), "{text:?}");
@@ -165,7 +213,7 @@ mod tests {
             ("0-10:2", "not a CPU number"),
             ("99999999999999999999999", "beyond the largest"),
             ("3-1", "runs backwards"),
-            ("1024", "beyond the largest"),
+            ("65536", "beyond the largest"),
             ("0-99999", "beyond the largest"),
         ] {
             let err = list(text).expect_err(text);
@@ -180,6 +228,53 @@ mod tests {
             assert_eq!(parsed.to_string(), printed);
             assert_eq!(printed.parse::<CpuList>().as_ref(), Ok(&parsed));
         }
+    }
+
+    #[test]
+    fn masks_have_the_kernels_layout_past_glibcs_1024_cpus() {
+        let cpus: CpuList = "0,63-64,1500".parse().expect("a CPU list");
+        let words = mask_of(&cpus);
+        assert_eq!(words.len(), 1500 / 64 + 1);
+        assert_eq!(words[0], 1 | 1 << 63);
+        assert_eq!(words[1], 1);
+        assert_eq!(words[1500 / 64], 1 << (1500 % 64));
+        assert_eq!(cpus_in_mask(&words), cpus.cpus());
+        assert_eq!(mask_of(&CpuList(Vec::new())), vec![0]);
+    }
+
+    #[test]
+    fn a_mask_is_read_into_a_buffer_doubled_until_the_kernel_takes_it() {
+        let einval = || std::io::Error::from_raw_os_error(libc::EINVAL);
+        // A kernel counting 3,000 CPUs: 1,024 and 2,048 bits are refused, 4,096 taken.
+        let mut lengths = Vec::new();
+        let words = read_mask(|words| {
+            lengths.push(words.len() * WORD_BITS);
+            if words.len() * WORD_BITS < 3000 {
+                return Err(einval());
+            }
+            words[3000 / WORD_BITS] = 1 << (3000 % WORD_BITS);
+            Ok(())
+        })
+        .expect("read at 4,096 bits");
+        assert_eq!(lengths, [1024, 2048, 4096]);
+        assert_eq!(cpus_in_mask(&words), [3000]);
+        // One that refuses every size: the reading stops at MAX_CPUS with the kernel's error.
+        let mut tries = 0;
+        let err = read_mask(|_| {
+            tries += 1;
+            Err(einval())
+        })
+        .expect_err("never taken");
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(tries, (MAX_CPUS / 1024).trailing_zeros() + 1);
+        // Any other error is returned at once.
+        let mut tries = 0;
+        let err = read_mask(|_| {
+            tries += 1;
+            Err(std::io::Error::from_raw_os_error(libc::EPERM))
+        })
+        .expect_err("refused");
+        assert_eq!((err.raw_os_error(), tries), (Some(libc::EPERM), 1));
     }
 
     #[cfg(target_os = "linux")]
@@ -197,8 +292,10 @@ mod tests {
         .join()
         .expect("the pinned thread");
         assert_eq!(seen.cpus(), &[last]);
-        let missing = (0..MAX_CPUS).find(|cpu| allowed.cpus().binary_search(cpu).is_err());
-        if let Some(cpu) = missing {
+        // The first CPU it may not use, and one past glibc's 1,024 that it may not use either.
+        let first_missing = (0..MAX_CPUS).find(|cpu| allowed.cpus().binary_search(cpu).is_err());
+        let far = (5000..MAX_CPUS).find(|cpu| allowed.cpus().binary_search(cpu).is_err());
+        for cpu in first_missing.into_iter().chain(far) {
             let err = check_available(&cpu.to_string().parse().expect("a CPU number")).expect_err("refused");
             assert!(err.contains(&format!("CPU {cpu} is not available")), "{err}");
         }
