@@ -11,12 +11,15 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Largest CPU number a list may name, plus one (far above glibc's `CPU_SETSIZE` of 1,024:
-/// the masks here are sized to the kernel's CPU count, so large machines work too).
+/// Largest CPU number a list may name, plus one (far above glibc's `CPU_SETSIZE` of 1,024: the
+/// masks here are as long as the kernel's count of possible CPUs needs, so large machines work).
 pub const MAX_CPUS: usize = 1 << 16;
 
-/// Bits in one word of a CPU mask as the kernel reads and writes it.
-const WORD_BITS: usize = u64::BITS as usize;
+/// One word of a CPU mask: the kernel's is an array of `unsigned long`.
+type MaskWord = libc::c_ulong;
+
+/// Bits in one [`MaskWord`].
+const WORD_BITS: usize = MaskWord::BITS as usize;
 
 /// A set of CPUs, written as a list of numbers and ranges: `0`, `0-3`, `0,2,4-5` (the form
 /// `taskset -c` and `/proc` use, without strides).
@@ -61,7 +64,7 @@ fn cpu_number(text: &str) -> Result<usize, String> {
     // All digits: a number too long for usize is beyond the largest CPU too.
     let n = text.parse::<usize>().unwrap_or(usize::MAX);
     if n >= MAX_CPUS {
-        return Err(format!("CPU {text} is beyond the largest CPU number taken ({})", MAX_CPUS - 1));
+        return Err(format!("CPU {text} is beyond the largest CPU number accepted ({})", MAX_CPUS - 1));
     }
     Ok(n)
 }
@@ -88,7 +91,8 @@ impl fmt::Display for CpuList {
 pub fn allowed_cpus() -> std::io::Result<CpuList> {
     let words = read_mask(|words| {
         let bytes = std::mem::size_of_val(words);
-        // SAFETY: the kernel writes at most `bytes` bytes into `words`, which holds that many.
+        // SAFETY: the kernel, and the C library zeroing what the kernel left, write at most
+        // `bytes` bytes into `words`, which holds that many.
         let rc = unsafe { libc::sched_getaffinity(0, bytes, words.as_mut_ptr().cast::<libc::cpu_set_t>()) };
         if rc == 0 {
             Ok(())
@@ -99,11 +103,11 @@ pub fn allowed_cpus() -> std::io::Result<CpuList> {
     Ok(CpuList(cpus_in_mask(&words)))
 }
 
-/// Reads a CPU mask with `get`, which fails with EINVAL while the buffer is shorter than the
-/// kernel's CPU count: from glibc's 1,024 CPUs, doubled up to [`MAX_CPUS`].
+/// Reads a CPU mask with `get`, which fails with EINVAL while the buffer has fewer bits than the
+/// kernel has possible CPUs: from glibc's 1,024 bits, doubled up to [`MAX_CPUS`].
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn read_mask(mut get: impl FnMut(&mut [u64]) -> std::io::Result<()>) -> std::io::Result<Vec<u64>> {
-    let mut words = vec![0u64; 1024 / WORD_BITS];
+fn read_mask(mut get: impl FnMut(&mut [MaskWord]) -> std::io::Result<()>) -> std::io::Result<Vec<MaskWord>> {
+    let mut words: Vec<MaskWord> = vec![0; 1024 / WORD_BITS];
     loop {
         match get(&mut words) {
             Ok(()) => return Ok(words),
@@ -116,11 +120,14 @@ fn read_mask(mut get: impl FnMut(&mut [u64]) -> std::io::Result<()>) -> std::io:
 }
 
 /// Restricts the calling thread to `cpus` (threads it starts afterwards inherit it).
+///
+/// A CPU beyond the kernel's possible CPUs is dropped without an error (the kernel reads no
+/// further), so check the list with [`check_available`] first, as a replica's start does.
 #[cfg(target_os = "linux")]
 pub fn pin_current_thread(cpus: &CpuList) -> std::io::Result<()> {
     // A mask just long enough for the largest CPU: the kernel takes the bits it lacks as 0.
     let words = mask_of(cpus);
-    let bytes = words.len() * std::mem::size_of::<u64>();
+    let bytes = std::mem::size_of_val(words.as_slice());
     // SAFETY: the kernel reads at most `bytes` bytes from `words`, which holds that many.
     if unsafe { libc::sched_setaffinity(0, bytes, words.as_ptr().cast::<libc::cpu_set_t>()) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -128,11 +135,10 @@ pub fn pin_current_thread(cpus: &CpuList) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The CPUs whose bits are set in `words`, the kernel's layout: bit `n % 64` of word `n / 64`
-/// is CPU `n` (the kernel's array of `unsigned long` has the same bits on any 64-bit or
-/// little-endian target).
+/// The CPUs whose bits are set in `words`, the kernel's layout: bit `n % WORD_BITS` of word
+/// `n / WORD_BITS` is CPU `n`.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn cpus_in_mask(words: &[u64]) -> Vec<usize> {
+fn cpus_in_mask(words: &[MaskWord]) -> Vec<usize> {
     let mut cpus = Vec::new();
     for (w, &word) in words.iter().enumerate() {
         for bit in 0..WORD_BITS {
@@ -146,9 +152,9 @@ fn cpus_in_mask(words: &[u64]) -> Vec<usize> {
 
 /// The mask of `cpus` in the kernel's layout (see [`cpus_in_mask`]), at least one word.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn mask_of(cpus: &CpuList) -> Vec<u64> {
+fn mask_of(cpus: &CpuList) -> Vec<MaskWord> {
     let len = cpus.cpus().last().map_or(1, |&last| last / WORD_BITS + 1);
-    let mut words = vec![0u64; len];
+    let mut words: Vec<MaskWord> = vec![0; len];
     for &cpu in cpus.cpus() {
         words[cpu / WORD_BITS] |= 1 << (cpu % WORD_BITS);
     }
@@ -232,12 +238,13 @@ mod tests {
 
     #[test]
     fn masks_have_the_kernels_layout_past_glibcs_1024_cpus() {
-        let cpus: CpuList = "0,63-64,1500".parse().expect("a CPU list");
+        let last_bit = WORD_BITS - 1;
+        let cpus: CpuList = format!("0,{last_bit}-{WORD_BITS},1500").parse().expect("a CPU list");
         let words = mask_of(&cpus);
-        assert_eq!(words.len(), 1500 / 64 + 1);
-        assert_eq!(words[0], 1 | 1 << 63);
+        assert_eq!(words.len(), 1500 / WORD_BITS + 1);
+        assert_eq!(words[0], 1 | 1 << last_bit);
         assert_eq!(words[1], 1);
-        assert_eq!(words[1500 / 64], 1 << (1500 % 64));
+        assert_eq!(words[1500 / WORD_BITS], 1 << (1500 % WORD_BITS));
         assert_eq!(cpus_in_mask(&words), cpus.cpus());
         assert_eq!(mask_of(&CpuList(Vec::new())), vec![0]);
     }
