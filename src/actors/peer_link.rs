@@ -197,6 +197,12 @@ impl PeerLink {
                 tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), TcpStream::connect(&addr))
                     .await
                     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+            if connected_to_itself(&stream)? {
+                // Dropped here, so the port is free again for the peer's restart.
+                return Err(std::io::Error::other(
+                    "connected to itself: the peer's port is free on this host",
+                ));
+            }
             stream.set_nodelay(true)?;
             Ok::<TcpStream, std::io::Error>(stream)
         };
@@ -230,6 +236,13 @@ impl PeerLink {
         self.backoff_ms = (self.backoff_ms * 2).min(RECONNECT_MAX_MS);
         ctx.run_later(delay, |act, ctx| act.connect(ctx));
     }
+}
+
+/// Whether `stream` is connected to itself: dialling a free port of this host, the kernel may
+/// pick that same port as the local one, and the two ends meet (TCP's simultaneous open). Such
+/// a link would write into its own buffers and hold the port the peer needs to restart.
+fn connected_to_itself(stream: &TcpStream) -> std::io::Result<bool> {
+    Ok(stream.local_addr()? == stream.peer_addr()?)
 }
 
 /// Runs [`write_queued`] and tells the link when the connection ends.
@@ -386,5 +399,22 @@ mod tests {
         out.disconnect();
         assert!(!out.stage(&ack(5)), "a link with no connection drops what it is given");
         assert!(writer.await.expect("join").is_ok(), "the queue closed with the connection");
+    }
+
+    #[tokio::test]
+    async fn a_connection_to_itself_is_told_from_one_to_a_listener() {
+        // Bound to a free port and dialling that same address: the kernel's simultaneous open
+        // joins the socket to itself, as a link's dial of a down peer on this host may.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let own = socket.local_addr().expect("address");
+        let looped = socket.connect(own).await.expect("connected to itself");
+        assert!(connected_to_itself(&looped).expect("addresses"));
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("listen");
+        let addr = listener.local_addr().expect("address");
+        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (ours, _theirs) = (ours.expect("connect"), theirs.expect("accept"));
+        assert!(!connected_to_itself(&ours).expect("addresses"));
     }
 }
