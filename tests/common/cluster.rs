@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use quorumkv::actors::replica::{bind, Replica, ReplicaConfig};
+use quorumkv::actors::replica::{Replica, ReplicaConfig};
 use quorumkv::actors::sim_network::{SimFaults, SimNetwork};
 use quorumkv::actors::status::StatusBoard;
 use quorumkv::actors::transport::Transport;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 
 enum Command {
@@ -205,10 +206,15 @@ async fn run(
     ready: std_mpsc::Sender<Ready>,
 ) {
     // Bind every listener first so each member's config can list the others' peer addresses.
+    // Each port is also held, for the cluster's life, by a bound socket that never listens.
     let mut listeners = BTreeMap::new();
+    let mut held_ports = Vec::new();
     for id in 1..=n + spares {
-        let client = bind("127.0.0.1:0").await.expect("bind client");
-        let peer = bind("127.0.0.1:0").await.expect("bind peer");
+        let (client_holder, client_addr) = hold_port().expect("hold a client port");
+        let (peer_holder, peer_addr) = hold_port().expect("hold a peer port");
+        held_ports.extend([client_holder, peer_holder]);
+        let client = listen_on(client_addr).expect("listen for clients");
+        let peer = listen_on(peer_addr).expect("listen for peers");
         listeners.insert(id, (client, peer));
     }
     let all_peers: BTreeMap<u64, String> =
@@ -255,8 +261,9 @@ async fn run(
             Command::Start(id, done) => {
                 let config = configs[&id].clone();
                 let result = async {
-                    let client = bind(&config.client_addr).await.map_err(|e| e.to_string())?;
-                    let peer = bind(&config.peer_addr).await.map_err(|e| e.to_string())?;
+                    let parse = |a: &str| a.parse::<SocketAddr>().map_err(|e| e.to_string());
+                    let client = listen_on(parse(&config.client_addr)?).map_err(|e| e.to_string())?;
+                    let peer = listen_on(parse(&config.peer_addr)?).map_err(|e| e.to_string())?;
                     Replica::start_with(config, client, peer, transport(&network, id))
                         .await
                         .map_err(|e| e.to_string())
@@ -278,5 +285,32 @@ async fn run(
             }
         }
     }
+    drop(held_ports);
     actix_rt::System::current().stop();
+}
+
+/// A socket bound to a free port of 127.0.0.1 that never listens, and that address.
+///
+/// A stopped member's ports would otherwise be free until it restarts on them, and any socket
+/// of the machine could take one meanwhile: another test's connection, given it as its local
+/// port, or a peer link's own retry, connected to itself (its local port the one it dials).
+/// The restart then found its address in use. A port with a socket bound to it by address is
+/// never handed out for an unbound socket or a connection; with `SO_REUSEPORT` on both, the
+/// member's listeners bind it as well.
+fn hold_port() -> std::io::Result<(TcpSocket, SocketAddr)> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let addr = socket.local_addr()?;
+    Ok((socket, addr))
+}
+
+/// A listener on `addr`, a port [`hold_port`] holds.
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
