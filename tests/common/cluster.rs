@@ -262,8 +262,8 @@ async fn run(
                 let config = configs[&id].clone();
                 let result = async {
                     let parse = |a: &str| a.parse::<SocketAddr>().map_err(|e| e.to_string());
-                    let client = listen_on(parse(&config.client_addr)?).map_err(|e| e.to_string())?;
-                    let peer = listen_on(parse(&config.peer_addr)?).map_err(|e| e.to_string())?;
+                    let client = relisten_on(parse(&config.client_addr)?).await.map_err(|e| e.to_string())?;
+                    let peer = relisten_on(parse(&config.peer_addr)?).await.map_err(|e| e.to_string())?;
                     Replica::start_with(config, client, peer, transport(&network, id))
                         .await
                         .map_err(|e| e.to_string())
@@ -295,12 +295,11 @@ async fn run(
 /// of the machine could take one meanwhile: another test's connection, given it as its local
 /// port, or a peer link's own retry, connected to itself (its local port the one it dials).
 /// The restart then found its address in use. A port with a socket bound to it by address is
-/// never handed out for an unbound socket or a connection; with `SO_REUSEPORT` on both, the
-/// member's listeners bind it as well.
+/// never handed out for an unbound socket or a connection, and with `SO_REUSEADDR` on both, a
+/// listener binds it beside this socket, though not beside another listener.
 fn hold_port() -> std::io::Result<(TcpSocket, SocketAddr)> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
     socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let addr = socket.local_addr()?;
     Ok((socket, addr))
@@ -310,7 +309,20 @@ fn hold_port() -> std::io::Result<(TcpSocket, SocketAddr)> {
 fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+/// [`listen_on`] for a restart: the stopped member's own listener may still be closing (the
+/// only other listener the held port can have), so an address in use is tried again for 3 s.
+async fn relisten_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match listen_on(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
 }
