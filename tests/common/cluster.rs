@@ -291,12 +291,13 @@ async fn run(
 
 /// A socket bound to a free port of 127.0.0.1 that never listens, and that address.
 ///
-/// A stopped member's ports would otherwise be free until it restarts on them, and any socket
-/// of the machine could take one meanwhile: another test's connection, given it as its local
-/// port, or a peer link's own retry, connected to itself (its local port the one it dials).
-/// The restart then found its address in use. A port with a socket bound to it by address is
-/// never handed out for an unbound socket or a connection, and with `SO_REUSEADDR` on both, a
-/// listener binds it beside this socket, though not beside another listener.
+/// A stopped member's ports would otherwise be free until it restarts on them, and another
+/// socket could take one meanwhile: most likely another test's cluster binding port 0 (the
+/// kernel gives those odd ports, as 44641, the one a CI run's restart found in use), or a
+/// connection given it as its local port (a peer link's own retry then connects to itself).
+/// The kernel hands a port that a socket holds by `bind` neither to a connection nor to a bind
+/// of port 0 on this address, and with `SO_REUSEADDR` on both, a member's listener binds it
+/// beside this socket, though not beside another listener.
 fn hold_port() -> std::io::Result<(TcpSocket, SocketAddr)> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
