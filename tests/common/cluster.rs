@@ -315,13 +315,14 @@ fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// [`listen_on`] for a restart: the stopped member's own listener may still be closing (the
-/// only other listener the held port can have), so an address in use is tried again for 3 s.
+/// only other listener the held port can have; its actor drops it when this runtime next polls
+/// it), so an address in use is tried again, after the runtime's other work, for up to 3 s.
 async fn relisten_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         match listen_on(addr) {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::task::yield_now().await;
             }
             other => return other,
         }
