@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use quorumkv::actors::replica::{Replica, ReplicaConfig};
+use quorumkv::actors::replica::{bind, Replica, ReplicaConfig};
 use quorumkv::actors::sim_network::{SimFaults, SimNetwork};
 use quorumkv::actors::status::StatusBoard;
 use quorumkv::actors::transport::Transport;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
 
 enum Command {
@@ -213,8 +213,8 @@ async fn run(
         let (client_holder, client_addr) = hold_port().expect("hold a client port");
         let (peer_holder, peer_addr) = hold_port().expect("hold a peer port");
         held_ports.extend([client_holder, peer_holder]);
-        let client = listen_on(client_addr).expect("listen for clients");
-        let peer = listen_on(peer_addr).expect("listen for peers");
+        let client = bind(&client_addr.to_string()).await.expect("listen for clients");
+        let peer = bind(&peer_addr.to_string()).await.expect("listen for peers");
         listeners.insert(id, (client, peer));
     }
     let all_peers: BTreeMap<u64, String> =
@@ -261,9 +261,8 @@ async fn run(
             Command::Start(id, done) => {
                 let config = configs[&id].clone();
                 let result = async {
-                    let parse = |a: &str| a.parse::<SocketAddr>().map_err(|e| e.to_string());
-                    let client = relisten_on(parse(&config.client_addr)?).await.map_err(|e| e.to_string())?;
-                    let peer = relisten_on(parse(&config.peer_addr)?).await.map_err(|e| e.to_string())?;
+                    let client = bind(&config.client_addr).await.map_err(|e| e.to_string())?;
+                    let peer = bind(&config.peer_addr).await.map_err(|e| e.to_string())?;
                     Replica::start_with(config, client, peer, transport(&network, id))
                         .await
                         .map_err(|e| e.to_string())
@@ -296,35 +295,13 @@ async fn run(
 /// kernel gives those odd ports, as 44641, the one a CI run's restart found in use), or a
 /// connection given it as its local port (a peer link's own retry then connects to itself).
 /// The kernel hands a port that a socket holds by `bind` neither to a connection nor to a bind
-/// of port 0 on this address, and with `SO_REUSEADDR` on both, a member's listener binds it
-/// beside this socket, though not beside another listener.
+/// of port 0 on this address, and with `SO_REUSEADDR` on both, a member's listener (the
+/// replica's own `bind`) binds it beside this socket, though not beside another listener: a
+/// restart waits, as that `bind` does, while the member's old listener is still closing.
 fn hold_port() -> std::io::Result<(TcpSocket, SocketAddr)> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let addr = socket.local_addr()?;
     Ok((socket, addr))
-}
-
-/// A listener on `addr`, a port [`hold_port`] holds.
-fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
-/// [`listen_on`] for a restart: the stopped member's own listener may still be closing (the
-/// only other listener the held port can have; its actor drops it when this runtime next polls
-/// it), so an address in use is tried again, after the runtime's other work, for up to 3 s.
-async fn relisten_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        match listen_on(addr) {
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
-                tokio::task::yield_now().await;
-            }
-            other => return other,
-        }
-    }
 }
