@@ -36,6 +36,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::dial::refuse_self_connection;
 use crate::protocol::command::{ColumnFamily, Command, SessionTag};
 use crate::protocol::request::encode_command;
 use crate::protocol::resp::{encode_request, parse_reply, Reply};
@@ -205,6 +206,11 @@ impl Connection {
             let timeout = connect_timeout.min(remaining(deadline)?);
             match TcpStream::connect_timeout(&socket_addr, timeout) {
                 Ok(stream) => {
+                    // A dial of a stopped server on this host can meet itself: as if refused.
+                    if let Err(error) = refuse_self_connection(&stream) {
+                        last_error = error;
+                        continue;
+                    }
                     // Requests are small and latency-bound; Nagle would hold them back.
                     stream.set_nodelay(true)?;
                     return Ok(Connection { server, stream, buffer: Vec::new(), parsed: 0 });

@@ -6,6 +6,7 @@
 //! - [`actors`]: concurrency and I/O (one actor per file, `replica` wires them);
 //! - [`allocator`]: the server's global allocator (mimalloc);
 //! - [`client`]: the blocking Rust client (leader discovery, retries, exactly-once writes);
+//! - [`dial`]: the check on every connection this crate dials (one joined to itself is refused);
 //! - [`joining`]: how a `--join` replica adds and promotes itself through that client;
 //! - [`linearizability`]: the history checker behind `quorumkv-cli check` and the fault suite.
 
@@ -14,6 +15,7 @@
 pub mod actors;
 pub mod allocator;
 pub mod client;
+pub mod dial;
 pub mod joining;
 pub mod linearizability;
 pub mod protocol;

@@ -8,6 +8,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::byte_budget::ByteBudget;
+use crate::dial::refuse_self_connection;
 use crate::protocol::peer_wire::{encode_frame, Handshake, PeerFrame};
 use crate::protocol::raft::NodeId;
 
@@ -197,7 +198,8 @@ impl PeerLink {
                 tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), TcpStream::connect(&addr))
                     .await
                     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-            let stream = refuse_self_connection(stream)?;
+            // A dial of a down peer on this host can meet itself; the link then dials again.
+            refuse_self_connection(&stream)?;
             stream.set_nodelay(true)?;
             Ok::<TcpStream, std::io::Error>(stream)
         };
@@ -231,19 +233,6 @@ impl PeerLink {
         self.backoff_ms = (self.backoff_ms * 2).min(RECONNECT_MAX_MS);
         ctx.run_later(delay, |act, ctx| act.connect(ctx));
     }
-}
-
-/// `stream`, unless it is connected to itself: dialling a free port of this host, the kernel
-/// may pick that same port as the local one, and the two ends meet (TCP's simultaneous open).
-/// Such a link would write into its own buffers and hold the port the peer needs to restart;
-/// it is closed with a reset instead (a plain close would keep the port in TIME_WAIT for a
-/// minute, still refusing the peer's bind) and an error returned, for the link to dial again.
-fn refuse_self_connection(stream: TcpStream) -> std::io::Result<TcpStream> {
-    if stream.local_addr()? != stream.peer_addr()? {
-        return Ok(stream);
-    }
-    let _ = stream.set_zero_linger();
-    Err(std::io::Error::other("connected to itself: the peer's port is free on this host"))
 }
 
 /// Runs [`write_queued`] and tells the link when the connection ends.
@@ -400,24 +389,5 @@ mod tests {
         out.disconnect();
         assert!(!out.stage(&ack(5)), "a link with no connection drops what it is given");
         assert!(writer.await.expect("join").is_ok(), "the queue closed with the connection");
-    }
-
-    #[tokio::test]
-    async fn a_connection_to_itself_is_refused_and_its_port_freed_at_once() {
-        // Bound to a free port and dialling that same address: the kernel's simultaneous open
-        // joins the socket to itself, as a link's dial of a down peer on this host may.
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
-        let own = socket.local_addr().expect("address");
-        let looped = socket.connect(own).await.expect("connected to itself");
-        assert!(refuse_self_connection(looped).is_err(), "a connection to itself is refused");
-        // Reset, not closed into TIME_WAIT: the peer that owns the port can listen on it now.
-        TcpListener::bind(own).await.expect("the port is free again");
-
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("listen");
-        let addr = listener.local_addr().expect("address");
-        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (ours, _theirs) = (ours.expect("connect"), theirs.expect("accept"));
-        assert!(refuse_self_connection(ours).is_ok(), "a connection to a listener is kept");
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use quorumkv::client::{parse_info, ClientConfig};
+use quorumkv::dial::refuse_self_connection;
 use quorumkv::protocol::resp::{encode_request, parse_reply, Reply};
 
 use super::{EXIT_ERROR, EXIT_OK};
@@ -46,6 +47,7 @@ fn info_of(server: &str, timeout: Duration) -> Result<String, String> {
         .next()
         .ok_or_else(|| "no address".to_string())?;
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    refuse_self_connection(&stream).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     let mut request = Vec::new();
     encode_request(&[b"INFO".as_slice()], &mut request);
