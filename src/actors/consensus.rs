@@ -23,7 +23,7 @@ use super::applier::{
 };
 use super::connection::ReplyBudget;
 use super::disk::{Disk, Persist, PersistError};
-use super::snapshotter::{Discard, LoadLatest, SaveImage, SavedSnapshot, Snapshotter};
+use super::snapshotter::{Discard, OpenLatest, SaveImage, SavedSnapshot, Snapshotter};
 use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
@@ -43,7 +43,7 @@ use crate::protocol::snapshot_schedule::SnapshotSchedule;
 use crate::protocol::snapshot_transfer::{
     AckOutcome, SendChunk, SnapshotReceiver, SnapshotSender, TickOrder, TransferConfig,
 };
-use crate::storage::StateMachine;
+use crate::storage::{SnapshotSource, StateMachine};
 
 /// Reads waiting for confirmation before new ones are refused with `-TRYAGAIN`.
 pub const MAX_PENDING_READS: usize = 100_000;
@@ -268,8 +268,8 @@ pub struct ConsensusParts {
     pub snapshot_threshold_bytes: u64,
     /// Entries dropped from memory at a time once no peer needs them.
     pub trim_batch_entries: u64,
-    /// The newest snapshot on disk, if any (sent to followers that need it).
-    pub latest_snapshot: Option<SavedSnapshot>,
+    /// The newest snapshot on disk, opened, if any (sent to followers that need it).
+    pub latest_snapshot: Option<Arc<SnapshotSource>>,
     /// Peer addresses known at start-up (`--peers`, or what a joining replica was told), used
     /// for members the recorded membership has no address for.
     pub address_book: BTreeMap<NodeId, String>,
@@ -293,10 +293,9 @@ enum ReadWaiter {
     Remote { follower: NodeId, id: u64 },
 }
 
-/// What the leader keeps with each transfer: the image and its checksum.
+/// What the leader keeps with each transfer: the image's file, open (read a chunk at a time).
 struct OutgoingImage {
-    snapshot: SavedSnapshot,
-    crc32: u32,
+    source: Arc<SnapshotSource>,
 }
 
 /// Owns the Raft core of one replica.
@@ -334,9 +333,9 @@ pub struct Consensus {
     trim_batch_entries: u64,
     /// A snapshot is being taken.
     snapshotting: bool,
-    latest_snapshot: Option<SavedSnapshot>,
+    latest_snapshot: Option<Arc<SnapshotSource>>,
     outgoing: SnapshotSender<OutgoingImage>,
-    /// A snapshot load from disk is under way (for a transfer).
+    /// The newest snapshot file is being opened and checked (for a transfer).
     loading_snapshot: bool,
     incoming: SnapshotReceiver,
     stopped: bool,
@@ -602,7 +601,7 @@ impl Consensus {
             });
             if let Some(snapshot) = received {
                 // Not kept here (its write and the applier hold it until done with it): a
-                // leader-to-be loads it from disk if a follower ever needs it.
+                // leader-to-be opens it from disk if a follower ever needs it.
                 self.latest_snapshot = None;
                 // Before the entries that follow it.
                 self.status.metrics.snapshots_installed.inc();
@@ -841,7 +840,8 @@ impl Consensus {
                     act.snapshot_schedule.taken();
                     act.status.metrics.snapshots_taken.inc();
                     // The image went straight to its file; a follower that falls behind it (rare)
-                    // gets it loaded from there. An older one kept for a transfer is let go.
+                    // gets it read from there. An older one opened for transfers is let go here
+                    // (those under way keep it open until they end).
                     act.latest_snapshot = None;
                     let compacted = act.core.compact(meta);
                     act.snapshotter.do_send(Discard(compacted));
@@ -1214,28 +1214,27 @@ impl Consensus {
             return; // already under way; the tick resends what is lost
         }
         match &self.latest_snapshot {
-            Some(s) if s.meta == meta => {
-                let snapshot = s.clone();
-                let crc32 = crc32fast::hash(&snapshot.image);
-                let total = snapshot.image.len() as u64;
+            Some(s) if s.meta() == meta => {
+                let source = s.clone();
+                let total = source.len();
                 log::info!(
                     "replica {}: sending snapshot at index {} ({total} bytes) to {to}",
                     self.core.id(),
                     meta.index,
                 );
                 self.status.metrics.snapshots_sent.inc();
-                let first = self.outgoing.start(to, meta, total, OutgoingImage { snapshot, crc32 });
+                let first = self.outgoing.start(to, meta, total, OutgoingImage { source });
                 self.send_chunk(first);
             }
             _ if !self.loading_snapshot => {
-                // Not in memory (it is let go between transfers): load it and start at once;
-                // if the file holds another snapshot by then, Raft asks again for the right one.
+                // Not open (it is let go between transfers): open and check it, then start at
+                // once; if the file holds another snapshot by then, Raft asks again for that one.
                 self.loading_snapshot = true;
-                ctx.spawn(self.snapshotter.send(LoadLatest).into_actor(self).map(move |result, act, ctx| {
+                ctx.spawn(self.snapshotter.send(OpenLatest).into_actor(self).map(move |result, act, ctx| {
                     act.loading_snapshot = false;
-                    if let Ok(Ok(Some(saved))) = result {
-                        let wanted = saved.meta == meta;
-                        act.latest_snapshot = Some(saved);
+                    if let Ok(Ok(Some(source))) = result {
+                        let wanted = source.meta() == meta;
+                        act.latest_snapshot = Some(Arc::new(source));
                         if wanted && act.core.role() == Role::Leader {
                             act.start_transfer(ctx, to, meta);
                         }
@@ -1246,12 +1245,28 @@ impl Consensus {
         }
     }
 
-    /// Cuts the chunk `order` names out of the image kept with its transfer and sends it.
+    /// Reads the chunk `order` names from the image file kept with its transfer and sends it.
+    ///
+    /// A read here is at most a chunk (1 MiB), from a file the snapshotter read through when it
+    /// opened it, so mostly from the page cache.
     fn send_chunk(&mut self, order: SendChunk) {
         let (from, term) = (self.core.id(), self.core.term());
         let Some(image) = self.outgoing.payload(order.to) else { return };
-        let chunk = order.cut(from, term, &image.snapshot.image, image.crc32);
-        self.transport.send(PeerFrame::SnapshotChunk(chunk));
+        let source = image.source.clone();
+        match source.read(order.offset, order.len) {
+            Ok(data) => {
+                let chunk = order.frame(from, term, source.len(), source.crc32(), data);
+                self.transport.send(PeerFrame::SnapshotChunk(chunk));
+            }
+            Err(e) => {
+                // Nothing sent: the transfer makes no progress and is abandoned by the tick,
+                // and Raft asks again; the next try opens the file afresh.
+                log::warn!("replica {}: snapshot chunk for {} not read: {e}", from, order.to);
+                if self.latest_snapshot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &source)) {
+                    self.latest_snapshot = None;
+                }
+            }
+        }
     }
 
     fn on_snapshot_ack(&mut self, from: NodeId, meta: SnapshotMeta, received: u64) {
@@ -1263,7 +1278,7 @@ impl Consensus {
                     "replica {}: snapshot at index {} ({} bytes) delivered to {from} in {} ms",
                     self.core.id(),
                     meta.index,
-                    image.snapshot.image.len(),
+                    image.source.len(),
                     u128::from(ticks) * self.tick.as_millis()
                 );
                 self.core.report_snapshot(from, true);
@@ -1272,8 +1287,8 @@ impl Consensus {
         }
     }
 
-    /// Lets go of the image held for followers once no transfer is under way: an image is as big
-    /// as the state, and only a follower behind the log's start ever needs it.
+    /// Lets go of the image file opened for followers once no transfer is under way: while it is
+    /// open, a newer snapshot unlinks it without cutting it down, and its blocks stay in use.
     fn release_image_if_idle(&mut self) {
         if self.outgoing.is_empty() {
             self.latest_snapshot = None;

@@ -6,14 +6,14 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use crate::protocol::raft::{Compacted, SnapshotMeta};
-use crate::storage::{SnapshotStore, StateMachine, StorageError};
+use crate::storage::{SnapshotSource, SnapshotStore, StateMachine, StorageError};
 
 /// A snapshot now durable on disk.
 #[derive(Clone, Debug)]
 pub struct SavedSnapshot {
     /// Its log position.
     pub meta: SnapshotMeta,
-    /// The image, kept for sending to followers.
+    /// The image (received from the leader, on its way to the file and the applier).
     pub image: Arc<Vec<u8>>,
 }
 
@@ -37,10 +37,10 @@ pub struct EncodeState(pub Box<StateMachine>);
 #[rtype(result = "Result<(), StorageError>")]
 pub struct SaveImage(pub SavedSnapshot);
 
-/// Read the newest snapshot on disk.
+/// Open the newest snapshot on disk, checked, for sending it to followers a chunk at a time.
 #[derive(Message)]
-#[rtype(result = "Result<Option<SavedSnapshot>, StorageError>")]
-pub struct LoadLatest;
+#[rtype(result = "Result<Option<SnapshotSource>, StorageError>")]
+pub struct OpenLatest;
 
 /// Free log entries a compaction removed (hundreds of thousands of allocations, milliseconds of
 /// work better spent here than on the consensus thread).
@@ -133,11 +133,11 @@ impl Handler<SaveImage> for Snapshotter {
     }
 }
 
-impl Handler<LoadLatest> for Snapshotter {
-    type Result = Result<Option<SavedSnapshot>, StorageError>;
+impl Handler<OpenLatest> for Snapshotter {
+    type Result = Result<Option<SnapshotSource>, StorageError>;
 
-    fn handle(&mut self, _msg: LoadLatest, _ctx: &mut Self::Context) -> Self::Result {
-        Ok(self.store.load_latest()?.map(|(meta, image)| SavedSnapshot { meta, image: Arc::new(image) }))
+    fn handle(&mut self, _msg: OpenLatest, _ctx: &mut Self::Context) -> Self::Result {
+        self.store.open_latest()
     }
 }
 

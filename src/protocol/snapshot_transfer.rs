@@ -48,15 +48,29 @@ impl SendChunk {
     pub fn cut(&self, from: NodeId, term: u64, image: &[u8], crc32: u32) -> SnapshotChunk {
         let start = (self.offset as usize).min(image.len());
         let end = start.saturating_add(self.len).min(image.len());
+        self.frame(from, term, image.len() as u64, crc32, image[start..end].to_vec())
+    }
+
+    /// The frame for this chunk of an image of `total_bytes` (whose CRC-32 is `crc32`), sent by
+    /// `from` in `term`, carrying `data`: the image's bytes from the order's offset (clamped to
+    /// the image's end) on, as many as the order names or up to the end, read by the caller.
+    pub fn frame(
+        &self,
+        from: NodeId,
+        term: u64,
+        total_bytes: u64,
+        crc32: u32,
+        data: Vec<u8>,
+    ) -> SnapshotChunk {
         SnapshotChunk {
             from,
             to: self.to,
             term,
             meta: self.meta,
-            offset: start as u64,
-            total_bytes: image.len() as u64,
+            offset: self.offset.min(total_bytes),
+            total_bytes,
             crc32,
-            data: image[start..end].to_vec(),
+            data,
         }
     }
 }
@@ -314,6 +328,24 @@ mod tests {
         }
         assert_eq!(chunks, 3, "4 + 4 + 2 bytes");
         assert!(sender.is_empty());
+    }
+
+    #[test]
+    fn a_frame_of_the_bytes_read_for_an_order_is_the_chunk_cut_from_memory() {
+        // The replica reads an order's bytes from the image's file (clamped to the image, as a
+        // file read is); the simulation cuts them from memory: both must send the same frame.
+        let image: Vec<u8> = (0..10).collect();
+        let crc32 = crc32fast::hash(&image);
+        let read = |offset: u64, len: usize| {
+            let start = (offset as usize).min(image.len());
+            image[start..(start + len).min(image.len())].to_vec()
+        };
+        for (offset, len) in [(0, 4), (8, 4), (10, 4), (14, 4), (0, 0)] {
+            let order = SendChunk { to: 2, meta: META, offset, len };
+            let framed = order.frame(1, 3, 10, crc32, read(offset, len));
+            assert_eq!(framed, order.cut(1, 3, &image, crc32), "order at {offset}+{len}");
+            assert!(framed.offset <= 10 && framed.offset + framed.data.len() as u64 <= 10);
+        }
     }
 
     #[test]

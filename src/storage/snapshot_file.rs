@@ -11,6 +11,7 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 const MAGIC: [u8; 8] = *b"QKVSNAP\0";
 const FORMAT_VERSION: u32 = 1;
@@ -40,6 +41,8 @@ pub struct SnapshotFile {
 #[derive(Debug)]
 pub struct SnapshotStore {
     dir: PathBuf,
+    /// Files opened by [`open_latest`](SnapshotStore::open_latest) and maybe still read from.
+    sources: Mutex<Vec<(PathBuf, Weak<fs::File>)>>,
 }
 
 impl SnapshotStore {
@@ -47,7 +50,7 @@ impl SnapshotStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<SnapshotStore> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
-        Ok(SnapshotStore { dir })
+        Ok(SnapshotStore { dir, sources: Mutex::new(Vec::new()) })
     }
 
     /// Writes `data` as the snapshot at `meta` durably, then removes every older snapshot file.
@@ -91,6 +94,14 @@ impl SnapshotStore {
     fn remove_older(&self, meta: SnapshotMeta) -> Result<()> {
         for old in self.list()? {
             if (old.meta.index, old.meta.term) < (meta.index, meta.term) {
+                if self.is_being_read(&old.path) {
+                    // Cut down, it would lose the bytes a transfer still reads from its open
+                    // file; unlinked only, its blocks are freed (in one go) when the transfer
+                    // lets it go.
+                    log::info!("snapshot: {} unlinked while a transfer still reads it", old.path.display());
+                    fs::remove_file(&old.path).map_err(io_err("remove", &old.path))?;
+                    continue;
+                }
                 if let Err(e) = cut_and_unlink(&old.path, &AtomicBool::new(false)) {
                     // Cutting needs the file open for writing, unlinking only the directory: a
                     // file that cannot be cut (made read-only, say) still goes.
@@ -114,6 +125,26 @@ impl SnapshotStore {
         let bytes = fs::read(&latest.path).map_err(io_err("read", &latest.path))?;
         let data = check(&latest.path, latest.meta, &bytes)?;
         Ok(Some((latest.meta, data.to_vec())))
+    }
+
+    /// The newest snapshot, checked and open to be read a piece at a time; `None` if there is
+    /// none. While the returned source lives, a newer snapshot unlinks the file without cutting
+    /// it down, so every read of the source returns the image it was opened with.
+    pub fn open_latest(&self) -> Result<Option<SnapshotSource>> {
+        self.remove_temp_files()?;
+        let Some(latest) = self.latest_path()? else {
+            return Ok(None);
+        };
+        let source = SnapshotSource::open(&latest.path, latest.meta)?;
+        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        sources.retain(|(_, file)| file.strong_count() > 0);
+        sources.push((latest.path, Arc::downgrade(&source.file)));
+        Ok(Some(source))
+    }
+
+    fn is_being_read(&self, path: &Path) -> bool {
+        let sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        sources.iter().any(|(held, file)| held == path && file.strong_count() > 0)
     }
 
     /// Where the newest snapshot file is and how big it is, without reading it.
@@ -145,6 +176,96 @@ impl SnapshotStore {
             }
         }
         Ok(())
+    }
+}
+
+/// How much of an image [`SnapshotSource::open`] reads at a time to check it.
+const CHECK_STEP_BYTES: u64 = 1 << 20;
+
+/// A snapshot file open for reading its image a piece at a time (sent to a follower chunk by
+/// chunk, never whole in memory), checked whole when opened.
+#[derive(Debug)]
+pub struct SnapshotSource {
+    file: Arc<fs::File>,
+    path: PathBuf,
+    meta: SnapshotMeta,
+    len: u64,
+    crc32: u32,
+}
+
+impl SnapshotSource {
+    /// Opens the snapshot file at `path`, named for `meta`, and checks it as
+    /// [`SnapshotStore::load_latest`] does, reading it through once.
+    fn open(path: &Path, meta: SnapshotMeta) -> Result<SnapshotSource> {
+        let file = fs::File::open(path).map_err(io_err("open", path))?;
+        let size = file.metadata().map_err(io_err("stat", path))?.len();
+        if size < (HEADER_BYTES + TRAILER_BYTES) as u64 {
+            return Err(StorageError::Corrupt {
+                path: path.to_path_buf(),
+                offset: 0,
+                reason: format!("file of {size} bytes is shorter than header and checksum"),
+            });
+        }
+        let mut head = [0u8; HEADER_BYTES];
+        file.read_exact_at(&mut head, 0).map_err(io_err("read", path))?;
+        let (inside, len) = parse_header(path, &head, size)?;
+        if inside != meta {
+            return Err(named_for(path, inside, meta));
+        }
+        let mut data_crc = crc32fast::Hasher::new();
+        let mut piece = vec![0u8; CHECK_STEP_BYTES.min(len) as usize];
+        let mut at = 0;
+        while at < len {
+            let step = &mut piece[..CHECK_STEP_BYTES.min(len - at) as usize];
+            file.read_exact_at(step, HEADER_BYTES as u64 + at).map_err(io_err("read", path))?;
+            data_crc.update(step);
+            at += step.len() as u64;
+        }
+        let mut stored = [0u8; TRAILER_BYTES];
+        file.read_exact_at(&mut stored, HEADER_BYTES as u64 + len).map_err(io_err("read", path))?;
+        let mut whole = crc32fast::Hasher::new();
+        whole.update(&head);
+        whole.combine(&data_crc);
+        if whole.finalize() != u32::from_le_bytes(stored) {
+            return Err(StorageError::Corrupt {
+                path: path.to_path_buf(),
+                offset: HEADER_BYTES as u64 + len,
+                reason: "snapshot checksum mismatch".into(),
+            });
+        }
+        let crc32 = data_crc.finalize();
+        Ok(SnapshotSource { file: Arc::new(file), path: path.to_path_buf(), meta, len, crc32 })
+    }
+
+    /// The log position the image stands for.
+    pub fn meta(&self) -> SnapshotMeta {
+        self.meta
+    }
+
+    /// The image's length, in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the image is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The CRC-32 of the whole image (what a receiver checks it against).
+    pub fn crc32(&self) -> u32 {
+        self.crc32
+    }
+
+    /// The image's bytes `[offset, offset + len)`, cut at its end.
+    pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let start = offset.min(self.len);
+        let end = start.saturating_add(len as u64).min(self.len);
+        let mut bytes = vec![0u8; (end - start) as usize];
+        self.file
+            .read_exact_at(&mut bytes, HEADER_BYTES as u64 + start)
+            .map_err(io_err("read", &self.path))?;
+        Ok(bytes)
     }
 }
 
@@ -321,51 +442,67 @@ fn parse_name(name: &str) -> Option<SnapshotMeta> {
 fn check<'a>(path: &Path, meta: SnapshotMeta, bytes: &'a [u8]) -> Result<&'a [u8]> {
     let (inside, data) = check_frame(path, bytes)?;
     if inside != meta {
-        return Err(StorageError::Corrupt {
-            path: path.to_path_buf(),
-            offset: 12,
-            reason: format!("holds {inside:?} but is named for {meta:?}"),
-        });
+        return Err(named_for(path, inside, meta));
     }
     Ok(data)
 }
 
+fn named_for(path: &Path, inside: SnapshotMeta, meta: SnapshotMeta) -> StorageError {
+    StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset: 12,
+        reason: format!("holds {inside:?} but is named for {meta:?}"),
+    }
+}
+
 /// Checks a whole snapshot file: the position written inside it, and its data.
 fn check_frame<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SnapshotMeta, &'a [u8])> {
-    let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
-        path: path.to_path_buf(),
-        offset: offset as u64,
-        reason,
-    };
     if bytes.len() < HEADER_BYTES + TRAILER_BYTES {
-        return Err(corrupt(0, format!("file of {} bytes is shorter than header and checksum", bytes.len())));
+        return Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: format!("file of {} bytes is shorter than header and checksum", bytes.len()),
+        });
     }
-    let u64_at = |at: usize| {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&bytes[at..at + 8]);
-        u64::from_le_bytes(word)
-    };
-    if bytes[..8] != MAGIC {
-        return Err(corrupt(0, "not a snapshot file (bad magic)".into()));
-    }
+    let (inside, _) = parse_header(path, &bytes[..HEADER_BYTES], bytes.len() as u64)?;
     let crc_at = bytes.len() - TRAILER_BYTES;
-    let mut stored = [0u8; 4];
+    let mut stored = [0u8; TRAILER_BYTES];
     stored.copy_from_slice(&bytes[crc_at..]);
     if crc32fast::hash(&bytes[..crc_at]) != u32::from_le_bytes(stored) {
-        return Err(corrupt(crc_at, "snapshot checksum mismatch".into()));
+        return Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            offset: crc_at as u64,
+            reason: "snapshot checksum mismatch".into(),
+        });
+    }
+    Ok((inside, &bytes[HEADER_BYTES..crc_at]))
+}
+
+/// Checks the header `head` of a snapshot file of `file_bytes` bytes (at least a header and a
+/// trailer): magic, version, and a data length that fills the file; returns position and length.
+fn parse_header(path: &Path, head: &[u8], file_bytes: u64) -> Result<(SnapshotMeta, u64)> {
+    let corrupt =
+        |offset: u64, reason: String| StorageError::Corrupt { path: path.to_path_buf(), offset, reason };
+    let u64_at = |at: usize| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&head[at..at + 8]);
+        u64::from_le_bytes(word)
+    };
+    if head[..8] != MAGIC {
+        return Err(corrupt(0, "not a snapshot file (bad magic)".into()));
     }
     let mut version = [0u8; 4];
-    version.copy_from_slice(&bytes[8..12]);
+    version.copy_from_slice(&head[8..12]);
     let version = u32::from_le_bytes(version);
     if version != FORMAT_VERSION {
         return Err(corrupt(8, format!("format version {version}, expected {FORMAT_VERSION}")));
     }
     let inside = SnapshotMeta { index: u64_at(12), term: u64_at(20) };
     let len = u64_at(28);
-    if len != (crc_at - HEADER_BYTES) as u64 {
+    if len != file_bytes - (HEADER_BYTES + TRAILER_BYTES) as u64 {
         return Err(corrupt(28, format!("data length {len} does not match the file size")));
     }
-    Ok((inside, &bytes[HEADER_BYTES..crc_at]))
+    Ok((inside, len))
 }
 
 #[cfg(test)]
@@ -446,6 +583,53 @@ mod tests {
         store.save(newest, b"newest").expect("save newest");
         assert!(!half_cut.exists() && !new_path.exists(), "both older files removed");
         assert_eq!(store.load_latest().expect("load"), Some((newest, b"newest".to_vec())));
+    }
+
+    #[test]
+    fn an_open_source_reads_its_image_in_pieces_and_outlives_a_newer_snapshot() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SnapshotStore::open(dir.path()).expect("store");
+        assert!(store.open_latest().expect("open").is_none(), "no snapshot yet");
+        // Over two of the remover's 4 MiB steps and of the check's 1 MiB reads.
+        let image: Vec<u8> = (0..(9u64 << 20) + 777).map(|i| (i * 13 % 251) as u8).collect();
+        let (old, new, newest) = (
+            SnapshotMeta { index: 5, term: 1 },
+            SnapshotMeta { index: 9, term: 2 },
+            SnapshotMeta { index: 12, term: 2 },
+        );
+        let old_path = store.save(old, &image).expect("save");
+        let source = store.open_latest().expect("open").expect("a snapshot");
+        assert_eq!((source.meta(), source.len()), (old, image.len() as u64));
+        assert_eq!(source.crc32(), crc32fast::hash(&image), "the image's own checksum");
+        let len = image.len();
+        assert_eq!(source.read(0, 100).expect("read"), image[..100]);
+        assert_eq!(source.read(len as u64 - 10, 100).expect("read"), image[len - 10..], "cut at the end");
+        assert!(source.read(len as u64 + 5, 10).expect("read").is_empty(), "past the end: nothing");
+
+        // A newer snapshot removes the file, but a transfer reading it gets the same bytes.
+        store.save(new, b"newer").expect("save newer");
+        assert!(!old_path.exists(), "the older image is unlinked");
+        let middle = (4u64 << 20) + 3;
+        assert_eq!(source.read(middle, 1 << 20).expect("read"), image[middle as usize..][..1 << 20]);
+        assert_eq!(source.read(len as u64 - 7, 7).expect("read"), image[len - 7..]);
+        drop(source);
+
+        // Let go, the next older one is cut down and removed as before.
+        let new_path = dir.path().join(file_name(new));
+        store.save(newest, b"newest").expect("save newest");
+        assert!(!new_path.exists());
+        let source = store.open_latest().expect("open").expect("a snapshot");
+        assert_eq!(source.read(0, 100).expect("read"), b"newest");
+        drop(source);
+
+        // Damage anywhere in the image is found when it is opened, not while it is sent.
+        let newest_path = dir.path().join(file_name(newest));
+        let mut bytes = fs::read(&newest_path).expect("read");
+        bytes[HEADER_BYTES + 3] ^= 1;
+        fs::write(&newest_path, &bytes).expect("damage");
+        assert!(matches!(store.open_latest(), Err(StorageError::Corrupt { .. })));
+        fs::write(&newest_path, &bytes[..30]).expect("truncate");
+        assert!(matches!(store.open_latest(), Err(StorageError::Corrupt { .. })));
     }
 
     #[test]
