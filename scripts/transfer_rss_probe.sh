@@ -2,9 +2,9 @@
 # The leader's memory while it sends a snapshot to a follower: three release replicas, KEYS keys
 # of 100-byte values written (64 clients x pipeline 16), one follower stopped, as many writes
 # again (so the leader snapshots past it), then the follower restarted; the leader's RSS is read
-# every 20 ms from before the restart until the follower has applied the leader's index.
-# Prints the leader's RSS before the restart and the most it reached during the catch-up, and
-# the transfer's line from the leader's log. LOADGEN as in leader_cpu_probe.sh.
+# every 20 ms from before the restart until the follower has applied the leader's index, and
+# the follower's from its start. Prints the leader's RSS before the restart and the most each
+# reached during the catch-up, and the transfer's lines from the leader's log. LOADGEN as in leader_cpu_probe.sh.
 #
 #   scripts/transfer_rss_probe.sh BINARY [KEYS]
 BIN=$1; KEYS=${2:-700000}
@@ -32,15 +32,18 @@ until [ "$(info $LEADER snapshot_index)" -gt "$BEFORE" ]; do sleep 0.2; done
 LPID=$(pgrep -f "cluster-name transferprobe" | while read -r p; do
   tr '\0' ' ' < /proc/$p/cmdline | grep -q -- "--id $LEADER " && echo "$p"; done)
 TARGET=$(info $LEADER applied_index)
-rss() { grep VmRSS /proc/$LPID/status | tr -s ' ' | cut -d' ' -f2; }
-echo "leader RSS before the restart: $(rss) kB (applied $TARGET, snapshot $(info $LEADER snapshot_index))"
-(while [ ! -f $D/done ]; do rss; sleep 0.02; done > $D/rss) &
+rss() { grep VmRSS "/proc/$1/status" 2>/dev/null | tr -s ' ' | cut -d' ' -f2; }
+echo "leader RSS before the restart: $(rss $LPID) kB (applied $TARGET, snapshot $(info $LEADER snapshot_index))"
 mapfile -t ARGS <<< "$FCMD"
 nohup "${ARGS[@]}" >> $D/log$FOLLOWER 2>&1 &
+FPID=$!
+(while [ ! -f $D/done ]; do echo "$(rss $LPID) $(rss $FPID)"; sleep 0.02; done > $D/rss) &
 T0=$(date +%s.%N)
 until [ "$(info $FOLLOWER applied_index 2>/dev/null || echo 0)" -ge "$TARGET" ] 2>/dev/null; do sleep 0.05; done
 T1=$(date +%s.%N)
 touch $D/done; sleep 0.1
-echo "follower $FOLLOWER caught up in $(echo "$T1 - $T0" | bc) s; leader RSS max during it: $(sort -n $D/rss | tail -1) kB"
+echo "follower $FOLLOWER caught up in $(echo "$T1 - $T0" | bc) s; RSS max during it: leader" \
+  "$(cut -d' ' -f1 $D/rss | sort -n | tail -1) kB, follower $(cut -d' ' -f2 $D/rss | sort -n | tail -1) kB" \
+  "(follower at the end: $(rss $FPID) kB)"
 grep -h "delivered to\|sending snapshot" $D/log$LEADER | tail -2
 pkill -f "cluster-name transferprobe"

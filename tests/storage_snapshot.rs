@@ -125,3 +125,50 @@ fn a_streamed_image_makes_the_same_file_as_a_whole_one_and_a_failed_one_leaves_n
     );
     assert_eq!(streamed.load_latest().expect("load").map(|(m, _)| m), Some(meta));
 }
+
+#[test]
+fn an_image_sent_from_its_file_arrives_whole_though_a_newer_snapshot_replaces_it_midway() {
+    use quorumkv::protocol::snapshot_transfer::{
+        AckOutcome, SnapshotReceiver, SnapshotSender, TransferConfig,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    let (meta, newer) = (SnapshotMeta { index: 40, term: 3 }, SnapshotMeta { index: 90, term: 3 });
+    let image: Vec<u8> = (0..(5u64 << 20) + 99).map(|i| (i * 31 % 253) as u8).collect();
+    store.save(meta, &image).expect("save");
+    let source = store.open_latest().expect("open").expect("a snapshot");
+    let limit = 64 << 20;
+    let config =
+        TransferConfig { chunk_bytes: 1 << 20, resend_ticks: 3, give_up_ticks: 10, max_image_bytes: limit };
+    let mut sender = SnapshotSender::new(config);
+    let mut receiver = SnapshotReceiver::new(limit);
+    // The leader's loop: each chunk read from the file as its order comes.
+    let mut order = sender.start(2, meta, source.len(), ());
+    let mut chunks = 0;
+    let received = loop {
+        if chunks == 2 {
+            store.save(newer, b"newer image").expect("a newer snapshot, mid-transfer");
+        }
+        let data = source.read(order.offset, order.len).expect("read");
+        let outcome = receiver.on_chunk(order.frame(1, 3, source.len(), source.crc32(), data), 3);
+        chunks += 1;
+        if let Some(snapshot) = outcome.complete {
+            break snapshot;
+        }
+        match sender.on_ack(2, meta, outcome.ack.expect("an ack")) {
+            AckOutcome::Send(next) => order = next,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(chunks, 6, "five whole chunks and a short one");
+    assert_eq!(received.meta, meta);
+    assert!(received.data == image, "the image the transfer started with, byte for byte");
+    assert_eq!(sender.on_ack(2, meta, source.len()), AckOutcome::Delivered((), 0));
+    drop(source);
+    store.remove_released().expect("sweep");
+    assert_eq!(
+        snapshot_files(dir.path()),
+        vec![format!("snap-{:020}-{:020}.snap", newer.index, newer.term)],
+        "the older image is gone once the transfer let it go"
+    );
+}

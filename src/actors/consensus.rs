@@ -23,7 +23,7 @@ use super::applier::{
 };
 use super::connection::ReplyBudget;
 use super::disk::{Disk, Persist, PersistError};
-use super::snapshotter::{Discard, OpenLatest, SaveImage, SavedSnapshot, Snapshotter};
+use super::snapshotter::{Discard, OpenLatest, ReleaseImage, SaveImage, SavedSnapshot, Snapshotter};
 use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
@@ -293,9 +293,38 @@ enum ReadWaiter {
     Remote { follower: NodeId, id: u64 },
 }
 
-/// What the leader keeps with each transfer: the image's file, open (read a chunk at a time).
-struct OutgoingImage {
-    source: Arc<SnapshotSource>,
+/// An image file opened for transfers (kept as the newest and with each transfer, read a chunk
+/// at a time). Dropped, its handle goes to the snapshotter: the last close of an image a newer
+/// snapshot set aside frees its blocks, which must not happen on this thread.
+struct HeldImage {
+    source: Option<Arc<SnapshotSource>>,
+    snapshotter: Addr<Snapshotter>,
+}
+
+impl HeldImage {
+    fn new(source: Arc<SnapshotSource>, snapshotter: Addr<Snapshotter>) -> HeldImage {
+        HeldImage { source: Some(source), snapshotter }
+    }
+
+    /// The opened image (present until the drop).
+    fn source(&self) -> Option<&Arc<SnapshotSource>> {
+        self.source.as_ref()
+    }
+}
+
+impl Clone for HeldImage {
+    fn clone(&self) -> HeldImage {
+        HeldImage { source: self.source.clone(), snapshotter: self.snapshotter.clone() }
+    }
+}
+
+impl Drop for HeldImage {
+    fn drop(&mut self) {
+        if let Some(source) = self.source.take() {
+            // If the snapshotter has stopped (the replica is stopping), it is dropped here.
+            self.snapshotter.do_send(ReleaseImage(source));
+        }
+    }
 }
 
 /// Owns the Raft core of one replica.
@@ -333,8 +362,8 @@ pub struct Consensus {
     trim_batch_entries: u64,
     /// A snapshot is being taken.
     snapshotting: bool,
-    latest_snapshot: Option<Arc<SnapshotSource>>,
-    outgoing: SnapshotSender<OutgoingImage>,
+    latest_snapshot: Option<HeldImage>,
+    outgoing: SnapshotSender<HeldImage>,
     /// The newest snapshot file is being opened and checked (for a transfer).
     loading_snapshot: bool,
     incoming: SnapshotReceiver,
@@ -375,6 +404,7 @@ impl Consensus {
     /// A consensus actor from its parts.
     pub fn new(parts: ConsensusParts) -> Consensus {
         let snapshot_schedule = SnapshotSchedule::new(parts.snapshot_threshold_bytes, parts.core.id());
+        let latest_snapshot = parts.latest_snapshot.map(|s| HeldImage::new(s, parts.snapshotter.clone()));
         Consensus {
             read_inbox: Arc::new(ReadInbox::default()),
             core: parts.core,
@@ -397,7 +427,7 @@ impl Consensus {
             snapshot_schedule,
             trim_batch_entries: parts.trim_batch_entries,
             snapshotting: false,
-            latest_snapshot: parts.latest_snapshot,
+            latest_snapshot,
             outgoing: SnapshotSender::new(transfer_config(parts.tick)),
             loading_snapshot: false,
             incoming: SnapshotReceiver::new(MAX_SNAPSHOT_BYTES),
@@ -1214,16 +1244,16 @@ impl Consensus {
             return; // already under way; the tick resends what is lost
         }
         match &self.latest_snapshot {
-            Some(s) if s.meta() == meta => {
-                let source = s.clone();
-                let total = source.len();
+            Some(image) if image.source().is_some_and(|s| s.meta() == meta) => {
+                let image = image.clone();
+                let total = image.source().map_or(0, |s| s.len());
                 log::info!(
                     "replica {}: sending snapshot at index {} ({total} bytes) to {to}",
                     self.core.id(),
                     meta.index,
                 );
                 self.status.metrics.snapshots_sent.inc();
-                let first = self.outgoing.start(to, meta, total, OutgoingImage { source });
+                let first = self.outgoing.start(to, meta, total, image);
                 self.send_chunk(first);
             }
             _ if !self.loading_snapshot => {
@@ -1234,9 +1264,13 @@ impl Consensus {
                     act.loading_snapshot = false;
                     if let Ok(Ok(Some(source))) = result {
                         let wanted = source.meta() == meta;
-                        act.latest_snapshot = Some(Arc::new(source));
-                        if wanted && act.core.role() == Role::Leader {
-                            act.start_transfer(ctx, to, meta);
+                        let image = HeldImage::new(Arc::new(source), act.snapshotter.clone());
+                        // Kept only by a leader (another lets it go at once).
+                        if act.core.role() == Role::Leader {
+                            act.latest_snapshot = Some(image);
+                            if wanted {
+                                act.start_transfer(ctx, to, meta);
+                            }
                         }
                     }
                 }));
@@ -1251,8 +1285,9 @@ impl Consensus {
     /// opened it, so mostly from the page cache.
     fn send_chunk(&mut self, order: SendChunk) {
         let (from, term) = (self.core.id(), self.core.term());
-        let Some(image) = self.outgoing.payload(order.to) else { return };
-        let source = image.source.clone();
+        let Some(source) = self.outgoing.payload(order.to).and_then(HeldImage::source).cloned() else {
+            return;
+        };
         match source.read(order.offset, order.len) {
             Ok(data) => {
                 let chunk = order.frame(from, term, source.len(), source.crc32(), data);
@@ -1262,7 +1297,8 @@ impl Consensus {
                 // Nothing sent: the transfer makes no progress and is abandoned by the tick,
                 // and Raft asks again; the next try opens the file afresh.
                 log::warn!("replica {}: snapshot chunk for {} not read: {e}", from, order.to);
-                if self.latest_snapshot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &source)) {
+                let newest = self.latest_snapshot.as_ref().and_then(HeldImage::source);
+                if newest.is_some_and(|s| Arc::ptr_eq(s, &source)) {
                     self.latest_snapshot = None;
                 }
             }
@@ -1278,7 +1314,7 @@ impl Consensus {
                     "replica {}: snapshot at index {} ({} bytes) delivered to {from} in {} ms",
                     self.core.id(),
                     meta.index,
-                    image.source.len(),
+                    image.source().map_or(0, |s| s.len()),
                     u128::from(ticks) * self.tick.as_millis()
                 );
                 self.core.report_snapshot(from, true);
@@ -1297,10 +1333,9 @@ impl Consensus {
 
     fn tick_transfers(&mut self) {
         if self.core.role() != Role::Leader {
-            if !self.outgoing.is_empty() {
-                self.outgoing.clear();
-                self.release_image_if_idle();
-            }
+            // Only a leader sends images: one that stepped down lets its files go.
+            self.outgoing.clear();
+            self.latest_snapshot = None;
             return;
         }
         for order in self.outgoing.tick() {

@@ -284,8 +284,8 @@ fn recover(
         meta.index == marker.index || entries.iter().any(|e| e.index == meta.index && e.term == meta.term);
     let entries =
         if agrees { entries.into_iter().filter(|e| e.index > meta.index).collect() } else { Vec::new() };
-    // The image is not kept (it is as big as the state): consensus loads it from disk if a
-    // follower ever needs it.
+    // The image is not kept (it is as big as the state): consensus reads it from its file, a
+    // chunk at a time, if a follower ever needs it.
     Ok((state, meta, entries))
 }
 

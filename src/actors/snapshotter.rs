@@ -42,6 +42,12 @@ pub struct SaveImage(pub SavedSnapshot);
 #[rtype(result = "Result<Option<SnapshotSource>, StorageError>")]
 pub struct OpenLatest;
 
+/// An opened image a transfer (or consensus) lets go: closed here, where removing an older image
+/// set aside for it (its blocks freed a step at a time) holds up no one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReleaseImage(pub Arc<SnapshotSource>);
+
 /// Free log entries a compaction removed (hundreds of thousands of allocations, milliseconds of
 /// work better spent here than on the consensus thread).
 #[derive(Message)]
@@ -130,6 +136,17 @@ impl Handler<SaveImage> for Snapshotter {
             started.elapsed().as_millis()
         );
         Ok(())
+    }
+}
+
+impl Handler<ReleaseImage> for Snapshotter {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReleaseImage, _ctx: &mut Self::Context) {
+        drop(msg);
+        if let Err(e) = self.store.remove_released() {
+            log::warn!("replica {}: an image set aside for a transfer not removed: {e}", self.id);
+        }
     }
 }
 

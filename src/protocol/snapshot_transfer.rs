@@ -8,7 +8,8 @@
 //! ([`SnapshotReceiver`]) assembles the chunks in order and checks the CRC of the whole image.
 //!
 //! Both are driven by the caller's ticks, never a clock: the seeded simulation runs them as the
-//! replica does. The caller holds the image and cuts the chunk each [`SendChunk`] names.
+//! replica does. The caller holds the image (the replica its file, the simulation its bytes)
+//! and frames the chunk each [`SendChunk`] names.
 
 use std::collections::BTreeMap;
 
@@ -261,12 +262,17 @@ impl SnapshotReceiver {
                 // A transfer we hold nothing of: ask for it from the start.
                 return ChunkOutcome { ack: Some(0), ..ChunkOutcome::default() };
             }
+            // Room for the whole image at once: grown chunk by chunk, the buffer would be copied
+            // at every doubling, briefly twice the image in memory. Only reserved (the pages are
+            // touched as chunks arrive), and left to grow if the reservation is refused.
+            let mut image = Vec::new();
+            let _ = image.try_reserve_exact(chunk.total_bytes as usize);
             self.incoming = Some(Incoming {
                 from: chunk.from,
                 meta: chunk.meta,
                 total_bytes: chunk.total_bytes,
                 crc32: chunk.crc32,
-                image: Vec::new(),
+                image,
             });
         }
         let Some(incoming) = self.incoming.as_mut() else { return ChunkOutcome::default() };
@@ -331,21 +337,21 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_of_the_bytes_read_for_an_order_is_the_chunk_cut_from_memory() {
-        // The replica reads an order's bytes from the image's file (clamped to the image, as a
-        // file read is); the simulation cuts them from memory: both must send the same frame.
+    fn a_received_image_is_gathered_in_one_buffer_never_copied() {
         let image: Vec<u8> = (0..10).collect();
-        let crc32 = crc32fast::hash(&image);
-        let read = |offset: u64, len: usize| {
-            let start = (offset as usize).min(image.len());
-            image[start..(start + len).min(image.len())].to_vec()
-        };
-        for (offset, len) in [(0, 4), (8, 4), (10, 4), (14, 4), (0, 0)] {
-            let order = SendChunk { to: 2, meta: META, offset, len };
-            let framed = order.frame(1, 3, 10, crc32, read(offset, len));
-            assert_eq!(framed, order.cut(1, 3, &image, crc32), "order at {offset}+{len}");
-            assert!(framed.offset <= 10 && framed.offset + framed.data.len() as u64 <= 10);
+        let mut receiver = SnapshotReceiver::new(100);
+        let mut buffer = None;
+        for offset in [0, 4] {
+            let order = SendChunk { to: 2, meta: META, offset, len: 4 };
+            receiver.on_chunk(chunk_of(&image, order, 2), 2);
+            let incoming = receiver.incoming.as_ref().expect("a transfer under way");
+            assert!(incoming.image.capacity() >= 10, "room for the whole image from the first chunk");
+            let at = incoming.image.as_ptr();
+            assert_eq!(*buffer.get_or_insert(at), at, "the same buffer throughout");
         }
+        let last = SendChunk { to: 2, meta: META, offset: 8, len: 4 };
+        let whole = receiver.on_chunk(chunk_of(&image, last, 2), 2).complete.expect("whole");
+        assert_eq!((whole.data.as_ptr(), whole.data), (buffer.expect("a buffer"), image));
     }
 
     #[test]

@@ -20,6 +20,9 @@ const HEADER_BYTES: usize = 8 + 4 + 8 + 8 + 8;
 const TRAILER_BYTES: usize = 4;
 const SUFFIX: &str = ".snap";
 const TEMP_SUFFIX: &str = ".snap.tmp";
+/// An older image a transfer still read when a newer one was saved: renamed so, and cut down
+/// and removed once nothing reads it (or at the next start).
+const RELEASED_SUFFIX: &str = ".snap.released";
 
 /// A snapshot file on disk, for sending it to a peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,7 +44,9 @@ pub struct SnapshotFile {
 #[derive(Debug)]
 pub struct SnapshotStore {
     dir: PathBuf,
-    /// Files opened by [`open_latest`](SnapshotStore::open_latest) and maybe still read from.
+    /// Files opened by [`open_latest`](SnapshotStore::open_latest) and maybe still read from,
+    /// under their current names. Only the snapshotter's thread opens, saves and removes, so a
+    /// file is never cut down between its opening and its listing here.
     sources: Mutex<Vec<(PathBuf, Weak<fs::File>)>>,
 }
 
@@ -94,12 +99,7 @@ impl SnapshotStore {
     fn remove_older(&self, meta: SnapshotMeta) -> Result<()> {
         for old in self.list()? {
             if (old.meta.index, old.meta.term) < (meta.index, meta.term) {
-                if self.is_being_read(&old.path) {
-                    // Cut down, it would lose the bytes a transfer still reads from its open
-                    // file; unlinked only, its blocks are freed (in one go) when the transfer
-                    // lets it go.
-                    log::info!("snapshot: {} unlinked while a transfer still reads it", old.path.display());
-                    fs::remove_file(&old.path).map_err(io_err("remove", &old.path))?;
+                if self.set_aside_if_read(&old.path)? {
                     continue;
                 }
                 if let Err(e) = cut_and_unlink(&old.path, &AtomicBool::new(false)) {
@@ -119,6 +119,7 @@ impl SnapshotStore {
     /// may already be compacted away.
     pub fn load_latest(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>> {
         self.remove_temp_files()?;
+        self.remove_released()?;
         let Some(latest) = self.latest_path()? else {
             return Ok(None);
         };
@@ -142,9 +143,47 @@ impl SnapshotStore {
         Ok(Some(source))
     }
 
-    fn is_being_read(&self, path: &Path) -> bool {
-        let sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
-        sources.iter().any(|(held, file)| held == path && file.strong_count() > 0)
+    /// Renames `path` out of the way if a transfer still reads it (cut down, it would lose the
+    /// bytes the transfer reads from its open file); whether it did.
+    fn set_aside_if_read(&self, path: &Path) -> Result<bool> {
+        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut read =
+            sources.iter_mut().filter(|(held, file)| held == path && file.strong_count() > 0).peekable();
+        if read.peek().is_none() {
+            return Ok(false);
+        }
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(".released"); // a `.snap` name becomes one ending in RELEASED_SUFFIX
+        let aside = PathBuf::from(aside);
+        fs::rename(path, &aside).map_err(io_err("rename", path))?;
+        for (held, _) in read {
+            held.clone_from(&aside);
+        }
+        log::info!("snapshot: {} set aside while a transfer still reads it", path.display());
+        Ok(true)
+    }
+
+    /// Cuts down and removes the older images set aside for transfers that no longer read them.
+    /// The snapshotter calls it when a transfer lets an image go; a start removes them all.
+    pub fn remove_released(&self) -> Result<()> {
+        for item in fs::read_dir(&self.dir).map_err(io_err("list", &self.dir))? {
+            let item = item.map_err(io_err("list", &self.dir))?;
+            if !item.file_name().to_str().is_some_and(|n| n.ends_with(RELEASED_SUFFIX)) {
+                continue;
+            }
+            let path = item.path();
+            let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+            sources.retain(|(_, file)| file.strong_count() > 0);
+            if sources.iter().any(|(held, _)| *held == path) {
+                continue;
+            }
+            drop(sources);
+            if let Err(e) = cut_and_unlink(&path, &AtomicBool::new(false)) {
+                log::warn!("snapshot: cannot cut {} down before removing it: {e}", path.display());
+                fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            }
+        }
+        Ok(())
     }
 
     /// Where the newest snapshot file is and how big it is, without reading it.
@@ -183,7 +222,7 @@ impl SnapshotStore {
 const CHECK_STEP_BYTES: u64 = 1 << 20;
 
 /// A snapshot file open for reading its image a piece at a time (sent to a follower chunk by
-/// chunk, never whole in memory), checked whole when opened.
+/// chunk, never whole in memory), checked whole when opened and a step at a time when read.
 #[derive(Debug)]
 pub struct SnapshotSource {
     file: Arc<fs::File>,
@@ -191,6 +230,9 @@ pub struct SnapshotSource {
     meta: SnapshotMeta,
     len: u64,
     crc32: u32,
+    /// The CRC-32 of each [`CHECK_STEP_BYTES`] of the image as checked at the opening, so a
+    /// later read that differs (a failing disk) is an error, never a chunk sent.
+    step_crcs: Vec<u32>,
 }
 
 impl SnapshotSource {
@@ -213,12 +255,14 @@ impl SnapshotSource {
             return Err(named_for(path, inside, meta));
         }
         let mut data_crc = crc32fast::Hasher::new();
+        let mut step_crcs = Vec::with_capacity(len.div_ceil(CHECK_STEP_BYTES) as usize);
         let mut piece = vec![0u8; CHECK_STEP_BYTES.min(len) as usize];
         let mut at = 0;
         while at < len {
             let step = &mut piece[..CHECK_STEP_BYTES.min(len - at) as usize];
             file.read_exact_at(step, HEADER_BYTES as u64 + at).map_err(io_err("read", path))?;
             data_crc.update(step);
+            step_crcs.push(crc32fast::hash(step));
             at += step.len() as u64;
         }
         let mut stored = [0u8; TRAILER_BYTES];
@@ -234,7 +278,7 @@ impl SnapshotSource {
             });
         }
         let crc32 = data_crc.finalize();
-        Ok(SnapshotSource { file: Arc::new(file), path: path.to_path_buf(), meta, len, crc32 })
+        Ok(SnapshotSource { file: Arc::new(file), path: path.to_path_buf(), meta, len, crc32, step_crcs })
     }
 
     /// The log position the image stands for.
@@ -257,14 +301,39 @@ impl SnapshotSource {
         self.crc32
     }
 
-    /// The image's bytes `[offset, offset + len)`, cut at its end.
+    /// The image's bytes `[offset, offset + len)`, cut at its end; an error if they differ from
+    /// what the opening checked.
+    ///
+    /// Reads the whole check steps the range touches (a transfer's chunks are steps), then asks
+    /// the kernel to read the next step ahead, so the next chunk is seldom a wait on the disk.
     pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let start = offset.min(self.len);
         let end = start.saturating_add(len as u64).min(self.len);
-        let mut bytes = vec![0u8; (end - start) as usize];
+        if start == end {
+            return Ok(Vec::new());
+        }
+        let first = start / CHECK_STEP_BYTES;
+        let steps_end = end.div_ceil(CHECK_STEP_BYTES);
+        let from = first * CHECK_STEP_BYTES;
+        let to = (steps_end * CHECK_STEP_BYTES).min(self.len);
+        let mut bytes = vec![0u8; (to - from) as usize];
         self.file
-            .read_exact_at(&mut bytes, HEADER_BYTES as u64 + start)
+            .read_exact_at(&mut bytes, HEADER_BYTES as u64 + from)
             .map_err(io_err("read", &self.path))?;
+        for (i, step) in bytes.chunks(CHECK_STEP_BYTES as usize).enumerate() {
+            let index = first as usize + i;
+            if self.step_crcs.get(index) != Some(&crc32fast::hash(step)) {
+                return Err(StorageError::Corrupt {
+                    path: self.path.clone(),
+                    offset: HEADER_BYTES as u64 + index as u64 * CHECK_STEP_BYTES,
+                    reason: "image changed since it was checked".into(),
+                });
+            }
+        }
+        super::writeback::read_ahead(&self.file, HEADER_BYTES as u64 + to, CHECK_STEP_BYTES);
+        if (from, to) != (start, end) {
+            bytes = bytes[(start - from) as usize..(end - from) as usize].to_vec();
+        }
         Ok(bytes)
     }
 }
@@ -590,7 +659,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SnapshotStore::open(dir.path()).expect("store");
         assert!(store.open_latest().expect("open").is_none(), "no snapshot yet");
-        // Over two of the remover's 4 MiB steps and of the check's 1 MiB reads.
+        // Over two of the remover's 4 MiB steps and of the check's 1 MiB steps.
         let image: Vec<u8> = (0..(9u64 << 20) + 777).map(|i| (i * 13 % 251) as u8).collect();
         let (old, new, newest) = (
             SnapshotMeta { index: 5, term: 1 },
@@ -603,33 +672,73 @@ mod tests {
         assert_eq!(source.crc32(), crc32fast::hash(&image), "the image's own checksum");
         let len = image.len();
         assert_eq!(source.read(0, 100).expect("read"), image[..100]);
+        assert_eq!(source.read(1 << 20, 1 << 20).expect("read"), image[1 << 20..2 << 20], "a whole step");
         assert_eq!(source.read(len as u64 - 10, 100).expect("read"), image[len - 10..], "cut at the end");
         assert!(source.read(len as u64 + 5, 10).expect("read").is_empty(), "past the end: nothing");
 
-        // A newer snapshot removes the file, but a transfer reading it gets the same bytes.
+        // A newer snapshot sets the file aside, uncut: a transfer reading it gets the same bytes.
         store.save(new, b"newer").expect("save newer");
-        assert!(!old_path.exists(), "the older image is unlinked");
+        assert!(!old_path.exists(), "no longer under its name");
+        let mut aside = old_path.clone().into_os_string();
+        aside.push(".released");
+        let aside = PathBuf::from(aside);
+        let whole = (HEADER_BYTES + len + TRAILER_BYTES) as u64;
+        assert_eq!(fs::metadata(&aside).expect("set aside").len(), whole, "not cut down");
         let middle = (4u64 << 20) + 3;
         assert_eq!(source.read(middle, 1 << 20).expect("read"), image[middle as usize..][..1 << 20]);
         assert_eq!(source.read(len as u64 - 7, 7).expect("read"), image[len - 7..]);
-        drop(source);
+        store.remove_released().expect("sweep");
+        assert!(aside.exists(), "kept while a transfer reads it");
 
-        // Let go, the next older one is cut down and removed as before.
+        // Let go, it is cut down (not only unlinked) and removed.
+        let watcher = fs::File::open(&aside).expect("open");
+        drop(source);
+        store.remove_released().expect("sweep");
+        assert!(!aside.exists(), "removed once nothing reads it");
+        assert_eq!(watcher.metadata().expect("stat").len(), 0, "cut down before its unlink");
+
+        // An image nobody reads is cut down and removed by the next snapshot, as before.
         let new_path = dir.path().join(file_name(new));
+        let watcher = fs::File::open(&new_path).expect("open");
         store.save(newest, b"newest").expect("save newest");
         assert!(!new_path.exists());
-        let source = store.open_latest().expect("open").expect("a snapshot");
-        assert_eq!(source.read(0, 100).expect("read"), b"newest");
-        drop(source);
+        assert_eq!(watcher.metadata().expect("stat").len(), 0, "cut down before its unlink");
+    }
 
-        // Damage anywhere in the image is found when it is opened, not while it is sent.
-        let newest_path = dir.path().join(file_name(newest));
-        let mut bytes = fs::read(&newest_path).expect("read");
-        bytes[HEADER_BYTES + 3] ^= 1;
-        fs::write(&newest_path, &bytes).expect("damage");
+    #[test]
+    fn a_source_refuses_an_image_damaged_before_or_after_it_was_opened() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SnapshotStore::open(dir.path()).expect("store");
+        let meta = SnapshotMeta { index: 12, term: 2 };
+        let image: Vec<u8> = (0..(3u64 << 20)).map(|i| (i % 241) as u8).collect();
+        let path = store.save(meta, &image).expect("save");
+        let source = store.open_latest().expect("open").expect("a snapshot");
+        // A byte of the second step changes under the open file (a failing disk, say).
+        let file = fs::OpenOptions::new().write(true).open(&path).expect("open for writing");
+        let at = HEADER_BYTES as u64 + (1 << 20) + 17;
+        file.write_all_at(&[image[(1 << 20) + 17] ^ 1], at).expect("damage");
+        assert_eq!(source.read(0, 1 << 20).expect("the first step is intact"), image[..1 << 20]);
+        assert!(matches!(source.read(1 << 20, 1 << 20), Err(StorageError::Corrupt { .. })), "never sent");
+        assert!(matches!(source.read((1 << 20) + 100, 10), Err(StorageError::Corrupt { .. })), "nor a part");
+        drop(source);
+        // Opened now, the damage is found at once, as it is in a shorter file.
         assert!(matches!(store.open_latest(), Err(StorageError::Corrupt { .. })));
-        fs::write(&newest_path, &bytes[..30]).expect("truncate");
+        file.set_len(30).expect("truncate");
         assert!(matches!(store.open_latest(), Err(StorageError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_start_removes_images_set_aside_for_transfers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let meta = SnapshotMeta { index: 12, term: 2 };
+        let store = SnapshotStore::open(dir.path()).expect("store");
+        store.save(meta, b"kept").expect("save");
+        // Left by a crash while a transfer read an older image.
+        let aside = dir.path().join(format!("{}.released", file_name(SnapshotMeta { index: 9, term: 2 })));
+        fs::write(&aside, b"older").expect("write");
+        let restarted = SnapshotStore::open(dir.path()).expect("store");
+        assert_eq!(restarted.load_latest().expect("load"), Some((meta, b"kept".to_vec())));
+        assert!(!aside.exists());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Sending a file's dirty pages to the disk ahead of an fsync (`sync_file_range`), so the fsync
-//! of a large write, or another file's fsync queued behind it, does not wait for all of them.
+//! of a large write, or another file's fsync queued behind it, does not wait for all of them;
+//! and asking for pages ahead of a read (`posix_fadvise`).
 //!
 //! Linux only; elsewhere these do nothing. Errors are ignored: durability always comes from the
-//! fsync that follows, this only spreads the work.
+//! fsync that follows, and a read reads whatever the hint did; these only spread the work.
 
 use std::fs::File;
 
@@ -14,6 +15,21 @@ pub(crate) fn start(file: &File, from: u64, to: u64) {
 /// Writes out bytes `from..to` of `file` and waits until they are on the disk.
 pub(crate) fn write_and_wait(file: &File, from: u64, to: u64) {
     sync_range(file, from, to, Wait::Yes);
+}
+
+/// Starts reading bytes `from..from + len` of `file` into the page cache, without waiting.
+pub(crate) fn read_ahead(file: &File, from: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(from), Ok(len)) = (i64::try_from(from), i64::try_from(len)) else { return };
+        // SAFETY: posix_fadvise reads no memory of ours; a bad range or descriptor is an error.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), from, len, libc::POSIX_FADV_WILLNEED);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, from, len);
 }
 
 enum Wait {
