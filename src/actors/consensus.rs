@@ -1324,7 +1324,7 @@ impl Consensus {
     }
 
     /// Lets go of the image file opened for followers once no transfer is under way: while it is
-    /// open, a newer snapshot unlinks it without cutting it down, and its blocks stay in use.
+    /// open, a newer snapshot sets it aside uncut, and its blocks stay in use.
     fn release_image_if_idle(&mut self) {
         if self.outgoing.is_empty() {
             self.latest_snapshot = None;

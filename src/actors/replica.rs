@@ -259,11 +259,11 @@ type Recovered = (StateMachine, SnapshotMeta, Vec<Entry>);
 /// the marker (a crash in between), never older.
 fn recover(
     id: NodeId,
-    latest: Option<(SnapshotMeta, Vec<u8>)>,
+    latest: Option<(SnapshotMeta, StateMachine)>,
     marker: SnapshotMeta,
     entries: Vec<Entry>,
 ) -> Result<Recovered, ReplicaError> {
-    let Some((meta, image)) = latest else {
+    let Some((meta, state)) = latest else {
         if marker.index > 0 {
             return Err(ReplicaError::Config(format!(
                 "replica {id}: the log is compacted up to {} but no snapshot file is there",
@@ -278,7 +278,6 @@ fn recover(
             meta.index, marker.index
         )));
     }
-    let state = StateMachine::restore(&image)?;
     // Keep the entries after the snapshot only if the log agrees with it at its index (Raft §7).
     let agrees =
         meta.index == marker.index || entries.iter().any(|e| e.index == meta.index && e.term == meta.term);
@@ -337,13 +336,16 @@ impl Replica {
 
         let data_dir = DataDir::open(&config.data_dir, &config.cluster_name, config.id)?;
         let snapshots = SnapshotStore::open(data_dir.snap_dir())?;
-        let latest = snapshots.load_latest()?;
         let witness = data_dir.wal_witness();
         let (mut wal, mut recovery) = Wal::open_witnessed(
             data_dir.wal_dir(),
             WalOptions { segment_bytes: config.wal_segment_bytes, fsync: config.fsync },
             Some(&witness),
         )?;
+        // Decoded as it is read, so the image is never whole in memory beside the state it
+        // builds; and after the log is read, whose reading holds a segment's buffer (up to 64
+        // MiB) that would otherwise come on top of the state.
+        let latest = snapshots.read_latest(StateMachine::restore_from)?;
         let fresh = latest.is_none() && is_fresh(&recovery.hard_state, &recovery.snapshot, &recovery.entries);
         if fresh && !config.join {
             let entry = bootstrap_entry(&config.peers)?;

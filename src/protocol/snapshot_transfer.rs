@@ -16,6 +16,9 @@ use std::collections::BTreeMap;
 use super::peer_wire::SnapshotChunk;
 use super::raft::{NodeId, Snapshot, SnapshotMeta};
 
+/// The most a receiver reserves for an image before its bytes arrive.
+const MAX_RESERVED_IMAGE_BYTES: u64 = 1 << 30;
+
 /// How a transfer is paced, in the caller's ticks and bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransferConfig {
@@ -264,9 +267,10 @@ impl SnapshotReceiver {
             }
             // Room for the whole image at once: grown chunk by chunk, the buffer would be copied
             // at every doubling, briefly twice the image in memory. Only reserved (the pages are
-            // touched as chunks arrive), and left to grow if the reservation is refused.
+            // touched as chunks arrive), up to 1 GiB (a reservation counts against a strict
+            // overcommit limit before a byte arrives), and left to grow if it is refused.
             let mut image = Vec::new();
-            let _ = image.try_reserve_exact(chunk.total_bytes as usize);
+            let _ = image.try_reserve_exact(chunk.total_bytes.min(MAX_RESERVED_IMAGE_BYTES) as usize);
             self.incoming = Some(Incoming {
                 from: chunk.from,
                 meta: chunk.meta,

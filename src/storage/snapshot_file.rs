@@ -7,7 +7,7 @@ use super::error::{io_err, Result, StorageError};
 use super::segment_remover::cut_and_unlink;
 use crate::protocol::raft::SnapshotMeta;
 use std::fs;
-use std::io::{BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -119,7 +119,7 @@ impl SnapshotStore {
     /// may already be compacted away.
     pub fn load_latest(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>> {
         self.remove_temp_files()?;
-        self.remove_released()?;
+        self.remove_released_at_start();
         let Some(latest) = self.latest_path()? else {
             return Ok(None);
         };
@@ -128,9 +128,62 @@ impl SnapshotStore {
         Ok(Some((latest.meta, data.to_vec())))
     }
 
+    /// The newest snapshot, its image read a piece at a time by `decode` (given a reader of the
+    /// image and its length: never the whole image in memory) and the file's checksum taken on
+    /// the way; `None` if there is none. Leftover temp and set-aside files are removed.
+    ///
+    /// As with [`load_latest`](Self::load_latest), a newest file that fails its checks is an
+    /// error: a damaged one is `Corrupt` even when `decode` took its bytes, and when `decode`
+    /// fails on a file whose checksum fails too, the damage is what is reported.
+    pub fn read_latest<T>(
+        &self,
+        decode: impl FnOnce(&mut dyn Read, u64) -> Result<T>,
+    ) -> Result<Option<(SnapshotMeta, T)>> {
+        self.remove_temp_files()?;
+        self.remove_released_at_start();
+        let Some(latest) = self.latest_path()? else {
+            return Ok(None);
+        };
+        let path = &latest.path;
+        let file = fs::File::open(path).map_err(io_err("open", path))?;
+        let size = file.metadata().map_err(io_err("stat", path))?.len();
+        if size < (HEADER_BYTES + TRAILER_BYTES) as u64 {
+            return Err(StorageError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                reason: format!("file of {size} bytes is shorter than header and checksum"),
+            });
+        }
+        let mut reader = BufReader::with_capacity(CHECK_STEP_BYTES as usize, file);
+        let mut head = [0u8; HEADER_BYTES];
+        reader.read_exact(&mut head).map_err(io_err("read", path))?;
+        let (inside, len) = parse_header(path, &head, size)?;
+        if inside != latest.meta {
+            return Err(named_for(path, inside, latest.meta));
+        }
+        let mut image = CheckedImage { reader, left: len, crc: crc32fast::Hasher::new(), failure: None };
+        image.crc.update(&head);
+        let decoded = decode(&mut image, len);
+        if let Some(failure) = image.failure.take() {
+            return Err(StorageError::Io { op: "read", path: path.clone(), source: failure });
+        }
+        // What the decoder left (nothing, for an image it took whole) counts toward the checksum.
+        std::io::copy(&mut image, &mut std::io::sink()).map_err(io_err("read", path))?;
+        let mut stored = [0u8; TRAILER_BYTES];
+        image.reader.read_exact(&mut stored).map_err(io_err("read", path))?;
+        if image.crc.finalize() != u32::from_le_bytes(stored) {
+            return Err(StorageError::Corrupt {
+                path: path.clone(),
+                offset: HEADER_BYTES as u64 + len,
+                reason: "snapshot checksum mismatch".into(),
+            });
+        }
+        Ok(Some((latest.meta, decoded?)))
+    }
+
     /// The newest snapshot, checked and open to be read a piece at a time; `None` if there is
-    /// none. While the returned source lives, a newer snapshot unlinks the file without cutting
-    /// it down, so every read of the source returns the image it was opened with.
+    /// none. While the returned source lives, a newer snapshot sets the file aside uncut (see
+    /// [`remove_released`](Self::remove_released)), so every read returns the image it opened.
     pub fn open_latest(&self) -> Result<Option<SnapshotSource>> {
         self.remove_temp_files()?;
         let Some(latest) = self.latest_path()? else {
@@ -161,6 +214,14 @@ impl SnapshotStore {
         }
         log::info!("snapshot: {} set aside while a transfer still reads it", path.display());
         Ok(true)
+    }
+
+    /// [`remove_released`](Self::remove_released), a failure only logged: a leftover that cannot
+    /// be removed takes disk space, and must not keep the replica from starting.
+    fn remove_released_at_start(&self) {
+        if let Err(e) = self.remove_released() {
+            log::warn!("snapshot: an image set aside for a transfer not removed: {e}");
+        }
     }
 
     /// Cuts down and removes the older images set aside for transfers that no longer read them.
@@ -218,8 +279,38 @@ impl SnapshotStore {
     }
 }
 
-/// How much of an image [`SnapshotSource::open`] reads at a time to check it.
-const CHECK_STEP_BYTES: u64 = 1 << 20;
+/// A snapshot file's image section as [`SnapshotStore::read_latest`] hands it to its decoder:
+/// at most the image's bytes, each added to the file's checksum as it is read.
+struct CheckedImage {
+    reader: BufReader<fs::File>,
+    left: u64,
+    crc: crc32fast::Hasher,
+    /// The disk's error, if a read failed (the decoder sees it only as a bad image).
+    failure: Option<std::io::Error>,
+}
+
+impl Read for CheckedImage {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        match self.reader.read(&mut buf[..want]) {
+            Ok(n) => {
+                self.crc.update(&buf[..n]);
+                self.left -= n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    self.failure = Some(std::io::Error::new(e.kind(), e.to_string()));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// How much of an image [`SnapshotSource::open`] reads at a time to check it: a transfer's chunk,
+/// so each chunk a transfer reads is one step, read and checked once.
+const CHECK_STEP_BYTES: u64 = crate::protocol::peer_wire::SNAPSHOT_CHUNK_BYTES as u64;
 
 /// A snapshot file open for reading its image a piece at a time (sent to a follower chunk by
 /// chunk, never whole in memory), checked whole when opened and a step at a time when read.
@@ -330,7 +421,9 @@ impl SnapshotSource {
                 });
             }
         }
-        super::writeback::read_ahead(&self.file, HEADER_BYTES as u64 + to, CHECK_STEP_BYTES);
+        if to < self.len {
+            super::writeback::read_ahead(&self.file, HEADER_BYTES as u64 + to, CHECK_STEP_BYTES);
+        }
         if (from, to) != (start, end) {
             bytes = bytes[(start - from) as usize..(end - from) as usize].to_vec();
         }
@@ -725,6 +818,42 @@ mod tests {
         assert!(matches!(store.open_latest(), Err(StorageError::Corrupt { .. })));
         file.set_len(30).expect("truncate");
         assert!(matches!(store.open_latest(), Err(StorageError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn the_newest_image_is_read_through_a_decoder_and_checked_on_the_way() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SnapshotStore::open(dir.path()).expect("store");
+        let whole = |image: &mut dyn Read, len: u64| {
+            let mut bytes = Vec::new();
+            image.read_to_end(&mut bytes).map_err(|e| StorageError::BadImage(e.to_string()))?;
+            assert_eq!(bytes.len() as u64, len, "exactly the image");
+            Ok(bytes)
+        };
+        assert!(store.read_latest(whole).expect("read").is_none());
+        let meta = SnapshotMeta { index: 12, term: 2 };
+        let image: Vec<u8> = (0..(3u64 << 20) + 5).map(|i| (i % 239) as u8).collect();
+        let path = store.save(meta, &image).expect("save");
+        assert_eq!(store.read_latest(whole).expect("read"), Some((meta, image.clone())));
+        // A decoder that stops early still has the rest checked, and its answer kept.
+        let first = |image: &mut dyn Read, _len: u64| {
+            let mut byte = [0u8; 1];
+            image.read_exact(&mut byte).map_err(|e| StorageError::BadImage(e.to_string()))?;
+            Ok(byte[0])
+        };
+        assert_eq!(store.read_latest(first).expect("read"), Some((meta, image[0])));
+        // A decoder's own refusal of an intact file is what comes back.
+        let refuse = |_: &mut dyn Read, _: u64| -> Result<()> { Err(StorageError::BadImage("no".into())) };
+        assert!(matches!(store.read_latest(refuse), Err(StorageError::BadImage(_))));
+        // Damage past what a decoder reads, or that it reads without noticing, is found.
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[HEADER_BYTES + (2 << 20)] ^= 1;
+        fs::write(&path, &bytes).expect("damage");
+        assert!(matches!(store.read_latest(whole), Err(StorageError::Corrupt { .. })));
+        assert!(matches!(store.read_latest(first), Err(StorageError::Corrupt { .. })));
+        assert!(matches!(store.read_latest(refuse), Err(StorageError::Corrupt { .. })), "damage first");
+        fs::write(&path, &bytes[..30]).expect("truncate");
+        assert!(matches!(store.read_latest(whole), Err(StorageError::Corrupt { .. })));
     }
 
     #[test]

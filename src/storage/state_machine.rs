@@ -9,6 +9,7 @@ use crate::protocol::command::{ColumnFamily, Command, CommandResult, Proposal};
 use crate::protocol::raft::{ConfChange, Membership};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::io::Read;
 
 /// Version of the image [`StateMachine::snapshot`] writes (2: with the membership; 3: keys with
 /// versions and expiries, and the clock).
@@ -118,7 +119,7 @@ impl StateMachine {
 
     /// The membership recorded in an image, read without decoding the rest of it.
     pub fn image_membership(image: &[u8]) -> Result<Membership> {
-        let mut parts = Parts { rest: image };
+        let mut parts = Parts::Slice(image);
         match parts.next()? {
             Some(ImagePart::Header { format_version, .. }) if format_version >= 2 => {}
             Some(ImagePart::Header { .. }) => return Ok(Membership::default()),
@@ -321,8 +322,17 @@ impl StateMachine {
     /// The session bound recorded in the image is kept, so the restored machine answers every
     /// later command exactly as the original would.
     pub fn restore(image: &[u8]) -> Result<StateMachine> {
+        StateMachine::restore_parts(Parts::Slice(image))
+    }
+
+    /// Like [`restore`](Self::restore), the image of `len` bytes read from `image` a part at a
+    /// time (a few MB each), so it is never whole in memory beside the state it builds.
+    pub fn restore_from(image: &mut dyn Read, len: u64) -> Result<StateMachine> {
+        StateMachine::restore_parts(Parts::Reader { reader: image, left: len, part: Vec::new() })
+    }
+
+    fn restore_parts(mut parts: Parts<'_>) -> Result<StateMachine> {
         let bad = |why: String| StorageError::BadImage(why);
-        let mut parts = Parts { rest: image };
         let Some(ImagePart::Header { format_version, applied_index, max_sessions }) = parts.next()? else {
             return Err(bad("missing header".into()));
         };
@@ -383,8 +393,8 @@ impl StateMachine {
                     if pairs != pair_count || session_total != sessions.len() as u64 {
                         return Err(bad("totals do not match the parts".into()));
                     }
-                    if !parts.rest.is_empty() {
-                        return Err(bad(format!("{} bytes after the end", parts.rest.len())));
+                    if parts.left() > 0 {
+                        return Err(bad(format!("{} bytes after the end", parts.left())));
                     }
                     break;
                 }
@@ -480,24 +490,62 @@ impl KeysPartWriter {
 }
 
 /// Reads image parts one by one.
-struct Parts<'a> {
-    rest: &'a [u8],
+/// An image's parts, each framed by its length (see [`push_part`]), read from where the image is.
+enum Parts<'a> {
+    /// The whole image in memory: what is left of it.
+    Slice(&'a [u8]),
+    /// An image read as it is decoded: `left` bytes of it still unread, `part` the buffer each
+    /// part is read into (as big as the largest part so far).
+    Reader { reader: &'a mut dyn Read, left: u64, part: Vec<u8> },
 }
 
 impl Parts<'_> {
     fn next(&mut self) -> Result<Option<ImagePart>> {
-        if self.rest.is_empty() {
-            return Ok(None);
-        }
         let truncated = || StorageError::BadImage("truncated part".into());
-        let (len, rest) = self.rest.split_first_chunk::<8>().ok_or_else(truncated)?;
-        let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| truncated())?;
-        if len > rest.len() {
-            return Err(truncated());
+        match self {
+            Parts::Slice(rest) => {
+                if rest.is_empty() {
+                    return Ok(None);
+                }
+                let (len, after) = rest.split_first_chunk::<8>().ok_or_else(truncated)?;
+                let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| truncated())?;
+                if len > after.len() {
+                    return Err(truncated());
+                }
+                let (part, after) = after.split_at(len);
+                *rest = after;
+                Ok(Some(codec::decode(part)?))
+            }
+            Parts::Reader { reader, left, part } => {
+                if *left == 0 {
+                    return Ok(None);
+                }
+                let unreadable = |e: std::io::Error| StorageError::BadImage(format!("unreadable: {e}"));
+                let mut len = [0u8; 8];
+                if *left < len.len() as u64 {
+                    return Err(truncated());
+                }
+                reader.read_exact(&mut len).map_err(unreadable)?;
+                *left -= len.len() as u64;
+                // Never more than the image holds: a damaged length cannot ask for more memory.
+                let len = u64::from_le_bytes(len);
+                if len > *left {
+                    return Err(truncated());
+                }
+                part.resize(len as usize, 0);
+                reader.read_exact(part).map_err(unreadable)?;
+                *left -= len;
+                Ok(Some(codec::decode(part)?))
+            }
         }
-        let (part, rest) = rest.split_at(len);
-        self.rest = rest;
-        Ok(Some(codec::decode(part)?))
+    }
+
+    /// Bytes of the image after the parts read so far.
+    fn left(&self) -> u64 {
+        match self {
+            Parts::Slice(rest) => rest.len() as u64,
+            Parts::Reader { left, .. } => *left,
+        }
     }
 }
 
@@ -641,7 +689,7 @@ mod tests {
             )
             .expect("push");
             proptest::prop_assert_eq!(&framed, &expected);
-            let mut parts = Parts { rest: &framed };
+            let mut parts = Parts::Slice(&framed);
             let Some(ImagePart::Keys { cf: read_cf, keys: read }) = parts.next().expect("decode") else {
                 panic!("a key part")
             };
@@ -699,5 +747,29 @@ mod tests {
             assert!(StateMachine::restore(&image[..cut]).is_err(), "cut at {cut}");
         }
         assert_eq!(StateMachine::restore(&image).expect("restore"), sm);
+    }
+
+    #[test]
+    fn an_image_read_part_by_part_restores_the_same_state_and_is_checked_alike() {
+        let mut sm = StateMachine::default();
+        for i in 0..50_000u32 {
+            sm.apply(u64::from(i) + 1, &put(&format!("key{i}"), &"v".repeat(100)));
+        }
+        let image = sm.snapshot().expect("snapshot");
+        assert!(image.len() > IMAGE_PART_BYTES, "more than one key part");
+        let restored =
+            StateMachine::restore_from(&mut image.as_slice(), image.len() as u64).expect("restore");
+        assert_eq!(restored, sm);
+        // Cut anywhere (a frame's length or inside a part), told the true length or the cut one.
+        for cut in [0, 5, 8, 9, image.len() / 2, image.len() - 1] {
+            let short = &image[..cut];
+            assert!(StateMachine::restore_from(&mut &short[..], image.len() as u64).is_err(), "cut at {cut}");
+            assert!(StateMachine::restore_from(&mut &short[..], cut as u64).is_err(), "cut at {cut}");
+        }
+        // Bytes after the end part are refused, as they are in memory.
+        let mut longer = image.clone();
+        longer.extend_from_slice(&[0; 9]);
+        assert!(StateMachine::restore_from(&mut longer.as_slice(), longer.len() as u64).is_err());
+        assert!(StateMachine::restore(&longer).is_err());
     }
 }
