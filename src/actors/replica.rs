@@ -344,7 +344,8 @@ impl Replica {
         )?;
         // Decoded as it is read, so the image is never whole in memory beside the state it
         // builds; and after the log is read, whose reading holds a segment's buffer (up to 64
-        // MiB) that would otherwise come on top of the state.
+        // MiB) that would otherwise come on top of the state. A start refused for a damaged
+        // image has opened the log by then, as any start does (torn tail cut, a segment begun).
         let latest = snapshots.read_latest(StateMachine::restore_from)?;
         let fresh = latest.is_none() && is_fresh(&recovery.hard_state, &recovery.snapshot, &recovery.entries);
         if fresh && !config.join {

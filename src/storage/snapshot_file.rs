@@ -38,8 +38,8 @@ pub struct SnapshotFile {
 /// The snapshot files of one replica, in one directory; only the newest is kept.
 ///
 /// Durability: when [`save`](SnapshotStore::save) returns `Ok`, the new snapshot is on stable
-/// storage under its final name and [`load_latest`](SnapshotStore::load_latest) will return it
-/// after a crash; a crash during `save` leaves the previous snapshot in place and at most a
+/// storage under its final name and [`read_latest`](SnapshotStore::read_latest) (as
+/// [`load_latest`](SnapshotStore::load_latest)) will return it after a crash; a crash during `save` leaves the previous snapshot in place and at most a
 /// temp file, which is removed on the next load.
 #[derive(Debug)]
 pub struct SnapshotStore {
@@ -169,6 +169,13 @@ impl SnapshotStore {
         }
         // What the decoder left (nothing, for an image it took whole) counts toward the checksum.
         std::io::copy(&mut image, &mut std::io::sink()).map_err(io_err("read", path))?;
+        if image.left > 0 {
+            return Err(StorageError::Corrupt {
+                path: path.clone(),
+                offset: HEADER_BYTES as u64 + len - image.left,
+                reason: "the file ended inside its image (it shrank while read)".into(),
+            });
+        }
         let mut stored = [0u8; TRAILER_BYTES];
         image.reader.read_exact(&mut stored).map_err(io_err("read", path))?;
         if image.crc.finalize() != u32::from_le_bytes(stored) {
@@ -298,11 +305,12 @@ impl Read for CheckedImage {
                 self.left -= n as u64;
                 Ok(n)
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(e),
             Err(e) => {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    self.failure = Some(std::io::Error::new(e.kind(), e.to_string()));
-                }
-                Err(e)
+                // The decoder gets a copy; the disk's own error (with its OS code) is reported.
+                let copy = std::io::Error::new(e.kind(), e.to_string());
+                self.failure = Some(e);
+                Err(copy)
             }
         }
     }
@@ -842,6 +850,16 @@ mod tests {
             Ok(byte[0])
         };
         assert_eq!(store.read_latest(first).expect("read"), Some((meta, image[0])));
+        // A file cut short while it is read (past what the reader had buffered) is damage too.
+        let shrink = |image: &mut dyn Read, _len: u64| {
+            let file = fs::OpenOptions::new().write(true).open(&path).expect("open for writing");
+            file.set_len(HEADER_BYTES as u64 + (2 << 20)).expect("shrink");
+            let mut byte = [0u8; 1];
+            image.read_exact(&mut byte).map_err(|e| StorageError::BadImage(e.to_string()))?;
+            Ok(())
+        };
+        assert!(matches!(store.read_latest(shrink), Err(StorageError::Corrupt { .. })));
+        store.save(meta, &image).expect("save again");
         // A decoder's own refusal of an intact file is what comes back.
         let refuse = |_: &mut dyn Read, _: u64| -> Result<()> { Err(StorageError::BadImage("no".into())) };
         assert!(matches!(store.read_latest(refuse), Err(StorageError::BadImage(_))));

@@ -532,7 +532,7 @@ impl Parts<'_> {
                 if len > *left {
                     return Err(truncated());
                 }
-                part.resize(len as usize, 0);
+                part.resize(usize::try_from(len).map_err(|_| truncated())?, 0);
                 reader.read_exact(part).map_err(unreadable)?;
                 *left -= len;
                 Ok(Some(codec::decode(part)?))
