@@ -7,7 +7,7 @@ use super::error::{io_err, Result, StorageError};
 use super::segment_remover::cut_and_unlink;
 use crate::protocol::raft::SnapshotMeta;
 use std::fs;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -39,8 +39,9 @@ pub struct SnapshotFile {
 ///
 /// Durability: when [`save`](SnapshotStore::save) returns `Ok`, the new snapshot is on stable
 /// storage under its final name and [`read_latest`](SnapshotStore::read_latest) (as
-/// [`load_latest`](SnapshotStore::load_latest)) will return it after a crash; a crash during `save` leaves the previous snapshot in place and at most a
-/// temp file, which is removed on the next load.
+/// [`load_latest`](SnapshotStore::load_latest)) will return it after a crash; a crash during
+/// `save` leaves the previous snapshot in place and at most a temp file, which is removed on
+/// the next load.
 #[derive(Debug)]
 pub struct SnapshotStore {
     dir: PathBuf,
@@ -145,22 +146,9 @@ impl SnapshotStore {
             return Ok(None);
         };
         let path = &latest.path;
-        let file = fs::File::open(path).map_err(io_err("open", path))?;
-        let size = file.metadata().map_err(io_err("stat", path))?.len();
-        if size < (HEADER_BYTES + TRAILER_BYTES) as u64 {
-            return Err(StorageError::Corrupt {
-                path: path.clone(),
-                offset: 0,
-                reason: format!("file of {size} bytes is shorter than header and checksum"),
-            });
-        }
-        let mut reader = BufReader::with_capacity(CHECK_STEP_BYTES as usize, file);
-        let mut head = [0u8; HEADER_BYTES];
-        reader.read_exact(&mut head).map_err(io_err("read", path))?;
-        let (inside, len) = parse_header(path, &head, size)?;
-        if inside != latest.meta {
-            return Err(named_for(path, inside, latest.meta));
-        }
+        let (mut file, head, len) = open_file(path, latest.meta)?;
+        file.seek(SeekFrom::Start(HEADER_BYTES as u64)).map_err(io_err("seek", path))?;
+        let reader = BufReader::with_capacity(CHECK_STEP_BYTES as usize, file);
         let mut image = CheckedImage { reader, left: len, crc: crc32fast::Hasher::new(), failure: None };
         image.crc.update(&head);
         let decoded = decode(&mut image, len);
@@ -338,21 +326,7 @@ impl SnapshotSource {
     /// Opens the snapshot file at `path`, named for `meta`, and checks it as
     /// [`SnapshotStore::load_latest`] does, reading it through once.
     fn open(path: &Path, meta: SnapshotMeta) -> Result<SnapshotSource> {
-        let file = fs::File::open(path).map_err(io_err("open", path))?;
-        let size = file.metadata().map_err(io_err("stat", path))?.len();
-        if size < (HEADER_BYTES + TRAILER_BYTES) as u64 {
-            return Err(StorageError::Corrupt {
-                path: path.to_path_buf(),
-                offset: 0,
-                reason: format!("file of {size} bytes is shorter than header and checksum"),
-            });
-        }
-        let mut head = [0u8; HEADER_BYTES];
-        file.read_exact_at(&mut head, 0).map_err(io_err("read", path))?;
-        let (inside, len) = parse_header(path, &head, size)?;
-        if inside != meta {
-            return Err(named_for(path, inside, meta));
-        }
+        let (file, head, len) = open_file(path, meta)?;
         let mut data_crc = crc32fast::Hasher::new();
         let mut step_crcs = Vec::with_capacity(len.div_ceil(CHECK_STEP_BYTES) as usize);
         let mut piece = vec![0u8; CHECK_STEP_BYTES.min(len) as usize];
@@ -606,6 +580,27 @@ fn parse_name(name: &str) -> Option<SnapshotMeta> {
     let meta = SnapshotMeta { index: index.parse().ok()?, term: term.parse().ok()? };
     // Only names this store writes count, so a stray file cannot shadow the real one.
     (file_name(meta) == name).then_some(meta)
+}
+
+/// Opens the snapshot file at `path`, named for `meta`, and checks its header against its name and
+/// size (not its image: the caller reads that); returns it with the header and the image's length.
+fn open_file(path: &Path, meta: SnapshotMeta) -> Result<(fs::File, [u8; HEADER_BYTES], u64)> {
+    let file = fs::File::open(path).map_err(io_err("open", path))?;
+    let size = file.metadata().map_err(io_err("stat", path))?.len();
+    if size < (HEADER_BYTES + TRAILER_BYTES) as u64 {
+        return Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: format!("file of {size} bytes is shorter than header and checksum"),
+        });
+    }
+    let mut head = [0u8; HEADER_BYTES];
+    file.read_exact_at(&mut head, 0).map_err(io_err("read", path))?;
+    let (inside, len) = parse_header(path, &head, size)?;
+    if inside != meta {
+        return Err(named_for(path, inside, meta));
+    }
+    Ok((file, head, len))
 }
 
 /// Checks a whole snapshot file named for `meta` and returns its data.
