@@ -114,28 +114,27 @@ impl SnapshotStore {
         Ok(())
     }
 
-    /// The newest snapshot, checked; `None` if there is none. Leftover temp files are removed.
+    /// The newest snapshot, its image whole in memory, checked as
+    /// [`read_latest`](Self::read_latest) checks it; `None` if there is none.
     ///
     /// A newest file that fails its checks is an error, never an empty state: the log before it
     /// may already be compacted away.
     pub fn load_latest(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>> {
-        self.remove_temp_files()?;
-        self.remove_released_at_start();
-        let Some(latest) = self.latest_path()? else {
-            return Ok(None);
-        };
-        let bytes = fs::read(&latest.path).map_err(io_err("read", &latest.path))?;
-        let data = check(&latest.path, latest.meta, &bytes)?;
-        Ok(Some((latest.meta, data.to_vec())))
+        self.read_latest(|image, len| {
+            let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+            image.read_to_end(&mut bytes).map_err(|e| StorageError::BadImage(format!("unreadable: {e}")))?;
+            Ok(bytes)
+        })
     }
 
     /// The newest snapshot, its image read a piece at a time by `decode` (given a reader of the
     /// image and its length: never the whole image in memory) and the file's checksum taken on
     /// the way; `None` if there is none. Leftover temp and set-aside files are removed.
     ///
-    /// As with [`load_latest`](Self::load_latest), a newest file that fails its checks is an
-    /// error: a damaged one is `Corrupt` even when `decode` took its bytes, and when `decode`
-    /// fails on a file whose checksum fails too, the damage is what is reported.
+    /// A newest file that fails its checks is an error, never an empty state (the log before it
+    /// may already be compacted away): a damaged one is `Corrupt` even when `decode` took its
+    /// bytes, and when `decode` fails on a file whose checksum fails too, the damage is what is
+    /// reported.
     pub fn read_latest<T>(
         &self,
         decode: impl FnOnce(&mut dyn Read, u64) -> Result<T>,
@@ -601,15 +600,6 @@ fn open_file(path: &Path, meta: SnapshotMeta) -> Result<(fs::File, [u8; HEADER_B
         return Err(named_for(path, inside, meta));
     }
     Ok((file, head, len))
-}
-
-/// Checks a whole snapshot file named for `meta` and returns its data.
-fn check<'a>(path: &Path, meta: SnapshotMeta, bytes: &'a [u8]) -> Result<&'a [u8]> {
-    let (inside, data) = check_frame(path, bytes)?;
-    if inside != meta {
-        return Err(named_for(path, inside, meta));
-    }
-    Ok(data)
 }
 
 fn named_for(path: &Path, inside: SnapshotMeta, meta: SnapshotMeta) -> StorageError {

@@ -119,7 +119,8 @@ impl StateMachine {
 
     /// The membership recorded in an image, read without decoding the rest of it.
     pub fn image_membership(image: &[u8]) -> Result<Membership> {
-        let mut parts = Parts::Slice(image);
+        let mut rest = image;
+        let mut parts = Parts::new(&mut rest, image.len() as u64);
         match parts.next()? {
             Some(ImagePart::Header { format_version, .. }) if format_version >= 2 => {}
             Some(ImagePart::Header { .. }) => return Ok(Membership::default()),
@@ -322,13 +323,14 @@ impl StateMachine {
     /// The session bound recorded in the image is kept, so the restored machine answers every
     /// later command exactly as the original would.
     pub fn restore(image: &[u8]) -> Result<StateMachine> {
-        StateMachine::restore_parts(Parts::Slice(image))
+        let mut rest = image;
+        StateMachine::restore_parts(Parts::new(&mut rest, image.len() as u64))
     }
 
     /// Like [`restore`](Self::restore), the image of `len` bytes read from `image` a part at a
     /// time (a few MB each), so it is never whole in memory beside the state it builds.
     pub fn restore_from(image: &mut dyn Read, len: u64) -> Result<StateMachine> {
-        StateMachine::restore_parts(Parts::Reader { reader: image, left: len, part: Vec::new() })
+        StateMachine::restore_parts(Parts::new(image, len))
     }
 
     fn restore_parts(mut parts: Parts<'_>) -> Result<StateMachine> {
@@ -489,63 +491,46 @@ impl KeysPartWriter {
     }
 }
 
-/// Reads image parts one by one.
-/// An image's parts, each framed by its length (see [`push_part`]), read from where the image is.
-enum Parts<'a> {
-    /// The whole image in memory: what is left of it.
-    Slice(&'a [u8]),
-    /// An image read as it is decoded: `left` bytes of it still unread, `part` the buffer each
-    /// part is read into (as big as the largest part so far).
-    Reader { reader: &'a mut dyn Read, left: u64, part: Vec<u8> },
+/// An image's parts, each framed by its length (see [`push_part`]), read as they are decoded:
+/// `left` bytes of the image still unread, `part` the buffer each part is read into (as big as
+/// the largest part so far).
+struct Parts<'a> {
+    reader: &'a mut dyn Read,
+    left: u64,
+    part: Vec<u8>,
 }
 
 impl Parts<'_> {
+    fn new(reader: &mut dyn Read, len: u64) -> Parts<'_> {
+        Parts { reader, left: len, part: Vec::new() }
+    }
+
     fn next(&mut self) -> Result<Option<ImagePart>> {
-        let truncated = || StorageError::BadImage("truncated part".into());
-        match self {
-            Parts::Slice(rest) => {
-                if rest.is_empty() {
-                    return Ok(None);
-                }
-                let (len, after) = rest.split_first_chunk::<8>().ok_or_else(truncated)?;
-                let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| truncated())?;
-                if len > after.len() {
-                    return Err(truncated());
-                }
-                let (part, after) = after.split_at(len);
-                *rest = after;
-                Ok(Some(codec::decode(part)?))
-            }
-            Parts::Reader { reader, left, part } => {
-                if *left == 0 {
-                    return Ok(None);
-                }
-                let unreadable = |e: std::io::Error| StorageError::BadImage(format!("unreadable: {e}"));
-                let mut len = [0u8; 8];
-                if *left < len.len() as u64 {
-                    return Err(truncated());
-                }
-                reader.read_exact(&mut len).map_err(unreadable)?;
-                *left -= len.len() as u64;
-                // Never more than the image holds: a damaged length cannot ask for more memory.
-                let len = u64::from_le_bytes(len);
-                if len > *left {
-                    return Err(truncated());
-                }
-                part.resize(usize::try_from(len).map_err(|_| truncated())?, 0);
-                reader.read_exact(part).map_err(unreadable)?;
-                *left -= len;
-                Ok(Some(codec::decode(part)?))
-            }
+        if self.left == 0 {
+            return Ok(None);
         }
+        let truncated = || StorageError::BadImage("truncated part".into());
+        let unreadable = |e: std::io::Error| StorageError::BadImage(format!("unreadable: {e}"));
+        let mut len = [0u8; 8];
+        if self.left < len.len() as u64 {
+            return Err(truncated());
+        }
+        self.reader.read_exact(&mut len).map_err(unreadable)?;
+        self.left -= len.len() as u64;
+        // Never more than the image holds: a damaged length cannot ask for more memory.
+        let len = u64::from_le_bytes(len);
+        if len > self.left {
+            return Err(truncated());
+        }
+        self.part.resize(usize::try_from(len).map_err(|_| truncated())?, 0);
+        self.reader.read_exact(&mut self.part).map_err(unreadable)?;
+        self.left -= len;
+        Ok(Some(codec::decode(&self.part)?))
     }
 
     /// Bytes of the image after the parts read so far.
     fn left(&self) -> u64 {
-        match self {
-            Parts::Slice(rest) => rest.len() as u64,
-            Parts::Reader { left, .. } => *left,
-        }
+        self.left
     }
 }
 
@@ -689,7 +674,8 @@ mod tests {
             )
             .expect("push");
             proptest::prop_assert_eq!(&framed, &expected);
-            let mut parts = Parts::Slice(&framed);
+            let mut rest = framed.as_slice();
+            let mut parts = Parts::new(&mut rest, framed.len() as u64);
             let Some(ImagePart::Keys { cf: read_cf, keys: read }) = parts.next().expect("decode") else {
                 panic!("a key part")
             };
