@@ -22,7 +22,7 @@ use quorumkv::protocol::codec;
 use quorumkv::protocol::peer_wire::SnapshotChunk;
 use quorumkv::protocol::raft::{
     ChangeOp, ConfChange, Config, Entry, EntryKind, HardState, MemberAddrs, Membership, Message, MessageBody,
-    RaftCore, Ready, Role, SnapshotMeta,
+    RaftCore, Ready, Role, Snapshot, SnapshotMeta,
 };
 use quorumkv::protocol::rng::Rng;
 use quorumkv::protocol::snapshot_transfer::{
@@ -158,6 +158,8 @@ struct Node {
     sender: SnapshotSender<Vec<u8>>,
     /// The snapshot image being received (as follower).
     receiver: SnapshotReceiver,
+    /// Its bytes so far, kept as the replica writes them to a file.
+    receiving: Vec<u8>,
     /// The state machine: (applied index, chained hash).
     state: (u64, u64),
     /// The state machine's membership, from the configuration entries it applied.
@@ -263,6 +265,7 @@ impl Sim {
                     pending: Vec::new(),
                     sender: SnapshotSender::new(TRANSFER),
                     receiver: SnapshotReceiver::new(TRANSFER.max_image_bytes),
+                    receiving: Vec::new(),
                     state: (0, 0),
                     membership: Membership::default(),
                     checked: 0,
@@ -306,6 +309,7 @@ impl Sim {
         node.pending.clear();
         node.sender = SnapshotSender::new(TRANSFER);
         node.receiver = SnapshotReceiver::new(TRANSFER.max_image_bytes);
+        node.receiving.clear();
         // The membership at the snapshot: the image's, or at index 0 the founders'.
         let membership = if disk.snapshot.index == 0 {
             Membership::from_voters(members.iter().copied())
@@ -574,12 +578,20 @@ impl Sim {
                 let (meta, term) = (chunk.meta, chunk.term);
                 let outcome = node.receiver.on_chunk(chunk, core.term());
                 assert!(!outcome.corrupt, "seed {}: a snapshot image was corrupted in transit", self.seed);
+                // As the consensus actor keeps the image's file: begun, appended to, then whole.
+                if outcome.start.is_some() {
+                    node.receiving.clear();
+                }
+                node.receiving.extend_from_slice(&outcome.append);
                 if let Some(received) = outcome.ack {
                     self.send(Packet::Ack { from: to, to: from, meta, received });
                 }
-                let Some(mut snapshot) = outcome.complete else { return true };
+                let Some(meta) = outcome.complete else { return true };
+                let node = self.nodes.get_mut(&to).expect("node");
+                let data = std::mem::take(&mut node.receiving);
                 // As the consensus actor does: the membership comes out of the image.
-                snapshot.membership = decode_membership(&snapshot.data);
+                let membership = decode_membership(&data);
+                let snapshot = Snapshot { meta, membership, data };
                 Message { from, to, term, body: MessageBody::InstallSnapshot { snapshot } }
             }
             Packet::Ack { meta, received, .. } => {

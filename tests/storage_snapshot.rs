@@ -142,27 +142,57 @@ fn an_image_sent_from_its_file_arrives_whole_though_a_newer_snapshot_replaces_it
         TransferConfig { chunk_bytes: 1 << 20, resend_ticks: 3, give_up_ticks: 10, max_image_bytes: limit };
     let mut sender = SnapshotSender::new(config);
     let mut receiver = SnapshotReceiver::new(limit);
+    // The follower writes what arrives into a file of its own store, as the replica does.
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let follower = SnapshotStore::open(follower_dir.path()).expect("open");
+    let mut inbox = follower.inbox();
+    let mut file = None;
     // The leader's loop: each chunk read from the file as its order comes.
     let mut order = sender.start(2, meta, source.len(), ());
     let mut chunks = 0;
-    let received = loop {
+    loop {
         if chunks == 2 {
             store.save(newer, b"newer image").expect("a newer snapshot, mid-transfer");
         }
         let data = source.read(order.offset, order.len).expect("read");
         let outcome = receiver.on_chunk(order.frame(1, 3, source.len(), source.crc32(), data), 3);
         chunks += 1;
-        if let Some(snapshot) = outcome.complete {
-            break snapshot;
+        if let Some(start) = outcome.start {
+            file = Some(inbox.begin(start.meta, start.total_bytes).expect("begin"));
+        }
+        file.as_mut().expect("a file").write(&outcome.append).expect("write");
+        if outcome.complete.is_some() {
+            assert_eq!(outcome.complete, Some(meta));
+            break;
         }
         match sender.on_ack(2, meta, outcome.ack.expect("an ack")) {
             AckOutcome::Send(next) => order = next,
             other => panic!("unexpected {other:?}"),
         }
-    };
+    }
     assert_eq!(chunks, 6, "five whole chunks and a short one");
-    assert_eq!(received.meta, meta);
-    assert!(received.data == image, "the image the transfer started with, byte for byte");
+    // Read back from the file (the replica reads the image's membership so before Raft takes it).
+    let mut written = Vec::new();
+    let file_ref = file.as_mut().expect("the file");
+    std::io::Read::read_to_end(&mut file_ref.image_reader().expect("reader"), &mut written).expect("read");
+    assert!(written == image, "read back as written");
+    // Whole but not yet taken: under a temp name a start removes, never as a snapshot.
+    assert!(follower.latest_path().expect("list").is_none());
+    assert_eq!(
+        snapshot_files(follower_dir.path()),
+        vec![format!("snap-{:020}-{:020}-received-1.snap.tmp", 40, 3)]
+    );
+    let adopted = follower.adopt(file.take().expect("the file")).expect("adopt");
+    assert_eq!(follower.latest_path().expect("list").map(|f| f.meta), Some(meta));
+    assert_eq!(follower.load_latest().expect("load").map(|(m, _)| m), Some(meta));
+    // A newer snapshot saved while the applier still restores from it leaves its bytes alone.
+    follower.save(newer, b"newer image").expect("a newer snapshot, mid-restore");
+    let mut restored = Vec::new();
+    std::io::Read::read_to_end(&mut adopted.reader(), &mut restored).expect("read back");
+    assert!(restored == image, "the image the transfer started with, byte for byte");
+    drop(adopted);
+    follower.remove_released().expect("sweep");
+    assert_eq!(snapshot_files(follower_dir.path()), vec![format!("snap-{:020}-{:020}.snap", 90, 3)]);
     assert_eq!(sender.on_ack(2, meta, source.len()), AckOutcome::Delivered((), 0));
     drop(source);
     store.remove_released().expect("sweep");
@@ -171,4 +201,42 @@ fn an_image_sent_from_its_file_arrives_whole_though_a_newer_snapshot_replaces_it
         vec![format!("snap-{:020}-{:020}.snap", newer.index, newer.term)],
         "the older image is gone once the transfer let it go"
     );
+}
+
+#[test]
+fn received_images_keep_their_own_files_until_taken_and_a_crash_leftover_goes_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    let mut inbox = store.inbox();
+    let meta = SnapshotMeta { index: 12, term: 2 };
+    let mut refused = inbox.begin(meta, 8).expect("begin");
+    refused.write(b"12345678").expect("write");
+    assert_eq!(snapshot_files(dir.path()).len(), 1, "being received");
+    drop(refused);
+    assert!(snapshot_files(dir.path()).is_empty(), "dropped with its writer");
+    // The same image received again while the first receipt waits to be saved: two files, and
+    // the first is saved whole (one name for both, the second would have emptied it).
+    let mut first = inbox.begin(meta, 8).expect("begin");
+    first.write(b"12345678").expect("write");
+    let mut second = inbox.begin(meta, 8).expect("begin");
+    second.write(b"1234").expect("write");
+    // A leader's opening of its newest image (none here) leaves images being received alone.
+    assert!(store.open_latest().expect("open").is_none());
+    assert_eq!(snapshot_files(dir.path()).len(), 2);
+    second.discard();
+    store.adopt(first).expect("adopt");
+    assert_eq!(store.load_latest().expect("load"), Some((meta, b"12345678".to_vec())));
+    assert_eq!(snapshot_files(dir.path()), vec![format!("snap-{:020}-{:020}.snap", 12, 2)]);
+    // A short image is refused at adoption, and the snapshot in place stays.
+    let newer = SnapshotMeta { index: 20, term: 2 };
+    let mut short = inbox.begin(newer, 8).expect("begin");
+    short.write(b"1234").expect("write");
+    assert!(store.adopt(short).is_err());
+    assert_eq!(snapshot_files(dir.path()), vec![format!("snap-{:020}-{:020}.snap", 12, 2)]);
+    // What a crash left mid-transfer is removed by the next start's load.
+    let leftover = inbox.begin(newer, 8).expect("begin");
+    std::mem::forget(leftover);
+    assert_eq!(snapshot_files(dir.path()).len(), 2);
+    assert_eq!(store.load_latest().expect("load").map(|(m, _)| m), Some(meta));
+    assert_eq!(snapshot_files(dir.path()), vec![format!("snap-{:020}-{:020}.snap", 12, 2)]);
 }

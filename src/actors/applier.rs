@@ -7,14 +7,14 @@ use actix::prelude::*;
 
 use super::connection::ReplyBudget;
 use super::registry::HeldSnapshots;
-use super::snapshotter::{EncodeState, SaveState, SavedSnapshot, Snapshotter};
+use super::snapshotter::{EncodeState, ReleaseImage, SaveState, Snapshotter};
 use super::status::StatusBoard;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
 use crate::protocol::codec;
 use crate::protocol::command::{decode_entry, Command, CommandResult};
 use crate::protocol::raft::{ConfChange, Entry, EntryKind, SnapshotMeta};
 use crate::protocol::watch::{watch_verdict, Applied, WatchKey, WatchVerdict};
-use crate::storage::StateMachine;
+use crate::storage::{SnapshotSource, StateMachine};
 
 /// Register interest in the entry proposed at `index` in `term` with `request_id`.
 ///
@@ -99,10 +99,16 @@ pub struct TakeSnapshot;
 /// inserts (measured).
 const DRAIN_BATCH: usize = 1024;
 
-/// Replace the state with a snapshot received from the leader (already durable).
+/// Replace the state with a snapshot received from the leader, read from its file once that is
+/// durable (`image` brings it opened; nothing else is applied meanwhile).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Restore(pub SavedSnapshot);
+pub struct Restore {
+    /// The snapshot's log position.
+    pub meta: SnapshotMeta,
+    /// Its image, opened once saved (dropped unsent if the save failed).
+    pub image: tokio::sync::oneshot::Receiver<Arc<SnapshotSource>>,
+}
 
 /// Stop the applier.
 #[derive(Message)]
@@ -394,12 +400,34 @@ impl Handler<Restore> for Applier {
     type Result = ();
 
     fn handle(&mut self, msg: Restore, ctx: &mut Self::Context) {
-        let meta = msg.0.meta;
+        let meta = msg.meta;
         if meta.index <= self.state.applied_index() {
             return;
         }
+        // Entries after the snapshot are already queued behind this message: none is applied
+        // until the state is the snapshot's. Reads wait too, behind the image's save (which
+        // waits out a full disk with the log writes before it).
+        ctx.wait(msg.image.into_actor(self).map(move |opened, act, ctx| match opened {
+            Ok(image) => act.restore(meta, image, ctx),
+            Err(_) => {
+                // The save failed (consensus stops too) or the replica is stopping.
+                log::warn!("applier: snapshot at index {} was not saved; stopping", meta.index);
+                ctx.stop();
+            }
+        }));
+    }
+}
+
+impl Applier {
+    /// Replaces the state with the image at `meta`, read from its file a part at a time.
+    fn restore(&mut self, meta: SnapshotMeta, image: Arc<SnapshotSource>, ctx: &mut Context<Self>) {
         let started = std::time::Instant::now();
-        match StateMachine::restore(&msg.0.image) {
+        let restored = StateMachine::restore_from(&mut image.reader(), image.len());
+        let len = image.len();
+        // Closed on the snapshotter's thread: a newer snapshot may have set the file aside
+        // meanwhile, and its last close frees the blocks.
+        self.snapshotter.do_send(ReleaseImage(image));
+        match restored {
             Ok(state) => {
                 self.state = state;
                 self.applied_term = meta.term;
@@ -409,12 +437,13 @@ impl Handler<Restore> for Applier {
                     "applier: installed snapshot at index {} term {} ({} bytes) in {} ms",
                     meta.index,
                     meta.term,
-                    msg.0.image.len(),
+                    len,
                     started.elapsed().as_millis()
                 );
             }
             Err(e) => {
-                // The image passed its checksum, so this is a bug: stop rather than serve a wrong state.
+                // The image passed its checksum on the wire and each step is checked as read: a
+                // failing disk or a bug. Stop rather than serve a wrong state.
                 log::error!("applier: cannot restore snapshot at index {}: {e}; stopping", meta.index);
                 ctx.stop();
             }

@@ -23,7 +23,7 @@ use super::applier::{
 };
 use super::connection::ReplyBudget;
 use super::disk::{Disk, Persist, PersistError};
-use super::snapshotter::{Discard, OpenLatest, ReleaseImage, SaveImage, SavedSnapshot, Snapshotter};
+use super::snapshotter::{Discard, DiscardImage, OpenLatest, ReleaseImage, SaveImage, Snapshotter};
 use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
@@ -34,7 +34,7 @@ use crate::protocol::peer_wire::{
     ForwardAnswer, ForwardRefusal, Forwarded, PeerFrame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES,
 };
 use crate::protocol::raft::{
-    ChangeError, Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, SnapshotMeta,
+    ChangeError, Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, Snapshot, SnapshotMeta,
     TransferError,
 };
 use crate::protocol::request::AdminRequest;
@@ -43,7 +43,7 @@ use crate::protocol::snapshot_schedule::SnapshotSchedule;
 use crate::protocol::snapshot_transfer::{
     AckOutcome, SendChunk, SnapshotReceiver, SnapshotSender, TickOrder, TransferConfig,
 };
-use crate::storage::{SnapshotSource, StateMachine};
+use crate::storage::{SnapshotFileWriter, SnapshotInbox, SnapshotSource, StateMachine};
 
 /// Reads waiting for confirmation before new ones are refused with `-TRYAGAIN`.
 pub const MAX_PENDING_READS: usize = 100_000;
@@ -270,6 +270,8 @@ pub struct ConsensusParts {
     pub trim_batch_entries: u64,
     /// The newest snapshot on disk, opened, if any (sent to followers that need it).
     pub latest_snapshot: Option<Arc<SnapshotSource>>,
+    /// Where images received from a leader are written as they arrive.
+    pub snapshot_inbox: SnapshotInbox,
     /// Peer addresses known at start-up (`--peers`, or what a joining replica was told), used
     /// for members the recorded membership has no address for.
     pub address_book: BTreeMap<NodeId, String>,
@@ -367,6 +369,13 @@ pub struct Consensus {
     /// The newest snapshot file is being opened and checked (for a transfer).
     loading_snapshot: bool,
     incoming: SnapshotReceiver,
+    /// Where received images are written (numbering their files).
+    snapshot_inbox: SnapshotInbox,
+    /// The file the image being received is written to.
+    receiving: Option<SnapshotFileWriter>,
+    /// A received image, whole and checked, from the InstallSnapshot it is stepped in as until
+    /// the Ready that hands it out (in the same drive), or dropped if Raft refused it.
+    received: Option<SnapshotFileWriter>,
     stopped: bool,
     address_book: BTreeMap<NodeId, String>,
     /// The peers the transport was last told to reach.
@@ -431,6 +440,9 @@ impl Consensus {
             outgoing: SnapshotSender::new(transfer_config(parts.tick)),
             loading_snapshot: false,
             incoming: SnapshotReceiver::new(MAX_SNAPSHOT_BYTES),
+            snapshot_inbox: parts.snapshot_inbox,
+            receiving: None,
+            received: None,
             stopped: false,
             address_book: parts.address_book,
             peer_set: BTreeMap::new(),
@@ -619,24 +631,29 @@ impl Consensus {
             // costs this thread tens of µs on a VM): a leader's appends and a follower's acks
             // are on the commit's critical path, where the leader's own fsync seldom is.
             self.transport.flush();
-            let received =
-                ready.snapshot.take().map(|s| SavedSnapshot { meta: s.meta, image: Arc::new(s.data) });
-            let write = ready.must_persist().then(|| {
-                let persist = Persist {
-                    compact: received.as_ref().map(|s| s.meta),
-                    hard_state: ready.hard_state,
-                    entries: std::mem::take(&mut ready.entries),
+            let mut received = None;
+            if let Some(snapshot) = ready.snapshot.take() {
+                // The image is the file it was received into (Raft carries only its position).
+                let Some(file) = self.received.take().filter(|f| f.meta() == snapshot.meta) else {
+                    return self.fail(ctx, "a snapshot to install came without its received image");
                 };
-                DiskWrite { image: received.clone(), persist, number: ready.number }
-            });
-            if let Some(snapshot) = received {
-                // Not kept here (its write and the applier hold it until done with it): a
-                // leader-to-be opens it from disk if a follower ever needs it.
+                // The applier restores from the file once the snapshotter has made it durable.
+                let (opened, image) = tokio::sync::oneshot::channel();
+                received = Some(ReceivedImage { file, opened });
+                // A leader-to-be opens the newest image from disk if a follower ever needs it.
                 self.latest_snapshot = None;
                 // Before the entries that follow it.
                 self.status.metrics.snapshots_installed.inc();
-                self.send_applier(Restore(snapshot));
+                self.send_applier(Restore { meta: snapshot.meta, image });
             }
+            let write = ready.must_persist().then(|| {
+                let persist = Persist {
+                    compact: received.as_ref().map(|r| r.file.meta()),
+                    hard_state: ready.hard_state,
+                    entries: std::mem::take(&mut ready.entries),
+                };
+                DiskWrite { image: received, persist, number: ready.number }
+            });
             if !ready.committed_entries.is_empty() {
                 self.send_applier(ApplyEntries(std::mem::take(&mut ready.committed_entries)));
             }
@@ -656,6 +673,12 @@ impl Consensus {
                 if keep_from != self.watch_term_floor {
                     self.watch_term_floor = keep_from;
                     self.send_applier(TermChanged(keep_from));
+                }
+                if role.role == Role::Leader && self.receiving.is_some() {
+                    // A leader receives no images: one half-received from an earlier leader
+                    // would hold its disk space until the next start.
+                    self.incoming.abandon();
+                    self.discard_receiving();
                 }
             }
             let mut to_serve = Vec::new();
@@ -749,11 +772,14 @@ impl Consensus {
         }
         self.writing = true;
         let disk = self.disk.writer.clone();
-        let save_image = image.map(|s| self.snapshotter.send(SaveImage(s)));
+        let save_image = image.map(|r| (self.snapshotter.send(SaveImage(r.file)), r.opened));
         let write = async move {
             // A received snapshot's image is durable before the log says it starts after it.
-            if let Some(save) = save_image {
-                save.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+            if let Some((save, opened)) = save_image {
+                let image = save.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+                // An applier already past it no longer waits: then the image closes here (it
+                // is the newest, never set aside).
+                let _ = opened.send(Arc::new(image));
             }
             disk.send(persist).await.map_err(|e| e.to_string())
         };
@@ -1355,34 +1381,79 @@ impl Consensus {
 
     // ----- receiving a snapshot -----
 
-    /// Takes a chunk; once the image is whole and checked, returns it as an InstallSnapshot.
+    /// Takes a chunk, its bytes written to the image's file before they are acknowledged; once
+    /// the image is whole and checked, returns it as an InstallSnapshot (the file kept as
+    /// `received` for the Ready that installs it).
     fn on_snapshot_chunk(&mut self, chunk: SnapshotChunk) -> Option<Message> {
         let (from, meta, term) = (chunk.from, chunk.meta, chunk.term);
         let outcome = self.incoming.on_chunk(chunk, self.core.term());
+        if let Some(start) = outcome.start {
+            // Written on this thread, as a follower's log is: the ack waits for the bytes anyway.
+            self.discard_receiving();
+            match self.snapshot_inbox.begin(start.meta, start.total_bytes) {
+                Ok(file) => self.receiving = Some(file),
+                Err(e) => return self.refuse_image(from, &format!("cannot start its file: {e}")),
+            }
+        }
+        if !outcome.append.is_empty() {
+            let Some(file) = self.receiving.as_mut() else {
+                return self.refuse_image(from, "no file to write it to");
+            };
+            if let Err(e) = file.write(&outcome.append) {
+                return self.refuse_image(from, &format!("cannot write it: {e}"));
+            }
+        }
         if outcome.corrupt {
             log::warn!("replica {}: snapshot from {from} failed its checksum; asking again", self.core.id());
+            self.discard_receiving();
         }
         if let Some(received) = outcome.ack {
             self.ack(from, meta, received);
         }
-        let mut snapshot = outcome.complete?;
-        snapshot.membership = match StateMachine::image_membership(&snapshot.data) {
-            Ok(m) => m,
-            Err(e) => {
-                log::warn!(
-                    "replica {}: snapshot from {from} has no readable membership: {e}",
-                    self.core.id()
-                );
-                return None;
-            }
+        let meta = outcome.complete?;
+        let Some(mut file) = self.receiving.take_if(|f| f.meta() == meta) else {
+            return self.refuse_image(from, "its file is missing");
         };
+        let len = file.written();
+        let membership =
+            match file.image_reader().and_then(|mut image| StateMachine::image_membership(&mut image, len)) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.discard_image(Some(file));
+                    return self.refuse_image(from, &format!("no readable membership: {e}"));
+                }
+            };
         log::info!(
-            "replica {}: received snapshot at index {} ({} bytes) from {from}",
+            "replica {}: received snapshot at index {} ({len} bytes) from {from}",
             self.core.id(),
-            snapshot.meta.index,
-            snapshot.data.len(),
+            meta.index,
         );
+        self.received = Some(file);
+        let snapshot = Snapshot { meta, membership, data: Vec::new() };
         Some(Message { from, to: self.core.id(), term, body: MessageBody::InstallSnapshot { snapshot } })
+    }
+
+    /// Gives up the image being received from `from` (its file removed): the leader's next chunk
+    /// is answered with 0, and it starts over.
+    fn refuse_image(&mut self, from: NodeId, why: &str) -> Option<Message> {
+        log::warn!("replica {}: snapshot from {from} not kept: {why}", self.core.id());
+        self.incoming.abandon();
+        self.discard_receiving();
+        None
+    }
+
+    /// Gives up the file of the image being received, if any.
+    fn discard_receiving(&mut self) {
+        let file = self.receiving.take();
+        self.discard_image(file);
+    }
+
+    /// Hands the file of a received image that will not be used to the snapshotter to remove
+    /// (an image's unlink in one go, here, would hold up this follower's log fsyncs).
+    fn discard_image(&self, file: Option<SnapshotFileWriter>) {
+        if let Some(file) = file {
+            self.snapshotter.do_send(DiscardImage(file));
+        }
     }
 
     fn ack(&mut self, to: NodeId, meta: SnapshotMeta, received: u64) {
@@ -1441,11 +1512,19 @@ impl Consensus {
 /// One write for the disk writer: what one or more Readies (or a compaction) hand to storage.
 struct DiskWrite {
     /// A received snapshot's image, saved before the log records that it starts after it.
-    image: Option<SavedSnapshot>,
+    image: Option<ReceivedImage>,
     /// The log records.
     persist: Persist,
     /// The highest Ready number it covers, 0 for none (a compaction).
     number: u64,
+}
+
+/// An image received from the leader and taken by Raft, on its way to disk and the applier.
+struct ReceivedImage {
+    /// Every byte written; made durable under its final name by the snapshotter.
+    file: SnapshotFileWriter,
+    /// Where the saved image goes, opened, for the applier to restore from.
+    opened: tokio::sync::oneshot::Sender<Arc<SnapshotSource>>,
 }
 
 impl DiskWrite {
@@ -1514,10 +1593,19 @@ impl Handler<Inbound> for Consensus {
                 }
                 m
             }
-            PeerFrame::SnapshotChunk(chunk) => match self.on_snapshot_chunk(chunk) {
-                Some(m) => m,
-                None => return,
-            },
+            PeerFrame::SnapshotChunk(chunk) => {
+                let Some(install) = self.on_snapshot_chunk(chunk) else { return };
+                if let Err(e) = self.core.step(install) {
+                    self.status.metrics.refused_peer_input.inc();
+                    log::warn!("replica {}: refused a received snapshot: {e}", self.core.id());
+                }
+                // Driven now, so the Ready that installs it takes its file: one left after
+                // that was refused (older than what this replica holds) and is removed.
+                self.drive(ctx);
+                let refused = self.received.take();
+                self.discard_image(refused);
+                return;
+            }
             PeerFrame::SnapshotAck { from, meta, received, .. } => {
                 self.on_snapshot_ack(from, meta, received);
                 return;

@@ -407,6 +407,7 @@ impl Replica {
         }
         let snapshot_arbiter = Arbiter::new();
         let id = config.id;
+        let snapshot_inbox = snapshots.inbox();
         let snapshotter = Snapshotter::start_in_arbiter(&snapshot_arbiter.handle(), move |_| {
             Snapshotter::new(snapshots, id)
         });
@@ -441,6 +442,7 @@ impl Replica {
             snapshot_threshold_bytes: config.snapshot_threshold_bytes,
             trim_batch_entries: config.trim_batch_entries.max(1),
             latest_snapshot: None,
+            snapshot_inbox,
             applier: applier.clone(),
             transport,
             status: status.clone(),

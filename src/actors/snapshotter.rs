@@ -6,16 +6,7 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use crate::protocol::raft::{Compacted, SnapshotMeta};
-use crate::storage::{SnapshotSource, SnapshotStore, StateMachine, StorageError};
-
-/// A snapshot now durable on disk.
-#[derive(Clone, Debug)]
-pub struct SavedSnapshot {
-    /// Its log position.
-    pub meta: SnapshotMeta,
-    /// The image (received from the leader, on its way to the file and the applier).
-    pub image: Arc<Vec<u8>>,
-}
+use crate::storage::{SnapshotFileWriter, SnapshotSource, SnapshotStore, StateMachine, StorageError};
 
 /// Encode `state` (a copy taken at `meta.index`) straight into a snapshot file, durably.
 #[derive(Message)]
@@ -32,17 +23,23 @@ pub struct SaveState {
 #[rtype(result = "Result<Vec<u8>, StorageError>")]
 pub struct EncodeState(pub Box<StateMachine>);
 
-/// Save an image received from the leader, durably.
+/// Make an image received from the leader (its every byte written, Raft has taken it) the
+/// snapshot at its position, durably; answers it opened for the applier to restore from.
 #[derive(Message)]
-#[rtype(result = "Result<(), StorageError>")]
-pub struct SaveImage(pub SavedSnapshot);
+#[rtype(result = "Result<SnapshotSource, StorageError>")]
+pub struct SaveImage(pub SnapshotFileWriter);
+
+/// Remove the file of a received image that will not be used (refused, or given up half-way).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DiscardImage(pub SnapshotFileWriter);
 
 /// Open the newest snapshot on disk, checked, for sending it to followers a chunk at a time.
 #[derive(Message)]
 #[rtype(result = "Result<Option<SnapshotSource>, StorageError>")]
 pub struct OpenLatest;
 
-/// An opened image a transfer (or consensus) lets go: closed here, where removing an older image
+/// An opened image a transfer, consensus or the applier lets go: closed here, where removing an older image
 /// set aside for it (its blocks freed a step at a time) holds up no one.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -123,19 +120,28 @@ impl Handler<Discard> for Snapshotter {
 }
 
 impl Handler<SaveImage> for Snapshotter {
-    type Result = Result<(), StorageError>;
+    type Result = Result<SnapshotSource, StorageError>;
 
     fn handle(&mut self, msg: SaveImage, _ctx: &mut Self::Context) -> Self::Result {
         let started = Instant::now();
-        self.store.save(msg.0.meta, &msg.0.image)?;
+        let (meta, len) = (msg.0.meta(), msg.0.written());
+        let source = self.store.adopt(msg.0)?;
         log::info!(
             "replica {}: received snapshot at index {} saved: {} bytes in {} ms",
             self.id,
-            msg.0.meta.index,
-            msg.0.image.len(),
+            meta.index,
+            len,
             started.elapsed().as_millis()
         );
-        Ok(())
+        Ok(source)
+    }
+}
+
+impl Handler<DiscardImage> for Snapshotter {
+    type Result = ();
+
+    fn handle(&mut self, msg: DiscardImage, _ctx: &mut Self::Context) {
+        msg.0.discard();
     }
 }
 

@@ -5,7 +5,8 @@
 //! from there (so a lost chunk or a reconnect resumes where the follower is). A chunk without
 //! an answer for `resend_ticks` is sent again; a transfer without progress for
 //! `give_up_ticks` is abandoned, and Raft asks again later. The receiver side
-//! ([`SnapshotReceiver`]) assembles the chunks in order and checks the CRC of the whole image.
+//! ([`SnapshotReceiver`]) takes the chunks in order, hands their bytes to the caller to keep
+//! (the replica writes them to a file as they come), and checks the CRC of the whole image.
 //!
 //! Both are driven by the caller's ticks, never a clock: the seeded simulation runs them as the
 //! replica does. The caller holds the image (the replica its file, the simulation its bytes)
@@ -14,10 +15,7 @@
 use std::collections::BTreeMap;
 
 use super::peer_wire::SnapshotChunk;
-use super::raft::{NodeId, Snapshot, SnapshotMeta};
-
-/// The most a receiver reserves for an image before its bytes arrive.
-const MAX_RESERVED_IMAGE_BYTES: u64 = 1 << 30;
+use super::raft::{NodeId, SnapshotMeta};
 
 /// How a transfer is paced, in the caller's ticks and bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,41 +215,70 @@ impl<T> SnapshotSender<T> {
     }
 }
 
-/// What a chunk means for the receiver.
+/// The start of an image: the caller drops whatever it kept of another and makes room for this one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageStart {
+    /// The leader sending it.
+    pub from: NodeId,
+    /// Its log position.
+    pub meta: SnapshotMeta,
+    /// Its length, in bytes.
+    pub total_bytes: u64,
+}
+
+/// What a chunk means for the receiver, in the order the caller carries it out.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChunkOutcome {
+    /// A new image begins with this chunk.
+    pub start: Option<ImageStart>,
+    /// Bytes that continue the image: kept (written) by the caller before it sends the ack.
+    pub append: Vec<u8>,
     /// Tell the sender how many bytes are held now, if anything is to be said.
     pub ack: Option<u64>,
-    /// The whole image arrived and its checksum holds: step it into Raft as an InstallSnapshot.
-    pub complete: Option<Snapshot>,
-    /// The whole image arrived but failed its checksum (it is asked for again from the start).
+    /// The whole image arrived and its checksum holds: what the caller kept is the image at this
+    /// position, to be stepped into Raft as an InstallSnapshot.
+    pub complete: Option<SnapshotMeta>,
+    /// The whole image arrived but failed its checksum: the caller drops what it kept (it is
+    /// asked for again from the start).
     pub corrupt: bool,
 }
 
-/// A transfer being received.
+/// A transfer being received: only where it is and the checksum so far (the bytes themselves
+/// are the caller's to keep, a file in the replica).
 struct Incoming {
     from: NodeId,
     meta: SnapshotMeta,
     total_bytes: u64,
     crc32: u32,
-    image: Vec<u8>,
+    received: u64,
+    crc: crc32fast::Hasher,
 }
 
-/// A follower's side: at most one image being assembled.
+/// A follower's side: at most one image being received.
 pub struct SnapshotReceiver {
     max_image_bytes: u64,
     incoming: Option<Incoming>,
+    /// The last image received whole, as (from, meta, total bytes): a chunk of it sent again
+    /// (its ack was lost) is answered as complete instead of starting the transfer over.
+    completed: Option<(NodeId, SnapshotMeta, u64)>,
 }
 
 impl SnapshotReceiver {
     /// Nothing being received; images above `max_image_bytes` are refused.
     pub fn new(max_image_bytes: u64) -> SnapshotReceiver {
-        SnapshotReceiver { max_image_bytes, incoming: None }
+        SnapshotReceiver { max_image_bytes, incoming: None, completed: None }
     }
 
-    /// Bytes held of the image being received.
-    pub fn held_bytes(&self) -> u64 {
-        self.incoming.as_ref().map_or(0, |i| i.image.len() as u64)
+    /// Bytes received of the image under way.
+    pub fn received_bytes(&self) -> u64 {
+        self.incoming.as_ref().map_or(0, |i| i.received)
+    }
+
+    /// Forgets the image under way or just completed (the caller could not keep or use it): its
+    /// next chunk is answered with 0, so the sender starts again.
+    pub fn abandon(&mut self) {
+        self.incoming = None;
+        self.completed = None;
     }
 
     /// Takes one chunk; `current_term` is this node's term (older leaders are ignored).
@@ -259,46 +286,47 @@ impl SnapshotReceiver {
         if chunk.term < current_term || chunk.total_bytes > self.max_image_bytes {
             return ChunkOutcome::default();
         }
+        let mut outcome = ChunkOutcome::default();
         let fresh = self.incoming.as_ref().is_none_or(|i| i.meta != chunk.meta || i.from != chunk.from);
         if fresh {
             if chunk.offset != 0 {
+                if self.completed == Some((chunk.from, chunk.meta, chunk.total_bytes)) {
+                    return ChunkOutcome { ack: Some(chunk.total_bytes), ..ChunkOutcome::default() };
+                }
                 // A transfer we hold nothing of: ask for it from the start.
                 return ChunkOutcome { ack: Some(0), ..ChunkOutcome::default() };
             }
-            // Room for the whole image at once: grown chunk by chunk, the buffer would be copied
-            // at every doubling, briefly twice the image in memory. Only reserved (the pages are
-            // touched as chunks arrive), up to 1 GiB (a reservation counts against a strict
-            // overcommit limit before a byte arrives), and left to grow if it is refused.
-            let mut image = Vec::new();
-            let _ = image.try_reserve_exact(chunk.total_bytes.min(MAX_RESERVED_IMAGE_BYTES) as usize);
+            let start = ImageStart { from: chunk.from, meta: chunk.meta, total_bytes: chunk.total_bytes };
+            outcome.start = Some(start);
             self.incoming = Some(Incoming {
                 from: chunk.from,
                 meta: chunk.meta,
                 total_bytes: chunk.total_bytes,
                 crc32: chunk.crc32,
-                image,
+                received: 0,
+                crc: crc32fast::Hasher::new(),
             });
         }
         let Some(incoming) = self.incoming.as_mut() else { return ChunkOutcome::default() };
         // Only the chunk that continues the image counts; anything else is answered with where we are.
-        if chunk.offset == incoming.image.len() as u64
-            && incoming.image.len() as u64 + chunk.data.len() as u64 <= incoming.total_bytes
+        if chunk.offset == incoming.received
+            && incoming.received + chunk.data.len() as u64 <= incoming.total_bytes
         {
-            incoming.image.extend_from_slice(&chunk.data);
+            incoming.crc.update(&chunk.data);
+            incoming.received += chunk.data.len() as u64;
+            outcome.append = chunk.data;
         }
-        let received = incoming.image.len() as u64;
+        let received = incoming.received;
+        outcome.ack = Some(received);
         if received < incoming.total_bytes {
-            return ChunkOutcome { ack: Some(received), ..ChunkOutcome::default() };
+            return outcome;
         }
         let Some(incoming) = self.incoming.take() else { return ChunkOutcome::default() };
-        if crc32fast::hash(&incoming.image) != incoming.crc32 {
-            return ChunkOutcome { ack: Some(0), complete: None, corrupt: true };
+        if incoming.crc.finalize() != incoming.crc32 {
+            return ChunkOutcome { ack: Some(0), corrupt: true, ..ChunkOutcome::default() };
         }
-        ChunkOutcome {
-            ack: Some(received),
-            complete: Some(Snapshot { meta: incoming.meta, data: incoming.image, ..Snapshot::default() }),
-            corrupt: false,
-        }
+        self.completed = Some((incoming.from, incoming.meta, incoming.total_bytes));
+        ChunkOutcome { complete: Some(incoming.meta), ..outcome }
     }
 }
 
@@ -316,19 +344,37 @@ mod tests {
         order.cut(1, term, image, crc32fast::hash(image))
     }
 
+    /// What a caller keeps of an image (the replica's file): restarted, appended to, dropped.
+    #[derive(Default)]
+    struct Kept(Vec<u8>);
+
+    impl Kept {
+        fn take(&mut self, outcome: &ChunkOutcome) {
+            if outcome.start.is_some() || outcome.corrupt {
+                self.0.clear();
+            }
+            self.0.extend_from_slice(&outcome.append);
+        }
+    }
+
     #[test]
     fn an_image_travels_in_chunks_and_arrives_whole() {
         let image: Vec<u8> = (0..10).collect();
         let mut sender = SnapshotSender::new(config());
         let mut receiver = SnapshotReceiver::new(100);
+        let mut kept = Kept::default();
         let mut order = sender.start(2, META, 10, "payload");
         let mut chunks = 0;
         loop {
             chunks += 1;
             let outcome = receiver.on_chunk(chunk_of(&image, order, 2), 2);
-            if let Some(snapshot) = outcome.complete {
-                assert_eq!((snapshot.meta, snapshot.data), (META, image.clone()));
-                assert_eq!(sender.on_ack(2, META, 10), AckOutcome::Delivered("payload", 0));
+            kept.take(&outcome);
+            if let Some(meta) = outcome.complete {
+                assert_eq!((meta, &kept.0), (META, &image));
+                assert_eq!(
+                    sender.on_ack(2, META, outcome.ack.expect("an ack")),
+                    AckOutcome::Delivered("payload", 0)
+                );
                 break;
             }
             match sender.on_ack(2, META, outcome.ack.expect("an ack")) {
@@ -338,24 +384,37 @@ mod tests {
         }
         assert_eq!(chunks, 3, "4 + 4 + 2 bytes");
         assert!(sender.is_empty());
+        assert_eq!(receiver.received_bytes(), 0, "nothing under way once complete");
+        // The last chunk again (its ack lost) is answered as complete, not started over; a
+        // transfer of it from the start is a new receipt.
+        let last = SendChunk { to: 2, meta: META, offset: 8, len: 4 };
+        assert_eq!(
+            receiver.on_chunk(chunk_of(&image, last, 2), 2),
+            ChunkOutcome { ack: Some(10), ..ChunkOutcome::default() }
+        );
+        let first = SendChunk { to: 2, meta: META, offset: 0, len: 4 };
+        assert!(receiver.on_chunk(chunk_of(&image, first, 2), 2).start.is_some());
+        receiver.abandon();
+        assert_eq!(receiver.on_chunk(chunk_of(&image, last, 2), 2).ack, Some(0), "forgotten");
     }
 
     #[test]
-    fn a_received_image_is_gathered_in_one_buffer_never_copied() {
+    fn a_chunk_is_handed_to_the_caller_as_it_came_and_only_once() {
         let image: Vec<u8> = (0..10).collect();
         let mut receiver = SnapshotReceiver::new(100);
-        let mut buffer = None;
-        for offset in [0, 4] {
-            let order = SendChunk { to: 2, meta: META, offset, len: 4 };
-            receiver.on_chunk(chunk_of(&image, order, 2), 2);
-            let incoming = receiver.incoming.as_ref().expect("a transfer under way");
-            assert!(incoming.image.capacity() >= 10, "room for the whole image from the first chunk");
-            let at = incoming.image.as_ptr();
-            assert_eq!(*buffer.get_or_insert(at), at, "the same buffer throughout");
-        }
-        let last = SendChunk { to: 2, meta: META, offset: 8, len: 4 };
-        let whole = receiver.on_chunk(chunk_of(&image, last, 2), 2).complete.expect("whole");
-        assert_eq!((whole.data.as_ptr(), whole.data), (buffer.expect("a buffer"), image));
+        let first = chunk_of(&image, SendChunk { to: 2, meta: META, offset: 0, len: 4 }, 2);
+        let duplicate = first.clone();
+        let at = first.data.as_ptr();
+        let outcome = receiver.on_chunk(first, 2);
+        assert_eq!(outcome.start, Some(ImageStart { from: 1, meta: META, total_bytes: 10 }));
+        assert_eq!((outcome.append.as_ptr(), outcome.append.as_slice()), (at, &image[..4]), "not copied");
+        // A duplicate is acknowledged but neither restarts the image nor is kept twice.
+        let again = receiver.on_chunk(duplicate, 2);
+        assert_eq!((again.start, again.append.len(), again.ack), (None, 0, Some(4)));
+        // A caller that could not keep the bytes gives up: the sender is told to start over.
+        receiver.abandon();
+        let next = chunk_of(&image, SendChunk { to: 2, meta: META, offset: 4, len: 4 }, 2);
+        assert_eq!(receiver.on_chunk(next, 2), ChunkOutcome { ack: Some(0), ..ChunkOutcome::default() });
     }
 
     #[test]
@@ -386,7 +445,7 @@ mod tests {
         assert_eq!(receiver.on_chunk(chunk_of(&image, first, 2), 2).ack, Some(4));
         // A duplicate is answered with where we are, not appended.
         assert_eq!(receiver.on_chunk(chunk_of(&image, first, 2), 2).ack, Some(4));
-        assert_eq!(receiver.held_bytes(), 4);
+        assert_eq!(receiver.received_bytes(), 4);
         // An older leader's chunk and an oversized image are ignored.
         assert_eq!(receiver.on_chunk(chunk_of(&image, second, 1), 2), ChunkOutcome::default());
         let mut big = chunk_of(&image, first, 2);
@@ -399,5 +458,12 @@ mod tests {
         let outcome = bad.on_chunk(c, 2);
         assert!(outcome.corrupt && outcome.complete.is_none());
         assert_eq!(outcome.ack, Some(0));
+        assert_eq!(bad.received_bytes(), 0, "started again");
+        // A newer image replaces the one under way.
+        let mut newer = chunk_of(&image, first, 3);
+        newer.meta = SnapshotMeta { index: 9, term: 3 };
+        let outcome = receiver.on_chunk(newer, 3);
+        assert_eq!(outcome.start.map(|s| s.meta), Some(SnapshotMeta { index: 9, term: 3 }));
+        assert_eq!((outcome.append.len(), outcome.ack), (4, Some(4)));
     }
 }

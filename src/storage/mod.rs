@@ -34,6 +34,6 @@ pub use error::{Result, StorageError};
 pub use log_store::LogStore;
 pub use mem_log::MemLog;
 pub use session::{SessionCheck, SessionTable, DEFAULT_MAX_SESSIONS, MAX_REPLIES_PER_SESSION};
-pub use snapshot_file::{SnapshotFile, SnapshotSource, SnapshotStore};
+pub use snapshot_file::{SnapshotFile, SnapshotFileWriter, SnapshotInbox, SnapshotSource, SnapshotStore};
 pub use state_machine::StateMachine;
 pub use wal::{Wal, WalOptions, WalRecovery};

@@ -20,6 +20,11 @@ const HEADER_BYTES: usize = 8 + 4 + 8 + 8 + 8;
 const TRAILER_BYTES: usize = 4;
 const SUFFIX: &str = ".snap";
 const TEMP_SUFFIX: &str = ".snap.tmp";
+/// What sets apart the temp name an image received from the leader is written under while it
+/// arrives and until Raft takes it (`snap-{index}-{term}-received-{n}.snap.tmp`): a name of its
+/// own, so a receipt never meets the temp file of a local snapshot at the same position, nor
+/// another receipt of the same image still on its way to disk. Only a start removes them.
+const RECEIVING_MARK: &str = "-received-";
 /// An older image a transfer still read when a newer one was saved: renamed so, and cut down
 /// and removed once nothing reads it (or at the next start).
 const RELEASED_SUFFIX: &str = ".snap.released";
@@ -45,9 +50,11 @@ pub struct SnapshotFile {
 #[derive(Debug)]
 pub struct SnapshotStore {
     dir: PathBuf,
-    /// Files opened by [`open_latest`](SnapshotStore::open_latest) and maybe still read from,
-    /// under their current names. Only the snapshotter's thread opens, saves and removes, so a
-    /// file is never cut down between its opening and its listing here.
+    /// Files opened by [`open_latest`](SnapshotStore::open_latest) or
+    /// [`adopt`](SnapshotStore::adopt) and maybe still read from, under their current names.
+    /// Only the snapshotter's thread opens, saves and removes snapshots (a follower's consensus
+    /// writes received images under temp names of their own), so a file is never cut down
+    /// between its opening and its listing here.
     sources: Mutex<Vec<(PathBuf, Weak<fs::File>)>>,
 }
 
@@ -84,6 +91,22 @@ impl SnapshotStore {
         writer.finish()?;
         self.remove_older(meta)?;
         Ok(len)
+    }
+
+    /// Where images received from the leader are written as they arrive.
+    pub fn inbox(&self) -> SnapshotInbox {
+        SnapshotInbox { dir: self.dir.clone(), started: 0 }
+    }
+
+    /// Makes a received image (every byte written, see [`SnapshotInbox`]) the snapshot at its
+    /// position, durably, as [`save`](Self::save) does, and opens it as
+    /// [`open_latest`](Self::open_latest) does for whoever restores the state from it: while that
+    /// lives, a newer snapshot sets the file aside uncut.
+    pub fn adopt(&self, image: SnapshotFileWriter) -> Result<SnapshotSource> {
+        let (path, meta) = (image.path.clone(), image.meta);
+        image.finish()?;
+        self.remove_older(meta)?;
+        self.open_source(path, meta)
     }
 
     /// Removes every snapshot file older than `meta`, each cut down a step at a time first.
@@ -139,7 +162,7 @@ impl SnapshotStore {
         &self,
         decode: impl FnOnce(&mut dyn Read, u64) -> Result<T>,
     ) -> Result<Option<(SnapshotMeta, T)>> {
-        self.remove_temp_files()?;
+        self.remove_temp_files(true)?;
         self.remove_released_at_start();
         let Some(latest) = self.latest_path()? else {
             return Ok(None);
@@ -178,16 +201,22 @@ impl SnapshotStore {
     /// The newest snapshot, checked and open to be read a piece at a time; `None` if there is
     /// none. While the returned source lives, a newer snapshot sets the file aside uncut (see
     /// [`remove_released`](Self::remove_released)), so every read returns the image it opened.
+    /// Leftover temp files of local snapshots are removed (never images being received).
     pub fn open_latest(&self) -> Result<Option<SnapshotSource>> {
-        self.remove_temp_files()?;
+        self.remove_temp_files(false)?;
         let Some(latest) = self.latest_path()? else {
             return Ok(None);
         };
-        let source = SnapshotSource::open(&latest.path, latest.meta)?;
+        self.open_source(latest.path, latest.meta).map(Some)
+    }
+
+    /// Opens and checks the snapshot file at `path`, listed as read until the source is dropped.
+    fn open_source(&self, path: PathBuf, meta: SnapshotMeta) -> Result<SnapshotSource> {
+        let source = SnapshotSource::open(&path, meta)?;
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
         sources.retain(|(_, file)| file.strong_count() > 0);
-        sources.push((latest.path, Arc::downgrade(&source.file)));
-        Ok(Some(source))
+        sources.push((path, Arc::downgrade(&source.file)));
+        Ok(source)
     }
 
     /// Renames `path` out of the way if a transfer still reads it (cut down, it would lose the
@@ -260,10 +289,13 @@ impl SnapshotStore {
         Ok(files)
     }
 
-    fn remove_temp_files(&self) -> Result<()> {
+    /// Removes unfinished snapshot files; `received_too` (at a start) those of images being
+    /// received as well, which at any other time a follower's consensus may be writing.
+    fn remove_temp_files(&self, received_too: bool) -> Result<()> {
         for item in fs::read_dir(&self.dir).map_err(io_err("list", &self.dir))? {
             let item = item.map_err(io_err("list", &self.dir))?;
-            if item.file_name().to_str().is_some_and(|n| n.ends_with(TEMP_SUFFIX)) {
+            let Some(name) = item.file_name().to_str().map(str::to_owned) else { continue };
+            if name.ends_with(TEMP_SUFFIX) && (received_too || !name.contains(RECEIVING_MARK)) {
                 let path = item.path();
                 log::warn!("removing unfinished snapshot {}", path.display());
                 fs::remove_file(&path).map_err(io_err("remove", &path))?;
@@ -412,6 +444,68 @@ impl SnapshotSource {
     }
 }
 
+impl SnapshotSource {
+    /// The image from its start as a reader, a step at a time, each step checked as
+    /// [`read`](Self::read) checks it.
+    pub fn reader(&self) -> SourceReader<'_> {
+        SourceReader { source: self, at: 0, step: Vec::new(), used: 0 }
+    }
+}
+
+/// A [`SnapshotSource`]'s image read in order (what a replica restores its state from).
+pub struct SourceReader<'a> {
+    source: &'a SnapshotSource,
+    /// Where the next step starts in the image.
+    at: u64,
+    step: Vec<u8>,
+    /// How much of `step` was read.
+    used: usize,
+}
+
+impl Read for SourceReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.used == self.step.len() {
+            if self.at >= self.source.len {
+                return Ok(0);
+            }
+            self.step = self
+                .source
+                .read(self.at, CHECK_STEP_BYTES as usize)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            self.at += self.step.len() as u64;
+            self.used = 0;
+        }
+        let n = buf.len().min(self.step.len() - self.used);
+        buf[..n].copy_from_slice(&self.step[self.used..self.used + n]);
+        self.used += n;
+        Ok(n)
+    }
+}
+
+/// Where a follower writes the images the leader sends it, a chunk at a time, so an image is
+/// never whole in memory; the snapshotter adopts a finished one ([`SnapshotStore::adopt`]) once
+/// Raft took it.
+#[derive(Debug)]
+pub struct SnapshotInbox {
+    dir: PathBuf,
+    /// Images begun so far (each file's name has its number).
+    started: u64,
+}
+
+impl SnapshotInbox {
+    /// Starts the file for an image at `meta` of `len` bytes: under a temp name of its own until
+    /// adopted, removed if the writer is dropped (or [discarded](SnapshotFileWriter::discard))
+    /// first.
+    pub fn begin(&mut self, meta: SnapshotMeta, len: u64) -> Result<SnapshotFileWriter> {
+        self.started += 1;
+        let temp = self.dir.join(format!(
+            "snap-{:020}-{:020}{RECEIVING_MARK}{}{TEMP_SUFFIX}",
+            meta.index, meta.term, self.started
+        ));
+        SnapshotFileWriter::start(&self.dir.join(file_name(meta)), temp, meta, Some(len))
+    }
+}
+
 /// Writes `data`, the image at `meta`, to `path` as a standalone snapshot file (the layout
 /// above: what `quorumkv-cli snapshot save` writes and `quorumkv-server restore` reads).
 ///
@@ -423,7 +517,8 @@ pub fn write_snapshot_file(path: &Path, meta: SnapshotMeta, data: &[u8]) -> Resu
     writer.finish()
 }
 
-/// A snapshot file being written piece by piece (a download, or an image streamed from the
+/// A snapshot file being written piece by piece (a download, an image received from the leader,
+/// or an image streamed from the
 /// state), with the same layout and durability as [`write_snapshot_file`]: nothing is under
 /// `path` until [`finish`](Self::finish), and a writer dropped unfinished removes its temp file.
 pub struct SnapshotFileWriter {
@@ -458,19 +553,28 @@ const WRITE_BUFFER_BYTES: usize = 1 << 20;
 impl SnapshotFileWriter {
     /// Starts the file for an image at `meta` of exactly `len` bytes.
     pub fn create(path: &Path, meta: SnapshotMeta, len: u64) -> Result<SnapshotFileWriter> {
-        SnapshotFileWriter::start(path, meta, Some(len))
+        SnapshotFileWriter::start(path, temp_path(path), meta, Some(len))
     }
 
     /// Starts the file for an image at `meta` whose length is known only at the end.
     pub fn create_unsized(path: &Path, meta: SnapshotMeta) -> Result<SnapshotFileWriter> {
-        SnapshotFileWriter::start(path, meta, None)
+        SnapshotFileWriter::start(path, temp_path(path), meta, None)
     }
 
-    fn start(path: &Path, meta: SnapshotMeta, expected: Option<u64>) -> Result<SnapshotFileWriter> {
-        let mut temp = path.as_os_str().to_owned();
-        temp.push(".tmp");
-        let temp = PathBuf::from(temp);
-        let file = fs::File::create(&temp).map_err(io_err("create", &temp))?;
+    fn start(
+        path: &Path,
+        temp: PathBuf,
+        meta: SnapshotMeta,
+        expected: Option<u64>,
+    ) -> Result<SnapshotFileWriter> {
+        // Readable too: a received image's first parts are read back before Raft takes it.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(io_err("create", &temp))?;
         let mut writer = SnapshotFileWriter {
             path: path.to_path_buf(),
             temp,
@@ -490,7 +594,7 @@ impl SnapshotFileWriter {
 
     /// Appends the next bytes of the image.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        // A whole image in one call (a received one) is paced like one streamed in pieces.
+        // A whole image in one call (a backup's) is paced like one streamed in pieces.
         for step in bytes.chunks(WRITEBACK_STEP_BYTES as usize) {
             self.file.write_all(step).map_err(io_err("write", &self.temp))?;
             self.hasher.update(step);
@@ -503,6 +607,36 @@ impl SnapshotFileWriter {
             }
         }
         Ok(())
+    }
+
+    /// The log position of the image being written.
+    pub fn meta(&self) -> SnapshotMeta {
+        self.meta
+    }
+
+    /// Bytes of the image written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The image's bytes written so far, read back from the file (not from memory).
+    pub fn image_reader(&mut self) -> Result<impl Read + '_> {
+        self.file.flush().map_err(io_err("write", &self.temp))?;
+        Ok(RangeReader {
+            file: self.file.get_ref(),
+            at: HEADER_BYTES as u64,
+            end: HEADER_BYTES as u64 + self.written,
+        })
+    }
+
+    /// Gives the file up: cut down a step at a time and removed, as older images are (an unlink
+    /// in one go holds up the log's fsyncs); for the snapshotter's thread.
+    pub fn discard(mut self) {
+        if let Err(e) = cut_and_unlink(&self.temp, &AtomicBool::new(false)) {
+            log::warn!("snapshot: cannot cut {} down before removing it: {e}", self.temp.display());
+            let _ = fs::remove_file(&self.temp);
+        }
+        self.finished = true;
     }
 
     /// Ends the file: checksum, fsync, rename into place, directory fsync. Fails (removing the
@@ -532,6 +666,29 @@ impl SnapshotFileWriter {
             Some(dir) => super::wal::sync_dir(dir),
             None => Ok(()),
         }
+    }
+}
+
+/// Where `path` is written before it is complete.
+fn temp_path(path: &Path) -> PathBuf {
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(".tmp");
+    PathBuf::from(temp)
+}
+
+/// Bytes `[at, end)` of a file, read with `pread` (the file's own position is left alone).
+struct RangeReader<'a> {
+    file: &'a fs::File,
+    at: u64,
+    end: u64,
+}
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min(usize::try_from(self.end - self.at).unwrap_or(usize::MAX));
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 
@@ -705,7 +862,7 @@ mod tests {
             .expect("save");
         assert_eq!(len, image.len() as u64);
         assert_eq!(store.load_latest().expect("load"), Some((meta, image.clone())));
-        // And in one piece, as a received image is saved.
+        // And in one piece, as a backup is saved.
         let whole = dir.join("whole.qkv");
         write_snapshot_file(&whole, meta, &image).expect("write");
         assert_eq!(read_snapshot_file(&whole).expect("read"), (meta, image));

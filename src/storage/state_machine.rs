@@ -117,10 +117,10 @@ impl StateMachine {
         &self.membership
     }
 
-    /// The membership recorded in an image, read without decoding the rest of it.
-    pub fn image_membership(image: &[u8]) -> Result<Membership> {
-        let mut rest = image;
-        let mut parts = Parts::new(&mut rest, image.len() as u64);
+    /// The membership recorded in an image of `len` bytes read from `image`, without reading
+    /// past the parts before it.
+    pub fn image_membership(image: &mut dyn Read, len: u64) -> Result<Membership> {
+        let mut parts = Parts::new(image, len);
         match parts.next()? {
             Some(ImagePart::Header { format_version, .. }) if format_version >= 2 => {}
             Some(ImagePart::Header { .. }) => return Ok(Membership::default()),

@@ -69,7 +69,7 @@ pub struct Snapshot {
     pub meta: SnapshotMeta,
     /// The membership at `meta.index` (empty when the image recorded none).
     pub membership: Membership,
-    /// The image itself, opaque to Raft.
+    /// The image itself, opaque to Raft (empty where the caller keeps the image elsewhere).
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }

@@ -80,7 +80,8 @@ pub struct Ready {
     /// held vote leaves), or with entries when the commit mark moved.
     pub hard_state: Option<HardState>,
     /// A snapshot received from the leader: write it, then restore the state machine from it.
-    /// Its `data` is whatever the transport delivered with the `InstallSnapshot` message.
+    /// Its `data` is whatever was stepped in with the `InstallSnapshot` message (the replica
+    /// steps none: it keeps the image in the file it was received into).
     pub snapshot: Option<Snapshot>,
     /// Entries to write; an entry at an index already stored replaces it and every entry after it.
     pub entries: Vec<Entry>,
