@@ -63,17 +63,40 @@ fn layout(dir: &Path, cluster_name: &str) -> Layout {
 }
 
 struct Server {
-    child: Child,
+    child: Running,
     args: Vec<String>,
 }
 
-fn spawn_server(args: &[String], log: &Path) -> Child {
+/// A spawned server, killed when dropped: a failing test leaves no process behind.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        kill(&mut self.0);
+    }
+}
+
+fn spawn_server(args: &[String], log: &Path) -> Running {
     spawn_server_under(&[], args, log)
 }
 
 /// The server run by `wrapper` (a command and its arguments, the server's path and `args`
 /// following them), its stderr in `log`; no wrapper runs it directly.
-fn spawn_server_under(wrapper: &[&str], args: &[String], log: &Path) -> Child {
+fn spawn_server_under(wrapper: &[&str], args: &[String], log: &Path) -> Running {
     let log = std::fs::File::create(log).expect("log file");
     let mut command = match wrapper.split_first() {
         Some((program, rest)) => {
@@ -89,6 +112,7 @@ fn spawn_server_under(wrapper: &[&str], args: &[String], log: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(Running)
         .expect("spawn quorumkv-server")
 }
 
@@ -149,7 +173,7 @@ fn single_server(data: &Path, extra: &[&str]) -> (String, Vec<String>) {
 
 /// A single-replica server with its data and log in `dir` (`extra` flags last), started and
 /// leading: its client address and its process.
-fn leading_single_server(dir: &Path, extra: &[&str]) -> (String, Child) {
+fn leading_single_server(dir: &Path, extra: &[&str]) -> (String, Running) {
     let (client, args) = single_server(&dir.join("data"), extra);
     let server = spawn_server(&args, &dir.join("log"));
     wait_for_info(&client, "role", "leader");
@@ -404,7 +428,7 @@ fn a_cluster_whose_disks_all_fill_serves_reads_and_resumes_when_they_grow() {
             SmallDisk::mount(&data, "2m")
         })
         .collect();
-    let mut servers: Vec<Child> =
+    let mut servers: Vec<Running> =
         (0..3).map(|i| spawn_server(&args[i], &dir.path().join(format!("log{}", i + 1)))).collect();
     let all = client.join(",");
     wait_for("a leader", || (0..3).find(|&i| info_field(&client[i], "role").as_deref() == Some("leader")));
@@ -739,7 +763,7 @@ fn huge_requests_do_not_depose_the_leader() {
             }
         }
     }
-    let mut servers: Vec<Child> =
+    let mut servers: Vec<Running> =
         (0..3).map(|i| spawn_server(&args[i], &dir.path().join(format!("log{}", i + 1)))).collect();
     let leader = wait_for("a leader", || {
         client.iter().find(|c| info_field(c, "role").as_deref() == Some("leader")).cloned()
@@ -835,7 +859,7 @@ fn random_kill_9_of_leader_and_of_everyone_loses_nothing() {
     let Layout { client, args, .. } = layout(dir.path(), &format!("random-kill-{seed}"));
     let args = |i: usize| args[i].clone();
     let log = |i: usize, n: usize| dir.path().join(format!("log{}-{n}", i + 1));
-    let mut children: Vec<Child> = (0..3).map(|i| spawn_server(&args(i), &log(i, 0))).collect();
+    let mut children: Vec<Running> = (0..3).map(|i| spawn_server(&args(i), &log(i, 0))).collect();
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -916,7 +940,7 @@ fn a_replica_joins_the_leader_moves_and_a_removed_member_exits_0() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let Layout { client, args, .. } = layout(dir.path(), "living");
-    let mut servers: Vec<Child> =
+    let mut servers: Vec<Running> =
         (0..3).map(|i| spawn_server(&args[i], &dir.path().join(format!("log{}", i + 1)))).collect();
     let all = client.join(",");
     assert_eq!(stdout(&cli(&all, &["set", "before", "join"])), "OK");
@@ -1010,7 +1034,7 @@ fn redis_cli_and_redis_benchmark_work_against_every_follower() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let Layout { client, args, .. } = layout(dir.path(), "forwarding");
-    let mut servers: Vec<Child> =
+    let mut servers: Vec<Running> =
         (0..3).map(|i| spawn_server(&args[i], &dir.path().join(format!("log{}", i + 1)))).collect();
     let leader = wait_for("a leader", || {
         (0..3).find(|&i| info_field(&client[i], "role").as_deref() == Some("leader"))
@@ -1081,7 +1105,7 @@ fn snapshot_save_and_restore_start_a_new_cluster_with_the_same_state() {
     let source = dir.path().join("source");
     let Layout { client, args, .. } = layout(&source, "backup-source");
     let servers_arg = client.join(",");
-    let mut servers: Vec<Child> =
+    let mut servers: Vec<Running> =
         (0..3).map(|i| spawn_server(&args[i], &dir.path().join(format!("src{}.log", i + 1)))).collect();
     for i in 0..300 {
         let out = cli(&servers_arg, &["set", &format!("k{i}"), &format!("v{i}")]);
@@ -1194,7 +1218,7 @@ fn snapshot_save_and_restore_start_a_new_cluster_with_the_same_state() {
     for s in &mut servers {
         kill(s);
     }
-    let mut restored: Vec<Child> =
+    let mut restored: Vec<Running> =
         (0..3).map(|i| spawn_server(&new_args[i], &dir.path().join(format!("new{}.log", i + 1)))).collect();
     let new_servers = new_client.join(",");
     let new_leader = wait_for("a leader of the restored cluster", || {

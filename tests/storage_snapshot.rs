@@ -218,6 +218,7 @@ fn received_images_keep_their_own_files_until_taken_and_a_crash_leftover_goes_at
     // the first is saved whole (one name for both, the second would have emptied it).
     let mut first = inbox.begin(meta, 8).expect("begin");
     first.write(b"12345678").expect("write");
+    drop(first.image_reader().expect("flushed to the file"));
     let mut second = inbox.begin(meta, 8).expect("begin");
     second.write(b"1234").expect("write");
     // A leader's opening of its newest image (none here) leaves images being received alone.

@@ -1407,10 +1407,13 @@ impl Consensus {
             log::warn!("replica {}: snapshot from {from} failed its checksum; asking again", self.core.id());
             self.discard_receiving();
         }
-        if let Some(received) = outcome.ack {
-            self.ack(from, meta, received);
-        }
-        let meta = outcome.complete?;
+        // The last ack waits for the checks below: an image refused there is sent again.
+        let Some(meta) = outcome.complete else {
+            if let Some(received) = outcome.ack {
+                self.ack(from, meta, received);
+            }
+            return None;
+        };
         let Some(mut file) = self.receiving.take_if(|f| f.meta() == meta) else {
             return self.refuse_image(from, "its file is missing");
         };
@@ -1428,6 +1431,7 @@ impl Consensus {
             self.core.id(),
             meta.index,
         );
+        self.ack(from, meta, len);
         self.received = Some(file);
         let snapshot = Snapshot { meta, membership, data: Vec::new() };
         Some(Message { from, to: self.core.id(), term, body: MessageBody::InstallSnapshot { snapshot } })
@@ -1598,6 +1602,7 @@ impl Handler<Inbound> for Consensus {
                 if let Err(e) = self.core.step(install) {
                     self.status.metrics.refused_peer_input.inc();
                     log::warn!("replica {}: refused a received snapshot: {e}", self.core.id());
+                    self.incoming.abandon();
                 }
                 // Driven now, so the Ready that installs it takes its file: one left after
                 // that was refused (older than what this replica holds) and is removed.

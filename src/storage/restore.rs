@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::error::{io_err, StorageError};
-use super::snapshot_file::read_snapshot_file;
+use super::snapshot_file::read_snapshot_file_with;
 use super::wal::sync_dir;
 use super::{DataDir, SnapshotStore, StateMachine, Wal, WalOptions};
 use crate::protocol::raft::{HardState, Membership, NodeId, SnapshotMeta};
@@ -62,8 +62,9 @@ pub fn restore_data_dir(
     peers: &BTreeMap<NodeId, String>,
 ) -> Result<Restored, RestoreError> {
     let bad = |why: String| RestoreError::BadFile { path: file.to_path_buf(), why };
-    let (meta, image) = read_snapshot_file(file).map_err(|e| bad(e.to_string()))?;
-    let mut state = StateMachine::restore(&image).map_err(|e| bad(e.to_string()))?;
+    // Decoded as it is read, and written back as it is encoded: the image is never whole in memory.
+    let (meta, mut state) =
+        read_snapshot_file_with(file, StateMachine::restore_from).map_err(|e| bad(e.to_string()))?;
     if meta.index == 0 || state.applied_index() != meta.index {
         return Err(bad(format!(
             "the header says index {} but the image was taken at {}",
@@ -78,7 +79,6 @@ pub fn restore_data_dir(
         return Err(RestoreError::NotEmpty { path: data_dir.to_path_buf() });
     }
     state.replace_membership(Membership::from_peers(peers));
-    let image = state.snapshot()?;
 
     let mut building = data_dir.as_os_str().to_owned();
     building.push(".restoring");
@@ -87,7 +87,7 @@ pub fn restore_data_dir(
         // Left by an interrupted restore of this same dir: never a live data dir (it has no lock holder).
         fs::remove_dir_all(&building).map_err(io_err("remove", &building))?;
     }
-    let written = write_dir(&building, cluster_name, member_id, meta, &image);
+    let written = write_dir(&building, cluster_name, member_id, meta, &state);
     if let Err(e) = written {
         let _ = fs::remove_dir_all(&building);
         return Err(e.into());
@@ -102,16 +102,17 @@ pub fn restore_data_dir(
     Ok(Restored { meta, keys: state.engine().len() as u64, digest: state.engine().digest() })
 }
 
-/// A data dir at `root` whose log is empty after a snapshot of `image` at `meta`.
+/// A data dir at `root` whose log is empty after a snapshot of `state` at `meta`.
 fn write_dir(
     root: &Path,
     cluster_name: &str,
     member_id: NodeId,
     meta: SnapshotMeta,
-    image: &[u8],
+    state: &StateMachine,
 ) -> Result<(), StorageError> {
     let dir = DataDir::open(root, cluster_name, member_id)?;
-    SnapshotStore::open(dir.snap_dir())?.save(meta, image)?;
+    SnapshotStore::open(dir.snap_dir())?
+        .save_streaming(meta, |file| state.write_image(&mut |bytes| file.write(bytes)))?;
     let (mut wal, _) = Wal::open_witnessed(dir.wal_dir(), WalOptions::default(), Some(&dir.wal_witness()))?;
     wal.compact(meta)?;
     wal.append(Some(HardState { term: meta.term, vote: 0, commit: meta.index }), &[])?;

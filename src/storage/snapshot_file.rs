@@ -167,35 +167,7 @@ impl SnapshotStore {
         let Some(latest) = self.latest_path()? else {
             return Ok(None);
         };
-        let path = &latest.path;
-        let (mut file, head, len) = open_file(path, latest.meta)?;
-        file.seek(SeekFrom::Start(HEADER_BYTES as u64)).map_err(io_err("seek", path))?;
-        let reader = BufReader::with_capacity(CHECK_STEP_BYTES as usize, file);
-        let mut image = CheckedImage { reader, left: len, crc: crc32fast::Hasher::new(), failure: None };
-        image.crc.update(&head);
-        let decoded = decode(&mut image, len);
-        if let Some(failure) = image.failure.take() {
-            return Err(StorageError::Io { op: "read", path: path.clone(), source: failure });
-        }
-        // What the decoder left (nothing, for an image it took whole) counts toward the checksum.
-        std::io::copy(&mut image, &mut std::io::sink()).map_err(io_err("read", path))?;
-        if image.left > 0 {
-            return Err(StorageError::Corrupt {
-                path: path.clone(),
-                offset: HEADER_BYTES as u64 + len - image.left,
-                reason: "the file ended inside its image (it shrank while read)".into(),
-            });
-        }
-        let mut stored = [0u8; TRAILER_BYTES];
-        image.reader.read_exact(&mut stored).map_err(io_err("read", path))?;
-        if image.crc.finalize() != u32::from_le_bytes(stored) {
-            return Err(StorageError::Corrupt {
-                path: path.clone(),
-                offset: HEADER_BYTES as u64 + len,
-                reason: "snapshot checksum mismatch".into(),
-            });
-        }
-        Ok(Some((latest.meta, decoded?)))
+        read_checked(&latest.path, Some(latest.meta), decode).map(Some)
     }
 
     /// The newest snapshot, checked and open to be read a piece at a time; `None` if there is
@@ -357,7 +329,7 @@ impl SnapshotSource {
     /// Opens the snapshot file at `path`, named for `meta`, and checks it as
     /// [`SnapshotStore::load_latest`] does, reading it through once.
     fn open(path: &Path, meta: SnapshotMeta) -> Result<SnapshotSource> {
-        let (file, head, len) = open_file(path, meta)?;
+        let (file, head, len, _) = open_file(path, Some(meta))?;
         let mut data_crc = crc32fast::Hasher::new();
         let mut step_crcs = Vec::with_capacity(len.div_ceil(CHECK_STEP_BYTES) as usize);
         let mut piece = vec![0u8; CHECK_STEP_BYTES.min(len) as usize];
@@ -468,10 +440,8 @@ impl Read for SourceReader<'_> {
             if self.at >= self.source.len {
                 return Ok(0);
             }
-            self.step = self
-                .source
-                .read(self.at, CHECK_STEP_BYTES as usize)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            self.step =
+                self.source.read(self.at, CHECK_STEP_BYTES as usize).map_err(std::io::Error::other)?;
             self.at += self.step.len() as u64;
             self.used = 0;
         }
@@ -709,11 +679,62 @@ impl Drop for SnapshotFileWriter {
 
 /// Reads a standalone snapshot file and checks it whole: the position it stands for and its image.
 pub fn read_snapshot_file(path: &Path) -> Result<(SnapshotMeta, Vec<u8>)> {
-    let mut bytes = fs::read(path).map_err(io_err("read", path))?;
-    let (meta, _) = check_frame(path, &bytes)?;
-    bytes.truncate(bytes.len() - TRAILER_BYTES);
-    bytes.drain(..HEADER_BYTES);
-    Ok((meta, bytes))
+    read_snapshot_file_with(path, |image, len| {
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        image.read_to_end(&mut bytes).map_err(|e| StorageError::BadImage(format!("unreadable: {e}")))?;
+        Ok(bytes)
+    })
+}
+
+/// Reads a standalone snapshot file as [`SnapshotStore::read_latest`] reads the newest snapshot:
+/// its image a piece at a time by `decode`, the file's checksum taken on the way.
+pub fn read_snapshot_file_with<T>(
+    path: &Path,
+    decode: impl FnOnce(&mut dyn Read, u64) -> Result<T>,
+) -> Result<(SnapshotMeta, T)> {
+    read_checked(path, None, decode)
+}
+
+/// Opens the snapshot file at `path` (named for `named`, if it is a store's) and hands its image
+/// to `decode` through a reader that takes the file's checksum on the way; returns the position
+/// it stands for and what `decode` made of it.
+///
+/// A damaged file is `Corrupt` even when `decode` took its bytes, and when `decode` fails on a
+/// file whose checksum fails too, the damage is what is reported.
+fn read_checked<T>(
+    path: &Path,
+    named: Option<SnapshotMeta>,
+    decode: impl FnOnce(&mut dyn Read, u64) -> Result<T>,
+) -> Result<(SnapshotMeta, T)> {
+    let (mut file, head, len, meta) = open_file(path, named)?;
+    file.seek(SeekFrom::Start(HEADER_BYTES as u64)).map_err(io_err("seek", path))?;
+    let reader = BufReader::with_capacity(CHECK_STEP_BYTES as usize, file);
+    let mut image = CheckedImage { reader, left: len, crc: crc32fast::Hasher::new(), failure: None };
+    image.crc.update(&head);
+    let decoded = decode(&mut image, len);
+    if let Some(failure) = image.failure.take() {
+        return Err(StorageError::Io { op: "read", path: path.to_path_buf(), source: failure });
+    }
+    // What the decoder left (nothing, for an image it took whole) counts toward the checksum.
+    std::io::copy(&mut image, &mut std::io::sink()).map_err(io_err("read", path))?;
+    if image.left > 0 {
+        return Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            offset: HEADER_BYTES as u64 + len - image.left,
+            reason: "the file ended inside its image (it shrank while read)".into(),
+        });
+    }
+    let mut stored = [0u8; TRAILER_BYTES];
+    image.reader.read_exact(&mut stored).map_err(io_err("read", path))?;
+    if image.crc.finalize() != u32::from_le_bytes(stored) {
+        return Err(StorageError::Corrupt {
+            path: path.to_path_buf(),
+            offset: HEADER_BYTES as u64 + len,
+            reason: "snapshot checksum mismatch".into(),
+        });
+    }
+    // A trailing byte past the checksum is refused by the header's length check at the opening.
+    Ok((meta, decoded?))
 }
 
 /// The header of a snapshot file holding `len` bytes of image at `meta`.
@@ -738,9 +759,13 @@ fn parse_name(name: &str) -> Option<SnapshotMeta> {
     (file_name(meta) == name).then_some(meta)
 }
 
-/// Opens the snapshot file at `path`, named for `meta`, and checks its header against its name and
-/// size (not its image: the caller reads that); returns it with the header and the image's length.
-fn open_file(path: &Path, meta: SnapshotMeta) -> Result<(fs::File, [u8; HEADER_BYTES], u64)> {
+/// Opens the snapshot file at `path` (a store's is `named` for a position) and checks its header
+/// against its size and name (not its image: the caller reads that); returns it with the header,
+/// the image's length and the position the header records.
+fn open_file(
+    path: &Path,
+    named: Option<SnapshotMeta>,
+) -> Result<(fs::File, [u8; HEADER_BYTES], u64, SnapshotMeta)> {
     let file = fs::File::open(path).map_err(io_err("open", path))?;
     let size = file.metadata().map_err(io_err("stat", path))?.len();
     if size < (HEADER_BYTES + TRAILER_BYTES) as u64 {
@@ -753,10 +778,10 @@ fn open_file(path: &Path, meta: SnapshotMeta) -> Result<(fs::File, [u8; HEADER_B
     let mut head = [0u8; HEADER_BYTES];
     file.read_exact_at(&mut head, 0).map_err(io_err("read", path))?;
     let (inside, len) = parse_header(path, &head, size)?;
-    if inside != meta {
+    if let Some(meta) = named.filter(|&meta| meta != inside) {
         return Err(named_for(path, inside, meta));
     }
-    Ok((file, head, len))
+    Ok((file, head, len, inside))
 }
 
 fn named_for(path: &Path, inside: SnapshotMeta, meta: SnapshotMeta) -> StorageError {
@@ -765,29 +790,6 @@ fn named_for(path: &Path, inside: SnapshotMeta, meta: SnapshotMeta) -> StorageEr
         offset: 12,
         reason: format!("holds {inside:?} but is named for {meta:?}"),
     }
-}
-
-/// Checks a whole snapshot file: the position written inside it, and its data.
-fn check_frame<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SnapshotMeta, &'a [u8])> {
-    if bytes.len() < HEADER_BYTES + TRAILER_BYTES {
-        return Err(StorageError::Corrupt {
-            path: path.to_path_buf(),
-            offset: 0,
-            reason: format!("file of {} bytes is shorter than header and checksum", bytes.len()),
-        });
-    }
-    let (inside, _) = parse_header(path, &bytes[..HEADER_BYTES], bytes.len() as u64)?;
-    let crc_at = bytes.len() - TRAILER_BYTES;
-    let mut stored = [0u8; TRAILER_BYTES];
-    stored.copy_from_slice(&bytes[crc_at..]);
-    if crc32fast::hash(&bytes[..crc_at]) != u32::from_le_bytes(stored) {
-        return Err(StorageError::Corrupt {
-            path: path.to_path_buf(),
-            offset: crc_at as u64,
-            reason: "snapshot checksum mismatch".into(),
-        });
-    }
-    Ok((inside, &bytes[HEADER_BYTES..crc_at]))
 }
 
 /// Checks the header `head` of a snapshot file of `file_bytes` bytes (at least a header and a
