@@ -1214,6 +1214,15 @@ fn snapshot_save_and_restore_start_a_new_cluster_with_the_same_state() {
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid snapshot"), "{bad:?}");
     assert!(!elsewhere.exists());
+    // A file read in place must be a regular one: a device (or a pipe) is refused by name.
+    let device = Command::new(SERVER)
+        .args(["restore", "/dev/null", "--data-dir", &elsewhere.display().to_string()])
+        .args(["--id", "1", "--peers", &new_peers])
+        .output()
+        .expect("run restore");
+    assert_eq!(device.status.code(), Some(1), "{device:?}");
+    assert!(String::from_utf8_lossy(&device.stderr).contains("not a regular file"), "{device:?}");
+    assert!(!elsewhere.exists());
 
     for s in &mut servers {
         kill(s);

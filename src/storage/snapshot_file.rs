@@ -767,7 +767,17 @@ fn open_file(
     named: Option<SnapshotMeta>,
 ) -> Result<(fs::File, [u8; HEADER_BYTES], u64, SnapshotMeta)> {
     let file = fs::File::open(path).map_err(io_err("open", path))?;
-    let size = file.metadata().map_err(io_err("stat", path))?.len();
+    let stat = file.metadata().map_err(io_err("stat", path))?;
+    if !stat.is_file() {
+        // Read in place, at offsets: a pipe would look like an empty file.
+        let why = "not a regular file (a pipe or a device is not read in place; copy it to a file first)";
+        return Err(StorageError::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+        });
+    }
+    let size = stat.len();
     if size < (HEADER_BYTES + TRAILER_BYTES) as u64 {
         return Err(StorageError::Corrupt {
             path: path.to_path_buf(),
