@@ -1182,22 +1182,21 @@ fn snapshot_save_and_restore_start_a_new_cluster_with_the_same_state() {
     // A used data dir: exit 2, untouched. A damaged file: exit 1, no dir made.
     let d1 = target.join("d1");
     let meta_before = std::fs::read(d1.join("quorumkv.meta")).expect("meta");
-    let again = Command::new(SERVER)
-        .args(["restore", &file.display().to_string(), "--data-dir", &d1.display().to_string()])
-        .args(["--id", "1", "--peers", &new_peers])
-        .output()
-        .expect("run restore");
+    // `restore FILE --data-dir DIR` as member 1 of the new cluster.
+    let restore = |file: &Path, dir: &Path| {
+        Command::new(SERVER)
+            .args(["restore", &file.display().to_string(), "--data-dir", &dir.display().to_string()])
+            .args(["--id", "1", "--peers", &new_peers])
+            .output()
+            .expect("run restore")
+    };
+    let again = restore(&file, &d1);
     assert_eq!(again.status.code(), Some(2), "{again:?}");
     assert_eq!(std::fs::read(d1.join("quorumkv.meta")).expect("meta"), meta_before);
     let whole = std::fs::read(&file).expect("backup");
     let truncated_file = dir.path().join("truncated.qkv");
     std::fs::write(&truncated_file, &whole[..whole.len() - 100]).expect("write truncated");
-    let cut = Command::new(SERVER)
-        .args(["restore", &truncated_file.display().to_string(), "--data-dir"])
-        .arg(dir.path().join("never-truncated"))
-        .args(["--id", "1", "--peers", &new_peers])
-        .output()
-        .expect("run restore");
+    let cut = restore(&truncated_file, &dir.path().join("never-truncated"));
     assert_eq!(cut.status.code(), Some(1), "{cut:?}");
     assert!(!dir.path().join("never-truncated").exists());
     let mut damaged = whole;
@@ -1206,20 +1205,12 @@ fn snapshot_save_and_restore_start_a_new_cluster_with_the_same_state() {
     let bad_file = dir.path().join("damaged.qkv");
     std::fs::write(&bad_file, &damaged).expect("write damaged");
     let elsewhere = dir.path().join("never");
-    let bad = Command::new(SERVER)
-        .args(["restore", &bad_file.display().to_string(), "--data-dir", &elsewhere.display().to_string()])
-        .args(["--id", "1", "--peers", &new_peers])
-        .output()
-        .expect("run restore");
+    let bad = restore(&bad_file, &elsewhere);
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid snapshot"), "{bad:?}");
     assert!(!elsewhere.exists());
     // A file read in place must be a regular one: a device (or a pipe) is refused by name.
-    let device = Command::new(SERVER)
-        .args(["restore", "/dev/null", "--data-dir", &elsewhere.display().to_string()])
-        .args(["--id", "1", "--peers", &new_peers])
-        .output()
-        .expect("run restore");
+    let device = restore(Path::new("/dev/null"), &elsewhere);
     assert_eq!(device.status.code(), Some(1), "{device:?}");
     assert!(String::from_utf8_lossy(&device.stderr).contains("not a regular file"), "{device:?}");
     assert!(!elsewhere.exists());

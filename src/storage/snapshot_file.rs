@@ -143,11 +143,7 @@ impl SnapshotStore {
     /// A newest file that fails its checks is an error, never an empty state: the log before it
     /// may already be compacted away.
     pub fn load_latest(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>> {
-        self.read_latest(|image, len| {
-            let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-            image.read_to_end(&mut bytes).map_err(|e| StorageError::BadImage(format!("unreadable: {e}")))?;
-            Ok(bytes)
-        })
+        self.read_latest(read_whole)
     }
 
     /// The newest snapshot, its image read a piece at a time by `decode` (given a reader of the
@@ -679,11 +675,14 @@ impl Drop for SnapshotFileWriter {
 
 /// Reads a standalone snapshot file and checks it whole: the position it stands for and its image.
 pub fn read_snapshot_file(path: &Path) -> Result<(SnapshotMeta, Vec<u8>)> {
-    read_snapshot_file_with(path, |image, len| {
-        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        image.read_to_end(&mut bytes).map_err(|e| StorageError::BadImage(format!("unreadable: {e}")))?;
-        Ok(bytes)
-    })
+    read_snapshot_file_with(path, read_whole)
+}
+
+/// A decoder for [`read_checked`] that keeps the image's `len` bytes as they are.
+fn read_whole(image: &mut dyn Read, len: u64) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    image.read_to_end(&mut bytes).map_err(|e| StorageError::BadImage(format!("unreadable: {e}")))?;
+    Ok(bytes)
 }
 
 /// Reads a standalone snapshot file as [`SnapshotStore::read_latest`] reads the newest snapshot:
