@@ -39,8 +39,8 @@ pub struct DiscardImage(pub SnapshotFileWriter);
 #[rtype(result = "Result<Option<SnapshotSource>, StorageError>")]
 pub struct OpenLatest;
 
-/// An opened image a transfer, consensus or the applier lets go: closed here, where removing an older image
-/// set aside for it (its blocks freed a step at a time) holds up no one.
+/// An opened image a transfer, consensus or the applier lets go: closed here, where removing an
+/// older image set aside for it (its blocks freed a step at a time) holds up no one.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ReleaseImage(pub Arc<SnapshotSource>);

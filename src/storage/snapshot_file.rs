@@ -410,9 +410,7 @@ impl SnapshotSource {
         }
         Ok(bytes)
     }
-}
 
-impl SnapshotSource {
     /// The image from its start as a reader, a step at a time, each step checked as
     /// [`read`](Self::read) checks it.
     pub fn reader(&self) -> SourceReader<'_> {
@@ -484,9 +482,9 @@ pub fn write_snapshot_file(path: &Path, meta: SnapshotMeta, data: &[u8]) -> Resu
 }
 
 /// A snapshot file being written piece by piece (a download, an image received from the leader,
-/// or an image streamed from the
-/// state), with the same layout and durability as [`write_snapshot_file`]: nothing is under
-/// `path` until [`finish`](Self::finish), and a writer dropped unfinished removes its temp file.
+/// or an image streamed from the state), with the same layout and durability as
+/// [`write_snapshot_file`]: nothing is under `path` until [`finish`](Self::finish), and a writer
+/// dropped unfinished removes its temp file.
 pub struct SnapshotFileWriter {
     path: PathBuf,
     temp: PathBuf,
