@@ -241,3 +241,35 @@ fn received_images_keep_their_own_files_until_taken_and_a_crash_leftover_goes_at
     assert_eq!(store.load_latest().expect("load").map(|(m, _)| m), Some(meta));
     assert_eq!(snapshot_files(dir.path()), vec![format!("snap-{:020}-{:020}.snap", 12, 2)]);
 }
+
+#[test]
+fn an_adopted_image_is_checked_by_the_checksums_taken_as_it_was_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    let step = quorumkv::protocol::peer_wire::SNAPSHOT_CHUNK_BYTES;
+    // Two and a half check steps, written in pieces that straddle the steps' ends.
+    let image: Vec<u8> = (0..step * 5 / 2).map(|i| (i * 7 + i / 251) as u8).collect();
+    let meta = SnapshotMeta { index: 30, term: 4 };
+    let mut file = store.inbox().begin(meta, image.len() as u64).expect("begin");
+    for piece in image.chunks(300_007) {
+        file.write(piece).expect("write");
+    }
+    let adopted = store.adopt(file).expect("adopt");
+    assert_eq!(adopted.len(), image.len() as u64);
+    assert_eq!(adopted.crc32(), crc32fast::hash(&image), "the image's CRC, as the sender announces it");
+    let opened = store.open_latest().expect("open").expect("a snapshot");
+    assert_eq!(opened.crc32(), adopted.crc32(), "as a leader's opening reads it from the file");
+    let mut restored = Vec::new();
+    std::io::Read::read_to_end(&mut adopted.reader(), &mut restored).expect("read");
+    assert!(restored == image, "read whole through the steps' checks");
+    // A byte changed on the disk after adoption: the read of its step fails, the others pass.
+    let path = store.latest_path().expect("list").expect("the file").path;
+    let on_disk = fs::OpenOptions::new().write(true).open(&path).expect("open for writing");
+    let header_bytes = fs::metadata(&path).expect("stat").len() - image.len() as u64 - 4;
+    let changed = step + step / 2;
+    std::os::unix::fs::FileExt::write_all_at(&on_disk, &[image[changed] ^ 1], header_bytes + changed as u64)
+        .expect("change a byte");
+    assert_eq!(adopted.read(0, step).expect("the first step is intact"), image[..step]);
+    assert!(matches!(adopted.read(step as u64, 10), Err(StorageError::Corrupt { .. })), "the changed step");
+    assert_eq!(adopted.read(2 * step as u64, step).expect("the last, short step"), image[2 * step..]);
+}

@@ -102,11 +102,13 @@ impl SnapshotStore {
     /// position, durably, as [`save`](Self::save) does, and opens it as
     /// [`open_latest`](Self::open_latest) does for whoever restores the state from it: while that
     /// lives, a newer snapshot sets the file aside uncut.
+    ///
+    /// The image is not read back: its checksums are the ones taken as it was written, and every
+    /// later read of it is checked against them as an opened file's are.
     pub fn adopt(&self, image: SnapshotFileWriter) -> Result<SnapshotSource> {
-        let (path, meta) = (image.path.clone(), image.meta);
-        image.finish()?;
-        self.remove_older(meta)?;
-        self.open_source(path, meta)
+        let source = image.finish_open()?;
+        self.remove_older(source.meta)?;
+        Ok(self.register(source))
     }
 
     /// Removes every snapshot file older than `meta`, each cut down a step at a time first.
@@ -180,11 +182,15 @@ impl SnapshotStore {
 
     /// Opens and checks the snapshot file at `path`, listed as read until the source is dropped.
     fn open_source(&self, path: PathBuf, meta: SnapshotMeta) -> Result<SnapshotSource> {
-        let source = SnapshotSource::open(&path, meta)?;
+        SnapshotSource::open(&path, meta).map(|source| self.register(source))
+    }
+
+    /// Lists `source` as read until it is dropped.
+    fn register(&self, source: SnapshotSource) -> SnapshotSource {
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
         sources.retain(|(_, file)| file.strong_count() > 0);
-        sources.push((path, Arc::downgrade(&source.file)));
-        Ok(source)
+        sources.push((source.path.clone(), Arc::downgrade(&source.file)));
+        source
     }
 
     /// Renames `path` out of the way if a transfer still reads it (cut down, it would lose the
@@ -490,8 +496,13 @@ pub struct SnapshotFileWriter {
     temp: PathBuf,
     file: BufWriter<fs::File>,
     meta: SnapshotMeta,
-    /// Checksum of the image bytes so far (the header's is added at the end, when it is final).
+    /// Checksum of the image's whole check steps so far (the header's is added at the end, when
+    /// it is final, and the last step's).
     hasher: crc32fast::Hasher,
+    /// Checksum of the check step being written.
+    step: crc32fast::Hasher,
+    /// The CRC-32 of each whole [`CHECK_STEP_BYTES`] written, as [`SnapshotSource`] keeps them.
+    step_crcs: Vec<u32>,
     /// The announced length, if it was known up front.
     expected: Option<u64>,
     written: u64,
@@ -545,6 +556,8 @@ impl SnapshotFileWriter {
             file: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
             meta,
             hasher: crc32fast::Hasher::new(),
+            step: crc32fast::Hasher::new(),
+            step_crcs: Vec::new(),
             expected,
             written: 0,
             writeback_from: 0,
@@ -561,7 +574,7 @@ impl SnapshotFileWriter {
         // A whole image in one call (a backup's) is paced like one streamed in pieces.
         for step in bytes.chunks(WRITEBACK_STEP_BYTES as usize) {
             self.file.write_all(step).map_err(io_err("write", &self.temp))?;
-            self.hasher.update(step);
+            self.add_to_checksums(step);
             self.written += step.len() as u64;
             let end = HEADER_BYTES as u64 + self.written;
             if end - self.writeback_from >= WRITEBACK_STEP_BYTES {
@@ -603,15 +616,54 @@ impl SnapshotFileWriter {
         self.finished = true;
     }
 
+    /// Adds `bytes`, the image's next, to its checksums, closing each check step they complete.
+    fn add_to_checksums(&mut self, mut bytes: &[u8]) {
+        let mut at = self.written;
+        while !bytes.is_empty() {
+            let room = CHECK_STEP_BYTES - at % CHECK_STEP_BYTES;
+            let (now, rest) = bytes.split_at(bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX)));
+            self.step.update(now);
+            at += now.len() as u64;
+            if at.is_multiple_of(CHECK_STEP_BYTES) {
+                self.close_step();
+            }
+            bytes = rest;
+        }
+    }
+
+    /// Ends the check step being written: its CRC kept, its bytes added to the image's checksum.
+    fn close_step(&mut self) {
+        let step = std::mem::take(&mut self.step);
+        self.step_crcs.push(step.clone().finalize());
+        self.hasher.combine(&step);
+    }
+
     /// Ends the file: checksum, fsync, rename into place, directory fsync. Fails (removing the
     /// temp file) if the image was not exactly the announced length.
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
+        self.finish_checked().map(drop)
+    }
+
+    /// [`finish`](Self::finish)es the file and opens it as a [`SnapshotSource`] whose checks are
+    /// the checksums taken as it was written.
+    fn finish_open(self) -> Result<SnapshotSource> {
+        let file = self.file.get_ref().try_clone().map_err(io_err("open", &self.temp))?;
+        let (path, meta, len) = (self.path.clone(), self.meta, self.written);
+        let (crc32, step_crcs) = self.finish_checked()?;
+        Ok(SnapshotSource { file: Arc::new(file), path, meta, len, crc32, step_crcs })
+    }
+
+    /// [`finish`](Self::finish), returning the image's CRC-32 and its check steps'.
+    fn finish_checked(mut self) -> Result<(u32, Vec<u32>)> {
         if let Some(announced) = self.expected.filter(|&len| len != self.written) {
             return Err(StorageError::Corrupt {
                 path: self.path.clone(),
                 offset: self.written,
                 reason: format!("image of {} bytes, {announced} announced", self.written),
             });
+        }
+        if !self.written.is_multiple_of(CHECK_STEP_BYTES) {
+            self.close_step();
         }
         let head = header(self.meta, self.written);
         let mut crc = crc32fast::Hasher::new();
@@ -626,10 +678,11 @@ impl SnapshotFileWriter {
         file.sync_all().map_err(io_err("fsync", &self.temp))?;
         fs::rename(&self.temp, &self.path).map_err(io_err("rename", &self.temp))?;
         self.finished = true;
-        match self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            Some(dir) => super::wal::sync_dir(dir),
-            None => Ok(()),
+        if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            super::wal::sync_dir(dir)?;
         }
+        let step_crcs = std::mem::take(&mut self.step_crcs);
+        Ok((self.hasher.clone().finalize(), step_crcs))
     }
 }
 
