@@ -1249,3 +1249,57 @@ fn snapshot_save_and_restore_start_a_new_cluster_with_the_same_state() {
         kill(s);
     }
 }
+
+// A replica catching up by snapshot onto a disk too small for the image raises the disk-full
+// alarm and refuses writes (as when its log does not fit), asks for the image again only once a
+// second instead of refilling the disk as fast as the leader sends, and once the disk grows it
+// takes the image, lowers the alarm and holds every key.
+#[test]
+fn a_replica_without_room_for_a_snapshot_raises_the_alarm_and_takes_it_once_there_is_room() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Layout { client, mut args, .. } = layout(dir.path(), "no-room-for-snapshot");
+    for a in &mut args {
+        a.extend(["--snapshot-threshold", "1000000"].map(String::from));
+    }
+    let d3 = dir.path().join("d3");
+    std::fs::create_dir(&d3).expect("mkdir");
+    let disk = SmallDisk::mount(&d3, "8m");
+    let mut servers: Vec<Running> =
+        (0..2).map(|i| spawn_server(&args[i], &dir.path().join(format!("log{}", i + 1)))).collect();
+    let two = client[..2].join(",");
+    // A state of about 9 MB, with the log compacted past its start: replica 3 needs the image.
+    let keys = 150;
+    for i in 0..keys {
+        assert_eq!(stdout(&set_big(&two, &format!("k{i}"), "5000")), "OK", "k{i}");
+    }
+    wait_for("a snapshot on both", || {
+        (0..2).all(|i| info_field(&client[i], "snapshot_index").is_some_and(|s| s != "0")).then_some(())
+    });
+    let log3 = dir.path().join("log3");
+    servers.push(spawn_server(&args[2], &log3));
+    let attempts =
+        || std::fs::read_to_string(&log3).map_or(0, |t| t.matches("no room for the snapshot image").count());
+    wait_for("a first image that does not fit", || (attempts() >= 1).then_some(()));
+    let first = Instant::now();
+    wait_for_info(&client[2], "disk_full", "1");
+    let why = info_field(&client[2], "disk_full_error").unwrap_or_default();
+    assert!(why.contains("no room for the snapshot image from replica"), "{why}");
+    let refused = set_big(&client[2], "refused", "2000");
+    assert!(stdout(&refused).starts_with("(error) ERR disk full"), "{refused:?}");
+    // Two more attempts: each after the second-long pause, not as fast as the leader sends.
+    wait_for("a third attempt", || (attempts() >= 3).then_some(()));
+    let two_pauses = first.elapsed();
+    assert!(two_pauses >= Duration::from_millis(1_800), "three attempts within {two_pauses:?}");
+    let grown = Command::new("mount").args(["-o", "remount,size=64m"]).arg(&disk.0).status();
+    assert!(grown.expect("run mount").success(), "enlarge {}", disk.0.display());
+    wait_for_info(&client[2], "disk_full", "0");
+    wait_for("every key on replica 3", || {
+        (stdout(&cli(&client[2], &["dbsize"])) == format!("(integer) {keys}")).then_some(())
+    });
+    assert_eq!(stdout(&cli(&client[2], &["strlen", "k0"])), format!("(integer) {BIG}"));
+    assert_eq!(stdout(&set_big(&client[2], "after", "5000")), "OK");
+    for s in &mut servers {
+        kill(s);
+    }
+}

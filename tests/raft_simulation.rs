@@ -174,7 +174,12 @@ struct Faults {
     drop: f64,
     duplicate: f64,
     max_delay_ticks: u64,
+    /// Chance that a follower's disk has no room for a chunk of a snapshot image.
+    no_room: f64,
 }
+
+/// Ticks a follower without room for an image answers no chunk (as the replica does for a second).
+const NO_ROOM_PAUSE_TICKS: u32 = 5;
 
 struct Sim {
     seed: u64,
@@ -216,6 +221,8 @@ struct SimStats {
     /// Snapshots taken because a leader lacked, in memory, entries a follower needed.
     fresh_snapshots: u64,
     snapshots_installed: u64,
+    /// Snapshot chunks a follower had no room for.
+    no_room: u64,
     max_commit: u64,
     /// Membership changes a leader accepted.
     changes_proposed: u64,
@@ -236,6 +243,7 @@ impl Sim {
             drop: rng.range(0, 20) as f64 / 100.0,
             duplicate: rng.range(0, 5) as f64 / 100.0,
             max_delay_ticks: rng.range(0, 6),
+            no_room: rng.range(0, 10) as f64 / 100.0,
         };
         let mut sim = Sim {
             seed,
@@ -582,6 +590,14 @@ impl Sim {
                 if outcome.start.is_some() {
                     node.receiving.clear();
                 }
+                if !outcome.append.is_empty() && self.rng.chance(self.faults.no_room) {
+                    // As the consensus actor does when its disk is full: the image dropped, and
+                    // no chunk answered for a while.
+                    node.receiver.refuse_for(NO_ROOM_PAUSE_TICKS);
+                    node.receiving.clear();
+                    self.stats.no_room += 1;
+                    return true;
+                }
                 node.receiving.extend_from_slice(&outcome.append);
                 if let Some(received) = outcome.ack {
                     self.send(Packet::Ack { from: to, to: from, meta, received });
@@ -621,6 +637,7 @@ impl Sim {
         for (&id, node) in self.nodes.iter_mut() {
             let Some(core) = node.core.as_mut() else { continue };
             core.tick();
+            node.receiver.tick();
             if core.role() != Role::Leader {
                 node.sender.clear();
                 continue;
@@ -875,7 +892,7 @@ impl Sim {
     /// Heals everything and requires a fresh proposal to commit on every node within a bound.
     fn check_liveness(&mut self) {
         self.cut.clear();
-        self.faults = Faults { drop: 0.0, duplicate: 0.0, max_delay_ticks: 1 };
+        self.faults = Faults { drop: 0.0, duplicate: 0.0, max_delay_ticks: 1, no_room: 0.0 };
         let down: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.core.is_none()).map(|(&id, _)| id).collect();
         for id in down {
             self.start(id);
@@ -980,6 +997,7 @@ fn run_with(n: u64, base_seed: u64, dynamic: bool) {
         total.trims += s.trims;
         total.fresh_snapshots += s.fresh_snapshots;
         total.snapshots_installed += s.snapshots_installed;
+        total.no_room += s.no_room;
         total.max_commit = total.max_commit.max(s.max_commit);
         total.changes_proposed += s.changes_proposed;
         total.changes_applied += s.changes_applied;
@@ -987,6 +1005,10 @@ fn run_with(n: u64, base_seed: u64, dynamic: bool) {
         total.reads_served += s.reads_served;
     }
     assert!(total.reads_served > 0, "the chaos served no read: the read checks saw nothing");
+    assert!(
+        total.snapshots_installed > 0 && total.no_room > 0,
+        "the chaos never installed a snapshot or never had a follower without room for one"
+    );
     assert!(
         total.trims > 0 && total.fresh_snapshots > 0,
         "the chaos never trimmed or never needed a fresh snapshot"

@@ -43,7 +43,7 @@ use crate::protocol::snapshot_schedule::SnapshotSchedule;
 use crate::protocol::snapshot_transfer::{
     AckOutcome, SendChunk, SnapshotReceiver, SnapshotSender, TickOrder, TransferConfig,
 };
-use crate::storage::{SnapshotFileWriter, SnapshotInbox, SnapshotSource, StateMachine};
+use crate::storage::{SnapshotFileWriter, SnapshotInbox, SnapshotSource, StateMachine, StorageError};
 
 /// Reads waiting for confirmation before new ones are refused with `-TRYAGAIN`.
 pub const MAX_PENDING_READS: usize = 100_000;
@@ -373,6 +373,9 @@ pub struct Consensus {
     snapshot_inbox: SnapshotInbox,
     /// The file the image being received is written to.
     receiving: Option<SnapshotFileWriter>,
+    /// The term in which an image being received found the disk full, while the alarm it raised
+    /// is up (until an image fits, or a log write does in a later term).
+    image_disk_full: Option<u64>,
     /// A received image, whole and checked, from the InstallSnapshot it is stepped in as until
     /// the Ready that hands it out (in the same drive), or dropped if Raft refused it.
     received: Option<SnapshotFileWriter>,
@@ -442,6 +445,7 @@ impl Consensus {
             incoming: SnapshotReceiver::new(MAX_SNAPSHOT_BYTES),
             snapshot_inbox: parts.snapshot_inbox,
             receiving: None,
+            image_disk_full: None,
             received: None,
             stopped: false,
             address_book: parts.address_book,
@@ -805,9 +809,13 @@ impl Consensus {
                 self.disk_full(ctx, DiskWrite { image: None, persist, number }, &why)
             }
             Ok(()) => {
-                if self.status.is_disk_full() {
+                // A log write fitting says nothing of an image that did not (the log's segments
+                // are allocated ahead), unless the term moved on: a new leader may not need it.
+                let image_waits = self.image_disk_full.is_some_and(|term| term == self.core.term());
+                if self.status.is_disk_full() && !image_waits {
                     log::info!("replica {}: the disk has room again; writes resume", self.core.id());
                     self.status.set_disk_full(None);
+                    self.image_disk_full = None;
                 }
                 if number > 0 {
                     self.core.on_persisted(number);
@@ -1392,6 +1400,7 @@ impl Consensus {
             self.discard_receiving();
             match self.snapshot_inbox.begin(start.meta, start.total_bytes) {
                 Ok(file) => self.receiving = Some(file),
+                Err(e) if e.is_disk_full() => return self.no_room_for_image(from, &e),
                 Err(e) => return self.refuse_image(from, &format!("cannot start its file: {e}")),
             }
         }
@@ -1400,6 +1409,9 @@ impl Consensus {
                 return self.refuse_image(from, "no file to write it to");
             };
             if let Err(e) = file.write(&outcome.append) {
+                if e.is_disk_full() {
+                    return self.no_room_for_image(from, &e);
+                }
                 return self.refuse_image(from, &format!("cannot write it: {e}"));
             }
         }
@@ -1431,6 +1443,7 @@ impl Consensus {
             self.core.id(),
             meta.index,
         );
+        self.image_fitted();
         self.ack(from, meta, len);
         self.received = Some(file);
         let snapshot = Snapshot { meta, membership, data: Vec::new() };
@@ -1444,6 +1457,39 @@ impl Consensus {
         self.incoming.abandon();
         self.discard_receiving();
         None
+    }
+
+    /// The disk had no room for the image being received from `from`: it is given up, the
+    /// disk-full alarm raised (writes are refused here meanwhile, as for a log write that does not
+    /// fit), and no chunk is answered for [`DISK_FULL_RETRY`], so the leader's retries come at
+    /// that pace instead of refilling the disk as fast as it can send.
+    fn no_room_for_image(&mut self, from: NodeId, e: &StorageError) -> Option<Message> {
+        let written = self.receiving.as_ref().map_or(0, SnapshotFileWriter::written);
+        let why = format!("no room for the snapshot image from replica {from} after {written} bytes: {e}");
+        if self.status.is_disk_full() {
+            log::warn!("replica {}: {why}; asking for it again in {DISK_FULL_RETRY:?}", self.core.id());
+        } else {
+            log::error!(
+                "replica {}: {why}; writes are refused (-ERR disk full) until there is space, reads \
+                 are served; asking for it again in {DISK_FULL_RETRY:?}",
+                self.core.id()
+            );
+            self.status.set_disk_full(Some(why));
+        }
+        self.image_disk_full = Some(self.core.term());
+        let pause = DISK_FULL_RETRY.as_millis() / self.tick.as_millis().max(1);
+        self.incoming.refuse_for(u32::try_from(pause).unwrap_or(u32::MAX).max(1));
+        self.discard_receiving();
+        None
+    }
+
+    /// Lowers the alarm [`no_room_for_image`](Self::no_room_for_image) raised, once an image
+    /// fitted, unless the log's own writes are waiting for room too.
+    fn image_fitted(&mut self) {
+        if self.image_disk_full.take().is_some() && self.status.is_disk_full() && !self.disk_retry_pending {
+            log::info!("replica {}: the disk has room again; writes resume", self.core.id());
+            self.status.set_disk_full(None);
+        }
     }
 
     /// Gives up the file of the image being received, if any.
@@ -1565,6 +1611,7 @@ impl Actor for Consensus {
             act.ticks += 1;
             act.expire_forwards();
             act.core.tick();
+            act.incoming.tick();
             act.tick_transfers();
             act.reclaim_expired(ctx);
             act.drive(ctx);

@@ -261,12 +261,14 @@ pub struct SnapshotReceiver {
     /// The last image received whole, as (from, meta, total bytes): a chunk of it sent again
     /// (its ack was lost) is answered as complete instead of starting the transfer over.
     completed: Option<(NodeId, SnapshotMeta, u64)>,
+    /// Ticks left during which chunks go unanswered (see [`refuse_for`](Self::refuse_for)).
+    paused: u32,
 }
 
 impl SnapshotReceiver {
     /// Nothing being received; images above `max_image_bytes` are refused.
     pub fn new(max_image_bytes: u64) -> SnapshotReceiver {
-        SnapshotReceiver { max_image_bytes, incoming: None, completed: None }
+        SnapshotReceiver { max_image_bytes, incoming: None, completed: None, paused: 0 }
     }
 
     /// Bytes received of the image under way.
@@ -281,9 +283,23 @@ impl SnapshotReceiver {
         self.completed = None;
     }
 
+    /// Forgets the image under way, as [`abandon`](Self::abandon) does, and answers no chunk for
+    /// the next `ticks` ticks (the caller had no room for the image: its disk is full). The
+    /// sender resends meanwhile and starts over once answered, rather than refilling the disk as
+    /// fast as it can send.
+    pub fn refuse_for(&mut self, ticks: u32) {
+        self.abandon();
+        self.paused = ticks;
+    }
+
+    /// One tick of the caller's clock.
+    pub fn tick(&mut self) {
+        self.paused = self.paused.saturating_sub(1);
+    }
+
     /// Takes one chunk; `current_term` is this node's term (older leaders are ignored).
     pub fn on_chunk(&mut self, chunk: SnapshotChunk, current_term: u64) -> ChunkOutcome {
-        if chunk.term < current_term || chunk.total_bytes > self.max_image_bytes {
+        if self.paused > 0 || chunk.term < current_term || chunk.total_bytes > self.max_image_bytes {
             return ChunkOutcome::default();
         }
         let mut outcome = ChunkOutcome::default();
@@ -432,6 +448,54 @@ mod tests {
         assert_eq!(orders.iter().filter(|o| matches!(o, TickOrder::Resend(_))).count(), 3);
         assert!(!sender.is_sending(2, META));
         assert_eq!(sender.on_ack(2, META, 8), AckOutcome::Ignored, "an ack after giving up");
+    }
+
+    #[test]
+    fn a_receiver_without_room_answers_nothing_for_a_while_then_takes_the_image_from_the_start() {
+        let image: Vec<u8> = (0..10).collect();
+        let mut sender = SnapshotSender::new(config());
+        let mut receiver = SnapshotReceiver::new(100);
+        let mut kept = Kept::default();
+        let first = sender.start(2, META, 10, ());
+        let outcome = receiver.on_chunk(chunk_of(&image, first, 2), 2);
+        kept.take(&outcome);
+        let second = match sender.on_ack(2, META, outcome.ack.expect("an ack")) {
+            AckOutcome::Send(next) => next,
+            other => panic!("unexpected {other:?}"),
+        };
+        // The caller's disk is full: the image is dropped, and for two ticks nothing is answered,
+        // neither the chunk under way nor a fresh start.
+        receiver.refuse_for(2);
+        assert_eq!(receiver.received_bytes(), 0);
+        assert_eq!(receiver.on_chunk(chunk_of(&image, second, 2), 2), ChunkOutcome::default());
+        receiver.tick();
+        assert_eq!(receiver.on_chunk(chunk_of(&image, first, 2), 2), ChunkOutcome::default());
+        // The sender, unanswered, resends; once the pause is over the receiver asks for the start.
+        let resent = (0..3).flat_map(|_| sender.tick()).find_map(|o| match o {
+            TickOrder::Resend(order) => Some(order),
+            TickOrder::Abandon(_) => None,
+        });
+        assert_eq!(resent, Some(second));
+        receiver.tick();
+        let outcome = receiver.on_chunk(chunk_of(&image, second, 2), 2);
+        assert_eq!(outcome, ChunkOutcome { ack: Some(0), ..ChunkOutcome::default() });
+        // From the start again, to the end.
+        let mut order = match sender.on_ack(2, META, 0) {
+            AckOutcome::Send(next) => next,
+            other => panic!("unexpected {other:?}"),
+        };
+        loop {
+            let outcome = receiver.on_chunk(chunk_of(&image, order, 2), 2);
+            kept.take(&outcome);
+            if outcome.complete.is_some() {
+                break;
+            }
+            match sender.on_ack(2, META, outcome.ack.expect("an ack")) {
+                AckOutcome::Send(next) => order = next,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(kept.0, image);
     }
 
     #[test]

@@ -104,6 +104,17 @@ pub enum StorageError {
     Codec(#[from] CodecError),
 }
 
+impl StorageError {
+    /// True if the disk (or a quota) had no room for what was written.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StorageError::DiskFull { .. } => true,
+            StorageError::Io { source, .. } => is_disk_full(source),
+            _ => false,
+        }
+    }
+}
+
 /// Shorthand for storage results.
 pub type Result<T> = std::result::Result<T, StorageError>;
 
