@@ -223,6 +223,8 @@ struct SimStats {
     snapshots_installed: u64,
     /// Snapshot chunks a follower had no room for.
     no_room: u64,
+    /// Images under way a follower dropped, their sender quiet too long.
+    quiet_images_dropped: u64,
     max_commit: u64,
     /// Membership changes a leader accepted.
     changes_proposed: u64,
@@ -272,7 +274,7 @@ impl Sim {
                     disk: Disk::default(),
                     pending: Vec::new(),
                     sender: SnapshotSender::new(TRANSFER),
-                    receiver: SnapshotReceiver::new(TRANSFER.max_image_bytes),
+                    receiver: SnapshotReceiver::new(TRANSFER),
                     receiving: Vec::new(),
                     state: (0, 0),
                     membership: Membership::default(),
@@ -316,7 +318,7 @@ impl Sim {
         let disk = node.disk.clone();
         node.pending.clear();
         node.sender = SnapshotSender::new(TRANSFER);
-        node.receiver = SnapshotReceiver::new(TRANSFER.max_image_bytes);
+        node.receiver = SnapshotReceiver::new(TRANSFER);
         node.receiving.clear();
         // The membership at the snapshot: the image's, or at index 0 the founders'.
         let membership = if disk.snapshot.index == 0 {
@@ -634,10 +636,15 @@ impl Sim {
     fn tick_all(&mut self) {
         self.now += 1;
         let mut resends = Vec::new();
+        let stats = &mut self.stats;
         for (&id, node) in self.nodes.iter_mut() {
             let Some(core) = node.core.as_mut() else { continue };
             core.tick();
-            node.receiver.tick();
+            if node.receiver.tick() {
+                // As the consensus actor drops the file of an image whose sender went quiet.
+                node.receiving.clear();
+                stats.quiet_images_dropped += 1;
+            }
             if core.role() != Role::Leader {
                 node.sender.clear();
                 continue;
@@ -998,6 +1005,7 @@ fn run_with(n: u64, base_seed: u64, dynamic: bool) {
         total.fresh_snapshots += s.fresh_snapshots;
         total.snapshots_installed += s.snapshots_installed;
         total.no_room += s.no_room;
+        total.quiet_images_dropped += s.quiet_images_dropped;
         total.max_commit = total.max_commit.max(s.max_commit);
         total.changes_proposed += s.changes_proposed;
         total.changes_applied += s.changes_applied;
@@ -1006,8 +1014,9 @@ fn run_with(n: u64, base_seed: u64, dynamic: bool) {
     }
     assert!(total.reads_served > 0, "the chaos served no read: the read checks saw nothing");
     assert!(
-        total.snapshots_installed > 0 && total.no_room > 0,
-        "the chaos never installed a snapshot or never had a follower without room for one"
+        total.snapshots_installed > 0 && total.no_room > 0 && total.quiet_images_dropped > 0,
+        "the chaos never installed a snapshot, never had a follower without room for one, or never \
+         left one with half an image"
     );
     assert!(
         total.trims > 0 && total.fresh_snapshots > 0,

@@ -141,7 +141,7 @@ fn an_image_sent_from_its_file_arrives_whole_though_a_newer_snapshot_replaces_it
     let config =
         TransferConfig { chunk_bytes: 1 << 20, resend_ticks: 3, give_up_ticks: 10, max_image_bytes: limit };
     let mut sender = SnapshotSender::new(config);
-    let mut receiver = SnapshotReceiver::new(limit);
+    let mut receiver = SnapshotReceiver::new(config);
     // The follower writes what arrives into a file of its own store, as the replica does.
     let follower_dir = tempfile::tempdir().expect("tempdir");
     let follower = SnapshotStore::open(follower_dir.path()).expect("open");

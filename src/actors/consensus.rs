@@ -442,7 +442,7 @@ impl Consensus {
             latest_snapshot,
             outgoing: SnapshotSender::new(transfer_config(parts.tick)),
             loading_snapshot: false,
-            incoming: SnapshotReceiver::new(MAX_SNAPSHOT_BYTES),
+            incoming: SnapshotReceiver::new(transfer_config(parts.tick)),
             snapshot_inbox: parts.snapshot_inbox,
             receiving: None,
             image_disk_full: None,
@@ -1611,7 +1611,14 @@ impl Actor for Consensus {
             act.ticks += 1;
             act.expire_forwards();
             act.core.tick();
-            act.incoming.tick();
+            if act.incoming.tick() {
+                log::warn!(
+                    "replica {}: no chunk of the snapshot image under way for {} ms; dropped",
+                    act.core.id(),
+                    2 * SNAPSHOT_GIVE_UP_MS
+                );
+                act.discard_receiving();
+            }
             act.tick_transfers();
             act.reclaim_expired(ctx);
             act.drive(ctx);

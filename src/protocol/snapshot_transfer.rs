@@ -252,11 +252,15 @@ struct Incoming {
     crc32: u32,
     received: u64,
     crc: crc32fast::Hasher,
+    /// Ticks since its last chunk.
+    idle_ticks: u32,
 }
 
 /// A follower's side: at most one image being received.
 pub struct SnapshotReceiver {
     max_image_bytes: u64,
+    /// Ticks without a chunk after which the image under way is dropped.
+    drop_after_ticks: u32,
     incoming: Option<Incoming>,
     /// The last image received whole, as (from, meta, total bytes): a chunk of it sent again
     /// (its ack was lost) is answered as complete instead of starting the transfer over.
@@ -266,9 +270,17 @@ pub struct SnapshotReceiver {
 }
 
 impl SnapshotReceiver {
-    /// Nothing being received; images above `max_image_bytes` are refused.
-    pub fn new(max_image_bytes: u64) -> SnapshotReceiver {
-        SnapshotReceiver { max_image_bytes, incoming: None, completed: None, paused: 0 }
+    /// Nothing being received; images above the config's `max_image_bytes` are refused, and
+    /// one without a chunk for twice its `give_up_ticks` is dropped (its sender gave up on it,
+    /// or is gone: a leader that crashed mid-transfer).
+    pub fn new(config: TransferConfig) -> SnapshotReceiver {
+        SnapshotReceiver {
+            max_image_bytes: config.max_image_bytes,
+            drop_after_ticks: config.give_up_ticks.saturating_mul(2),
+            incoming: None,
+            completed: None,
+            paused: 0,
+        }
     }
 
     /// Bytes received of the image under way.
@@ -292,9 +304,17 @@ impl SnapshotReceiver {
         self.paused = ticks;
     }
 
-    /// One tick of the caller's clock.
-    pub fn tick(&mut self) {
+    /// One tick of the caller's clock; true if it dropped the image under way (no chunk came
+    /// for too long), which the caller drops too.
+    pub fn tick(&mut self) -> bool {
         self.paused = self.paused.saturating_sub(1);
+        let Some(incoming) = self.incoming.as_mut() else { return false };
+        incoming.idle_ticks += 1;
+        if incoming.idle_ticks < self.drop_after_ticks {
+            return false;
+        }
+        self.incoming = None;
+        true
     }
 
     /// Takes one chunk; `current_term` is this node's term (older leaders are ignored).
@@ -321,9 +341,11 @@ impl SnapshotReceiver {
                 crc32: chunk.crc32,
                 received: 0,
                 crc: crc32fast::Hasher::new(),
+                idle_ticks: 0,
             });
         }
         let Some(incoming) = self.incoming.as_mut() else { return ChunkOutcome::default() };
+        incoming.idle_ticks = 0;
         // Only the chunk that continues the image counts; anything else is answered with where we are.
         if chunk.offset == incoming.received
             && incoming.received + chunk.data.len() as u64 <= incoming.total_bytes
@@ -377,7 +399,7 @@ mod tests {
     fn an_image_travels_in_chunks_and_arrives_whole() {
         let image: Vec<u8> = (0..10).collect();
         let mut sender = SnapshotSender::new(config());
-        let mut receiver = SnapshotReceiver::new(100);
+        let mut receiver = SnapshotReceiver::new(config());
         let mut kept = Kept::default();
         let mut order = sender.start(2, META, 10, "payload");
         let mut chunks = 0;
@@ -417,7 +439,7 @@ mod tests {
     #[test]
     fn a_chunk_is_handed_to_the_caller_as_it_came_and_only_once() {
         let image: Vec<u8> = (0..10).collect();
-        let mut receiver = SnapshotReceiver::new(100);
+        let mut receiver = SnapshotReceiver::new(config());
         let first = chunk_of(&image, SendChunk { to: 2, meta: META, offset: 0, len: 4 }, 2);
         let duplicate = first.clone();
         let at = first.data.as_ptr();
@@ -454,7 +476,7 @@ mod tests {
     fn a_receiver_without_room_answers_nothing_for_a_while_then_takes_the_image_from_the_start() {
         let image: Vec<u8> = (0..10).collect();
         let mut sender = SnapshotSender::new(config());
-        let mut receiver = SnapshotReceiver::new(100);
+        let mut receiver = SnapshotReceiver::new(config());
         let mut kept = Kept::default();
         let first = sender.start(2, META, 10, ());
         let outcome = receiver.on_chunk(chunk_of(&image, first, 2), 2);
@@ -499,11 +521,29 @@ mod tests {
     }
 
     #[test]
+    fn an_image_whose_sender_went_quiet_is_dropped_after_twice_the_senders_give_up() {
+        let image: Vec<u8> = (0..10).collect();
+        let first = SendChunk { to: 2, meta: META, offset: 0, len: 4 };
+        let second = SendChunk { to: 2, meta: META, offset: 4, len: 4 };
+        let mut receiver = SnapshotReceiver::new(config());
+        assert!(!receiver.tick(), "nothing under way, nothing dropped");
+        receiver.on_chunk(chunk_of(&image, first, 2), 2);
+        assert!((0..19).all(|_| !receiver.tick()), "kept for 19 quiet ticks");
+        // A chunk, even one already held, shows the sender is still there.
+        assert_eq!(receiver.on_chunk(chunk_of(&image, first, 2), 2).ack, Some(4));
+        assert!((0..19).all(|_| !receiver.tick()));
+        assert!(receiver.tick(), "dropped on the 20th quiet tick");
+        assert_eq!(receiver.received_bytes(), 0);
+        // The sender, back, is asked for the image from the start.
+        assert_eq!(receiver.on_chunk(chunk_of(&image, second, 2), 2).ack, Some(0));
+    }
+
+    #[test]
     fn the_receiver_resumes_refuses_and_checks() {
         let image: Vec<u8> = (0..10).collect();
         let first = SendChunk { to: 2, meta: META, offset: 0, len: 4 };
         let second = SendChunk { to: 2, meta: META, offset: 4, len: 4 };
-        let mut receiver = SnapshotReceiver::new(100);
+        let mut receiver = SnapshotReceiver::new(config());
         // A transfer joined in the middle is asked for from the start.
         assert_eq!(receiver.on_chunk(chunk_of(&image, second, 2), 2).ack, Some(0));
         assert_eq!(receiver.on_chunk(chunk_of(&image, first, 2), 2).ack, Some(4));
@@ -514,9 +554,9 @@ mod tests {
         assert_eq!(receiver.on_chunk(chunk_of(&image, second, 1), 2), ChunkOutcome::default());
         let mut big = chunk_of(&image, first, 2);
         big.total_bytes = 101;
-        assert_eq!(SnapshotReceiver::new(100).on_chunk(big, 2), ChunkOutcome::default());
+        assert_eq!(SnapshotReceiver::new(config()).on_chunk(big, 2), ChunkOutcome::default());
         // A bad checksum is caught once the image is whole, and asked for again.
-        let mut bad = SnapshotReceiver::new(100);
+        let mut bad = SnapshotReceiver::new(config());
         let mut c = chunk_of(&image, SendChunk { to: 2, meta: META, offset: 0, len: 10 }, 2);
         c.crc32 ^= 1;
         let outcome = bad.on_chunk(c, 2);
