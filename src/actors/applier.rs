@@ -7,14 +7,14 @@ use actix::prelude::*;
 
 use super::connection::ReplyBudget;
 use super::registry::HeldSnapshots;
-use super::snapshotter::{EncodeState, ReleaseImage, SaveState, Snapshotter};
+use super::snapshotter::{DecodedState, DropState, EncodeState, SaveState, Snapshotter};
 use super::status::StatusBoard;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
 use crate::protocol::codec;
 use crate::protocol::command::{decode_entry, Command, CommandResult};
 use crate::protocol::raft::{ConfChange, Entry, EntryKind, SnapshotMeta};
 use crate::protocol::watch::{watch_verdict, Applied, WatchKey, WatchVerdict};
-use crate::storage::{SnapshotSource, StateMachine};
+use crate::storage::StateMachine;
 
 /// Register interest in the entry proposed at `index` in `term` with `request_id`.
 ///
@@ -95,19 +95,23 @@ pub struct TermChanged(pub u64);
 #[rtype(result = "Result<SnapshotMeta, String>")]
 pub struct TakeSnapshot;
 
+/// Entries applied per turn of the thread (see `Applier::apply_in_turns`): about 3 ms of 100-byte
+/// writes. The batches of a loaded leader are far smaller and take one turn.
+pub const APPLY_TURN: usize = 1024;
+
 /// Writes moved back per drain turn (see `Applier::next_drain_turn`): about a millisecond of B-tree
 /// inserts (measured).
 const DRAIN_BATCH: usize = 1024;
 
-/// Replace the state with a snapshot received from the leader, read from its file once that is
-/// durable (`image` brings it opened; nothing else is applied meanwhile).
+/// Replace the state with a snapshot received from the leader, decoded by the snapshotter once
+/// its file is durable (`state` brings it; nothing else is applied meanwhile).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Restore {
     /// The snapshot's log position.
     pub meta: SnapshotMeta,
-    /// Its image, opened once saved (dropped unsent if the save failed).
-    pub image: tokio::sync::oneshot::Receiver<Arc<SnapshotSource>>,
+    /// The state decoded from its image (dropped unsent if the save failed).
+    pub state: tokio::sync::oneshot::Receiver<DecodedState>,
 }
 
 /// Stop the applier.
@@ -363,11 +367,27 @@ impl Handler<Unexpect> for Applier {
 impl Handler<ApplyEntries> for Applier {
     type Result = ();
 
-    fn handle(&mut self, msg: ApplyEntries, _ctx: &mut Self::Context) {
-        for entry in &msg.0 {
+    fn handle(&mut self, msg: ApplyEntries, ctx: &mut Self::Context) {
+        self.apply_in_turns(msg.0, 0, ctx);
+    }
+}
+
+impl Applier {
+    /// Applies `entries` from `from` on, [`APPLY_TURN`] at a time with the thread's other work
+    /// run between turns. A long batch (the log replayed at a start, the entries after a
+    /// snapshot a follower caught up by) took this thread's connections for its whole length:
+    /// 250-310 ms for 90,000-120,000 entries of 100-byte writes. Nothing else reaches the
+    /// applier until the batch is done, so a read still finds everything before it applied.
+    fn apply_in_turns(&mut self, entries: Vec<Entry>, from: usize, ctx: &mut Context<Self>) {
+        let end = entries.len().min(from.saturating_add(APPLY_TURN));
+        for entry in &entries[from..end] {
             self.apply(entry);
         }
-        self.publish();
+        if end == entries.len() {
+            return self.publish();
+        }
+        let next_turn = actix::fut::wrap_future(tokio::task::yield_now());
+        ctx.wait(next_turn.map(move |(), act: &mut Applier, ctx| act.apply_in_turns(entries, end, ctx)));
     }
 }
 
@@ -406,9 +426,17 @@ impl Handler<Restore> for Applier {
         }
         // Entries after the snapshot are already queued behind this message: none is applied
         // until the state is the snapshot's. Reads wait too, behind the image's save (which
-        // waits out a full disk with the log writes before it).
-        ctx.wait(msg.image.into_actor(self).map(move |opened, act, ctx| match opened {
-            Ok(image) => act.restore(meta, image, ctx),
+        // waits out a full disk with the log writes before it) and its decode; the thread goes
+        // on serving this replica's other clients meanwhile.
+        let waiting = std::time::Instant::now();
+        ctx.wait(msg.state.into_actor(self).map(move |decoded, act, ctx| match decoded {
+            Ok(Ok(state)) => act.install(meta, state, waiting),
+            Ok(Err(e)) => {
+                // The image passed its checksum on the wire and each step is checked as read: a
+                // failing disk or a bug. Stop rather than serve a wrong state.
+                log::error!("applier: cannot restore snapshot at index {}: {e}; stopping", meta.index);
+                ctx.stop();
+            }
             Err(_) => {
                 // The save failed (consensus stops too) or the replica is stopping.
                 log::warn!("applier: snapshot at index {} was not saved; stopping", meta.index);
@@ -419,35 +447,20 @@ impl Handler<Restore> for Applier {
 }
 
 impl Applier {
-    /// Replaces the state with the image at `meta`, read from its file a part at a time.
-    fn restore(&mut self, meta: SnapshotMeta, image: Arc<SnapshotSource>, ctx: &mut Context<Self>) {
-        let started = std::time::Instant::now();
-        let restored = StateMachine::restore_from(&mut image.reader(), image.len());
-        let len = image.len();
-        // Closed on the snapshotter's thread: a newer snapshot may have set the file aside
-        // meanwhile, and its last close frees the blocks.
-        self.snapshotter.do_send(ReleaseImage(image));
-        match restored {
-            Ok(state) => {
-                self.state = state;
-                self.applied_term = meta.term;
-                self.settle(meta.index, None);
-                self.publish();
-                log::info!(
-                    "applier: installed snapshot at index {} term {} ({} bytes) in {} ms",
-                    meta.index,
-                    meta.term,
-                    len,
-                    started.elapsed().as_millis()
-                );
-            }
-            Err(e) => {
-                // The image passed its checksum on the wire and each step is checked as read: a
-                // failing disk or a bug. Stop rather than serve a wrong state.
-                log::error!("applier: cannot restore snapshot at index {}: {e}; stopping", meta.index);
-                ctx.stop();
-            }
-        }
+    /// Replaces the state with `state`, the snapshot's at `meta`; the old one is freed on the
+    /// snapshotter's thread.
+    fn install(&mut self, meta: SnapshotMeta, state: Box<StateMachine>, waiting: std::time::Instant) {
+        let old = std::mem::replace(&mut self.state, *state);
+        self.snapshotter.do_send(DropState(Box::new(old)));
+        self.applied_term = meta.term;
+        self.settle(meta.index, None);
+        self.publish();
+        log::info!(
+            "applier: installed snapshot at index {} term {} after {} ms (saved and decoded meanwhile)",
+            meta.index,
+            meta.term,
+            waiting.elapsed().as_millis()
+        );
     }
 }
 

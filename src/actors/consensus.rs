@@ -23,7 +23,9 @@ use super::applier::{
 };
 use super::connection::ReplyBudget;
 use super::disk::{Disk, Persist, PersistError};
-use super::snapshotter::{Discard, DiscardImage, OpenLatest, ReleaseImage, SaveImage, Snapshotter};
+use super::snapshotter::{
+    DecodedState, Discard, DiscardImage, OpenLatest, ReleaseImage, SaveImage, Snapshotter,
+};
 use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
@@ -641,14 +643,14 @@ impl Consensus {
                 let Some(file) = self.received.take().filter(|f| f.meta() == snapshot.meta) else {
                     return self.fail(ctx, "a snapshot to install came without its received image");
                 };
-                // The applier restores from the file once the snapshotter has made it durable.
-                let (opened, image) = tokio::sync::oneshot::channel();
-                received = Some(ReceivedImage { file, opened });
+                // The snapshotter makes the file durable, then decodes the state for the applier.
+                let (decoded, state) = tokio::sync::oneshot::channel();
+                received = Some(ReceivedImage { file, decoded });
                 // A leader-to-be opens the newest image from disk if a follower ever needs it.
                 self.latest_snapshot = None;
                 // Before the entries that follow it.
                 self.status.metrics.snapshots_installed.inc();
-                self.send_applier(Restore { meta: snapshot.meta, image });
+                self.send_applier(Restore { meta: snapshot.meta, state });
             }
             let write = ready.must_persist().then(|| {
                 let persist = Persist {
@@ -776,14 +778,12 @@ impl Consensus {
         }
         self.writing = true;
         let disk = self.disk.writer.clone();
-        let save_image = image.map(|r| (self.snapshotter.send(SaveImage(r.file)), r.opened));
+        let save_image =
+            image.map(|r| self.snapshotter.send(SaveImage { image: r.file, decoded: r.decoded }));
         let write = async move {
             // A received snapshot's image is durable before the log says it starts after it.
-            if let Some((save, opened)) = save_image {
-                let image = save.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-                // An applier already past it no longer waits: then the image closes here (it
-                // is the newest, never set aside).
-                let _ = opened.send(Arc::new(image));
+            if let Some(save) = save_image {
+                save.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
             }
             disk.send(persist).await.map_err(|e| e.to_string())
         };
@@ -1573,8 +1573,8 @@ struct DiskWrite {
 struct ReceivedImage {
     /// Every byte written; made durable under its final name by the snapshotter.
     file: SnapshotFileWriter,
-    /// Where the saved image goes, opened, for the applier to restore from.
-    opened: tokio::sync::oneshot::Sender<Arc<SnapshotSource>>,
+    /// Where the state decoded from it goes, for the applier to install.
+    decoded: tokio::sync::oneshot::Sender<DecodedState>,
 }
 
 impl DiskWrite {
