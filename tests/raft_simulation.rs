@@ -592,7 +592,10 @@ impl Sim {
                 if outcome.start.is_some() {
                     node.receiving.clear();
                 }
-                if !outcome.append.is_empty() && self.rng.chance(self.faults.no_room) {
+                if !outcome.append.is_empty()
+                    && self.faults.no_room > 0.0
+                    && self.rng.chance(self.faults.no_room)
+                {
                     // As the consensus actor does when its disk is full: the image dropped, and
                     // no chunk answered for a while.
                     node.receiver.refuse_for(NO_ROOM_PAUSE_TICKS);

@@ -375,8 +375,8 @@ pub struct Consensus {
     snapshot_inbox: SnapshotInbox,
     /// The file the image being received is written to.
     receiving: Option<SnapshotFileWriter>,
-    /// The term in which an image being received found the disk full, while the alarm it raised
-    /// is up (until an image fits, or a log write does in a later term).
+    /// The tick at which an image being received last found the disk full, while the alarm it
+    /// raised is up (see [`image_fitted`](Self::image_fitted)).
     image_disk_full: Option<u64>,
     /// A received image, whole and checked, from the InstallSnapshot it is stepped in as until
     /// the Ready that hands it out (in the same drive), or dropped if Raft refused it.
@@ -810,12 +810,10 @@ impl Consensus {
             }
             Ok(()) => {
                 // A log write fitting says nothing of an image that did not (the log's segments
-                // are allocated ahead), unless the term moved on: a new leader may not need it.
-                let image_waits = self.image_disk_full.is_some_and(|term| term == self.core.term());
-                if self.status.is_disk_full() && !image_waits {
+                // have room taken ahead).
+                if self.status.is_disk_full() && self.image_disk_full.is_none() {
                     log::info!("replica {}: the disk has room again; writes resume", self.core.id());
                     self.status.set_disk_full(None);
-                    self.image_disk_full = None;
                 }
                 if number > 0 {
                     self.core.on_persisted(number);
@@ -1400,7 +1398,7 @@ impl Consensus {
             self.discard_receiving();
             match self.snapshot_inbox.begin(start.meta, start.total_bytes) {
                 Ok(file) => self.receiving = Some(file),
-                Err(e) if e.is_disk_full() => return self.no_room_for_image(from, &e),
+                Err(e) if e.is_disk_full() => return self.no_room_for_image(from, 0, &e),
                 Err(e) => return self.refuse_image(from, &format!("cannot start its file: {e}")),
             }
         }
@@ -1410,7 +1408,8 @@ impl Consensus {
             };
             if let Err(e) = file.write(&outcome.append) {
                 if e.is_disk_full() {
-                    return self.no_room_for_image(from, &e);
+                    let written = file.written();
+                    return self.no_room_for_image(from, written, &e);
                 }
                 return self.refuse_image(from, &format!("cannot write it: {e}"));
             }
@@ -1434,7 +1433,13 @@ impl Consensus {
             match file.image_reader().and_then(|mut image| StateMachine::image_membership(&mut image, len)) {
                 Ok(m) => m,
                 Err(e) => {
+                    // The last bytes reach the file here (the image's room is taken up front
+                    // where the file system allows it; elsewhere they may not fit).
+                    let no_room = e.is_disk_full();
                     self.discard_image(Some(file));
+                    if no_room {
+                        return self.no_room_for_image(from, len, &e);
+                    }
                     return self.refuse_image(from, &format!("no readable membership: {e}"));
                 }
             };
@@ -1463,33 +1468,42 @@ impl Consensus {
     /// disk-full alarm raised (writes are refused here meanwhile, as for a log write that does not
     /// fit), and no chunk is answered for [`DISK_FULL_RETRY`], so the leader's retries come at
     /// that pace instead of refilling the disk as fast as it can send.
-    fn no_room_for_image(&mut self, from: NodeId, e: &StorageError) -> Option<Message> {
-        let written = self.receiving.as_ref().map_or(0, SnapshotFileWriter::written);
+    fn no_room_for_image(&mut self, from: NodeId, written: u64, e: &StorageError) -> Option<Message> {
         let why = format!("no room for the snapshot image from replica {from} after {written} bytes: {e}");
         if self.status.is_disk_full() {
             log::warn!("replica {}: {why}; asking for it again in {DISK_FULL_RETRY:?}", self.core.id());
         } else {
             log::error!(
-                "replica {}: {why}; writes are refused (-ERR disk full) until there is space, reads \
-                 are served; asking for it again in {DISK_FULL_RETRY:?}",
+                "replica {}: {why}; writes are refused (-ERR disk full) until there is space (reads \
+                 wait for the image); asking for it again in {DISK_FULL_RETRY:?}",
                 self.core.id()
             );
-            self.status.set_disk_full(Some(why));
         }
-        self.image_disk_full = Some(self.core.term());
+        // The image's reason, even over the log's: the log's retry lowers the alarm only once no
+        // image waits for room.
+        self.status.set_disk_full(Some(why));
+        self.image_disk_full = Some(self.ticks);
         let pause = DISK_FULL_RETRY.as_millis() / self.tick.as_millis().max(1);
         self.incoming.refuse_for(u32::try_from(pause).unwrap_or(u32::MAX).max(1));
         self.discard_receiving();
         None
     }
 
-    /// Lowers the alarm [`no_room_for_image`](Self::no_room_for_image) raised, once an image
-    /// fitted, unless the log's own writes are waiting for room too.
+    /// Lowers the alarm [`no_room_for_image`](Self::no_room_for_image) raised once no image
+    /// waits for room: one fitted, or none came for twice a leader's give-up (the leader no
+    /// longer needs to send one, or this replica is cut off or removed); unless the log's own
+    /// writes wait for room too.
     fn image_fitted(&mut self) {
         if self.image_disk_full.take().is_some() && self.status.is_disk_full() && !self.disk_retry_pending {
             log::info!("replica {}: the disk has room again; writes resume", self.core.id());
             self.status.set_disk_full(None);
         }
+    }
+
+    /// Ticks after the last image that found no room before its alarm is lowered: twice a
+    /// leader's give-up on a transfer without progress, as for a half-received image.
+    fn image_alarm_ticks(&self) -> u64 {
+        2 * SNAPSHOT_GIVE_UP_MS / (self.tick.as_millis() as u64).max(1)
     }
 
     /// Gives up the file of the image being received, if any.
@@ -1611,6 +1625,9 @@ impl Actor for Consensus {
             act.ticks += 1;
             act.expire_forwards();
             act.core.tick();
+            if act.image_disk_full.is_some_and(|at| act.ticks.saturating_sub(at) > act.image_alarm_ticks()) {
+                act.image_fitted();
+            }
             if act.incoming.tick() {
                 log::warn!(
                     "replica {}: no chunk of the snapshot image under way for {} ms; dropped",

@@ -472,7 +472,16 @@ impl SnapshotInbox {
             "snap-{:020}-{:020}{RECEIVING_MARK}{}{TEMP_SUFFIX}",
             meta.index, meta.term, self.started
         ));
-        SnapshotFileWriter::start(&self.dir.join(file_name(meta)), temp, meta, Some(len))
+        let writer = SnapshotFileWriter::start(&self.dir.join(file_name(meta)), temp, meta, Some(len))?;
+        // The whole file's room taken up front: an image the disk cannot hold is refused before
+        // a byte of it is written, rather than after filling the disk (the log's own room too).
+        let size = (HEADER_BYTES + TRAILER_BYTES) as u64 + len;
+        match super::wal::allocate(writer.file.get_ref(), 0, size) {
+            Ok(()) => Ok(writer),
+            // A file system without it: the image takes its room as it is written.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(writer),
+            Err(e) => Err(io_err("allocate", &writer.temp)(e)),
+        }
     }
 }
 
@@ -508,6 +517,8 @@ pub struct SnapshotFileWriter {
     written: u64,
     /// Where the file's writeback was last started (see [`WRITEBACK_STEP_BYTES`]).
     writeback_from: u64,
+    /// A write failed: what the file holds is unknown, and it is never finished.
+    failed: bool,
     finished: bool,
 }
 
@@ -561,6 +572,7 @@ impl SnapshotFileWriter {
             expected,
             written: 0,
             writeback_from: 0,
+            failed: false,
             finished: false,
         };
         // Rewritten by `finish` when the length was not known.
@@ -569,8 +581,15 @@ impl SnapshotFileWriter {
         Ok(writer)
     }
 
-    /// Appends the next bytes of the image.
+    /// Appends the next bytes of the image; after an error, the writer can only be dropped or
+    /// [discarded](Self::discard).
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let written = self.write_steps(bytes);
+        self.failed |= written.is_err();
+        written
+    }
+
+    fn write_steps(&mut self, bytes: &[u8]) -> Result<()> {
         // A whole image in one call (a backup's) is paced like one streamed in pieces.
         for step in bytes.chunks(WRITEBACK_STEP_BYTES as usize) {
             self.file.write_all(step).map_err(io_err("write", &self.temp))?;
@@ -598,7 +617,10 @@ impl SnapshotFileWriter {
 
     /// The image's bytes written so far, read back from the file (not from memory).
     pub fn image_reader(&mut self) -> Result<impl Read + '_> {
-        self.file.flush().map_err(io_err("write", &self.temp))?;
+        if let Err(e) = self.file.flush() {
+            self.failed = true;
+            return Err(io_err("write", &self.temp)(e));
+        }
         Ok(RangeReader {
             file: self.file.get_ref(),
             at: HEADER_BYTES as u64,
@@ -655,6 +677,13 @@ impl SnapshotFileWriter {
 
     /// [`finish`](Self::finish), returning the image's CRC-32 and its check steps'.
     fn finish_checked(mut self) -> Result<(u32, Vec<u32>)> {
+        if self.failed {
+            return Err(StorageError::Corrupt {
+                path: self.path.clone(),
+                offset: self.written,
+                reason: "a write of the image failed; it cannot be finished".into(),
+            });
+        }
         if let Some(announced) = self.expected.filter(|&len| len != self.written) {
             return Err(StorageError::Corrupt {
                 path: self.path.clone(),
