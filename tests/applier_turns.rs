@@ -15,7 +15,7 @@ use quorumkv::storage::{SnapshotStore, StateMachine};
 fn a_long_batch_is_applied_in_turns_that_let_the_thread_serve_others() {
     let dir = tempfile::tempdir().expect("tempdir");
     let system = actix_rt::System::new();
-    let (turns, applied) = system.block_on(async move {
+    let (seen, applied) = system.block_on(async move {
         let store = SnapshotStore::open(dir.path()).expect("open");
         let snapshotter = Snapshotter::new(store, 1).start();
         let status = Arc::new(StatusBoard::new(1, "127.0.0.1:0".to_string()));
@@ -25,31 +25,36 @@ fn a_long_batch_is_applied_in_turns_that_let_the_thread_serve_others() {
         let batch = |from: u64, to: u64| {
             ApplyEntries((from..=to).map(|index| Entry { term: 1, index, ..Entry::default() }).collect())
         };
-        // Another task on the thread (a connection, say): how often it ran while the batch was
-        // applied, which ends with the applied index published.
+        // Another task on the thread (a connection, say): the applied indexes it saw while the
+        // batch was applied, until the second batch queued behind it was.
         let watching = status.clone();
         let other = tokio::task::spawn_local(async move {
-            let mut turns = 0;
-            while watching.applied_index() < n {
-                turns += 1;
+            let mut seen = Vec::new();
+            while watching.applied_index() < n + 2 {
+                seen.push(watching.applied_index());
                 tokio::task::yield_now().await;
             }
-            turns
+            seen
         });
         tokio::task::yield_now().await;
         applier.do_send(batch(1, n));
-        // A second batch queued behind the first is applied after it (applied between the
-        // first's turns, it would publish its index early and end the count below).
         applier.do_send(batch(n + 1, n + 2));
-        let turns = other.await.expect("the other task");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while status.applied_index() < n + 2 {
-            assert!(std::time::Instant::now() < deadline, "the second batch was not applied");
-            tokio::task::yield_now().await;
-        }
-        (turns, status.applied_index())
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(30), other)
+            .await
+            .expect("both batches applied within 30 s")
+            .expect("the other task");
+        (seen, status.applied_index())
     });
     assert_eq!(applied, 10 * APPLY_TURN as u64 + 2);
-    // One turn before the batch began, then at least one between each two of its ten turns.
-    assert!(turns >= 9, "the other task ran {turns} times while {} entries were applied", 10 * APPLY_TURN);
+    let turn = APPLY_TURN as u64;
+    // It ran between the turns (here every other turn: the two tasks' yields interleave so),
+    // seeing the batch's progress in order, a few turns at a time (the second batch applied
+    // between the first's turns would have ended the watch early). Applied in one go, it saw
+    // only the start.
+    let mut distinct = seen.clone();
+    distinct.dedup();
+    assert!(distinct.len() >= 4, "the other task saw only {distinct:?}");
+    for pair in distinct.windows(2) {
+        assert!(pair[0] < pair[1] && pair[1] - pair[0] <= 3 * turn, "{pair:?} in {distinct:?}");
+    }
 }

@@ -383,8 +383,11 @@ impl Applier {
         for entry in &entries[from..end] {
             self.apply(entry);
         }
+        // Each turn's progress shown to the connections that run between turns (WATCH takes its
+        // point from it, INFO its applied index).
+        self.publish();
         if end == entries.len() {
-            return self.publish();
+            return;
         }
         let next_turn = actix::fut::wrap_future(tokio::task::yield_now());
         ctx.wait(next_turn.map(move |(), act: &mut Applier, ctx| act.apply_in_turns(entries, end, ctx)));

@@ -680,6 +680,10 @@ impl Consensus {
                     self.watch_term_floor = keep_from;
                     self.send_applier(TermChanged(keep_from));
                 }
+                if role.role == Role::Leader {
+                    // A leader is sent no image: an alarm one raised has no reason left.
+                    self.image_fitted();
+                }
                 if role.role == Role::Leader && self.receiving.is_some() {
                     // A leader receives no images: one half-received from an earlier leader
                     // would hold its disk space until the next start.
@@ -778,12 +782,15 @@ impl Consensus {
         }
         self.writing = true;
         let disk = self.disk.writer.clone();
-        let save_image =
-            image.map(|r| self.snapshotter.send(SaveImage { image: r.file, decoded: r.decoded }));
+        let save_image = image.map(|r| {
+            let (saved, save) = tokio::sync::oneshot::channel();
+            self.snapshotter.do_send(SaveImage { image: r.file, saved, decoded: r.decoded });
+            save
+        });
         let write = async move {
             // A received snapshot's image is durable before the log says it starts after it.
             if let Some(save) = save_image {
-                save.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+                save.await.map_err(|_| "the snapshotter stopped".to_string())?.map_err(|e| e.to_string())?;
             }
             disk.send(persist).await.map_err(|e| e.to_string())
         };

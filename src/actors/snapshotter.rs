@@ -27,23 +27,18 @@ pub struct EncodeState(pub Box<StateMachine>);
 pub type DecodedState = Result<Box<StateMachine>, StorageError>;
 
 /// Make an image received from the leader (its every byte written, Raft has taken it) the
-/// snapshot at its position, durably; once that is answered, decode the state from it here and
-/// send it to `decoded` (the applier), so no thread that serves clients spends the decode.
+/// snapshot at its position, durably, and say so to `saved`; then decode the state from it here
+/// and send it to `decoded` (the applier), so no thread that serves clients spends the decode
+/// and the log's write waits only for the save.
 #[derive(Message)]
-#[rtype(result = "Result<(), StorageError>")]
+#[rtype(result = "()")]
 pub struct SaveImage {
     /// The received image's file.
     pub image: SnapshotFileWriter,
+    /// Told once the image is durable under its snapshot name, or why not.
+    pub saved: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
     /// Where the decoded state goes (dropped unsent if the save fails).
     pub decoded: tokio::sync::oneshot::Sender<DecodedState>,
-}
-
-/// Decode the state from an image [`SaveImage`] made durable (queued by it, after its answer).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct DecodeImage {
-    image: SnapshotSource,
-    decoded: tokio::sync::oneshot::Sender<DecodedState>,
 }
 
 /// A state the applier replaced: freed here (hundreds of thousands of nodes, tens of
@@ -143,12 +138,16 @@ impl Handler<Discard> for Snapshotter {
 }
 
 impl Handler<SaveImage> for Snapshotter {
-    type Result = Result<(), StorageError>;
+    type Result = ();
 
-    fn handle(&mut self, msg: SaveImage, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: SaveImage, _ctx: &mut Self::Context) {
         let started = Instant::now();
         let (meta, len) = (msg.image.meta(), msg.image.written());
-        let image = self.store.adopt(msg.image)?;
+        let image = match self.store.adopt(msg.image) {
+            Ok(image) => image,
+            // The applier's `decoded` goes unsent: it stops, as consensus does.
+            Err(e) => return drop(msg.saved.send(Err(e))),
+        };
         log::info!(
             "replica {}: received snapshot at index {} saved: {} bytes in {} ms",
             self.id,
@@ -156,19 +155,13 @@ impl Handler<SaveImage> for Snapshotter {
             len,
             started.elapsed().as_millis()
         );
-        // After this answer: consensus's log write waits for the save, not for the decode.
-        ctx.notify(DecodeImage { image, decoded: msg.decoded });
-        Ok(())
-    }
-}
-
-impl Handler<DecodeImage> for Snapshotter {
-    type Result = ();
-
-    fn handle(&mut self, msg: DecodeImage, _ctx: &mut Self::Context) {
+        // Consensus goes on with the log's write now, while the state is decoded.
+        let _ = msg.saved.send(Ok(()));
+        if msg.decoded.is_closed() {
+            return; // The applier is already past this snapshot, or stopping.
+        }
         let started = Instant::now();
-        let (meta, len) = (msg.image.meta(), msg.image.len());
-        let decoded = StateMachine::restore_from(&mut msg.image.reader(), len).map(Box::new);
+        let decoded = StateMachine::restore_from(&mut image.reader(), image.len()).map(Box::new);
         log::info!(
             "replica {}: received snapshot at index {} decoded: {} bytes in {} ms",
             self.id,
@@ -177,11 +170,10 @@ impl Handler<DecodeImage> for Snapshotter {
             started.elapsed().as_millis()
         );
         // Closed before the state goes: a newer snapshot may have set the file aside meanwhile.
-        drop(msg.image);
+        drop(image);
         if let Err(e) = self.store.remove_released() {
             log::warn!("replica {}: an image set aside for a transfer not removed: {e}", self.id);
         }
-        // An applier already past the snapshot (or stopping) no longer waits for it.
         let _ = msg.decoded.send(decoded);
     }
 }

@@ -127,4 +127,5 @@ pub(crate) fn io_err(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(
 /// True if `error` says the disk (or a quota) is full.
 pub(crate) fn is_disk_full(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || error.kind() == io::ErrorKind::StorageFull
 }

@@ -472,17 +472,33 @@ impl SnapshotInbox {
             "snap-{:020}-{:020}{RECEIVING_MARK}{}{TEMP_SUFFIX}",
             meta.index, meta.term, self.started
         ));
-        let writer = SnapshotFileWriter::start(&self.dir.join(file_name(meta)), temp, meta, Some(len))?;
-        // The whole file's room taken up front: an image the disk cannot hold is refused before
-        // a byte of it is written, rather than after filling the disk (the log's own room too).
+        // An image the disk cannot hold is refused before a byte of it is written, rather than
+        // after filling the disk (the log's room too). Only checked, not taken: a file of its
+        // whole size would be cut down at that size however little of it came, and a failed
+        // fallocate keeps what it took. Space taken by others meanwhile fails a write instead.
         let size = (HEADER_BYTES + TRAILER_BYTES) as u64 + len;
-        match super::wal::allocate(writer.file.get_ref(), 0, size) {
-            Ok(()) => Ok(writer),
-            // A file system without it: the image takes its room as it is written.
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(writer),
-            Err(e) => Err(io_err("allocate", &writer.temp)(e)),
+        if let Some(free) = free_bytes(&self.dir).filter(|&free| free < size) {
+            let why = format!("an image of {size} bytes, {free} free");
+            let full = std::io::Error::new(std::io::ErrorKind::StorageFull, why);
+            return Err(io_err("find room in", &self.dir)(full));
         }
+        SnapshotFileWriter::start(&self.dir.join(file_name(meta)), temp, meta, Some(len))
     }
+}
+
+/// Bytes an unprivileged writer may still take on the file system of `dir`, if it says.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stat` a writable statvfs for the call.
+    if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    #[allow(clippy::useless_conversion)] // narrower than u64 on 32-bit targets
+    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
 }
 
 /// Writes `data`, the image at `meta`, to `path` as a standalone snapshot file (the layout

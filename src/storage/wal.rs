@@ -595,7 +595,7 @@ fn truncate_at(path: &Path, len: u64, fsync: bool) -> Result<()> {
 }
 
 /// Reserves `len` bytes of `file` from `offset` (zeros, counted in its size).
-pub(crate) fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
         return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
