@@ -376,8 +376,9 @@ impl Applier {
     /// Applies `entries` from `from` on, [`APPLY_TURN`] at a time with the thread's other work
     /// run between turns. A long batch (the log replayed at a start, the entries after a
     /// snapshot a follower caught up by) took this thread's connections for its whole length:
-    /// 250-310 ms for 90,000-120,000 entries of 100-byte writes. Nothing else reaches the
-    /// applier until the batch is done, so a read still finds everything before it applied.
+    /// here a PING waited 308 ms while a restarted follower replayed 119,904 entries of 100-byte
+    /// writes. Nothing else reaches the applier until the batch is done, so a read still finds
+    /// everything before it applied.
     fn apply_in_turns(&mut self, entries: Vec<Entry>, from: usize, ctx: &mut Context<Self>) {
         let end = entries.len().min(from.saturating_add(APPLY_TURN));
         for entry in &entries[from..end] {
@@ -442,7 +443,10 @@ impl Handler<Restore> for Applier {
             }
             Err(_) => {
                 // The save failed (consensus stops too) or the replica is stopping.
-                log::warn!("applier: snapshot at index {} was not saved; stopping", meta.index);
+                log::warn!(
+                    "applier: snapshot at index {} was not saved or not decoded; stopping",
+                    meta.index
+                );
                 ctx.stop();
             }
         }));

@@ -1402,8 +1402,9 @@ impl Consensus {
         let outcome = self.incoming.on_chunk(chunk, self.core.term());
         if let Some(start) = outcome.start {
             // Written on this thread, as a follower's log is: the ack waits for the bytes anyway.
+            let freeing = self.receiving.as_ref().map_or(0, SnapshotFileWriter::written);
             self.discard_receiving();
-            match self.snapshot_inbox.begin(start.meta, start.total_bytes) {
+            match self.snapshot_inbox.begin_freeing(start.meta, start.total_bytes, freeing) {
                 Ok(file) => self.receiving = Some(file),
                 Err(e) if e.is_disk_full() => return self.no_room_for_image(from, 0, &e),
                 Err(e) => return self.refuse_image(from, &format!("cannot start its file: {e}")),
@@ -1440,8 +1441,8 @@ impl Consensus {
             match file.image_reader().and_then(|mut image| StateMachine::image_membership(&mut image, len)) {
                 Ok(m) => m,
                 Err(e) => {
-                    // The last bytes reach the file here (the image's room is taken up front
-                    // where the file system allows it; elsewhere they may not fit).
+                    // The last bytes reach the file here: the free space checked at the start
+                    // may have been taken by others since.
                     let no_room = e.is_disk_full();
                     self.discard_image(Some(file));
                     if no_room {

@@ -169,11 +169,9 @@ impl Handler<SaveImage> for Snapshotter {
             len,
             started.elapsed().as_millis()
         );
-        // Closed before the state goes: a newer snapshot may have set the file aside meanwhile.
+        // Closed before the state goes. (No newer snapshot can have set it aside: only this
+        // thread saves snapshots, and it was busy here.)
         drop(image);
-        if let Err(e) = self.store.remove_released() {
-            log::warn!("replica {}: an image set aside for a transfer not removed: {e}", self.id);
-        }
         let _ = msg.decoded.send(decoded);
     }
 }

@@ -465,8 +465,20 @@ pub struct SnapshotInbox {
 impl SnapshotInbox {
     /// Starts the file for an image at `meta` of `len` bytes: under a temp name of its own until
     /// adopted, removed if the writer is dropped (or [discarded](SnapshotFileWriter::discard))
-    /// first.
+    /// first. Refused as a full disk if the file system has less room than the file and
+    /// [`ROOM_LEFT_BYTES`] beside it.
     pub fn begin(&mut self, meta: SnapshotMeta, len: u64) -> Result<SnapshotFileWriter> {
+        self.begin_freeing(meta, len, 0)
+    }
+
+    /// [`begin`](Self::begin), counting `freeing` bytes of files being removed (a receipt given
+    /// up for this one, cut down a step at a time) as room.
+    pub fn begin_freeing(
+        &mut self,
+        meta: SnapshotMeta,
+        len: u64,
+        freeing: u64,
+    ) -> Result<SnapshotFileWriter> {
         self.started += 1;
         let temp = self.dir.join(format!(
             "snap-{:020}-{:020}{RECEIVING_MARK}{}{TEMP_SUFFIX}",
@@ -477,7 +489,8 @@ impl SnapshotInbox {
         // whole size would be cut down at that size however little of it came, and a failed
         // fallocate keeps what it took. Space taken by others meanwhile fails a write instead.
         let size = (HEADER_BYTES + TRAILER_BYTES) as u64 + len;
-        if let Some(free) = free_bytes(&self.dir).filter(|&free| free < size) {
+        let room = |free: &u64| free.saturating_add(freeing) >= size.saturating_add(ROOM_LEFT_BYTES);
+        if let Some(free) = free_bytes(&self.dir).filter(|free| !room(free)) {
             let why = format!("an image of {size} bytes, {free} free");
             let full = std::io::Error::new(std::io::ErrorKind::StorageFull, why);
             return Err(io_err("find room in", &self.dir)(full));
@@ -486,7 +499,11 @@ impl SnapshotInbox {
     }
 }
 
-/// Bytes an unprivileged writer may still take on the file system of `dir`, if it says.
+/// Room a received image must leave on its file system: the log's next reservation ahead.
+pub const ROOM_LEFT_BYTES: u64 = 4 << 20;
+
+/// Bytes an unprivileged writer may still take on the file system of `dir`, if it says (one
+/// that reports no size at all, as some network and FUSE ones do, says nothing).
 fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
@@ -497,6 +514,9 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled `stat`.
     let stat = unsafe { stat.assume_init() };
+    if stat.f_blocks == 0 {
+        return None;
+    }
     #[allow(clippy::useless_conversion)] // narrower than u64 on 32-bit targets
     Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
 }
