@@ -41,12 +41,6 @@ pub struct SaveImage {
     pub decoded: tokio::sync::oneshot::Sender<DecodedState>,
 }
 
-/// A state the applier replaced: freed here (hundreds of thousands of nodes, tens of
-/// milliseconds, better spent off the applier's thread).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DropState(pub Box<StateMachine>);
-
 /// Remove the file of a received image that will not be used (refused, or given up half-way).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -173,16 +167,6 @@ impl Handler<SaveImage> for Snapshotter {
         // thread saves snapshots, and it was busy here.)
         drop(image);
         let _ = msg.decoded.send(decoded);
-    }
-}
-
-impl Handler<DropState> for Snapshotter {
-    type Result = ();
-
-    fn handle(&mut self, msg: DropState, _ctx: &mut Self::Context) {
-        let started = Instant::now();
-        drop(msg);
-        log::debug!("replica {}: freed a replaced state in {} µs", self.id, started.elapsed().as_micros());
     }
 }
 
