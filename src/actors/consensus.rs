@@ -817,11 +817,8 @@ impl Consensus {
             }
             Ok(()) => {
                 // A log write fitting says nothing of an image that did not (the log's segments
-                // have room taken ahead).
-                if self.status.is_disk_full() && self.image_disk_full.is_none() {
-                    log::info!("replica {}: the disk has room again; writes resume", self.core.id());
-                    self.status.set_disk_full(None);
-                }
+                // have room taken ahead): the alarm stays while one waits.
+                self.lower_disk_full_alarm();
                 if number > 0 {
                     self.core.on_persisted(number);
                 }
@@ -1502,7 +1499,15 @@ impl Consensus {
     /// longer needs to send one, or this replica is cut off or removed); unless the log's own
     /// writes wait for room too.
     fn image_fitted(&mut self) {
-        if self.image_disk_full.take().is_some() && self.status.is_disk_full() && !self.disk_retry_pending {
+        if self.image_disk_full.take().is_some() {
+            self.lower_disk_full_alarm();
+        }
+    }
+
+    /// Lowers the disk-full alarm once nothing waits for room: neither the log's write to be
+    /// tried again nor an image.
+    fn lower_disk_full_alarm(&mut self) {
+        if self.status.is_disk_full() && !self.disk_retry_pending && self.image_disk_full.is_none() {
             log::info!("replica {}: the disk has room again; writes resume", self.core.id());
             self.status.set_disk_full(None);
         }

@@ -382,6 +382,14 @@ mod tests {
         order.cut(1, term, image, crc32fast::hash(image))
     }
 
+    /// The chunk the sender sends next after follower 2 acknowledged `received` bytes of META.
+    fn next_chunk<T: std::fmt::Debug>(sender: &mut SnapshotSender<T>, received: u64) -> SendChunk {
+        match sender.on_ack(2, META, received) {
+            AckOutcome::Send(next) => next,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     /// What a caller keeps of an image (the replica's file): restarted, appended to, dropped.
     #[derive(Default)]
     struct Kept(Vec<u8>);
@@ -415,10 +423,7 @@ mod tests {
                 );
                 break;
             }
-            match sender.on_ack(2, META, outcome.ack.expect("an ack")) {
-                AckOutcome::Send(next) => order = next,
-                other => panic!("unexpected {other:?}"),
-            }
+            order = next_chunk(&mut sender, outcome.ack.expect("an ack"));
         }
         assert_eq!(chunks, 3, "4 + 4 + 2 bytes");
         assert!(sender.is_empty());
@@ -481,10 +486,7 @@ mod tests {
         let first = sender.start(2, META, 10, ());
         let outcome = receiver.on_chunk(chunk_of(&image, first, 2), 2);
         kept.take(&outcome);
-        let second = match sender.on_ack(2, META, outcome.ack.expect("an ack")) {
-            AckOutcome::Send(next) => next,
-            other => panic!("unexpected {other:?}"),
-        };
+        let second = next_chunk(&mut sender, outcome.ack.expect("an ack"));
         // The caller's disk is full: the image is dropped, and for two ticks nothing is answered,
         // neither the chunk under way nor a fresh start.
         receiver.refuse_for(2);
@@ -502,20 +504,14 @@ mod tests {
         let outcome = receiver.on_chunk(chunk_of(&image, second, 2), 2);
         assert_eq!(outcome, ChunkOutcome { ack: Some(0), ..ChunkOutcome::default() });
         // From the start again, to the end.
-        let mut order = match sender.on_ack(2, META, 0) {
-            AckOutcome::Send(next) => next,
-            other => panic!("unexpected {other:?}"),
-        };
+        let mut order = next_chunk(&mut sender, 0);
         loop {
             let outcome = receiver.on_chunk(chunk_of(&image, order, 2), 2);
             kept.take(&outcome);
             if outcome.complete.is_some() {
                 break;
             }
-            match sender.on_ack(2, META, outcome.ack.expect("an ack")) {
-                AckOutcome::Send(next) => order = next,
-                other => panic!("unexpected {other:?}"),
-            }
+            order = next_chunk(&mut sender, outcome.ack.expect("an ack"));
         }
         assert_eq!(kept.0, image);
     }
