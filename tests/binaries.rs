@@ -6,6 +6,10 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/small_disk.rs"]
+mod small_disk;
+use small_disk::SmallDisk;
+
 const SERVER: &str = env!("CARGO_BIN_EXE_quorumkv-server");
 const CLI: &str = env!("CARGO_BIN_EXE_quorumkv-cli");
 const WAIT: Duration = Duration::from_secs(30);
@@ -322,27 +326,6 @@ fn a_replica_whose_wal_was_emptied_or_deleted_refuses_to_start() {
     }
 }
 
-/// A small tmpfs mounted for one test (the tests run as root, as CI does), unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &Path, size: &str) -> SmallDisk {
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
-        SmallDisk(at.to_path_buf())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// One HTTP GET on a raw socket: the status code and the body.
 fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
@@ -442,8 +425,7 @@ fn a_cluster_whose_disks_all_fill_serves_reads_and_resumes_when_they_grow() {
         assert_eq!(stdout(&cli(addr, &["strlen", "k0"])), "(integer) 60000", "{addr} serves reads");
     }
     for disk in &disks {
-        let grown = Command::new("mount").args(["-o", "remount,size=20m"]).arg(&disk.0).status();
-        assert!(grown.expect("run mount").success(), "enlarge {}", disk.0.display());
+        disk.grow("20m");
     }
     for addr in &client {
         wait_for_info(addr, "disk_full", "0");
@@ -1295,8 +1277,7 @@ fn a_replica_without_room_for_a_snapshot_raises_the_alarm_and_takes_it_once_ther
     wait_for("a third attempt", || (attempts() >= 3).then_some(()));
     let two_pauses = first.elapsed();
     assert!(two_pauses >= Duration::from_millis(1_800), "three attempts within {two_pauses:?}");
-    let grown = Command::new("mount").args(["-o", "remount,size=64m"]).arg(&disk.0).status();
-    assert!(grown.expect("run mount").success(), "enlarge {}", disk.0.display());
+    disk.grow("64m");
     wait_for_info(&client[2], "disk_full", "0");
     wait_for("every key on replica 3", || {
         (stdout(&cli(&client[2], &["dbsize"])) == format!("(integer) {keys}")).then_some(())

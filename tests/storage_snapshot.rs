@@ -3,6 +3,11 @@
 use quorumkv::protocol::raft::SnapshotMeta;
 use quorumkv::storage::{SnapshotStore, StorageError};
 use std::fs;
+use std::io::Write;
+
+#[path = "common/small_disk.rs"]
+mod small_disk;
+use small_disk::SmallDisk;
 
 fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
@@ -304,4 +309,37 @@ fn a_received_image_larger_than_the_free_space_is_refused_before_a_byte_is_writt
     drop(file.image_reader().expect("flushed"));
     let temp = dir.path().join(&snapshot_files(dir.path())[0]);
     assert_eq!(fs::metadata(&temp).expect("stat").len(), 36 + 1000, "header and what came");
+}
+
+#[test]
+fn a_received_image_that_meets_a_full_disk_at_its_seal_is_refused_and_the_next_one_adopted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = SmallDisk::mount(dir.path(), "8m");
+    let store = SnapshotStore::open(dir.path()).expect("open");
+    let meta = SnapshotMeta { index: 9, term: 2 };
+    // Header (36 bytes) and image end on a page boundary: the checksum after them needs a page
+    // of its own.
+    let image: Vec<u8> = (0..(1 << 20) - 36).map(|i| (i % 251) as u8).collect();
+    let mut file = store.inbox().begin(meta, image.len() as u64).expect("room for it at the start");
+    file.write(&image).expect("write");
+    drop(file.image_reader().expect("every byte of the image in the file"));
+    // Others take the rest of the disk meanwhile.
+    let mut filler = fs::File::create(dir.path().join("filler")).expect("create the filler");
+    let block = vec![0u8; 64 << 10];
+    while let Ok(1..) = filler.write(&block) {}
+    let refused = file.seal().expect_err("no room for the checksum");
+    assert!(refused.is_disk_full(), "{refused}");
+    assert!(store.adopt(file).is_err(), "an image whose seal failed is never adopted");
+    assert_eq!(snapshot_files(dir.path()), vec!["filler".to_string()], "its file removed, no snapshot");
+    // Room again: the image sent again is sealed, takes no more bytes, and is adopted.
+    disk.grow("16m");
+    let mut file = store.inbox().begin(meta, image.len() as u64).expect("begin");
+    file.write(&image).expect("write");
+    file.seal().expect("sealed");
+    file.seal().expect("sealing again does nothing");
+    assert!(file.write(&[1]).is_err(), "a sealed image takes no more bytes");
+    let adopted = store.adopt(file).expect("adopt");
+    assert_eq!((adopted.meta(), adopted.crc32()), (meta, crc32fast::hash(&image)));
+    let opened = store.open_latest().expect("open").expect("a snapshot");
+    assert_eq!((opened.meta(), opened.crc32()), (meta, adopted.crc32()), "as a leader reads it");
 }

@@ -1434,24 +1434,30 @@ impl Consensus {
             return self.refuse_image(from, "its file is missing");
         };
         let len = file.written();
-        let membership =
-            match file.image_reader().and_then(|mut image| StateMachine::image_membership(&mut image, len)) {
-                Ok(m) => m,
-                Err(e) => {
-                    // The last bytes reach the file here: the free space checked at the start
-                    // may have been taken by others since.
-                    let no_room = e.is_disk_full();
-                    self.discard_image(Some(file));
-                    if no_room {
-                        return self.no_room_for_image(from, len, &e);
-                    }
-                    return self.refuse_image(from, &format!("no readable membership: {e}"));
+        // Sealed (its last bytes and checksum written, fsynced) before Raft takes it: the free
+        // space checked at the start may have been taken by others since, and an image refused
+        // here is asked for again, where one the snapshotter cannot save stops consensus.
+        let sealing = Instant::now();
+        let sealed_membership = file.seal().and_then(|()| {
+            let mut image = file.image_reader()?;
+            StateMachine::image_membership(&mut image, len)
+        });
+        let membership = match sealed_membership {
+            Ok(m) => m,
+            Err(e) => {
+                let no_room = e.is_disk_full();
+                self.discard_image(Some(file));
+                if no_room {
+                    return self.no_room_for_image(from, len, &e);
                 }
-            };
+                return self.refuse_image(from, &format!("cannot seal it or read its membership: {e}"));
+            }
+        };
         log::info!(
-            "replica {}: received snapshot at index {} ({len} bytes) from {from}",
+            "replica {}: received snapshot at index {} ({len} bytes) from {from}, sealed in {} ms",
             self.core.id(),
             meta.index,
+            sealing.elapsed().as_millis()
         );
         self.image_fitted();
         self.ack(from, meta, len);

@@ -98,10 +98,11 @@ impl SnapshotStore {
         SnapshotInbox { dir: self.dir.clone(), started: 0 }
     }
 
-    /// Makes a received image (every byte written, see [`SnapshotInbox`]) the snapshot at its
-    /// position, durably, as [`save`](Self::save) does, and opens it as
-    /// [`open_latest`](Self::open_latest) does for whoever restores the state from it: while that
-    /// lives, a newer snapshot sets the file aside uncut.
+    /// Makes a received image (every byte written, see [`SnapshotInbox`], and maybe
+    /// [sealed](SnapshotFileWriter::seal)) the snapshot at its position, durably, as
+    /// [`save`](Self::save) does, and opens it as [`open_latest`](Self::open_latest) does for
+    /// whoever restores the state from it: while that lives, a newer snapshot sets the file aside
+    /// uncut.
     ///
     /// The image is not read back: its checksums are the ones taken as it was written, and every
     /// later read of it is checked against them as an opened file's are.
@@ -555,6 +556,8 @@ pub struct SnapshotFileWriter {
     writeback_from: u64,
     /// A write failed: what the file holds is unknown, and it is never finished.
     failed: bool,
+    /// Its bytes are complete and durable under the temp name (see [`seal`](Self::seal)).
+    sealed: bool,
     finished: bool,
 }
 
@@ -609,6 +612,7 @@ impl SnapshotFileWriter {
             written: 0,
             writeback_from: 0,
             failed: false,
+            sealed: false,
             finished: false,
         };
         // Rewritten by `finish` when the length was not known.
@@ -618,8 +622,15 @@ impl SnapshotFileWriter {
     }
 
     /// Appends the next bytes of the image; after an error, the writer can only be dropped or
-    /// [discarded](Self::discard).
+    /// [discarded](Self::discard). A [sealed](Self::seal) image takes no more.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.sealed {
+            return Err(StorageError::Corrupt {
+                path: self.path.clone(),
+                offset: self.written,
+                reason: "bytes written after the image was sealed".into(),
+            });
+        }
         let written = self.write_steps(bytes);
         self.failed |= written.is_err();
         written
@@ -696,8 +707,9 @@ impl SnapshotFileWriter {
         self.hasher.combine(&step);
     }
 
-    /// Ends the file: checksum, fsync, rename into place, directory fsync. Fails (removing the
-    /// temp file) if the image was not exactly the announced length.
+    /// Ends the file: checksum, fsync (unless [sealed](Self::seal) already), rename into place,
+    /// directory fsync. Fails (removing the temp file) if the image was not exactly the announced
+    /// length.
     pub fn finish(self) -> Result<()> {
         self.finish_checked().map(drop)
     }
@@ -713,6 +725,33 @@ impl SnapshotFileWriter {
 
     /// [`finish`](Self::finish), returning the image's CRC-32 and its check steps'.
     fn finish_checked(mut self) -> Result<(u32, Vec<u32>)> {
+        self.seal()?;
+        fs::rename(&self.temp, &self.path).map_err(io_err("rename", &self.temp))?;
+        self.finished = true;
+        if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            super::wal::sync_dir(dir)?;
+        }
+        let step_crcs = std::mem::take(&mut self.step_crcs);
+        Ok((self.hasher.clone().finalize(), step_crcs))
+    }
+
+    /// Completes the file's bytes durably under its temp name (checksum, fsync), the part of
+    /// [`finish`](Self::finish) that needs room on the disk: a follower seals a received image
+    /// before Raft takes it, so a disk that filled meanwhile refuses the image (the leader sends
+    /// it again) instead of failing its adoption, after which the replica could only stop.
+    /// Fails if the image was not exactly the announced length; after a failure the writer can
+    /// only be dropped or discarded. Sealing again does nothing.
+    pub fn seal(&mut self) -> Result<()> {
+        if self.sealed {
+            return Ok(());
+        }
+        let sealed = self.write_seal();
+        self.failed |= sealed.is_err();
+        self.sealed = sealed.is_ok();
+        sealed
+    }
+
+    fn write_seal(&mut self) -> Result<()> {
         if self.failed {
             return Err(StorageError::Corrupt {
                 path: self.path.clone(),
@@ -740,14 +779,7 @@ impl SnapshotFileWriter {
         if self.expected.is_none() {
             file.write_all_at(&head, 0).map_err(io_err("write", &self.temp))?;
         }
-        file.sync_all().map_err(io_err("fsync", &self.temp))?;
-        fs::rename(&self.temp, &self.path).map_err(io_err("rename", &self.temp))?;
-        self.finished = true;
-        if let Some(dir) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            super::wal::sync_dir(dir)?;
-        }
-        let step_crcs = std::mem::take(&mut self.step_crcs);
-        Ok((self.hasher.clone().finalize(), step_crcs))
+        file.sync_all().map_err(io_err("fsync", &self.temp))
     }
 }
 
