@@ -643,7 +643,8 @@ impl Consensus {
                 let Some(file) = self.received.take().filter(|f| f.meta() == snapshot.meta) else {
                     return self.fail(ctx, "a snapshot to install came without its received image");
                 };
-                // The snapshotter makes the file durable, then decodes the state for the applier.
+                // The snapshotter puts the file (sealed, so its bytes are durable) under its
+                // snapshot name, durably, then decodes the state for the applier.
                 let (decoded, state) = tokio::sync::oneshot::channel();
                 received = Some(ReceivedImage { file, decoded });
                 // A leader-to-be opens the newest image from disk if a follower ever needs it.
@@ -1392,8 +1393,8 @@ impl Consensus {
     // ----- receiving a snapshot -----
 
     /// Takes a chunk, its bytes written to the image's file before they are acknowledged; once
-    /// the image is whole and checked, returns it as an InstallSnapshot (the file kept as
-    /// `received` for the Ready that installs it).
+    /// the image is whole, checked and sealed (durable under its temp name), returns it as an
+    /// InstallSnapshot (the file kept as `received` for the Ready that installs it).
     fn on_snapshot_chunk(&mut self, chunk: SnapshotChunk) -> Option<Message> {
         let (from, meta, term) = (chunk.from, chunk.meta, chunk.term);
         let outcome = self.incoming.on_chunk(chunk, self.core.term());

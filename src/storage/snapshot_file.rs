@@ -554,7 +554,8 @@ pub struct SnapshotFileWriter {
     written: u64,
     /// Where the file's writeback was last started (see [`WRITEBACK_STEP_BYTES`]).
     writeback_from: u64,
-    /// A write failed: what the file holds is unknown, and it is never finished.
+    /// A write or the seal failed (or the length was wrong): what the file holds is unknown, and
+    /// it is never finished.
     failed: bool,
     /// Its bytes are complete and durable under the temp name (see [`seal`](Self::seal)).
     sealed: bool,
@@ -615,7 +616,7 @@ impl SnapshotFileWriter {
             sealed: false,
             finished: false,
         };
-        // Rewritten by `finish` when the length was not known.
+        // Rewritten by `seal` when the length was not known.
         let head = header(meta, expected.unwrap_or(0));
         writer.file.write_all(&head).map_err(io_err("write", &writer.temp))?;
         Ok(writer)
@@ -740,7 +741,7 @@ impl SnapshotFileWriter {
     /// before Raft takes it, so a disk that filled meanwhile refuses the image (the leader sends
     /// it again) instead of failing its adoption, after which the replica could only stop.
     /// Fails if the image was not exactly the announced length; after a failure the writer can
-    /// only be dropped or discarded. Sealing again does nothing.
+    /// only be dropped or discarded. Sealing a sealed image again does nothing.
     pub fn seal(&mut self) -> Result<()> {
         if self.sealed {
             return Ok(());

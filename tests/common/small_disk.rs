@@ -10,7 +10,9 @@ impl SmallDisk {
     /// Mounts a tmpfs of `size` (as `mount -o size=` takes it: "8m") at `at`.
     pub fn mount(at: &Path, size: &str) -> SmallDisk {
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            // Pages of its own size (no huge pages, whatever the machine's default): a test can
+            // then fill it to the page.
+            .args(["-t", "tmpfs", "-o", &format!("size={size},huge=never"), "tmpfs"])
             .arg(at)
             .status()
             .expect("run mount");
