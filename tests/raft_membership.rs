@@ -163,7 +163,9 @@ fn learners_replicate_but_never_count_or_campaign() {
 fn one_change_at_a_time_and_not_before_the_leaders_first_commit() {
     let mut net = Net::new(3, false, false);
     elect(&mut net, 1);
+    net.stabilize();
     net.node(1).propose_change(vec![add(4)]).expect("first");
+    assert!(!net.node(1).change_awaits_noop(), "a change is under way, not the no-op");
     assert_eq!(
         net.node(1).propose_change(vec![add(5)]),
         Err(ChangeError::Refused(MembershipError::InProgress))
@@ -181,7 +183,9 @@ fn one_change_at_a_time_and_not_before_the_leaders_first_commit() {
         Err(ChangeError::Refused(MembershipError::InProgress)),
         "its no-op is not applied yet"
     );
+    assert!(single.change_awaits_noop(), "only its no-op holds a change back");
     drain(&mut single);
+    assert!(!single.change_awaits_noop());
     single.propose_change(vec![add(2)]).expect("after its no-op");
     let refused = [
         (vec![add(1)], MembershipError::AlreadyMember(1)),

@@ -247,3 +247,25 @@ fn a_crash_in_a_change_and_a_learner_cut_off_while_promoted() {
     all.push(5);
     s.finish(&all);
 }
+
+// A membership change sent to a new leader before it has applied its election's no-op is held
+// until then, not refused as if a change were under way: `LEADER TRANSFER` then `MEMBER ADD`
+// just works.
+#[test]
+fn a_change_right_after_a_leader_transfer_waits_for_the_new_leaders_no_op() {
+    use common::resp_conn::RespConn;
+    const WAIT: Duration = Duration::from_secs(10);
+    let cluster = TestCluster::start(3);
+    for round in 0..6u64 {
+        let leader = cluster.wait_for_leader(WAIT);
+        let target = *cluster.client_addrs.keys().find(|&&id| id != leader).expect("another voter");
+        let mut to_leader = RespConn::connect(cluster.client_addrs[&leader], WAIT);
+        let mut to_target = RespConn::connect(cluster.client_addrs[&target], WAIT);
+        let transfer = to_leader.call(&[b"LEADER", b"TRANSFER", target.to_string().as_bytes()]);
+        assert_eq!(transfer, Reply::Simple("OK".into()), "round {round}");
+        // At once, and on the new leader itself (the race the hold closes).
+        let id = (10 + round).to_string();
+        let add = to_target.call(&[b"MEMBER", b"ADD", id.as_bytes(), b"127.0.0.1:1", b"127.0.0.1:2"]);
+        assert_eq!(add, Reply::Simple("OK".into()), "round {round}: MEMBER ADD {id} on the new leader");
+    }
+}

@@ -36,8 +36,8 @@ use crate::protocol::peer_wire::{
     ForwardAnswer, ForwardRefusal, Forwarded, PeerFrame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES,
 };
 use crate::protocol::raft::{
-    ChangeError, Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, Snapshot, SnapshotMeta,
-    TransferError,
+    ChangeError, ChangeOp, Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, Snapshot,
+    SnapshotMeta, TransferError,
 };
 use crate::protocol::request::AdminRequest;
 use crate::protocol::resp::Reply;
@@ -79,6 +79,10 @@ impl StampClock {
 pub const SNAPSHOT_RESEND_MS: u64 = 300;
 /// A snapshot transfer without progress this long is abandoned (Raft will ask again).
 pub const SNAPSHOT_GIVE_UP_MS: u64 = 10_000;
+
+/// Membership changes a new leader holds until it has applied its election's no-op; more are
+/// refused as in progress.
+pub const MAX_HELD_CHANGES: usize = 16;
 /// Largest snapshot image a follower accepts, in bytes.
 pub const MAX_SNAPSHOT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 
@@ -388,6 +392,10 @@ pub struct Consensus {
     /// The membership changed since the board and the links last heard of it.
     membership_dirty: bool,
     change_waiters: Vec<ChangeWaiter>,
+    /// Membership changes that came before this new leader applied its election's no-op, held
+    /// until it has (up to [`MAX_HELD_CHANGES`]), rather than refused as if a change were under
+    /// way: `LEADER TRANSFER` then `MEMBER REMOVE` just works.
+    held_changes: Vec<(Vec<ChangeOp>, AdminReplyTo)>,
     /// Leader transfers waiting for their target to lead.
     transfer_waiters: Vec<(NodeId, AdminReplyTo)>,
     /// Forward to the leader (`--no-forward` clears it).
@@ -454,6 +462,7 @@ impl Consensus {
             peer_set: BTreeMap::new(),
             membership_dirty: true,
             change_waiters: Vec::new(),
+            held_changes: Vec::new(),
             transfer_waiters: Vec::new(),
             forward: parts.forward,
             unsafe_local_reads: parts.unsafe_local_reads,
@@ -743,6 +752,7 @@ impl Consensus {
         }
         self.settle_forwards();
         self.settle_admin();
+        self.release_held_changes(ctx);
         if self.core.has_ready() {
             // A follower's admin request was answered: the commit index it waits for goes now.
             self.drive_soon(ctx);
@@ -925,9 +935,34 @@ impl Consensus {
         }));
     }
 
+    /// Proposes the membership changes held for this leader's no-op once it is applied (in the
+    /// order they came: the first proposes, the next are refused as in progress), or refuses
+    /// them if this replica no longer leads.
+    fn release_held_changes(&mut self, ctx: &mut Context<Self>) {
+        if self.held_changes.is_empty() || self.core.change_awaits_noop() {
+            return;
+        }
+        let me = self.core.id();
+        for (ops, reply_to) in std::mem::take(&mut self.held_changes) {
+            if self.core.role() == Role::Leader {
+                self.admin(ctx, AdminRequest::Change(ops), reply_to);
+            } else {
+                reply_to.refuse(&mut *self.transport, me, Refusal::NotLeader(self.status.leader_hint()));
+            }
+        }
+    }
+
     /// Carries out an admin request on the leader, for a client here or a follower.
     fn admin(&mut self, ctx: &mut Context<Self>, request: AdminRequest, reply_to: AdminReplyTo) {
         let me = self.core.id();
+        let request = match request {
+            AdminRequest::Change(ops)
+                if self.core.change_awaits_noop() && self.held_changes.len() < MAX_HELD_CHANGES =>
+            {
+                return self.held_changes.push((ops, reply_to));
+            }
+            other => other,
+        };
         match request {
             AdminRequest::Change(ops) => match self.core.propose_change(ops) {
                 Ok((index, term)) => {

@@ -196,6 +196,8 @@ pub struct RaftCore {
     /// A leader accepts no membership change until it has applied this index: its last
     /// change's entry, or on election its no-op (so it has committed in its own term first).
     pending_conf_index: u64,
+    /// The index of the no-op this replica appended when it last became leader.
+    noop_index: u64,
     /// The voter leadership is being handed to, and the ticks since that began.
     lead_transferee: Option<(NodeId, u32)>,
     /// This leader was removed and hands leadership over until a newer term takes it.
@@ -275,6 +277,7 @@ impl RaftCore {
             membership,
             membership_changed: true,
             pending_conf_index: 0,
+            noop_index: 0,
             lead_transferee: None,
             handing_over: false,
             leaving: BTreeMap::new(),
@@ -577,6 +580,7 @@ impl RaftCore {
         // No membership change until the no-op is applied: by then this leader has committed in
         // its own term (Ongaro's 2015 fix) and applied any change a predecessor left in the log.
         self.pending_conf_index = last + 1;
+        self.noop_index = last + 1;
         self.broadcast_wanted = true;
         if !self.membership.contains(me) {
             self.hand_over();
@@ -746,6 +750,15 @@ impl RaftCore {
     /// a snapshot covers them) and returns their memory for the caller to free.
     pub fn trim_memory(&mut self) -> Compacted {
         self.log.trim_to(self.trim_point())
+    }
+
+    /// True for a leader that refuses membership changes only until it has applied the no-op of
+    /// its election (a round of replication away), not because a change is under way: a caller
+    /// may hold a change until then instead of refusing it.
+    pub fn change_awaits_noop(&self) -> bool {
+        self.role == Role::Leader
+            && self.pending_conf_index == self.noop_index
+            && self.log.applied() < self.noop_index
     }
 
     /// A follower needs entries that were trimmed from memory: the caller should take a
