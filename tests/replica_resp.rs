@@ -260,3 +260,106 @@ fn requests_without_an_outcome_are_answered_at_their_deadline() {
     assert_eq!(conn.call(&[b"PING"]), Reply::Simple("PONG".into()));
     cluster.net().heal();
 }
+
+// What one connection can make the replica hold is bounded: a transaction's queue counts the
+// commands refused while queueing too, WATCH takes a bounded number of keys, and QUIT closes the
+// connection even when the queue is full (its reader has stopped reading by then).
+#[test]
+fn a_connections_transaction_and_watches_are_bounded_and_quit_always_closes() {
+    use quorumkv::actors::connection::{MAX_QUEUED_COMMANDS, MAX_WATCHED_KEYS};
+    let cluster = TestCluster::start(1);
+    let leader = cluster.wait_for_leader(WAIT);
+    let addr = cluster.client_addrs[&leader];
+    let queued = Reply::Simple("QUEUED".into());
+    let too_large =
+        |reply: &Reply| matches!(reply, Reply::Error(e) if e.starts_with("ERR transaction too large"));
+
+    // Commands refused while queueing (each becomes its element of EXEC's answer) count.
+    let mut conn = RespConn::connect(addr, WAIT);
+    let mut pipeline = b"MULTI\r\n".to_vec();
+    pipeline.extend(b"SELECT 1\r\n".repeat(MAX_QUEUED_COMMANDS + 1));
+    conn.send_raw(&pipeline);
+    assert_eq!(conn.read(), Some(Reply::ok()));
+    for i in 0..MAX_QUEUED_COMMANDS {
+        assert_eq!(conn.read().as_ref(), Some(&queued), "refused command {i}");
+    }
+    let over = conn.read().expect("a reply");
+    assert!(too_large(&over), "one more: {over:?}");
+    assert!(is_err(&conn.call(&[b"EXEC"]), "EXECABORT"));
+
+    // QUIT in a full transaction: +OK, then the connection closes.
+    let mut pipeline = b"MULTI\r\n".to_vec();
+    pipeline.extend(b"PING\r\n".repeat(MAX_QUEUED_COMMANDS + 1));
+    pipeline.extend(b"QUIT\r\n");
+    conn.send_raw(&pipeline);
+    assert_eq!(conn.read(), Some(Reply::ok()));
+    for i in 0..MAX_QUEUED_COMMANDS {
+        assert_eq!(conn.read().as_ref(), Some(&queued), "PING {i}");
+    }
+    assert!(too_large(&conn.read().expect("a reply")));
+    assert_eq!(conn.read(), Some(Reply::ok()), "QUIT answered");
+    assert!(conn.is_closed(), "and the connection closed");
+
+    // WATCH: up to the limit, then refused until UNWATCH.
+    let mut conn = RespConn::connect(addr, WAIT);
+    let keys: Vec<Vec<u8>> = (0..1_000).map(|i| format!("w{i}").into_bytes()).collect();
+    let watch: Vec<&[u8]> = std::iter::once(&b"WATCH"[..]).chain(keys.iter().map(Vec::as_slice)).collect();
+    for round in 0..MAX_WATCHED_KEYS / keys.len() {
+        assert_eq!(conn.call(&watch), Reply::ok(), "round {round}");
+    }
+    let refused = conn.call(&watch);
+    assert!(matches!(&refused, Reply::Error(e) if e.starts_with("ERR too many watched keys")), "{refused:?}");
+    assert_eq!(conn.call(&[b"UNWATCH"]), Reply::ok());
+    assert_eq!(conn.call(&watch), Reply::ok(), "room again after UNWATCH");
+}
+
+// A client that sends its requests and then half-closes its side (as `printf ... | nc -N` does)
+// still gets every reply, in order, before the replica closes the connection.
+#[test]
+fn a_client_that_half_closes_gets_every_reply() {
+    use std::io::Read;
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(WAIT);
+    let mut conn = TcpStream::connect(cluster.client_addrs[&leader]).expect("connect");
+    conn.set_read_timeout(Some(WAIT)).expect("timeout");
+    conn.write_all(b"SET half closed\r\nAPPEND half -ok\r\nGET half\r\nPING\r\n").expect("send");
+    conn.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let mut replies = Vec::new();
+    conn.read_to_end(&mut replies).expect("read until the replica closes");
+    assert_eq!(String::from_utf8_lossy(&replies), "+OK\r\n:9\r\n$9\r\nclosed-ok\r\n+PONG\r\n");
+}
+
+// A pipeline runs in request order, as Redis runs it: a read sees the writes sent before it on
+// the same connection, and not the ones sent after it, on the leader and on a follower (whose
+// writes are forwarded).
+#[test]
+fn a_pipeline_of_reads_and_writes_runs_in_request_order() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(WAIT);
+    let follower = *cluster.client_addrs.keys().find(|&&id| id != leader).expect("a follower");
+    for id in [leader, follower] {
+        let mut conn = RespConn::connect(cluster.client_addrs[&id], WAIT);
+        let key = format!("order-{id}").into_bytes();
+        let mut pipeline = Vec::new();
+        for i in 0..300u32 {
+            // Written, read back, read again just before the next write.
+            for args in [
+                vec![&b"SET"[..], &key, i.to_string().as_bytes()],
+                vec![&b"GET"[..], &key],
+                vec![&b"APPEND"[..], &key, b"+"],
+                vec![&b"GET"[..], &key],
+            ] {
+                quorumkv::protocol::resp::encode_request(&args, &mut pipeline);
+            }
+        }
+        conn.send_raw(&pipeline);
+        for i in 0..300u32 {
+            let written = i.to_string().into_bytes();
+            let appended = [written.as_slice(), b"+"].concat();
+            assert_eq!(conn.read(), Some(Reply::ok()), "replica {id}: SET {i}");
+            assert_eq!(conn.read(), Some(Reply::Bulk(Some(written))), "replica {id}: GET after SET {i}");
+            assert_eq!(conn.read(), Some(Reply::Integer(appended.len() as i64)), "replica {id}: APPEND {i}");
+            assert_eq!(conn.read(), Some(Reply::Bulk(Some(appended))), "replica {id}: GET after APPEND {i}");
+        }
+    }
+}

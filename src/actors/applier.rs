@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::connection::ReplyBudget;
+use super::connection::{ReplyBudget, Reserved};
 use super::registry::HeldSnapshots;
 use super::snapshotter::{DecodedState, EncodeState, SaveState, Snapshotter};
 use super::status::StatusBoard;
@@ -187,7 +187,8 @@ impl Applier {
                 "too many snapshots held for download (at most {}); finish one first",
                 super::registry::MAX_HELD_SNAPSHOTS
             );
-            return reply_to.do_send(ReadDone { result: Ok(CommandResult::Error(why)), reserved: 0 });
+            let result = Ok(CommandResult::Error(why));
+            return reply_to.do_send(ReadDone { result, reserved: Reserved::default() });
         };
         let (index, term) = (self.state.applied_index(), self.applied_term);
         let keys = self.state.engine().len() as u64;
@@ -226,7 +227,7 @@ impl Applier {
                     CommandResult::Error(format!("cannot take the snapshot: {e}"))
                 }
             };
-            reply_to.do_send(ReadDone { result: Ok(result), reserved: 0 });
+            reply_to.do_send(ReadDone { result: Ok(result), reserved: Reserved::default() });
         });
     }
 
@@ -502,7 +503,9 @@ impl Applier {
         // cannot make the applier copy more than its budget.
         let done =
             match self.state.read_within(&msg.command, msg.now_ms, |bytes| msg.budget.try_reserve(bytes)) {
-                Some((result, reserved)) => ReadDone { result: Ok(result), reserved },
+                Some((result, reserved)) => {
+                    ReadDone { result: Ok(result), reserved: Reserved::new(msg.budget, reserved) }
+                }
                 None => ReadDone::failed("the connection's reply buffer is full; it is being closed"),
             };
         msg.reply_to.do_send(done);

@@ -28,6 +28,9 @@ pub const MAX_QUEUED_COMMANDS: usize = 10_000;
 /// Bytes of arguments one MULTI may queue (its EXEC is one log entry).
 pub const MAX_QUEUED_BYTES: usize = crate::protocol::command::MAX_ENTRY_BYTES;
 
+/// Keys one connection may WATCH at a time (the EXEC that ends them carries them all).
+pub const MAX_WATCHED_KEYS: usize = 10_000;
+
 /// Requests of one connection in flight (read, not yet answered) before reading pauses.
 pub const MAX_INFLIGHT_REQUESTS: usize = 1024;
 /// Most bytes read from the socket at a time.
@@ -80,6 +83,37 @@ impl ReplyBudget {
     }
 }
 
+/// Bytes held in a connection's [`ReplyBudget`] for one reply on its way to the connection (a
+/// read's value, reserved by the applier before it copied it out of the state): given back if
+/// it is dropped on the way (its waiter gone at the deadline, the connection closed), else taken
+/// by the connection, which gives them back once the reply is written.
+#[derive(Debug, Default)]
+pub struct Reserved {
+    budget: Option<Arc<ReplyBudget>>,
+    bytes: usize,
+}
+
+impl Reserved {
+    /// `bytes` already reserved in `budget`.
+    pub fn new(budget: Arc<ReplyBudget>, bytes: usize) -> Reserved {
+        Reserved { budget: Some(budget), bytes }
+    }
+
+    /// The bytes reserved, from now on the caller's to give back.
+    pub fn take(mut self) -> usize {
+        self.budget = None;
+        self.bytes
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Some(budget) = self.budget.take() {
+            budget.release(self.bytes);
+        }
+    }
+}
+
 /// What a connection needs from its replica.
 #[derive(Clone)]
 pub struct ConnectionEnv {
@@ -119,8 +153,8 @@ pub struct WaiterDone {
     pub seq: u64,
     /// The reply to write.
     pub reply: Reply,
-    /// Bytes the applier reserved for it in the connection's [`ReplyBudget`].
-    pub reserved: usize,
+    /// What the applier reserved for it in the connection's [`ReplyBudget`].
+    pub reserved: Reserved,
 }
 
 /// A request the reader parsed (or the error that stands for it), with the permit that
@@ -204,11 +238,32 @@ pub struct Connection {
     /// Requests in flight, in order of position: mostly answered in order, so removal is from
     /// the front.
     started: VecDeque<(u64, InFlight)>,
+    /// The kind of the waiters in flight, and how many there are.
+    waiting: (WaiterKind, usize),
+    /// Requests held until the waiters of the other kind before them are answered, in order.
+    deferred: VecDeque<(u64, WaiterTask)>,
     /// When the sweep for waiters past their deadline runs, if one is scheduled.
     sweep: Option<(Instant, SpawnHandle)>,
     /// Replies encoded in order during this turn of the actor, written together once its
     /// mailbox is drained: a burst of replies costs one send, not one per reply.
     burst: Burst,
+}
+
+/// What a waiter does, for keeping a connection's reads and writes in request order.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum WaiterKind {
+    Read,
+    /// A write or a membership command.
+    Write,
+}
+
+impl WaiterKind {
+    fn of(task: &WaiterTask) -> WaiterKind {
+        match task {
+            WaiterTask::Read(..) => WaiterKind::Read,
+            WaiterTask::Write { .. } | WaiterTask::Admin(_) => WaiterKind::Write,
+        }
+    }
 }
 
 /// A request that has not been answered yet.
@@ -254,6 +309,30 @@ struct Transaction {
     failed: bool,
 }
 
+impl Transaction {
+    /// Counts a queued command of `bytes` (its arguments, or the reply kept for it) against the
+    /// transaction's limits, or refuses it and dooms the transaction.
+    fn admit(&mut self, bytes: usize) -> Result<(), Reply> {
+        if self.commands.len() + self.local.len() >= MAX_QUEUED_COMMANDS
+            || self.bytes + bytes > MAX_QUEUED_BYTES
+        {
+            self.failed = true;
+            return Err(Reply::err(format!(
+                "transaction too large (max {MAX_QUEUED_COMMANDS} commands, {MAX_QUEUED_BYTES} bytes)"
+            )));
+        }
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Queues a command answered here (its reply spliced into EXEC's answer); `+QUEUED`.
+    fn queue_local(&mut self, reply: Reply) -> Reply {
+        let position = self.commands.len() + self.local.len();
+        self.local.push((position, reply));
+        Reply::Simple("QUEUED".into())
+    }
+}
+
 impl Connection {
     /// A connection over `stream` for a replica described by `env`.
     pub fn new(stream: TcpStream, env: ConnectionEnv) -> Connection {
@@ -282,6 +361,8 @@ impl Connection {
             watch_point: 0,
             exec_splices: BTreeMap::new(),
             started: VecDeque::new(),
+            waiting: (WaiterKind::Read, 0),
+            deferred: VecDeque::new(),
             sweep: None,
             burst: Burst::default(),
         }
@@ -316,12 +397,22 @@ impl Connection {
         let mut next = if seq == self.next_to_write {
             Some(ReadyReply { reply, reserved })
         } else {
+            // Held until the ones before it go: counted in the budget from now.
+            let reserved = reserved + self.reserve_rest(reply.encoded_len(), reserved);
             self.ready.insert(seq, ReadyReply { reply, reserved });
             None
         };
         while let Some(ready) = next.take().or_else(|| self.ready.remove(&self.next_to_write)) {
+            if self.budget.overflowed() {
+                break;
+            }
+            let before = self.burst.bytes.len();
             ready.reply.encode_into(&mut self.burst.bytes);
-            self.burst.reserved += ready.reserved;
+            // Every reply counts, not only a read's value the applier reserved: one made here
+            // (CLIENT LIST, INFO, COMMAND) can be as large, and a pipeline of them would
+            // otherwise all be encoded before the first is written.
+            let encoded = self.burst.bytes.len() - before;
+            self.burst.reserved += ready.reserved + self.reserve_rest(encoded, ready.reserved);
             self.burst.permits.extend(self.permits.pop_front());
             self.next_to_write += 1;
         }
@@ -334,6 +425,18 @@ impl Connection {
             // replies that finished in this turn (a pipelined batch applied together) join it.
             self.burst.flush_spawned = true;
             ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| act.flush(ctx)));
+        }
+    }
+
+    /// Reserves in the budget what a reply of `len` bytes needs beyond the `reserved` it came
+    /// with, returning what it took: nothing if that passed the budget (which then closes the
+    /// connection).
+    fn reserve_rest(&self, len: usize, reserved: usize) -> usize {
+        let rest = len.saturating_sub(reserved);
+        if self.budget.try_reserve(rest) {
+            rest
+        } else {
+            0
         }
     }
 
@@ -424,9 +527,12 @@ impl Connection {
                     if matches!(e, RequestError::UnknownCommand { .. } | RequestError::WrongArity(_)) {
                         transaction.failed = true;
                     } else {
-                        let position = transaction.commands.len() + transaction.local.len();
-                        transaction.local.push((position, e.to_reply()));
-                        return self.complete(ctx, seq, Reply::Simple("QUEUED".into()));
+                        let refusal = e.to_reply();
+                        let reply = match transaction.admit(queued_bytes + refusal.encoded_len()) {
+                            Ok(()) => transaction.queue_local(refusal),
+                            Err(too_large) => too_large,
+                        };
+                        return self.complete(ctx, seq, reply);
                     }
                 }
                 return self.complete(ctx, seq, e.to_reply());
@@ -459,6 +565,14 @@ impl Connection {
                 return self.complete(ctx, seq, Reply::ok());
             }
             ClientRequest::Watch(keys) => {
+                let watched_bytes: usize = self.watched.iter().chain(&keys).map(Vec::len).sum();
+                if self.watched.len() + keys.len() > MAX_WATCHED_KEYS || watched_bytes > MAX_QUEUED_BYTES {
+                    let why = format!(
+                        "too many watched keys (max {MAX_WATCHED_KEYS} keys, {MAX_QUEUED_BYTES} bytes); \
+                         UNWATCH or EXEC first"
+                    );
+                    return self.complete(ctx, seq, Reply::err(why));
+                }
                 if self.watched.is_empty() {
                     // Anything written after this index was written after the WATCH (see dialect).
                     self.watch_point = self.env.status.applied_index();
@@ -511,6 +625,22 @@ impl Connection {
                 }
             }
         };
+        // A read waits for the writes before it on this connection, a write for the reads before
+        // it, as Redis runs a pipeline in order: a pipelined `SET k v` then `GET k` answers v,
+        // and a `GET k` then `SET k w` does not answer w. (Between connections, reads and writes
+        // are ordered by linearizability alone.) Runs of reads, or of writes, go together.
+        let kind = WaiterKind::of(&task);
+        if !self.deferred.is_empty() || (self.waiting.1 > 0 && self.waiting.0 != kind) {
+            self.deferred.push_back((seq, task));
+            return;
+        }
+        self.start_waiter(ctx, seq, task);
+    }
+
+    /// Starts the waiter of request `seq` (in flight, not yet answered) for `task`.
+    fn start_waiter(&mut self, ctx: &mut Context<Self>, seq: u64, task: WaiterTask) {
+        let kind = WaiterKind::of(&task);
+        self.waiting = (kind, self.waiting.1 + 1);
         // Taking a backup image encodes the whole state: seconds per GB, not a request's time.
         let timeout = match &task {
             WaiterTask::Read(Command::SnapshotImage, _) => {
@@ -522,7 +652,9 @@ impl Connection {
         let waiter = Waiter::new(seq, task, self.consensus.clone(), reply_to, self.env.cursors.clone())
             .with_read_inbox(self.env.read_inbox.clone())
             .start();
-        let Some((_, request)) = self.started.back_mut().filter(|(at, _)| *at == seq) else { return };
+        let Some(request) = self.started.iter_mut().rev().find(|(at, _)| *at == seq).map(|(_, r)| r) else {
+            return;
+        };
         let deadline = request.arrived + timeout;
         request.waiter = Some((deadline, waiter));
         // Deadlines mostly come in arrival order, but a SNAPSHOT BEGIN's is far later than the
@@ -577,6 +709,8 @@ impl Connection {
                 self.unwatch();
                 return Err(Reply::ok());
             }
+            // Closes the connection, whatever is queued (its reader has stopped reading).
+            ClientRequest::Quit => return Ok(ClientRequest::Quit),
             other => other,
         };
         // Connection commands answer as they would at EXEC (taken now: nothing they show is
@@ -594,24 +728,13 @@ impl Connection {
             _ => None,
         };
         let Some(transaction) = &mut self.transaction else { return Ok(request) };
-        if transaction.commands.len() + transaction.local.len() >= MAX_QUEUED_COMMANDS
-            || transaction.bytes + bytes > MAX_QUEUED_BYTES
-        {
-            transaction.failed = true;
-            return Err(Reply::err(format!(
-                "transaction too large (max {MAX_QUEUED_COMMANDS} commands, {MAX_QUEUED_BYTES} bytes)"
-            )));
-        }
-        transaction.bytes += bytes;
+        transaction.admit(bytes + local.as_ref().map_or(0, Reply::encoded_len))?;
         if let Some(reply) = local {
-            let position = transaction.commands.len() + transaction.local.len();
-            transaction.local.push((position, reply));
-            return Err(Reply::Simple("QUEUED".into()));
+            return Err(transaction.queue_local(reply));
         }
         let command = match request {
             ClientRequest::Multi => return Err(Reply::err("MULTI calls can not be nested")),
             ClientRequest::Watch(_) => return Err(Reply::err("WATCH inside MULTI is not allowed")),
-            ClientRequest::Quit => return Ok(ClientRequest::Quit),
             ClientRequest::Write { session: Some(_), .. } => {
                 transaction.failed = true;
                 return Err(Reply::err("REQ inside MULTI: tag the EXEC instead (REQ client-id seq EXEC)"));
@@ -962,8 +1085,15 @@ impl Handler<ReaderEnded> for Connection {
                 self.close_after = Some(seq);
                 self.complete(ctx, seq, Reply::err(message));
             }
-            // The client is gone: nobody will read the replies of what is still in flight.
-            ReaderEnded::Eof => ctx.stop(),
+            // The client sent all it will: a half-close (as `printf ... | nc -N` does) still
+            // reads the replies, so what it sent is answered, in order, before the connection
+            // closes. (A client that is gone entirely takes no replies; its requests end by
+            // their outcome or deadline, as they would have.)
+            ReaderEnded::Eof if self.next_to_write >= self.next_seq => ctx.stop(),
+            ReaderEnded::Eof => {
+                let last = self.next_seq - 1;
+                self.close_after = Some(self.close_after.map_or(last, |at| at.min(last)));
+            }
         }
     }
 }
@@ -972,7 +1102,17 @@ impl Handler<WaiterDone> for Connection {
     type Result = ();
 
     fn handle(&mut self, msg: WaiterDone, ctx: &mut Self::Context) {
-        self.complete_reserved(ctx, msg.seq, msg.reply, msg.reserved);
+        self.waiting.1 = self.waiting.1.saturating_sub(1);
+        self.complete_reserved(ctx, msg.seq, msg.reply, msg.reserved.take());
+        // The requests held behind the other kind start, in order, up to the next change of kind.
+        while let Some((_, task)) = self.deferred.front() {
+            let kind = WaiterKind::of(task);
+            if self.waiting.1 > 0 && self.waiting.0 != kind {
+                break;
+            }
+            let Some((seq, task)) = self.deferred.pop_front() else { break };
+            self.start_waiter(ctx, seq, task);
+        }
     }
 }
 
@@ -984,5 +1124,23 @@ impl Handler<CloseConnection> for Connection {
         self.write_burst();
         self.writer = None;
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reservation_dropped_on_its_way_is_given_back_and_a_taken_one_is_the_takers() {
+        let budget = Arc::new(ReplyBudget::default());
+        assert!(budget.try_reserve(100) && budget.try_reserve(20));
+        // A read's reply whose waiter was gone (its deadline passed) when the value came.
+        drop(Reserved::new(budget.clone(), 100));
+        assert_eq!(budget.queued_bytes(), 20, "given back");
+        let taken = Reserved::new(budget.clone(), 20).take();
+        assert_eq!((taken, budget.queued_bytes()), (20, 20), "the connection gives it back once written");
+        budget.release(taken);
+        assert_eq!(budget.queued_bytes(), 0);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::connection::{ReplyBudget, WaiterDone};
+use super::connection::{ReplyBudget, Reserved, WaiterDone};
 use super::consensus::{
     refusal_to_reply, Admin, AdminDone, Consensus, Propose, ReadInbox, ReadIndex, Refusal,
 };
@@ -44,24 +44,24 @@ pub enum ReadFailure {
 }
 
 /// The answer to a read: served by the applier, or refused or failed by consensus.
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct ReadDone {
     /// The result, or why the read was not served.
     pub result: Result<CommandResult, ReadFailure>,
-    /// Bytes reserved for the reply in the connection's [`ReplyBudget`].
-    pub reserved: usize,
+    /// What was reserved for the reply in the connection's [`ReplyBudget`].
+    pub reserved: Reserved,
 }
 
 impl ReadDone {
     /// A read that could not be served, for `why`.
     pub fn failed(why: impl Into<String>) -> ReadDone {
-        ReadDone { result: Err(ReadFailure::Failed(why.into())), reserved: 0 }
+        ReadDone { result: Err(ReadFailure::Failed(why.into())), reserved: Reserved::default() }
     }
 
     /// A read consensus did not take.
     pub fn refused(refusal: Refusal) -> ReadDone {
-        ReadDone { result: Err(ReadFailure::Refused(refusal)), reserved: 0 }
+        ReadDone { result: Err(ReadFailure::Refused(refusal)), reserved: Reserved::default() }
     }
 }
 
@@ -98,8 +98,9 @@ pub struct Waiter {
     /// The connection's address, shared by its waiters like `consensus`.
     reply_to: Rc<Recipient<WaiterDone>>,
     done: bool,
-    /// Bytes reserved for the reply (released by the connection once written).
-    reserved: usize,
+    /// What was reserved for the reply (given back by the connection once written, or here if
+    /// the reply never goes).
+    reserved: Reserved,
     /// Where SCAN pages that go on get their cursor.
     cursors: Arc<ScanCursors>,
 }
@@ -130,7 +131,7 @@ impl Waiter {
             read_inbox: None,
             reply_to,
             done: false,
-            reserved: 0,
+            reserved: Reserved::default(),
             cursors,
         }
     }
@@ -161,7 +162,8 @@ impl Waiter {
     fn finish(&mut self, ctx: &mut Context<Self>, reply: Reply) {
         if !self.done {
             self.done = true;
-            self.reply_to.do_send(WaiterDone { seq: self.seq, reply, reserved: self.reserved });
+            let reserved = std::mem::take(&mut self.reserved);
+            self.reply_to.do_send(WaiterDone { seq: self.seq, reply, reserved });
         }
         ctx.stop();
     }

@@ -20,6 +20,9 @@ use super::resp::{Reply, MAX_ARG_BYTES};
 pub const MAX_KEY_BYTES: usize = 64 * 1024;
 /// Largest `limit` a RAWSCAN may ask for, in pairs; a larger one is refused, not cut.
 pub const MAX_SCAN_LIMIT_PAIRS: u64 = 10_000;
+/// Longest client name, library name or version (`CLIENT SETNAME|SETINFO`), in bytes: each
+/// connection keeps them, and `CLIENT LIST` shows every connection's.
+pub const MAX_CLIENT_NAME_BYTES: usize = 1024;
 /// Longest part of a refused command's name or arguments quoted back in an error, in bytes.
 const MAX_QUOTED_BYTES: usize = 128;
 
@@ -446,6 +449,11 @@ fn parse_client_subcommand(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestE
         (b"LIST", []) => client(ClientCommand::List),
         (b"LIST", [word, ..]) if word.eq_ignore_ascii_case(b"TYPE") => client(ClientCommand::List),
         (b"SETNAME", [name]) => {
+            if name.len() > MAX_CLIENT_NAME_BYTES {
+                return Err(RequestError::Other(format!(
+                    "ERR Client names are limited to {MAX_CLIENT_NAME_BYTES} bytes."
+                )));
+            }
             if name.iter().any(|b| *b <= b' ' || *b > b'~') {
                 return Err(RequestError::Other(
                     "ERR Client names cannot contain spaces, newlines or special characters.".into(),
@@ -459,6 +467,12 @@ fn parse_client_subcommand(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestE
                 b"LIB-VER" => false,
                 _ => return Err(RequestError::Other(format!("ERR Unrecognized option '{}'", quote(attr)))),
             };
+            if value.len() > MAX_CLIENT_NAME_BYTES {
+                return Err(RequestError::Other(format!(
+                    "ERR {} is limited to {MAX_CLIENT_NAME_BYTES} bytes.",
+                    quote(attr).to_ascii_lowercase()
+                )));
+            }
             if value.iter().any(|b| *b <= b' ' || *b > b'~') {
                 return Err(RequestError::Other(format!(
                     "ERR {} cannot contain spaces, newlines or special characters.",
@@ -749,6 +763,20 @@ mod tests {
         assert_eq!(
             error_line("client setname 'a b'"),
             "ERR Client names cannot contain spaces, newlines or special characters."
+        );
+        let longest = "n".repeat(MAX_CLIENT_NAME_BYTES);
+        assert_eq!(
+            parse(&format!("client setname {longest}")),
+            Ok(ClientRequest::Client(ClientCommand::SetName(longest.clone())))
+        );
+        assert_eq!(
+            error_line(&format!("client setname {longest}x")),
+            "ERR Client names are limited to 1024 bytes."
+        );
+        assert!(parse(&format!("client setinfo lib-ver {longest}")).is_ok());
+        assert_eq!(
+            error_line(&format!("client setinfo LIB-NAME {longest}x")),
+            "ERR lib-name is limited to 1024 bytes."
         );
         assert_eq!(
             parse("HELLO 3"),

@@ -589,12 +589,36 @@ impl Reply {
         }
     }
 
+    /// The length of the reply's RESP2 encoding, without making it.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Reply::Simple(text) | Reply::Error(text) => text.len() + 3,
+            Reply::Integer(n) => decimal_len(*n) + 3,
+            Reply::Bulk(None) | Reply::Array(None) => 5,
+            Reply::Bulk(Some(bytes)) => decimal_len(bytes.len() as i64) + 5 + bytes.len(),
+            Reply::Array(Some(items)) => {
+                decimal_len(items.len() as i64) + 3 + items.iter().map(Reply::encoded_len).sum::<usize>()
+            }
+        }
+    }
+
     /// The reply's RESP2 encoding.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.encode_into(&mut out);
         out
     }
+}
+
+/// Digits of `n` in decimal, its sign included.
+fn decimal_len(n: i64) -> usize {
+    let mut len = if n < 0 { 2 } else { 1 };
+    let mut rest = n.unsigned_abs();
+    while rest >= 10 {
+        rest /= 10;
+        len += 1;
+    }
+    len
 }
 
 fn encode_line(kind: u8, text: &str, out: &mut Vec<u8>) {
@@ -950,6 +974,28 @@ mod tests {
             reply.to_bytes(),
             b"*6\r\n+OK\r\n-ERR bad  thing\r\n:-3\r\n$1\r\nv\r\n$-1\r\n*-1\r\n".to_vec()
         );
+    }
+
+    #[test]
+    fn a_replys_encoded_length_is_known_without_encoding_it() {
+        let long = Reply::bulk(vec![b'x'; 12_345]);
+        let many = Reply::Array(Some((0..11).map(|i| Reply::Integer(i * 7)).collect()));
+        let replies = [
+            Reply::ok(),
+            Reply::err("bad\r\nthing"),
+            Reply::Integer(0),
+            Reply::Integer(-10),
+            Reply::Integer(i64::MIN),
+            Reply::Integer(i64::MAX),
+            Reply::Bulk(None),
+            Reply::Array(None),
+            Reply::bulk(Vec::new()),
+            long.clone(),
+            Reply::Array(Some(vec![many, long, Reply::Array(Some(Vec::new()))])),
+        ];
+        for reply in replies {
+            assert_eq!(reply.encoded_len(), reply.to_bytes().len(), "{reply:?}");
+        }
     }
 
     #[test]
