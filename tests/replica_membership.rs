@@ -257,12 +257,22 @@ fn a_change_right_after_a_leader_transfer_waits_for_the_new_leaders_no_op() {
     const WAIT: Duration = Duration::from_secs(10);
     let cluster = TestCluster::start(3);
     for round in 0..6u64 {
-        let leader = cluster.wait_for_leader(WAIT);
-        let target = *cluster.client_addrs.keys().find(|&&id| id != leader).expect("another voter");
-        let mut to_leader = RespConn::connect(cluster.client_addrs[&leader], WAIT);
-        let mut to_target = RespConn::connect(cluster.client_addrs[&target], WAIT);
-        let transfer = to_leader.call(&[b"LEADER", b"TRANSFER", target.to_string().as_bytes()]);
-        assert_eq!(transfer, Reply::Simple("OK".into()), "round {round}");
+        // A transfer on a loaded machine may time out (TRYAGAIN): tried again until one is done.
+        let mut to_target = None;
+        wait_until("a leader transfer", STEP_TIMEOUT, || {
+            let leader = cluster.wait_for_leader(WAIT);
+            let target = *cluster.client_addrs.keys().find(|&&id| id != leader).expect("another voter");
+            let mut to_leader = RespConn::connect(cluster.client_addrs[&leader], WAIT);
+            let target_conn = RespConn::connect(cluster.client_addrs[&target], WAIT);
+            match to_leader.call(&[b"LEADER", b"TRANSFER", target.to_string().as_bytes()]) {
+                Reply::Simple(ok) if ok == "OK" => {
+                    to_target = Some(target_conn);
+                    Ok(())
+                }
+                other => Err(other),
+            }
+        });
+        let mut to_target = to_target.expect("transferred");
         // At once, and on the new leader itself (the race the hold closes).
         let id = (10 + round).to_string();
         let add = to_target.call(&[b"MEMBER", b"ADD", id.as_bytes(), b"127.0.0.1:1", b"127.0.0.1:2"]);

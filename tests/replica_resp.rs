@@ -341,7 +341,7 @@ fn a_pipeline_of_reads_and_writes_runs_in_request_order() {
         let mut conn = RespConn::connect(cluster.client_addrs[&id], WAIT);
         let key = format!("order-{id}").into_bytes();
         let mut pipeline = Vec::new();
-        for i in 0..300u32 {
+        for i in 0..100u32 {
             // Written, read back, read again just before the next write.
             for args in [
                 vec![&b"SET"[..], &key, i.to_string().as_bytes()],
@@ -353,7 +353,7 @@ fn a_pipeline_of_reads_and_writes_runs_in_request_order() {
             }
         }
         conn.send_raw(&pipeline);
-        for i in 0..300u32 {
+        for i in 0..100u32 {
             let written = i.to_string().into_bytes();
             let appended = [written.as_slice(), b"+"].concat();
             assert_eq!(conn.read(), Some(Reply::ok()), "replica {id}: SET {i}");
@@ -362,4 +362,45 @@ fn a_pipeline_of_reads_and_writes_runs_in_request_order() {
             assert_eq!(conn.read(), Some(Reply::Bulk(Some(appended))), "replica {id}: GET after APPEND {i}");
         }
     }
+}
+
+// A client that quits (or half-closes) without reading its replies keeps its place among the
+// replica's clients (`CLIENT LIST`, `--max-clients`) until they are written: its socket and the
+// replies it has not taken are still held.
+#[test]
+fn a_client_that_quits_without_reading_counts_until_its_replies_are_written() {
+    use std::io::Read;
+    let cluster = TestCluster::start(1);
+    let leader = cluster.wait_for_leader(WAIT);
+    let addr = cluster.client_addrs[&leader];
+    let mut watcher = RespConn::connect(addr, WAIT);
+    let value = vec![b'v'; 4 << 20];
+    assert_eq!(watcher.call(&[b"SET", b"big", &value]), Reply::Simple("OK".into()));
+    let mut stuck = TcpStream::connect(addr).expect("connect");
+    let mut requests = b"CLIENT SETNAME stuck\r\n".to_vec();
+    requests.extend(b"GET big\r\n".repeat(16));
+    requests.extend(b"QUIT\r\n");
+    stuck.write_all(&requests).expect("send");
+    let listed = |conn: &mut RespConn| match conn.call(&[b"CLIENT", b"LIST"]) {
+        Reply::Bulk(Some(text)) => String::from_utf8_lossy(&text).contains("name=stuck"),
+        other => panic!("CLIENT LIST: {other:?}"),
+    };
+    // Its replies have started to arrive: it was served and its QUIT answered in that turn.
+    stuck.set_nonblocking(true).expect("nonblocking");
+    common::wait_until("the first replies", WAIT, || match stuck.peek(&mut [0u8; 1]) {
+        Ok(1..) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    stuck.set_nonblocking(false).expect("blocking");
+    let watched_from = Instant::now();
+    while watched_from.elapsed() < Duration::from_secs(1) {
+        assert!(listed(&mut watcher), "listed while its 64 MiB of replies are unread");
+    }
+    // Once it reads them all, the replica closes it and lets it go.
+    stuck.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut replies = Vec::new();
+    stuck.read_to_end(&mut replies).expect("every reply, then the close");
+    assert!(replies.ends_with(b"+OK\r\n"), "QUIT answered last");
+    assert_eq!(replies.len(), 5 + 16 * (value.len() + 12) + 5, "the name's OK, 16 values and QUIT's OK");
+    common::wait_until("it to be let go", WAIT, || if listed(&mut watcher) { Err("listed") } else { Ok(()) });
 }

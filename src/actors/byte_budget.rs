@@ -25,6 +25,11 @@ impl ByteBudget {
         true
     }
 
+    /// Holds `bytes` more whatever the limit (a part of an item already admitted).
+    pub fn hold(&self, bytes: usize) {
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Gives back bytes held.
     pub fn release(&self, bytes: usize) {
         self.held.fetch_sub(bytes, Ordering::Relaxed);
@@ -49,5 +54,8 @@ mod tests {
         assert!(budget.try_reserve(6) && budget.try_reserve(4));
         assert!(!budget.try_reserve(1));
         assert_eq!(budget.held(), 10);
+        budget.hold(5);
+        assert_eq!(budget.held(), 15, "a part of an admitted item is held past the limit");
+        assert!(!budget.try_reserve(1));
     }
 }

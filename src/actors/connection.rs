@@ -67,6 +67,11 @@ impl ReplyBudget {
         fits
     }
 
+    /// Holds `bytes` more whatever the limit (the framing of a reply already admitted).
+    pub fn hold(&self, bytes: usize) {
+        self.bytes.hold(bytes);
+    }
+
     /// Gives back bytes reserved or queued.
     pub fn release(&self, bytes: usize) {
         self.bytes.release(bytes);
@@ -173,12 +178,14 @@ struct Incoming {
     arrived: Instant,
 }
 
-/// The reader hit unparseable input (reply with the error, then close) or the end of input.
+/// The reader hit unparseable input (reply with the error, then close), the end of input (the
+/// client sent all it will), or a failed read (the client is gone).
 #[derive(Message)]
 #[rtype(result = "()")]
 enum ReaderEnded {
     Garbage(String, OwnedSemaphorePermit),
     Eof,
+    Gone,
 }
 
 /// Close this connection now.
@@ -193,6 +200,22 @@ type WriteJob = (Vec<u8>, Vec<OwnedSemaphorePermit>);
 struct ReadyReply {
     reply: Reply,
     reserved: usize,
+}
+
+/// A connection's place in the registry (`CLIENT LIST`, `--max-clients`), given up once the
+/// last of its replies is written or given up, not when its actor stops: a client that stopped
+/// reading after `QUIT` or a half-close still holds its socket and unwritten replies.
+struct RegistryLease {
+    clients: Arc<ClientRegistry>,
+    status: Arc<StatusBoard>,
+    id: u64,
+}
+
+impl Drop for RegistryLease {
+    fn drop(&mut self) {
+        self.clients.remove(self.id);
+        self.status.set_connected_clients(self.clients.len());
+    }
 }
 
 /// The actor serving one client connection.
@@ -228,6 +251,8 @@ pub struct Connection {
     close_after: Option<u64>,
     /// This connection in the registry.
     client: Arc<ClientEntry>,
+    /// Its place there, handed to the writer task when it starts.
+    lease: Option<RegistryLease>,
     /// Between MULTI and EXEC/DISCARD: what is queued.
     transaction: Option<Transaction>,
     /// WATCHed keys, and the applied index when the first was watched.
@@ -339,6 +364,7 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let addr_of = |a: std::io::Result<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
         let client = env.clients.register(addr_of(stream.peer_addr()), addr_of(stream.local_addr()));
+        let lease = RegistryLease { clients: env.clients.clone(), status: env.status.clone(), id: client.id };
         let (reader, writer_half) = stream.into_split();
         Connection {
             consensus: Rc::new(env.consensus.clone()),
@@ -355,6 +381,7 @@ impl Connection {
             write_task: None,
             permits: VecDeque::new(),
             close_after: None,
+            lease: Some(lease),
             client,
             transaction: None,
             watched: Vec::new(),
@@ -430,14 +457,16 @@ impl Connection {
 
     /// Reserves in the budget what a reply of `len` bytes needs beyond the `reserved` it came
     /// with, returning what it took: nothing if that passed the budget (which then closes the
-    /// connection).
+    /// connection). A reply the applier already admitted (its value) takes its framing too, as
+    /// one reply always fits an empty budget.
     fn reserve_rest(&self, len: usize, reserved: usize) -> usize {
         let rest = len.saturating_sub(reserved);
-        if self.budget.try_reserve(rest) {
-            rest
-        } else {
-            0
+        if reserved > 0 {
+            self.budget.hold(rest);
+        } else if !self.budget.try_reserve(rest) {
+            return 0;
         }
+        rest
     }
 
     /// Writes the burst of replies encoded so far, then closes if the last reply before a
@@ -485,7 +514,8 @@ impl Connection {
                     out.drain(..n);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                // The client is gone; its reader sees that too and ends the connection.
+                // The client is gone: its reader sees that too (or saw its end already), and the
+                // connection ends with its last reply or sooner.
                 Err(_) => return,
             }
         }
@@ -634,11 +664,13 @@ impl Connection {
             self.deferred.push_back((seq, task));
             return;
         }
-        self.start_waiter(ctx, seq, task);
+        self.start_waiter(ctx, seq, task, false);
     }
 
-    /// Starts the waiter of request `seq` (in flight, not yet answered) for `task`.
-    fn start_waiter(&mut self, ctx: &mut Context<Self>, seq: u64, task: WaiterTask) {
+    /// Starts the waiter of request `seq` (in flight, not yet answered) for `task`; its deadline
+    /// counts from its arrival, or for one `held` behind the other kind from now (the requests
+    /// before it were answered within theirs: it gets as long for its own).
+    fn start_waiter(&mut self, ctx: &mut Context<Self>, seq: u64, task: WaiterTask, held: bool) {
         let kind = WaiterKind::of(&task);
         self.waiting = (kind, self.waiting.1 + 1);
         // Taking a backup image encodes the whole state: seconds per GB, not a request's time.
@@ -655,7 +687,7 @@ impl Connection {
         let Some(request) = self.started.iter_mut().rev().find(|(at, _)| *at == seq).map(|(_, r)| r) else {
             return;
         };
-        let deadline = request.arrived + timeout;
+        let deadline = if held { Instant::now() } else { request.arrived } + timeout;
         request.waiter = Some((deadline, waiter));
         // Deadlines mostly come in arrival order, but a SNAPSHOT BEGIN's is far later than the
         // requests' after it: a sweep scheduled for it is moved earlier.
@@ -963,10 +995,8 @@ async fn read_loop(
             },
         };
         match read {
-            Ok(0) | Err(_) => {
-                connection.do_send(ReaderEnded::Eof);
-                return;
-            }
+            Ok(0) => return connection.do_send(ReaderEnded::Eof),
+            Err(_) => return connection.do_send(ReaderEnded::Gone),
             Ok(_) => arrived = Instant::now(),
         }
     }
@@ -1004,6 +1034,7 @@ async fn write_loop(
     mut jobs: mpsc::UnboundedReceiver<WriteJob>,
     budget: Arc<ReplyBudget>,
     queued_jobs: Rc<Cell<usize>>,
+    _lease: Option<RegistryLease>,
 ) {
     while let Some((bytes, permits)) = jobs.recv().await {
         let mut written = 0;
@@ -1032,8 +1063,8 @@ impl Actor for Connection {
         self.write_burst();
         // Nobody sweeps this connection's waiters any more: they end now instead of at their deadline.
         self.started.iter_mut().for_each(|(_, request)| request.end_waiter());
-        self.env.clients.remove(self.client.id);
-        self.env.status.set_connected_clients(self.env.clients.len());
+        // Its registry entry goes with the writer task (or now, if it never had one).
+        drop(self.lease.take());
     }
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -1047,7 +1078,8 @@ impl Actor for Connection {
             let (tx, rx) = mpsc::unbounded_channel();
             self.writer = Some(tx);
             // Not tied to the actor: queued replies are still written after it stops.
-            let task = write_loop(socket.clone(), rx, self.budget.clone(), self.queued_jobs.clone());
+            let lease = self.lease.take();
+            let task = write_loop(socket.clone(), rx, self.budget.clone(), self.queued_jobs.clone(), lease);
             self.write_task = Some(actix::spawn(task));
         }
     }
@@ -1087,13 +1119,15 @@ impl Handler<ReaderEnded> for Connection {
             }
             // The client sent all it will: a half-close (as `printf ... | nc -N` does) still
             // reads the replies, so what it sent is answered, in order, before the connection
-            // closes. (A client that is gone entirely takes no replies; its requests end by
-            // their outcome or deadline, as they would have.)
+            // closes. (A client that closed entirely looks the same until a write fails; its
+            // requests end by their outcome or deadline, as they would have.)
             ReaderEnded::Eof if self.next_to_write >= self.next_seq => ctx.stop(),
             ReaderEnded::Eof => {
                 let last = self.next_seq - 1;
                 self.close_after = Some(self.close_after.map_or(last, |at| at.min(last)));
             }
+            // Reset: nobody will read the replies of what is still in flight.
+            ReaderEnded::Gone => ctx.stop(),
         }
     }
 }
@@ -1104,14 +1138,15 @@ impl Handler<WaiterDone> for Connection {
     fn handle(&mut self, msg: WaiterDone, ctx: &mut Self::Context) {
         self.waiting.1 = self.waiting.1.saturating_sub(1);
         self.complete_reserved(ctx, msg.seq, msg.reply, msg.reserved.take());
-        // The requests held behind the other kind start, in order, up to the next change of kind.
-        while let Some((_, task)) = self.deferred.front() {
+        // The requests held behind the other kind start, in order, up to the next change of kind
+        // (none once the connection is closing: nobody would read their replies).
+        while let Some((_, task)) = self.deferred.front().filter(|_| ctx.state() == ActorState::Running) {
             let kind = WaiterKind::of(task);
             if self.waiting.1 > 0 && self.waiting.0 != kind {
                 break;
             }
             let Some((seq, task)) = self.deferred.pop_front() else { break };
-            self.start_waiter(ctx, seq, task);
+            self.start_waiter(ctx, seq, task, true);
         }
     }
 }

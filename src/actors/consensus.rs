@@ -936,18 +936,22 @@ impl Consensus {
     }
 
     /// Proposes the membership changes held for this leader's no-op once it is applied (in the
-    /// order they came: the first proposes, the next are refused as in progress), or refuses
-    /// them if this replica no longer leads.
+    /// order they came: the first proposes, the next are refused as in progress); if this
+    /// replica no longer leads, its own clients' go to the new leader as any would (or are
+    /// refused with `--no-forward`), and a follower's are refused for it to retry.
     fn release_held_changes(&mut self, ctx: &mut Context<Self>) {
         if self.held_changes.is_empty() || self.core.change_awaits_noop() {
             return;
         }
         let me = self.core.id();
         for (ops, reply_to) in std::mem::take(&mut self.held_changes) {
-            if self.core.role() == Role::Leader {
-                self.admin(ctx, AdminRequest::Change(ops), reply_to);
-            } else {
-                reply_to.refuse(&mut *self.transport, me, Refusal::NotLeader(self.status.leader_hint()));
+            let request = AdminRequest::Change(ops);
+            match reply_to {
+                _ if self.core.role() == Role::Leader => self.admin(ctx, request, reply_to),
+                AdminReplyTo::Local(reply_to) if self.forward => {
+                    self.forward_admin(Admin { request, reply_to })
+                }
+                _ => reply_to.refuse(&mut *self.transport, me, Refusal::NotLeader(self.status.leader_hint())),
             }
         }
     }

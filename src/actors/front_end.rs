@@ -52,7 +52,8 @@ impl Handler<Accepted> for FrontEnd {
 
     fn handle(&mut self, msg: Accepted, _ctx: &mut Self::Context) {
         self.connections.retain(|_, c| c.connected());
-        if self.connections.len() >= self.max_clients {
+        // A closed connection still writing its last replies counts until they are written.
+        if self.connections.len().max(self.env.clients.len()) >= self.max_clients {
             log::warn!(
                 "client listener: {} connections open (--max-clients), refusing one",
                 self.max_clients
