@@ -28,6 +28,9 @@ pub const MAX_QUEUED_COMMANDS: usize = 10_000;
 /// Bytes of arguments one MULTI may queue (its EXEC is one log entry).
 pub const MAX_QUEUED_BYTES: usize = crate::protocol::command::MAX_ENTRY_BYTES;
 
+/// How long a closed connection's last replies may take to be written before they are given up.
+pub const CLOSED_WRITE_LIMIT: Duration = Duration::from_secs(60);
+
 /// Keys one connection may WATCH at a time (the EXEC that ends them carries them all).
 pub const MAX_WATCHED_KEYS: usize = 10_000;
 
@@ -1065,6 +1068,14 @@ impl Actor for Connection {
         self.started.iter_mut().for_each(|(_, request)| request.end_waiter());
         // Its registry entry goes with the writer task (or now, if it never had one).
         drop(self.lease.take());
+        // A client that stopped reading after QUIT or a half-close would hold its socket, its
+        // unwritten replies and its place among the clients for good: they go after a while.
+        if let Some(task) = self.write_task.take().filter(|_| self.queued_jobs.get() > 0) {
+            actix::spawn(async move {
+                tokio::time::sleep(CLOSED_WRITE_LIMIT).await;
+                task.abort();
+            });
+        }
     }
 
     fn started(&mut self, ctx: &mut Self::Context) {
