@@ -662,12 +662,17 @@ impl Connection {
         // it, as Redis runs a pipeline in order: a pipelined `SET k v` then `GET k` answers v,
         // and a `GET k` then `SET k w` does not answer w. (Between connections, reads and writes
         // are ordered by linearizability alone.) Runs of reads, or of writes, go together.
-        let kind = WaiterKind::of(&task);
-        if !self.deferred.is_empty() || (self.waiting.1 > 0 && self.waiting.0 != kind) {
+        if !self.deferred.is_empty() || self.behind_other_kind(&task) {
             self.deferred.push_back((seq, task));
             return;
         }
         self.start_waiter(ctx, seq, task, false);
+    }
+
+    /// Whether `task` must wait for waiters in flight of the other kind.
+    fn behind_other_kind(&self, task: &WaiterTask) -> bool {
+        let (kind, in_flight) = self.waiting;
+        in_flight > 0 && kind != WaiterKind::of(task)
     }
 
     /// Starts the waiter of request `seq` (in flight, not yet answered) for `task`; its deadline
@@ -1152,8 +1157,7 @@ impl Handler<WaiterDone> for Connection {
         // The requests held behind the other kind start, in order, up to the next change of kind
         // (none once the connection is closing: nobody would read their replies).
         while let Some((_, task)) = self.deferred.front().filter(|_| ctx.state() == ActorState::Running) {
-            let kind = WaiterKind::of(task);
-            if self.waiting.1 > 0 && self.waiting.0 != kind {
+            if self.behind_other_kind(task) {
                 break;
             }
             let Some((seq, task)) = self.deferred.pop_front() else { break };
