@@ -28,7 +28,8 @@ pub const MAX_QUEUED_COMMANDS: usize = 10_000;
 /// Bytes of arguments one MULTI may queue (its EXEC is one log entry).
 pub const MAX_QUEUED_BYTES: usize = crate::protocol::command::MAX_ENTRY_BYTES;
 
-/// How long a closed connection's last replies may take to be written before they are given up.
+/// How long a closed connection's last replies may go without any of them written (its client
+/// not reading) before they are given up.
 pub const CLOSED_WRITE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Keys one connection may WATCH at a time (the EXEC that ends them carries them all).
@@ -237,6 +238,8 @@ pub struct Connection {
     socket: Option<Rc<OwnedWriteHalf>>,
     /// Jobs handed to the writer task and not yet written.
     queued_jobs: Rc<Cell<usize>>,
+    /// Bytes the writer task has written so far (its progress, once the connection closed).
+    written_bytes: Rc<Cell<u64>>,
     /// Next sequence number to give a request.
     next_seq: u64,
     /// Next sequence number whose reply must be written.
@@ -377,6 +380,7 @@ impl Connection {
             writer: None,
             socket: Some(Rc::new(writer_half)),
             queued_jobs: Rc::new(Cell::new(0)),
+            written_bytes: Rc::new(Cell::new(0)),
             next_seq: 0,
             next_to_write: 0,
             ready: BTreeMap::new(),
@@ -1042,6 +1046,7 @@ async fn write_loop(
     mut jobs: mpsc::UnboundedReceiver<WriteJob>,
     budget: Arc<ReplyBudget>,
     queued_jobs: Rc<Cell<usize>>,
+    written_bytes: Rc<Cell<u64>>,
     _lease: Option<RegistryLease>,
 ) {
     while let Some((bytes, permits)) = jobs.recv().await {
@@ -1051,7 +1056,10 @@ async fn write_loop(
                 return;
             }
             match writer.try_write(&bytes[written..]) {
-                Ok(n) => written += n,
+                Ok(n) => {
+                    written += n;
+                    written_bytes.set(written_bytes.get() + n as u64);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return,
             }
@@ -1074,11 +1082,27 @@ impl Actor for Connection {
         // Its registry entry goes with the writer task (or now, if it never had one).
         drop(self.lease.take());
         // A client that stopped reading after QUIT or a half-close would hold its socket, its
-        // unwritten replies and its place among the clients for good: they go after a while.
+        // unwritten replies and its place among the clients for good: they go once none of them
+        // has been written for a while (a slow reader is not cut off).
         if let Some(task) = self.write_task.take().filter(|_| self.queued_jobs.get() > 0) {
+            let written = self.written_bytes.clone();
             actix::spawn(async move {
-                tokio::time::sleep(CLOSED_WRITE_LIMIT).await;
-                task.abort();
+                let mut seen = written.get();
+                loop {
+                    tokio::time::sleep(CLOSED_WRITE_LIMIT).await;
+                    if task.is_finished() {
+                        return;
+                    }
+                    if written.get() == seen {
+                        log::warn!(
+                            "closed client connection wrote none of its last replies for {} s: \
+                             giving them up",
+                            CLOSED_WRITE_LIMIT.as_secs()
+                        );
+                        return task.abort();
+                    }
+                    seen = written.get();
+                }
             });
         }
     }
@@ -1095,7 +1119,8 @@ impl Actor for Connection {
             self.writer = Some(tx);
             // Not tied to the actor: queued replies are still written after it stops.
             let lease = self.lease.take();
-            let task = write_loop(socket.clone(), rx, self.budget.clone(), self.queued_jobs.clone(), lease);
+            let (queued, written) = (self.queued_jobs.clone(), self.written_bytes.clone());
+            let task = write_loop(socket.clone(), rx, self.budget.clone(), queued, written, lease);
             self.write_task = Some(actix::spawn(task));
         }
     }
