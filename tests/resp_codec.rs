@@ -275,7 +275,14 @@ fn more_than_1024_arguments_are_refused_and_the_connection_kept() {
     let events = events_of(line.as_bytes());
     assert!(is_error(&events[0], "too many arguments"));
     assert_eq!(events[1], request(&[b"PING"]));
-    // Beyond what the parser will read past: close.
+    // Far more, declared up front: refused the same way, its elements dropped as they come.
+    let mut stream = format!("*{}\r\n", 20_000).into_bytes();
+    stream.extend(b"$1\r\nk\r\n".repeat(20_000));
+    stream.extend_from_slice(PING);
+    let events = events_of(&stream);
+    assert!(is_error(&events[0], "too many arguments"), "{:?}", events[0]);
+    assert_eq!(events.last(), Some(&request(&[b"PING"])));
+    // Beyond what the parser will read past (Redis's bound too): close.
     let events = events_of(format!("*{}\r\n", MAX_MULTIBULK_LEN + 1).as_bytes());
     assert!(is_fatal(&events[0]));
 }

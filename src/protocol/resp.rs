@@ -45,9 +45,9 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 pub const MAX_ARG_BYTES: usize = 16 * 1024 * 1024;
 /// Most arguments in one request, the command name (and any `REQ` prefix) included.
 pub const MAX_ARGS: usize = 1024;
-/// Most elements of a multibulk the parser will drop in order to answer with `-ERR` and keep the
-/// connection; more closes the connection.
-pub const MAX_MULTIBULK_LEN: usize = 16 * 1024;
+/// Most elements of a multibulk the parser will drop, as they arrive, in order to answer with
+/// `-ERR` and keep the connection; more closes the connection (Redis's own bound, `INT_MAX`).
+pub const MAX_MULTIBULK_LEN: usize = i32::MAX as usize;
 /// Largest declared size of one multibulk request, headers included, in bytes; a larger one is
 /// refused. Fits [`MAX_ARGS`] keys of 64 KiB.
 pub const MAX_REQUEST_BYTES: usize = 80 * 1024 * 1024;
