@@ -79,12 +79,11 @@ impl StampClock {
 pub const SNAPSHOT_RESEND_MS: u64 = 300;
 /// A snapshot transfer without progress this long is abandoned (Raft will ask again).
 pub const SNAPSHOT_GIVE_UP_MS: u64 = 10_000;
-
+/// Largest snapshot image a follower accepts, in bytes.
+pub const MAX_SNAPSHOT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 /// Membership changes a new leader holds until it has applied its election's no-op; more are
 /// refused as in progress.
 pub const MAX_HELD_CHANGES: usize = 16;
-/// Largest snapshot image a follower accepts, in bytes.
-pub const MAX_SNAPSHOT_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 
 /// The transfer pacing for a consensus ticking every `tick`.
 fn transfer_config(tick: Duration) -> TransferConfig {

@@ -27,9 +27,9 @@ pub struct EncodeState(pub Box<StateMachine>);
 pub type DecodedState = Result<Box<StateMachine>, StorageError>;
 
 /// Make an image received from the leader (its every byte written and sealed, Raft has taken it)
-/// the snapshot at its position, durably (a rename), and say so to `saved`; then decode the state from it here
-/// and send it to `decoded` (the applier), so no thread that serves clients spends the decode
-/// and the log's write waits only for the save.
+/// the snapshot at its position, durably (a rename), and say so to `saved`; then decode the
+/// state from it here and send it to `decoded` (the applier), so no thread that serves clients
+/// spends the decode and the log's write waits only for the save.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SaveImage {

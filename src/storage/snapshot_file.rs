@@ -626,11 +626,7 @@ impl SnapshotFileWriter {
     /// [discarded](Self::discard). A [sealed](Self::seal) image takes no more.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
         if self.sealed {
-            return Err(StorageError::Corrupt {
-                path: self.path.clone(),
-                offset: self.written,
-                reason: "bytes written after the image was sealed".into(),
-            });
+            return Err(self.unusable("bytes written after the image was sealed".into()));
         }
         let written = self.write_steps(bytes);
         self.failed |= written.is_err();
@@ -752,20 +748,17 @@ impl SnapshotFileWriter {
         sealed
     }
 
+    /// Why the image cannot be written on or finished, at the end of what it holds.
+    fn unusable(&self, reason: String) -> StorageError {
+        StorageError::Corrupt { path: self.path.clone(), offset: self.written, reason }
+    }
+
     fn write_seal(&mut self) -> Result<()> {
         if self.failed {
-            return Err(StorageError::Corrupt {
-                path: self.path.clone(),
-                offset: self.written,
-                reason: "a write of the image failed; it cannot be finished".into(),
-            });
+            return Err(self.unusable("a write of the image failed; it cannot be finished".into()));
         }
         if let Some(announced) = self.expected.filter(|&len| len != self.written) {
-            return Err(StorageError::Corrupt {
-                path: self.path.clone(),
-                offset: self.written,
-                reason: format!("image of {} bytes, {announced} announced", self.written),
-            });
+            return Err(self.unusable(format!("image of {} bytes, {announced} announced", self.written)));
         }
         if !self.written.is_multiple_of(CHECK_STEP_BYTES) {
             self.close_step();
