@@ -203,8 +203,11 @@ struct Sim {
     leaders: BTreeMap<u64, u64>,
     proposals: u64,
     /// Reads started and not yet served: token -> the highest index committed anywhere when
-    /// the read began (what a linearizable read must reflect at least).
+    /// the read began (what a linearizable read must reflect at least), or for a read after
+    /// writes the node's last index then if higher.
     reads: BTreeMap<u64, u64>,
+    /// Reads whose floor, entries appended at their node, was above anything committed.
+    above_commit_reads: BTreeSet<u64>,
     next_read: u64,
     stats: SimStats,
 }
@@ -233,6 +236,8 @@ struct SimStats {
     transfers: u64,
     /// Reads a leader confirmed and served.
     reads_served: u64,
+    /// Of those, reads that had to follow entries appended but not committed when they began.
+    reads_above_commit_served: u64,
 }
 
 impl Sim {
@@ -263,6 +268,7 @@ impl Sim {
             leaders: BTreeMap::new(),
             proposals: 0,
             reads: BTreeMap::new(),
+            above_commit_reads: BTreeSet::new(),
             next_read: 0,
             stats: SimStats::default(),
         };
@@ -466,7 +472,8 @@ impl Sim {
             };
             if read.index < floor {
                 self.fail(format!(
-                    "node {id} served read {} at index {} though {floor} was committed before it began",
+                    "node {id} served read {} at index {} though {floor} was committed before it began \
+                     (or, for a read after writes, appended at its node)",
                     read.ctx, read.index
                 ));
             }
@@ -478,9 +485,13 @@ impl Sim {
                 ));
             }
             self.stats.reads_served += 1;
+            if self.above_commit_reads.remove(&read.ctx) {
+                self.stats.reads_above_commit_served += 1;
+            }
         }
         for ctx in &ready.dropped_reads {
             self.reads.remove(ctx);
+            self.above_commit_reads.remove(ctx);
         }
         // The core put the Ready's configuration entries in force as it handed them out.
         let node = &self.nodes[&id];
@@ -697,9 +708,20 @@ impl Sim {
         let floor = floor.unwrap_or(0).max(self.committed.keys().next_back().copied().unwrap_or(0));
         self.next_read += 1;
         let ctx = self.next_read;
+        // Half the reads follow a pipeline's writes: they must also cover every entry the node
+        // has appended so far.
+        let after_appended = self.rng.range(0, 2) == 0;
         if let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
-            if core.read_index(ctx).is_ok() {
-                self.reads.insert(ctx, floor);
+            let (started, read_floor) = if after_appended {
+                (core.read_index_after_appended(ctx), floor.max(core.log().last_index()))
+            } else {
+                (core.read_index(ctx), floor)
+            };
+            if started.is_ok() {
+                self.reads.insert(ctx, read_floor);
+                if read_floor > floor {
+                    self.above_commit_reads.insert(ctx);
+                }
             }
         }
     }
@@ -1014,8 +1036,13 @@ fn run_with(n: u64, base_seed: u64, dynamic: bool) {
         total.changes_applied += s.changes_applied;
         total.transfers += s.transfers;
         total.reads_served += s.reads_served;
+        total.reads_above_commit_served += s.reads_above_commit_served;
     }
-    assert!(total.reads_served > 0, "the chaos served no read: the read checks saw nothing");
+    assert!(
+        total.reads_served > 0 && total.reads_above_commit_served > 0,
+        "the chaos served no read, or none that had to follow uncommitted entries: the read \
+         checks saw nothing"
+    );
     assert!(
         total.snapshots_installed > 0 && total.no_room > 0 && total.quiet_images_dropped > 0,
         "the chaos never installed a snapshot, never had a follower without room for one, or never \

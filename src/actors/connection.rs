@@ -269,9 +269,10 @@ pub struct Connection {
     /// Requests in flight, in order of position: mostly answered in order, so removal is from
     /// the front.
     started: VecDeque<(u64, InFlight)>,
-    /// The kind of the waiters in flight, and how many there are.
-    waiting: (WaiterKind, usize),
-    /// Requests held until the waiters of the other kind before them are answered, in order.
+    /// How many waiters of each kind are in flight.
+    waiting: Waiting,
+    /// Requests held until waiters before them are answered (see [`Waiting::may_start`]), in
+    /// order.
     deferred: VecDeque<(u64, WaiterTask)>,
     /// When the sweep for waiters past their deadline runs, if one is scheduled.
     sweep: Option<(Instant, SpawnHandle)>,
@@ -284,15 +285,60 @@ pub struct Connection {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum WaiterKind {
     Read,
-    /// A write or a membership command.
     Write,
+    /// A membership or leadership command (consensus may hold it before it is in the log).
+    Admin,
 }
 
 impl WaiterKind {
     fn of(task: &WaiterTask) -> WaiterKind {
         match task {
             WaiterTask::Read(..) => WaiterKind::Read,
-            WaiterTask::Write { .. } | WaiterTask::Admin(_) => WaiterKind::Write,
+            WaiterTask::Write { .. } => WaiterKind::Write,
+            WaiterTask::Admin(_) => WaiterKind::Admin,
+        }
+    }
+}
+
+/// A connection's waiters in flight, by kind.
+#[derive(Clone, Copy, Default, Debug)]
+struct Waiting {
+    reads: usize,
+    writes: usize,
+    admins: usize,
+}
+
+/// Whether a request may start now, and how.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Start {
+    Now,
+    /// A read behind writes in flight on a leader: it starts now but is served only once the
+    /// entries its replica appended before it are applied (the writes ahead of it among them).
+    AfterWrites,
+    Hold,
+}
+
+impl Waiting {
+    /// How a request of `kind` may start. A write waits for the reads before it (a read may not
+    /// see it); a read behind writes starts at once on a leader, to be served after them, and
+    /// elsewhere waits for their answers (a follower's writes get their index from the leader
+    /// later); anything behind a membership command waits for its answer.
+    fn may_start(&self, kind: WaiterKind, leading: bool) -> Start {
+        match kind {
+            _ if self.admins > 0 => Start::Hold,
+            WaiterKind::Read if self.writes == 0 => Start::Now,
+            WaiterKind::Read if leading => Start::AfterWrites,
+            WaiterKind::Read => Start::Hold,
+            WaiterKind::Write | WaiterKind::Admin if self.reads > 0 => Start::Hold,
+            WaiterKind::Write | WaiterKind::Admin => Start::Now,
+        }
+    }
+
+    fn count(&mut self, kind: WaiterKind) -> &mut usize {
+        match kind {
+            WaiterKind::Read => &mut self.reads,
+            WaiterKind::Write => &mut self.writes,
+            WaiterKind::Admin => &mut self.admins,
         }
     }
 }
@@ -304,6 +350,8 @@ struct InFlight {
     arrived: Instant,
     /// Its waiter, until it is told the deadline passed; none for what is answered here.
     waiter: Option<(Instant, Addr<Waiter>)>,
+    /// What its waiter does, once one started (counted in [`Waiting`] until it answers).
+    kind: Option<WaiterKind>,
 }
 
 impl InFlight {
@@ -395,7 +443,7 @@ impl Connection {
             watch_point: 0,
             exec_splices: BTreeMap::new(),
             started: VecDeque::new(),
-            waiting: (WaiterKind::Read, 0),
+            waiting: Waiting::default(),
             deferred: VecDeque::new(),
             sweep: None,
             burst: Burst::default(),
@@ -552,7 +600,7 @@ impl Connection {
         self.client.touch(arrived);
         let slot = command_slot(args.first().map_or(&[][..], Vec::as_slice));
         self.env.status.metrics.request(slot);
-        self.started.push_back((seq, InFlight { slot, arrived, waiter: None }));
+        self.started.push_back((seq, InFlight { slot, arrived, waiter: None, kind: None }));
         let queued_bytes: usize = args.iter().map(Vec::len).sum();
         let request = match parse_client_request(args) {
             Ok(r) => r,
@@ -662,29 +710,36 @@ impl Connection {
                 }
             }
         };
-        // A read waits for the writes before it on this connection, a write for the reads before
-        // it, as Redis runs a pipeline in order: a pipelined `SET k v` then `GET k` answers v,
-        // and a `GET k` then `SET k w` does not answer w. (Between connections, reads and writes
-        // are ordered by linearizability alone.) Runs of reads, or of writes, go together.
-        if !self.deferred.is_empty() || self.behind_other_kind(&task) {
+        // Requests run in request order, as Redis runs a pipeline: a pipelined `SET k v` then
+        // `GET k` answers v, and a `GET k` then `SET k w` does not answer w (see
+        // `Waiting::may_start`). Between connections, reads and writes are ordered by
+        // linearizability alone.
+        let start = self.may_start(&task);
+        if !self.deferred.is_empty() || start == Start::Hold {
             self.deferred.push_back((seq, task));
             return;
         }
-        self.start_waiter(ctx, seq, task, false);
+        self.start_waiter(ctx, seq, task, start, false);
     }
 
-    /// Whether `task` must wait for waiters in flight of the other kind.
-    fn behind_other_kind(&self, task: &WaiterTask) -> bool {
-        let (kind, in_flight) = self.waiting;
-        in_flight > 0 && kind != WaiterKind::of(task)
+    /// How `task` may start behind the waiters in flight.
+    fn may_start(&self, task: &WaiterTask) -> Start {
+        self.waiting.may_start(WaiterKind::of(task), self.env.status.is_leader())
     }
 
     /// Starts the waiter of request `seq` (in flight, not yet answered) for `task`; its deadline
-    /// counts from its arrival, or for one `held` behind the other kind from now (the requests
-    /// before it were answered within theirs: it gets as long for its own).
-    fn start_waiter(&mut self, ctx: &mut Context<Self>, seq: u64, task: WaiterTask, held: bool) {
+    /// counts from its arrival, or for one `held` behind others from now (the requests before
+    /// it were answered within theirs: it gets as long for its own).
+    fn start_waiter(
+        &mut self,
+        ctx: &mut Context<Self>,
+        seq: u64,
+        task: WaiterTask,
+        start: Start,
+        held: bool,
+    ) {
         let kind = WaiterKind::of(&task);
-        self.waiting = (kind, self.waiting.1 + 1);
+        *self.waiting.count(kind) += 1;
         // Taking a backup image encodes the whole state: seconds per GB, not a request's time.
         let timeout = match &task {
             WaiterTask::Read(Command::SnapshotImage, _) => {
@@ -693,12 +748,18 @@ impl Connection {
             _ => self.env.request_timeout,
         };
         let reply_to = self.waiter_reply_to.get_or_insert_with(|| Rc::new(ctx.address().recipient())).clone();
-        let waiter = Waiter::new(seq, task, self.consensus.clone(), reply_to, self.env.cursors.clone())
-            .with_read_inbox(self.env.read_inbox.clone())
-            .start();
+        let mut waiter = Waiter::new(seq, task, self.consensus.clone(), reply_to, self.env.cursors.clone());
+        waiter = match start {
+            // Through consensus's mailbox, behind the proposals of the writes before it (each
+            // waiter sends from its `started`, and they start in the order they were spawned).
+            Start::AfterWrites => waiter.after_writes(),
+            _ => waiter.with_read_inbox(self.env.read_inbox.clone()),
+        };
+        let waiter = waiter.start();
         let Some(request) = self.started.iter_mut().rev().find(|(at, _)| *at == seq).map(|(_, r)| r) else {
             return;
         };
+        request.kind = Some(kind);
         let deadline = if held { Instant::now() } else { request.arrived } + timeout;
         request.waiter = Some((deadline, waiter));
         // Deadlines mostly come in arrival order, but a SNAPSHOT BEGIN's is far later than the
@@ -1177,16 +1238,21 @@ impl Handler<WaiterDone> for Connection {
     type Result = ();
 
     fn handle(&mut self, msg: WaiterDone, ctx: &mut Self::Context) {
-        self.waiting.1 = self.waiting.1.saturating_sub(1);
+        let kind = self.started.iter_mut().find(|(at, _)| *at == msg.seq).and_then(|(_, r)| r.kind.take());
+        if let Some(kind) = kind {
+            let count = self.waiting.count(kind);
+            *count = count.saturating_sub(1);
+        }
         self.complete_reserved(ctx, msg.seq, msg.reply, msg.reserved.take());
-        // The requests held behind the other kind start, in order, up to the next change of kind
-        // (none once the connection is closing: nobody would read their replies).
+        // The requests held start, in order, up to the first that must still wait (none once
+        // the connection is closing: nobody would read their replies).
         while let Some((_, task)) = self.deferred.front().filter(|_| ctx.state() == ActorState::Running) {
-            if self.behind_other_kind(task) {
+            let start = self.may_start(task);
+            if start == Start::Hold {
                 break;
             }
             let Some((seq, task)) = self.deferred.pop_front() else { break };
-            self.start_waiter(ctx, seq, task, true);
+            self.start_waiter(ctx, seq, task, start, true);
         }
     }
 }

@@ -214,6 +214,9 @@ pub struct ReadIndex {
     pub budget: Arc<ReplyBudget>,
     /// Who to answer.
     pub reply_to: Recipient<ReadDone>,
+    /// Served only after every entry this leader appended before the read arrived (the asking
+    /// connection's writes ahead of it); refused on a replica that no longer leads.
+    pub after_writes: bool,
 }
 
 /// Run the Readies that the messages handled since the last drive produced.
@@ -1168,7 +1171,14 @@ impl Consensus {
             msg.reply_to.do_send(ReadDone::refused(Refusal::Busy));
             return false;
         }
+        let after_writes = msg.after_writes;
         let pending = PendingRead { command: msg.command, budget: msg.budget, reply_to: msg.reply_to };
+        if after_writes && self.core.role() != Role::Leader {
+            // The writes before it were proposed here, and their outcome is settled with the term.
+            const WHY: &str = "leadership changed while the writes before the read were in flight";
+            pending.reply_to.do_send(ReadDone::failed(WHY));
+            return false;
+        }
         if self.unsafe_local_reads {
             // The injected fault: no read index, so nothing says this state is current.
             self.serve(pending);
@@ -1184,7 +1194,12 @@ impl Consensus {
             return true;
         }
         let read_ctx = self.next_read_ctx;
-        if let Err(e) = self.core.read_index(read_ctx) {
+        let started = if after_writes {
+            self.core.read_index_after_appended(read_ctx)
+        } else {
+            self.core.read_index(read_ctx)
+        };
+        if let Err(e) = started {
             pending.reply_to.do_send(ReadDone::refused(self.refusal(e)));
             return false;
         }

@@ -95,6 +95,8 @@ pub struct Waiter {
     consensus: Rc<Addr<Consensus>>,
     /// Where reads go to consensus, if not as a message each.
     read_inbox: Option<Arc<ReadInbox>>,
+    /// Its read must follow the writes its connection sent before it (see [`Waiter::after_writes`]).
+    after_writes: bool,
     /// The connection's address, shared by its waiters like `consensus`.
     reply_to: Rc<Recipient<WaiterDone>>,
     done: bool,
@@ -129,6 +131,7 @@ impl Waiter {
             task: Some(task),
             consensus,
             read_inbox: None,
+            after_writes: false,
             reply_to,
             done: false,
             reserved: Reserved::default(),
@@ -139,6 +142,15 @@ impl Waiter {
     /// Hands its read to consensus through `inbox` (see [`ReadInbox`]) rather than as a message.
     pub fn with_read_inbox(mut self, inbox: Arc<ReadInbox>) -> Waiter {
         self.read_inbox = Some(inbox);
+        self
+    }
+
+    /// Its read is served only after the entries consensus appended before it, as a message
+    /// behind the proposals of the connection's writes ahead of it (waiters started earlier on
+    /// the same thread send theirs first); used on a leader.
+    pub fn after_writes(mut self) -> Waiter {
+        self.after_writes = true;
+        self.read_inbox = None;
         self
     }
 
@@ -196,7 +208,8 @@ impl Actor for Waiter {
             }
             Some(WaiterTask::Read(command, budget)) => {
                 // The answer, a refusal included, comes back as a ReadDone.
-                let read = ReadIndex { command, budget, reply_to: ctx.address().recipient() };
+                let after_writes = self.after_writes;
+                let read = ReadIndex { command, budget, reply_to: ctx.address().recipient(), after_writes };
                 match &self.read_inbox {
                     Some(inbox) => inbox.submit(read, &self.consensus),
                     None => self.consensus.do_send(read),

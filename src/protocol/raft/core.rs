@@ -696,15 +696,28 @@ impl RaftCore {
 
     /// Starts a linearizable read (Raft §6.4); `ctx` comes back in a `ReadState` or `dropped_reads`.
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        self.start_read(ctx, 0)
+    }
+
+    /// [`Self::read_index`] for a read that must also follow every entry appended here before it
+    /// (a client's pipelined writes ahead of its read): its index is at least the last one now,
+    /// so it is released once those entries are applied, in the same rounds that commit them.
+    /// Should they never commit (leadership lost), it is served at that index of the log that
+    /// did: still after everything committed before it began.
+    pub fn read_index_after_appended(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        self.start_read(ctx, self.log.last_index())
+    }
+
+    fn start_read(&mut self, ctx: u64, floor: u64) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader: self.leader });
         }
         if self.log.term(self.log.committed()) != Some(self.term) {
             // Until the leader commits in its own term, its commit index may trail the cluster's.
-            self.reads.wait_for_commit(ctx);
+            self.reads.wait_for_commit(ctx, floor);
             return Ok(());
         }
-        self.reads.push(ctx, self.log.committed());
+        self.reads.push(ctx, self.log.committed().max(floor));
         self.confirm_reads();
         Ok(())
     }

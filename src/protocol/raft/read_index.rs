@@ -8,7 +8,8 @@ use super::ready::ReadState;
 #[derive(Clone, Copy, Debug)]
 struct PendingRead {
     ctx: u64,
-    /// The leader's commit index when the read arrived.
+    /// The index it is served at: the leader's commit index when the read arrived, or higher if
+    /// it asked to follow entries appended before it.
     index: u64,
     /// The heartbeat round whose acknowledgements confirm it.
     round: u64,
@@ -18,11 +19,13 @@ struct PendingRead {
 #[derive(Debug, Default)]
 pub struct ReadQueue {
     /// Reads that arrived before this leader committed an entry of its own term: its commit
-    /// index might still be behind the previous leader's, so no index can be recorded yet.
-    before_first_commit: Vec<u64>,
+    /// index might still be behind the previous leader's, so no index can be recorded yet. Each
+    /// with the lowest index it may be served at.
+    before_first_commit: Vec<(u64, u64)>,
     /// Reads waiting for a round's quorum, in round order.
     unconfirmed: VecDeque<PendingRead>,
-    /// Reads confirmed, waiting for the state machine to reach their index, in index order.
+    /// Reads confirmed, waiting for the state machine to reach their index, in index order (a
+    /// read with a floor above the commit index is placed among them by its index).
     confirmed: VecDeque<ReadState>,
     /// The last round broadcast. Never decreases.
     round: u64,
@@ -36,9 +39,10 @@ pub struct ReadQueue {
 pub const ROUND_PATIENCE_TICKS: u32 = 2;
 
 impl ReadQueue {
-    /// Queues a read that must wait for the leader's first commit in its term.
-    pub fn wait_for_commit(&mut self, ctx: u64) {
-        self.before_first_commit.push(ctx);
+    /// Queues a read that must wait for the leader's first commit in its term, to be served at
+    /// that commit index or at `floor` if higher.
+    pub fn wait_for_commit(&mut self, ctx: u64, floor: u64) {
+        self.before_first_commit.push((ctx, floor));
     }
 
     /// Queues a read at commit index `index`, to be confirmed by the next round.
@@ -49,8 +53,8 @@ impl ReadQueue {
 
     /// The leader committed in its own term at `index`: reads held for that may get an index now.
     pub fn first_commit(&mut self, index: u64) {
-        for ctx in std::mem::take(&mut self.before_first_commit) {
-            self.push(ctx, index);
+        for (ctx, floor) in std::mem::take(&mut self.before_first_commit) {
+            self.push(ctx, index.max(floor));
         }
     }
 
@@ -106,7 +110,9 @@ impl ReadQueue {
                 }
                 acked_round = Some(read.round);
             }
-            self.confirmed.push_back(ReadState { ctx: read.ctx, index: read.index });
+            // Mostly at the back: only a read with a floor can have an index above a later one's.
+            let at = self.confirmed.partition_point(|r| r.index <= read.index);
+            self.confirmed.insert(at, ReadState { ctx: read.ctx, index: read.index });
             self.unconfirmed.pop_front();
         }
     }
@@ -132,7 +138,7 @@ impl ReadQueue {
     /// correct lower bound and they may be served once it is applied.
     pub fn drop_unconfirmed(&mut self) -> Vec<u64> {
         self.next_round_reads = 0;
-        let mut dropped = std::mem::take(&mut self.before_first_commit);
+        let mut dropped: Vec<u64> = self.before_first_commit.drain(..).map(|(ctx, _)| ctx).collect();
         dropped.extend(self.unconfirmed.drain(..).map(|r| r.ctx));
         dropped
     }
@@ -145,5 +151,42 @@ impl ReadQueue {
     /// True when no read is waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn released(queue: &mut ReadQueue, applied: u64) -> Vec<(u64, u64)> {
+        queue.release(applied).into_iter().map(|r| (r.ctx, r.index)).collect()
+    }
+
+    #[test]
+    fn a_read_with_a_floor_waits_for_it_without_holding_up_later_reads() {
+        let mut queue = ReadQueue::default();
+        queue.push(1, 10);
+        queue.push(2, 14); // its floor: entries appended up to 14 before it
+        queue.push(3, 10);
+        assert_eq!(queue.start_round(), Some((1, 3)));
+        queue.confirm(|round| round >= 1);
+        assert_eq!(released(&mut queue, 12), vec![(1, 10), (3, 10)], "read 3 passes read 2's floor");
+        assert_eq!(released(&mut queue, 13), vec![]);
+        assert_eq!(released(&mut queue, 14), vec![(2, 14)]);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_read_before_the_first_commit_keeps_its_floor() {
+        let mut queue = ReadQueue::default();
+        queue.wait_for_commit(1, 0);
+        queue.wait_for_commit(2, 9);
+        queue.first_commit(7);
+        assert_eq!(queue.start_round(), Some((1, 2)));
+        queue.confirm(|_| true);
+        assert_eq!(released(&mut queue, 8), vec![(1, 7)]);
+        assert_eq!(released(&mut queue, 9), vec![(2, 9)]);
+        queue.wait_for_commit(3, 5);
+        assert_eq!(queue.drop_unconfirmed(), vec![3]);
     }
 }
