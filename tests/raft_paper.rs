@@ -389,6 +389,56 @@ fn read_index_waits_for_heartbeat_quorum() {
     assert_eq!((released[0].ctx, released[0].index), (43, commit));
 }
 
+// A client's pipeline in order: an entry proposed behind a read (`propose_after_reads`) is not
+// handed out to be applied until that read is released, though it commits first; a read behind
+// the client's writes (`read_index_after_appended`) is released only once they are applied.
+#[test]
+fn pipelined_reads_and_writes_keep_their_order() {
+    let (mut net, commit) = leader_with_a_commit();
+    net.node(1).read_index(1).expect("leader");
+    let (index, _) = net.node(1).propose_after_reads(b"after".to_vec()).expect("leader");
+    assert_eq!(index, commit + 1);
+    let (out, _) = drain(net.node(1));
+    // Follower 2 takes the entry but not the read's round: the entry commits, the read waits.
+    let appends: Vec<Message> =
+        out.iter().filter(|m| !matches!(m.body, MessageBody::Heartbeat { .. })).cloned().collect();
+    answer_leader(&mut net, 2, appends);
+    assert_eq!(net.node(1).log().committed(), index, "the entry is committed");
+    let (_, readies) = drain(net.node(1));
+    assert!(readies.iter().all(|r| r.committed_entries.is_empty()), "but not applied before the read");
+    assert!(readies.iter().all(|r| r.read_states.is_empty()));
+    // The round is acknowledged: the read is released first, the entry handed out after it.
+    answer_leader(
+        &mut net,
+        2,
+        out.into_iter().filter(|m| matches!(m.body, MessageBody::Heartbeat { .. })).collect(),
+    );
+    let (_, readies) = drain(net.node(1));
+    let read_at = readies.iter().position(|r| !r.read_states.is_empty()).expect("the read is released");
+    assert_eq!(readies[read_at].read_states[0].index, commit);
+    assert!(readies[read_at].committed_entries.is_empty(), "released before the entry is applied");
+    let applied_at = readies.iter().position(|r| r.committed_entries.iter().any(|e| e.index == index));
+    assert_eq!(applied_at, Some(read_at + 1), "and the entry right after");
+
+    // A read behind an entry not yet committed is released only once it is applied.
+    let (index, _) = net.node(1).propose(b"w2".to_vec()).expect("leader");
+    net.node(1).read_index_after_appended(2).expect("leader");
+    let (out, _) = drain(net.node(1));
+    let heartbeats: Vec<Message> =
+        out.iter().filter(|m| matches!(m.body, MessageBody::Heartbeat { .. })).cloned().collect();
+    answer_leader(&mut net, 2, heartbeats);
+    let (_, readies) = drain(net.node(1));
+    assert!(readies.iter().all(|r| r.read_states.is_empty()), "confirmed, but its writes are not applied");
+    answer_leader(
+        &mut net,
+        2,
+        out.into_iter().filter(|m| !matches!(m.body, MessageBody::Heartbeat { .. })).collect(),
+    );
+    let (_, readies) = drain(net.node(1));
+    let released: Vec<_> = readies.iter().flat_map(|r| r.read_states.clone()).collect();
+    assert_eq!(released.iter().map(|r| (r.ctx, r.index)).collect::<Vec<_>>(), vec![(2, index)]);
+}
+
 // Raft §6.4: a new leader serves no read until it has committed an entry of its own term.
 #[test]
 fn read_index_waits_for_first_commit_in_term() {

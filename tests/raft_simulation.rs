@@ -208,6 +208,11 @@ struct Sim {
     reads: BTreeMap<u64, u64>,
     /// Reads whose floor, entries appended at their node, was above anything committed.
     above_commit_reads: BTreeSet<u64>,
+    /// The node each read waits at.
+    read_at: BTreeMap<u64, u64>,
+    /// Reads with an entry proposed behind them at their node: the first such entry's index,
+    /// which they must be served before.
+    read_before: BTreeMap<u64, u64>,
     next_read: u64,
     stats: SimStats,
 }
@@ -238,6 +243,8 @@ struct SimStats {
     reads_served: u64,
     /// Of those, reads that had to follow entries appended but not committed when they began.
     reads_above_commit_served: u64,
+    /// Reads served that an entry proposed behind them had to wait for.
+    reads_before_barrier_served: u64,
 }
 
 impl Sim {
@@ -269,6 +276,8 @@ impl Sim {
             proposals: 0,
             reads: BTreeMap::new(),
             above_commit_reads: BTreeSet::new(),
+            read_at: BTreeMap::new(),
+            read_before: BTreeMap::new(),
             next_read: 0,
             stats: SimStats::default(),
         };
@@ -484,6 +493,18 @@ impl Sim {
                     read.ctx, read.index
                 ));
             }
+            // A read is served before anything proposed behind it at its node (`propose_after_reads`).
+            if let Some(barrier) = self.read_before.remove(&read.ctx) {
+                if applied >= barrier {
+                    self.fail(format!(
+                        "node {id} served read {} with {applied} applied, though entry {barrier} was \
+                         proposed after it to follow it",
+                        read.ctx
+                    ));
+                }
+                self.stats.reads_before_barrier_served += 1;
+            }
+            self.read_at.remove(&read.ctx);
             self.stats.reads_served += 1;
             if self.above_commit_reads.remove(&read.ctx) {
                 self.stats.reads_above_commit_served += 1;
@@ -492,6 +513,8 @@ impl Sim {
         for ctx in &ready.dropped_reads {
             self.reads.remove(ctx);
             self.above_commit_reads.remove(ctx);
+            self.read_at.remove(ctx);
+            self.read_before.remove(ctx);
         }
         // The core put the Ready's configuration entries in force as it handed them out.
         let node = &self.nodes[&id];
@@ -693,9 +716,18 @@ impl Sim {
             0 => self.pick(&self.nodes.keys().copied().filter(|&n| n != id).collect::<Vec<_>>()),
             _ => None,
         };
-        if let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
-            if let (Ok((index, _)), Some(follower)) = (core.propose(data), forwarded_by) {
-                core.await_commit(follower, index);
+        // A third stand for a pipeline's write behind reads: none of the reads waiting at this
+        // node may see it.
+        let after_reads = self.rng.range(0, 3) == 0;
+        let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) else { return };
+        let proposed = if after_reads { core.propose_after_reads(data) } else { core.propose(data) };
+        let Ok((index, _)) = proposed else { return };
+        if let Some(follower) = forwarded_by {
+            core.await_commit(follower, index);
+        }
+        if after_reads {
+            for (ctx, _) in self.read_at.iter().filter(|(_, &node)| node == id) {
+                self.read_before.entry(*ctx).or_insert(index);
             }
         }
     }
@@ -719,6 +751,7 @@ impl Sim {
             };
             if started.is_ok() {
                 self.reads.insert(ctx, read_floor);
+                self.read_at.insert(ctx, id);
                 if read_floor > floor {
                     self.above_commit_reads.insert(ctx);
                 }
@@ -1037,11 +1070,14 @@ fn run_with(n: u64, base_seed: u64, dynamic: bool) {
         total.transfers += s.transfers;
         total.reads_served += s.reads_served;
         total.reads_above_commit_served += s.reads_above_commit_served;
+        total.reads_before_barrier_served += s.reads_before_barrier_served;
     }
     assert!(
-        total.reads_served > 0 && total.reads_above_commit_served > 0,
-        "the chaos served no read, or none that had to follow uncommitted entries: the read \
-         checks saw nothing"
+        total.reads_served > 0
+            && total.reads_above_commit_served > 0
+            && total.reads_before_barrier_served > 0,
+        "the chaos served no read, none that had to follow uncommitted entries, or none that an \
+         entry proposed behind it waited for: the read checks saw nothing"
     );
     assert!(
         total.snapshots_installed > 0 && total.no_room > 0 && total.quiet_images_dropped > 0,

@@ -216,6 +216,10 @@ pub struct RaftCore {
     randomized_timeout: u32,
     rng: Rng,
     reads: ReadQueue,
+    /// Entries proposed after reads still waiting, each with the last of those reads' place in
+    /// the read queue: nothing from that index on is handed out to be applied until they are
+    /// served, so none of them sees it. In index order.
+    apply_barriers: VecDeque<(u64, u64)>,
     /// Reads that lost their leader, to report in the next Ready.
     dropped_reads: Vec<u64>,
     /// Messages produced since the last Ready.
@@ -294,6 +298,7 @@ impl RaftCore {
             heartbeat_elapsed: 0,
             randomized_timeout: 0,
             reads: ReadQueue::default(),
+            apply_barriers: VecDeque::new(),
             dropped_reads: Vec::new(),
             messages: Vec::new(),
             pending_writes: VecDeque::new(),
@@ -506,7 +511,15 @@ impl RaftCore {
             self.vote = 0;
         }
         if self.role == Role::Leader {
-            self.dropped_reads.extend(self.reads.drop_unconfirmed());
+            let dropped = if self.apply_barriers.is_empty() {
+                self.reads.drop_unconfirmed()
+            } else {
+                // The barriers' entries may yet be applied here, by a snapshot at once: reads
+                // that must not see them are failed, not served.
+                self.apply_barriers.clear();
+                self.reads.drop_all()
+            };
+            self.dropped_reads.extend(dropped);
         }
         self.role = Role::Follower;
         self.leader = leader;
@@ -597,6 +610,28 @@ impl RaftCore {
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(u64, u64), ProposeError> {
         self.check_proposable(data.len())?;
         Ok(self.append_entry(data, EntryKind::Normal))
+    }
+
+    /// [`Self::propose`] for an entry that must not be seen by the reads started before it (a
+    /// client's pipelined reads ahead of its write): it is not handed out to be applied until
+    /// they are served or dropped. A leader confirms those reads with the same followers that
+    /// commit the entry, so mostly before it commits.
+    pub fn propose_after_reads(&mut self, data: Vec<u8>) -> Result<(u64, u64), ProposeError> {
+        let (index, term) = self.propose(data)?;
+        let last_read = self.reads.last_seq();
+        if self.reads.pending_upto(last_read) {
+            self.apply_barriers.push_back((index, last_read));
+        }
+        Ok((index, term))
+    }
+
+    /// The last index that may be handed out to be applied now: the commit index, or below the
+    /// first entry whose reads ahead of it still wait.
+    fn apply_limit(&self) -> u64 {
+        let committed = self.log.committed();
+        // In index order, and each covers the reads of those before it.
+        let held = self.apply_barriers.iter().find(|(_, last_read)| self.reads.pending_upto(*last_read));
+        held.map_or(committed, |&(index, _)| committed.min(index - 1))
     }
 
     /// Whether a proposal of `bytes` would be taken now.
@@ -1282,7 +1317,7 @@ impl RaftCore {
         let first_in_term = self.log.term(self.log.committed()) != Some(self.term);
         self.log.commit_to(candidate);
         if first_in_term {
-            self.reads.first_commit(candidate);
+            self.reads.first_commit(self.noop_index);
             self.confirm_reads();
         }
         true
@@ -1304,7 +1339,7 @@ impl RaftCore {
             || !self.messages.is_empty()
             || !self.released.is_empty()
             || (leader && self.broadcast_wanted)
-            || self.log.committed() > self.log.applied()
+            || self.apply_limit() > self.log.applied()
             || self.reads.has_work(self.log.applied())
             || !self.dropped_reads.is_empty()
     }
@@ -1394,7 +1429,11 @@ impl RaftCore {
             0
         };
 
-        let committed_entries = self.log.next_committed_entries(self.config.max_apply_bytes);
+        while self.apply_barriers.front().is_some_and(|(_, last_read)| !self.reads.pending_upto(*last_read)) {
+            self.apply_barriers.pop_front();
+        }
+        let committed_entries =
+            self.log.next_committed_entries(self.apply_limit(), self.config.max_apply_bytes);
         let applied_upto = committed_entries.last().map_or(self.log.applied(), |e| e.index);
         for entry in committed_entries.iter().filter(|e| e.kind == EntryKind::ConfChange) {
             self.apply_conf_change(entry);

@@ -254,13 +254,15 @@ impl RaftLog {
         }
     }
 
-    /// Committed entries not yet handed to the state machine, up to `max_bytes` (at least one).
-    pub fn next_committed_entries(&self, max_bytes: usize) -> Vec<Entry> {
-        if self.committed <= self.applied {
+    /// Committed entries not yet handed to the state machine, up to index `upto` and `max_bytes`
+    /// (at least one).
+    pub fn next_committed_entries(&self, upto: u64, max_bytes: usize) -> Vec<Entry> {
+        let upto = upto.min(self.committed);
+        if upto <= self.applied {
             return Vec::new();
         }
         let mut out = self.entries_from(self.applied + 1, max_bytes).unwrap_or_default();
-        out.retain(|e| e.index <= self.committed);
+        out.retain(|e| e.index <= upto);
         out
     }
 
@@ -421,7 +423,7 @@ mod tests {
         assert_eq!(log.term(9), None);
         assert_eq!(log.term(13), None);
         assert!(log.entries_from(10, usize::MAX).is_none());
-        assert_eq!(log.next_committed_entries(usize::MAX).len(), 2);
+        assert_eq!(log.next_committed_entries(u64::MAX, usize::MAX).len(), 2);
         log.applied_to(12);
         log.compact(SnapshotMeta { index: 11, term: 3 });
         assert_eq!(log.first_index(), 12);

@@ -8,6 +8,8 @@ use super::ready::ReadState;
 #[derive(Clone, Copy, Debug)]
 struct PendingRead {
     ctx: u64,
+    /// Its place in the order reads arrived (see [`ReadQueue::pending_upto`]).
+    seq: u64,
     /// The index it is served at: the leader's commit index when the read arrived, or higher if
     /// it asked to follow entries appended before it.
     index: u64,
@@ -20,13 +22,15 @@ struct PendingRead {
 pub struct ReadQueue {
     /// Reads that arrived before this leader committed an entry of its own term: its commit
     /// index might still be behind the previous leader's, so no index can be recorded yet. Each
-    /// with the lowest index it may be served at.
-    before_first_commit: Vec<(u64, u64)>,
+    /// with the lowest index it may be served at (`index`) and no round yet.
+    before_first_commit: Vec<PendingRead>,
     /// Reads waiting for a round's quorum, in round order.
     unconfirmed: VecDeque<PendingRead>,
     /// Reads confirmed, waiting for the state machine to reach their index, in index order (a
     /// read with a floor above the commit index is placed among them by its index).
-    confirmed: VecDeque<ReadState>,
+    confirmed: VecDeque<PendingRead>,
+    /// The last read's place in arrival order (0 before any).
+    last_seq: u64,
     /// The last round broadcast. Never decreases.
     round: u64,
     /// Reads that arrived since the last round started: if any, the next `Ready` starts one.
@@ -42,20 +46,44 @@ impl ReadQueue {
     /// Queues a read that must wait for the leader's first commit in its term, to be served at
     /// that commit index or at `floor` if higher.
     pub fn wait_for_commit(&mut self, ctx: u64, floor: u64) {
-        self.before_first_commit.push((ctx, floor));
+        self.last_seq += 1;
+        self.before_first_commit.push(PendingRead { ctx, seq: self.last_seq, index: floor, round: 0 });
     }
 
     /// Queues a read at commit index `index`, to be confirmed by the next round.
     pub fn push(&mut self, ctx: u64, index: u64) {
-        self.unconfirmed.push_back(PendingRead { ctx, index, round: self.round + 1 });
+        self.last_seq += 1;
+        self.queue_for_round(PendingRead { ctx, seq: self.last_seq, index, round: 0 });
+    }
+
+    fn queue_for_round(&mut self, mut read: PendingRead) {
+        read.round = self.round + 1;
+        self.unconfirmed.push_back(read);
         self.next_round_reads += 1;
     }
 
-    /// The leader committed in its own term at `index`: reads held for that may get an index now.
-    pub fn first_commit(&mut self, index: u64) {
-        for (ctx, floor) in std::mem::take(&mut self.before_first_commit) {
-            self.push(ctx, index.max(floor));
+    /// The leader committed in its own term, whose first entry is at `term_start`: reads held
+    /// for that get an index now, that entry's (everything committed before they arrived is
+    /// below it) or their floor if higher.
+    pub fn first_commit(&mut self, term_start: u64) {
+        for mut read in std::mem::take(&mut self.before_first_commit) {
+            read.index = read.index.max(term_start);
+            self.queue_for_round(read);
         }
+    }
+
+    /// The place in arrival order of the last read queued (0 before any).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Whether a read that arrived at or before place `seq` is still waiting (not yet released
+    /// or dropped).
+    pub fn pending_upto(&self, seq: u64) -> bool {
+        // The first two are in arrival order; confirmed reads are few (released as applied).
+        self.before_first_commit.first().is_some_and(|r| r.seq <= seq)
+            || self.unconfirmed.front().is_some_and(|r| r.seq <= seq)
+            || self.confirmed.iter().any(|r| r.seq <= seq)
     }
 
     /// If reads wait for a round and none is in flight, starts one and returns its number (to
@@ -112,7 +140,7 @@ impl ReadQueue {
             }
             // Mostly at the back: only a read with a floor can have an index above a later one's.
             let at = self.confirmed.partition_point(|r| r.index <= read.index);
-            self.confirmed.insert(at, ReadState { ctx: read.ctx, index: read.index });
+            self.confirmed.insert(at, *read);
             self.unconfirmed.pop_front();
         }
     }
@@ -120,8 +148,12 @@ impl ReadQueue {
     /// Removes and returns the confirmed reads whose index is at or below `applied`.
     pub fn release(&mut self, applied: u64) -> Vec<ReadState> {
         let mut out = Vec::new();
-        while self.confirmed.front().is_some_and(|r| r.index <= applied) {
-            out.extend(self.confirmed.pop_front());
+        while let Some(read) = self.confirmed.pop_front() {
+            if read.index > applied {
+                self.confirmed.push_front(read);
+                break;
+            }
+            out.push(ReadState { ctx: read.ctx, index: read.index });
         }
         out
     }
@@ -138,8 +170,17 @@ impl ReadQueue {
     /// correct lower bound and they may be served once it is applied.
     pub fn drop_unconfirmed(&mut self) -> Vec<u64> {
         self.next_round_reads = 0;
-        let mut dropped: Vec<u64> = self.before_first_commit.drain(..).map(|(ctx, _)| ctx).collect();
+        let mut dropped: Vec<u64> = self.before_first_commit.drain(..).map(|r| r.ctx).collect();
         dropped.extend(self.unconfirmed.drain(..).map(|r| r.ctx));
+        dropped
+    }
+
+    /// Leadership is lost while a proposal waits for the reads before it: returns every read's
+    /// token, the confirmed ones' too (they would be served at whatever state the replica
+    /// reaches next, a received snapshot's included, which may hold that proposal).
+    pub fn drop_all(&mut self) -> Vec<u64> {
+        let mut dropped = self.drop_unconfirmed();
+        dropped.extend(self.confirmed.drain(..).map(|r| r.ctx));
         dropped
     }
 
