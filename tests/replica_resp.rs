@@ -364,6 +364,60 @@ fn a_pipeline_of_reads_and_writes_runs_in_request_order() {
     }
 }
 
+// A pipelined `GET k` then `SET k new` on a leader busy with other reads: the write starts at once
+// (it does not wait for the read's reply) yet is applied only after the read is served, even when
+// the read waits in consensus's read inbox for the next round while the write's proposal arrives.
+#[test]
+fn a_write_pipelined_behind_a_read_is_not_seen_by_it_under_read_load() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(WAIT);
+    let addr = cluster.client_addrs[&leader];
+    let mut conn = RespConn::connect(addr, WAIT);
+    const ROUNDS: u32 = 300;
+    for i in 0..ROUNDS {
+        assert_eq!(conn.call(&[b"SET", format!("rw-{i}").as_bytes(), b"old"]), Reply::ok());
+    }
+    // Other clients keep read rounds out, so a new read often waits in the inbox, unannounced.
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut reader = RespConn::connect(addr, WAIT);
+                let mut pipeline = Vec::new();
+                for _ in 0..8 {
+                    quorumkv::protocol::resp::encode_request(&[&b"GET"[..], b"rw-0"], &mut pipeline);
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    reader.send_raw(&pipeline);
+                    for _ in 0..8 {
+                        assert!(matches!(reader.read(), Some(Reply::Bulk(_))), "background GET");
+                    }
+                }
+            })
+        })
+        .collect();
+    for i in 0..ROUNDS {
+        let key = format!("rw-{i}").into_bytes();
+        let mut pipeline = Vec::new();
+        quorumkv::protocol::resp::encode_request(&[&b"GET"[..], &key], &mut pipeline);
+        quorumkv::protocol::resp::encode_request(&[&b"SET"[..], &key, b"new"], &mut pipeline);
+        conn.send_raw(&pipeline);
+        assert_eq!(conn.read(), Some(Reply::Bulk(Some(b"old".to_vec()))), "GET {i} saw the SET behind it");
+        assert_eq!(conn.read(), Some(Reply::ok()), "SET {i}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.join().expect("reader");
+    }
+    assert_eq!(
+        conn.call(&[b"GET", format!("rw-{}", ROUNDS - 1).as_bytes()]),
+        Reply::Bulk(Some(b"new".to_vec()))
+    );
+}
+
 // A client that quits (or half-closes) without reading its replies keeps its place among the
 // replica's clients (`CLIENT LIST`, `--max-clients`) until they are written: its socket and the
 // replies it has not taken are still held.

@@ -315,22 +315,26 @@ enum Start {
     /// A read behind writes in flight on a leader: it starts now but is served only once the
     /// entries its replica appended before it are applied (the writes ahead of it among them).
     AfterWrites,
+    /// A write behind reads in flight on a leader: it starts now but is applied only once the
+    /// reads waiting there (those ahead of it among them) are served.
+    AfterReads,
     Hold,
 }
 
 impl Waiting {
-    /// How a request of `kind` may start. A write waits for the reads before it (a read may not
-    /// see it); a read behind writes starts at once on a leader, to be served after them, and
-    /// elsewhere waits for their answers (a follower's writes get their index from the leader
-    /// later); anything behind a membership command waits for its answer.
+    /// How a request of `kind` may start. On a leader, a read behind writes starts at once to
+    /// be served after them, and a write behind reads to be applied after they are served;
+    /// elsewhere each waits for the answers of the other kind before it (a follower's writes
+    /// get their index from the leader, its reads theirs too, later). Anything behind a
+    /// membership command, and a membership command behind reads, waits for their answers.
     fn may_start(&self, kind: WaiterKind, leading: bool) -> Start {
         match kind {
             _ if self.admins > 0 => Start::Hold,
             WaiterKind::Read if self.writes == 0 => Start::Now,
             WaiterKind::Read if leading => Start::AfterWrites,
-            WaiterKind::Read => Start::Hold,
-            WaiterKind::Write | WaiterKind::Admin if self.reads > 0 => Start::Hold,
-            WaiterKind::Write | WaiterKind::Admin => Start::Now,
+            WaiterKind::Write if self.reads > 0 && leading => Start::AfterReads,
+            WaiterKind::Write | WaiterKind::Admin if self.reads == 0 => Start::Now,
+            WaiterKind::Read | WaiterKind::Write | WaiterKind::Admin => Start::Hold,
         }
     }
 
@@ -753,6 +757,7 @@ impl Connection {
             // Through consensus's mailbox, behind the proposals of the writes before it (each
             // waiter sends from its `started`, and they start in the order they were spawned).
             Start::AfterWrites => waiter.after_writes(),
+            Start::AfterReads => waiter.after_reads(),
             _ => waiter.with_read_inbox(self.env.read_inbox.clone()),
         };
         let waiter = waiter.start();

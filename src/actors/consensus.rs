@@ -202,6 +202,9 @@ pub struct Propose {
     pub request_id: u64,
     /// Who is told once the index is settled, or at once if the proposal is refused.
     pub watcher: Recipient<WatchFired>,
+    /// Not applied before the reads this leader has waiting are served (the asking connection's
+    /// reads ahead of it among them); refused, unproposed, on a replica that no longer leads.
+    pub after_reads: bool,
 }
 
 /// Start a linearizable read; the answer goes to `reply_to`.
@@ -1022,7 +1025,7 @@ impl Consensus {
             Err(refusal) => return msg.watcher.do_send(WatchFired(WatchOutcome::Refused(refusal))),
         };
         self.note_forward_target();
-        let Propose { data, request_id, watcher } = msg;
+        let Propose { data, request_id, watcher, .. } = msg;
         let write = ForwardedWrite { request_id, watcher };
         match self.outbox.add_write(self.ticks, data.len(), write) {
             Ok(id) => {
@@ -1782,11 +1785,25 @@ impl Handler<Propose> for Consensus {
         if self.status.is_disk_full() {
             return msg.watcher.do_send(WatchFired(WatchOutcome::Refused(Refusal::DiskFull)));
         }
+        if msg.after_reads && (self.core.role() != Role::Leader || self.outbox.reads_len() > 0) {
+            // The reads before it went to this replica's queue, which no longer serves them, or
+            // were forwarded before it led (served at their own pace, which no barrier holds).
+            return msg.watcher.do_send(WatchFired(WatchOutcome::Refused(Refusal::LeaderChanged)));
+        }
         if self.forward && self.core.role() != Role::Leader {
             return self.forward_write(msg);
         }
+        if msg.after_reads {
+            // The connection's reads ahead of it were handed over first (their waiters started
+            // first): those still in the inbox join the queue before it.
+            for read in self.read_inbox.0.take(false) {
+                self.take_read(read);
+            }
+        }
         let data = self.stamp(msg.data);
-        match self.core.propose(data) {
+        let proposed =
+            if msg.after_reads { self.core.propose_after_reads(data) } else { self.core.propose(data) };
+        match proposed {
             Ok((index, term)) => {
                 // The watch goes out before any ApplyEntries that could hold `index` (DESIGN.md),
                 // but not on its own: the applier's thread is not woken just to note it.

@@ -97,6 +97,9 @@ pub struct Waiter {
     read_inbox: Option<Arc<ReadInbox>>,
     /// Its read must follow the writes its connection sent before it (see [`Waiter::after_writes`]).
     after_writes: bool,
+    /// Its write must not be seen by the reads its connection sent before it (see
+    /// [`Waiter::after_reads`]).
+    after_reads: bool,
     /// The connection's address, shared by its waiters like `consensus`.
     reply_to: Rc<Recipient<WaiterDone>>,
     done: bool,
@@ -132,6 +135,7 @@ impl Waiter {
             consensus,
             read_inbox: None,
             after_writes: false,
+            after_reads: false,
             reply_to,
             done: false,
             reserved: Reserved::default(),
@@ -151,6 +155,13 @@ impl Waiter {
     pub fn after_writes(mut self) -> Waiter {
         self.after_writes = true;
         self.read_inbox = None;
+        self
+    }
+
+    /// Its write is applied only after the reads consensus has waiting when it arrives, those
+    /// of its connection ahead of it among them (they were handed over first); used on a leader.
+    pub fn after_reads(mut self) -> Waiter {
+        self.after_reads = true;
         self
     }
 
@@ -204,7 +215,9 @@ impl Actor for Waiter {
                     Err(e) => return self.finish(ctx, Reply::err(format!("cannot encode request: {e}"))),
                 };
                 // No answer to wait for: a refusal comes back as a WatchFired like any outcome.
-                self.consensus.do_send(Propose { data, request_id, watcher: ctx.address().recipient() });
+                let after_reads = self.after_reads;
+                let watcher = ctx.address().recipient();
+                self.consensus.do_send(Propose { data, request_id, watcher, after_reads });
             }
             Some(WaiterTask::Read(command, budget)) => {
                 // The answer, a refusal included, comes back as a ReadDone.
