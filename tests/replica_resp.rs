@@ -418,6 +418,114 @@ fn a_write_pipelined_behind_a_read_is_not_seen_by_it_under_read_load() {
     );
 }
 
+// Pipelines of `SET k a`, `GET k`, `APPEND k +`, `GET k` (a fresh key each) on every replica
+// while leadership moves round the cluster: on a leader the reads and writes start together, on
+// a follower each kind waits for the other, and a change of leader in between refuses what can
+// no longer be ordered. Whatever is answered, the order holds: a read sees the writes before it
+// that succeeded and never one after it.
+#[test]
+fn pipelines_keep_their_order_while_leadership_moves() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let cluster = TestCluster::start(3);
+    cluster.wait_for_leader(WAIT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let complete_rounds = Arc::new(AtomicU64::new(0));
+    let refused_rounds = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = cluster
+        .client_addrs
+        .iter()
+        .map(|(&id, &addr)| {
+            let (stop, complete_rounds, refused_rounds) =
+                (stop.clone(), complete_rounds.clone(), refused_rounds.clone());
+            std::thread::spawn(move || {
+                let mut conn = RespConn::connect(addr, WAIT);
+                let passing = |reply: &Reply| {
+                    matches!(reply, Reply::Error(e) if e.starts_with("TRYAGAIN") || e.starts_with("NOTLEADER"))
+                };
+                let mut round = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    round += 1;
+                    let key = format!("moving-{id}-{round}").into_bytes();
+                    let mut pipeline = Vec::new();
+                    for _ in 0..4 {
+                        for args in [
+                            vec![&b"SET"[..], &key, b"a"],
+                            vec![&b"GET"[..], &key],
+                            vec![&b"APPEND"[..], &key, b"+"],
+                            vec![&b"GET"[..], &key],
+                        ] {
+                            quorumkv::protocol::resp::encode_request(&args, &mut pipeline);
+                        }
+                    }
+                    conn.send_raw(&pipeline);
+                    let mut all_ok = true;
+                    // Four times over the same key: each SET starts it again from "a".
+                    for _ in 0..4 {
+                        let replies: Vec<Reply> = (0..4).map(|_| conn.read().expect("a reply")).collect();
+                        let at = format!("replica {id}, round {round}: {replies:?}");
+                        let [set, get, append, get_after] = &replies[..] else { unreachable!() };
+                        let set_ok = *set == Reply::ok();
+                        assert!(set_ok || passing(set), "{at}");
+                        match get {
+                            Reply::Bulk(Some(v)) if v == b"a" => {}
+                            // An earlier SET or APPEND of this key whose outcome was unknown.
+                            Reply::Bulk(_) if !set_ok => {}
+                            other => assert!(passing(other), "{at}: the first GET"),
+                        }
+                        match append {
+                            Reply::Integer(2) => {}
+                            Reply::Integer(_) if !set_ok => {}
+                            other => assert!(passing(other), "{at}: APPEND"),
+                        }
+                        match get_after {
+                            Reply::Bulk(Some(v)) if *append == Reply::Integer(2) && v == b"a+" => {}
+                            Reply::Bulk(_) if !matches!(append, Reply::Integer(2)) || !set_ok => {}
+                            other => assert!(passing(other), "{at}: the second GET"),
+                        }
+                        all_ok &= replies.iter().all(|r| !passing(r));
+                        if !all_ok && std::env::var("SHOW_REFUSED").is_ok() {
+                            eprintln!("{at}");
+                        }
+                    }
+                    let counter = if all_ok { &complete_rounds } else { &refused_rounds };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // Leadership moves to each replica in turn, six times, with pipelines answered in full
+    // under each leader.
+    for _ in 0..6 {
+        let before = complete_rounds.load(Ordering::Relaxed);
+        common::wait_until("pipelines answered in full", WAIT, || {
+            let now = complete_rounds.load(Ordering::Relaxed);
+            if now >= before + 6 {
+                Ok(())
+            } else {
+                Err(now)
+            }
+        });
+        common::wait_until("a leader transfer", WAIT * 3, || {
+            let leader = cluster.wait_for_leader(WAIT);
+            let target = leader % 3 + 1;
+            let mut to_leader = RespConn::connect(cluster.client_addrs[&leader], WAIT);
+            match to_leader.call(&[b"LEADER", b"TRANSFER", target.to_string().as_bytes()]) {
+                Reply::Simple(ok) if ok == "OK" => Ok(()),
+                other => Err(other),
+            }
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("a client's order held");
+    }
+    let (complete, refused) =
+        (complete_rounds.load(Ordering::Relaxed), refused_rounds.load(Ordering::Relaxed));
+    println!("{complete} pipelines answered in full, {refused} with a request refused");
+    assert!(complete > 0 && refused > 0, "no pipeline answered in full, or none met a change of leader");
+}
+
 // A client that quits (or half-closes) without reading its replies keeps its place among the
 // replica's clients (`CLIENT LIST`, `--max-clients`) until they are written: its socket and the
 // replies it has not taken are still held.
