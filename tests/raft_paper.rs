@@ -497,6 +497,35 @@ fn step_down_drops_unconfirmed_reads() {
     assert_eq!(dropped, vec![9]);
 }
 
+// A read confirmed after entries that never committed is dropped when its leader steps down:
+// those indexes may be filled by another leader's entries. (Kept, it would wait for them, and
+// should this node lead again before the log reached them, an entry proposed behind new reads
+// would wait behind it for good.) A confirmed read at a committed index is still served.
+#[test]
+fn step_down_drops_reads_whose_floor_was_not_committed() {
+    let (mut net, commit) = leader_with_a_commit();
+    net.node(1).read_index(8).expect("leader");
+    net.node(1).propose(b"never committed".to_vec()).expect("leader");
+    net.node(1).read_index_after_appended(9).expect("leader");
+    let (out, _) = drain(net.node(1));
+    // Follower 2 confirms the round, and never gets the entry.
+    answer_leader(
+        &mut net,
+        2,
+        out.into_iter().filter(|m| matches!(m.body, MessageBody::Heartbeat { .. })).collect(),
+    );
+    let (_, readies) = drain(net.node(1));
+    let released: Vec<_> =
+        readies.iter().flat_map(|r| r.read_states.iter().map(|s| (s.ctx, s.index))).collect();
+    assert_eq!(released, vec![(8, commit)], "read 9 is confirmed but waits for its entry");
+    let t = net.node(1).term();
+    net.node(1).step(msg(2, 1, t + 1, MessageBody::HeartbeatResponse { read_round: 0 })).expect("valid");
+    let (_, readies) = drain(net.node(1));
+    let dropped: Vec<u64> = readies.iter().flat_map(|r| r.dropped_reads.clone()).collect();
+    assert_eq!(dropped, vec![9]);
+    assert_eq!(net.node(1).pending_reads(), 0);
+}
+
 // Invalid input from peers is refused and counted, never a panic.
 #[test]
 fn invalid_messages_are_refused_and_counted() {

@@ -743,7 +743,6 @@ impl Connection {
         held: bool,
     ) {
         let kind = WaiterKind::of(&task);
-        *self.waiting.count(kind) += 1;
         // Taking a backup image encodes the whole state: seconds per GB, not a request's time.
         let timeout = match &task {
             WaiterTask::Read(Command::SnapshotImage, _) => {
@@ -754,8 +753,10 @@ impl Connection {
         let reply_to = self.waiter_reply_to.get_or_insert_with(|| Rc::new(ctx.address().recipient())).clone();
         let mut waiter = Waiter::new(seq, task, self.consensus.clone(), reply_to, self.env.cursors.clone());
         waiter = match start {
-            // Through consensus's mailbox, behind the proposals of the writes before it (each
-            // waiter sends from its `started`, and they start in the order they were spawned).
+            // Through consensus's mailbox, behind the proposals of the writes before it: each
+            // waiter sends from its `started`, and waiters spawned on this thread are first
+            // polled in the order they were spawned (tokio's `LocalSet` queue; the tests of
+            // pipelines in tests/replica_resp.rs fail if a read overtakes).
             Start::AfterWrites => waiter.after_writes(),
             Start::AfterReads => waiter.after_reads(),
             _ => waiter.with_read_inbox(self.env.read_inbox.clone()),
@@ -764,7 +765,9 @@ impl Connection {
         let Some(request) = self.started.iter_mut().rev().find(|(at, _)| *at == seq).map(|(_, r)| r) else {
             return;
         };
+        // Counted only with its request, whose kind its WaiterDone looks up to count it out.
         request.kind = Some(kind);
+        *self.waiting.count(kind) += 1;
         let deadline = if held { Instant::now() } else { request.arrived } + timeout;
         request.waiter = Some((deadline, waiter));
         // Deadlines mostly come in arrival order, but a SNAPSHOT BEGIN's is far later than the

@@ -203,7 +203,8 @@ pub struct Propose {
     /// Who is told once the index is settled, or at once if the proposal is refused.
     pub watcher: Recipient<WatchFired>,
     /// Not applied before the reads this leader has waiting are served (the asking connection's
-    /// reads ahead of it among them); refused, unproposed, on a replica that no longer leads.
+    /// reads ahead of it among them); refused, unproposed, on a replica that no longer leads or
+    /// still holds reads it forwarded before it led.
     pub after_reads: bool,
 }
 
@@ -1799,6 +1800,8 @@ impl Handler<Propose> for Consensus {
             for read in self.read_inbox.0.take(false) {
                 self.take_read(read);
             }
+            // Their round starts with the next drive, even if this write is refused.
+            self.drive_soon(ctx);
         }
         let data = self.stamp(msg.data);
         let proposed =

@@ -512,7 +512,7 @@ impl RaftCore {
         }
         if self.role == Role::Leader {
             let dropped = if self.apply_barriers.is_empty() {
-                self.reads.drop_unconfirmed()
+                self.reads.drop_unsettled(self.log.committed())
             } else {
                 // The barriers' entries may yet be applied here, by a snapshot at once: reads
                 // that must not see them are failed, not served.
@@ -737,8 +737,7 @@ impl RaftCore {
     /// [`Self::read_index`] for a read that must also follow every entry appended here before it
     /// (a client's pipelined writes ahead of its read): its index is at least the last one now,
     /// so it is released once those entries are applied, in the same rounds that commit them.
-    /// Should they never commit (leadership lost), it is served at that index of the log that
-    /// did: still after everything committed before it began.
+    /// Should this leader step down before they commit, the read is dropped.
     pub fn read_index_after_appended(&mut self, ctx: u64) -> Result<(), ProposeError> {
         self.start_read(ctx, self.log.last_index())
     }

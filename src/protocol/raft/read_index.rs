@@ -50,7 +50,8 @@ impl ReadQueue {
         self.before_first_commit.push(PendingRead { ctx, seq: self.last_seq, index: floor, round: 0 });
     }
 
-    /// Queues a read at commit index `index`, to be confirmed by the next round.
+    /// Queues a read to be served at `index` (the commit index when it arrived, or its floor),
+    /// to be confirmed by the next round.
     pub fn push(&mut self, ctx: u64, index: u64) {
         self.last_seq += 1;
         self.queue_for_round(PendingRead { ctx, seq: self.last_seq, index, round: 0 });
@@ -80,7 +81,8 @@ impl ReadQueue {
     /// Whether a read that arrived at or before place `seq` is still waiting (not yet released
     /// or dropped).
     pub fn pending_upto(&self, seq: u64) -> bool {
-        // The first two are in arrival order; confirmed reads are few (released as applied).
+        // The first two are in arrival order; confirmed reads wait only for their entries to be
+        // applied (under a pipelined load, a round's worth).
         self.before_first_commit.first().is_some_and(|r| r.seq <= seq)
             || self.unconfirmed.front().is_some_and(|r| r.seq <= seq)
             || self.confirmed.iter().any(|r| r.seq <= seq)
@@ -164,14 +166,22 @@ impl ReadQueue {
             || self.confirmed.front().is_some_and(|r| r.index <= applied)
     }
 
-    /// Leadership is lost: returns the tokens of reads not yet confirmed.
+    /// Leadership is lost: returns the tokens of reads not yet confirmed, and of confirmed
+    /// reads whose index is above `committed`.
     ///
-    /// Confirmed reads stay: leadership was proven after they arrived, so their index is still a
-    /// correct lower bound and they may be served once it is applied.
-    pub fn drop_unconfirmed(&mut self) -> Vec<u64> {
+    /// Confirmed reads at or below it stay: leadership was proven after they arrived, and that
+    /// index of the log is settled, so it is still a correct lower bound and they may be served
+    /// once it is applied. One above it is a floor naming entries of this leader's that a new
+    /// leader may replace: its read is failed rather than left to wait for whatever comes to
+    /// fill those indexes (and, should this replica lead again, to hold the apply barrier of an
+    /// entry below its index forever).
+    pub fn drop_unsettled(&mut self, committed: u64) -> Vec<u64> {
         self.next_round_reads = 0;
         let mut dropped: Vec<u64> = self.before_first_commit.drain(..).map(|r| r.ctx).collect();
         dropped.extend(self.unconfirmed.drain(..).map(|r| r.ctx));
+        // In index order: the reads above `committed` are the last ones.
+        let settled = self.confirmed.partition_point(|r| r.index <= committed);
+        dropped.extend(self.confirmed.drain(settled..).map(|r| r.ctx));
         dropped
     }
 
@@ -179,7 +189,7 @@ impl ReadQueue {
     /// token, the confirmed ones' too (they would be served at whatever state the replica
     /// reaches next, a received snapshot's included, which may hold that proposal).
     pub fn drop_all(&mut self) -> Vec<u64> {
-        let mut dropped = self.drop_unconfirmed();
+        let mut dropped = self.drop_unsettled(0);
         dropped.extend(self.confirmed.drain(..).map(|r| r.ctx));
         dropped
     }
@@ -228,6 +238,22 @@ mod tests {
         assert_eq!(released(&mut queue, 8), vec![(1, 7)]);
         assert_eq!(released(&mut queue, 9), vec![(2, 9)]);
         queue.wait_for_commit(3, 5);
-        assert_eq!(queue.drop_unconfirmed(), vec![3]);
+        assert_eq!(queue.drop_unsettled(9), vec![3]);
+    }
+
+    #[test]
+    fn a_step_down_fails_confirmed_reads_whose_floor_is_not_committed() {
+        let mut queue = ReadQueue::default();
+        queue.push(1, 10);
+        queue.push(2, 14); // a floor over entries 11..=14, not committed
+        queue.push(3, 10);
+        assert_eq!(queue.start_round(), Some((1, 3)));
+        queue.confirm(|_| true);
+        queue.push(4, 10); // not yet in a round
+        let mut dropped = queue.drop_unsettled(12);
+        dropped.sort();
+        assert_eq!(dropped, vec![2, 4]);
+        assert_eq!(released(&mut queue, 20), vec![(1, 10), (3, 10)], "settled reads are still served");
+        assert!(!queue.pending_upto(queue.last_seq()));
     }
 }

@@ -43,7 +43,9 @@ pub struct RoleState {
 pub struct ReadState {
     /// The caller's token from `read_index`.
     pub ctx: u64,
-    /// The commit index recorded when the read arrived; the state at or after it answers the read.
+    /// The index the read is served at: the commit index when it arrived (for a read held until
+    /// a new leader's first commit, that leader's first entry), or for a read after appended
+    /// entries the last of them; the state at or after it answers the read.
     pub index: u64,
 }
 
