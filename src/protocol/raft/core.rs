@@ -511,6 +511,8 @@ impl RaftCore {
             self.vote = 0;
         }
         if self.role == Role::Leader {
+            let reads = &self.reads;
+            self.apply_barriers.retain(|(_, last_read)| reads.pending_upto(*last_read));
             let dropped = if self.apply_barriers.is_empty() {
                 self.reads.drop_unsettled(self.log.committed())
             } else {

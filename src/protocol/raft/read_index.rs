@@ -1,6 +1,6 @@
 //! ReadIndex bookkeeping (Raft §6.4): reads confirmed by a heartbeat round, released once applied.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use super::ready::ReadState;
 
@@ -29,6 +29,8 @@ pub struct ReadQueue {
     /// Reads confirmed, waiting for the state machine to reach their index, in index order (a
     /// read with a floor above the commit index is placed among them by its index).
     confirmed: VecDeque<PendingRead>,
+    /// The places in arrival order of the confirmed reads, for [`Self::pending_upto`].
+    confirmed_seqs: BTreeSet<u64>,
     /// The last read's place in arrival order (0 before any).
     last_seq: u64,
     /// The last round broadcast. Never decreases.
@@ -81,11 +83,10 @@ impl ReadQueue {
     /// Whether a read that arrived at or before place `seq` is still waiting (not yet released
     /// or dropped).
     pub fn pending_upto(&self, seq: u64) -> bool {
-        // The first two are in arrival order; confirmed reads wait only for their entries to be
-        // applied (under a pipelined load, a round's worth).
+        // The first two are in arrival order; the confirmed ones are in index order.
         self.before_first_commit.first().is_some_and(|r| r.seq <= seq)
             || self.unconfirmed.front().is_some_and(|r| r.seq <= seq)
-            || self.confirmed.iter().any(|r| r.seq <= seq)
+            || self.confirmed_seqs.first().is_some_and(|&first| first <= seq)
     }
 
     /// If reads wait for a round and none is in flight, starts one and returns its number (to
@@ -143,6 +144,7 @@ impl ReadQueue {
             // Mostly at the back: only a read with a floor can have an index above a later one's.
             let at = self.confirmed.partition_point(|r| r.index <= read.index);
             self.confirmed.insert(at, *read);
+            self.confirmed_seqs.insert(read.seq);
             self.unconfirmed.pop_front();
         }
     }
@@ -155,6 +157,7 @@ impl ReadQueue {
                 self.confirmed.push_front(read);
                 break;
             }
+            self.confirmed_seqs.remove(&read.seq);
             out.push(ReadState { ctx: read.ctx, index: read.index });
         }
         out
@@ -181,7 +184,10 @@ impl ReadQueue {
         dropped.extend(self.unconfirmed.drain(..).map(|r| r.ctx));
         // In index order: the reads above `committed` are the last ones.
         let settled = self.confirmed.partition_point(|r| r.index <= committed);
-        dropped.extend(self.confirmed.drain(settled..).map(|r| r.ctx));
+        for read in self.confirmed.drain(settled..) {
+            self.confirmed_seqs.remove(&read.seq);
+            dropped.push(read.ctx);
+        }
         dropped
     }
 
@@ -191,6 +197,7 @@ impl ReadQueue {
     pub fn drop_all(&mut self) -> Vec<u64> {
         let mut dropped = self.drop_unsettled(0);
         dropped.extend(self.confirmed.drain(..).map(|r| r.ctx));
+        self.confirmed_seqs.clear();
         dropped
     }
 
@@ -222,6 +229,7 @@ mod tests {
         assert_eq!(queue.start_round(), Some((1, 3)));
         queue.confirm(|round| round >= 1);
         assert_eq!(released(&mut queue, 12), vec![(1, 10), (3, 10)], "read 3 passes read 2's floor");
+        assert!(!queue.pending_upto(1) && queue.pending_upto(2) && queue.pending_upto(3));
         assert_eq!(released(&mut queue, 13), vec![]);
         assert_eq!(released(&mut queue, 14), vec![(2, 14)]);
         assert!(queue.is_empty());
