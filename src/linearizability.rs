@@ -584,7 +584,8 @@ fn show_bytes(bytes: &[u8]) -> String {
 /// Records the operations of many client threads, with times from one monotonic origin.
 pub struct HistoryRecorder {
     origin: Instant,
-    ops: Mutex<Vec<Operation>>,
+    /// Each operation, with whether it was refused without effect (left out of the history).
+    ops: Mutex<Vec<(Operation, bool)>>,
 }
 
 /// An operation begun with [`HistoryRecorder::begin`], to be passed to [`HistoryRecorder::end`].
@@ -609,7 +610,10 @@ impl HistoryRecorder {
         let key = key.into();
         let mut ops = self.lock();
         let call_us = self.now_us();
-        ops.push(Operation { client, key, input, output: KvOutput::Unknown, call_us, return_us: u64::MAX });
+        ops.push((
+            Operation { client, key, input, output: KvOutput::Unknown, call_us, return_us: u64::MAX },
+            false,
+        ));
         OpToken(ops.len() - 1)
     }
 
@@ -618,21 +622,27 @@ impl HistoryRecorder {
     pub fn end(&self, token: OpToken, output: KvOutput) {
         let mut ops = self.lock();
         let return_us = if output == KvOutput::Unknown { u64::MAX } else { self.now_us() };
-        let op = &mut ops[token.0];
+        let (op, _) = &mut ops[token.0];
         op.output = output;
         op.return_us = return_us;
     }
 
+    /// Notes that an operation was refused before it could take effect (a read that failed, a
+    /// write never proposed): it is left out of the history, as if never sent.
+    pub fn end_without_effect(&self, token: OpToken) {
+        self.lock()[token.0].1 = true;
+    }
+
     /// Everything recorded so far, in call order; operations never ended are `Unknown`.
     pub fn finish(&self) -> Vec<Operation> {
-        self.lock().clone()
+        self.lock().iter().filter(|(_, without_effect)| !without_effect).map(|(op, _)| op.clone()).collect()
     }
 
     fn now_us(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX - 1)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Operation>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Operation, bool)>> {
         // A clerk that panicked mid-record leaves a consistent Vec: keep recording.
         self.ops.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -15,7 +15,7 @@ use super::cluster::TestCluster;
 use super::linearizability::{check_history, CheckResult, HistoryRecorder, KvInput, KvOutput};
 use quorumkv::actors::sim_network::SimFaults;
 use quorumkv::client::{Client, ClientConfig, ClientError};
-use quorumkv::protocol::resp::Reply;
+use quorumkv::protocol::resp::{encode_request, parse_reply, Reply};
 use quorumkv::protocol::rng::Rng;
 
 /// The seed of this test run: `QKV_SEED`, or the clock. Printed so a failure can be replayed.
@@ -445,6 +445,125 @@ pub fn clerk_loop(
     Ok(log)
 }
 
+/// Refusals that say a write was never proposed (consensus's `Refusal`s): it had no effect.
+const NOT_PROPOSED: [&str; 5] = [
+    "NOTLEADER",
+    "TRYAGAIN no leader",
+    "TRYAGAIN leader changed; not proposed",
+    "TRYAGAIN leadership transfer in progress",
+    "TRYAGAIN replica busy",
+];
+
+/// A client that pipelines two to four random reads and writes of the shared keys at a time on
+/// one connection, to a random replica (no `REQ` tags, no retries: a read refused, or a write
+/// refused before it was proposed, is left out of the history; another refusal or no answer is
+/// recorded as of unknown outcome). On a leader such a pipeline's reads and writes
+/// start together (read floors, apply barriers), so the checker sees those paths under the
+/// nemesis too. Runs until `stop`, then on until one request is answered (or
+/// [`COMPLETE_AFTER_HEAL`] passes). Returns how many requests were answered.
+pub fn pipeline_loop(
+    servers: Vec<String>,
+    seed: u64,
+    history: Arc<HistoryRecorder>,
+    stop: Arc<AtomicBool>,
+) -> u64 {
+    use std::io::{Read, Write};
+    let id = clerk_id();
+    let mut rng = Rng::new(seed ^ id.wrapping_mul(0x9E37_79B9));
+    let (mut answered, mut j) = (0, 0u64);
+    // The next reply on `stream`, or None once it broke or stayed silent for its timeout.
+    let next_reply = |stream: &mut std::net::TcpStream, buf: &mut Vec<u8>| loop {
+        if let Some((reply, used)) = parse_reply(buf).expect("a well-formed reply") {
+            buf.drain(..used);
+            return Some(reply);
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    // Until stopped, and past that until one request was answered (the cluster heals meanwhile).
+    let mut stopped_at = None;
+    let mut go_on = |answered: u64| {
+        if !stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        answered == 0 && stopped_at.get_or_insert_with(Instant::now).elapsed() < COMPLETE_AFTER_HEAL
+    };
+    while go_on(answered) {
+        let server = &servers[rng.range(0, servers.len() as u64) as usize];
+        let addr = server.parse().expect("a server address");
+        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else {
+            // A replica the nemesis stopped: another one, after a pause.
+            std::thread::park_timeout(Duration::from_millis(20));
+            continue;
+        };
+        if stream.set_read_timeout(Some(Duration::from_secs(2))).is_err() {
+            continue;
+        }
+        let mut buf = Vec::new();
+        while go_on(answered) {
+            let mut out = Vec::new();
+            let mut pending = Vec::new();
+            for _ in 0..rng.range(2, 5) {
+                j += 1;
+                let key = format!("k{}", rng.range(0, 5));
+                let (input, args): (KvInput, Vec<Vec<u8>>) = match rng.range(0, 10) {
+                    0..=3 => {
+                        let v = format!("q {id} {j} y").into_bytes();
+                        (KvInput::Append(v.clone()), vec![b"APPEND".to_vec(), key.clone().into_bytes(), v])
+                    }
+                    4 => {
+                        let v = format!("pp {id} {j}").into_bytes();
+                        (KvInput::Put(v.clone()), vec![b"SET".to_vec(), key.clone().into_bytes(), v])
+                    }
+                    5 => (KvInput::Delete, vec![b"DEL".to_vec(), key.clone().into_bytes()]),
+                    _ => (KvInput::Get, vec![b"GET".to_vec(), key.clone().into_bytes()]),
+                };
+                let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                encode_request(&args, &mut out);
+                let is_get = input == KvInput::Get;
+                pending.push((history.begin(id, key.into_bytes(), input), is_get));
+            }
+            let mut broken = stream.write_all(&out).is_err();
+            let mut refused = false;
+            for (token, is_get) in pending {
+                let reply = if broken { None } else { next_reply(&mut stream, &mut buf) };
+                let output = match reply {
+                    // A read refused had no effect, nor a write refused before it was proposed.
+                    Some(Reply::Error(e)) if is_get || NOT_PROPOSED.iter().any(|p| e.starts_with(p)) => {
+                        refused = true;
+                        history.end_without_effect(token);
+                        continue;
+                    }
+                    Some(Reply::Error(e)) if e.starts_with("TRYAGAIN") => {
+                        refused = true;
+                        KvOutput::Unknown
+                    }
+                    Some(Reply::Bulk(value)) if is_get => KvOutput::Value(value),
+                    Some(reply) if !is_get && !matches!(reply, Reply::Error(_)) => KvOutput::Ok,
+                    Some(other) => panic!("pipeline client {id}: unexpected reply {other:?}"),
+                    None => {
+                        broken = true;
+                        KvOutput::Unknown
+                    }
+                };
+                answered += u64::from(output != KvOutput::Unknown);
+                history.end(token, output);
+            }
+            if broken || refused {
+                // Mostly a replica without a leader for now: a pause, not a storm of refusals.
+                std::thread::park_timeout(Duration::from_millis(rng.range(20, 100)));
+            }
+            if broken {
+                break;
+            }
+        }
+    }
+    answered
+}
+
 /// Every acknowledged append of every clerk is present in its key exactly once, in order.
 pub fn check_appends(
     cluster: &TestCluster,
@@ -522,6 +641,10 @@ pub fn run_nemesis(
             std::thread::spawn(move || clerk_loop(clerk, n, true, stop))
         })
         .collect();
+    let pipeliner = {
+        let (servers, history, stop) = (cluster.servers(), history.clone(), stop.clone());
+        std::thread::spawn(move || pipeline_loop(servers, seed, history, stop))
+    };
     let majority = (replicas / 2 + 1) as usize;
     let end = Instant::now() + duration;
     let (_wake_tx, wake_rx) = mpsc::channel::<()>();
@@ -583,8 +706,12 @@ pub fn run_nemesis(
             Err(e) => panic!("{name}: seed {seed}: {e:?} after schedule {actions:?}"),
         }
     }
-    println!("{name}: {} nemesis actions, {ops} operations: {actions:?}", actions.len());
-    assert!(ops > 0, "{name}: seed {seed}: no operation completed");
+    let pipelined = pipeliner.join().expect("pipeline client thread");
+    println!(
+        "{name}: {} nemesis actions, {ops} operations, {pipelined} pipelined requests answered: {actions:?}",
+        actions.len()
+    );
+    assert!(ops > 0 && pipelined > 0, "{name}: seed {seed}: no operation, or no pipelined one, completed");
     check_linearizable(name, seed, &history);
     check_replicas_agree(&cluster, seed);
 }
