@@ -46,7 +46,7 @@ pub const ROUND_PATIENCE_TICKS: u32 = 2;
 
 impl ReadQueue {
     /// Queues a read that must wait for the leader's first commit in its term, to be served at
-    /// that commit index or at `floor` if higher.
+    /// the term's first entry (see [`Self::first_commit`]) or at `floor` if higher.
     pub fn wait_for_commit(&mut self, ctx: u64, floor: u64) {
         self.last_seq += 1;
         self.before_first_commit.push(PendingRead { ctx, seq: self.last_seq, index: floor, round: 0 });
