@@ -17,6 +17,11 @@ fn is_err(reply: &Reply, code: &str) -> bool {
     matches!(reply, Reply::Error(e) if e.starts_with(code))
 }
 
+/// A refusal a change of leader can bring: try again, or go to the leader.
+fn is_refusal(reply: &Reply) -> bool {
+    is_err(reply, "TRYAGAIN") || is_err(reply, "NOTLEADER")
+}
+
 #[test]
 fn redis_crate_talks_to_the_leader_and_pipelines_in_order() {
     let cluster = TestCluster::start(3);
@@ -399,7 +404,6 @@ fn a_write_pipelined_behind_a_read_is_not_seen_by_it_under_read_load() {
             })
         })
         .collect();
-    let refused = |reply: &Reply| matches!(reply, Reply::Error(e) if e.starts_with("TRYAGAIN") || e.starts_with("NOTLEADER"));
     let mut answered = 0;
     for i in 0..ROUNDS {
         let key = format!("rw-{i}").into_bytes();
@@ -410,11 +414,11 @@ fn a_write_pipelined_behind_a_read_is_not_seen_by_it_under_read_load() {
         // A change of leader (a loaded machine) may refuse either: never may the GET see the SET.
         match conn.read().expect("GET") {
             Reply::Bulk(Some(v)) => assert_eq!(v, b"old", "GET {i} saw the SET behind it"),
-            other => assert!(refused(&other), "GET {i}: {other:?}"),
+            other => assert!(is_refusal(&other), "GET {i}: {other:?}"),
         }
         match conn.read().expect("SET") {
             reply if reply == Reply::ok() => answered += 1,
-            other => assert!(refused(&other), "SET {i}: {other:?}"),
+            other => assert!(is_refusal(&other), "SET {i}: {other:?}"),
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -446,9 +450,6 @@ fn pipelines_keep_their_order_while_leadership_moves() {
                 (stop.clone(), complete_rounds.clone(), refused_rounds.clone());
             std::thread::spawn(move || {
                 let mut conn = RespConn::connect(addr, WAIT);
-                let passing = |reply: &Reply| {
-                    matches!(reply, Reply::Error(e) if e.starts_with("TRYAGAIN") || e.starts_with("NOTLEADER"))
-                };
                 let mut round = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     round += 1;
@@ -474,30 +475,36 @@ fn pipelines_keep_their_order_while_leadership_moves() {
                         let [set, get, append, get_after] = &replies[..] else { unreachable!() };
                         let set_ok = *set == Reply::ok();
                         let appended = matches!(append, Reply::Integer(_));
-                        assert!(set_ok || passing(set), "{at}");
+                        assert!(set_ok || is_refusal(set), "{at}");
                         // Never the APPEND behind it; after a SET that succeeded, exactly its value
                         // (otherwise what an earlier group left, whose outcomes may be unknown).
                         match get {
-                            Reply::Bulk(Some(v)) if v.ends_with(mark) => panic!("{at}: the first GET saw the APPEND after it"),
+                            Reply::Bulk(Some(v)) if v.ends_with(mark) => {
+                                panic!("{at}: the first GET saw the APPEND after it")
+                            }
                             Reply::Bulk(Some(v)) if set_ok => assert_eq!(v, b"a", "{at}"),
                             Reply::Bulk(None) => assert!(!set_ok, "{at}: the first GET missed the SET"),
                             Reply::Bulk(_) => {}
-                            other => assert!(passing(other), "{at}: the first GET"),
+                            other => assert!(is_refusal(other), "{at}: the first GET"),
                         }
                         match append {
                             Reply::Integer(n) if set_ok => assert_eq!(*n, 1 + mark.len() as i64, "{at}"),
                             Reply::Integer(_) => {}
-                            other => assert!(passing(other), "{at}: APPEND"),
+                            other => assert!(is_refusal(other), "{at}: APPEND"),
                         }
                         // After an APPEND that succeeded, its mark last; after the SET too, both.
                         match get_after {
-                            Reply::Bulk(Some(v)) if appended && set_ok => assert_eq!(*v, [&b"a"[..], mark].concat(), "{at}"),
+                            Reply::Bulk(Some(v)) if appended && set_ok => {
+                                assert_eq!(*v, [&b"a"[..], mark].concat(), "{at}")
+                            }
                             Reply::Bulk(Some(v)) if appended => assert!(v.ends_with(mark), "{at}"),
-                            Reply::Bulk(None) => assert!(!appended && !set_ok, "{at}: the second GET missed a write"),
+                            Reply::Bulk(None) => {
+                                assert!(!appended && !set_ok, "{at}: the second GET missed a write")
+                            }
                             Reply::Bulk(_) => {}
-                            other => assert!(passing(other), "{at}: the second GET"),
+                            other => assert!(is_refusal(other), "{at}: the second GET"),
                         }
-                        all_ok &= replies.iter().all(|r| !passing(r));
+                        all_ok &= replies.iter().all(|r| !is_refusal(r));
                     }
                     let counter = if all_ok { &complete_rounds } else { &refused_rounds };
                     counter.fetch_add(1, Ordering::Relaxed);

@@ -511,8 +511,7 @@ impl RaftCore {
             self.vote = 0;
         }
         if self.role == Role::Leader {
-            let reads = &self.reads;
-            self.apply_barriers.retain(|(_, last_read)| reads.pending_upto(*last_read));
+            self.lift_barriers();
             let dropped = if self.apply_barriers.is_empty() {
                 self.reads.drop_unsettled(self.log.committed())
             } else {
@@ -625,6 +624,14 @@ impl RaftCore {
             self.apply_barriers.push_back((index, last_read));
         }
         Ok((index, term))
+    }
+
+    /// Removes the barriers whose reads are all served or dropped (the first ones: each covers
+    /// the reads of those before it).
+    fn lift_barriers(&mut self) {
+        while self.apply_barriers.front().is_some_and(|(_, last_read)| !self.reads.pending_upto(*last_read)) {
+            self.apply_barriers.pop_front();
+        }
     }
 
     /// The last index that may be handed out to be applied now: the commit index, or below the
@@ -1430,9 +1437,7 @@ impl RaftCore {
             0
         };
 
-        while self.apply_barriers.front().is_some_and(|(_, last_read)| !self.reads.pending_upto(*last_read)) {
-            self.apply_barriers.pop_front();
-        }
+        self.lift_barriers();
         let committed_entries =
             self.log.next_committed_entries(self.apply_limit(), self.config.max_apply_bytes);
         let applied_upto = committed_entries.last().map_or(self.log.applied(), |e| e.index);
