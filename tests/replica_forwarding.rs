@@ -207,6 +207,42 @@ fn a_forwarded_write_applied_before_its_answer_arrives_gets_its_own_reply() {
     assert_eq!(conn.call(&[b"GET", b"k"]), bulk("abcdcdcd"));
 }
 
+/// A pipelined `SET` then `GET` on a follower: the read starts at once, and with the leader's
+/// answer giving the write its index held back it is not served at its read index alone (below
+/// the write's): it waits for that answer, then sees the write.
+#[test]
+fn a_read_pipelined_behind_a_forwarded_write_waits_for_the_writes_index() {
+    let seed = common::kv_suite::seed("read behind a forwarded write");
+    let cluster = TestCluster::start_sim(3, seed, SimFaults::reliable(), move |c| c.seed = Some(seed));
+    let leader = cluster.wait_for_leader(WAIT);
+    let follower = followers(&cluster, leader)[0];
+    let status = cluster.status[&follower].clone();
+    let mut conn = RespConn::connect(cluster.client_addrs[&follower], WAIT);
+    for round in 0..10 {
+        let key = format!("k{round}").into_bytes();
+        assert_eq!(conn.call(&[b"SET", &key, b"old"]), Reply::Simple("OK".into()));
+        let before = status.applied_index();
+        cluster.net().hold_write_answers();
+        let mut pipeline = Vec::new();
+        quorumkv::protocol::resp::encode_request(&[&b"SET"[..], &key, b"new"], &mut pipeline);
+        quorumkv::protocol::resp::encode_request(&[&b"GET"[..], &key], &mut pipeline);
+        conn.send_raw(&pipeline);
+        // The write's entry reaches the follower through replication while its answer is held;
+        // the read's own index came back meanwhile (answers to reads are not held).
+        wait_until("the follower applying the forwarded entry", WAIT, || {
+            let applied = status.applied_index();
+            if applied > before {
+                Ok(())
+            } else {
+                Err(applied)
+            }
+        });
+        assert_eq!(cluster.net().release_forward_answers(), 1, "seed {seed} round {round}: one answer held");
+        assert_eq!(conn.read(), Some(Reply::Simple("OK".into())), "seed {seed} round {round}: SET");
+        assert_eq!(conn.read(), Some(bulk("new")), "seed {seed} round {round}: the GET behind the SET");
+    }
+}
+
 /// A follower cut off from the leader never serves a stale read; the majority goes on.
 #[test]
 fn a_cut_off_follower_answers_tryagain_never_a_stale_read() {

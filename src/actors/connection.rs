@@ -312,8 +312,9 @@ struct Waiting {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Start {
     Now,
-    /// A read behind writes in flight on a leader: it starts now but is served only once the
-    /// entries its replica appended before it are applied (the writes ahead of it among them).
+    /// A read behind writes in flight: it starts now but is served only once the writes ahead
+    /// of it are applied. On a leader, every entry appended before it; on a follower, the
+    /// entries the leader appended for the writes forwarded before it.
     AfterWrites,
     /// A write behind reads in flight on a leader: it starts now but is applied only once the
     /// reads waiting there (those ahead of it among them) are served.
@@ -322,19 +323,19 @@ enum Start {
 }
 
 impl Waiting {
-    /// How a request of `kind` may start. On a leader, a read behind writes starts at once to
-    /// be served after them, and a write behind reads to be applied after they are served;
-    /// elsewhere each waits for the answers of the other kind before it (a follower's writes
-    /// get their index from the leader, its reads theirs too, later). Anything behind a
-    /// membership command, and a membership command behind reads, waits for their answers.
+    /// How a request of `kind` may start. A read behind writes starts at once, to be served
+    /// after them. On a leader a write behind reads starts at once too, to be applied after they
+    /// are served; on a follower it waits for their answers (the leader, not the follower, would
+    /// order it behind them). Anything behind a membership command, and a membership command
+    /// behind reads, waits for their answers.
     fn may_start(&self, kind: WaiterKind, leading: bool) -> Start {
         match kind {
             _ if self.admins > 0 => Start::Hold,
             WaiterKind::Read if self.writes == 0 => Start::Now,
-            WaiterKind::Read if leading => Start::AfterWrites,
+            WaiterKind::Read => Start::AfterWrites,
             WaiterKind::Write if self.reads > 0 && leading => Start::AfterReads,
             WaiterKind::Write | WaiterKind::Admin if self.reads == 0 => Start::Now,
-            WaiterKind::Read | WaiterKind::Write | WaiterKind::Admin => Start::Hold,
+            WaiterKind::Write | WaiterKind::Admin => Start::Hold,
         }
     }
 

@@ -218,8 +218,9 @@ pub struct ReadIndex {
     pub budget: Arc<ReplyBudget>,
     /// Who to answer.
     pub reply_to: Recipient<ReadDone>,
-    /// Served only after every entry this leader appended before the read arrived (the asking
-    /// connection's writes ahead of it); refused on a replica that no longer leads.
+    /// Served only after the writes taken before it (the asking connection's writes ahead of
+    /// it among them): on a leader, every entry it appended before the read arrived; on a
+    /// follower, the entries the leader appended for every write it forwarded before.
     pub after_writes: bool,
 }
 
@@ -885,7 +886,7 @@ impl Consensus {
         }
         let gone = self.outbox.leader_changed();
         self.abandon(gone, &reason);
-        for read in self.outbox.release_reads(u64::MAX) {
+        for read in self.outbox.take_all_reads() {
             read.reply_to.do_send(ReadDone::failed(reason.clone()));
         }
         // Every watch's term is below this: all settle as unknown.
@@ -1086,6 +1087,11 @@ impl Consensus {
                 }
             }
         }
+        self.serve_released_reads();
+    }
+
+    /// Serves the forwarded reads whose read index (and floor) this replica has applied.
+    fn serve_released_reads(&mut self) {
         for read in self.outbox.release_reads(self.core.log().applied()) {
             self.serve(read);
         }
@@ -1114,18 +1120,18 @@ impl Consensus {
     fn on_forward_answer(&mut self, id: u64, answer: ForwardAnswer) {
         match answer {
             ForwardAnswer::Proposed { index, term } => {
-                if let Some(ForwardedWrite { request_id, watcher }) = self.outbox.take_write(id) {
+                if let Some(ForwardedWrite { request_id, watcher }) = self.outbox.write_proposed(id, index) {
                     // The applier checks what it recorded since the Expect if `index` is already applied.
                     self.send_applier(Watch { index, term, request_id, watcher });
+                    // Reads behind writes may have their floor now.
+                    self.serve_released_reads();
                 }
             }
             ForwardAnswer::ReadIndex { index, clock_ms } => {
                 // Every read served from now on is judged at this time or later.
                 self.clock.observe(clock_ms);
                 self.outbox.confirm_reads(id, index);
-                for read in self.outbox.release_reads(self.core.log().applied()) {
-                    self.serve(read);
-                }
+                self.serve_released_reads();
             }
             ForwardAnswer::AdminDone(index) => {
                 if let Some(admin) = self.outbox.take_admin(id) {
@@ -1149,6 +1155,7 @@ impl Consensus {
                 if let Some(write) = self.outbox.take_write(id) {
                     self.send_applier(Unexpect { request_id: write.request_id });
                     write.watcher.do_send(WatchFired(WatchOutcome::Refused(refusal)));
+                    self.serve_released_reads();
                 } else if let Some(admin) = self.outbox.take_admin(id) {
                     admin.reply_to.do_send(AdminDone(refusal_to_reply(refusal)));
                 } else {
@@ -1177,12 +1184,6 @@ impl Consensus {
         }
         let after_writes = msg.after_writes;
         let pending = PendingRead { command: msg.command, budget: msg.budget, reply_to: msg.reply_to };
-        if after_writes && self.core.role() != Role::Leader {
-            // The writes before it were proposed here, and their outcome is settled with the term.
-            const WHY: &str = "leadership changed while the writes before the read were in flight";
-            pending.reply_to.do_send(ReadDone::failed(WHY));
-            return false;
-        }
         if self.unsafe_local_reads {
             // The injected fault: no read index, so nothing says this state is current.
             self.serve(pending);
@@ -1193,8 +1194,16 @@ impl Consensus {
                 pending.reply_to.do_send(ReadDone::refused(refusal));
                 return false;
             }
-            // Sent with every other read of this burst as one batch, at the end of the drive.
-            self.outbox.add_read(pending);
+            // Sent with every other read of this burst as one batch, at the end of the drive. One
+            // behind writes also waits for the indexes of the writes forwarded before it: theirs
+            // among them, since their proposals came through this mailbox ahead of it. (Writes
+            // this replica proposed while it led are covered by the new leader's read index.)
+            self.note_forward_target();
+            if after_writes {
+                self.outbox.add_read_after_writes(pending);
+            } else {
+                self.outbox.add_read(pending);
+            }
             return true;
         }
         let read_ctx = self.next_read_ctx;

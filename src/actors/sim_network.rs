@@ -13,7 +13,7 @@ use actix::prelude::*;
 
 use super::consensus::Inbound;
 use super::transport::Transport;
-use crate::protocol::peer_wire::PeerFrame;
+use crate::protocol::peer_wire::{ForwardAnswer, PeerFrame};
 use crate::protocol::raft::{MessageBody, NodeId};
 use crate::protocol::rng::Rng;
 
@@ -59,10 +59,19 @@ struct NetState {
     members: BTreeMap<NodeId, Recipient<Inbound>>,
     /// Cut directed links (from, to).
     cut: BTreeSet<(NodeId, NodeId)>,
-    /// Leaders' answers to forwarded requests are held back (not lost) while this is set.
-    hold_forward_answers: bool,
+    /// Which of the leaders' answers to forwarded requests are held back (not lost).
+    hold_answers: HeldAnswers,
     held: Vec<PeerFrame>,
     stats: SimStats,
+}
+
+/// Which answers to forwarded requests the network holds back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HeldAnswers {
+    None,
+    All,
+    /// Only [`ForwardAnswer::Proposed`].
+    Writes,
 }
 
 /// The shared network; clone it freely.
@@ -79,7 +88,7 @@ impl SimNetwork {
             faults,
             members: BTreeMap::new(),
             cut: BTreeSet::new(),
-            hold_forward_answers: false,
+            hold_answers: HeldAnswers::None,
             held: Vec::new(),
             stats: SimStats::default(),
         };
@@ -137,14 +146,21 @@ impl SimNetwork {
     /// [`release_forward_answers`](SimNetwork::release_forward_answers): the slow reply path
     /// that lets a follower apply a forwarded entry before it learns where the entry went.
     pub fn hold_forward_answers(&self) {
-        self.lock().hold_forward_answers = true;
+        self.lock().hold_answers = HeldAnswers::All;
+    }
+
+    /// Holds back only the answers that give a forwarded write its index, until
+    /// [`release_forward_answers`](SimNetwork::release_forward_answers): a follower learns read
+    /// indexes (and applies entries) before it learns where the writes before them went.
+    pub fn hold_write_answers(&self) {
+        self.lock().hold_answers = HeldAnswers::Writes;
     }
 
     /// Delivers the held answers and stops holding; returns how many there were.
     pub fn release_forward_answers(&self) -> usize {
         let held = {
             let mut state = self.lock();
-            state.hold_forward_answers = false;
+            state.hold_answers = HeldAnswers::None;
             std::mem::take(&mut state.held)
         };
         let count = held.len();
@@ -170,7 +186,14 @@ impl SimNetwork {
         if matches!(&frame, PeerFrame::Raft(m) if matches!(m.body, MessageBody::Heartbeat { .. })) {
             state.stats.heartbeats += 1;
         }
-        if state.hold_forward_answers && matches!(frame, PeerFrame::ForwardAnswer { .. }) {
+        let held = match (&state.hold_answers, &frame) {
+            (HeldAnswers::All, PeerFrame::ForwardAnswer { .. }) => true,
+            (HeldAnswers::Writes, PeerFrame::ForwardAnswer { answer, .. }) => {
+                matches!(answer, ForwardAnswer::Proposed { .. })
+            }
+            _ => false,
+        };
+        if held {
             state.held.push(frame);
             return;
         }

@@ -149,9 +149,10 @@ impl Waiter {
         self
     }
 
-    /// Its read is served only after the entries consensus appended before it, as a message
+    /// Its read is served only after the writes consensus took before it (on a leader, every
+    /// entry appended before it; on a follower, every write forwarded before it), as a message
     /// behind the proposals of the connection's writes ahead of it (waiters started earlier on
-    /// the same thread send theirs first); used on a leader.
+    /// the same thread send theirs first).
     pub fn after_writes(mut self) -> Waiter {
         self.after_writes = true;
         self.read_inbox = None;

@@ -6,8 +6,15 @@
 //! matter (its waiter has timed out). Reads are forwarded in batches: every read that arrives
 //! between two drives shares one read-index request, and once the leader answers an index they
 //! wait, by index, for the follower's own state machine to reach it.
+//!
+//! A read behind writes (a client's pipeline: `SET k v` then `GET k`) also waits for the indexes
+//! of the writes forwarded before it: the leader answers a forwarded write with its index as
+//! soon as it is appended, so those answers usually come back before the read index does, and
+//! the read is then served once this replica has applied the higher of the read index and the
+//! highest index the leader gave a write (its floor), without waiting for the writes' replies.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::mem;
 
 use super::raft::NodeId;
 
@@ -52,18 +59,38 @@ impl<W, R, A> Abandoned<W, R, A> {
     }
 }
 
+/// A read waiting in the outbox; `after` is set for a read behind writes: it must also follow
+/// every write forwarded before it, the writes whose forward ids are below `after`.
+#[derive(Debug)]
+struct HeldRead<R> {
+    read: R,
+    after: Option<u64>,
+}
+
 /// A follower's forwarded requests, by forward id: writes `W`, reads `R`, admin requests `A`.
 #[derive(Debug)]
 pub struct Outbox<W, R, A> {
     next_id: u64,
-    writes: HashMap<u64, Sent<W>>,
+    /// By id, so the oldest write still unanswered is the first.
+    writes: BTreeMap<u64, Sent<W>>,
     write_bytes: usize,
+    /// The highest index the leader gave a forwarded write since the leader last changed: every
+    /// index up to it is in that leader's log.
+    proposed_high: u64,
     /// Reads that arrived since the last batch went out.
-    unsent_reads: Vec<R>,
+    unsent_reads: Vec<HeldRead<R>>,
     /// Batches at the leader, waiting for a read index.
-    read_batches: HashMap<u64, Sent<Vec<R>>>,
+    read_batches: HashMap<u64, Sent<Vec<HeldRead<R>>>>,
     /// Reads with a read index, waiting for this replica to apply it, by index.
     confirmed_reads: BTreeMap<u64, Vec<R>>,
+    /// Reads behind writes with a read index, waiting for the indexes of the writes before them
+    /// (the forward id they follow, their read index, the read).
+    unfloored_reads: Vec<(u64, u64, R)>,
+    /// Reads behind writes whose floor is known, waiting for this replica to apply the higher of
+    /// it and their read index, by that index. Kept apart from `confirmed_reads`: a floor names
+    /// an index of the leader's log, which a new leader may not have.
+    floored_reads: BTreeMap<u64, Vec<R>>,
+    /// Reads in `confirmed_reads`, `unfloored_reads` and `floored_reads`.
     confirmed_count: usize,
     admins: HashMap<u64, Sent<A>>,
     /// Admin requests done at the leader, waiting for this replica to apply their index.
@@ -81,11 +108,14 @@ impl<W, R, A> Outbox<W, R, A> {
     pub fn new() -> Outbox<W, R, A> {
         Outbox {
             next_id: 1,
-            writes: HashMap::new(),
+            writes: BTreeMap::new(),
             write_bytes: 0,
+            proposed_high: 0,
             unsent_reads: Vec::new(),
             read_batches: HashMap::new(),
             confirmed_reads: BTreeMap::new(),
+            unfloored_reads: Vec::new(),
+            floored_reads: BTreeMap::new(),
             confirmed_count: 0,
             admins: HashMap::new(),
             applied_admins: Vec::new(),
@@ -119,16 +149,35 @@ impl<W, R, A> Outbox<W, R, A> {
         Ok(id)
     }
 
-    /// The write forwarded as `id`, once its answer came (`None`: unknown or already settled).
+    /// The write forwarded as `id`, once it was refused or failed (`None`: unknown or already
+    /// settled).
     pub fn take_write(&mut self, id: u64) -> Option<W> {
         let sent = self.writes.remove(&id)?;
         self.write_bytes -= sent.bytes;
+        self.settle_floors();
+        Some(sent.item)
+    }
+
+    /// The write forwarded as `id`, once the leader appended it at `index` (`None`: unknown or
+    /// already settled, and then its index is not taken either).
+    pub fn write_proposed(&mut self, id: u64, index: u64) -> Option<W> {
+        let sent = self.writes.remove(&id)?;
+        self.write_bytes -= sent.bytes;
+        self.proposed_high = self.proposed_high.max(index);
+        self.settle_floors();
         Some(sent.item)
     }
 
     /// Queues a read for the next batch.
     pub fn add_read(&mut self, read: R) {
-        self.unsent_reads.push(read);
+        self.unsent_reads.push(HeldRead { read, after: None });
+    }
+
+    /// Queues a read for the next batch that must also follow every write forwarded so far: it
+    /// is released only once this replica has applied the indexes the leader gives them.
+    pub fn add_read_after_writes(&mut self, read: R) {
+        let after = Some(self.next_id);
+        self.unsent_reads.push(HeldRead { read, after });
     }
 
     /// Makes the reads queued since the last call one batch sent at `tick`; returns its id.
@@ -137,34 +186,75 @@ impl<W, R, A> Outbox<W, R, A> {
             return None;
         }
         let id = self.take_id();
-        let batch = std::mem::take(&mut self.unsent_reads);
+        let batch = mem::take(&mut self.unsent_reads);
         self.read_batches.insert(id, Sent { tick, item: batch, bytes: 0 });
         Some(id)
     }
 
-    /// The leader gave `index` for batch `id`: its reads wait for this replica to apply it.
+    /// The leader gave `index` for batch `id`: its reads wait for this replica to apply it (and
+    /// those behind writes, for their floor too).
     pub fn confirm_reads(&mut self, id: u64, index: u64) {
-        if let Some(batch) = self.read_batches.remove(&id) {
-            self.confirmed_count += batch.item.len();
-            self.confirmed_reads.entry(index).or_default().extend(batch.item);
+        let Some(batch) = self.read_batches.remove(&id) else { return };
+        self.confirmed_count += batch.item.len();
+        for HeldRead { read, after } in batch.item {
+            match after {
+                None => self.confirmed_reads.entry(index).or_default().push(read),
+                Some(after) => self.unfloored_reads.push((after, index, read)),
+            }
+        }
+        self.settle_floors();
+    }
+
+    /// Gives a floor to the confirmed reads behind writes whose writes are all answered: the
+    /// highest index the leader gave a write, which is at least theirs.
+    fn settle_floors(&mut self) {
+        if self.unfloored_reads.is_empty() {
+            return;
+        }
+        // No write below this forward id is still unanswered.
+        let answered_below = self.writes.keys().next().copied().unwrap_or(u64::MAX);
+        let (settled, waiting) = mem::take(&mut self.unfloored_reads)
+            .into_iter()
+            .partition(|(after, _, _)| *after <= answered_below);
+        self.unfloored_reads = waiting;
+        for (_, index, read) in settled {
+            self.floored_reads.entry(index.max(self.proposed_high)).or_default().push(read);
         }
     }
 
     /// The leader could not confirm batch `id`: its reads, to be failed.
     pub fn fail_reads(&mut self, id: u64) -> Vec<R> {
-        self.read_batches.remove(&id).map(|b| b.item).unwrap_or_default()
+        let batch = self.read_batches.remove(&id).map(|b| b.item).unwrap_or_default();
+        batch.into_iter().map(|held| held.read).collect()
     }
 
-    /// The confirmed reads whose index is at or below `applied`: they may be served now.
+    /// The confirmed reads whose index (and floor) is at or below `applied`: they may be served
+    /// now.
     pub fn release_reads(&mut self, applied: u64) -> Vec<R> {
         let mut out = Vec::new();
-        while let Some(entry) = self.confirmed_reads.first_entry() {
-            if *entry.key() > applied {
-                break;
+        for by_index in [&mut self.confirmed_reads, &mut self.floored_reads] {
+            while let Some(entry) = by_index.first_entry() {
+                if *entry.key() > applied {
+                    break;
+                }
+                out.extend(entry.remove());
             }
-            out.extend(entry.remove());
         }
         self.confirmed_count -= out.len();
+        out
+    }
+
+    /// Every read still held, whatever its stage (consensus stopped: each is failed).
+    pub fn take_all_reads(&mut self) -> Vec<R> {
+        let mut out: Vec<R> = mem::take(&mut self.unsent_reads).into_iter().map(|held| held.read).collect();
+        for (_, batch) in self.read_batches.drain() {
+            out.extend(batch.item.into_iter().map(|held| held.read));
+        }
+        out.extend(mem::take(&mut self.unfloored_reads).into_iter().map(|(_, _, read)| read));
+        for by_index in [&mut self.confirmed_reads, &mut self.floored_reads] {
+            out.extend(mem::take(by_index).into_values().flatten());
+        }
+        self.confirmed_count = 0;
         out
     }
 
@@ -200,12 +290,24 @@ impl<W, R, A> Outbox<W, R, A> {
     /// The leader this replica forwards to changed: everything the old one held is abandoned.
     ///
     /// Confirmed reads stay (their index was confirmed by a leader after they arrived, so it is
-    /// still a correct lower bound), and so do admin requests already done.
+    /// still a correct lower bound), and so do admin requests already done. Reads behind writes
+    /// not yet released go back to be sent again, as plain reads: their floor names the old
+    /// leader's log, which the new one may not have, while the new leader's read index (given
+    /// after it committed in its term) is past every entry of an earlier term that ever commits,
+    /// the writes before them among them.
     pub fn leader_changed(&mut self) -> Abandoned<W, R, A> {
         self.write_bytes = 0;
+        self.proposed_high = 0;
+        let mut again: Vec<R> = mem::take(&mut self.unfloored_reads).into_iter().map(|(_, _, r)| r).collect();
+        again.extend(mem::take(&mut self.floored_reads).into_values().flatten());
+        self.confirmed_count -= again.len();
+        for held in &mut self.unsent_reads {
+            held.after = None;
+        }
+        self.unsent_reads.extend(again.into_iter().map(|read| HeldRead { read, after: None }));
         Abandoned {
-            writes: self.writes.drain().map(|(_, s)| s.item).collect(),
-            reads: self.read_batches.drain().flat_map(|(_, s)| s.item).collect(),
+            writes: mem::take(&mut self.writes).into_values().map(|s| s.item).collect(),
+            reads: self.read_batches.drain().flat_map(|(_, s)| s.item).map(|held| held.read).collect(),
             admins: self.admins.drain().map(|(_, s)| s.item).collect(),
         }
     }
@@ -230,6 +332,8 @@ impl<W, R, A> Outbox<W, R, A> {
             && self.unsent_reads.is_empty()
             && self.read_batches.is_empty()
             && self.confirmed_reads.is_empty()
+            && self.unfloored_reads.is_empty()
+            && self.floored_reads.is_empty()
             && self.admins.is_empty()
             && self.applied_admins.is_empty()
     }
@@ -345,6 +449,111 @@ mod tests {
         assert_eq!(outbox.take_admin(admin), None);
         assert_eq!(outbox.release_reads(3), vec![1]);
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_read_behind_writes_waits_for_their_indexes_and_is_served_past_them() {
+        let mut outbox = Box3::new();
+        let early = outbox.add_write(0, 10, "early").expect("room");
+        outbox.add_read_after_writes(1);
+        let later = outbox.add_write(0, 10, "later").expect("room");
+        let batch = outbox.send_reads(0).expect("batch");
+        outbox.confirm_reads(batch, 5);
+        assert!(outbox.release_reads(100).is_empty(), "the index of the write before it is not known yet");
+        assert_eq!(outbox.reads_len(), 1);
+        // A write sent after the read does not hold it; its index, once given, still counts.
+        assert_eq!(outbox.write_proposed(later, 9), Some("later"));
+        assert!(outbox.release_reads(100).is_empty());
+        assert_eq!(outbox.write_proposed(early, 8), Some("early"));
+        assert!(outbox.release_reads(8).is_empty(), "the floor is the highest index given: 9");
+        assert_eq!(outbox.release_reads(9), vec![1]);
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_read_behind_writes_is_served_at_its_read_index_when_that_is_higher() {
+        let mut outbox = Box3::new();
+        let write = outbox.add_write(0, 10, "w").expect("room");
+        assert_eq!(outbox.write_proposed(write, 4), Some("w"));
+        outbox.add_read_after_writes(1);
+        outbox.add_read(2);
+        let batch = outbox.send_reads(0).expect("batch");
+        outbox.confirm_reads(batch, 6);
+        assert!(outbox.release_reads(5).is_empty());
+        assert_eq!(outbox.release_reads(6), vec![2, 1]);
+    }
+
+    #[test]
+    fn refused_or_abandoned_writes_no_longer_hold_the_reads_behind_them() {
+        let mut outbox = Box3::new();
+        let refused = outbox.add_write(0, 10, "refused").expect("room");
+        outbox.add_read_after_writes(1);
+        let batch = outbox.send_reads(0).expect("batch");
+        outbox.confirm_reads(batch, 3);
+        assert!(outbox.release_reads(3).is_empty());
+        assert_eq!(outbox.take_write(refused), Some("refused"));
+        assert_eq!(outbox.release_reads(3), vec![1]);
+        outbox.add_write(1, 10, "expired").expect("room");
+        outbox.add_read_after_writes(2);
+        let batch = outbox.send_reads(5).expect("batch");
+        outbox.confirm_reads(batch, 3);
+        let gone = outbox.expire(2);
+        assert_eq!(gone.writes, vec!["expired"]);
+        assert_eq!(outbox.release_reads(3), vec![2]);
+    }
+
+    #[test]
+    fn a_leader_change_sends_reads_behind_writes_again_as_plain_reads() {
+        let mut outbox = Box3::new();
+        let write = outbox.add_write(0, 10, "w").expect("room");
+        assert_eq!(outbox.write_proposed(write, 50), Some("w"));
+        // Confirmed with its floor (50, a position of the old leader's log) not yet applied.
+        outbox.add_read_after_writes(1);
+        let batch = outbox.send_reads(0).expect("batch");
+        outbox.confirm_reads(batch, 40);
+        // Confirmed, its floor still unknown.
+        let unanswered = outbox.add_write(0, 10, "u").expect("room");
+        outbox.add_read_after_writes(2);
+        let batch = outbox.send_reads(0).expect("batch");
+        outbox.confirm_reads(batch, 40);
+        // Not sent yet.
+        let another = outbox.add_write(0, 10, "v").expect("room");
+        outbox.add_read_after_writes(3);
+        let gone = outbox.leader_changed();
+        assert_eq!(gone.writes, vec!["u", "v"]);
+        assert!(gone.reads.is_empty());
+        assert_eq!(outbox.write_proposed(unanswered, 60), None, "an answer from the old leader");
+        assert_eq!(outbox.write_proposed(another, 60), None);
+        assert!(outbox.release_reads(u64::MAX).is_empty(), "none is served on the old leader's word");
+        assert_eq!(outbox.reads_len(), 3);
+        // The new leader's read index is all they wait for.
+        let batch = outbox.send_reads(1).expect("sent again");
+        outbox.confirm_reads(batch, 45);
+        assert!(outbox.release_reads(44).is_empty());
+        let mut served = outbox.release_reads(45);
+        served.sort();
+        assert_eq!(served, vec![1, 2, 3]);
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn every_read_held_is_taken_when_consensus_stops() {
+        let mut outbox = Box3::new();
+        outbox.add_write(0, 10, "w").expect("room");
+        outbox.add_read(1);
+        let batch = outbox.send_reads(0).expect("batch");
+        outbox.confirm_reads(batch, 3);
+        outbox.add_read_after_writes(2);
+        let batch = outbox.send_reads(0).expect("batch");
+        outbox.confirm_reads(batch, 3);
+        outbox.add_read(3);
+        let batch = outbox.send_reads(0).expect("batch");
+        outbox.add_read(4);
+        let mut taken = outbox.take_all_reads();
+        taken.sort();
+        assert_eq!(taken, vec![1, 2, 3, 4]);
+        assert_eq!(outbox.reads_len(), 0);
+        assert!(outbox.fail_reads(batch).is_empty());
     }
 
     #[test]
