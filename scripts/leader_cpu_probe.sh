@@ -14,7 +14,8 @@
 # work wait? WAITS=1 prints, for every thread of the three replicas that ran over the load, its
 # share of a core running and waiting runnable for a CPU (and that wait per time it was put on
 # one), from /proc's schedstat, and the machine's CPU split (softirq is loopback TCP's receive
-# work, charged to no thread). Used for issue 12.
+# work, charged to no thread). DRIVE=follower sends the load to a follower instead (which forwards
+# its writes and read-index requests to the leader). Used for issue 12.
 BIN=$1; WR=$2; CL=$3; PERF=${4:-}
 . "$(dirname "$0")/probe_cluster.sh"
 # shellcheck disable=SC2086 # EXTRA is a list of flags
@@ -22,13 +23,14 @@ probe_cluster proftest 26380 27380 /tmp/prof/d /tmp/prof/log "$BIN" $EXTRA
 PORT=$((26380+LEADER)); LPID=$(pgrep -f "client-addr 127.0.0.1:$PORT")
 FPIDS=$(for i in 1 2 3; do [ $i != $LEADER ] && pgrep -f "client-addr 127.0.0.1:$((26380+i))"; done)
 LG=${LOADGEN:-/tmp/bench/loadgen/target/release/loadgen}
+LOAD_PORT=$PORT; [ "${DRIVE:-}" = follower ] && LOAD_PORT=$((26380 + LEADER % 3 + 1))
 PRE=""; [ "$WR" = 0 ] && PRE=--preload
 c0=$(for p in $LPID $FPIDS; do awk '{print $14+$15}' /proc/$p/stat; done | paste -sd' ')
 [ -n "${THREADS:-}" ] && { thread_ticks "$LPID" > /tmp/prof/threads_before; T0=$(date +%s.%N); }
 # shellcheck disable=SC2086 # FPIDS is a list
 [ -n "${WAITS:-}" ] && { thread_waits $LPID $FPIDS > /tmp/prof/waits_before; S0=$(cpu_split); W0=$(date +%s.%N); }
 if [ -n "$PERF" ]; then PP_PID=$LPID; [ "${PERFWHO:-}" = follower ] && PP_PID=${FPIDS%%[[:space:]]*}; perf record -e cpu-clock ${PERFG:--g} -p $PP_PID -o /tmp/prof/perf.data -- sleep ${PERFSECS:-8} > /dev/null 2>&1 & PP=$!; fi
-$LG --target resp --addr 127.0.0.1:$PORT --clients $CL --pipeline ${PIPE:-1} --duration 8 --ops 100000000 --value-size 100 --keys 10000 --write-ratio $WR $PRE | tee /tmp/prof/load.json
+$LG --target resp --addr 127.0.0.1:$LOAD_PORT --clients $CL --pipeline ${PIPE:-1} --duration 8 --ops 100000000 --value-size 100 --keys 10000 --write-ratio $WR $PRE | tee /tmp/prof/load.json
 if [ -n "${THREADS:-}" ]; then
   OPS=$(grep -o '"ops":[0-9]*' /tmp/prof/load.json | cut -d: -f2)
   SECS=$(echo "$(date +%s.%N) - $T0" | bc)

@@ -167,6 +167,9 @@ struct Node {
     /// Highest commit index whose entries were checked against the global record.
     checked: u64,
     restarts: u64,
+    /// The apply ceiling its driver set (`RaftCore::set_apply_ceiling`), as a follower holding
+    /// entries behind reads it forwarded does.
+    apply_ceiling: Option<u64>,
 }
 
 /// The network's behaviour for one seed.
@@ -245,6 +248,8 @@ struct SimStats {
     reads_above_commit_served: u64,
     /// Reads served that an entry proposed behind them had to wait for.
     reads_before_barrier_served: u64,
+    /// Readies handed out while an apply ceiling held committed entries back.
+    readies_under_ceiling: u64,
 }
 
 impl Sim {
@@ -295,6 +300,7 @@ impl Sim {
                     membership: Membership::default(),
                     checked: 0,
                     restarts: 0,
+                    apply_ceiling: None,
                 },
             );
             sim.start(id);
@@ -343,6 +349,7 @@ impl Sim {
         };
         node.membership = membership.clone();
         node.core = Some(RaftCore::restore(config, disk.hard_state, disk.snapshot, membership, disk.entries));
+        node.apply_ceiling = None;
         node.state = disk.image.1;
         node.checked = disk.snapshot.index;
     }
@@ -393,6 +400,7 @@ impl Sim {
         let node = self.nodes.get_mut(&id).expect("node");
         node.core = None;
         node.pending.clear();
+        node.apply_ceiling = None;
     }
 
     /// Moves the oldest pending writes of `id` (all, or a random number of them) to its disk and
@@ -469,6 +477,19 @@ impl Sim {
             let node = self.nodes.get_mut(&id).expect("node");
             node.state = state;
             node.membership = decode_membership(&snapshot.data);
+        }
+        if let Some(ceiling) = self.nodes[&id].apply_ceiling.filter(|_| ready.snapshot.is_none()) {
+            // Nothing past its driver's ceiling is handed out (a snapshot is not held by it).
+            if let Some(entry) = ready.committed_entries.iter().find(|e| e.index > ceiling) {
+                self.fail(format!(
+                    "node {id} handed out entry {} above its apply ceiling {ceiling}",
+                    entry.index
+                ));
+            }
+            let committed = self.nodes[&id].core.as_ref().map_or(0, |c| c.log().committed());
+            if committed > ceiling {
+                self.stats.readies_under_ceiling += 1;
+            }
         }
         for entry in &ready.committed_entries {
             self.apply(id, entry);
@@ -932,7 +953,8 @@ impl Sim {
             800..=814 if self.dynamic => self.change_membership(),
             815..=817 if self.dynamic => self.transfer(),
             800..=899 => self.propose(),
-            900..=929 => self.read(),
+            900..=919 => self.read(),
+            920..=929 => self.toggle_apply_ceiling(),
             930..=936 => {
                 let live = self.live();
                 if let Some(id) = self.pick(&live) {
@@ -954,8 +976,31 @@ impl Sim {
         self.check();
     }
 
+    /// Sets an apply ceiling on a live node a few entries past what it applied (or below it), or
+    /// lifts the one it has.
+    fn toggle_apply_ceiling(&mut self) {
+        let live = self.live();
+        let Some(id) = self.pick(&live) else { return };
+        let above = self.rng.range(0, 4);
+        let node = self.nodes.get_mut(&id).expect("node");
+        let ceiling = match node.apply_ceiling {
+            Some(_) => None,
+            None => Some((node.state.0 + above).saturating_sub(1)),
+        };
+        node.apply_ceiling = ceiling;
+        if let Some(core) = node.core.as_mut() {
+            core.set_apply_ceiling(ceiling);
+        }
+    }
+
     /// Heals everything and requires a fresh proposal to commit on every node within a bound.
     fn check_liveness(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.apply_ceiling = None;
+            if let Some(core) = node.core.as_mut() {
+                core.set_apply_ceiling(None);
+            }
+        }
         self.cut.clear();
         self.faults = Faults { drop: 0.0, duplicate: 0.0, max_delay_ticks: 1, no_room: 0.0 };
         let down: Vec<u64> = self.nodes.iter().filter(|(_, n)| n.core.is_none()).map(|(&id, _)| id).collect();
@@ -1071,7 +1116,9 @@ fn run_with(n: u64, base_seed: u64, dynamic: bool) {
         total.reads_served += s.reads_served;
         total.reads_above_commit_served += s.reads_above_commit_served;
         total.reads_before_barrier_served += s.reads_before_barrier_served;
+        total.readies_under_ceiling += s.readies_under_ceiling;
     }
+    assert!(total.readies_under_ceiling > 0, "no apply ceiling ever held a committed entry back");
     assert!(
         total.reads_served > 0
             && total.reads_above_commit_served > 0

@@ -243,6 +243,61 @@ fn a_read_pipelined_behind_a_forwarded_write_waits_for_the_writes_index() {
     }
 }
 
+/// A pipelined `GET` then `SET` on a follower: the write starts at once, yet its entry, committed
+/// and on the follower while the leader's answers (to the read and to the write) are held back,
+/// is not applied there before the read is served: the read never sees the write behind it.
+#[test]
+fn a_write_pipelined_behind_a_read_on_a_follower_is_not_applied_before_the_read_is_served() {
+    let seed = common::kv_suite::seed("write behind a forwarded read");
+    let cluster = TestCluster::start_sim(3, seed, SimFaults::reliable(), move |c| c.seed = Some(seed));
+    let leader = cluster.wait_for_leader(WAIT);
+    let follower = followers(&cluster, leader)[0];
+    let status = cluster.status[&follower].clone();
+    let mut conn = RespConn::connect(cluster.client_addrs[&follower], WAIT);
+    let mut served = 0;
+    for round in 0..10 {
+        let key = format!("k{round}").into_bytes();
+        assert_eq!(conn.call(&[b"SET", &key, b"old"]), Reply::Simple("OK".into()));
+        let on_leader = cluster.status[&leader].clone();
+        let before = on_leader.last_log_index();
+        cluster.net().hold_forward_answers();
+        let mut pipeline = Vec::new();
+        quorumkv::protocol::resp::encode_request(&[&b"GET"[..], &key], &mut pipeline);
+        quorumkv::protocol::resp::encode_request(&[&b"SET"[..], &key, b"new"], &mut pipeline);
+        conn.send_raw(&pipeline);
+        let mut appended = before;
+        wait_until("the leader appending the forwarded write", WAIT, || {
+            appended = on_leader.last_log_index();
+            if appended > before {
+                Ok(())
+            } else {
+                Err(appended)
+            }
+        });
+        wait_until("the follower learning the forwarded write committed", WAIT, || {
+            let committed = status.commit_index();
+            if committed >= appended {
+                Ok(())
+            } else {
+                Err(committed)
+            }
+        });
+        // The write's answer left as the leader appended it; the read's may leave only after
+        // its round, and so after the hold.
+        let held = cluster.net().release_forward_answers();
+        assert!((1..=2).contains(&held), "seed {seed} round {round}: {held} answers held");
+        // The simulated links reorder: should the read-index request reach the leader after
+        // the write, the follower refuses the read rather than serve it past the write.
+        match conn.read().expect("GET") {
+            reply if reply == bulk("old") => served += 1,
+            reply => assert!(is_err(&reply, "TRYAGAIN"), "seed {seed} round {round}: the GET: {reply:?}"),
+        }
+        assert_eq!(conn.read(), Some(Reply::Simple("OK".into())), "seed {seed} round {round}: SET");
+        assert_eq!(conn.call(&[b"GET", &key]), bulk("new"), "seed {seed} round {round}");
+    }
+    assert!(served > 0, "seed {seed}: no GET was served before its SET");
+}
+
 /// A follower cut off from the leader never serves a stale read; the majority goes on.
 #[test]
 fn a_cut_off_follower_answers_tryagain_never_a_stale_read() {

@@ -316,26 +316,27 @@ enum Start {
     /// of it are applied. On a leader, every entry appended before it; on a follower, the
     /// entries the leader appended for the writes forwarded before it.
     AfterWrites,
-    /// A write behind reads in flight on a leader: it starts now but is applied only once the
-    /// reads waiting there (those ahead of it among them) are served.
+    /// A write behind reads in flight: it starts now but is applied only once the reads ahead
+    /// of it are served. On a leader, every read waiting there; on a follower, every read it
+    /// holds for the leader's answer or for its own apply.
     AfterReads,
     Hold,
 }
 
 impl Waiting {
     /// How a request of `kind` may start. A read behind writes starts at once, to be served
-    /// after them. On a leader a write behind reads starts at once too, to be applied after they
-    /// are served; on a follower it waits for their answers (the leader, not the follower, would
-    /// order it behind them). Anything behind a membership command, and a membership command
-    /// behind reads, waits for their answers.
-    fn may_start(&self, kind: WaiterKind, leading: bool) -> Start {
+    /// after them, and a write behind reads, to be applied after they are served. Anything
+    /// behind a membership command, and a membership command behind reads, waits for their
+    /// answers (consensus may hold the command before it is in the log).
+    fn may_start(&self, kind: WaiterKind) -> Start {
         match kind {
             _ if self.admins > 0 => Start::Hold,
             WaiterKind::Read if self.writes == 0 => Start::Now,
             WaiterKind::Read => Start::AfterWrites,
-            WaiterKind::Write if self.reads > 0 && leading => Start::AfterReads,
-            WaiterKind::Write | WaiterKind::Admin if self.reads == 0 => Start::Now,
-            WaiterKind::Write | WaiterKind::Admin => Start::Hold,
+            WaiterKind::Write if self.reads == 0 => Start::Now,
+            WaiterKind::Write => Start::AfterReads,
+            WaiterKind::Admin if self.reads == 0 => Start::Now,
+            WaiterKind::Admin => Start::Hold,
         }
     }
 
@@ -729,7 +730,7 @@ impl Connection {
 
     /// How `task` may start behind the waiters in flight.
     fn may_start(&self, task: &WaiterTask) -> Start {
-        self.waiting.may_start(WaiterKind::of(task), self.env.status.is_leader())
+        self.waiting.may_start(WaiterKind::of(task))
     }
 
     /// Starts the waiter of request `seq` (in flight, not yet answered) for `task`; its deadline

@@ -202,9 +202,10 @@ pub struct Propose {
     pub request_id: u64,
     /// Who is told once the index is settled, or at once if the proposal is refused.
     pub watcher: Recipient<WatchFired>,
-    /// Not applied before the reads this leader has waiting are served (the asking connection's
-    /// reads ahead of it among them); refused, unproposed, on a replica that no longer leads or
-    /// still holds reads it forwarded before it led.
+    /// Not applied before the reads this replica holds are served (the asking connection's
+    /// reads ahead of it among them): on a leader those in its read queue, on a follower those
+    /// it forwarded. Refused, unproposed, by a leader still holding reads it forwarded before
+    /// it led, or a follower still holding reads it took while it led.
     pub after_reads: bool,
 }
 
@@ -613,7 +614,14 @@ impl Consensus {
     /// Takes the reads waiting in the inbox and runs Readies until neither is left.
     fn drive(&mut self, ctx: &mut Context<Self>) {
         loop {
+            let ceiling = self.outbox.apply_ceiling();
+            self.core.set_apply_ceiling(ceiling);
             self.run_readies(ctx);
+            if self.outbox.apply_ceiling() != ceiling && !self.stopped {
+                // Reads served (or a write's index given) at the end of that drive moved the
+                // entries this follower may apply.
+                continue;
+            }
             // With a read round out, its answers (or the tick that resends it) bring the next
             // drive; with none, the next read must wake this actor.
             let reads = self.read_inbox.0.take(!self.core.read_round_out());
@@ -655,6 +663,12 @@ impl Consensus {
             self.transport.flush();
             let mut received = None;
             if let Some(snapshot) = ready.snapshot.take() {
+                // The reads ahead of writes forwarded behind them would be served on a state
+                // that may hold those writes: they are failed.
+                const WHY: &str = "a snapshot was installed while the writes after the read were in flight";
+                for read in self.outbox.break_barriers() {
+                    read.reply_to.do_send(ReadDone::failed(WHY));
+                }
                 // The image is the file it was received into (Raft carries only its position).
                 let Some(file) = self.received.take().filter(|f| f.meta() == snapshot.meta) else {
                     return self.fail(ctx, "a snapshot to install came without its received image");
@@ -1027,9 +1041,21 @@ impl Consensus {
             Err(refusal) => return msg.watcher.do_send(WatchFired(WatchOutcome::Refused(refusal))),
         };
         self.note_forward_target();
-        let Propose { data, request_id, watcher, .. } = msg;
+        let Propose { data, request_id, watcher, after_reads } = msg;
         let write = ForwardedWrite { request_id, watcher };
-        match self.outbox.add_write(self.ticks, data.len(), write) {
+        let added = if after_reads {
+            // The connection's reads ahead of it were handed over first (their waiters started
+            // first): those still in the inbox join the outbox, and every read not yet sent goes
+            // to the leader before this write, so their read indexes are below its entry.
+            for read in self.read_inbox.0.take(false) {
+                self.take_read(read);
+            }
+            self.send_read_batch();
+            self.outbox.add_write_after_reads(self.ticks, data.len(), write, self.core.log().applied())
+        } else {
+            self.outbox.add_write(self.ticks, data.len(), write)
+        };
+        match added {
             Ok(id) => {
                 self.send_applier(Expect { request_id });
                 self.send_forward(leader, id, Forwarded::Propose(data));
@@ -1074,26 +1100,34 @@ impl Consensus {
             return;
         }
         self.note_forward_target();
-        if let Some(id) = self.outbox.send_reads(self.ticks) {
-            match self.forward_target() {
-                Ok(leader) if self.core.role() != Role::Leader => {
-                    self.send_forward(leader, id, Forwarded::ReadIndex)
-                }
-                // The leader went (or this replica leads now) since the reads arrived.
-                _ => {
-                    for read in self.outbox.fail_reads(id) {
-                        read.reply_to.do_send(ReadDone::failed("no leader to confirm the read"));
-                    }
+        self.send_read_batch();
+        self.serve_released_reads();
+    }
+
+    /// Sends the reads gathered since the last batch to the leader as one read-index request.
+    fn send_read_batch(&mut self) {
+        let Some(id) = self.outbox.send_reads(self.ticks) else { return };
+        match self.forward_target() {
+            Ok(leader) if self.core.role() != Role::Leader => {
+                self.send_forward(leader, id, Forwarded::ReadIndex)
+            }
+            // The leader went (or this replica leads now) since the reads arrived.
+            _ => {
+                for read in self.outbox.fail_reads(id) {
+                    read.reply_to.do_send(ReadDone::failed("no leader to confirm the read"));
                 }
             }
         }
-        self.serve_released_reads();
     }
 
     /// Serves the forwarded reads whose read index (and floor) this replica has applied.
     fn serve_released_reads(&mut self) {
         for read in self.outbox.release_reads(self.core.log().applied()) {
             self.serve(read);
+        }
+        for read in self.outbox.take_unservable() {
+            const WHY: &str = "the read's index came at or after a write pipelined behind it";
+            read.reply_to.do_send(ReadDone::failed(WHY));
         }
     }
 
@@ -1775,7 +1809,15 @@ impl Handler<Inbound> for Consensus {
             PeerFrame::Forward { from, run, id, request, .. } => {
                 return self.on_forward(ctx, from, run, id, request)
             }
-            PeerFrame::ForwardAnswer { id, answer, .. } => return self.on_forward_answer(id, answer),
+            PeerFrame::ForwardAnswer { id, answer, .. } => {
+                let ceiling = self.outbox.apply_ceiling();
+                self.on_forward_answer(id, answer);
+                if self.outbox.apply_ceiling() != ceiling {
+                    // Entries held behind a forwarded write may be applied now.
+                    self.drive_soon(ctx);
+                }
+                return;
+            }
         };
         if let Err(e) = self.core.step(message) {
             self.status.metrics.refused_peer_input.inc();
@@ -1795,9 +1837,11 @@ impl Handler<Propose> for Consensus {
         if self.status.is_disk_full() {
             return msg.watcher.do_send(WatchFired(WatchOutcome::Refused(Refusal::DiskFull)));
         }
-        if msg.after_reads && (self.core.role() != Role::Leader || self.outbox.reads_len() > 0) {
-            // The reads before it went to this replica's queue, which no longer serves them, or
-            // were forwarded before it led (served at their own pace, which no barrier holds).
+        let leading = self.core.role() == Role::Leader;
+        if msg.after_reads && (if leading { self.outbox.reads_len() > 0 } else { !self.reads.is_empty() }) {
+            // The reads before it may have been forwarded before this replica led (served at
+            // their own pace, which no barrier here holds), or taken while it led (in a queue
+            // that no longer serves them).
             return msg.watcher.do_send(WatchFired(WatchOutcome::Refused(Refusal::LeaderChanged)));
         }
         if self.forward && self.core.role() != Role::Leader {

@@ -159,8 +159,8 @@ impl Waiter {
         self
     }
 
-    /// Its write is applied only after the reads consensus has waiting when it arrives, those
-    /// of its connection ahead of it among them (they were handed over first); used on a leader.
+    /// Its write is applied only after the reads consensus holds when it arrives, those of its
+    /// connection ahead of it among them (they were handed over first).
     pub fn after_reads(mut self) -> Waiter {
         self.after_reads = true;
         self

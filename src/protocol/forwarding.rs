@@ -13,7 +13,7 @@
 //! the read is then served once this replica has applied the higher of the read index and the
 //! highest index the leader gave a write (its floor), without waiting for the writes' replies.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::mem;
 
 use super::raft::NodeId;
@@ -59,13 +59,36 @@ impl<W, R, A> Abandoned<W, R, A> {
     }
 }
 
-/// A read waiting in the outbox; `after` is set for a read behind writes: it must also follow
-/// every write forwarded before it, the writes whose forward ids are below `after`.
+/// A read held in the outbox.
 #[derive(Debug)]
 struct HeldRead<R> {
     read: R,
+    /// Its place in arrival order among reads (a barrier waits for the reads before it).
+    seq: u64,
+    /// Set for a read behind writes: it must also follow the writes forwarded before it, those
+    /// whose forward ids are below this.
     after: Option<u64>,
 }
+
+/// A write forwarded behind reads: nothing from its entry on is applied here until the reads
+/// held when it was forwarded are served or failed, so none of them sees it.
+#[derive(Debug)]
+struct Barrier {
+    /// The write's forward id.
+    write: u64,
+    /// The tick it was forwarded at (a barrier outlives no request).
+    tick: u64,
+    /// The last index handed out to be applied when it was forwarded: nothing past it is until
+    /// the leader gives the write's index (its entry may arrive first on a link that reorders).
+    frozen_at: u64,
+    /// The write's index, once the leader gave it.
+    index: Option<u64>,
+    /// The reads before it: those whose seq is below this.
+    reads_below: u64,
+}
+
+/// Indexes kept in [`Outbox`]'s `proposed` before the ones no read needs are folded.
+const PROPOSED_KEPT: usize = 256;
 
 /// A follower's forwarded requests, by forward id: writes `W`, reads `R`, admin requests `A`.
 #[derive(Debug)]
@@ -74,24 +97,29 @@ pub struct Outbox<W, R, A> {
     /// By id, so the oldest write still unanswered is the first.
     writes: BTreeMap<u64, Sent<W>>,
     write_bytes: usize,
-    /// The highest index the leader gave a forwarded write since the leader last changed: every
-    /// index up to it is in that leader's log.
-    proposed_high: u64,
+    /// Indexes the leader gave forwarded writes since the leader last changed, by forward id,
+    /// for the floors of reads behind writes (those no held read needs are folded into
+    /// `proposed_base`). Every one is in that leader's log.
+    proposed: BTreeMap<u64, u64>,
+    /// The highest index folded out of `proposed`.
+    proposed_base: u64,
+    next_read_seq: u64,
+    /// The seqs of the reads held, at whatever stage.
+    held_seqs: BTreeSet<u64>,
     /// Reads that arrived since the last batch went out.
     unsent_reads: Vec<HeldRead<R>>,
     /// Batches at the leader, waiting for a read index.
     read_batches: HashMap<u64, Sent<Vec<HeldRead<R>>>>,
-    /// Reads with a read index, waiting for this replica to apply it, by index.
-    confirmed_reads: BTreeMap<u64, Vec<R>>,
-    /// Reads behind writes with a read index, waiting for the indexes of the writes before them
-    /// (the forward id they follow, their read index, the read).
-    unfloored_reads: Vec<(u64, u64, R)>,
-    /// Reads behind writes whose floor is known, waiting for this replica to apply the higher of
-    /// it and their read index, by that index. Kept apart from `confirmed_reads`: a floor names
-    /// an index of the leader's log, which a new leader may not have.
-    floored_reads: BTreeMap<u64, Vec<R>>,
-    /// Reads in `confirmed_reads`, `unfloored_reads` and `floored_reads`.
-    confirmed_count: usize,
+    /// Reads behind writes with a read index, waiting for the indexes of the writes before them.
+    unfloored_reads: Vec<(u64, HeldRead<R>)>,
+    /// Reads with a read index (and, behind writes, a floor), waiting for this replica to apply
+    /// the higher of the two, by that index.
+    confirmed_reads: BTreeMap<u64, Vec<HeldRead<R>>>,
+    /// Writes forwarded behind reads, in forward order.
+    barriers: VecDeque<Barrier>,
+    /// Reads whose index came out at or past the entry of a write forwarded behind them (a link
+    /// that reordered their frames): they cannot be served without seeing it, and are failed.
+    unservable: Vec<R>,
     admins: HashMap<u64, Sent<A>>,
     /// Admin requests done at the leader, waiting for this replica to apply their index.
     applied_admins: Vec<(u64, A)>,
@@ -110,13 +138,16 @@ impl<W, R, A> Outbox<W, R, A> {
             next_id: 1,
             writes: BTreeMap::new(),
             write_bytes: 0,
-            proposed_high: 0,
+            proposed: BTreeMap::new(),
+            proposed_base: 0,
+            next_read_seq: 0,
+            held_seqs: BTreeSet::new(),
             unsent_reads: Vec::new(),
             read_batches: HashMap::new(),
-            confirmed_reads: BTreeMap::new(),
             unfloored_reads: Vec::new(),
-            floored_reads: BTreeMap::new(),
-            confirmed_count: 0,
+            confirmed_reads: BTreeMap::new(),
+            barriers: VecDeque::new(),
+            unservable: Vec::new(),
             admins: HashMap::new(),
             applied_admins: Vec::new(),
         }
@@ -130,9 +161,7 @@ impl<W, R, A> Outbox<W, R, A> {
 
     /// Reads held anywhere in the outbox.
     pub fn reads_len(&self) -> usize {
-        self.unsent_reads.len()
-            + self.read_batches.values().map(|b| b.item.len()).sum::<usize>()
-            + self.confirmed_count
+        self.held_seqs.len()
     }
 
     /// Keeps a write of `bytes` proposal bytes sent at `tick`; returns its forward id, or the
@@ -149,11 +178,38 @@ impl<W, R, A> Outbox<W, R, A> {
         Ok(id)
     }
 
-    /// The write forwarded as `id`, once it was refused or failed (`None`: unknown or already
-    /// settled).
+    /// [`add_write`](Self::add_write) for a write that none of the reads held now may see (a
+    /// client's pipelined reads ahead of it among them): until they are served or failed,
+    /// nothing from its entry on is applied here, and until the leader gives its index nothing
+    /// past `handed_out` (the last index handed out to be applied so far). The caller sends
+    /// the reads still unsent before the write, so their read indexes are below its entry.
+    pub fn add_write_after_reads(
+        &mut self,
+        tick: u64,
+        bytes: usize,
+        write: W,
+        handed_out: u64,
+    ) -> Result<u64, W> {
+        let id = self.add_write(tick, bytes, write)?;
+        if !self.held_seqs.is_empty() {
+            let reads_below = self.next_read_seq;
+            self.barriers.push_back(Barrier {
+                write: id,
+                tick,
+                frozen_at: handed_out,
+                index: None,
+                reads_below,
+            });
+        }
+        Ok(id)
+    }
+
+    /// The write forwarded as `id`, once it was refused: nothing was appended (`None`: unknown
+    /// or already settled).
     pub fn take_write(&mut self, id: u64) -> Option<W> {
         let sent = self.writes.remove(&id)?;
         self.write_bytes -= sent.bytes;
+        self.barriers.retain(|b| b.write != id);
         self.settle_floors();
         Some(sent.item)
     }
@@ -163,21 +219,80 @@ impl<W, R, A> Outbox<W, R, A> {
     pub fn write_proposed(&mut self, id: u64, index: u64) -> Option<W> {
         let sent = self.writes.remove(&id)?;
         self.write_bytes -= sent.bytes;
-        self.proposed_high = self.proposed_high.max(index);
+        self.proposed.insert(id, index);
+        if let Some(barrier) = self.barriers.iter_mut().find(|b| b.write == id) {
+            barrier.index = Some(index);
+            let below = barrier.reads_below;
+            // Reads before it whose index is already known to be at or past its entry.
+            let mut stuck: Vec<HeldRead<R>> = Vec::new();
+            for reads in self.confirmed_reads.range_mut(index..).map(|(_, reads)| reads) {
+                let (before, after): (Vec<_>, Vec<_>) =
+                    mem::take(reads).into_iter().partition(|r| r.seq < below);
+                stuck.extend(before);
+                *reads = after;
+            }
+            self.confirmed_reads.retain(|_, reads| !reads.is_empty());
+            let (before, after): (Vec<_>, Vec<_>) = mem::take(&mut self.unfloored_reads)
+                .into_iter()
+                .partition(|(r, held)| *r >= index && held.seq < below);
+            self.unfloored_reads = after;
+            stuck.extend(before.into_iter().map(|(_, held)| held));
+            self.give_up(stuck);
+        }
         self.settle_floors();
         Some(sent.item)
     }
 
+    /// The lowest index a write forwarded behind read `seq` was given: the read must be served
+    /// below it.
+    fn served_below(&self, seq: u64) -> Option<u64> {
+        let behind = self.barriers.iter().rev().take_while(|b| b.reads_below > seq);
+        behind.filter_map(|b| b.index).min()
+    }
+
+    /// Queues `held` to be served once `index` is applied, or, if a write forwarded behind it
+    /// has its entry there or below, to be failed.
+    fn confirm(&mut self, index: u64, held: HeldRead<R>) {
+        if self.served_below(held.seq).is_some_and(|limit| index >= limit) {
+            return self.give_up(vec![held]);
+        }
+        self.confirmed_reads.entry(index).or_default().push(held);
+    }
+
+    /// Fails reads that cannot keep their order (see `unservable`).
+    fn give_up(&mut self, reads: Vec<HeldRead<R>>) {
+        self.settle(&reads);
+        self.unservable.extend(reads.into_iter().map(|held| held.read));
+    }
+
+    /// The reads that cannot be served in their order, to be failed.
+    pub fn take_unservable(&mut self) -> Vec<R> {
+        mem::take(&mut self.unservable)
+    }
+
+    /// The highest index the leader gave a write forwarded before forward id `after`.
+    fn floor(&self, after: u64) -> u64 {
+        let kept = self.proposed.range(..after).map(|(_, &index)| index).max();
+        kept.unwrap_or(0).max(self.proposed_base)
+    }
+
     /// Queues a read for the next batch.
     pub fn add_read(&mut self, read: R) {
-        self.unsent_reads.push(HeldRead { read, after: None });
+        self.hold(read, None);
     }
 
     /// Queues a read for the next batch that must also follow every write forwarded so far: it
     /// is released only once this replica has applied the indexes the leader gives them.
     pub fn add_read_after_writes(&mut self, read: R) {
         let after = Some(self.next_id);
-        self.unsent_reads.push(HeldRead { read, after });
+        self.hold(read, after);
+    }
+
+    fn hold(&mut self, read: R, after: Option<u64>) {
+        let seq = self.next_read_seq;
+        self.next_read_seq += 1;
+        self.held_seqs.insert(seq);
+        self.unsent_reads.push(HeldRead { read, seq, after });
     }
 
     /// Makes the reads queued since the last call one batch sent at `tick`; returns its id.
@@ -195,36 +310,60 @@ impl<W, R, A> Outbox<W, R, A> {
     /// those behind writes, for their floor too).
     pub fn confirm_reads(&mut self, id: u64, index: u64) {
         let Some(batch) = self.read_batches.remove(&id) else { return };
-        self.confirmed_count += batch.item.len();
-        for HeldRead { read, after } in batch.item {
-            match after {
-                None => self.confirmed_reads.entry(index).or_default().push(read),
-                Some(after) => self.unfloored_reads.push((after, index, read)),
+        for held in batch.item {
+            match held.after {
+                None => self.confirm(index, held),
+                Some(_) => self.unfloored_reads.push((index, held)),
             }
         }
         self.settle_floors();
     }
 
     /// Gives a floor to the confirmed reads behind writes whose writes are all answered: the
-    /// highest index the leader gave a write, which is at least theirs.
+    /// highest index the leader gave one of them, which is at least theirs.
     fn settle_floors(&mut self) {
-        if self.unfloored_reads.is_empty() {
-            return;
+        if !self.unfloored_reads.is_empty() {
+            // No write below this forward id is still unanswered.
+            let answered_below = self.writes.keys().next().copied().unwrap_or(u64::MAX);
+            let (settled, waiting): (Vec<_>, Vec<_>) = mem::take(&mut self.unfloored_reads)
+                .into_iter()
+                .partition(|(_, held)| held.after.is_some_and(|after| after <= answered_below));
+            self.unfloored_reads = waiting;
+            for (index, held) in settled {
+                let floor = self.floor(held.after.unwrap_or(0));
+                self.confirm(index.max(floor), held);
+            }
         }
-        // No write below this forward id is still unanswered.
-        let answered_below = self.writes.keys().next().copied().unwrap_or(u64::MAX);
-        let (settled, waiting) = mem::take(&mut self.unfloored_reads)
-            .into_iter()
-            .partition(|(after, _, _)| *after <= answered_below);
-        self.unfloored_reads = waiting;
-        for (_, index, read) in settled {
-            self.floored_reads.entry(index.max(self.proposed_high)).or_default().push(read);
+        if self.proposed.len() > PROPOSED_KEPT {
+            // Indexes below every waiting read's mark count for all of them alike.
+            let waiting = self.unsent_reads.iter().chain(self.read_batches.values().flat_map(|b| &b.item));
+            let marks = waiting.chain(self.unfloored_reads.iter().map(|(_, held)| held));
+            let lowest = marks.filter_map(|held| held.after).min().unwrap_or(u64::MAX);
+            let kept = self.proposed.split_off(&lowest);
+            let folded = mem::replace(&mut self.proposed, kept);
+            self.proposed_base = folded.into_values().fold(self.proposed_base, u64::max);
+        }
+    }
+
+    /// Forgets reads that leave the outbox, and lifts the barriers no read is left behind.
+    fn settle<'a>(&mut self, gone: impl IntoIterator<Item = &'a HeldRead<R>>)
+    where
+        R: 'a,
+    {
+        for held in gone {
+            self.held_seqs.remove(&held.seq);
+        }
+        let first_held = self.held_seqs.first().copied().unwrap_or(u64::MAX);
+        // Each barrier waits for the reads before it, so a later one never lifts first.
+        while self.barriers.front().is_some_and(|b| b.reads_below <= first_held) {
+            self.barriers.pop_front();
         }
     }
 
     /// The leader could not confirm batch `id`: its reads, to be failed.
     pub fn fail_reads(&mut self, id: u64) -> Vec<R> {
         let batch = self.read_batches.remove(&id).map(|b| b.item).unwrap_or_default();
+        self.settle(&batch);
         batch.into_iter().map(|held| held.read).collect()
     }
 
@@ -232,29 +371,59 @@ impl<W, R, A> Outbox<W, R, A> {
     /// now.
     pub fn release_reads(&mut self, applied: u64) -> Vec<R> {
         let mut out = Vec::new();
-        for by_index in [&mut self.confirmed_reads, &mut self.floored_reads] {
-            while let Some(entry) = by_index.first_entry() {
-                if *entry.key() > applied {
-                    break;
-                }
-                out.extend(entry.remove());
+        while let Some(entry) = self.confirmed_reads.first_entry() {
+            if *entry.key() > applied {
+                break;
             }
+            out.extend(entry.remove());
         }
-        self.confirmed_count -= out.len();
-        out
+        self.settle(&out);
+        out.into_iter().map(|held| held.read).collect()
+    }
+
+    /// The last index that may be handed out to be applied here now (`None`: any): below the
+    /// entry of every write forwarded behind reads still held, and, for such a write whose
+    /// index is not known yet, no further than when it was forwarded.
+    pub fn apply_ceiling(&self) -> Option<u64> {
+        self.barriers.iter().map(|b| b.index.map_or(b.frozen_at, |index| index - 1)).min()
+    }
+
+    /// Takes every read held before a write forwarded behind reads and drops those writes'
+    /// barriers: for when their order can no longer be kept (a snapshot installed here may hold
+    /// those writes' entries).
+    pub fn break_barriers(&mut self) -> Vec<R> {
+        let Some(below) = self.barriers.iter().map(|b| b.reads_below).max() else { return Vec::new() };
+        self.barriers.clear();
+        let mut out = Vec::new();
+        let unfloored = mem::take(&mut self.unfloored_reads);
+        let (before, after): (Vec<_>, Vec<_>) = unfloored.into_iter().partition(|(_, held)| held.seq < below);
+        self.unfloored_reads = after;
+        out.extend(before.into_iter().map(|(_, held)| held));
+        let mut take = |reads: &mut Vec<HeldRead<R>>| {
+            let (before, after): (Vec<_>, Vec<_>) =
+                mem::take(reads).into_iter().partition(|held| held.seq < below);
+            out.extend(before);
+            *reads = after;
+        };
+        take(&mut self.unsent_reads);
+        self.read_batches.values_mut().for_each(|batch| take(&mut batch.item));
+        self.confirmed_reads.values_mut().for_each(take);
+        self.confirmed_reads.retain(|_, reads| !reads.is_empty());
+        self.settle(&out);
+        out.into_iter().map(|held| held.read).collect()
     }
 
     /// Every read still held, whatever its stage (consensus stopped: each is failed).
     pub fn take_all_reads(&mut self) -> Vec<R> {
-        let mut out: Vec<R> = mem::take(&mut self.unsent_reads).into_iter().map(|held| held.read).collect();
+        let mut out = mem::take(&mut self.unsent_reads);
         for (_, batch) in self.read_batches.drain() {
-            out.extend(batch.item.into_iter().map(|held| held.read));
+            out.extend(batch.item);
         }
-        out.extend(mem::take(&mut self.unfloored_reads).into_iter().map(|(_, _, read)| read));
-        for by_index in [&mut self.confirmed_reads, &mut self.floored_reads] {
-            out.extend(mem::take(by_index).into_values().flatten());
-        }
-        self.confirmed_count = 0;
+        out.extend(mem::take(&mut self.unfloored_reads).into_iter().map(|(_, held)| held));
+        out.extend(mem::take(&mut self.confirmed_reads).into_values().flatten());
+        self.settle(&out);
+        let mut out: Vec<R> = out.into_iter().map(|held| held.read).collect();
+        out.append(&mut self.unservable);
         out
     }
 
@@ -289,33 +458,49 @@ impl<W, R, A> Outbox<W, R, A> {
 
     /// The leader this replica forwards to changed: everything the old one held is abandoned.
     ///
-    /// Confirmed reads stay (their index was confirmed by a leader after they arrived, so it is
-    /// still a correct lower bound), and so do admin requests already done. Reads behind writes
-    /// not yet released go back to be sent again, as plain reads: their floor names the old
-    /// leader's log, which the new one may not have, while the new leader's read index (given
-    /// after it committed in its term) is past every entry of an earlier term that ever commits,
-    /// the writes before them among them.
+    /// Confirmed plain reads stay (their index was confirmed by a leader after they arrived, so
+    /// it is still a correct lower bound), and so do admin requests already done. Reads behind
+    /// writes not yet released go back to be sent again, as plain reads: their floor names the
+    /// old leader's log, which the new one may not have, while the new leader's read index
+    /// (given after it committed in its term) is past every entry of an earlier term that ever
+    /// commits, the writes before them among them. Reads before a write forwarded behind reads
+    /// are abandoned: that write may yet commit, under the new leader's read index.
     pub fn leader_changed(&mut self) -> Abandoned<W, R, A> {
+        let mut reads = self.break_barriers();
         self.write_bytes = 0;
-        self.proposed_high = 0;
-        let mut again: Vec<R> = mem::take(&mut self.unfloored_reads).into_iter().map(|(_, _, r)| r).collect();
-        again.extend(mem::take(&mut self.floored_reads).into_values().flatten());
-        self.confirmed_count -= again.len();
+        self.proposed.clear();
+        self.proposed_base = 0;
+        let mut again: Vec<HeldRead<R>> =
+            mem::take(&mut self.unfloored_reads).into_iter().map(|(_, r)| r).collect();
+        for reads in self.confirmed_reads.values_mut() {
+            let (floored, plain): (Vec<_>, Vec<_>) =
+                mem::take(reads).into_iter().partition(|r| r.after.is_some());
+            again.extend(floored);
+            *reads = plain;
+        }
+        self.confirmed_reads.retain(|_, reads| !reads.is_empty());
+        self.unsent_reads.extend(again);
         for held in &mut self.unsent_reads {
             held.after = None;
         }
-        self.unsent_reads.extend(again.into_iter().map(|read| HeldRead { read, after: None }));
+        let batches: Vec<HeldRead<R>> = self.read_batches.drain().flat_map(|(_, s)| s.item).collect();
+        self.settle(&batches);
+        reads.extend(batches.into_iter().map(|held| held.read));
         Abandoned {
             writes: mem::take(&mut self.writes).into_values().map(|s| s.item).collect(),
-            reads: self.read_batches.drain().flat_map(|(_, s)| s.item).map(|held| held.read).collect(),
+            reads,
             admins: self.admins.drain().map(|(_, s)| s.item).collect(),
         }
     }
 
     /// Requests sent before `tick` that are still unanswered: abandoned (their waiters have
-    /// given up by now), so a leader that never answers cannot make the outbox grow.
+    /// given up by now), so a leader that never answers cannot make the outbox grow; and the
+    /// reads before a write forwarded behind reads before `tick`, if it still holds them.
     pub fn expire(&mut self, tick: u64) -> Abandoned<W, R, A> {
         let mut out = Abandoned::none();
+        if self.barriers.front().is_some_and(|b| b.tick < tick) {
+            out.reads = self.break_barriers();
+        }
         let old: Vec<u64> = self.writes.iter().filter(|(_, s)| s.tick < tick).map(|(&id, _)| id).collect();
         out.writes.extend(old.into_iter().filter_map(|id| self.take_write(id)));
         let old: Vec<u64> =
@@ -329,11 +514,8 @@ impl<W, R, A> Outbox<W, R, A> {
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
-            && self.unsent_reads.is_empty()
-            && self.read_batches.is_empty()
-            && self.confirmed_reads.is_empty()
-            && self.unfloored_reads.is_empty()
-            && self.floored_reads.is_empty()
+            && self.held_seqs.is_empty()
+            && self.unservable.is_empty()
             && self.admins.is_empty()
             && self.applied_admins.is_empty()
     }
@@ -461,12 +643,12 @@ mod tests {
         outbox.confirm_reads(batch, 5);
         assert!(outbox.release_reads(100).is_empty(), "the index of the write before it is not known yet");
         assert_eq!(outbox.reads_len(), 1);
-        // A write sent after the read does not hold it; its index, once given, still counts.
+        // A write sent after the read neither holds it nor raises its floor.
         assert_eq!(outbox.write_proposed(later, 9), Some("later"));
         assert!(outbox.release_reads(100).is_empty());
         assert_eq!(outbox.write_proposed(early, 8), Some("early"));
-        assert!(outbox.release_reads(8).is_empty(), "the floor is the highest index given: 9");
-        assert_eq!(outbox.release_reads(9), vec![1]);
+        assert!(outbox.release_reads(7).is_empty(), "its floor is the write before it: 8");
+        assert_eq!(outbox.release_reads(8), vec![1]);
         assert!(outbox.is_empty());
     }
 
@@ -554,6 +736,108 @@ mod tests {
         assert_eq!(taken, vec![1, 2, 3, 4]);
         assert_eq!(outbox.reads_len(), 0);
         assert!(outbox.fail_reads(batch).is_empty());
+    }
+
+    #[test]
+    fn a_write_behind_reads_holds_applies_until_they_are_served() {
+        let mut outbox = Box3::new();
+        assert_eq!(outbox.add_write_after_reads(0, 10, "alone", 7).ok(), Some(1));
+        assert_eq!(outbox.apply_ceiling(), None, "no read held: nothing to hold");
+        outbox.add_read(1);
+        let batch = outbox.send_reads(0).expect("batch");
+        let write = outbox.add_write_after_reads(0, 10, "w", 7).expect("room");
+        // Its index unknown, nothing past what was handed out when it was forwarded.
+        assert_eq!(outbox.apply_ceiling(), Some(7));
+        outbox.add_read(2); // after it: not waited for
+        assert_eq!(outbox.write_proposed(write, 12), Some("w"));
+        assert_eq!(outbox.apply_ceiling(), Some(11), "everything below its entry");
+        outbox.confirm_reads(batch, 10);
+        assert_eq!(outbox.release_reads(10), vec![1]);
+        assert_eq!(outbox.apply_ceiling(), None, "the read before it was served");
+        assert_eq!(outbox.reads_len(), 1);
+    }
+
+    #[test]
+    fn barriers_lift_in_order_and_the_lowest_ceiling_holds() {
+        let mut outbox = Box3::new();
+        outbox.add_read(1);
+        let first_batch = outbox.send_reads(0).expect("batch");
+        let first = outbox.add_write_after_reads(0, 10, "first", 3).expect("room");
+        outbox.add_read(2);
+        let second_batch = outbox.send_reads(0).expect("batch");
+        let second = outbox.add_write_after_reads(0, 10, "second", 4).expect("room");
+        assert_eq!(outbox.apply_ceiling(), Some(3));
+        outbox.write_proposed(second, 9);
+        assert_eq!(outbox.apply_ceiling(), Some(3), "the first's index is still unknown");
+        outbox.write_proposed(first, 6);
+        assert_eq!(outbox.apply_ceiling(), Some(5));
+        outbox.confirm_reads(second_batch, 7);
+        outbox.confirm_reads(first_batch, 5);
+        assert_eq!(outbox.release_reads(5), vec![1]);
+        // The first lifts; the second still waits for the read between them.
+        assert_eq!(outbox.apply_ceiling(), Some(8));
+        assert_eq!(outbox.release_reads(7), vec![2]);
+        assert_eq!(outbox.apply_ceiling(), None);
+    }
+
+    #[test]
+    fn a_refused_write_behind_reads_holds_nothing() {
+        let mut outbox = Box3::new();
+        outbox.add_read(1);
+        let write = outbox.add_write_after_reads(0, 10, "w", 3).expect("room");
+        assert_eq!(outbox.apply_ceiling(), Some(3));
+        assert_eq!(outbox.take_write(write), Some("w"));
+        assert_eq!(outbox.apply_ceiling(), None);
+    }
+
+    #[test]
+    fn a_read_behind_writes_is_floored_by_the_writes_before_it_only() {
+        let mut outbox = Box3::new();
+        let before = outbox.add_write(0, 10, "before").expect("room");
+        outbox.add_read_after_writes(1);
+        let batch = outbox.send_reads(0).expect("batch");
+        let behind = outbox.add_write_after_reads(0, 10, "behind", 0).expect("room");
+        // Answers in any order: the write forwarded after the read gives a higher index, which
+        // must not become the read's floor (the read would then wait for the entry it must not see).
+        outbox.write_proposed(behind, 20);
+        outbox.write_proposed(before, 15);
+        outbox.confirm_reads(batch, 12);
+        assert_eq!(outbox.apply_ceiling(), Some(19));
+        assert!(outbox.release_reads(14).is_empty());
+        assert_eq!(outbox.release_reads(15), vec![1]);
+        assert_eq!(outbox.apply_ceiling(), None);
+    }
+
+    #[test]
+    fn reads_before_a_write_behind_reads_are_failed_when_its_order_cannot_hold() {
+        // A leader change: the write may yet commit under the new leader's read index.
+        let mut outbox = Box3::new();
+        outbox.add_read(1);
+        let batch = outbox.send_reads(0).expect("batch");
+        outbox.confirm_reads(batch, 5);
+        let write = outbox.add_write_after_reads(0, 10, "w", 3).expect("room");
+        outbox.write_proposed(write, 8);
+        outbox.add_read(2);
+        let gone = outbox.leader_changed();
+        assert_eq!(gone.reads, vec![1]);
+        assert_eq!(outbox.apply_ceiling(), None);
+        assert_eq!(outbox.reads_len(), 1, "the read after it stays");
+        // A snapshot installed here.
+        let mut outbox = Box3::new();
+        outbox.add_read(1);
+        outbox.add_write_after_reads(0, 10, "w", 3).expect("room");
+        outbox.add_read(2);
+        assert_eq!(outbox.break_barriers(), vec![1]);
+        assert_eq!((outbox.apply_ceiling(), outbox.reads_len()), (None, 1));
+        // No answer for as long as a request may wait.
+        let mut outbox = Box3::new();
+        outbox.add_read(1);
+        let batch = outbox.send_reads(5).expect("batch");
+        outbox.confirm_reads(batch, 5);
+        outbox.add_write_after_reads(1, 10, "w", 3).expect("room");
+        let gone = outbox.expire(2);
+        assert_eq!((gone.writes, gone.reads), (vec!["w"], vec![1]));
+        assert_eq!(outbox.apply_ceiling(), None);
     }
 
     #[test]

@@ -220,6 +220,9 @@ pub struct RaftCore {
     /// the read queue: nothing from that index on is handed out to be applied until they are
     /// served, so none of them sees it. In index order.
     apply_barriers: VecDeque<(u64, u64)>,
+    /// The last index that may be handed out to be applied, if its driver set one (a follower
+    /// holding entries behind reads it forwarded: see [`Self::set_apply_ceiling`]).
+    apply_ceiling: Option<u64>,
     /// Reads that lost their leader, to report in the next Ready.
     dropped_reads: Vec<u64>,
     /// Messages produced since the last Ready.
@@ -299,6 +302,7 @@ impl RaftCore {
             randomized_timeout: 0,
             reads: ReadQueue::default(),
             apply_barriers: VecDeque::new(),
+            apply_ceiling: None,
             dropped_reads: Vec::new(),
             messages: Vec::new(),
             pending_writes: VecDeque::new(),
@@ -634,10 +638,18 @@ impl RaftCore {
         }
     }
 
+    /// Hands out no entry past `ceiling` to be applied (`None`: no limit) until it is set again.
+    /// For a driver ordering its own reads before entries it knows of (a follower's reads,
+    /// forwarded, ahead of a write it forwarded after them); a snapshot installed here is not
+    /// held by it.
+    pub fn set_apply_ceiling(&mut self, ceiling: Option<u64>) {
+        self.apply_ceiling = ceiling;
+    }
+
     /// The last index that may be handed out to be applied now: the commit index, or below the
-    /// first entry whose reads ahead of it still wait.
+    /// first entry whose reads ahead of it still wait, and no further than the driver's ceiling.
     fn apply_limit(&self) -> u64 {
-        let committed = self.log.committed();
+        let committed = self.log.committed().min(self.apply_ceiling.unwrap_or(u64::MAX));
         // In index order, and each covers the reads of those before it.
         let held = self.apply_barriers.iter().find(|(_, last_read)| self.reads.pending_upto(*last_read));
         held.map_or(committed, |&(index, _)| committed.min(index - 1))
