@@ -29,7 +29,9 @@ c0=$(for p in $LPID $FPIDS; do awk '{print $14+$15}' /proc/$p/stat; done | paste
 [ -n "${THREADS:-}" ] && { thread_ticks "$LPID" > /tmp/prof/threads_before; T0=$(date +%s.%N); }
 # shellcheck disable=SC2086 # FPIDS is a list
 [ -n "${WAITS:-}" ] && { thread_waits $LPID $FPIDS > /tmp/prof/waits_before; S0=$(cpu_split); W0=$(date +%s.%N); }
-if [ -n "$PERF" ]; then PP_PID=$LPID; [ "${PERFWHO:-}" = follower ] && PP_PID=${FPIDS%%[[:space:]]*}; perf record -e cpu-clock ${PERFG:--g} -p $PP_PID -o /tmp/prof/perf.data -- sleep ${PERFSECS:-8} > /dev/null 2>&1 & PP=$!; fi
+# PERFWHO=follower records the follower driven (DRIVE=follower), or else the first follower.
+DPID=$(pgrep -f "client-addr 127.0.0.1:$LOAD_PORT"); FIRST=${FPIDS%%[[:space:]]*}
+if [ -n "$PERF" ]; then PP_PID=$LPID; [ "${PERFWHO:-}" = follower ] && PP_PID=$([ "$DPID" = "$LPID" ] && echo "$FIRST" || echo "$DPID"); perf record -e cpu-clock ${PERFG:--g} -p $PP_PID -o /tmp/prof/perf.data -- sleep ${PERFSECS:-8} > /dev/null 2>&1 & PP=$!; fi
 $LG --target resp --addr 127.0.0.1:$LOAD_PORT --clients $CL --pipeline ${PIPE:-1} --duration 8 --ops 100000000 --value-size 100 --keys 10000 --write-ratio $WR $PRE | tee /tmp/prof/load.json
 if [ -n "${THREADS:-}" ]; then
   OPS=$(grep -o '"ops":[0-9]*' /tmp/prof/load.json | cut -d: -f2)

@@ -478,8 +478,9 @@ impl Sim {
             node.state = state;
             node.membership = decode_membership(&snapshot.data);
         }
-        if let Some(ceiling) = self.nodes[&id].apply_ceiling.filter(|_| ready.snapshot.is_none()) {
-            // Nothing past its driver's ceiling is handed out (a snapshot is not held by it).
+        if let Some(ceiling) = self.nodes[&id].apply_ceiling {
+            // Nothing past its driver's ceiling is handed out (a snapshot is not held by it, but
+            // the entries after one are).
             if let Some(entry) = ready.committed_entries.iter().find(|e| e.index > ceiling) {
                 self.fail(format!(
                     "node {id} handed out entry {} above its apply ceiling {ceiling}",

@@ -429,9 +429,9 @@ fn a_write_pipelined_behind_a_read_is_not_seen_by_it_under_read_load() {
 }
 
 // Pipelines of `SET k a`, `GET k`, `APPEND k +g`, `GET k` (four groups g on a fresh key) on every
-// replica while leadership moves round the cluster: on a leader the reads and writes start
-// together, on a follower a read starts behind the writes before it (a write still waits for the
-// reads before it), and a change of leader in between refuses what can no longer be ordered. Whatever is answered, the order holds: a read sees the
+// replica while leadership moves round the cluster: on a leader and on a follower the reads and
+// writes start together, and a change of leader in between refuses what can no longer be
+// ordered. Whatever is answered, the order holds: a read sees the
 // writes before it that succeeded and never one after it.
 #[test]
 fn pipelines_keep_their_order_while_leadership_moves() {

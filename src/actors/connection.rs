@@ -1283,6 +1283,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pipelines_requests_start_at_once_except_behind_a_membership_command() {
+        use WaiterKind::{Admin, Read, Write};
+        let waiting = |reads, writes, admins| Waiting { reads, writes, admins };
+        let table = [
+            (waiting(0, 0, 0), [Start::Now, Start::Now, Start::Now]),
+            (waiting(2, 0, 0), [Start::Now, Start::AfterReads, Start::Hold]),
+            (waiting(0, 2, 0), [Start::AfterWrites, Start::Now, Start::Now]),
+            (waiting(1, 1, 0), [Start::AfterWrites, Start::AfterReads, Start::Hold]),
+            (waiting(0, 0, 1), [Start::Hold, Start::Hold, Start::Hold]),
+            (waiting(1, 1, 1), [Start::Hold, Start::Hold, Start::Hold]),
+        ];
+        for (in_flight, starts) in table {
+            for (kind, start) in [Read, Write, Admin].into_iter().zip(starts) {
+                assert_eq!(in_flight.may_start(kind), start, "{kind:?} behind {in_flight:?}");
+            }
+        }
+    }
+
+    #[test]
     fn a_reservation_dropped_on_its_way_is_given_back_and_a_taken_one_is_the_takers() {
         let budget = Arc::new(ReplyBudget::default());
         assert!(budget.try_reserve(100) && budget.try_reserve(20));

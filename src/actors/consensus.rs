@@ -31,7 +31,7 @@ use super::transport::Transport;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
 use super::wake_inbox::WakeInbox;
 use crate::protocol::command::{encode_entry, stamp_entry, Command, Proposal};
-use crate::protocol::forwarding::{Abandoned, Freshness, Outbox, RepeatFilter};
+use crate::protocol::forwarding::{Abandoned, Freshness, Outbox, RepeatFilter, ORDER_PATIENCE_TICKS};
 use crate::protocol::peer_wire::{
     ForwardAnswer, ForwardRefusal, Forwarded, PeerFrame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES,
 };
@@ -611,7 +611,8 @@ impl Consensus {
         }
     }
 
-    /// Takes the reads waiting in the inbox and runs Readies until neither is left.
+    /// Takes the reads waiting in the inbox and runs Readies until neither is left, handing out
+    /// no entry past the ceiling the forwarded reads and writes set (`Outbox::apply_ceiling`).
     fn drive(&mut self, ctx: &mut Context<Self>) {
         loop {
             let ceiling = self.outbox.apply_ceiling();
@@ -1125,9 +1126,8 @@ impl Consensus {
         for read in self.outbox.release_reads(self.core.log().applied()) {
             self.serve(read);
         }
-        for read in self.outbox.take_unservable() {
-            const WHY: &str = "the read's index came at or after a write pipelined behind it";
-            read.reply_to.do_send(ReadDone::failed(WHY));
+        for (read, why) in self.outbox.take_unservable() {
+            read.reply_to.do_send(ReadDone::failed(why));
         }
     }
 
@@ -1138,7 +1138,7 @@ impl Consensus {
             write.watcher.do_send(WatchFired(WatchOutcome::Superseded));
         }
         for read in gone.reads {
-            read.reply_to.do_send(ReadDone::failed(format!("{why} before the read was confirmed")));
+            read.reply_to.do_send(ReadDone::failed(format!("{why} before the read was served")));
         }
         for admin in gone.admins {
             match admin.transfer_to {
@@ -1203,6 +1203,10 @@ impl Consensus {
 
     /// Drops forwards unanswered for longer than a request may wait.
     fn expire_forwards(&mut self) {
+        if let Some(before) = self.ticks.checked_sub(ORDER_PATIENCE_TICKS) {
+            // Failed with the next drive (this tick's).
+            self.outbox.lose_patience(before);
+        }
         let Some(before) = self.ticks.checked_sub(self.request_timeout_ticks) else { return };
         let gone = self.outbox.expire(before);
         if !gone.is_empty() {
@@ -1839,13 +1843,18 @@ impl Handler<Propose> for Consensus {
         }
         let leading = self.core.role() == Role::Leader;
         if msg.after_reads && (if leading { self.outbox.reads_len() > 0 } else { !self.reads.is_empty() }) {
-            // The reads before it may have been forwarded before this replica led (served at
-            // their own pace, which no barrier here holds), or taken while it led (in a queue
-            // that no longer serves them).
+            // The reads before it may have been forwarded before this replica led, or taken
+            // while it led: a barrier here holds neither kind.
             return msg.watcher.do_send(WatchFired(WatchOutcome::Refused(Refusal::LeaderChanged)));
         }
         if self.forward && self.core.role() != Role::Leader {
-            return self.forward_write(msg);
+            let ceiling = self.outbox.apply_ceiling();
+            self.forward_write(msg);
+            if self.outbox.apply_ceiling() != ceiling {
+                // A barrier set, or barriers broken by a leader change noticed on the way.
+                self.drive_soon(ctx);
+            }
+            return;
         }
         if msg.after_reads {
             // The connection's reads ahead of it were handed over first (their waiters started

@@ -90,6 +90,16 @@ struct Barrier {
 /// Indexes kept in [`Outbox`]'s `proposed` before the ones no read needs are folded.
 const PROPOSED_KEPT: usize = 256;
 
+/// Ticks a write forwarded behind reads may hold this replica's applies, or a read behind writes
+/// wait for their indexes, before the reads concerned are failed: a forward or its answer lost
+/// on the way (nothing is resent) would otherwise hold them for a request's whole timeout.
+pub const ORDER_PATIENCE_TICKS: u64 = 20;
+
+/// Why a read left the outbox unserved, to keep its order (see [`Outbox::take_unservable`]).
+pub const INDEX_PAST_WRITE: &str = "the read's index came at or after a write pipelined behind it";
+/// See [`INDEX_PAST_WRITE`].
+pub const ORDER_TIMED_OUT: &str = "no answer from the leader in time to keep the read's order";
+
 /// A follower's forwarded requests, by forward id: writes `W`, reads `R`, admin requests `A`.
 #[derive(Debug)]
 pub struct Outbox<W, R, A> {
@@ -97,12 +107,15 @@ pub struct Outbox<W, R, A> {
     /// By id, so the oldest write still unanswered is the first.
     writes: BTreeMap<u64, Sent<W>>,
     write_bytes: usize,
-    /// Indexes the leader gave forwarded writes since the leader last changed, by forward id,
-    /// for the floors of reads behind writes (those no held read needs are folded into
-    /// `proposed_base`). Every one is in that leader's log.
+    /// The highest index the leader gave a forwarded write up to each forward id answered since
+    /// the leader last changed (a running maximum), for the floors of reads behind writes;
+    /// those no held read needs are folded into `proposed_base`. Every one is in that
+    /// leader's log.
     proposed: BTreeMap<u64, u64>,
     /// The highest index folded out of `proposed`.
     proposed_base: u64,
+    /// `proposed` is folded once it holds more than this.
+    fold_at: usize,
     next_read_seq: u64,
     /// The seqs of the reads held, at whatever stage.
     held_seqs: BTreeSet<u64>,
@@ -117,9 +130,10 @@ pub struct Outbox<W, R, A> {
     confirmed_reads: BTreeMap<u64, Vec<HeldRead<R>>>,
     /// Writes forwarded behind reads, in forward order.
     barriers: VecDeque<Barrier>,
-    /// Reads whose index came out at or past the entry of a write forwarded behind them (a link
-    /// that reordered their frames): they cannot be served without seeing it, and are failed.
-    unservable: Vec<R>,
+    /// Reads that cannot be served in their order, with why: their index came out at or past
+    /// the entry of a write forwarded behind them (a link that reordered their frames), or
+    /// what they wait for has not come for [`ORDER_PATIENCE_TICKS`].
+    unservable: Vec<(R, &'static str)>,
     admins: HashMap<u64, Sent<A>>,
     /// Admin requests done at the leader, waiting for this replica to apply their index.
     applied_admins: Vec<(u64, A)>,
@@ -140,6 +154,7 @@ impl<W, R, A> Outbox<W, R, A> {
             write_bytes: 0,
             proposed: BTreeMap::new(),
             proposed_base: 0,
+            fold_at: PROPOSED_KEPT,
             next_read_seq: 0,
             held_seqs: BTreeSet::new(),
             unsent_reads: Vec::new(),
@@ -182,7 +197,8 @@ impl<W, R, A> Outbox<W, R, A> {
     /// client's pipelined reads ahead of it among them): until they are served or failed,
     /// nothing from its entry on is applied here, and until the leader gives its index nothing
     /// past `handed_out` (the last index handed out to be applied so far). The caller sends
-    /// the reads still unsent before the write, so their read indexes are below its entry.
+    /// the reads still unsent before the write, so on a link that keeps order their read
+    /// indexes are below its entry (a read whose index is not is failed: `take_unservable`).
     pub fn add_write_after_reads(
         &mut self,
         tick: u64,
@@ -204,8 +220,8 @@ impl<W, R, A> Outbox<W, R, A> {
         Ok(id)
     }
 
-    /// The write forwarded as `id`, once it was refused: nothing was appended (`None`: unknown
-    /// or already settled).
+    /// The write forwarded as `id`, once it was refused (nothing was appended) or given up
+    /// (`None`: unknown or already settled).
     pub fn take_write(&mut self, id: u64) -> Option<W> {
         let sent = self.writes.remove(&id)?;
         self.write_bytes -= sent.bytes;
@@ -219,7 +235,7 @@ impl<W, R, A> Outbox<W, R, A> {
     pub fn write_proposed(&mut self, id: u64, index: u64) -> Option<W> {
         let sent = self.writes.remove(&id)?;
         self.write_bytes -= sent.bytes;
-        self.proposed.insert(id, index);
+        self.note_proposed(id, index);
         if let Some(barrier) = self.barriers.iter_mut().find(|b| b.write == id) {
             barrier.index = Some(index);
             let below = barrier.reads_below;
@@ -237,10 +253,23 @@ impl<W, R, A> Outbox<W, R, A> {
                 .partition(|(r, held)| *r >= index && held.seq < below);
             self.unfloored_reads = after;
             stuck.extend(before.into_iter().map(|(_, held)| held));
-            self.give_up(stuck);
+            self.give_up(stuck, INDEX_PAST_WRITE);
         }
         self.settle_floors();
         Some(sent.item)
+    }
+
+    /// Records that write `id` went to `index`: the running maximum at `id`, and at the ids after
+    /// it already answered (a link that reordered the answers).
+    fn note_proposed(&mut self, id: u64, index: u64) {
+        let before = self.proposed.range(..id).next_back().map_or(0, |(_, &high)| high);
+        self.proposed.insert(id, before.max(index));
+        for (_, high) in self.proposed.range_mut(id + 1..) {
+            if *high >= index {
+                break;
+            }
+            *high = index;
+        }
     }
 
     /// The lowest index a write forwarded behind read `seq` was given: the read must be served
@@ -254,26 +283,44 @@ impl<W, R, A> Outbox<W, R, A> {
     /// has its entry there or below, to be failed.
     fn confirm(&mut self, index: u64, held: HeldRead<R>) {
         if self.served_below(held.seq).is_some_and(|limit| index >= limit) {
-            return self.give_up(vec![held]);
+            return self.give_up(vec![held], INDEX_PAST_WRITE);
         }
         self.confirmed_reads.entry(index).or_default().push(held);
     }
 
     /// Fails reads that cannot keep their order (see `unservable`).
-    fn give_up(&mut self, reads: Vec<HeldRead<R>>) {
+    fn give_up(&mut self, reads: Vec<HeldRead<R>>, why: &'static str) {
         self.settle(&reads);
-        self.unservable.extend(reads.into_iter().map(|held| held.read));
+        self.unservable.extend(reads.into_iter().map(|held| (held.read, why)));
     }
 
-    /// The reads that cannot be served in their order, to be failed.
-    pub fn take_unservable(&mut self) -> Vec<R> {
+    /// The reads that cannot be served in their order, each with why, to be failed.
+    pub fn take_unservable(&mut self) -> Vec<(R, &'static str)> {
         mem::take(&mut self.unservable)
+    }
+
+    /// Fails the reads whose order waits on a forward unanswered since before `tick`: those
+    /// before a write forwarded behind reads then (it holds this replica's applies meanwhile),
+    /// and reads behind writes forwarded before a write unanswered since then.
+    pub fn lose_patience(&mut self, tick: u64) {
+        if let Some(last_stale) = self.barriers.iter().rposition(|b| b.tick < tick) {
+            let failed = self.break_barriers_through(last_stale);
+            self.unservable.extend(failed.into_iter().map(|read| (read, ORDER_TIMED_OUT)));
+        }
+        let Some((&oldest, sent)) = self.writes.first_key_value() else { return };
+        if sent.tick >= tick || self.unfloored_reads.is_empty() {
+            return;
+        }
+        let (waiting, rest): (Vec<_>, Vec<_>) =
+            mem::take(&mut self.unfloored_reads).into_iter().partition(|(_, held)| held.after > Some(oldest));
+        self.unfloored_reads = rest;
+        self.give_up(waiting.into_iter().map(|(_, held)| held).collect(), ORDER_TIMED_OUT);
     }
 
     /// The highest index the leader gave a write forwarded before forward id `after`.
     fn floor(&self, after: u64) -> u64 {
-        let kept = self.proposed.range(..after).map(|(_, &index)| index).max();
-        kept.unwrap_or(0).max(self.proposed_base)
+        let kept = self.proposed.range(..after).next_back().map_or(0, |(_, &high)| high);
+        kept.max(self.proposed_base)
     }
 
     /// Queues a read for the next batch.
@@ -334,14 +381,17 @@ impl<W, R, A> Outbox<W, R, A> {
                 self.confirm(index.max(floor), held);
             }
         }
-        if self.proposed.len() > PROPOSED_KEPT {
+        if self.proposed.len() > self.fold_at {
             // Indexes below every waiting read's mark count for all of them alike.
             let waiting = self.unsent_reads.iter().chain(self.read_batches.values().flat_map(|b| &b.item));
             let marks = waiting.chain(self.unfloored_reads.iter().map(|(_, held)| held));
             let lowest = marks.filter_map(|held| held.after).min().unwrap_or(u64::MAX);
             let kept = self.proposed.split_off(&lowest);
             let folded = mem::replace(&mut self.proposed, kept);
-            self.proposed_base = folded.into_values().fold(self.proposed_base, u64::max);
+            let high = folded.values().next_back().copied().unwrap_or(0);
+            self.proposed_base = self.proposed_base.max(high);
+            // A read pinning what is kept costs one scan per as many answers again.
+            self.fold_at = PROPOSED_KEPT.max(2 * self.proposed.len());
         }
     }
 
@@ -392,8 +442,17 @@ impl<W, R, A> Outbox<W, R, A> {
     /// barriers: for when their order can no longer be kept (a snapshot installed here may hold
     /// those writes' entries).
     pub fn break_barriers(&mut self) -> Vec<R> {
-        let Some(below) = self.barriers.iter().map(|b| b.reads_below).max() else { return Vec::new() };
-        self.barriers.clear();
+        match self.barriers.len() {
+            0 => Vec::new(),
+            len => self.break_barriers_through(len - 1),
+        }
+    }
+
+    /// [`break_barriers`](Self::break_barriers) for the first `last + 1` barriers only (those
+    /// after keep waiting, for the reads between).
+    fn break_barriers_through(&mut self, last: usize) -> Vec<R> {
+        let below = self.barriers[last].reads_below;
+        self.barriers.drain(..=last);
         let mut out = Vec::new();
         let unfloored = mem::take(&mut self.unfloored_reads);
         let (before, after): (Vec<_>, Vec<_>) = unfloored.into_iter().partition(|(_, held)| held.seq < below);
@@ -423,7 +482,7 @@ impl<W, R, A> Outbox<W, R, A> {
         out.extend(mem::take(&mut self.confirmed_reads).into_values().flatten());
         self.settle(&out);
         let mut out: Vec<R> = out.into_iter().map(|held| held.read).collect();
-        out.append(&mut self.unservable);
+        out.extend(mem::take(&mut self.unservable).into_iter().map(|(read, _)| read));
         out
     }
 
@@ -460,11 +519,14 @@ impl<W, R, A> Outbox<W, R, A> {
     ///
     /// Confirmed plain reads stay (their index was confirmed by a leader after they arrived, so
     /// it is still a correct lower bound), and so do admin requests already done. Reads behind
-    /// writes not yet released go back to be sent again, as plain reads: their floor names the
-    /// old leader's log, which the new one may not have, while the new leader's read index
-    /// (given after it committed in its term) is past every entry of an earlier term that ever
-    /// commits, the writes before them among them. Reads before a write forwarded behind reads
-    /// are abandoned: that write may yet commit, under the new leader's read index.
+    /// writes confirmed and not yet released go back to be sent again, as plain reads: their
+    /// floor names the old leader's log, which the new one may not have, while the new leader's
+    /// read index (given after it committed in its term) is past every entry of an earlier term
+    /// that ever commits, the writes before them among them. (A write whose forward reaches a
+    /// leader only after that is appended after the read; but it was abandoned here, its
+    /// client told `-TRYAGAIN`, so the read need not see it.) Reads whose batch the old leader
+    /// had not answered, and reads before a write forwarded behind reads (which may yet commit,
+    /// under the new leader's read index), are abandoned.
     pub fn leader_changed(&mut self) -> Abandoned<W, R, A> {
         let mut reads = self.break_barriers();
         self.write_bytes = 0;
@@ -498,8 +560,9 @@ impl<W, R, A> Outbox<W, R, A> {
     /// reads before a write forwarded behind reads before `tick`, if it still holds them.
     pub fn expire(&mut self, tick: u64) -> Abandoned<W, R, A> {
         let mut out = Abandoned::none();
-        if self.barriers.front().is_some_and(|b| b.tick < tick) {
-            out.reads = self.break_barriers();
+        if let Some(last_stale) = self.barriers.iter().rposition(|b| b.tick < tick) {
+            // First, so a write given up here does not lift its barrier as a refused one would.
+            out.reads = self.break_barriers_through(last_stale);
         }
         let old: Vec<u64> = self.writes.iter().filter(|(_, s)| s.tick < tick).map(|(&id, _)| id).collect();
         out.writes.extend(old.into_iter().filter_map(|id| self.take_write(id)));
@@ -838,6 +901,100 @@ mod tests {
         let gone = outbox.expire(2);
         assert_eq!((gone.writes, gone.reads), (vec!["w"], vec![1]));
         assert_eq!(outbox.apply_ceiling(), None);
+    }
+
+    #[test]
+    fn a_read_whose_index_reaches_a_write_forwarded_behind_it_is_failed() {
+        // Its index known first, then the write's.
+        let mut outbox = Box3::new();
+        outbox.add_read(1);
+        let batch = outbox.send_reads(0).expect("batch");
+        let write = outbox.add_write_after_reads(0, 10, "w", 3).expect("room");
+        outbox.confirm_reads(batch, 9);
+        assert!(outbox.take_unservable().is_empty(), "the write's index is not known yet");
+        outbox.write_proposed(write, 9);
+        assert_eq!(outbox.take_unservable(), vec![(1, INDEX_PAST_WRITE)]);
+        assert_eq!((outbox.apply_ceiling(), outbox.reads_len()), (None, 0));
+        // The write's index known first; a read above it stays.
+        let mut outbox = Box3::new();
+        outbox.add_read(1);
+        outbox.add_read(2);
+        let batch = outbox.send_reads(0).expect("batch");
+        let write = outbox.add_write_after_reads(0, 10, "w", 3).expect("room");
+        outbox.add_read(3);
+        let after = outbox.send_reads(0).expect("batch");
+        outbox.write_proposed(write, 8);
+        outbox.confirm_reads(after, 8);
+        outbox.confirm_reads(batch, 8);
+        assert_eq!(outbox.take_unservable(), vec![(1, INDEX_PAST_WRITE), (2, INDEX_PAST_WRITE)]);
+        assert_eq!(outbox.release_reads(8), vec![3]);
+        // A read behind writes whose floor (a write before it, answered out of order) reaches it.
+        let mut outbox = Box3::new();
+        let before = outbox.add_write(0, 10, "before").expect("room");
+        outbox.add_read_after_writes(1);
+        let batch = outbox.send_reads(0).expect("batch");
+        let behind = outbox.add_write_after_reads(0, 10, "behind", 3).expect("room");
+        outbox.write_proposed(behind, 6);
+        outbox.confirm_reads(batch, 4);
+        outbox.write_proposed(before, 7);
+        assert_eq!(outbox.take_unservable(), vec![(1, INDEX_PAST_WRITE)]);
+        assert!(outbox.take_all_reads().is_empty());
+    }
+
+    #[test]
+    fn reads_whose_order_waits_on_a_silent_leader_are_failed_after_a_few_ticks() {
+        // A write behind reads never answered holds applies at what was handed out.
+        let mut outbox = Box3::new();
+        outbox.add_read(1);
+        let batch = outbox.send_reads(1).expect("batch");
+        outbox.confirm_reads(batch, 9);
+        outbox.add_write_after_reads(2, 10, "old", 3).expect("room");
+        outbox.add_read(2);
+        outbox.add_write_after_reads(8, 10, "young", 3).expect("room");
+        outbox.lose_patience(2);
+        assert!(outbox.take_unservable().is_empty(), "not yet");
+        outbox.lose_patience(5);
+        assert_eq!(outbox.take_unservable(), vec![(1, ORDER_TIMED_OUT)], "the young one's read stays");
+        assert_eq!(outbox.apply_ceiling(), Some(3));
+        assert_eq!(outbox.reads_len(), 1);
+        // A read behind writes whose write before it is never answered.
+        let mut outbox = Box3::new();
+        outbox.add_write(1, 10, "silent").expect("room");
+        outbox.add_read_after_writes(1);
+        outbox.add_read(2);
+        let batch = outbox.send_reads(1).expect("batch");
+        outbox.confirm_reads(batch, 4);
+        outbox.lose_patience(5);
+        assert_eq!(outbox.take_unservable(), vec![(1, ORDER_TIMED_OUT)]);
+        assert_eq!(outbox.release_reads(4), vec![2]);
+        // Taken with everything else when consensus stops.
+        outbox.add_write(1, 10, "silent too").expect("room");
+        outbox.add_read_after_writes(3);
+        let batch = outbox.send_reads(1).expect("batch");
+        outbox.confirm_reads(batch, 4);
+        outbox.lose_patience(5);
+        assert_eq!(outbox.take_all_reads(), vec![3]);
+    }
+
+    #[test]
+    fn floors_stay_exact_when_many_writes_are_answered_around_an_old_read() {
+        let mut outbox = Box3::new();
+        let first = outbox.add_write(0, 1, "first").expect("room");
+        outbox.add_read_after_writes(1);
+        let batch = outbox.send_reads(0).expect("batch");
+        // Hundreds of writes after it answered, at higher indexes, before the one before it.
+        for i in 0..300 {
+            let id = outbox.add_write(0, 1, "later").expect("room");
+            outbox.write_proposed(id, 100 + i);
+        }
+        outbox.add_read_after_writes(2);
+        let second = outbox.send_reads(0).expect("batch");
+        outbox.write_proposed(first, 50);
+        outbox.confirm_reads(batch, 10);
+        outbox.confirm_reads(second, 10);
+        assert_eq!(outbox.release_reads(50), vec![1], "its floor is the one write before it");
+        assert!(outbox.release_reads(398).is_empty(), "the second follows all 301");
+        assert_eq!(outbox.release_reads(399), vec![2]);
     }
 
     #[test]

@@ -457,9 +457,10 @@ const NOT_PROPOSED: [&str; 5] = [
 /// A client that pipelines two to four random reads and writes of the shared keys at a time on
 /// one connection, to a random replica (no `REQ` tags, no retries: a read refused, or a write
 /// refused before it was proposed, is left out of the history; another refusal or no answer is
-/// recorded as of unknown outcome). On a leader such a pipeline's reads and writes
-/// start together (read floors, apply barriers), so the checker sees those paths under the
-/// nemesis too. Runs until `stop`, then on until one request is answered (or
+/// recorded as of unknown outcome). On any replica such a pipeline's reads and writes
+/// start together (read floors and apply barriers on a leader; on a follower, reads held for
+/// the indexes of the writes forwarded before them and an apply ceiling), so the checker sees
+/// those paths under the nemesis too. Runs until `stop`, then on until one request is answered (or
 /// [`COMPLETE_AFTER_HEAL`] passes). Returns how many requests were answered.
 pub fn pipeline_loop(
     servers: Vec<String>,
