@@ -262,6 +262,14 @@ impl<W, R, A> Outbox<W, R, A> {
     /// Records that write `id` went to `index`: the running maximum at `id`, and at the ids after
     /// it already answered (a link that reordered the answers).
     fn note_proposed(&mut self, id: u64, index: u64) {
+        if self.unsent_reads.is_empty() && self.read_batches.is_empty() && self.unfloored_reads.is_empty() {
+            // No read waits for a floor: every later one follows this write (a pipeline of writes
+            // alone keeps no map).
+            let kept = self.proposed.values().next_back().copied().unwrap_or(0);
+            self.proposed_base = self.proposed_base.max(kept).max(index);
+            self.proposed.clear();
+            return;
+        }
         let before = self.proposed.range(..id).next_back().map_or(0, |(_, &high)| high);
         self.proposed.insert(id, before.max(index));
         for (_, high) in self.proposed.range_mut(id + 1..) {
