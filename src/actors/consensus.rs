@@ -1204,8 +1204,12 @@ impl Consensus {
     /// Drops forwards unanswered for longer than a request may wait.
     fn expire_forwards(&mut self) {
         if let Some(before) = self.ticks.checked_sub(ORDER_PATIENCE_TICKS) {
-            // Failed with the next drive (this tick's).
-            self.outbox.lose_patience(before);
+            // The reads given up are failed with the next drive (this tick's).
+            let writes = self.outbox.lose_patience(before);
+            if !writes.is_empty() {
+                let gone = Abandoned { writes, reads: Vec::new(), admins: Vec::new() };
+                self.abandon(gone, "no answer from the leader");
+            }
         }
         let Some(before) = self.ticks.checked_sub(self.request_timeout_ticks) else { return };
         let gone = self.outbox.expire(before);

@@ -42,7 +42,7 @@ struct Sent<T> {
 pub struct Abandoned<W, R, A> {
     /// Writes whose fate is unknown.
     pub writes: Vec<W>,
-    /// Reads not confirmed.
+    /// Reads given up.
     pub reads: Vec<R>,
     /// Admin requests whose fate is unknown.
     pub admins: Vec<A>,
@@ -90,10 +90,11 @@ struct Barrier {
 /// Indexes kept in [`Outbox`]'s `proposed` before the ones no read needs are folded.
 const PROPOSED_KEPT: usize = 256;
 
-/// Ticks a write forwarded behind reads may hold this replica's applies, or a read behind writes
-/// wait for their indexes, before the reads concerned are failed: a forward or its answer lost
-/// on the way (nothing is resent) would otherwise hold them for a request's whole timeout.
-pub const ORDER_PATIENCE_TICKS: u64 = 20;
+/// Ticks (500 ms at the default tick) a write forwarded behind reads may hold this replica's
+/// applies while it or those reads still wait on the leader, or a read behind writes wait for
+/// their indexes, before the reads (or writes) concerned are given up: a forward or its answer
+/// lost on the way (nothing is resent) would otherwise hold them for a request's whole timeout.
+pub const ORDER_PATIENCE_TICKS: u64 = 50;
 
 /// Why a read left the outbox unserved, to keep its order (see [`Outbox::take_unservable`]).
 pub const INDEX_PAST_WRITE: &str = "the read's index came at or after a write pipelined behind it";
@@ -107,12 +108,12 @@ pub struct Outbox<W, R, A> {
     /// By id, so the oldest write still unanswered is the first.
     writes: BTreeMap<u64, Sent<W>>,
     write_bytes: usize,
-    /// The highest index the leader gave a forwarded write up to each forward id answered since
-    /// the leader last changed (a running maximum), for the floors of reads behind writes;
-    /// those no held read needs are folded into `proposed_base`. Every one is in that
-    /// leader's log.
+    /// For each forward id answered since the leader last changed and not yet folded, the
+    /// highest index the leader gave the writes kept here up to it (a running maximum), for the
+    /// floors of reads behind writes. Every one is in that leader's log.
     proposed: BTreeMap<u64, u64>,
-    /// The highest index folded out of `proposed`.
+    /// The highest index given to the writes no longer in `proposed` (folded once no waiting
+    /// read needs them apart), which every later read follows.
     proposed_base: u64,
     /// `proposed` is folded once it holds more than this.
     fold_at: usize,
@@ -268,6 +269,7 @@ impl<W, R, A> Outbox<W, R, A> {
             let kept = self.proposed.values().next_back().copied().unwrap_or(0);
             self.proposed_base = self.proposed_base.max(kept).max(index);
             self.proposed.clear();
+            self.fold_at = PROPOSED_KEPT;
             return;
         }
         let before = self.proposed.range(..id).next_back().map_or(0, |(_, &high)| high);
@@ -307,22 +309,29 @@ impl<W, R, A> Outbox<W, R, A> {
         mem::take(&mut self.unservable)
     }
 
-    /// Fails the reads whose order waits on a forward unanswered since before `tick`: those
-    /// before a write forwarded behind reads then (it holds this replica's applies meanwhile),
-    /// and reads behind writes forwarded before a write unanswered since then.
-    pub fn lose_patience(&mut self, tick: u64) {
-        if let Some(last_stale) = self.barriers.iter().rposition(|b| b.tick < tick) {
+    /// Gives up what a forward unanswered since before `tick` holds up: the reads before a write
+    /// forwarded behind reads then, if the write or one of those reads still waits on the leader
+    /// (it holds this replica's applies meanwhile; reads that wait only for this replica to
+    /// apply are left to it), and the writes unanswered since then that reads behind writes
+    /// wait for: returned, to be abandoned as at a request's timeout (their clients told
+    /// `-TRYAGAIN`, those reads then need not see them).
+    pub fn lose_patience(&mut self, tick: u64) -> Vec<W> {
+        let asking = self.unsent_reads.iter().chain(self.read_batches.values().flat_map(|b| &b.item));
+        let asking =
+            asking.chain(self.unfloored_reads.iter().map(|(_, held)| held)).map(|held| held.seq).min();
+        let asking = asking.unwrap_or(u64::MAX);
+        let stale = |b: &Barrier| b.tick < tick && (b.index.is_none() || asking < b.reads_below);
+        if let Some(last_stale) = self.barriers.iter().rposition(stale) {
             let failed = self.break_barriers_through(last_stale);
             self.unservable.extend(failed.into_iter().map(|read| (read, ORDER_TIMED_OUT)));
         }
-        let Some((&oldest, sent)) = self.writes.first_key_value() else { return };
-        if sent.tick >= tick || self.unfloored_reads.is_empty() {
-            return;
-        }
-        let (waiting, rest): (Vec<_>, Vec<_>) =
-            mem::take(&mut self.unfloored_reads).into_iter().partition(|(_, held)| held.after > Some(oldest));
-        self.unfloored_reads = rest;
-        self.give_up(waiting.into_iter().map(|(_, held)| held).collect(), ORDER_TIMED_OUT);
+        let Some(latest) = self.unfloored_reads.iter().filter_map(|(_, held)| held.after).max() else {
+            return Vec::new();
+        };
+        // Unanswered, so without a barrier left (broken above, stale with no index).
+        let old: Vec<u64> =
+            self.writes.range(..latest).filter(|(_, sent)| sent.tick < tick).map(|(&id, _)| id).collect();
+        old.into_iter().filter_map(|id| self.take_write(id)).collect()
     }
 
     /// The highest index the leader gave a write forwarded before forward id `after`.
@@ -540,6 +549,7 @@ impl<W, R, A> Outbox<W, R, A> {
         self.write_bytes = 0;
         self.proposed.clear();
         self.proposed_base = 0;
+        self.fold_at = PROPOSED_KEPT;
         let mut again: Vec<HeldRead<R>> =
             mem::take(&mut self.unfloored_reads).into_iter().map(|(_, r)| r).collect();
         for reads in self.confirmed_reads.values_mut() {
@@ -950,7 +960,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_whose_order_waits_on_a_silent_leader_are_failed_after_a_few_ticks() {
+    fn what_waits_on_a_silent_leader_is_given_up_after_a_while() {
         // A write behind reads never answered holds applies at what was handed out.
         let mut outbox = Box3::new();
         outbox.add_read(1);
@@ -959,29 +969,47 @@ mod tests {
         outbox.add_write_after_reads(2, 10, "old", 3).expect("room");
         outbox.add_read(2);
         outbox.add_write_after_reads(8, 10, "young", 3).expect("room");
-        outbox.lose_patience(2);
+        assert!(outbox.lose_patience(2).is_empty());
         assert!(outbox.take_unservable().is_empty(), "not yet");
-        outbox.lose_patience(5);
+        assert!(outbox.lose_patience(5).is_empty(), "a write behind reads is not given up");
         assert_eq!(outbox.take_unservable(), vec![(1, ORDER_TIMED_OUT)], "the young one's read stays");
         assert_eq!(outbox.apply_ceiling(), Some(3));
         assert_eq!(outbox.reads_len(), 1);
-        // A read behind writes whose write before it is never answered.
+        // A read behind writes whose write before it is never answered: the write is given up
+        // (its client told so), and the read then follows the writes answered.
         let mut outbox = Box3::new();
+        let answered = outbox.add_write(1, 10, "answered").expect("room");
+        outbox.write_proposed(answered, 6);
         outbox.add_write(1, 10, "silent").expect("room");
         outbox.add_read_after_writes(1);
         outbox.add_read(2);
         let batch = outbox.send_reads(1).expect("batch");
         outbox.confirm_reads(batch, 4);
-        outbox.lose_patience(5);
-        assert_eq!(outbox.take_unservable(), vec![(1, ORDER_TIMED_OUT)]);
-        assert_eq!(outbox.release_reads(4), vec![2]);
-        // Taken with everything else when consensus stops.
-        outbox.add_write(1, 10, "silent too").expect("room");
-        outbox.add_read_after_writes(3);
+        assert!(outbox.release_reads(100).len() == 1, "the plain read only");
+        assert_eq!(outbox.lose_patience(5), vec!["silent"]);
+        assert!(outbox.take_unservable().is_empty());
+        assert!(outbox.release_reads(5).is_empty());
+        assert_eq!(outbox.release_reads(6), vec![1]);
+        // A barrier whose write has its index, with its reads confirmed below it, only waits for
+        // this replica to apply: it stays.
+        let mut outbox = Box3::new();
+        outbox.add_read(1);
         let batch = outbox.send_reads(1).expect("batch");
-        outbox.confirm_reads(batch, 4);
-        outbox.lose_patience(5);
-        assert_eq!(outbox.take_all_reads(), vec![3]);
+        let write = outbox.add_write_after_reads(1, 10, "w", 3).expect("room");
+        outbox.write_proposed(write, 9);
+        outbox.confirm_reads(batch, 7);
+        assert!(outbox.lose_patience(5).is_empty());
+        assert!(outbox.take_unservable().is_empty());
+        assert_eq!(outbox.apply_ceiling(), Some(8));
+        // One still waiting for its read index is given up.
+        let mut outbox = Box3::new();
+        outbox.add_read(1);
+        outbox.send_reads(1).expect("batch");
+        let write = outbox.add_write_after_reads(1, 10, "w", 3).expect("room");
+        outbox.write_proposed(write, 9);
+        assert!(outbox.lose_patience(5).is_empty());
+        assert_eq!(outbox.take_unservable(), vec![(1, ORDER_TIMED_OUT)]);
+        assert_eq!(outbox.apply_ceiling(), None);
     }
 
     #[test]
