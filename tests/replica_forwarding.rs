@@ -207,6 +207,42 @@ fn a_forwarded_write_applied_before_its_answer_arrives_gets_its_own_reply() {
     assert_eq!(conn.call(&[b"GET", b"k"]), bulk("abcdcdcd"));
 }
 
+/// Sends `requests` as one pipeline on `conn`, then waits until the leader has appended an entry
+/// (the pipeline's write) and the follower's index `at` (its applied or commit index) reaches it.
+fn send_until_the_write_reaches(
+    cluster: &TestCluster,
+    leader: u64,
+    conn: &mut RespConn,
+    requests: &[&[&[u8]]],
+    what: &str,
+    at: impl Fn() -> u64,
+) {
+    let on_leader = cluster.status[&leader].clone();
+    let before = on_leader.last_log_index();
+    let mut pipeline = Vec::new();
+    for args in requests {
+        quorumkv::protocol::resp::encode_request(args, &mut pipeline);
+    }
+    conn.send_raw(&pipeline);
+    let mut appended = before;
+    wait_until("the leader appending the forwarded write", WAIT, || {
+        appended = on_leader.last_log_index();
+        if appended > before {
+            Ok(())
+        } else {
+            Err(appended)
+        }
+    });
+    wait_until(&format!("the follower's {what} index reaching the forwarded write"), WAIT, || {
+        let reached = at();
+        if reached >= appended {
+            Ok(())
+        } else {
+            Err(reached)
+        }
+    });
+}
+
 /// A pipelined `SET` then `GET` on a follower: the read starts at once, and with the leader's
 /// answer giving the write its index held back it is not served at its read index alone (below
 /// the write's): it waits for that answer, then sees the write.
@@ -222,31 +258,12 @@ fn a_read_pipelined_behind_a_forwarded_write_waits_for_the_writes_index() {
     for round in 0..10 {
         let key = format!("k{round}").into_bytes();
         assert_eq!(conn.call(&[b"SET", &key, b"old"]), Reply::Simple("OK".into()));
-        let on_leader = cluster.status[&leader].clone();
-        let before = on_leader.last_log_index();
         cluster.net().hold_write_answers();
-        let mut pipeline = Vec::new();
-        quorumkv::protocol::resp::encode_request(&[&b"SET"[..], &key, b"new"], &mut pipeline);
-        quorumkv::protocol::resp::encode_request(&[&b"GET"[..], &key], &mut pipeline);
-        conn.send_raw(&pipeline);
         // The write's entry reaches the follower through replication while its answer is held;
         // the read's own index came back meanwhile (answers to reads are not held).
-        let mut appended = before;
-        wait_until("the leader appending the forwarded write", WAIT, || {
-            appended = on_leader.last_log_index();
-            if appended > before {
-                Ok(())
-            } else {
-                Err(appended)
-            }
-        });
-        wait_until("the follower applying the forwarded entry", WAIT, || {
-            let applied = status.applied_index();
-            if applied >= appended {
-                Ok(())
-            } else {
-                Err(applied)
-            }
+        let pipeline: [&[&[u8]]; 2] = [&[b"SET", &key, b"new"], &[b"GET", &key]];
+        send_until_the_write_reaches(&cluster, leader, &mut conn, &pipeline, "applied", || {
+            status.applied_index()
         });
         assert_eq!(cluster.net().release_forward_answers(), 1, "seed {seed} round {round}: one answer held");
         // Held past the follower's patience (a loaded machine), the write is given up: its
@@ -284,29 +301,10 @@ fn a_write_pipelined_behind_a_read_on_a_follower_is_not_applied_before_the_read_
     for round in 0..10 {
         let key = format!("k{round}").into_bytes();
         assert_eq!(conn.call(&[b"SET", &key, b"old"]), Reply::Simple("OK".into()));
-        let on_leader = cluster.status[&leader].clone();
-        let before = on_leader.last_log_index();
         cluster.net().hold_forward_answers();
-        let mut pipeline = Vec::new();
-        quorumkv::protocol::resp::encode_request(&[&b"GET"[..], &key], &mut pipeline);
-        quorumkv::protocol::resp::encode_request(&[&b"SET"[..], &key, b"new"], &mut pipeline);
-        conn.send_raw(&pipeline);
-        let mut appended = before;
-        wait_until("the leader appending the forwarded write", WAIT, || {
-            appended = on_leader.last_log_index();
-            if appended > before {
-                Ok(())
-            } else {
-                Err(appended)
-            }
-        });
-        wait_until("the follower learning the forwarded write committed", WAIT, || {
-            let committed = status.commit_index();
-            if committed >= appended {
-                Ok(())
-            } else {
-                Err(committed)
-            }
+        let pipeline: [&[&[u8]]; 2] = [&[b"GET", &key], &[b"SET", &key, b"new"]];
+        send_until_the_write_reaches(&cluster, leader, &mut conn, &pipeline, "committed", || {
+            status.commit_index()
         });
         // The write's answer left as the leader appended it; the read's may leave only after
         // its round, and so after the hold.

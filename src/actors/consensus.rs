@@ -1121,6 +1121,14 @@ impl Consensus {
         }
     }
 
+    /// Drives soon if the entries this follower may apply moved since the ceiling was `before`
+    /// (the next drive sets the new one on the core, and hands out what it lets through).
+    fn drive_if_ceiling_moved(&mut self, ctx: &mut Context<Self>, before: Option<u64>) {
+        if self.outbox.apply_ceiling() != before {
+            self.drive_soon(ctx);
+        }
+    }
+
     /// Serves the forwarded reads whose read index (and floor) this replica has applied.
     fn serve_released_reads(&mut self) {
         for read in self.outbox.release_reads(self.core.log().applied()) {
@@ -1820,11 +1828,7 @@ impl Handler<Inbound> for Consensus {
             PeerFrame::ForwardAnswer { id, answer, .. } => {
                 let ceiling = self.outbox.apply_ceiling();
                 self.on_forward_answer(id, answer);
-                if self.outbox.apply_ceiling() != ceiling {
-                    // Entries held behind a forwarded write may be applied now.
-                    self.drive_soon(ctx);
-                }
-                return;
+                return self.drive_if_ceiling_moved(ctx, ceiling);
             }
         };
         if let Err(e) = self.core.step(message) {
@@ -1854,11 +1858,8 @@ impl Handler<Propose> for Consensus {
         if self.forward && self.core.role() != Role::Leader {
             let ceiling = self.outbox.apply_ceiling();
             self.forward_write(msg);
-            if self.outbox.apply_ceiling() != ceiling {
-                // A barrier set, or barriers broken by a leader change noticed on the way.
-                self.drive_soon(ctx);
-            }
-            return;
+            // Barriers may have been broken by a change of leader noticed on the way.
+            return self.drive_if_ceiling_moved(ctx, ceiling);
         }
         if msg.after_reads {
             // The connection's reads ahead of it were handed over first (their waiters started
