@@ -241,19 +241,12 @@ impl<W, R, A> Outbox<W, R, A> {
             barrier.index = Some(index);
             let below = barrier.reads_below;
             // Reads before it whose index is already known to be at or past its entry.
-            let mut stuck: Vec<HeldRead<R>> = Vec::new();
-            for reads in self.confirmed_reads.range_mut(index..).map(|(_, reads)| reads) {
-                let (before, after): (Vec<_>, Vec<_>) =
-                    mem::take(reads).into_iter().partition(|r| r.seq < below);
-                stuck.extend(before);
-                *reads = after;
-            }
+            let confirmed = self.confirmed_reads.range_mut(index..).map(|(_, reads)| reads);
+            let mut stuck: Vec<_> =
+                confirmed.flat_map(|reads| reads.extract_if(.., |r| r.seq < below)).collect();
             self.confirmed_reads.retain(|_, reads| !reads.is_empty());
-            let (before, after): (Vec<_>, Vec<_>) = mem::take(&mut self.unfloored_reads)
-                .into_iter()
-                .partition(|(r, held)| *r >= index && held.seq < below);
-            self.unfloored_reads = after;
-            stuck.extend(before.into_iter().map(|(_, held)| held));
+            let unfloored = self.unfloored_reads.extract_if(.., |(r, held)| *r >= index && held.seq < below);
+            stuck.extend(unfloored.map(|(_, held)| held));
             self.give_up(stuck, INDEX_PAST_WRITE);
         }
         self.settle_floors();
@@ -389,10 +382,10 @@ impl<W, R, A> Outbox<W, R, A> {
         if !self.unfloored_reads.is_empty() {
             // No write below this forward id is still unanswered.
             let answered_below = self.writes.keys().next().copied().unwrap_or(u64::MAX);
-            let (settled, waiting): (Vec<_>, Vec<_>) = mem::take(&mut self.unfloored_reads)
-                .into_iter()
-                .partition(|(_, held)| held.after.is_some_and(|after| after <= answered_below));
-            self.unfloored_reads = waiting;
+            let settled: Vec<_> = self
+                .unfloored_reads
+                .extract_if(.., |(_, held)| held.after.is_some_and(|after| after <= answered_below))
+                .collect();
             for (index, held) in settled {
                 let floor = self.floor(held.after.unwrap_or(0));
                 self.confirm(index.max(floor), held);
@@ -470,20 +463,14 @@ impl<W, R, A> Outbox<W, R, A> {
     fn break_barriers_through(&mut self, last: usize) -> Vec<R> {
         let below = self.barriers[last].reads_below;
         self.barriers.drain(..=last);
-        let mut out = Vec::new();
-        let unfloored = mem::take(&mut self.unfloored_reads);
-        let (before, after): (Vec<_>, Vec<_>) = unfloored.into_iter().partition(|(_, held)| held.seq < below);
-        self.unfloored_reads = after;
-        out.extend(before.into_iter().map(|(_, held)| held));
-        let mut take = |reads: &mut Vec<HeldRead<R>>| {
-            let (before, after): (Vec<_>, Vec<_>) =
-                mem::take(reads).into_iter().partition(|held| held.seq < below);
-            out.extend(before);
-            *reads = after;
-        };
-        take(&mut self.unsent_reads);
-        self.read_batches.values_mut().for_each(|batch| take(&mut batch.item));
-        self.confirmed_reads.values_mut().for_each(take);
+        let mut out: Vec<_> =
+            self.unfloored_reads.extract_if(.., |(_, held)| held.seq < below).map(|(_, held)| held).collect();
+        let batches = self.read_batches.values_mut().map(|batch| &mut batch.item);
+        for reads in
+            [&mut self.unsent_reads].into_iter().chain(batches).chain(self.confirmed_reads.values_mut())
+        {
+            out.extend(reads.extract_if(.., |held| held.seq < below));
+        }
         self.confirmed_reads.retain(|_, reads| !reads.is_empty());
         self.settle(&out);
         out.into_iter().map(|held| held.read).collect()
@@ -553,10 +540,7 @@ impl<W, R, A> Outbox<W, R, A> {
         let mut again: Vec<HeldRead<R>> =
             mem::take(&mut self.unfloored_reads).into_iter().map(|(_, r)| r).collect();
         for reads in self.confirmed_reads.values_mut() {
-            let (floored, plain): (Vec<_>, Vec<_>) =
-                mem::take(reads).into_iter().partition(|r| r.after.is_some());
-            again.extend(floored);
-            *reads = plain;
+            again.extend(reads.extract_if(.., |r| r.after.is_some()));
         }
         self.confirmed_reads.retain(|_, reads| !reads.is_empty());
         self.unsent_reads.extend(again);
