@@ -12,8 +12,11 @@
 //!
 //! Order is kept: segments go oldest first, batch after batch, so the segments left on disk are
 //! always a run of consecutive ones. A segment left behind (a crash, a failed rename) is
-//! harmless: replay reads it and the snapshot marker after it supersedes its entries. A renamed
-//! one left half cut is no longer a segment; the log's next open hands it back here.
+//! harmless: replay reads it and the snapshot marker after it supersedes its entries. After a
+//! failed rename, that segment and every newer one handed over wait, and each later batch tries
+//! them again first, so a passing failure (a full directory, a permission set right) costs
+//! disk space only until the next compaction. A renamed one left half cut is no longer a
+//! segment; the log's next open hands it back here.
 
 use super::wal::sync_dir;
 use std::fs::{self, OpenOptions};
@@ -87,7 +90,7 @@ impl SegmentRemover {
         }
     }
 
-    /// Returns once every segment handed over so far is deleted (or failed to be).
+    /// Returns once every segment handed over so far is deleted (or failed to be, for now).
     pub(crate) fn flush(&self) {
         let Some(jobs) = &self.jobs else { return };
         let (done, wait) = mpsc::channel();
@@ -114,14 +117,22 @@ impl Drop for SegmentRemover {
 
 /// The remover's thread: batches in order until the log closes the channel.
 fn run(dir: &Path, sync: bool, hurry: &AtomicBool, queue: &Receiver<Job>) {
-    // After a failed delete nothing newer goes either: replay refuses a gap between segments.
-    let mut stopped = false;
+    // Released segments not yet deleted, oldest first: after a failed delete nothing newer goes
+    // either (replay refuses a gap between segments), and the next batch starts over from here.
+    let mut pending: Vec<PathBuf> = Vec::new();
     for job in queue {
         match job {
-            Job::Remove(paths) if stopped => {
-                log::warn!("wal: {} released segments left on disk after an earlier failure", paths.len());
+            Job::Remove(paths) => {
+                pending.extend(paths);
+                let done = remove_batch(dir, sync, hurry, &pending);
+                pending.drain(..done);
+                if !pending.is_empty() {
+                    log::warn!(
+                        "wal: {} released segments left on disk until the next compaction",
+                        pending.len()
+                    );
+                }
             }
-            Job::Remove(paths) => stopped = !remove_batch(dir, sync, hurry, &paths),
             Job::Flush(done) => {
                 let _ = done.send(());
             }
@@ -130,16 +141,18 @@ fn run(dir: &Path, sync: bool, hurry: &AtomicBool, queue: &Receiver<Job>) {
 }
 
 /// Deletes `paths` in order, stopping at the first that cannot be moved out of the log's way
-/// (so no gap opens between the segments left). False if one could not.
-fn remove_batch(dir: &Path, sync: bool, hurry: &AtomicBool, paths: &[PathBuf]) -> bool {
+/// (so no gap opens between the segments left): how many of them are gone.
+fn remove_batch(dir: &Path, sync: bool, hurry: &AtomicBool, paths: &[PathBuf]) -> usize {
     let mut deleted = false;
-    for path in paths {
+    let mut gone = paths.len();
+    for (at, path) in paths.iter().enumerate() {
         let doomed = match set_aside(dir, sync, path) {
             Ok(Some(doomed)) => doomed,
             Ok(None) => continue,
             Err(e) => {
                 log::error!("wal: cannot delete released segment {}: {e}; left on disk", path.display());
-                return false;
+                gone = at;
+                break;
             }
         };
         deleted = true;
@@ -153,7 +166,7 @@ fn remove_batch(dir: &Path, sync: bool, hurry: &AtomicBool, paths: &[PathBuf]) -
             log::error!("wal: {e}");
         }
     }
-    true
+    gone
 }
 
 /// Files in `dir` set aside for deletion and not yet deleted (a crash came first), by name.
@@ -236,7 +249,7 @@ mod tests {
     }
 
     #[test]
-    fn a_segment_that_cannot_be_set_aside_stops_every_later_one_so_no_gap_opens() {
+    fn a_segment_that_cannot_be_set_aside_holds_every_later_one_until_a_later_batch_retries_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = files(dir.path(), &["1.wal"]);
         let stuck = files(dir.path(), &["2.wal"]).remove(0);
@@ -253,6 +266,18 @@ mod tests {
         remover.flush();
         assert!(!first[0].exists());
         assert!(stuck.exists() && later.iter().all(|p| p.exists()), "nothing after the failure went");
+        // Still failing: the next batch waits behind the stuck one too.
+        let newest = files(dir.path(), &["5.wal"]);
+        remover.remove(newest.clone());
+        remover.flush();
+        assert!(stuck.exists() && later.iter().all(|p| p.exists()) && newest[0].exists());
+        // Once the rename can succeed, the next batch deletes what waited, oldest first, then its own.
+        std::fs::remove_dir_all(&blocker).expect("rmdir");
+        let last = files(dir.path(), &["6.wal"]);
+        remover.remove(last.clone());
+        remover.flush();
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
+        assert!(left.is_empty(), "what waited went with the next batch: {left:?}");
     }
 
     #[test]
