@@ -434,6 +434,60 @@ fn exec_aborts_when_a_watched_key_moved_after_the_watch_point() {
 }
 
 #[test]
+fn a_reply_past_the_value_bound_is_refused_before_it_is_built_alone_or_in_a_transaction() {
+    use quorumkv::storage::dialect::MAX_REPLY_VALUE_BYTES;
+    let t = 1_700_000_000_000u64;
+    let mut r = Replica::new();
+    let big = vec![b'v'; 16 * 1024 * 1024];
+    r.run(t, &[b"SET", b"big", &big]);
+    let fit = MAX_REPLY_VALUE_BYTES / big.len();
+    assert!(fit >= 2, "the bound takes a few of the largest values");
+    let get =
+        || Command::Get { cf: quorumkv::protocol::command::ColumnFamily::Default, key: b"big".to_vec() };
+    let mget = |n: usize| Command::MGet { keys: vec![b"big".to_vec(); n] };
+    let too_large =
+        |r: &CommandResult| matches!(r, CommandResult::Error(e) if e.starts_with("reply too large"));
+
+    // A read: up to the bound served, past it refused with nothing reserved.
+    match r.sm.read_within(&mget(fit), t, |_| true) {
+        Some((CommandResult::Array(values), bytes)) => {
+            assert_eq!((values.len(), bytes), (fit, fit * big.len()))
+        }
+        other => panic!("{:?}", other.map(|(_, bytes)| bytes)),
+    }
+    let mut asked = None;
+    let refused = r.sm.read_within(&mget(1000), t, |bytes| {
+        asked = Some(bytes);
+        true
+    });
+    assert!(refused.as_ref().is_some_and(|(reply, bytes)| too_large(reply) && *bytes == 0), "{refused:?}");
+    assert_eq!(asked, None, "nothing reserved for a refused reply");
+    assert!(too_large(&r.sm.read_at(&mget(1000), t)), "the plain read refuses too");
+
+    // A transaction: each command counted before it runs; one past the bound is refused and not
+    // run, the others go on, so every replica applying the entry answers and changes alike.
+    let exec = Command::Exec {
+        watched: vec![],
+        watch_point: 0,
+        commands: (0..fit)
+            .map(|_| get())
+            .chain([
+                Command::GetDel { key: b"big".to_vec() },
+                mget(1000),
+                Command::IncrBy { key: b"n".to_vec(), delta: 1 },
+            ])
+            .collect(),
+    };
+    let CommandResult::Array(replies) = r.write(t, None, exec) else { panic!("an EXEC reply") };
+    assert_eq!(replies.len(), fit + 3);
+    assert!(replies[..fit].iter().all(|reply| *reply == val(Some(&big))), "within the bound: served");
+    assert!(too_large(&replies[fit]), "GETDEL's old value would pass the bound: {:?}", replies[fit]);
+    assert!(too_large(&replies[fit + 1]));
+    assert_eq!(replies[fit + 2], int(1), "a command with no values still runs");
+    assert_eq!(r.run(t, &[b"STRLEN", b"big"]), int(big.len() as i64), "the refused GETDEL did not run");
+}
+
+#[test]
 fn setver_writes_only_over_the_version_it_names() {
     let t = 1_700_000_000_000u64;
     let mut r = Replica::new();

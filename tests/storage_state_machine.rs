@@ -110,6 +110,47 @@ fn eviction_drops_the_session_applied_longest_ago_on_every_replica() {
     assert_eq!(replies[0][6], CommandResult::Integer(2), "remembered client deduplicated");
 }
 
+#[test]
+fn remembered_replies_are_bounded_in_bytes_evicting_the_oldest_sessions_then_a_sessions_oldest_replies() {
+    use quorumkv::storage::{remembered_bytes, SessionCheck, SessionTable, MAX_SESSION_REPLY_BYTES};
+    let big = || CommandResult::Value(Some(vec![0u8; MAX_SESSION_REPLY_BYTES / 4]));
+    let each = remembered_bytes(&big());
+    let tag = |client_id, seq| SessionTag { client_id, seq };
+    let mut table = SessionTable::new(100);
+    let mut index = 0;
+    let mut record = |table: &mut SessionTable, client, seq, reply| {
+        index += 1;
+        table.record(tag(client, seq), index, reply);
+    };
+    record(&mut table, 9, 1, CommandResult::Ok);
+    for client in 1..=3 {
+        record(&mut table, client, 1, big());
+    }
+    assert_eq!(table.len(), 4, "within the bound: nothing evicted");
+    assert_eq!(table.reply_bytes(), 3 * each + remembered_bytes(&CommandResult::Ok));
+    record(&mut table, 4, 1, big());
+    assert!(table.reply_bytes() <= MAX_SESSION_REPLY_BYTES, "{}", table.reply_bytes());
+    assert_eq!(table.check(tag(9, 1)), SessionCheck::Fresh, "the session applied longest ago went first");
+    assert_eq!(table.check(tag(1, 1)), SessionCheck::Fresh, "and the next, until under the bound");
+    for client in 2..=4 {
+        assert!(matches!(table.check(tag(client, 1)), SessionCheck::Duplicate(_)), "client {client}");
+    }
+    // One session alone past the bound: the others go, then its own oldest replies (too old now).
+    for seq in 2..=6 {
+        record(&mut table, 4, seq, big());
+    }
+    assert!(table.reply_bytes() <= MAX_SESSION_REPLY_BYTES, "{}", table.reply_bytes());
+    assert_eq!(table.len(), 1);
+    assert_eq!(table.check(tag(4, 1)), SessionCheck::TooOld, "never applied twice");
+    assert!(matches!(table.check(tag(4, 6)), SessionCheck::Duplicate(_)), "the latest reply kept");
+    // A reply past the bound alone is still remembered: the one just written never goes.
+    let huge = CommandResult::Value(Some(vec![0u8; MAX_SESSION_REPLY_BYTES + 1]));
+    let huge_bytes = remembered_bytes(&huge);
+    record(&mut table, 4, 7, huge);
+    assert!(matches!(table.check(tag(4, 7)), SessionCheck::Duplicate(_)));
+    assert_eq!(table.reply_bytes(), huge_bytes);
+}
+
 /// A deterministic stream of mixed commands from a few clients, from `seed`.
 fn workload(seed: u64, count: usize) -> Vec<Proposal> {
     let mut rng = seed;

@@ -15,6 +15,11 @@ use std::collections::BTreeSet;
 pub const MAX_SCAN_REPLY_BYTES: usize = 32 * 1024 * 1024;
 /// Most keys one KEYS answers; a larger answer is refused (use SCAN), never cut short silently.
 pub const MAX_KEYS_REPLY_KEYS: usize = 100_000;
+/// Most bytes of values one reply may carry: an MGET's values, or a transaction's replies
+/// together. Past it the command is refused before anything is copied, alike on every replica
+/// for a transaction (a few KB of MULTI naming one 16 MiB key a thousand times would otherwise
+/// make every replica build a 16 GiB reply as it applies the entry, at every replay too).
+pub const MAX_REPLY_VALUE_BYTES: usize = 64 * 1024 * 1024;
 /// Most keys RANDOMKEY examines looking for one that has not expired.
 const MAX_RANDOMKEY_PROBES: usize = 1_000;
 
@@ -96,6 +101,11 @@ pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> Command
                 .collect(),
         ),
         Command::MGet { keys } => {
+            // The one read whose values are not bounded by a single value's or a scan's limit.
+            let bytes = read_reply_bytes(engine, now_ms, command);
+            if bytes > MAX_REPLY_VALUE_BYTES {
+                return reply_too_large(bytes);
+            }
             CommandResult::Array(keys.iter().map(|k| CommandResult::Value(value_of(k))).collect())
         }
         Command::Strlen { key } => {
@@ -178,7 +188,8 @@ pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> Command
 }
 
 /// [`read`] once `reserve` took the bytes [`read_reply_bytes`] counts; `None` if it refused. A
-/// GET, the common read, looks its key up once for both.
+/// GET, the common read, looks its key up once for both (a value is never past
+/// [`MAX_REPLY_VALUE_BYTES`]); a read answering more than that is refused, reserving nothing.
 pub(crate) fn read_within(
     engine: &KvEngine,
     now_ms: u64,
@@ -191,6 +202,9 @@ pub(crate) fn read_within(
         return reserve(bytes).then(|| (CommandResult::Value(value.map(<[u8]>::to_vec)), bytes));
     }
     let bytes = read_reply_bytes(engine, now_ms, command);
+    if bytes > MAX_REPLY_VALUE_BYTES {
+        return Some((reply_too_large(bytes), 0));
+    }
     reserve(bytes).then(|| (read(engine, now_ms, command), bytes))
 }
 
@@ -209,6 +223,24 @@ pub(crate) fn read_reply_bytes(engine: &KvEngine, now_ms: u64, command: &Command
             raw_scan(engine, now_ms, *cf, start, *limit).map(|(k, s)| k.len() + s.value().len()).sum()
         }
         _ => 0,
+    }
+}
+
+/// The refusal of a command whose reply would carry `bytes` of values, past [`MAX_REPLY_VALUE_BYTES`].
+fn reply_too_large(bytes: usize) -> CommandResult {
+    CommandResult::Error(format!(
+        "reply too large ({bytes} bytes of values, max {MAX_REPLY_VALUE_BYTES}); ask for fewer keys"
+    ))
+}
+
+/// Bytes of values `command` would answer with, counted before it runs: a read's, or the old
+/// value a write answers with.
+fn reply_value_bytes(engine: &KvEngine, now_ms: u64, command: &Command) -> usize {
+    let len = |key: &[u8]| live(engine, DEFAULT, key, now_ms).map_or(0, |s| s.value().len());
+    match command {
+        Command::GetDel { key } | Command::GetEx { key, .. } => len(key),
+        Command::Set { key, reply: SetReply::OldValue, .. } => len(key),
+        _ => read_reply_bytes(engine, now_ms, command),
     }
 }
 
@@ -405,7 +437,21 @@ impl Applying<'_> {
                 if watched.iter().any(|key| self.watch_moved(key, *watch_point)) {
                     return CommandResult::NilArray;
                 }
-                CommandResult::Array(commands.iter().map(|c| self.execute(c)).collect())
+                // Each command's reply is counted before it runs: one that would take the
+                // transaction's values past the bound is refused and not run (as a runtime error
+                // inside EXEC, the others go on).
+                let mut bytes = 0usize;
+                let mut replies = Vec::with_capacity(commands.len());
+                for command in commands {
+                    let more = reply_value_bytes(self.engine, self.now_ms, command);
+                    if bytes.saturating_add(more) > MAX_REPLY_VALUE_BYTES {
+                        replies.push(reply_too_large(bytes.saturating_add(more)));
+                        continue;
+                    }
+                    bytes += more;
+                    replies.push(self.execute(command));
+                }
+                CommandResult::Array(replies)
             }
             Command::SetVer { key, version, value } => {
                 let current = self.live(key).map(|s| s.version());

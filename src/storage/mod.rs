@@ -33,7 +33,10 @@ pub use engine::{KvEngine, SharedBytes, Stored, ValueKind, WriteBatch, WriteOp};
 pub use error::{Result, StorageError};
 pub use log_store::LogStore;
 pub use mem_log::MemLog;
-pub use session::{SessionCheck, SessionTable, DEFAULT_MAX_SESSIONS, MAX_REPLIES_PER_SESSION};
+pub use session::{
+    remembered_bytes, SessionCheck, SessionTable, DEFAULT_MAX_SESSIONS, MAX_REPLIES_PER_SESSION,
+    MAX_SESSION_REPLY_BYTES,
+};
 pub use snapshot_file::{SnapshotFile, SnapshotFileWriter, SnapshotInbox, SnapshotSource, SnapshotStore};
 pub use state_machine::StateMachine;
 pub use wal::{Wal, WalOptions, WalRecovery};

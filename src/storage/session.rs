@@ -10,6 +10,26 @@ pub const MAX_REPLIES_PER_SESSION: usize = 32;
 /// Default bound on the number of client sessions remembered at once.
 pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
+/// Bound on the bytes of replies remembered over every session (as [`remembered_bytes`] counts
+/// them): a reply may carry up to 64 MiB of values from a few KB of request (a transaction
+/// reading large values), so a count of sessions alone would not bound the table's memory.
+pub const MAX_SESSION_REPLY_BYTES: usize = 256 * 1024 * 1024;
+
+/// Bytes a remembered reply is counted for: its values and texts, and a fixed cost per part.
+pub fn remembered_bytes(reply: &CommandResult) -> usize {
+    const PART: usize = 32;
+    PART + match reply {
+        CommandResult::Ok | CommandResult::Integer(_) | CommandResult::NilArray => 0,
+        CommandResult::Value(value) => value.as_ref().map_or(0, Vec::len),
+        CommandResult::Pairs(pairs) => pairs.iter().map(|(k, v)| PART + k.len() + v.len()).sum(),
+        CommandResult::Error(text) | CommandResult::Status(text) => text.len(),
+        CommandResult::Array(items) => items.iter().map(remembered_bytes).sum(),
+        CommandResult::ScanPage { next, keys } => {
+            next.as_ref().map_or(0, Vec::len) + keys.iter().map(|k| PART + k.len()).sum::<usize>()
+        }
+    }
+}
+
 /// What a session knows about a (client, seq) before it is applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionCheck {
@@ -39,9 +59,11 @@ pub(crate) struct Session {
 /// applied seqs are remembered (for a client counting up, its most recent ones); the highest seq
 /// dropped from that window is the session's floor, and a seq at or below it is refused as too
 /// old, never applied twice. Out-of-order seqs above the floor are applied once each. When more
-/// than `max_sessions` clients are known, the session whose last write was applied longest ago
-/// (lowest log index) is evicted; an evicted client is then treated as new, so a retry of one of
-/// its old writes would apply again. Durability: none by itself; it travels in the state machine's
+/// than `max_sessions` clients are known, or the replies remembered pass
+/// [`MAX_SESSION_REPLY_BYTES`], the session whose last write was applied longest ago (lowest log
+/// index) is evicted; an evicted client is then treated as new, so a retry of one of its old
+/// writes would apply again. (Should the session just written hold more than the bound alone,
+/// its own oldest replies go, raising its floor.) Durability: none by itself; it travels in the state machine's
 /// snapshot and is rebuilt by replaying the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionTable {
@@ -51,13 +73,15 @@ pub struct SessionTable {
     sessions: BTreeMap<u64, Session>,
     /// Client id by `last_index`: exactly one entry per session, for eviction in index order.
     by_index: BTreeMap<u64, u64>,
+    /// [`remembered_bytes`] summed over every reply of every session.
+    reply_bytes: usize,
 }
 
 impl SessionTable {
     /// An empty table holding at most `max_sessions` sessions.
     pub fn new(max_sessions: usize) -> Self {
         assert!(max_sessions >= 1, "max_sessions must be at least 1");
-        SessionTable { max_sessions, sessions: BTreeMap::new(), by_index: BTreeMap::new() }
+        SessionTable { max_sessions, sessions: BTreeMap::new(), by_index: BTreeMap::new(), reply_bytes: 0 }
     }
 
     /// What the table knows about `tag`.
@@ -79,9 +103,7 @@ impl SessionTable {
         assert_eq!(self.check(tag), SessionCheck::Fresh, "only a fresh seq is applied and recorded");
         if !self.sessions.contains_key(&tag.client_id) && self.sessions.len() >= self.max_sessions {
             // Lowest last index first: decided by applied entries only, so the same on every replica.
-            if let Some((_, evicted)) = self.by_index.pop_first() {
-                self.sessions.remove(&evicted);
-            }
+            self.evict_oldest();
         }
         let session = self.sessions.entry(tag.client_id).or_insert_with(|| Session {
             replies: BTreeMap::new(),
@@ -97,15 +119,47 @@ impl SessionTable {
         let clash = self.by_index.insert(index, tag.client_id);
         assert!(clash.is_none(), "two sessions applied at index {index}");
         session.last_index = index;
+        self.reply_bytes += remembered_bytes(&reply);
         session.replies.insert(tag.seq, reply);
         if session.replies.len() > MAX_REPLIES_PER_SESSION {
-            if let Some((dropped, _)) = session.replies.pop_first() {
-                assert!(session.floor.is_none_or(|f| dropped > f), "the floor never decreases");
-                session.floor = Some(dropped);
+            self.reply_bytes -= Self::drop_oldest_reply(session);
+        }
+        while self.reply_bytes > MAX_SESSION_REPLY_BYTES {
+            if self.by_index.first_key_value().is_some_and(|(_, &client)| client != tag.client_id) {
+                self.evict_oldest();
+            } else if let Some(session) =
+                self.sessions.get_mut(&tag.client_id).filter(|s| s.replies.len() > 1)
+            {
+                // Only this session is left: its oldest replies go, never the one just written.
+                self.reply_bytes -= Self::drop_oldest_reply(session);
+            } else {
+                break;
             }
         }
         assert!(self.sessions.len() <= self.max_sessions);
         assert_eq!(self.sessions.len(), self.by_index.len());
+    }
+
+    /// Evicts the session applied longest ago (lowest last index).
+    fn evict_oldest(&mut self) {
+        if let Some((_, evicted)) = self.by_index.pop_first() {
+            if let Some(session) = self.sessions.remove(&evicted) {
+                self.reply_bytes -= session.replies.values().map(remembered_bytes).sum::<usize>();
+            }
+        }
+    }
+
+    /// Drops `session`'s oldest reply, raising its floor to that seq; the bytes it was counted for.
+    fn drop_oldest_reply(session: &mut Session) -> usize {
+        let Some((dropped, reply)) = session.replies.pop_first() else { return 0 };
+        assert!(session.floor.is_none_or(|f| dropped > f), "the floor never decreases");
+        session.floor = Some(dropped);
+        remembered_bytes(&reply)
+    }
+
+    /// Bytes of replies remembered, as [`remembered_bytes`] counts them.
+    pub fn reply_bytes(&self) -> usize {
+        self.reply_bytes
     }
 
     /// Number of sessions remembered.
@@ -135,13 +189,17 @@ impl SessionTable {
             return None;
         }
         let mut by_index = BTreeMap::new();
+        let mut reply_bytes = 0usize;
         for (client, session) in &sessions {
+            reply_bytes += session.replies.values().map(remembered_bytes).sum::<usize>();
             let within_window = session.replies.len() <= MAX_REPLIES_PER_SESSION;
             let above_floor = session.floor.is_none_or(|f| session.replies.keys().all(|&seq| seq > f));
             if !within_window || !above_floor || by_index.insert(session.last_index, *client).is_some() {
                 return None;
             }
         }
-        Some(SessionTable { max_sessions, sessions, by_index })
+        // Past the byte bound (an image from a build with a larger one) is kept as it is: the
+        // next write evicts down to it.
+        Some(SessionTable { max_sessions, sessions, by_index, reply_bytes })
     }
 }
