@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use common::cluster::TestCluster;
 use common::resp_conn::RespConn;
-use quorumkv::protocol::peer_wire::{encode_frame, Handshake, PEER_PROTOCOL_VERSION};
+use quorumkv::protocol::command::{encode_entry, ColumnFamily, Command, Proposal, MAX_ENTRY_BYTES};
+use quorumkv::protocol::peer_wire::{
+    encode_frame, Forwarded, Handshake, PeerFrame, MAX_FRAME_BYTES, PEER_PROTOCOL_VERSION,
+};
 use quorumkv::protocol::resp::Reply;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -173,11 +176,56 @@ fn peer_port_refuses_strangers_garbage_and_oversized_frames() {
         s.write_all(&u32::MAX.to_be_bytes()).expect("write");
         assert!(closed(&mut s), "an oversized frame closes the connection");
     }
-    // The cluster is unharmed: same leader, same term, writes still commit.
+    // A member's forward of an entry past the entry bound (within the frame bound): refused, so
+    // the log never holds an entry too large for an Append frame (which would stop commit).
+    assert!(MAX_FRAME_BYTES - 64 > MAX_ENTRY_BYTES);
+    let follower = *cluster.peer_addrs.keys().find(|&&id| id != leader).expect("a follower");
+    let mut s = TcpStream::connect(cluster.peer_addrs[&leader]).expect("connect");
+    let hs = Handshake {
+        cluster_name: "quorumkv".into(),
+        from: follower,
+        version: PEER_PROTOCOL_VERSION,
+        client_addr: String::new(),
+    };
+    s.write_all(&encode_frame(&hs).expect("encode")).expect("write");
+    let forward = PeerFrame::Forward {
+        from: follower,
+        to: leader,
+        run: 1,
+        id: 1,
+        // Past the entry bound, and too large for an Append frame's headers too.
+        request: Forwarded::Propose(vec![0u8; MAX_FRAME_BYTES - 64]),
+    };
+    s.write_all(&encode_frame(&forward).expect("within the frame bound")).expect("write");
+    // Behind it on the same connection (so handled after it), a well-formed forwarded write: it
+    // commits only if the one before it did not stop the log.
+    let proposal = Proposal {
+        request_id: 1,
+        session: None,
+        command: Command::Put { cf: ColumnFamily::Default, key: b"forged".to_vec(), value: b"1".to_vec() },
+    };
+    let forward = PeerFrame::Forward {
+        from: follower,
+        to: leader,
+        run: 1,
+        id: 2,
+        request: Forwarded::Propose(encode_entry(&proposal).expect("encode")),
+    };
+    s.write_all(&encode_frame(&forward).expect("encode")).expect("write");
     let mut conn = RespConn::connect(cluster.client_addrs[&leader], WAIT);
+    common::wait_until("the forwarded write behind the refused one applied", WAIT, || {
+        let got = conn.call(&[b"GET", b"forged"]);
+        if got == Reply::Bulk(Some(b"1".to_vec())) {
+            Ok(())
+        } else {
+            Err(got)
+        }
+    });
+    // The cluster is unharmed: same leader, same term, writes still commit.
     assert_eq!(conn.call(&[b"SET", b"still", b"up"]), Reply::Simple("OK".into()));
     assert_eq!(cluster.wait_for_leader(WAIT), leader);
     assert_eq!(cluster.status[&leader].term(), term);
+    drop(s);
 }
 
 fn closed(s: &mut TcpStream) -> bool {

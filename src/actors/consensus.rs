@@ -30,7 +30,7 @@ use super::status::{ConsensusNumbers, StatusBoard};
 use super::transport::Transport;
 use super::waiter::{ReadDone, WatchFired, WatchOutcome};
 use super::wake_inbox::WakeInbox;
-use crate::protocol::command::{encode_entry, stamp_entry, Command, Proposal};
+use crate::protocol::command::{encode_entry, stamp_entry, Command, Proposal, MAX_ENTRY_BYTES};
 use crate::protocol::forwarding::{Abandoned, Freshness, Outbox, RepeatFilter, ORDER_PATIENCE_TICKS};
 use crate::protocol::peer_wire::{
     ForwardAnswer, ForwardRefusal, Forwarded, PeerFrame, SnapshotChunk, SNAPSHOT_CHUNK_BYTES,
@@ -1362,6 +1362,16 @@ impl Consensus {
         match request {
             Forwarded::Propose(_) | Forwarded::Admin(_) if self.status.is_disk_full() => {
                 return self.answer_forward(from, id, ForwardAnswer::Refused(ForwardRefusal::DiskFull));
+            }
+            Forwarded::Propose(data) if data.len() > MAX_ENTRY_BYTES => {
+                // A follower of this build checks first; past the bound, the Append frame carrying
+                // it could not be sent, and commit would stop at it for good.
+                log::warn!(
+                    "replica {}: refused a forwarded entry of {} bytes from replica {from} (max {MAX_ENTRY_BYTES})",
+                    self.core.id(),
+                    data.len()
+                );
+                return self.answer_forward(from, id, ForwardAnswer::Refused(ForwardRefusal::Busy));
             }
             Forwarded::Propose(data) => {
                 let data = self.stamp(data);
