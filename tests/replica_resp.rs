@@ -178,7 +178,7 @@ fn peer_port_refuses_strangers_garbage_and_oversized_frames() {
     }
     // A member's forward of an entry past the entry bound (within the frame bound): refused, so
     // the log never holds an entry too large for an Append frame (which would stop commit).
-    assert!(MAX_FRAME_BYTES - 64 > MAX_ENTRY_BYTES);
+    const _: () = assert!(MAX_FRAME_BYTES - 64 > MAX_ENTRY_BYTES);
     let follower = *cluster.peer_addrs.keys().find(|&&id| id != leader).expect("a follower");
     let mut s = TcpStream::connect(cluster.peer_addrs[&leader]).expect("connect");
     let hs = Handshake {
