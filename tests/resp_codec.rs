@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use quorumkv::protocol::request::{parse_client_request, RequestError, MAX_KEY_BYTES};
 use quorumkv::protocol::resp::{
     encode_request, parse_reply, parse_request, split_inline_args, ParseOutcome, Reply, RequestParser,
-    MAX_ARGS, MAX_ARG_BYTES, MAX_LINE_BYTES, MAX_MULTIBULK_LEN,
+    MAX_ARGS, MAX_ARG_BYTES, MAX_HEADER_BYTES, MAX_LINE_BYTES, MAX_MULTIBULK_LEN,
 };
 
 /// What a connection sees, in order.
@@ -130,6 +130,42 @@ fn header_line_over_64_kib_is_fatal() {
     let mut bulk = b"*1\r\n$".to_vec();
     bulk.extend(vec![b'1'; MAX_LINE_BYTES + 2]);
     assert!(matches!(parse_request(&bulk), ParseOutcome::Fatal(_)));
+}
+
+// A header longer than any integer is garbage at once, not after 64 KiB of it has been buffered
+// (and searched again at every read).
+#[test]
+fn a_header_longer_than_any_integer_is_fatal_without_waiting_for_its_end() {
+    for prefix in [&b"*"[..], b"*1\r\n$"] {
+        let mut connection = Connection::default();
+        connection.receive(prefix);
+        for _ in 0..MAX_HEADER_BYTES + 2 {
+            assert!(connection.events.is_empty(), "{:?}", connection.events);
+            connection.receive(b"1");
+        }
+        assert!(
+            matches!(&connection.events[..], [Event::Fatal(m)] if m.contains("too big")),
+            "{:?}",
+            connection.events
+        );
+    }
+    // The longest integer still fits.
+    let header = format!("*1\r\n${}\r\n", i64::MIN);
+    assert!(header.len() - b"*1\r\n$\r\n".len() <= MAX_HEADER_BYTES);
+    assert!(is_error(&events_of(header.as_bytes())[0], "negative"));
+}
+
+// An inline line arriving a byte at a time is found whole, at its newline, whatever came before.
+#[test]
+fn an_inline_line_arriving_a_byte_at_a_time_parses_as_whole() {
+    let mut connection = Connection::default();
+    for &byte in b"SET k v\r\nGET k\nPING\r\n".iter() {
+        connection.receive(&[byte]);
+    }
+    assert_eq!(
+        connection.events,
+        [request(&[b"SET", b"k", b"v"]), request(&[b"GET", b"k"]), request(&[b"PING"])]
+    );
 }
 
 // PRODUCT.md limits: a negative bulk length is an error on a kept connection (a nil has no payload).

@@ -20,8 +20,8 @@
 //!
 //! - An inline line over [`MAX_LINE_BYTES`]: `LimitError` as soon as it passes the limit; the rest of
 //!   the line, up to and including its newline, is dropped.
-//! - A multibulk header line (`*N` or `$len`) over [`MAX_LINE_BYTES`], not CRLF-terminated, or not an
-//!   integer: `Fatal` (the array structure is lost).
+//! - A multibulk header line (`*N` or `$len`) over [`MAX_HEADER_BYTES`] (no integer needs more),
+//!   not CRLF-terminated, or not an integer: `Fatal` (the array structure is lost).
 //! - A negative bulk length, a bulk length over [`MAX_ARG_BYTES`], a multibulk whose declared size
 //!   passes [`MAX_REQUEST_BYTES`], or more than [`MAX_ARGS`] arguments (the command name and a `REQ`
 //!   prefix count): `LimitError`, then the rest of the request's elements are dropped unread.
@@ -32,15 +32,19 @@
 //!
 //! Work stays linear in the bytes received: a multibulk still arriving is resumed where the last call
 //! stopped (its parsed elements are remembered as ranges of the buffer), a payload still arriving is
-//! not looked at again until the buffer can hold it, and arguments are copied once, when the whole
-//! request is there.
+//! not looked at again until the buffer can hold it, an inline line still arriving is searched for
+//! its newline only in the bytes new since the last call, a header is never longer than
+//! [`MAX_HEADER_BYTES`], and arguments are copied once, when the whole request is there.
 
 use std::fmt::Write as _;
 
 use super::command::CommandResult;
 
-/// Longest request line (an inline command or a multibulk header), in bytes, not counting CRLF.
+/// Longest inline request line, in bytes, not counting CRLF.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Longest multibulk header (`*N` or `$len`) after its type byte, not counting CRLF: room for any
+/// 64-bit integer, so a longer one is garbage, found without waiting for 64 KiB of it.
+pub const MAX_HEADER_BYTES: usize = 32;
 /// Largest single argument (a value, key or name), in bytes.
 pub const MAX_ARG_BYTES: usize = 16 * 1024 * 1024;
 /// Most arguments in one request, the command name (and any `REQ` prefix) included.
@@ -103,6 +107,9 @@ pub fn parse_request(buf: &[u8]) -> ParseOutcome {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestParser {
     state: ParserState,
+    /// Bytes at the start of the buffer known to hold no newline, while an inline line arrives
+    /// (the buffer's front does not change until something is consumed).
+    inline_scanned: usize,
 }
 
 /// What the parser knows about the bytes at the start of the next call's buffer.
@@ -286,9 +293,12 @@ impl RequestParser {
     }
 
     fn parse_inline(&mut self, buf: &[u8]) -> ParseOutcome {
-        let newline = match find_line_end(buf, 0, MAX_LINE_BYTES) {
+        let newline = match find_line_end(buf, 0, MAX_LINE_BYTES, std::mem::take(&mut self.inline_scanned)) {
             LineEnd::Found(newline) => newline,
-            LineEnd::Incomplete => return ParseOutcome::Incomplete,
+            LineEnd::Incomplete => {
+                self.inline_scanned = buf.len();
+                return ParseOutcome::Incomplete;
+            }
             LineEnd::TooLong => {
                 // The line is refused either way; if its end is already buffered, only it is dropped.
                 let consumed = match buf.iter().position(|&b| b == b'\n') {
@@ -340,11 +350,13 @@ enum LineEnd {
     TooLong,
 }
 
-fn find_line_end(buf: &[u8], start: usize, max_line_bytes: usize) -> LineEnd {
+/// Looks for the newline of the line at `start`, past its first `scanned` bytes (known to hold none).
+fn find_line_end(buf: &[u8], start: usize, max_line_bytes: usize, scanned: usize) -> LineEnd {
     let rest = buf.get(start..).unwrap_or_default();
     let window = rest.len().min(max_line_bytes + 2);
-    match rest[..window].iter().position(|&b| b == b'\n') {
-        Some(offset) => LineEnd::Found(start + offset),
+    let from = scanned.min(window);
+    match rest[from..window].iter().position(|&b| b == b'\n') {
+        Some(offset) => LineEnd::Found(start + from + offset),
         None if rest.len() >= max_line_bytes + 2 => LineEnd::TooLong,
         None => LineEnd::Incomplete,
     }
@@ -352,7 +364,7 @@ fn find_line_end(buf: &[u8], start: usize, max_line_bytes: usize) -> LineEnd {
 
 /// Reads a CRLF-terminated integer header at `start`: `Ok(None)` if incomplete, `Err` if malformed.
 fn read_header(buf: &[u8], start: usize, what: &str) -> Result<Option<(i64, usize)>, String> {
-    let newline = match find_line_end(buf, start, MAX_LINE_BYTES) {
+    let newline = match find_line_end(buf, start, MAX_HEADER_BYTES, 0) {
         LineEnd::Found(newline) => newline,
         LineEnd::Incomplete => return Ok(None),
         LineEnd::TooLong => return Err(format!("Protocol error: too big {what} header")),
@@ -674,7 +686,7 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, RespError> {
 
 fn parse_reply_at(buf: &[u8], start: usize, depth: usize) -> Result<Option<(Reply, usize)>, RespError> {
     let Some(&kind) = buf.get(start) else { return Ok(None) };
-    let newline = match find_line_end(buf, start + 1, MAX_REPLY_LINE_BYTES) {
+    let newline = match find_line_end(buf, start + 1, MAX_REPLY_LINE_BYTES, 0) {
         LineEnd::Found(newline) => newline,
         LineEnd::Incomplete => return Ok(None),
         LineEnd::TooLong => {
