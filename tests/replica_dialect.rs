@@ -122,6 +122,69 @@ fn the_dialect_works_through_the_redis_crate_on_follower_and_leader() {
 }
 
 /// (applied index, state digest, keys) of every running replica.
+/// Sends `commands` as one pipeline (one write) and reads their replies.
+fn pipeline(conn: &mut RespConn, commands: &[&[&str]]) -> Vec<Reply> {
+    let mut out = Vec::new();
+    for command in commands {
+        let args: Vec<&[u8]> = command.iter().map(|a| a.as_bytes()).collect();
+        quorumkv::protocol::resp::encode_request(&args, &mut out);
+    }
+    conn.send_raw(&out);
+    commands.iter().map(|_| conn.read().expect("a reply")).collect()
+}
+
+// A WATCH pipelined behind the connection's own writes (as auto-pipelining clients send them)
+// watches from after those writes, as Redis runs a pipeline in order: its own SET is not a change,
+// on the leader or a follower; a change by another client after it still aborts the EXEC.
+#[test]
+fn a_watch_pipelined_behind_writes_watches_from_after_them() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(WAIT);
+    for (&id, &addr) in &cluster.client_addrs {
+        let mut conn = RespConn::connect(addr, WAIT);
+        for i in 0..20 {
+            let (k, other) = (format!("w{id}-{i}"), format!("o{id}-{i}"));
+            let replies = pipeline(
+                &mut conn,
+                &[
+                    &["SET", &k, "1"],
+                    &["SET", &other, "x"],
+                    &["WATCH", &k],
+                    &["GET", &k],
+                    &["MULTI"],
+                    &["INCR", &k],
+                    &["EXEC"],
+                    &["SET", &other, "y"],
+                    &["WATCH", &other],
+                    &["MULTI"],
+                    &["APPEND", &other, "z"],
+                    &["EXEC"],
+                ],
+            );
+            let role = if id == leader { "leader" } else { "follower" };
+            assert_eq!(replies[3], b("1"), "{role} {id}: the read after the WATCH sees the write before it");
+            assert_eq!(
+                replies[6],
+                Reply::Array(Some(vec![Reply::Integer(2)])),
+                "{role} {id}, round {i}: {replies:?}"
+            );
+            assert_eq!(
+                replies[11],
+                Reply::Array(Some(vec![Reply::Integer(2)])),
+                "{role} {id}, round {i}: {replies:?}"
+            );
+        }
+        // Still a real WATCH: a write by another connection after it aborts the transaction.
+        let k = format!("w{id}-changed");
+        let replies = pipeline(&mut conn, &[&["SET", &k, "1"], &["WATCH", &k]]);
+        assert_eq!(replies[1], Reply::Simple("OK".into()));
+        let mut other = RespConn::connect(addr, WAIT);
+        assert_eq!(call(&mut other, &["SET", &k, "5"]), Reply::Simple("OK".into()));
+        let replies = pipeline(&mut conn, &[&["MULTI"], &["INCR", &k], &["EXEC"]]);
+        assert_eq!(replies[2], Reply::Array(None), "changed after the WATCH: aborted");
+    }
+}
+
 fn views(cluster: &TestCluster) -> Vec<(u64, u64, u64)> {
     cluster
         .status

@@ -264,6 +264,13 @@ pub struct Connection {
     /// WATCHed keys, and the applied index when the first was watched.
     watched: Vec<Vec<u8>>,
     watch_point: u64,
+    /// A WATCH that arrived behind writes of this connection not yet answered: its position and
+    /// keys. Its point must be past those writes (a pipelined `SET k 1`, `WATCH k` must not see
+    /// its own SET as a change) and below whatever reads after it see, so it and every request
+    /// after it wait, in `behind_watch`, until those writes are answered.
+    watch_barrier: Option<(u64, Vec<Vec<u8>>)>,
+    /// Requests that arrived behind `watch_barrier`, in order, with their arrival times.
+    behind_watch: VecDeque<(u64, Vec<Vec<u8>>, Instant)>,
     /// EXECs in flight, by request position: the replies to splice into their answer.
     exec_splices: BTreeMap<u64, Vec<(usize, Reply)>>,
     /// Requests in flight, in order of position: mostly answered in order, so removal is from
@@ -447,6 +454,8 @@ impl Connection {
             transaction: None,
             watched: Vec::new(),
             watch_point: 0,
+            watch_barrier: None,
+            behind_watch: VecDeque::new(),
             exec_splices: BTreeMap::new(),
             started: VecDeque::new(),
             waiting: Waiting::default(),
@@ -603,6 +612,11 @@ impl Connection {
     }
 
     fn start_request(&mut self, ctx: &mut Context<Self>, seq: u64, args: Vec<Vec<u8>>, arrived: Instant) {
+        if self.watch_barrier.is_some() {
+            // Bounded by the permits of requests in flight, as every request read.
+            self.behind_watch.push_back((seq, args, arrived));
+            return;
+        }
         self.client.touch(arrived);
         let slot = command_slot(args.first().map_or(&[][..], Vec::as_slice));
         self.env.status.metrics.request(slot);
@@ -655,23 +669,11 @@ impl Connection {
                 self.client.multi.store(0, Ordering::Relaxed);
                 return self.complete(ctx, seq, Reply::ok());
             }
-            ClientRequest::Watch(keys) => {
-                let watched_bytes: usize = self.watched.iter().chain(&keys).map(Vec::len).sum();
-                if self.watched.len() + keys.len() > MAX_WATCHED_KEYS || watched_bytes > MAX_QUEUED_BYTES {
-                    let why = format!(
-                        "too many watched keys (max {MAX_WATCHED_KEYS} keys, {MAX_QUEUED_BYTES} bytes); \
-                         UNWATCH or EXEC first"
-                    );
-                    return self.complete(ctx, seq, Reply::err(why));
-                }
-                if self.watched.is_empty() {
-                    // Anything written after this index was written after the WATCH (see dialect).
-                    self.watch_point = self.env.status.applied_index();
-                }
-                self.watched.extend(keys);
-                self.client.watching.store(self.watched.len(), Ordering::Relaxed);
-                return self.complete(ctx, seq, Reply::ok());
+            ClientRequest::Watch(keys) if self.writes_unanswered() => {
+                self.watch_barrier = Some((seq, keys));
+                return;
             }
+            ClientRequest::Watch(keys) => return self.watch(ctx, seq, keys),
             ClientRequest::Unwatch => {
                 self.unwatch();
                 return self.complete(ctx, seq, Reply::ok());
@@ -902,6 +904,47 @@ impl Connection {
         let command =
             Command::Exec { watched, watch_point: self.watch_point, commands: transaction.commands };
         Ok(ClientRequest::Write { session, command })
+    }
+
+    /// Whether a write (or membership command) of this connection is not yet answered.
+    fn writes_unanswered(&self) -> bool {
+        self.waiting.writes > 0 || self.waiting.admins > 0 || !self.deferred.is_empty()
+    }
+
+    /// WATCH, with every write before it on this connection answered (so applied here).
+    fn watch(&mut self, ctx: &mut Context<Self>, seq: u64, keys: Vec<Vec<u8>>) {
+        let watched_bytes: usize = self.watched.iter().chain(&keys).map(Vec::len).sum();
+        if self.watched.len() + keys.len() > MAX_WATCHED_KEYS || watched_bytes > MAX_QUEUED_BYTES {
+            let why = format!(
+                "too many watched keys (max {MAX_WATCHED_KEYS} keys, {MAX_QUEUED_BYTES} bytes); \
+                 UNWATCH or EXEC first"
+            );
+            return self.complete(ctx, seq, Reply::err(why));
+        }
+        if self.watched.is_empty() {
+            // Anything written after this index was written after the WATCH (see dialect). It is
+            // at or past this connection's writes before it, and at or below the read index of
+            // any read after it (those start later).
+            self.watch_point = self.env.status.applied_index();
+        }
+        self.watched.extend(keys);
+        self.client.watching.store(self.watched.len(), Ordering::Relaxed);
+        self.complete(ctx, seq, Reply::ok());
+    }
+
+    /// Once the writes before a held WATCH are answered: carries it out, then the requests
+    /// behind it, up to the next WATCH that must wait in its turn.
+    fn lift_watch_barrier(&mut self, ctx: &mut Context<Self>) {
+        if self.watch_barrier.is_none() || self.writes_unanswered() || ctx.state() != ActorState::Running {
+            return;
+        }
+        if let Some((seq, keys)) = self.watch_barrier.take() {
+            self.watch(ctx, seq, keys);
+        }
+        while self.watch_barrier.is_none() {
+            let Some((seq, args, arrived)) = self.behind_watch.pop_front() else { break };
+            self.start_request(ctx, seq, args, arrived);
+        }
     }
 
     fn unwatch(&mut self) {
@@ -1264,6 +1307,7 @@ impl Handler<WaiterDone> for Connection {
             let Some((seq, task)) = self.deferred.pop_front() else { break };
             self.start_waiter(ctx, seq, task, start, true);
         }
+        self.lift_watch_barrier(ctx);
     }
 }
 
