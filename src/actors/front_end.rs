@@ -1,7 +1,7 @@
 //! The client listener: accepts RESP connections and starts a [`Connection`] actor for each.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::net::TcpListener;
@@ -42,8 +42,12 @@ impl Actor for FrontEnd {
     fn started(&mut self, ctx: &mut Self::Context) {
         let Some(listener) = self.listener.take() else { return };
         accept_into(self, ctx, listener, "client listener");
-        // Forget connections that ended, so the map stays bounded.
-        ctx.run_interval(Duration::from_secs(1), |act, _| act.connections.retain(|_, c| c.connected()));
+        // Forget connections that ended, so the map stays bounded; let go of snapshot images
+        // held for a download nobody goes on with.
+        ctx.run_interval(Duration::from_secs(1), |act, _| {
+            act.connections.retain(|_, c| c.connected());
+            act.env.snapshots.let_go_idle(Instant::now());
+        });
     }
 }
 
@@ -51,9 +55,10 @@ impl Handler<Accepted> for FrontEnd {
     type Result = ();
 
     fn handle(&mut self, msg: Accepted, _ctx: &mut Self::Context) {
-        self.connections.retain(|_, c| c.connected());
-        // A closed connection still writing its last replies counts until they are written.
-        if self.connections.len().max(self.env.clients.len()) >= self.max_clients {
+        // The registry counts every connection from its start until its last reply is written
+        // (a closed one still writing counts); the map here is pruned each second, not scanned
+        // at every accept.
+        if self.env.clients.len() >= self.max_clients {
             log::warn!(
                 "client listener: {} connections open (--max-clients), refusing one",
                 self.max_clients

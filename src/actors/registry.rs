@@ -13,6 +13,9 @@ use dashmap::DashMap;
 
 /// Most SCAN cursors a replica remembers; the oldest is forgotten first.
 pub const MAX_SCAN_CURSORS: usize = 65_536;
+/// Most bytes of keys the remembered SCAN cursors hold (a key may be 64 KiB); past it the oldest
+/// are forgotten first.
+pub const MAX_SCAN_CURSOR_BYTES: usize = 64 * 1024 * 1024;
 
 /// What CLIENT LIST shows of one connection.
 #[derive(Debug)]
@@ -132,17 +135,20 @@ impl ClientRegistry {
 pub struct ScanCursors {
     next: AtomicU64,
     starts: DashMap<u64, Vec<u8>>,
-    order: Mutex<VecDeque<u64>>,
+    /// The cursors in the order given, and the bytes of their keys.
+    order: Mutex<(VecDeque<u64>, usize)>,
 }
 
 impl Default for ScanCursors {
     fn default() -> Self {
-        // Cursors of different replicas (and runs) start far apart, so one is rarely valid on another.
-        let start = RandomState::new().hash_one(0u8) >> 1;
+        // Cursors of different replicas (and runs) start far apart, so one is rarely valid on
+        // another; below 2^52, so they stay exact where a client holds numbers as doubles
+        // (JavaScript's, whose integers are exact below 2^53).
+        let start = RandomState::new().hash_one(0u8) >> 12;
         ScanCursors {
             next: AtomicU64::new(start),
             starts: DashMap::new(),
-            order: Mutex::new(VecDeque::new()),
+            order: Mutex::new((VecDeque::new(), 0)),
         }
     }
 }
@@ -154,12 +160,14 @@ impl ScanCursors {
         if cursor == 0 {
             cursor = self.next.fetch_add(1, Ordering::Relaxed);
         }
-        self.starts.insert(cursor, start);
-        if let Ok(mut order) = self.order.lock() {
+        if let Ok(mut guard) = self.order.lock() {
+            let (order, bytes) = &mut *guard;
+            *bytes += start.len();
+            self.starts.insert(cursor, start);
             order.push_back(cursor);
-            while order.len() > MAX_SCAN_CURSORS {
-                if let Some(old) = order.pop_front() {
-                    self.starts.remove(&old);
+            while order.len() > MAX_SCAN_CURSORS || (*bytes > MAX_SCAN_CURSOR_BYTES && order.len() > 1) {
+                if let Some((_, key)) = order.pop_front().and_then(|old| self.starts.remove(&old)) {
+                    *bytes -= key.len();
                 }
             }
         }
@@ -208,7 +216,7 @@ impl HeldSnapshots {
     pub fn reserve(&self) -> Option<u64> {
         let mut guard = self.slots.lock().ok()?;
         let (next, slots) = &mut *guard;
-        slots.retain(|_, s| s.image.is_none() || s.last_used.elapsed() < HELD_SNAPSHOT_IDLE);
+        let_go_idle(slots, Instant::now());
         if slots.len() >= MAX_HELD_SNAPSHOTS {
             return None;
         }
@@ -229,13 +237,26 @@ impl HeldSnapshots {
 
     /// Lets the image of `token` go (taken or not); false if it was not held.
     pub fn release(&self, token: u64) -> bool {
-        self.slots.lock().is_ok_and(|mut guard| guard.1.remove(&token).is_some())
+        self.slots.lock().is_ok_and(|mut guard| {
+            let_go_idle(&mut guard.1, Instant::now());
+            guard.1.remove(&token).is_some()
+        })
+    }
+
+    /// Lets go the images unused for [`HELD_SNAPSHOT_IDLE`] at `now` (the front end calls it
+    /// every second: a client that downloads part of one and leaves must not keep a copy of
+    /// the state in memory).
+    pub fn let_go_idle(&self, now: Instant) {
+        if let Ok(mut guard) = self.slots.lock() {
+            let_go_idle(&mut guard.1, now);
+        }
     }
 
     /// At most [`SNAPSHOT_CHUNK_BYTES`] of the image of `token` from `offset`; None if it is not
     /// held (never taken, let go, or still being taken).
     pub fn chunk(&self, token: u64, offset: u64) -> Option<Vec<u8>> {
         let mut guard = self.slots.lock().ok()?;
+        let_go_idle(&mut guard.1, Instant::now());
         let slot = guard.1.get_mut(&token)?;
         let image = slot.image.as_ref()?;
         slot.last_used = Instant::now();
@@ -243,6 +264,12 @@ impl HeldSnapshots {
         let end = start.saturating_add(SNAPSHOT_CHUNK_BYTES).min(image.len());
         Some(image[start..end].to_vec())
     }
+}
+
+/// Drops the taken images of `slots` unused for [`HELD_SNAPSHOT_IDLE`] at `now` (one still
+/// being taken stays: its taking ends by itself).
+fn let_go_idle(slots: &mut BTreeMap<u64, HeldSlot>, now: Instant) {
+    slots.retain(|_, s| s.image.is_none() || now.saturating_duration_since(s.last_used) < HELD_SNAPSHOT_IDLE);
 }
 
 #[cfg(test)]
@@ -269,6 +296,32 @@ mod tests {
         assert_eq!(held.chunk(first, 0), None);
         assert!(held.reserve().is_some(), "a released slot is free again");
         assert!(held.release(second));
+    }
+
+    #[test]
+    fn an_unused_held_image_is_let_go_by_the_sweep() {
+        let held = HeldSnapshots::default();
+        let token = held.reserve().expect("room");
+        held.fill(token, Arc::new(vec![1, 2, 3]));
+        held.let_go_idle(Instant::now() + HELD_SNAPSHOT_IDLE / 2);
+        assert_eq!(held.chunk(token, 0), Some(vec![1, 2, 3]), "still in use");
+        held.let_go_idle(Instant::now() + HELD_SNAPSHOT_IDLE + Duration::from_secs(1));
+        assert_eq!(held.chunk(token, 0), None, "let go once idle");
+    }
+
+    #[test]
+    fn cursors_are_exact_as_doubles_and_their_keys_bounded_in_bytes() {
+        let cursors = ScanCursors::default();
+        let first = cursors.register(b"a".to_vec());
+        assert!(first < 1 << 53, "{first}");
+        let key = vec![b'k'; 64 * 1024];
+        let kept = MAX_SCAN_CURSOR_BYTES / key.len();
+        let given: Vec<u64> = (0..kept + 10).map(|_| cursors.register(key.clone())).collect();
+        assert_eq!(cursors.start_of(first), None, "the oldest went first");
+        assert!(cursors.starts.len() <= kept, "{} cursors of 64 KiB kept", cursors.starts.len());
+        assert_eq!(cursors.start_of(given[given.len() - 1]), Some(key.clone()), "the newest kept");
+        let bytes: usize = cursors.starts.iter().map(|e| e.value().len()).sum();
+        assert_eq!(cursors.order.lock().map(|g| g.1).ok(), Some(bytes), "the count matches what is held");
     }
 
     #[test]
