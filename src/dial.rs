@@ -1,5 +1,6 @@
-//! The check every dialer of this crate (peer links, the client, `quorumkv-cli status`) makes on
-//! the socket it connected.
+//! Socket rules of this crate's TCP connections: the check every dialer (peer links, the client,
+//! `quorumkv-cli status`) makes on the socket it connected, and the keepalive every accepted
+//! connection gets.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -25,6 +26,23 @@ pub fn refuse_self_connection(socket: &impl AsFd) -> io::Result<()> {
         io::ErrorKind::ConnectionRefused,
         "connected to itself: nothing listens on that port of this host",
     ))
+}
+
+/// Idle time before the first keepalive probe of an accepted connection, then the time between
+/// probes and how many may go unanswered: a peer whose host vanished (power lost, a NAT entry
+/// dropped) is found gone in about two minutes, not never, so what it held is let go.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 6;
+
+/// Turns TCP keepalive on for `socket` ([`KEEPALIVE_IDLE`]); a connection whose other end stays
+/// silent to the probes is then closed by the kernel, and its reader sees an error.
+pub fn keep_alive(socket: &impl AsFd) -> io::Result<()> {
+    let params = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    SockRef::from(socket).set_tcp_keepalive(&params)
 }
 
 #[cfg(test)]
@@ -53,5 +71,18 @@ mod tests {
         let ours = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
         let (_theirs, _) = listener.accept().expect("accept");
         assert!(refuse_self_connection(&ours).is_ok(), "a connection to a listener is kept");
+    }
+
+    #[test]
+    fn keepalive_is_set_with_its_timings() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let _ours = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+        let (theirs, _) = listener.accept().expect("accept");
+        let socket = SockRef::from(&theirs);
+        assert!(!socket.keepalive().expect("read"), "off by default");
+        keep_alive(&theirs).expect("set");
+        assert!(socket.keepalive().expect("read"));
+        assert_eq!(socket.tcp_keepalive_time().expect("read"), KEEPALIVE_IDLE);
+        assert_eq!(socket.tcp_keepalive_retries().expect("read"), KEEPALIVE_PROBES);
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::TestCluster;
 use common::resp_conn::RespConn;
+use quorumkv::actors::peer_listener::MAX_PENDING_HANDSHAKES;
 use quorumkv::protocol::command::{encode_entry, ColumnFamily, Command, Proposal, MAX_ENTRY_BYTES};
 use quorumkv::protocol::peer_wire::{
     encode_frame, Forwarded, Handshake, PeerFrame, MAX_FRAME_BYTES, PEER_PROTOCOL_VERSION,
@@ -221,6 +222,32 @@ fn peer_port_refuses_strangers_garbage_and_oversized_frames() {
             Err(got)
         }
     });
+    // Bare connections past the bound on those waiting for a handshake are closed at once; the
+    // ones within it wait for theirs (until the handshake timeout, far later).
+    let target = cluster.peer_addrs[&leader];
+    let waiting: Vec<TcpStream> =
+        (0..MAX_PENDING_HANDSHAKES).map(|_| TcpStream::connect(target).expect("connect")).collect();
+    let mut extra = TcpStream::connect(target).expect("connect");
+    assert!(closed(&mut extra), "one past the bound is closed");
+    for mut s in waiting {
+        s.set_nonblocking(true).expect("nonblocking");
+        let mut byte = [0u8; 1];
+        let open = matches!(std::io::Read::read(&mut s, &mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(open, "those within the bound still wait for their handshake");
+    }
+    // A member that connects again ends its older connection (which might be half-open for good).
+    let handshake = Handshake {
+        cluster_name: "quorumkv".into(),
+        from: follower,
+        version: PEER_PROTOCOL_VERSION,
+        client_addr: String::new(),
+    };
+    let mut older = TcpStream::connect(target).expect("connect");
+    older.write_all(&encode_frame(&handshake).expect("encode")).expect("write");
+    let mut newer = TcpStream::connect(target).expect("connect");
+    newer.write_all(&encode_frame(&handshake).expect("encode")).expect("write");
+    assert!(closed(&mut older), "replaced by the newer one");
+    drop(newer);
     // The cluster is unharmed: same leader, same term, writes still commit.
     assert_eq!(conn.call(&[b"SET", b"still", b"up"]), Reply::Simple("OK".into()));
     assert_eq!(cluster.wait_for_leader(WAIT), leader);

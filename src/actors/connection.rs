@@ -429,6 +429,8 @@ impl Connection {
     /// A connection over `stream` for a replica described by `env`.
     pub fn new(stream: TcpStream, env: ConnectionEnv) -> Connection {
         let _ = stream.set_nodelay(true);
+        // A client whose host vanished is found gone and its slot freed (Redis's tcp-keepalive).
+        let _ = crate::dial::keep_alive(&stream);
         let addr_of = |a: std::io::Result<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
         let client = env.clients.register(addr_of(stream.peer_addr()), addr_of(stream.local_addr()));
         let lease = RegistryLease { clients: env.clients.clone(), status: env.status.clone(), id: client.id };

@@ -1,6 +1,8 @@
 //! Accepts connections from other members, checks their handshake, and hands their frames to consensus.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -8,7 +10,6 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpListener;
 
 use super::accept::{accept_into, Accepted};
-use super::consensus::Inbound;
 use super::status::StatusBoard;
 use crate::protocol::peer_wire::{
     decode_payload, frame_len, FrameError, Handshake, PeerFrame, MAX_FRAME_BYTES, PEER_PROTOCOL_VERSION,
@@ -17,6 +18,13 @@ use crate::protocol::raft::NodeId;
 
 /// Time a new peer connection has to send its handshake.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+
+/// Inbound connections that have not sent their handshake yet, at most; more are closed at once
+/// (bare connects would otherwise take the descriptors the log and snapshots need).
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// Bytes of a frame's buffer taken before its payload arrives; the rest grows as it does.
+const FRAME_PREALLOCATION_BYTES: usize = 1024 * 1024;
 
 /// Stop listening and drop every inbound peer connection.
 #[derive(Message)]
@@ -29,8 +37,31 @@ pub struct PeerListener {
     listener: Option<std::net::TcpListener>,
     /// Who may connect; shared with every connection it serves.
     check: Arc<InboundCheck>,
-    consensus: Recipient<Inbound>,
+    consensus: Recipient<super::consensus::Inbound>,
     status: Arc<StatusBoard>,
+    /// Connections served, by handshake state.
+    connections: Arc<Connections>,
+}
+
+/// The listener's connections.
+#[derive(Default)]
+struct Connections {
+    /// Connections accepted whose handshake has not come yet.
+    pending: AtomicUsize,
+    /// Per member, its current connection: a number, and what ends it when a newer one from
+    /// the same member replaces it (a peer that reconnects leaves the old one behind, maybe
+    /// half-open for good).
+    current: Mutex<HashMap<NodeId, (u64, tokio::sync::oneshot::Sender<()>)>>,
+    next: AtomicU64,
+}
+
+/// Counts a connection as pending until dropped (its handshake came, or it ended).
+struct Pending(Arc<Connections>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl PeerListener {
@@ -40,11 +71,11 @@ impl PeerListener {
         listener: std::net::TcpListener,
         cluster_name: String,
         id: NodeId,
-        consensus: Recipient<Inbound>,
+        consensus: Recipient<super::consensus::Inbound>,
         status: Arc<StatusBoard>,
     ) -> PeerListener {
         let check = Arc::new(InboundCheck { cluster_name, id, status: status.clone() });
-        PeerListener { listener: Some(listener), check, consensus, status }
+        PeerListener { listener: Some(listener), check, consensus, status, connections: Arc::default() }
     }
 }
 
@@ -80,9 +111,20 @@ async fn read_frame<T: serde::de::DeserializeOwned, R: AsyncRead + Unpin>(
     if len > max_bytes {
         return Err(FrameError::TooLarge(len).into());
     }
-    buf.resize(len, 0);
-    stream.read_exact(buf).await?;
-    Ok(Some(decode_payload(buf)?))
+    // Grown as the payload arrives: a peer that declares a large frame and sends nothing holds
+    // no more than the preallocation.
+    buf.clear();
+    buf.reserve(len.min(FRAME_PREALLOCATION_BYTES));
+    let read = (&mut *stream).take(len as u64).read_to_end(buf).await?;
+    if read < len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    let frame = decode_payload(buf)?;
+    if buf.capacity() > FRAME_PREALLOCATION_BYTES {
+        // One large frame (a snapshot chunk) does not hold its buffer for the connection's life.
+        *buf = Vec::new();
+    }
+    Ok(Some(frame))
 }
 
 struct InboundCheck {
@@ -116,8 +158,9 @@ impl InboundCheck {
 async fn serve_peer<R: AsyncRead + Unpin>(
     mut stream: R,
     check: Arc<InboundCheck>,
-    consensus: Recipient<Inbound>,
+    consensus: Recipient<super::consensus::Inbound>,
     status: Arc<StatusBoard>,
+    (connections, pending): (Arc<Connections>, Pending),
 ) -> Result<(), PeerInputError> {
     let mut buf = Vec::new();
     let handshake: Handshake = match tokio::time::timeout(
@@ -131,14 +174,30 @@ async fn serve_peer<R: AsyncRead + Unpin>(
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(PeerInputError::Refused("no handshake in time".into())),
     };
+    drop(pending);
     check.check(&handshake)?;
     let from = handshake.from;
     status.set_client_addr(from, handshake.client_addr);
     log::info!("replica {}: peer {from} connected", check.id);
+    let number = connections.next.fetch_add(1, Ordering::Relaxed);
+    let (end, mut replaced) = tokio::sync::oneshot::channel();
+    // The member's older connection, if any, ends (its sender dropped).
+    if let Ok(mut current) = connections.current.lock() {
+        current.insert(from, (number, end));
+    }
+    let _forget = Forget { connections: connections.clone(), from, number };
     // Buffered only once the peer is known (a stranger gets no buffer): a burst of frames then
     // costs one read, not two per frame and a third that finds nothing.
     let mut stream = tokio::io::BufReader::with_capacity(PEER_READ_BUFFER_BYTES, stream);
-    while let Some(frame) = read_frame::<PeerFrame, _>(&mut stream, &mut buf, MAX_FRAME_BYTES).await? {
+    loop {
+        let frame = tokio::select! {
+            frame = read_frame::<PeerFrame, _>(&mut stream, &mut buf, MAX_FRAME_BYTES) => frame?,
+            _ = &mut replaced => {
+                log::info!("replica {}: peer {from} connected again; its older connection closed", check.id);
+                return Ok(());
+            }
+        };
+        let Some(frame) = frame else { break };
         // Identity comes from the handshake: a frame claiming another sender is refused.
         if frame.from() != from || frame.to() != check.id {
             return Err(PeerInputError::Refused(format!(
@@ -147,10 +206,27 @@ async fn serve_peer<R: AsyncRead + Unpin>(
                 frame.to()
             )));
         }
-        consensus.do_send(Inbound(frame));
+        consensus.do_send(super::consensus::Inbound(frame));
     }
     log::info!("replica {}: peer {from} disconnected", check.id);
     Ok(())
+}
+
+/// Forgets a member's connection when it ends, unless a newer one replaced it.
+struct Forget {
+    connections: Arc<Connections>,
+    from: NodeId,
+    number: u64,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        if let Ok(mut current) = self.connections.current.lock() {
+            if current.get(&self.from).is_some_and(|(number, _)| *number == self.number) {
+                current.remove(&self.from);
+            }
+        }
+    }
 }
 
 impl Actor for PeerListener {
@@ -174,9 +250,17 @@ impl Handler<Accepted> for PeerListener {
     type Result = ();
 
     fn handle(&mut self, msg: Accepted, ctx: &mut Self::Context) {
-        let _ = msg.0.set_nodelay(true);
         let id = self.check.id;
-        let serve = serve_peer(msg.0, self.check.clone(), self.consensus.clone(), self.status.clone());
+        if self.connections.pending.load(Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
+            log::warn!("replica {id}: {MAX_PENDING_HANDSHAKES} peer connections wait for a handshake; closed one more");
+            return;
+        }
+        let _ = msg.0.set_nodelay(true);
+        let _ = crate::dial::keep_alive(&msg.0);
+        self.connections.pending.fetch_add(1, Ordering::Relaxed);
+        let tracking = (self.connections.clone(), Pending(self.connections.clone()));
+        let serve =
+            serve_peer(msg.0, self.check.clone(), self.consensus.clone(), self.status.clone(), tracking);
         // Spawned on this actor, so stopping the listener drops every inbound connection too.
         ctx.spawn(
             async move {
