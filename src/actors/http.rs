@@ -77,6 +77,9 @@ async fn health(status: web::Data<Arc<StatusBoard>>) -> HttpResponse {
     }
 }
 
+/// HTTP connections served at once.
+pub const HTTP_MAX_CONNECTIONS: usize = 256;
+
 /// Binds `addr` and serves `/metrics` and `/health` for `status` on the current actix system
 /// until it stops; answers the bound address.
 pub fn start(addr: &str, status: Arc<StatusBoard>) -> std::io::Result<SocketAddr> {
@@ -88,6 +91,10 @@ pub fn start(addr: &str, status: Arc<StatusBoard>) -> std::io::Result<SocketAddr
             .route("/health", web::get().to(health))
     })
     .workers(1)
+    // A scraper and a health checker or two use it: past this, connections wait in the backlog
+    // (actix-web's default, 25,000, would take descriptors the replica's log and peers need).
+    .max_connections(HTTP_MAX_CONNECTIONS)
+    .backlog(HTTP_MAX_CONNECTIONS as u32)
     .disable_signals()
     .bind(addr)?;
     let bound = server.addrs().first().copied().ok_or_else(|| std::io::Error::other("nothing bound"))?;
