@@ -624,8 +624,22 @@ impl Connection {
         self.env.status.metrics.request(slot);
         self.started.push_back((seq, InFlight { slot, arrived, waiter: None, kind: None }));
         let queued_bytes: usize = args.iter().map(Vec::len).sum();
+        let is_exec = args.first().is_some_and(|name| name.eq_ignore_ascii_case(b"EXEC"));
         let request = match parse_client_request(args) {
             Ok(r) => r,
+            Err(e) if is_exec && self.transaction.is_some() => {
+                // As Redis: a refused EXEC ends the transaction, its error inside EXECABORT's.
+                self.env.status.metrics.refused_client_input.inc();
+                self.transaction = None;
+                self.client.multi.store(-1, Ordering::Relaxed);
+                self.unwatch();
+                let why = match e.to_reply() {
+                    Reply::Error(text) => text.strip_prefix("ERR ").unwrap_or(&text).to_string(),
+                    other => format!("{other:?}"),
+                };
+                let reply = Reply::Error(format!("EXECABORT Transaction discarded because of: {why}"));
+                return self.complete(ctx, seq, reply);
+            }
             Err(e) => {
                 self.env.status.metrics.refused_client_input.inc();
                 if let Some(transaction) = &mut self.transaction {

@@ -74,12 +74,12 @@ fn positive_time_ms(arg: &[u8], unit_ms: i64, command: &str) -> Result<u64, Requ
 }
 
 /// EXPIRE's time argument (any sign) in `unit_ms` milliseconds; a time far in the past is
-/// taken as the earliest representable one (the key expires at once, as in Redis).
+/// taken as the earliest representable one (the key expires at once, as in Redis). One whose
+/// milliseconds do not fit 64 bits is refused, of either sign, as Redis refuses it.
 fn any_time_ms(arg: &[u8], unit_ms: i64, command: &str) -> Result<i64, RequestError> {
     let n = integer(arg)?;
     match n.checked_mul(unit_ms) {
         Some(ms) if ms <= MAX_TTL_MS => Ok(ms.max(-MAX_TTL_MS)),
-        None if n < 0 => Ok(-MAX_TTL_MS),
         _ => Err(invalid_expire(command)),
     }
 }
@@ -169,15 +169,25 @@ fn set_family(
 fn parse_getex(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
     let mut args = args.into_iter();
     let Some(key) = args.next() else { return Err(RequestError::WrongArity("getex".into())) };
-    let options: Vec<Vec<u8>> = args.collect();
-    let expiry = match options.as_slice() {
-        [] => Expiry::Keep,
-        [word] if word.eq_ignore_ascii_case(b"PERSIST") => Expiry::Clear,
-        [word, arg] => match expiry_option(&word.to_ascii_uppercase(), Some(arg), "getex") {
-            Some(parsed) => parsed?,
-            None => return Err(RequestError::Syntax),
-        },
-        _ => return Err(RequestError::Syntax),
+    // One kind of option, repeatable: the last counts, and only its value is checked (as Redis
+    // reads them); two kinds together are a syntax error.
+    let mut last: Option<(Vec<u8>, Option<Vec<u8>>)> = None;
+    while let Some(word) = args.next() {
+        let word = word.to_ascii_uppercase();
+        if last.as_ref().is_some_and(|(kind, _)| *kind != word) {
+            return Err(RequestError::Syntax);
+        }
+        let arg = match word.as_slice() {
+            b"PERSIST" => None,
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" => Some(args.next().ok_or(RequestError::Syntax)?),
+            _ => return Err(RequestError::Syntax),
+        };
+        last = Some((word, arg));
+    }
+    let expiry = match &last {
+        None => Expiry::Keep,
+        Some((_, None)) => Expiry::Clear,
+        Some((word, arg)) => expiry_option(word, arg.as_ref(), "getex").ok_or(RequestError::Syntax)??,
     };
     Ok(write(Command::GetEx { key: check_key(key)?, expiry }))
 }
@@ -463,7 +473,10 @@ pub(crate) fn parse_dialect(upper: &[u8], args: Vec<Vec<u8>>) -> Result<ClientRe
                 Ok(read(Command::RandomKey { from: Vec::new() }))
             }
             b"FLUSHDB" | b"FLUSHALL" => {
-                arity(0, Some(1))?;
+                // Redis answers more than one mode as a syntax error, not an arity one.
+                if args.len() > 1 {
+                    return Err(RequestError::Syntax);
+                }
                 if let Some(mode) = args.first() {
                     if !mode.eq_ignore_ascii_case(b"ASYNC") && !mode.eq_ignore_ascii_case(b"SYNC") {
                         return Err(RequestError::Syntax);
@@ -535,6 +548,42 @@ mod tests {
         ] {
             assert_eq!(parse_i64_strict(text.as_bytes()), want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn an_expire_time_whose_milliseconds_overflow_is_refused_of_either_sign() {
+        assert!(any_time_ms(b"-9223372036854775808", 1000, "expire").is_err());
+        assert!(any_time_ms(b"9223372036854775807", 1000, "expire").is_err());
+        assert_eq!(any_time_ms(b"-9223372036854775", 1000, "expire"), Ok(-MAX_TTL_MS), "long past: at once");
+        assert_eq!(any_time_ms(b"-9223372036854775808", 1, "pexpire"), Ok(-MAX_TTL_MS));
+        assert_eq!(any_time_ms(b"-5", 1000, "expire"), Ok(-5000));
+    }
+
+    #[test]
+    fn getex_takes_one_kind_of_option_repeated_the_last_counting() {
+        let getex = |options: &[&str]| {
+            let args = std::iter::once("g").chain(options.iter().copied()).map(|a| a.as_bytes().to_vec());
+            match parse_dialect(b"GETEX", args.collect()) {
+                Ok(ClientRequest::Write { command: Command::GetEx { expiry, .. }, .. }) => Ok(expiry),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(getex(&[]), Ok(Expiry::Keep));
+        assert_eq!(getex(&["ex", "10", "EX", "20"]), Ok(Expiry::AfterMs(20_000)));
+        assert_eq!(
+            getex(&["EX", "0", "EX", "1"]),
+            Ok(Expiry::AfterMs(1_000)),
+            "only the last value is checked"
+        );
+        assert_eq!(getex(&["PERSIST", "persist"]), Ok(Expiry::Clear));
+        assert_eq!(getex(&["PXAT", "5"]), Ok(Expiry::AtMs(5)));
+        for bad in [&["EX", "10", "PX", "5"][..], &["PERSIST", "EX", "1"], &["EX"], &["KEEPTTL"], &["FOO"]] {
+            assert_eq!(getex(bad), Err(RequestError::Syntax), "{bad:?}");
+        }
+        assert!(
+            matches!(getex(&["EX", "0"]), Err(RequestError::Other(e)) if e.contains("invalid expire time"))
+        );
     }
 
     #[test]
