@@ -477,7 +477,7 @@ fn every_dialect_command_answers_as_redis_does_on_a_follower() {
         (&["TTL", "e"], int(-1)),
         (&["GETEX", "e", "PX", "100000"], b("v")),
         (&["GETEX", "e", "EX", "0", "EX", "100"], b("v")), // repeated: the last counts
-        (&["EXPIRE", "e", "50", "GT"], int(0)), // 100 s left, not 0
+        (&["EXPIRE", "e", "50", "GT"], int(0)),            // 100 s left, not 0
         (&["EXPIRE", "e", "100000", "GT"], int(1)),
         (&["EXPIRE", "e", "-9223372036854775808"], err("ERR invalid expire time in 'expire' command")),
         (&["EXISTS", "e"], int(1)),

@@ -37,6 +37,12 @@ pub const MAX_WATCHED_KEYS: usize = 10_000;
 
 /// Requests of one connection in flight (read, not yet answered) before reading pauses.
 pub const MAX_INFLIGHT_REQUESTS: usize = 1024;
+/// A request of this many bytes of arguments or more is large: it also takes its bytes from the
+/// replica's [`MAX_LARGE_REQUEST_BYTES`] (the small ones are bounded by the count per connection).
+pub const LARGE_REQUEST_BYTES: usize = 64 * 1024;
+/// Bytes of large requests a replica holds read and not yet answered, over all its connections;
+/// a reader with one more waits until replies free some (one request is at most 80 MiB).
+pub const MAX_LARGE_REQUEST_BYTES: usize = 512 * 1024 * 1024;
 /// Most bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Read buffer taken when a request starts arriving (a connection with nothing buffered holds
@@ -142,6 +148,65 @@ pub struct ConnectionEnv {
     pub cursors: Arc<ScanCursors>,
     /// Images held for `SNAPSHOT CHUNK`.
     pub snapshots: Arc<HeldSnapshots>,
+    /// The replica's bytes for large requests in flight ([`MAX_LARGE_REQUEST_BYTES`] permits).
+    pub large_requests: Arc<Semaphore>,
+}
+
+/// What a request read and not yet answered holds until its reply is written: its slot among
+/// its connection's requests in flight and, if it is large, its bytes of the replica's budget.
+#[derive(Debug)]
+pub struct RequestPermit {
+    _slot: OwnedSemaphorePermit,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// Where a connection's reader takes its requests' permits.
+#[derive(Clone, Debug)]
+pub struct RequestPermits {
+    /// The connection's slots ([`MAX_INFLIGHT_REQUESTS`]).
+    slots: Arc<Semaphore>,
+    /// The replica's bytes for large requests.
+    large: Arc<Semaphore>,
+}
+
+impl RequestPermits {
+    /// A connection's permits, its large requests counted in `large`.
+    pub fn new(large: Arc<Semaphore>) -> RequestPermits {
+        RequestPermits { slots: Arc::new(Semaphore::new(MAX_INFLIGHT_REQUESTS)), large }
+    }
+
+    /// Bytes a request of `bytes` takes from the large budget (none if small).
+    fn large_bytes(bytes: usize) -> u32 {
+        if bytes < LARGE_REQUEST_BYTES {
+            return 0;
+        }
+        u32::try_from(bytes.min(MAX_LARGE_REQUEST_BYTES)).unwrap_or(u32::MAX)
+    }
+
+    /// The permit of a request of `bytes`, if both are free now.
+    pub fn try_take(&self, bytes: usize) -> Option<RequestPermit> {
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        let bytes = match Self::large_bytes(bytes) {
+            0 => None,
+            n => Some(self.large.clone().try_acquire_many_owned(n).ok()?),
+        };
+        Some(RequestPermit { _slot: slot, _bytes: bytes })
+    }
+
+    /// The permit of a request of `bytes`, once both are free; none if a semaphore closed.
+    pub async fn take(&self, bytes: usize) -> Option<RequestPermit> {
+        let slot = self.slots.clone().acquire_owned().await.ok()?;
+        let bytes = match Self::large_bytes(bytes) {
+            0 => None,
+            n => Some(self.large.clone().acquire_many_owned(n).await.ok()?),
+        };
+        Some(RequestPermit { _slot: slot, _bytes: bytes })
+    }
+
+    /// Whether a request of this connection is in flight.
+    fn any_taken(&self) -> bool {
+        self.slots.available_permits() < MAX_INFLIGHT_REQUESTS
+    }
 }
 
 /// How long `SNAPSHOT BEGIN` may take (the image of the whole state is encoded meanwhile).
@@ -168,7 +233,7 @@ pub struct WaiterDone {
 
 /// A request the reader parsed (or the error that stands for it), with the permit that
 /// bounds requests in flight.
-type Parsed = (Result<Vec<Vec<u8>>, String>, OwnedSemaphorePermit);
+type Parsed = (Result<Vec<Vec<u8>>, String>, RequestPermit);
 
 /// The requests the reader parsed from one read, in order: one message per read rather than
 /// one per request.
@@ -187,7 +252,7 @@ struct Incoming {
 #[derive(Message)]
 #[rtype(result = "()")]
 enum ReaderEnded {
-    Garbage(String, OwnedSemaphorePermit),
+    Garbage(String, RequestPermit),
     Eof,
     Gone,
 }
@@ -198,7 +263,7 @@ enum ReaderEnded {
 pub struct CloseConnection;
 
 /// Bytes to write, and the permits of the replies they hold (released once written).
-type WriteJob = (Vec<u8>, Vec<OwnedSemaphorePermit>);
+type WriteJob = (Vec<u8>, Vec<RequestPermit>);
 
 /// A finished reply waiting for its turn, with the bytes the applier reserved for it.
 struct ReadyReply {
@@ -252,7 +317,7 @@ pub struct Connection {
     write_task: Option<tokio::task::JoinHandle<()>>,
     /// Permits of the requests not yet written, one per sequence number from `next_to_write`
     /// on, in order (a deque keeps its room, where a map allocated a node per request).
-    permits: VecDeque<OwnedSemaphorePermit>,
+    permits: VecDeque<RequestPermit>,
     /// Close once the reply with this sequence number is written.
     close_after: Option<u64>,
     /// This connection in the registry.
@@ -382,7 +447,7 @@ impl InFlight {
 struct Burst {
     bytes: Vec<u8>,
     /// Permits of the requests these replies answer, released once written.
-    permits: Vec<OwnedSemaphorePermit>,
+    permits: Vec<RequestPermit>,
     /// What the applier reserved in the budget for these replies, released when they are written.
     reserved: usize,
     /// A flush is spawned on this connection's context (it runs after the mailbox is drained).
@@ -577,7 +642,7 @@ impl Connection {
 
     /// Writes `out` now if the writer task holds nothing and the socket takes it all; whatever
     /// is left goes to the task, behind what it holds, so replies keep their order.
-    fn write(&mut self, mut out: Vec<u8>, permits: Vec<OwnedSemaphorePermit>) {
+    fn write(&mut self, mut out: Vec<u8>, permits: Vec<RequestPermit>) {
         let (Some(writer), Some(socket)) = (&self.writer, &self.socket) else { return };
         if self.queued_jobs.get() == 0 {
             match socket.try_write(&out) {
@@ -1057,7 +1122,7 @@ fn member_list(status: &StatusBoard) -> Reply {
 async fn read_loop(
     mut reader: OwnedReadHalf,
     connection: Addr<Connection>,
-    permits: Arc<Semaphore>,
+    permits: RequestPermits,
     idle_timeout: Option<Duration>,
 ) {
     let mut parser = RequestParser::new();
@@ -1085,7 +1150,7 @@ async fn read_loop(
                 ParseOutcome::LimitError { message, consumed } => (consumed, Some(Err(message))),
                 ParseOutcome::Fatal(message) => {
                     hand_over(&mut parsed, arrived);
-                    if let Ok(permit) = permits.clone().acquire_owned().await {
+                    if let Some(permit) = permits.take(0).await {
                         connection.do_send(ReaderEnded::Garbage(message, permit));
                     }
                     return;
@@ -1095,13 +1160,15 @@ async fn read_loop(
             let Some(request) = request else { continue };
             let quit =
                 matches!(&request, Ok(args) if args.first().is_some_and(|a| a.eq_ignore_ascii_case(b"QUIT")));
-            let permit = match permits.clone().try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => {
-                    // MAX_INFLIGHT_REQUESTS are unanswered: what was parsed goes now, and the
-                    // reader waits for a reply (back-pressure on the client).
+            let bytes = request.as_ref().map_or(0, |args| args.iter().map(Vec::len).sum());
+            let permit = match permits.try_take(bytes) {
+                Some(permit) => permit,
+                None => {
+                    // MAX_INFLIGHT_REQUESTS are unanswered (or the replica's large requests fill
+                    // their budget): what was parsed goes now, and the reader waits for a reply
+                    // (back-pressure on the client).
                     hand_over(&mut parsed, arrived);
-                    let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                    let Some(permit) = permits.take(bytes).await else { return };
                     permit
                 }
             };
@@ -1127,7 +1194,7 @@ async fn read_loop(
                 match tokio::time::timeout(idle, read_some(&mut reader, &mut buf)).await {
                     Ok(read) => break read,
                     // A client waiting for replies is not idle.
-                    Err(_) if permits.available_permits() < MAX_INFLIGHT_REQUESTS => continue,
+                    Err(_) if permits.any_taken() => continue,
                     Err(_) => {
                         log::info!("client connection idle for {} s: closing it", idle.as_secs_f64());
                         connection.do_send(ReaderEnded::Eof);
@@ -1239,7 +1306,7 @@ impl Actor for Connection {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.env.status.set_connected_clients(self.env.clients.len());
-        let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_REQUESTS));
+        let permits = RequestPermits::new(self.env.large_requests.clone());
         if let Some(reader) = self.reader.take() {
             let idle = self.env.idle_timeout;
             ctx.spawn(read_loop(reader, ctx.address(), permits, idle).into_actor(self));
@@ -1341,6 +1408,32 @@ impl Handler<CloseConnection> for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_requests_share_the_replicas_byte_budget_and_small_ones_only_count() {
+        let large = Arc::new(Semaphore::new(3 * LARGE_REQUEST_BYTES));
+        let (a, b) = (RequestPermits::new(large.clone()), RequestPermits::new(large.clone()));
+        let first = a.try_take(2 * LARGE_REQUEST_BYTES).expect("fits");
+        assert!(
+            b.try_take(2 * LARGE_REQUEST_BYTES).is_none(),
+            "the budget is the replica's, not the connection's"
+        );
+        let small: Vec<RequestPermit> =
+            (0..10).map(|_| b.try_take(LARGE_REQUEST_BYTES - 1).expect("small: counted only")).collect();
+        assert_eq!(large.available_permits(), LARGE_REQUEST_BYTES);
+        let refused_slots = b.slots.available_permits();
+        assert!(b.try_take(2 * LARGE_REQUEST_BYTES).is_none());
+        assert_eq!(b.slots.available_permits(), refused_slots, "a refused take holds no slot");
+        drop(first);
+        let second = b.try_take(3 * LARGE_REQUEST_BYTES).expect("freed with the reply");
+        drop((second, small));
+        assert_eq!(large.available_permits(), 3 * LARGE_REQUEST_BYTES);
+        assert!(!b.any_taken());
+        let all: Vec<RequestPermit> =
+            (0..MAX_INFLIGHT_REQUESTS).map(|_| a.try_take(0).expect("a slot")).collect();
+        assert!(a.try_take(0).is_none(), "{MAX_INFLIGHT_REQUESTS} in flight per connection");
+        drop(all);
+    }
 
     #[test]
     fn a_pipelines_requests_start_at_once_except_behind_a_membership_command() {

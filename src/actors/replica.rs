@@ -475,6 +475,7 @@ impl Replica {
             clients: Arc::new(ClientRegistry::default()),
             cursors: Arc::new(ScanCursors::default()),
             snapshots: held_snapshots,
+            large_requests: Arc::new(tokio::sync::Semaphore::new(super::connection::MAX_LARGE_REQUEST_BYTES)),
         };
         let front_end = FrontEnd::new(client_listener, env, config.max_clients).start();
         log::info!("replica {}: serving clients on {client_addr}, peers on {peer_addr}", config.id);
