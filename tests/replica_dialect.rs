@@ -549,6 +549,8 @@ fn every_dialect_command_answers_as_redis_does_on_a_follower() {
         (&["CONFIG", "GET", "databases"], arr(vec![b("databases"), b("1")])),
         (&["TYPE", "r"], Reply::Simple("string".into())),
         (&["FLUSHALL", "ASYNC", "SYNC"], err("ERR syntax error")),
+        (&["CLIENT", "HELP", "x"], err("ERR wrong number of arguments for 'client|help' command")),
+        (&["CONFIG", "NOPE"], err("ERR unknown subcommand 'NOPE'. Try CONFIG HELP.")),
         (&["FLUSHALL"], Reply::ok()),
         (&["DBSIZE"], int(0)),
         (&["RANDOMKEY"], nil.clone()),

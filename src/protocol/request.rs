@@ -335,6 +335,13 @@ fn parse_command(name: Vec<u8>, args: Vec<Vec<u8>>) -> Result<ClientRequest, Req
         b"MEMBER" => parse_member(args),
         b"SNAPSHOT" => parse_snapshot(args),
         b"LEADER" => match args.as_slice() {
+            [sub] if sub.eq_ignore_ascii_case(b"HELP") => Ok(help(&[
+                "LEADER <subcommand> [<arg> ...]. Subcommands are:",
+                "TRANSFER <id>",
+                "    Hand leadership to voter <id>, once it has the leader's whole log.",
+                "HELP",
+                "    Print this help.",
+            ])),
             [sub, id] if sub.eq_ignore_ascii_case(b"TRANSFER") => {
                 Ok(ClientRequest::Admin(AdminRequest::TransferLeader(member_id(id)?)))
             }
@@ -403,6 +410,17 @@ fn parse_snapshot(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
     };
     let number = |arg: &[u8]| parse_u64(arg).ok_or(RequestError::NotAnInteger);
     match (sub.to_ascii_uppercase().as_slice(), rest) {
+        (b"HELP", []) => Ok(help(&[
+            "SNAPSHOT <subcommand> [<arg> ...]. Subcommands are:",
+            "BEGIN",
+            "    Take an image of the state: token, index, term, length, CRC-32, keys, digest.",
+            "CHUNK <token> <offset>",
+            "    Return up to 1 MiB of the image from <offset>.",
+            "END <token>",
+            "    Let the image go.",
+            "HELP",
+            "    Print this help.",
+        ])),
         (b"BEGIN", []) => Ok(ClientRequest::Read { command: Command::SnapshotImage }),
         (b"CHUNK", [token, offset]) => {
             Ok(ClientRequest::SnapshotChunk { token: number(token)?, offset: number(offset)? })
@@ -429,6 +447,23 @@ fn parse_member(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
     };
     let change = |ops| Ok(ClientRequest::Admin(AdminRequest::Change(ops)));
     match upper.as_slice() {
+        b"HELP" => arity(0, "help").map(|()| {
+            help(&[
+                "MEMBER <subcommand> [<arg> ...]. Subcommands are:",
+                "LIST",
+                "    Return the members: id, role, addresses.",
+                "ADD <id> <peer-addr> <client-addr>",
+                "    Add a learner.",
+                "PROMOTE <id>",
+                "    Make learner <id> a voter.",
+                "REMOVE <id>",
+                "    Remove member <id>.",
+                "CHANGE <step> [<step> ...]",
+                "    Several steps (ADD, PROMOTE, REMOVE) as one joint change.",
+                "HELP",
+                "    Print this help.",
+            ])
+        }),
         b"LIST" => arity(0, "list").map(|()| ClientRequest::MemberList),
         b"ADD" => arity(3, "add").and_then(|()| change(change_ops(&args)?)),
         b"PROMOTE" => arity(1, "promote").and_then(|()| change(change_ops(&args)?)),
@@ -443,6 +478,23 @@ fn parse_client_subcommand(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestE
     let upper = sub.to_ascii_uppercase();
     let client = |c| Ok(ClientRequest::Client(c));
     match (upper.as_slice(), &args[1..]) {
+        (b"HELP", []) => Ok(help(&[
+            "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GETNAME",
+            "    Return the name of the current connection.",
+            "ID",
+            "    Return the ID of the current connection.",
+            "INFO",
+            "    Return information about the current client connection.",
+            "LIST [TYPE normal]",
+            "    Return information about client connections.",
+            "SETINFO <LIB-NAME|LIB-VER> <value>",
+            "    Set client meta attributes.",
+            "SETNAME <name>",
+            "    Assign the name <name> to the current connection.",
+            "HELP",
+            "    Print this help.",
+        ])),
         (b"ID", []) => client(ClientCommand::Id),
         (b"GETNAME", []) => client(ClientCommand::GetName),
         (b"INFO", []) => client(ClientCommand::Info),
@@ -481,7 +533,7 @@ fn parse_client_subcommand(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestE
             }
             client(ClientCommand::SetInfo { lib_name, value: String::from_utf8_lossy(value).into_owned() })
         }
-        (b"ID" | b"GETNAME" | b"INFO" | b"LIST", _) => Err(RequestError::WrongArity(format!(
+        (b"ID" | b"GETNAME" | b"INFO" | b"LIST" | b"HELP", _) => Err(RequestError::WrongArity(format!(
             "client|{}",
             String::from_utf8_lossy(&upper).to_lowercase()
         ))),
@@ -521,8 +573,25 @@ fn parse_hello(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
 
 /// CONFIG GET: the two parameters redis-benchmark asks for, with the values that describe this
 /// server (no RDB saves, no AOF); any other parameter matches nothing.
+/// A `HELP` subcommand's answer: its lines, as Redis answers them (status strings).
+fn help(lines: &[&str]) -> ClientRequest {
+    ClientRequest::Immediate(Reply::Array(Some(
+        lines.iter().map(|l| Reply::Simple((*l).to_string())).collect(),
+    )))
+}
+
 fn parse_config(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
     let Some(sub) = args.first() else { return Err(RequestError::WrongArity("config".into())) };
+    if sub.eq_ignore_ascii_case(b"HELP") && args.len() == 1 {
+        return Ok(help(&[
+            "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GET <pattern>",
+            "    Return parameters matching the glob-like <pattern> and their values.",
+            "    Only save, appendonly, maxmemory, maxmemory-policy and databases are known.",
+            "HELP",
+            "    Print this help.",
+        ]));
+    }
     if !sub.eq_ignore_ascii_case(b"GET") {
         return Err(RequestError::UnknownSubcommand { command: "CONFIG".into(), subcommand: quote(sub) });
     }
@@ -676,6 +745,26 @@ pub fn encode_command(session: Option<SessionTag>, command: &Command) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_command_whose_unknown_subcommand_says_try_help_has_help() {
+        for command in ["CLIENT", "CONFIG", "LEADER", "SNAPSHOT", "MEMBER"] {
+            let ask =
+                |sub: &str| parse_client_request(vec![command.as_bytes().to_vec(), sub.as_bytes().to_vec()]);
+            let Err(unknown) = ask("NOPE") else { panic!("{command} NOPE is refused") };
+            assert!(unknown.to_string().contains(&format!("Try {command} HELP.")), "{unknown}");
+            match ask("help") {
+                Ok(ClientRequest::Immediate(Reply::Array(Some(lines)))) => {
+                    assert!(lines.len() > 2, "{command}: {lines:?}");
+                    assert!(
+                        matches!(&lines[0], Reply::Simple(l) if l.starts_with(command)),
+                        "{command}: {lines:?}"
+                    );
+                }
+                other => panic!("{command} HELP: {other:?}"),
+            }
+        }
+    }
 
     fn parse(line: &str) -> Result<ClientRequest, RequestError> {
         let args = crate::protocol::resp::split_inline_args(line.as_bytes()).expect("test line splits");
