@@ -29,8 +29,10 @@ pub fn refuse_self_connection(socket: &impl AsFd) -> io::Result<()> {
 }
 
 /// Idle time before the first keepalive probe of an accepted connection, then the time between
-/// probes and how many may go unanswered: a peer whose host vanished (power lost, a NAT entry
-/// dropped) is found gone in about two minutes, not never, so what it held is let go.
+/// probes and how many may go unanswered: an idle connection whose host vanished (power lost, a
+/// NAT entry dropped) is found gone in about two minutes, not never, so what it held is let go.
+/// (One with replies unacknowledged is ended by TCP's retransmission limit instead, about 15
+/// minutes with Linux's defaults.)
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_PROBES: u32 = 6;

@@ -121,7 +121,6 @@ fn the_dialect_works_through_the_redis_crate_on_follower_and_leader() {
     assert_eq!(size, 0);
 }
 
-/// (applied index, state digest, keys) of every running replica.
 /// Sends `commands` as one pipeline (one write) and reads their replies.
 fn pipeline(conn: &mut RespConn, commands: &[&[&str]]) -> Vec<Reply> {
     let mut out = Vec::new();
@@ -185,6 +184,7 @@ fn a_watch_pipelined_behind_writes_watches_from_after_them() {
     }
 }
 
+/// (applied index, state digest, keys) of every running replica.
 fn views(cluster: &TestCluster) -> Vec<(u64, u64, u64)> {
     cluster
         .status

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::TestCluster;
 use common::resp_conn::RespConn;
-use quorumkv::actors::peer_listener::MAX_PENDING_HANDSHAKES;
+use quorumkv::actors::peer_listener::MAX_PENDING_HANDSHAKES_PER_ADDR;
 use quorumkv::protocol::command::{encode_entry, ColumnFamily, Command, Proposal, MAX_ENTRY_BYTES};
 use quorumkv::protocol::peer_wire::{
     encode_frame, Forwarded, Handshake, PeerFrame, MAX_FRAME_BYTES, PEER_PROTOCOL_VERSION,
@@ -138,59 +138,46 @@ fn garbage_closes_only_that_connection() {
 
 #[test]
 fn peer_port_refuses_strangers_garbage_and_oversized_frames() {
-    let cluster = TestCluster::start(3);
+    let mut cluster = TestCluster::start(3);
     let leader = cluster.wait_for_leader(WAIT);
+    // The member whose id the forged handshakes below claim is stopped first: a handshake
+    // replaces that member's connection, and a live one would reconnect and race the test.
+    let impersonated = *cluster.peer_addrs.keys().find(|&&id| id != leader).expect("a follower");
+    cluster.stop(impersonated);
     let term = cluster.status[&leader].term();
-    for addr in cluster.peer_addrs.values() {
+    let handshake = |from| Handshake {
+        cluster_name: "quorumkv".into(),
+        from,
+        version: PEER_PROTOCOL_VERSION,
+        client_addr: String::new(),
+    };
+    for (_, addr) in cluster.peer_addrs.iter().filter(|(&id, _)| id != impersonated) {
         // Garbage.
         let mut s = TcpStream::connect(addr).expect("connect");
         s.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
         assert!(closed(&mut s), "garbage closes the peer connection");
         // A stranger's handshake.
         let mut s = TcpStream::connect(addr).expect("connect");
-        let hs = Handshake {
-            cluster_name: "other".into(),
-            from: 2,
-            version: PEER_PROTOCOL_VERSION,
-            client_addr: String::new(),
-        };
+        let hs = Handshake { cluster_name: "other".into(), ..handshake(impersonated) };
         s.write_all(&encode_frame(&hs).expect("encode")).expect("write");
         assert!(closed(&mut s), "another cluster is refused");
-        // A member's handshake, then an oversized frame.
+        // A non-member's handshake; a member's, then an oversized frame.
         let mut s = TcpStream::connect(addr).expect("connect");
-        let hs = Handshake {
-            cluster_name: "quorumkv".into(),
-            from: 9,
-            version: PEER_PROTOCOL_VERSION,
-            client_addr: String::new(),
-        };
-        s.write_all(&encode_frame(&hs).expect("encode")).expect("write");
+        s.write_all(&encode_frame(&handshake(9)).expect("encode")).expect("write");
         assert!(closed(&mut s), "a non-member id is refused");
         let mut s = TcpStream::connect(addr).expect("connect");
-        let hs = Handshake {
-            cluster_name: "quorumkv".into(),
-            from: 1,
-            version: PEER_PROTOCOL_VERSION,
-            client_addr: String::new(),
-        };
-        s.write_all(&encode_frame(&hs).expect("encode")).expect("write");
+        s.write_all(&encode_frame(&handshake(impersonated)).expect("encode")).expect("write");
         s.write_all(&u32::MAX.to_be_bytes()).expect("write");
         assert!(closed(&mut s), "an oversized frame closes the connection");
     }
     // A member's forward of an entry past the entry bound (within the frame bound): refused, so
     // the log never holds an entry too large for an Append frame (which would stop commit).
     const _: () = assert!(MAX_FRAME_BYTES - 64 > MAX_ENTRY_BYTES);
-    let follower = *cluster.peer_addrs.keys().find(|&&id| id != leader).expect("a follower");
-    let mut s = TcpStream::connect(cluster.peer_addrs[&leader]).expect("connect");
-    let hs = Handshake {
-        cluster_name: "quorumkv".into(),
-        from: follower,
-        version: PEER_PROTOCOL_VERSION,
-        client_addr: String::new(),
-    };
-    s.write_all(&encode_frame(&hs).expect("encode")).expect("write");
+    let target = cluster.peer_addrs[&leader];
+    let mut s = TcpStream::connect(target).expect("connect");
+    s.write_all(&encode_frame(&handshake(impersonated)).expect("encode")).expect("write");
     let forward = PeerFrame::Forward {
-        from: follower,
+        from: impersonated,
         to: leader,
         run: 1,
         id: 1,
@@ -206,7 +193,7 @@ fn peer_port_refuses_strangers_garbage_and_oversized_frames() {
         command: Command::Put { cf: ColumnFamily::Default, key: b"forged".to_vec(), value: b"1".to_vec() },
     };
     let forward = PeerFrame::Forward {
-        from: follower,
+        from: impersonated,
         to: leader,
         run: 1,
         id: 2,
@@ -222,37 +209,37 @@ fn peer_port_refuses_strangers_garbage_and_oversized_frames() {
             Err(got)
         }
     });
-    // Bare connections past the bound on those waiting for a handshake are closed at once; the
-    // ones within it wait for theirs (until the handshake timeout, far later).
-    let target = cluster.peer_addrs[&leader];
+    // A member that connects again ends its older connection (which might be half-open for
+    // good); the newer one stays.
+    assert!(is_open(&mut s), "the forging connection is still up");
+    let mut newer = TcpStream::connect(target).expect("connect");
+    newer.write_all(&encode_frame(&handshake(impersonated)).expect("encode")).expect("write");
+    assert!(closed(&mut s), "replaced by the newer one");
+    assert!(is_open(&mut newer), "the newer one stays");
+    drop(newer);
+    // Bare connections from one address past the bound on those waiting for a handshake are
+    // closed at once; the ones within it wait for theirs (until the handshake timeout, later).
     let waiting: Vec<TcpStream> =
-        (0..MAX_PENDING_HANDSHAKES).map(|_| TcpStream::connect(target).expect("connect")).collect();
+        (0..MAX_PENDING_HANDSHAKES_PER_ADDR).map(|_| TcpStream::connect(target).expect("connect")).collect();
     let mut extra = TcpStream::connect(target).expect("connect");
     assert!(closed(&mut extra), "one past the bound is closed");
     for mut s in waiting {
-        s.set_nonblocking(true).expect("nonblocking");
-        let mut byte = [0u8; 1];
-        let open = matches!(std::io::Read::read(&mut s, &mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-        assert!(open, "those within the bound still wait for their handshake");
+        assert!(is_open(&mut s), "those within the bound still wait for their handshake");
     }
-    // A member that connects again ends its older connection (which might be half-open for good).
-    let handshake = Handshake {
-        cluster_name: "quorumkv".into(),
-        from: follower,
-        version: PEER_PROTOCOL_VERSION,
-        client_addr: String::new(),
-    };
-    let mut older = TcpStream::connect(target).expect("connect");
-    older.write_all(&encode_frame(&handshake).expect("encode")).expect("write");
-    let mut newer = TcpStream::connect(target).expect("connect");
-    newer.write_all(&encode_frame(&handshake).expect("encode")).expect("write");
-    assert!(closed(&mut older), "replaced by the newer one");
-    drop(newer);
     // The cluster is unharmed: same leader, same term, writes still commit.
     assert_eq!(conn.call(&[b"SET", b"still", b"up"]), Reply::Simple("OK".into()));
     assert_eq!(cluster.wait_for_leader(WAIT), leader);
     assert_eq!(cluster.status[&leader].term(), term);
-    drop(s);
+}
+
+/// True if nothing has arrived on `s` and it is not closed (a read would block).
+fn is_open(s: &mut TcpStream) -> bool {
+    s.set_nonblocking(true).expect("nonblocking");
+    let mut byte = [0u8; 1];
+    let open =
+        matches!(std::io::Read::read(s, &mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    s.set_nonblocking(false).expect("blocking");
+    open
 }
 
 fn closed(s: &mut TcpStream) -> bool {

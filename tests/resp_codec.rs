@@ -121,7 +121,7 @@ fn unterminated_inline_line_is_refused_early_with_a_bounded_buffer() {
     assert!(!connection.closed);
 }
 
-// PRODUCT.md limits: a header line over 64 KiB cannot be resynchronised: error, then close.
+// A header line over 64 KiB (far past MAX_HEADER_BYTES) cannot be resynchronised: error, then close.
 #[test]
 fn header_line_over_64_kib_is_fatal() {
     let mut count = b"*1".to_vec();

@@ -485,6 +485,24 @@ fn a_reply_past_the_value_bound_is_refused_before_it_is_built_alone_or_in_a_tran
     assert!(too_large(&replies[fit + 1]));
     assert_eq!(replies[fit + 2], int(1), "a command with no values still runs");
     assert_eq!(r.run(t, &[b"STRLEN", b"big"]), int(big.len() as i64), "the refused GETDEL did not run");
+
+    // Replies of keys count too, once made: KEYS many times over 64 KiB keys passes the bound.
+    let long_key = |i: usize| format!("{i:04}{}", "k".repeat(64 * 1024 - 4)).into_bytes();
+    for i in 0..64 {
+        r.run(t, &[b"SET", &long_key(i), b"v"]);
+    }
+    let keys_bytes = 64 * 64 * 1024;
+    let allowed = MAX_REPLY_VALUE_BYTES / keys_bytes;
+    let exec = Command::Exec {
+        watched: vec![],
+        watch_point: 0,
+        commands: (0..allowed + 2).map(|_| Command::Keys { pattern: b"0*".to_vec() }).collect(),
+    };
+    let CommandResult::Array(replies) = r.write(t, None, exec) else { panic!("an EXEC reply") };
+    assert!(replies[..allowed]
+        .iter()
+        .all(|reply| matches!(reply, CommandResult::Array(keys) if keys.len() == 64)));
+    assert!(replies[allowed..].iter().all(too_large), "past the bound: refused");
 }
 
 #[test]

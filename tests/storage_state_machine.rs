@@ -143,7 +143,7 @@ fn remembered_replies_are_bounded_in_bytes_evicting_the_oldest_sessions_then_a_s
     assert_eq!(table.len(), 1);
     assert_eq!(table.check(tag(4, 1)), SessionCheck::TooOld, "never applied twice");
     assert!(matches!(table.check(tag(4, 6)), SessionCheck::Duplicate(_)), "the latest reply kept");
-    // A reply past the bound alone is still remembered: the one just written never goes.
+    // A reply past the bound alone is still remembered (a session keeps at least its highest seq).
     let huge = CommandResult::Value(Some(vec![0u8; MAX_SESSION_REPLY_BYTES + 1]));
     let huge_bytes = remembered_bytes(&huge);
     record(&mut table, 4, 7, huge);

@@ -41,7 +41,8 @@ pub const MAX_INFLIGHT_REQUESTS: usize = 1024;
 /// replica's [`MAX_LARGE_REQUEST_BYTES`] (the small ones are bounded by the count per connection).
 pub const LARGE_REQUEST_BYTES: usize = 64 * 1024;
 /// Bytes of large requests a replica holds read and not yet answered, over all its connections;
-/// a reader with one more waits until replies free some (one request is at most 80 MiB).
+/// a reader with one more waits until answers free some (one request is at most 80 MiB; the
+/// one a waiting reader parsed, and the one still arriving in its buffer, are outside it).
 pub const MAX_LARGE_REQUEST_BYTES: usize = 512 * 1024 * 1024;
 /// Most bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -157,7 +158,14 @@ pub struct ConnectionEnv {
 #[derive(Debug)]
 pub struct RequestPermit {
     _slot: OwnedSemaphorePermit,
-    _bytes: Option<OwnedSemaphorePermit>,
+    bytes: Option<OwnedSemaphorePermit>,
+}
+
+impl RequestPermit {
+    /// Gives the request's bytes back (it is answered), keeping its slot until its reply is written.
+    pub fn release_bytes(&mut self) {
+        self.bytes = None;
+    }
 }
 
 /// Where a connection's reader takes its requests' permits.
@@ -190,7 +198,7 @@ impl RequestPermits {
             0 => None,
             n => Some(self.large.clone().try_acquire_many_owned(n).ok()?),
         };
-        Some(RequestPermit { _slot: slot, _bytes: bytes })
+        Some(RequestPermit { _slot: slot, bytes })
     }
 
     /// The permit of a request of `bytes`, once both are free; none if a semaphore closed.
@@ -200,7 +208,7 @@ impl RequestPermits {
             0 => None,
             n => Some(self.large.clone().acquire_many_owned(n).await.ok()?),
         };
-        Some(RequestPermit { _slot: slot, _bytes: bytes })
+        Some(RequestPermit { _slot: slot, bytes })
     }
 
     /// Whether a request of this connection is in flight.
@@ -543,6 +551,13 @@ impl Connection {
     }
 
     fn complete_reserved(&mut self, ctx: &mut Context<Self>, seq: u64, mut reply: Reply, reserved: usize) {
+        // The request's arguments are gone once it is answered: its bytes of the replica's
+        // budget go back now, not once its reply is written (a client that does not read would
+        // otherwise hold them; the reply is bounded by the reply budget).
+        let at = seq.checked_sub(self.next_to_write).and_then(|at| usize::try_from(at).ok());
+        if let Some(permit) = at.and_then(|at| self.permits.get_mut(at)) {
+            permit.release_bytes();
+        }
         if let Some(request) = self.take_started(seq) {
             let metrics = &self.env.status.metrics;
             metrics.request_seconds.observe(request.arrived.elapsed().as_secs_f64());
@@ -678,7 +693,16 @@ impl Connection {
         ctx.stop();
     }
 
-    fn start_request(&mut self, ctx: &mut Context<Self>, seq: u64, args: Vec<Vec<u8>>, arrived: Instant) {
+    /// Starts request `seq`; one `held` (behind a WATCH) gets a full timeout from now, as a
+    /// request held behind others does.
+    fn start_request(
+        &mut self,
+        ctx: &mut Context<Self>,
+        seq: u64,
+        args: Vec<Vec<u8>>,
+        arrived: Instant,
+        held: bool,
+    ) {
         if self.watch_barrier.is_some() {
             // Bounded by the permits of requests in flight, as every request read.
             self.behind_watch.push_back((seq, args, arrived));
@@ -689,7 +713,9 @@ impl Connection {
         self.env.status.metrics.request(slot);
         self.started.push_back((seq, InFlight { slot, arrived, waiter: None, kind: None }));
         let queued_bytes: usize = args.iter().map(Vec::len).sum();
-        let is_exec = args.first().is_some_and(|name| name.eq_ignore_ascii_case(b"EXEC"));
+        // EXEC, or EXEC behind a `REQ client-id seq` prefix.
+        let named = |at: usize, name: &[u8]| args.get(at).is_some_and(|a| a.eq_ignore_ascii_case(name));
+        let is_exec = named(0, b"EXEC") || (named(0, b"REQ") && named(3, b"EXEC"));
         let request = match parse_client_request(args) {
             Ok(r) => r,
             Err(e) if is_exec && self.transaction.is_some() => {
@@ -808,7 +834,7 @@ impl Connection {
             self.deferred.push_back((seq, task));
             return;
         }
-        self.start_waiter(ctx, seq, task, start, false);
+        self.start_waiter(ctx, seq, task, start, held);
     }
 
     /// How `task` may start behind the waiters in flight.
@@ -1024,7 +1050,7 @@ impl Connection {
         }
         while self.watch_barrier.is_none() {
             let Some((seq, args, arrived)) = self.behind_watch.pop_front() else { break };
-            self.start_request(ctx, seq, args, arrived);
+            self.start_request(ctx, seq, args, arrived, true);
         }
     }
 
@@ -1332,7 +1358,7 @@ impl Handler<Incoming> for Connection {
             self.next_seq += 1;
             self.permits.push_back(permit);
             match request {
-                Ok(args) => self.start_request(ctx, seq, args, msg.arrived),
+                Ok(args) => self.start_request(ctx, seq, args, msg.arrived, false),
                 Err(message) => {
                     self.env.status.metrics.refused_client_input.inc();
                     self.complete(ctx, seq, Reply::err(message))
@@ -1424,8 +1450,12 @@ mod tests {
         let refused_slots = b.slots.available_permits();
         assert!(b.try_take(2 * LARGE_REQUEST_BYTES).is_none());
         assert_eq!(b.slots.available_permits(), refused_slots, "a refused take holds no slot");
+        let mut first = first;
+        let slots = a.slots.available_permits();
+        first.release_bytes();
+        assert_eq!(a.slots.available_permits(), slots, "answered: the slot stays until the reply is written");
+        let second = b.try_take(3 * LARGE_REQUEST_BYTES).expect("the bytes went back once answered");
         drop(first);
-        let second = b.try_take(3 * LARGE_REQUEST_BYTES).expect("freed with the reply");
         drop((second, small));
         assert_eq!(large.available_permits(), 3 * LARGE_REQUEST_BYTES);
         assert!(!b.any_taken());

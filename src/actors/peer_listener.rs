@@ -1,6 +1,7 @@
 //! Accepts connections from other members, checks their handshake, and hands their frames to consensus.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,9 +20,12 @@ use crate::protocol::raft::NodeId;
 /// Time a new peer connection has to send its handshake.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
-/// Inbound connections that have not sent their handshake yet, at most; more are closed at once
-/// (bare connects would otherwise take the descriptors the log and snapshots need).
-pub const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Inbound connections from one address that have not sent their handshake yet, at most; more
+/// are closed at once (bare connects would otherwise take the descriptors the log and snapshots
+/// need). Per address, so one host's flood does not shut out a member reconnecting from another.
+pub const MAX_PENDING_HANDSHAKES_PER_ADDR: usize = 16;
+/// Inbound connections waiting for their handshake at most, from every address together.
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Bytes of a frame's buffer taken before its payload arrives; the rest grows as it does.
 const FRAME_PREALLOCATION_BYTES: usize = 1024 * 1024;
@@ -41,13 +45,16 @@ pub struct PeerListener {
     status: Arc<StatusBoard>,
     /// Connections served, by handshake state.
     connections: Arc<Connections>,
+    /// When a connection was last refused with a log line.
+    last_refusal_logged: Option<std::time::Instant>,
 }
 
 /// The listener's connections.
 #[derive(Default)]
 struct Connections {
-    /// Connections accepted whose handshake has not come yet.
+    /// Connections accepted whose handshake has not come yet, in all and per address.
     pending: AtomicUsize,
+    pending_by_addr: Mutex<HashMap<IpAddr, usize>>,
     /// Per member, its current connection: a number, and what ends it when a newer one from
     /// the same member replaces it (a peer that reconnects leaves the old one behind, maybe
     /// half-open for good).
@@ -55,12 +62,36 @@ struct Connections {
     next: AtomicU64,
 }
 
-/// Counts a connection as pending until dropped (its handshake came, or it ended).
-struct Pending(Arc<Connections>);
+/// Counts a connection from an address as pending until dropped (its handshake came, or it ended).
+struct Pending(Arc<Connections>, IpAddr);
+
+impl Pending {
+    /// Counts one more from `addr`, unless as many wait as allowed.
+    fn take(connections: &Arc<Connections>, addr: IpAddr) -> Option<Pending> {
+        let mut by_addr = connections.pending_by_addr.lock().ok()?;
+        let from_addr = by_addr.entry(addr).or_insert(0);
+        if *from_addr >= MAX_PENDING_HANDSHAKES_PER_ADDR
+            || connections.pending.load(Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES
+        {
+            return None;
+        }
+        *from_addr += 1;
+        connections.pending.fetch_add(1, Ordering::Relaxed);
+        Some(Pending(connections.clone(), addr))
+    }
+}
 
 impl Drop for Pending {
     fn drop(&mut self) {
         self.0.pending.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut by_addr) = self.0.pending_by_addr.lock() {
+            if let Some(count) = by_addr.get_mut(&self.1) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    by_addr.remove(&self.1);
+                }
+            }
+        }
     }
 }
 
@@ -75,7 +106,14 @@ impl PeerListener {
         status: Arc<StatusBoard>,
     ) -> PeerListener {
         let check = Arc::new(InboundCheck { cluster_name, id, status: status.clone() });
-        PeerListener { listener: Some(listener), check, consensus, status, connections: Arc::default() }
+        PeerListener {
+            listener: Some(listener),
+            check,
+            consensus,
+            status,
+            connections: Arc::default(),
+            last_refusal_logged: None,
+        }
     }
 }
 
@@ -111,13 +149,19 @@ async fn read_frame<T: serde::de::DeserializeOwned, R: AsyncRead + Unpin>(
     if len > max_bytes {
         return Err(FrameError::TooLarge(len).into());
     }
-    // Grown as the payload arrives: a peer that declares a large frame and sends nothing holds
-    // no more than the preallocation.
+    // A peer that declares a large frame and sends nothing holds no more than the preallocation;
+    // once that much has arrived, the rest of the declared length is taken in one step (growing
+    // by doubling would reach 64 MiB for a 40 MiB frame).
     buf.clear();
-    buf.reserve(len.min(FRAME_PREALLOCATION_BYTES));
-    let read = (&mut *stream).take(len as u64).read_to_end(buf).await?;
-    if read < len {
-        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    buf.reserve_exact(len.min(FRAME_PREALLOCATION_BYTES));
+    let mut payload = (&mut *stream).take(len as u64);
+    while buf.len() < len {
+        if buf.len() == buf.capacity() {
+            buf.reserve_exact(len - buf.len());
+        }
+        if payload.read_buf(buf).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
     }
     let frame = decode_payload(buf)?;
     if buf.capacity() > FRAME_PREALLOCATION_BYTES {
@@ -251,14 +295,21 @@ impl Handler<Accepted> for PeerListener {
 
     fn handle(&mut self, msg: Accepted, ctx: &mut Self::Context) {
         let id = self.check.id;
-        if self.connections.pending.load(Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
-            log::warn!("replica {id}: {MAX_PENDING_HANDSHAKES} peer connections wait for a handshake; closed one more");
+        let addr = msg.0.peer_addr().map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let Some(pending) = Pending::take(&self.connections, addr) else {
+            // Once a second at most: the flood is not copied into the log.
+            if self.last_refusal_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                self.last_refusal_logged = Some(std::time::Instant::now());
+                log::warn!(
+                    "replica {id}: too many peer connections wait for a handshake (from {addr}: at most \
+                     {MAX_PENDING_HANDSHAKES_PER_ADDR}; {MAX_PENDING_HANDSHAKES} in all); closing new ones"
+                );
+            }
             return;
-        }
+        };
         let _ = msg.0.set_nodelay(true);
         let _ = crate::dial::keep_alive(&msg.0);
-        self.connections.pending.fetch_add(1, Ordering::Relaxed);
-        let tracking = (self.connections.clone(), Pending(self.connections.clone()));
+        let tracking = (self.connections.clone(), pending);
         let serve =
             serve_peer(msg.0, self.check.clone(), self.consensus.clone(), self.status.clone(), tracking);
         // Spawned on this actor, so stopping the listener drops every inbound connection too.

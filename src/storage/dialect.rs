@@ -15,10 +15,11 @@ use std::collections::BTreeSet;
 pub const MAX_SCAN_REPLY_BYTES: usize = 32 * 1024 * 1024;
 /// Most keys one KEYS answers; a larger answer is refused (use SCAN), never cut short silently.
 pub const MAX_KEYS_REPLY_KEYS: usize = 100_000;
-/// Most bytes of values one reply may carry: an MGET's values, or a transaction's replies
-/// together. Past it the command is refused before anything is copied, alike on every replica
-/// for a transaction (a few KB of MULTI naming one 16 MiB key a thousand times would otherwise
-/// make every replica build a 16 GiB reply as it applies the entry, at every replay too).
+/// Most bytes of values (and keys) one reply may carry: an MGET's values, or a transaction's
+/// replies together. Past it the command is refused, alike on every replica for a transaction
+/// (a few KB of MULTI naming one 16 MiB key a thousand times, or a thousand KEYS, would
+/// otherwise make every replica build a reply of GBs as it applies the entry, at every replay
+/// too).
 pub const MAX_REPLY_VALUE_BYTES: usize = 64 * 1024 * 1024;
 /// Most keys RANDOMKEY examines looking for one that has not expired.
 const MAX_RANDOMKEY_PROBES: usize = 1_000;
@@ -233,8 +234,22 @@ fn reply_too_large(bytes: usize) -> CommandResult {
     ))
 }
 
+/// Bytes of values and keys in `reply`, as [`MAX_REPLY_VALUE_BYTES`] counts them.
+fn reply_payload_bytes(reply: &CommandResult) -> usize {
+    match reply {
+        CommandResult::Ok | CommandResult::Integer(_) | CommandResult::NilArray => 0,
+        CommandResult::Value(value) => value.as_ref().map_or(0, Vec::len),
+        CommandResult::Pairs(pairs) => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
+        CommandResult::Error(text) | CommandResult::Status(text) => text.len(),
+        CommandResult::Array(items) => items.iter().map(reply_payload_bytes).sum(),
+        CommandResult::ScanPage { next, keys } => {
+            next.as_ref().map_or(0, Vec::len) + keys.iter().map(Vec::len).sum::<usize>()
+        }
+    }
+}
+
 /// Bytes of values `command` would answer with, counted before it runs: a read's, or the old
-/// value a write answers with.
+/// value a write answers with. (Replies of keys, bounded per command, are counted once made.)
 fn reply_value_bytes(engine: &KvEngine, now_ms: u64, command: &Command) -> usize {
     let len = |key: &[u8]| live(engine, DEFAULT, key, now_ms).map_or(0, |s| s.value().len());
     match command {
@@ -437,9 +452,11 @@ impl Applying<'_> {
                 if watched.iter().any(|key| self.watch_moved(key, *watch_point)) {
                     return CommandResult::NilArray;
                 }
-                // Each command's reply is counted before it runs: one that would take the
-                // transaction's values past the bound is refused and not run (as a runtime error
-                // inside EXEC, the others go on).
+                // Each command's values are counted before it runs: one that would take the
+                // transaction past the bound is refused and not run (as a runtime error inside
+                // EXEC, the others go on). Replies of keys (KEYS, SCAN, RANDOMKEY: each at most
+                // MAX_SCAN_REPLY_BYTES) are counted once made; a read's is then dropped for the
+                // refusal if it passes the bound.
                 let mut bytes = 0usize;
                 let mut replies = Vec::with_capacity(commands.len());
                 for command in commands {
@@ -448,8 +465,14 @@ impl Applying<'_> {
                         replies.push(reply_too_large(bytes.saturating_add(more)));
                         continue;
                     }
-                    bytes += more;
-                    replies.push(self.execute(command));
+                    let reply = self.execute(command);
+                    let made = reply_payload_bytes(&reply).max(more);
+                    if command.is_read() && bytes.saturating_add(made) > MAX_REPLY_VALUE_BYTES {
+                        replies.push(reply_too_large(bytes.saturating_add(made)));
+                        continue;
+                    }
+                    bytes = bytes.saturating_add(made);
+                    replies.push(reply);
                 }
                 CommandResult::Array(replies)
             }

@@ -193,6 +193,8 @@ fn set_aside(dir: &Path, sync: bool, path: &Path) -> std::io::Result<Option<Path
     let doomed = PathBuf::from(doomed);
     match fs::rename(path, &doomed) {
         Ok(()) => {}
+        // Renamed by an earlier try whose directory fsync failed: cut it now.
+        Err(e) if e.kind() == ErrorKind::NotFound && doomed.exists() => {}
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     }
@@ -278,6 +280,19 @@ mod tests {
         remover.flush();
         let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
         assert!(left.is_empty(), "what waited went with the next batch: {left:?}");
+    }
+
+    #[test]
+    fn a_segment_renamed_by_an_earlier_try_is_cut_by_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("1.wal");
+        // As an earlier try leaves it when the rename went through and the directory fsync failed.
+        std::fs::write(dir.path().join(format!("1.wal{REMOVING_SUFFIX}")), b"segment").expect("write");
+        let remover = SegmentRemover::start(dir.path(), true);
+        remover.remove(vec![path]);
+        remover.flush();
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

@@ -63,8 +63,8 @@ pub(crate) struct Session {
 /// [`MAX_SESSION_REPLY_BYTES`], the session whose last write was applied longest ago (lowest log
 /// index) is evicted; an evicted client is then treated as new, so a retry of one of its old
 /// writes would apply again. (Should the session just written hold more than the bound alone,
-/// its own oldest replies go, raising its floor.) Durability: none by itself; it travels in the state machine's
-/// snapshot and is rebuilt by replaying the log.
+/// its lowest seqs go, raising its floor, down to its highest.) Durability: none by itself; it
+/// travels in the state machine's snapshot and is rebuilt by replaying the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionTable {
     /// Upper bound on `sessions.len()`, at least 1.
@@ -130,7 +130,8 @@ impl SessionTable {
             } else if let Some(session) =
                 self.sessions.get_mut(&tag.client_id).filter(|s| s.replies.len() > 1)
             {
-                // Only this session is left: its oldest replies go, never the one just written.
+                // Only this session is left: its lowest seqs go (its floor rises), down to one reply
+                // (the just-written one, unless it came out of order below others: then it is too old).
                 self.reply_bytes -= Self::drop_oldest_reply(session);
             } else {
                 break;
