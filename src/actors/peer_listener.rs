@@ -69,10 +69,13 @@ impl Pending {
     /// Counts one more from `addr`, unless as many wait as allowed.
     fn take(connections: &Arc<Connections>, addr: IpAddr) -> Option<Pending> {
         let mut by_addr = connections.pending_by_addr.lock().ok()?;
+        // The total first: a refused address leaves no entry behind (so a flood from many
+        // addresses cannot grow the map).
+        if connections.pending.load(Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
+            return None;
+        }
         let from_addr = by_addr.entry(addr).or_insert(0);
-        if *from_addr >= MAX_PENDING_HANDSHAKES_PER_ADDR
-            || connections.pending.load(Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES
-        {
+        if *from_addr >= MAX_PENDING_HANDSHAKES_PER_ADDR {
             return None;
         }
         *from_addr += 1;
