@@ -565,6 +565,19 @@ fn every_dialect_command_answers_as_redis_does_on_a_follower() {
     let Reply::Integer(id) = call(&mut conn, &["CLIENT", "ID"]) else { panic!("CLIENT ID") };
     let Reply::Bulk(Some(info)) = call(&mut conn, &["CLIENT", "INFO"]) else { panic!("CLIENT INFO") };
     assert!(String::from_utf8_lossy(&info).starts_with(&format!("id={id} ")), "{info:?}");
+    // HELLO names the connection when asked, and says who it is.
+    let Reply::Array(Some(hello)) = call(&mut conn, &["HELLO", "2", "SETNAME", "greeted"]) else {
+        panic!("HELLO")
+    };
+    let field = |name: &str| hello.chunks(2).find(|pair| pair[0] == b(name)).map(|pair| pair[1].clone());
+    assert_eq!(field("id"), Some(Reply::Integer(id)));
+    assert_eq!(field("proto"), Some(Reply::Integer(2)));
+    assert_eq!(field("role"), Some(b("master")), "every replica takes writes");
+    assert_eq!(call(&mut conn, &["CLIENT", "GETNAME"]), b("greeted"));
+    assert_eq!(
+        call(&mut conn, &["HELLO", "2", "FOO"]),
+        Reply::Error("ERR Syntax error in HELLO option 'FOO'".into())
+    );
 }
 
 // SNAPSHOT BEGIN/CHUNK/END on a follower: the image comes in chunks of at most 1 MiB, matches

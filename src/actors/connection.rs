@@ -1088,6 +1088,29 @@ impl Connection {
                 drop(names);
                 Reply::bulk(self.env.clients.list().into_bytes())
             }
+            ClientCommand::Hello { name } => {
+                if let Some(name) = name {
+                    names.name = name;
+                }
+                let text = |s: &str| Reply::bulk(s.as_bytes().to_vec());
+                // Every replica takes writes (a follower forwards them): a master, to a client.
+                Reply::Array(Some(vec![
+                    text("server"),
+                    text("quorumkv"),
+                    text("version"),
+                    text(env!("CARGO_PKG_VERSION")),
+                    text("proto"),
+                    Reply::Integer(2),
+                    text("id"),
+                    Reply::Integer(self.client.id as i64),
+                    text("mode"),
+                    text("standalone"),
+                    text("role"),
+                    text("master"),
+                    text("modules"),
+                    Reply::Array(Some(Vec::new())),
+                ]))
+            }
         }
     }
 }

@@ -110,6 +110,11 @@ pub enum ClientCommand {
         /// The value.
         value: String,
     },
+    /// HELLO [2 [AUTH user pass] [SETNAME name]]: the connection's handshake, naming it if asked.
+    Hello {
+        /// SETNAME's name.
+        name: Option<String>,
+    },
 }
 
 /// A request that changes who is in the cluster or who leads it.
@@ -500,19 +505,7 @@ fn parse_client_subcommand(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestE
         (b"INFO", []) => client(ClientCommand::Info),
         (b"LIST", []) => client(ClientCommand::List),
         (b"LIST", [word, ..]) if word.eq_ignore_ascii_case(b"TYPE") => client(ClientCommand::List),
-        (b"SETNAME", [name]) => {
-            if name.len() > MAX_CLIENT_NAME_BYTES {
-                return Err(RequestError::Other(format!(
-                    "ERR Client names are limited to {MAX_CLIENT_NAME_BYTES} bytes."
-                )));
-            }
-            if name.iter().any(|b| *b <= b' ' || *b > b'~') {
-                return Err(RequestError::Other(
-                    "ERR Client names cannot contain spaces, newlines or special characters.".into(),
-                ));
-            }
-            client(ClientCommand::SetName(String::from_utf8_lossy(name).into_owned()))
-        }
+        (b"SETNAME", [name]) => client(ClientCommand::SetName(client_name(name)?)),
         (b"SETINFO", [attr, value]) => {
             let lib_name = match attr.to_ascii_uppercase().as_slice() {
                 b"LIB-NAME" => true,
@@ -543,9 +536,28 @@ fn parse_client_subcommand(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestE
     }
 }
 
-/// HELLO: this server speaks RESP2 only, so protocol 3 is refused with `-NOPROTO` as Redis does.
+/// A name CLIENT SETNAME or HELLO SETNAME may give, checked as Redis checks it.
+fn client_name(name: &[u8]) -> Result<String, RequestError> {
+    if name.len() > MAX_CLIENT_NAME_BYTES {
+        return Err(RequestError::Other(format!(
+            "ERR Client names are limited to {MAX_CLIENT_NAME_BYTES} bytes."
+        )));
+    }
+    if name.iter().any(|b| *b <= b' ' || *b > b'~') {
+        return Err(RequestError::Other(
+            "ERR Client names cannot contain spaces, newlines or special characters.".into(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(name).into_owned())
+}
+
+/// `HELLO [protover [AUTH username password] [SETNAME clientname]]`, as Redis reads it. This
+/// server speaks RESP2 only, so protocol 3 is refused with `-NOPROTO` as Redis does. There is
+/// no password to check (no ACLs): AUTH is taken and ignored, as a server with the default
+/// user's `nopass` does.
 fn parse_hello(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
-    if let Some(version) = args.first() {
+    let mut args = args.iter();
+    if let Some(version) = args.next() {
         match parse_u64(version) {
             Some(2) => {}
             Some(_) => {
@@ -553,22 +565,30 @@ fn parse_hello(args: Vec<Vec<u8>>) -> Result<ClientRequest, RequestError> {
                     "NOPROTO unsupported protocol version".into(),
                 )))
             }
-            None => return Err(RequestError::NotAnInteger),
+            None => {
+                return Err(RequestError::Other(
+                    "ERR Protocol version is not an integer or out of range".into(),
+                ))
+            }
         }
     }
-    let text = |s: &str| Reply::bulk(s.as_bytes().to_vec());
-    Ok(ClientRequest::Immediate(Reply::Array(Some(vec![
-        text("server"),
-        text("quorumkv"),
-        text("version"),
-        text(env!("CARGO_PKG_VERSION")),
-        text("proto"),
-        Reply::Integer(2),
-        text("mode"),
-        text("standalone"),
-        text("modules"),
-        Reply::Array(Some(Vec::new())),
-    ]))))
+    let mut name = None;
+    while let Some(option) = args.next() {
+        let upper = option.to_ascii_uppercase();
+        match (upper.as_slice(), args.len()) {
+            (b"AUTH", 2..) => {
+                args.nth(1);
+            }
+            (b"SETNAME", 1..) => name = args.next().map(|n| client_name(n)).transpose()?,
+            _ => {
+                return Err(RequestError::Other(format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    quote(option)
+                )))
+            }
+        }
+    }
+    Ok(ClientRequest::Client(ClientCommand::Hello { name }))
 }
 
 /// CONFIG GET: the two parameters redis-benchmark asks for, with the values that describe this
@@ -871,9 +891,19 @@ mod tests {
             parse("HELLO 3"),
             Ok(ClientRequest::Immediate(Reply::Error("NOPROTO unsupported protocol version".into())))
         );
-        assert!(matches!(parse("HELLO 2"), Ok(ClientRequest::Immediate(Reply::Array(Some(_))))));
-        assert!(matches!(parse("HELLO"), Ok(ClientRequest::Immediate(Reply::Array(Some(_))))));
-        assert_eq!(parse("HELLO two"), Err(RequestError::NotAnInteger));
+        let hello = |name: Option<&str>| {
+            Ok(ClientRequest::Client(ClientCommand::Hello { name: name.map(String::from) }))
+        };
+        assert_eq!(parse("HELLO 2"), hello(None));
+        assert_eq!(parse("HELLO"), hello(None));
+        assert_eq!(parse("hello 2 setname me"), hello(Some("me")));
+        assert_eq!(parse("HELLO 2 AUTH default secret SETNAME me"), hello(Some("me")));
+        assert_eq!(parse("HELLO 2 SETNAME me AUTH default secret"), hello(Some("me")));
+        assert_eq!(error_line("HELLO two"), "ERR Protocol version is not an integer or out of range");
+        assert_eq!(error_line("HELLO 2 FOO"), "ERR Syntax error in HELLO option 'FOO'");
+        assert_eq!(error_line("HELLO 2 AUTH default"), "ERR Syntax error in HELLO option 'AUTH'");
+        assert_eq!(error_line("HELLO 2 SETNAME"), "ERR Syntax error in HELLO option 'SETNAME'");
+        assert!(error_line("HELLO 2 SETNAME a\u{7f}b").contains("cannot contain spaces"));
         assert_eq!(
             parse("command count"),
             Ok(ClientRequest::Immediate(Reply::Integer(command_table::COMMANDS.len() as i64)))
