@@ -346,6 +346,8 @@ pub struct Connection {
     behind_watch: VecDeque<(u64, Vec<Vec<u8>>, Instant)>,
     /// EXECs in flight, by request position: the replies to splice into their answer.
     exec_splices: BTreeMap<u64, Vec<(usize, Reply)>>,
+    /// EXECs in flight, by request position: the connection commands to carry out if it ran.
+    exec_effects: BTreeMap<u64, Vec<ClientCommand>>,
     /// Requests in flight, in order of position: mostly answered in order, so removal is from
     /// the front.
     started: VecDeque<(u64, InFlight)>,
@@ -472,6 +474,9 @@ struct Transaction {
     bytes: usize,
     /// A command was refused while queueing: EXEC answers -EXECABORT.
     failed: bool,
+    /// Connection commands that name the connection (CLIENT SETNAME/SETINFO, HELLO SETNAME),
+    /// carried out only if EXEC runs the transaction, as Redis runs them there.
+    effects: Vec<ClientCommand>,
 }
 
 impl Transaction {
@@ -532,6 +537,7 @@ impl Connection {
             watch_barrier: None,
             behind_watch: VecDeque::new(),
             exec_splices: BTreeMap::new(),
+            exec_effects: BTreeMap::new(),
             started: VecDeque::new(),
             waiting: Waiting::default(),
             deferred: VecDeque::new(),
@@ -563,6 +569,14 @@ impl Connection {
             metrics.request_seconds.observe(request.arrived.elapsed().as_secs_f64());
             if matches!(reply, Reply::Error(_)) {
                 metrics.error(request.slot);
+            }
+        }
+        if let Some(effects) = self.exec_effects.remove(&seq) {
+            // Only a transaction that ran (not aborted by a WATCH, not refused) names the client.
+            if matches!(reply, Reply::Array(Some(_))) {
+                for effect in effects {
+                    self.client_command(effect);
+                }
             }
         }
         if let Some(local) = self.exec_splices.remove(&seq) {
@@ -947,12 +961,29 @@ impl Connection {
                 self.env.status.info_text(section.as_deref(), self.env.clients.len()).into_bytes(),
             ))),
             ClientRequest::Time => Some(time_reply()),
+            // Naming the connection waits for EXEC; the reply is known now (HELLO's does not
+            // show the name).
+            ClientRequest::Client(ClientCommand::SetName(_) | ClientCommand::SetInfo { .. }) => {
+                Some(Reply::ok())
+            }
+            ClientRequest::Client(ClientCommand::Hello { .. }) => {
+                Some(self.client_command(ClientCommand::Hello { name: None }))
+            }
             ClientRequest::Client(command) => Some(self.client_command(command.clone())),
             ClientRequest::Unwatch => Some(Reply::ok()),
             _ => None,
         };
         let Some(transaction) = &mut self.transaction else { return Ok(request) };
         transaction.admit(bytes + local.as_ref().map_or(0, Reply::encoded_len))?;
+        match &request {
+            ClientRequest::Client(effect @ (ClientCommand::SetName(_) | ClientCommand::SetInfo { .. })) => {
+                transaction.effects.push(effect.clone());
+            }
+            ClientRequest::Client(ClientCommand::Hello { name: Some(name) }) => {
+                transaction.effects.push(ClientCommand::SetName(name.clone()));
+            }
+            _ => {}
+        }
         if let Some(reply) = local {
             return Err(transaction.queue_local(reply));
         }
@@ -1003,10 +1034,16 @@ impl Connection {
             return Err(Reply::Error("EXECABORT Transaction discarded because of previous errors.".into()));
         }
         if transaction.commands.is_empty() && watched.is_empty() {
+            for effect in transaction.effects {
+                self.client_command(effect);
+            }
             return Err(Reply::Array(Some(transaction.local.into_iter().map(|(_, r)| r).collect())));
         }
         if !transaction.local.is_empty() {
             self.exec_splices.insert(seq, transaction.local);
+        }
+        if !transaction.effects.is_empty() {
+            self.exec_effects.insert(seq, transaction.effects);
         }
         let command =
             Command::Exec { watched, watch_point: self.watch_point, commands: transaction.commands };
