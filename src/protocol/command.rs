@@ -457,6 +457,24 @@ pub enum CommandResult {
     },
 }
 
+impl CommandResult {
+    /// Bytes of the values, keys and texts in this reply, plus `per_part` for the reply and for
+    /// each part of it (an element, a pair, a key): what the reply holds in memory, roughly.
+    pub fn weight(&self, per_part: usize) -> usize {
+        per_part
+            + match self {
+                CommandResult::Ok | CommandResult::Integer(_) | CommandResult::NilArray => 0,
+                CommandResult::Value(value) => value.as_ref().map_or(0, Vec::len),
+                CommandResult::Pairs(pairs) => pairs.iter().map(|(k, v)| per_part + k.len() + v.len()).sum(),
+                CommandResult::Error(text) | CommandResult::Status(text) => text.len(),
+                CommandResult::Array(items) => items.iter().map(|item| item.weight(per_part)).sum(),
+                CommandResult::ScanPage { next, keys } => {
+                    next.as_ref().map_or(0, Vec::len) + keys.iter().map(|k| per_part + k.len()).sum::<usize>()
+                }
+            }
+    }
+}
+
 /// The bytes of a log entry carrying `proposal`, with room for the leader's clock (0 until stamped).
 pub fn encode_entry(proposal: &Proposal) -> Result<Vec<u8>, CodecError> {
     let mut header = [0u8; ENTRY_HEADER_BYTES];
@@ -491,6 +509,21 @@ pub fn decode_entry(data: &[u8]) -> Result<(Option<u64>, Proposal), CodecError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replys_weight_counts_its_bytes_and_its_parts() {
+        let reply = CommandResult::Array(vec![
+            CommandResult::Value(Some(vec![0; 10])),
+            CommandResult::Value(None),
+            CommandResult::Integer(7),
+            CommandResult::Error("nope".into()),
+            CommandResult::Pairs(vec![(b"k".to_vec(), b"vv".to_vec())]),
+            CommandResult::ScanPage { next: Some(b"n".to_vec()), keys: vec![b"ab".to_vec(), b"c".to_vec()] },
+        ]);
+        assert_eq!(reply.weight(0), 10 + 4 + 3 + 1 + 3, "values, texts and keys");
+        // The array, its six elements, one pair and two keys: ten parts.
+        assert_eq!(reply.weight(32), 21 + 10 * 32);
+    }
 
     fn proposal(request_id: u64) -> Proposal {
         Proposal {

@@ -234,20 +234,6 @@ fn reply_too_large(bytes: usize) -> CommandResult {
     ))
 }
 
-/// Bytes of values and keys in `reply`, as [`MAX_REPLY_VALUE_BYTES`] counts them.
-fn reply_payload_bytes(reply: &CommandResult) -> usize {
-    match reply {
-        CommandResult::Ok | CommandResult::Integer(_) | CommandResult::NilArray => 0,
-        CommandResult::Value(value) => value.as_ref().map_or(0, Vec::len),
-        CommandResult::Pairs(pairs) => pairs.iter().map(|(k, v)| k.len() + v.len()).sum(),
-        CommandResult::Error(text) | CommandResult::Status(text) => text.len(),
-        CommandResult::Array(items) => items.iter().map(reply_payload_bytes).sum(),
-        CommandResult::ScanPage { next, keys } => {
-            next.as_ref().map_or(0, Vec::len) + keys.iter().map(Vec::len).sum::<usize>()
-        }
-    }
-}
-
 /// Bytes of values `command` would answer with, counted before it runs: a read's, or the old
 /// value a write answers with. (Replies of keys, bounded per command, are counted once made.)
 fn reply_value_bytes(engine: &KvEngine, now_ms: u64, command: &Command) -> usize {
@@ -466,7 +452,7 @@ impl Applying<'_> {
                         continue;
                     }
                     let reply = self.execute(command);
-                    let made = reply_payload_bytes(&reply).max(more);
+                    let made = reply.weight(0).max(more);
                     if command.is_read() && bytes.saturating_add(made) > MAX_REPLY_VALUE_BYTES {
                         replies.push(reply_too_large(bytes.saturating_add(made)));
                         continue;

@@ -15,19 +15,9 @@ pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 /// reading large values), so a count of sessions alone would not bound the table's memory.
 pub const MAX_SESSION_REPLY_BYTES: usize = 256 * 1024 * 1024;
 
-/// Bytes a remembered reply is counted for: its values and texts, and a fixed cost per part.
+/// Bytes a remembered reply is counted for: its values and texts, and 32 per part.
 pub fn remembered_bytes(reply: &CommandResult) -> usize {
-    const PART: usize = 32;
-    PART + match reply {
-        CommandResult::Ok | CommandResult::Integer(_) | CommandResult::NilArray => 0,
-        CommandResult::Value(value) => value.as_ref().map_or(0, Vec::len),
-        CommandResult::Pairs(pairs) => pairs.iter().map(|(k, v)| PART + k.len() + v.len()).sum(),
-        CommandResult::Error(text) | CommandResult::Status(text) => text.len(),
-        CommandResult::Array(items) => items.iter().map(remembered_bytes).sum(),
-        CommandResult::ScanPage { next, keys } => {
-            next.as_ref().map_or(0, Vec::len) + keys.iter().map(|k| PART + k.len()).sum::<usize>()
-        }
-    }
+    reply.weight(32)
 }
 
 /// What a session knows about a (client, seq) before it is applied.
