@@ -735,9 +735,7 @@ impl Connection {
             Err(e) if is_exec && self.transaction.is_some() => {
                 // As Redis: a refused EXEC ends the transaction, its error inside EXECABORT's.
                 self.env.status.metrics.refused_client_input.inc();
-                self.transaction = None;
-                self.client.multi.store(-1, Ordering::Relaxed);
-                self.unwatch();
+                self.discard_transaction();
                 let why = match e.to_reply() {
                     Reply::Error(text) => text.strip_prefix("ERR ").unwrap_or(&text).to_string(),
                     other => format!("{other:?}"),
@@ -942,9 +940,7 @@ impl Connection {
         let request = match request {
             ClientRequest::Exec(session) => return self.exec(session, seq),
             ClientRequest::Discard => {
-                self.transaction = None;
-                self.client.multi.store(-1, Ordering::Relaxed);
-                self.unwatch();
+                self.discard_transaction();
                 return Err(Reply::ok());
             }
             // Closes the connection, whatever is queued (its reader has stopped reading).
@@ -1089,6 +1085,13 @@ impl Connection {
             let Some((seq, args, arrived)) = self.behind_watch.pop_front() else { break };
             self.start_request(ctx, seq, args, arrived, true);
         }
+    }
+
+    /// Ends the transaction without running it, and the watches with it (DISCARD).
+    fn discard_transaction(&mut self) {
+        self.transaction = None;
+        self.client.multi.store(-1, Ordering::Relaxed);
+        self.unwatch();
     }
 
     fn unwatch(&mut self) {
@@ -1499,7 +1502,7 @@ mod tests {
     fn large_requests_share_the_replicas_byte_budget_and_small_ones_only_count() {
         let large = Arc::new(Semaphore::new(3 * LARGE_REQUEST_BYTES));
         let (a, b) = (RequestPermits::new(large.clone()), RequestPermits::new(large.clone()));
-        let first = a.try_take(2 * LARGE_REQUEST_BYTES).expect("fits");
+        let mut first = a.try_take(2 * LARGE_REQUEST_BYTES).expect("fits");
         assert!(
             b.try_take(2 * LARGE_REQUEST_BYTES).is_none(),
             "the budget is the replica's, not the connection's"
@@ -1510,7 +1513,6 @@ mod tests {
         let refused_slots = b.slots.available_permits();
         assert!(b.try_take(2 * LARGE_REQUEST_BYTES).is_none());
         assert_eq!(b.slots.available_permits(), refused_slots, "a refused take holds no slot");
-        let mut first = first;
         let slots = a.slots.available_permits();
         first.release_bytes();
         assert_eq!(a.slots.available_permits(), slots, "answered: the slot stays until the reply is written");

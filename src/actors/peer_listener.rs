@@ -4,13 +4,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpListener;
 
 use super::accept::{accept_into, Accepted};
+use super::consensus::Inbound;
 use super::status::StatusBoard;
 use crate::protocol::peer_wire::{
     decode_payload, frame_len, FrameError, Handshake, PeerFrame, MAX_FRAME_BYTES, PEER_PROTOCOL_VERSION,
@@ -41,12 +42,12 @@ pub struct PeerListener {
     listener: Option<std::net::TcpListener>,
     /// Who may connect; shared with every connection it serves.
     check: Arc<InboundCheck>,
-    consensus: Recipient<super::consensus::Inbound>,
+    consensus: Recipient<Inbound>,
     status: Arc<StatusBoard>,
     /// Connections served, by handshake state.
     connections: Arc<Connections>,
     /// When a connection was last refused with a log line.
-    last_refusal_logged: Option<std::time::Instant>,
+    last_refusal_logged: Option<Instant>,
 }
 
 /// The listener's connections.
@@ -105,7 +106,7 @@ impl PeerListener {
         listener: std::net::TcpListener,
         cluster_name: String,
         id: NodeId,
-        consensus: Recipient<super::consensus::Inbound>,
+        consensus: Recipient<Inbound>,
         status: Arc<StatusBoard>,
     ) -> PeerListener {
         let check = Arc::new(InboundCheck { cluster_name, id, status: status.clone() });
@@ -205,7 +206,7 @@ impl InboundCheck {
 async fn serve_peer<R: AsyncRead + Unpin>(
     mut stream: R,
     check: Arc<InboundCheck>,
-    consensus: Recipient<super::consensus::Inbound>,
+    consensus: Recipient<Inbound>,
     status: Arc<StatusBoard>,
     (connections, pending): (Arc<Connections>, Pending),
 ) -> Result<(), PeerInputError> {
@@ -253,7 +254,7 @@ async fn serve_peer<R: AsyncRead + Unpin>(
                 frame.to()
             )));
         }
-        consensus.do_send(super::consensus::Inbound(frame));
+        consensus.do_send(Inbound(frame));
     }
     log::info!("replica {}: peer {from} disconnected", check.id);
     Ok(())
@@ -302,7 +303,7 @@ impl Handler<Accepted> for PeerListener {
         let Some(pending) = Pending::take(&self.connections, addr) else {
             // Once a second at most: the flood is not copied into the log.
             if self.last_refusal_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                self.last_refusal_logged = Some(std::time::Instant::now());
+                self.last_refusal_logged = Some(Instant::now());
                 log::warn!(
                     "replica {id}: too many peer connections wait for a handshake (from {addr}: at most \
                      {MAX_PENDING_HANDSHAKES_PER_ADDR}; {MAX_PENDING_HANDSHAKES} in all); closing new ones"

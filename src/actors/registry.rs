@@ -237,10 +237,7 @@ impl HeldSnapshots {
 
     /// Lets the image of `token` go (taken or not); false if it was not held.
     pub fn release(&self, token: u64) -> bool {
-        self.slots.lock().is_ok_and(|mut guard| {
-            let_go_idle(&mut guard.1, Instant::now());
-            guard.1.remove(&token).is_some()
-        })
+        self.slots.lock().is_ok_and(|mut guard| guard.1.remove(&token).is_some())
     }
 
     /// Lets go the images unused for [`HELD_SNAPSHOT_IDLE`] at `now` (the front end calls it
@@ -256,7 +253,6 @@ impl HeldSnapshots {
     /// held (never taken, let go, or still being taken).
     pub fn chunk(&self, token: u64, offset: u64) -> Option<Vec<u8>> {
         let mut guard = self.slots.lock().ok()?;
-        let_go_idle(&mut guard.1, Instant::now());
         let slot = guard.1.get_mut(&token)?;
         let image = slot.image.as_ref()?;
         slot.last_used = Instant::now();

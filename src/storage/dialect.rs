@@ -88,7 +88,6 @@ fn raw_scan<'e>(
 
 /// Answers a read-only command against `engine` at time `now_ms`; a write is refused.
 pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> CommandResult {
-    let value_of = |key: &[u8]| live(engine, DEFAULT, key, now_ms).map(|s| s.value().to_vec());
     match command {
         Command::Get { cf, key } => {
             CommandResult::Value(live(engine, *cf, key, now_ms).map(|s| s.value().to_vec()))
@@ -102,12 +101,17 @@ pub(crate) fn read(engine: &KvEngine, now_ms: u64, command: &Command) -> Command
                 .collect(),
         ),
         Command::MGet { keys } => {
-            // The one read whose values are not bounded by a single value's or a scan's limit.
-            let bytes = read_reply_bytes(engine, now_ms, command);
+            // The one read whose values are not bounded by a single value's or a scan's limit:
+            // each key is looked up once, the values counted, then copied.
+            let values: Vec<Option<&[u8]>> =
+                keys.iter().map(|k| live(engine, DEFAULT, k, now_ms).map(Stored::value)).collect();
+            let bytes: usize = values.iter().map(|v| v.map_or(0, <[u8]>::len)).sum();
             if bytes > MAX_REPLY_VALUE_BYTES {
                 return reply_too_large(bytes);
             }
-            CommandResult::Array(keys.iter().map(|k| CommandResult::Value(value_of(k))).collect())
+            CommandResult::Array(
+                values.into_iter().map(|v| CommandResult::Value(v.map(<[u8]>::to_vec))).collect(),
+            )
         }
         Command::Strlen { key } => {
             CommandResult::Integer(live(engine, DEFAULT, key, now_ms).map_or(0, |s| s.value().len() as i64))

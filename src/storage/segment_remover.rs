@@ -225,6 +225,11 @@ pub(crate) fn cut_and_unlink(doomed: &Path, hurry: &AtomicBool) -> std::io::Resu
 mod tests {
     use super::*;
 
+    /// What is in `dir`.
+    fn left_in(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir).expect("list").map(|e| e.expect("entry").path()).collect()
+    }
+
     fn files(dir: &Path, names: &[&str]) -> Vec<PathBuf> {
         names
             .iter()
@@ -246,7 +251,7 @@ mod tests {
         remover.remove(paths[..2].to_vec());
         remover.remove(paths[2..].to_vec());
         drop(remover);
-        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
+        let left = left_in(dir.path());
         assert!(left.is_empty(), "every segment handed over is gone, set-aside names too: {left:?}");
     }
 
@@ -278,7 +283,7 @@ mod tests {
         let last = files(dir.path(), &["6.wal"]);
         remover.remove(last.clone());
         remover.flush();
-        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
+        let left = left_in(dir.path());
         assert!(left.is_empty(), "what waited went with the next batch: {left:?}");
     }
 
@@ -291,7 +296,7 @@ mod tests {
         let remover = SegmentRemover::start(dir.path(), true);
         remover.remove(vec![path]);
         remover.flush();
-        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
+        let left = left_in(dir.path());
         assert!(left.is_empty(), "{left:?}");
     }
 
