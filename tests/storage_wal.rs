@@ -612,6 +612,78 @@ fn a_write_torn_around_a_zero_sector_ends_the_last_segment_but_not_a_closed_one(
     assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
 }
 
+// A zero sector in the last segment with valid records after it is taken for a torn write only
+// if those records can all be that one write: a hard state followed by more records means a
+// later write came after it, so the hole is in bytes that were synced (and maybe acknowledged),
+// and cutting there would lose them.
+#[test]
+fn a_zero_sector_with_a_later_write_after_it_is_corruption_even_in_the_last_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = WalOptions { segment_bytes: 1 << 20, fsync: false };
+    let before: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
+    let big = |i: u64| Entry { index: i, term: 1, data: vec![7; 300].into(), ..Entry::default() };
+    let start;
+    {
+        let (mut wal, _) = Wal::open(dir.path(), options).expect("open");
+        wal.append(None, &before).expect("append");
+        start = records_end(&fs::read(&segments(dir.path())[0]).expect("read"));
+        let synced = HardState { term: 1, vote: 1, commit: 12 };
+        wal.append(Some(synced), &(6..=12).map(big).collect::<Vec<_>>()).expect("a synced write");
+        wal.append(None, &[entry(13, 1)]).expect("a later write");
+    }
+    let last = segments(dir.path()).remove(0);
+    let mut bytes = fs::read(&last).expect("read");
+    let hole = (start / record::SECTOR_BYTES + 1) * record::SECTOR_BYTES;
+    bytes[hole..hole + record::SECTOR_BYTES].fill(0);
+    let Some(record::Damage::Corrupt { offset, .. }) = record::scan(&bytes).1 else {
+        panic!("valid records follow the hole")
+    };
+    assert!(record::torn_into_reserved_space(&bytes, offset), "a zero sector after the damage");
+    fs::write(&last, &bytes).expect("write");
+    let err = Wal::open(dir.path(), options).expect_err("a hole before a later write");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+}
+
+// A crash can lose the sector that holds only the first few bytes of the last write (the rest of
+// that sector was synced before it) and keep the write's later sectors: the write's first record
+// header then starts with 1-8 zero bytes up to a sector's end, too few to be a zero piece a
+// record header long. It is still a torn last write, and the log ends before it.
+#[test]
+fn a_write_whose_first_sector_never_landed_ends_the_last_segment() {
+    let options = WalOptions { segment_bytes: 1 << 20, fsync: false };
+    let big = |i: u64| Entry { index: i, term: 1, data: vec![7; 300].into(), ..Entry::default() };
+    for in_lost_sector in 1..=8 {
+        // A first entry sized so that the second write starts `in_lost_sector` bytes before a
+        // sector's end.
+        let (dir, before, start) = (0..2 * record::SECTOR_BYTES)
+            .find_map(|pad| {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let mut before: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
+                before[0].data = vec![1; pad].into();
+                let (mut wal, _) = Wal::open(dir.path(), options).expect("open");
+                wal.append(None, &before).expect("append");
+                let start = records_end(&fs::read(&segments(dir.path())[0]).expect("read"));
+                if record::SECTOR_BYTES - start % record::SECTOR_BYTES != in_lost_sector {
+                    return None;
+                }
+                wal.append(None, &(6..=12).map(big).collect::<Vec<_>>()).expect("the write a crash tears");
+                Some((dir, before, start))
+            })
+            .expect("some padding puts the write's start there");
+        let last = segments(dir.path()).remove(0);
+        let mut bytes = fs::read(&last).expect("read");
+        assert_eq!(records_end(&bytes[..start]), start, "the same layout");
+        let sector_end = start + in_lost_sector;
+        bytes[start..sector_end].fill(0);
+        let (_, damage) = record::scan(&bytes);
+        assert!(matches!(damage, Some(record::Damage::Corrupt { .. })), "valid records follow");
+        fs::write(&last, &bytes).expect("write");
+        let (_, recovery) = Wal::open(dir.path(), options)
+            .unwrap_or_else(|e| panic!("{in_lost_sector} bytes in the lost sector: {e}"));
+        assert_eq!(recovery.entries, before, "{in_lost_sector} bytes in the lost sector");
+    }
+}
+
 // A compaction's released segment is renamed out of the log's way before it is cut down; one a
 // crash left half cut is no longer read as a segment, and the next open deletes it.
 #[test]

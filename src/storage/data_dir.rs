@@ -56,7 +56,7 @@ impl DataDir {
                 }
             }
         }
-        fs::create_dir_all(&root).map_err(io_err("create directory", &root))?;
+        create_dir_durably(&root)?;
         let lock = lock(&root)?;
         // Another process may have initialized the dir between the check above and the lock.
         let raced = match fs::read_to_string(&meta_path) {
@@ -145,6 +145,22 @@ fn check_meta(root: &Path, text: &str, cluster_name: &str, member_id: u64) -> Re
                 found: found.to_string(),
             });
         }
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its missing parents, each made durable in the directory holding it: a new
+/// data dir's entry in its parent is otherwise on disk only when the file system gets to it, and
+/// a crash before that would drop the whole dir, its vote and log with it.
+fn create_dir_durably(dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|at| !at.exists()).collect();
+    fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+    for created in missing.iter().rev() {
+        let parent = match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
     }
     Ok(())
 }

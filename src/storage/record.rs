@@ -156,19 +156,31 @@ pub const SECTOR_BYTES: usize = 512;
 /// of its last write on disk and others still zero. So if, between `offset` and the next valid
 /// record (or the end), a piece cut at sector boundaries is all zeros and at least a record
 /// header long, the damage is taken for such a write (etcd's WAL reads a zero sector inside its
-/// last record the same way). Only the last segment may be read with this rule.
+/// last record the same way). So is damage whose bytes are zero from `offset` to the end of its
+/// sector, however few: the write began there, and the sector holding its first bytes (the rest
+/// of it synced before) never landed. Only the last segment may be read with this rule.
 pub fn torn_into_reserved_space(buf: &[u8], offset: usize) -> bool {
     let end = (offset + 1..buf.len()).find(|&at| valid_record_at(buf, at).is_some()).unwrap_or(buf.len());
     let mut start = offset;
     while start < end {
-        let stop = ((start / SECTOR_BYTES + 1) * SECTOR_BYTES).min(end);
+        let sector_end = (start / SECTOR_BYTES + 1) * SECTOR_BYTES;
+        let stop = sector_end.min(end);
         let piece = &buf[start..stop];
-        if piece.len() >= HEADER_BYTES && piece.iter().all(|&b| b == 0) {
+        let whole_head = start == offset && stop == sector_end;
+        if (piece.len() >= HEADER_BYTES || whole_head) && piece.iter().all(|&b| b == 0) {
             return true;
         }
         start = stop;
     }
     false
+}
+
+/// The kinds of the valid records from the first one after damage at `offset` on, in order.
+pub fn kinds_after_damage(buf: &[u8], offset: usize) -> Vec<RecordKind> {
+    let Some(next) = (offset + 1..buf.len()).find(|&at| valid_record_at(buf, at).is_some()) else {
+        return Vec::new();
+    };
+    scan(&buf[next..]).0.iter().map(|r| r.kind).collect()
 }
 
 /// Says what is wrong with the record at the start of `rest`.

@@ -10,8 +10,9 @@
 //! for the whole chunk, so they are written here, a step at a time, each step sent to the disk
 //! before the next (see [`ZeroFront`] for how the two never write the same bytes).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -97,9 +98,22 @@ impl SegmentZeroer {
         Some(SegmentZeroer { jobs: Some(jobs), thread: Some(thread) })
     }
 
-    /// Hands over `from..to` of `file` (space already reserved) to be zeroed where not claimed.
-    pub(crate) fn zero(&self, file: &File, front: &Arc<ZeroFront>, from: u64, to: u64) {
-        let (Some(jobs), Ok(file)) = (&self.jobs, file.try_clone()) else { return };
+    /// Hands over `from..to` of the file at `path` (space already reserved) to be zeroed where
+    /// not claimed.
+    ///
+    /// The zeroer opens the file for itself: waiting on its writeback through the log's own open
+    /// file (a `try_clone` shares it) would take a failed writeback's error from the log's
+    /// next fsync, which would then report success for records that never reached the disk.
+    pub(crate) fn zero(&self, path: &Path, front: &Arc<ZeroFront>, from: u64, to: u64) {
+        let Some(jobs) = &self.jobs else { return };
+        let file = match OpenOptions::new().write(true).open(path) {
+            Ok(file) => file,
+            Err(e) => {
+                // The space simply stays unwritten.
+                log::debug!("wal: cannot open {} to zero its reserved space: {e}", path.display());
+                return;
+            }
+        };
         // A closed channel means the thread is gone: the space simply stays unwritten.
         let _ = jobs.send(Job { file, front: front.clone(), from, to });
     }
@@ -138,8 +152,12 @@ fn run(queue: &Receiver<Job>) {
                 state.claimed_to = end;
                 (start, end)
             };
-            // Sent to the disk here, so the log's next fdatasync finds these pages clean.
-            writeback::write_and_wait(&job.file, start, end);
+            // Sent to the disk here, so the log's next fdatasync finds these pages clean. A failed
+            // writeback is the log's to report (its fsync sees the error: the file is open twice).
+            if let Err(e) = writeback::write_and_wait(&job.file, start, end) {
+                log::debug!("wal: zeroing reserved space stopped: {e}");
+                break;
+            }
             at = end;
         }
     }

@@ -642,7 +642,8 @@ impl SnapshotFileWriter {
             let end = HEADER_BYTES as u64 + self.written;
             if end - self.writeback_from >= WRITEBACK_STEP_BYTES {
                 self.file.flush().map_err(io_err("write", &self.temp))?;
-                pace_writeback(self.file.get_ref(), self.writeback_from, end);
+                pace_writeback(self.file.get_ref(), self.writeback_from, end)
+                    .map_err(io_err("write back", &self.temp))?;
                 self.writeback_from = end;
             }
         }
@@ -802,9 +803,10 @@ impl Read for RangeReader<'_> {
 
 /// Starts the writeback of `from..to` of `file` and waits for everything before `from` to be on
 /// disk, so a long write reaches the disk at its pace instead of in one burst at the fsync.
-fn pace_writeback(file: &fs::File, from: u64, to: u64) {
+/// An error fails the image: the wait took it from the file, so the final fsync would not see it.
+fn pace_writeback(file: &fs::File, from: u64, to: u64) -> std::io::Result<()> {
     super::writeback::start(file, from, to);
-    super::writeback::write_and_wait(file, 0, from);
+    super::writeback::write_and_wait(file, 0, from)
 }
 
 impl Drop for SnapshotFileWriter {

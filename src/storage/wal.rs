@@ -139,6 +139,9 @@ pub struct Wal {
     tail: Tail<()>,
     /// Set by a failed write or fsync: what is on disk is unknown until reopened.
     poisoned: bool,
+    /// Makes the next fsync of the active segment fail, as a disk error would (for tests).
+    #[cfg(test)]
+    fail_next_sync: bool,
     /// Deletes released segments; started at the first compaction that releases one.
     remover: Option<SegmentRemover>,
     /// Zeroes the space reserved ahead of the records (only when fsyncing: it speeds fsyncs).
@@ -228,6 +231,8 @@ impl Wal {
             snapshot: recovery.snapshot,
             tail,
             poisoned: false,
+            #[cfg(test)]
+            fail_next_sync: false,
             remover: None,
             zeroer: if options.fsync { SegmentZeroer::start() } else { None },
             front: ZeroFront::new(active_bytes),
@@ -409,20 +414,49 @@ impl Wal {
                 self.allocated = self.active_bytes;
                 return Err(StorageError::DiskFull { path: self.active.path.clone() });
             }
-            self.poisoned = true;
+            self.poison_and_cut();
             return Err(io_err("write", &self.active.path)(e));
         }
         if self.options.fsync {
-            if let Err(e) = self.active_file.sync_data() {
+            if let Err(e) = self.sync_active() {
                 // After a failed fsync the file's contents are unknown (and a retried fsync may
                 // report success for lost pages), so no further write may build on it.
-                self.poisoned = true;
+                self.poison_and_cut();
                 return Err(io_err("fsync", &self.active.path)(e));
             }
         }
         self.active_bytes = end;
         self.allocated = self.allocated.max(end);
         Ok(())
+    }
+
+    /// Makes the active segment's new bytes durable.
+    fn sync_active(&mut self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_sync) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.active_file.sync_data()
+    }
+
+    /// Stops the log after a write or fsync failed, and cuts the active segment back to the
+    /// bytes last made durable.
+    ///
+    /// Linux keeps the pages whose writeback failed in its cache, clean and readable: a restart
+    /// in the same boot would replay the failed write's records from there as if on disk, and
+    /// acknowledge them to a leader again. Cut off, they are gone from the cache; on the disk,
+    /// whatever of them did land is harmless (a record on disk but never acknowledged).
+    fn poison_and_cut(&mut self) {
+        self.poisoned = true;
+        // Before the cut, which a late zero would undo by writing past the new end.
+        self.front.stop();
+        if let Err(e) = truncate(&self.active_file, self.active_bytes, self.options.fsync) {
+            log::error!(
+                "{}: cannot cut the failed write off ({e}); restart only after checking the disk",
+                self.active.path.display()
+            );
+        }
+        self.allocated = self.active_bytes;
     }
 
     /// Allocates the active segment up to at least `end` bytes, a chunk ahead if there is room,
@@ -459,7 +493,7 @@ impl Wal {
     /// Has the zeroer write zeros over the active segment's reserved space from `from` on.
     fn zero_ahead(&self, from: u64) {
         if let Some(zeroer) = &self.zeroer {
-            zeroer.zero(&self.active_file, &self.front, from, self.allocated);
+            zeroer.zero(&self.active.path, &self.front, from, self.allocated);
         }
     }
 
@@ -577,6 +611,16 @@ fn create_segment(dir: &Path, seq: u64, head: &[u8], fsync: bool) -> Result<(Seg
         sync_dir(dir)?;
     }
     Ok((Segment { seq, path, max_index: None }, file, head.len() as u64))
+}
+
+/// Whether the valid records after damage at `offset` can all belong to the write it is in, so
+/// that the damage can be that write torn by a crash. A write's records end with its hard state,
+/// or it is a lone marker: such a record with another after it means a later write follows, and
+/// a write begins only once the one before it is synced (and perhaps acknowledged), so the damage
+/// is then corruption of synced bytes, not a torn write, and cutting there would lose them.
+fn at_most_one_write_after(buf: &[u8], offset: usize) -> bool {
+    let kinds = record::kinds_after_damage(buf, offset);
+    kinds.iter().rev().skip(1).all(|kind| matches!(kind, RecordKind::Entry | RecordKind::ConfEntry))
 }
 
 /// Cuts `file` to `len` bytes, durably if `fsync`.
@@ -755,7 +799,9 @@ impl Replay {
         match damage {
             None => {}
             Some(Damage::Corrupt { offset, reason })
-                if is_last && record::torn_into_reserved_space(&buf, offset) =>
+                if is_last
+                    && record::torn_into_reserved_space(&buf, offset)
+                    && at_most_one_write_after(&buf, offset) =>
             {
                 log::warn!(
                     "{}: write torn at offset {offset} ({reason}, with a zero sector it never \
@@ -998,6 +1044,27 @@ mod tests {
         }
         let extents = &map.extents[..(map.mapped_extents as usize).min(64)];
         Some(extents.iter().filter(|e| e.flags & FIEMAP_EXTENT_UNWRITTEN != 0).map(|e| e.length).sum())
+    }
+
+    #[test]
+    fn a_failed_fsync_cuts_its_write_out_of_the_file_so_a_restart_cannot_replay_it() {
+        // The failed write's bytes stay readable in the page cache; a reopen in the same boot
+        // must not take them for durable records.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = WalOptions { segment_bytes: 1 << 20, fsync: true };
+        let hs = HardState { term: 1, vote: 1, commit: 2 };
+        {
+            let (mut wal, _) = Wal::open(dir.path(), options).expect("open");
+            wal.append(Some(hs), &[entry(1, 1), entry(2, 1)]).expect("append");
+            wal.fail_next_sync = true;
+            let failed = wal.append(Some(HardState { term: 2, vote: 3, commit: 2 }), &[entry(3, 2)]);
+            assert!(matches!(failed, Err(StorageError::Io { .. })), "{failed:?}");
+            assert!(matches!(wal.append(None, &[entry(3, 1)]), Err(StorageError::Poisoned)));
+        }
+        let (wal, recovery) = Wal::open(dir.path(), options).expect("reopen");
+        assert_eq!(recovery.entries, vec![entry(1, 1), entry(2, 1)]);
+        assert_eq!(recovery.hard_state, hs, "the failed write's vote is not replayed");
+        assert_eq!(wal.last_index(), 2);
     }
 
     #[cfg(target_os = "linux")]
