@@ -247,6 +247,48 @@ fn a_removed_leader_steps_down_once_its_removal_commits() {
     }
 }
 
+// A removed leader whose chosen successor is down tries another: the remaining voters, still in
+// its lease, would never campaign on their own, and every write would be refused until the dead
+// voter came back.
+#[test]
+fn a_removed_leader_hands_over_past_a_dead_voter() {
+    let mut net = Net::new(5, true, true);
+    elect(&mut net, 1);
+    // The removal reaches 4 and 5 only, so one of them is the successor chosen when it commits.
+    cut_between(&mut net, &[1], &[2, 3]);
+    net.node(1).propose_change(vec![ChangeOp::Remove { id: 1 }]).expect("accepted");
+    let mut chosen = None;
+    for _ in 0..1000 {
+        chosen = net.node(1).lead_transferee();
+        if chosen.is_some() {
+            break;
+        }
+        assert!(net.deliver_one(), "the removal committed and the hand-over began");
+    }
+    let chosen = chosen.expect("a successor");
+    assert!([4, 5].contains(&chosen), "the most caught up: {chosen}");
+    // It dies before its TimeoutNow arrives; 2 and 3 are reached again and catch up, so every
+    // remaining voter is as caught up as the dead one.
+    net.nodes.remove(&chosen);
+    net.heal();
+    net.stabilize();
+    let live: Vec<u64> = [2, 3, 4, 5].into_iter().filter(|&id| id != chosen).collect();
+    let timeout = net.node(1).config().election_timeout_ticks;
+    let everyone: Vec<u64> = std::iter::once(1).chain(live.iter().copied()).collect();
+    for _ in 0..10 * timeout {
+        for &id in &everyone {
+            net.node(id).tick();
+        }
+        net.stabilize();
+        if live.iter().any(|&id| net.node(id).role() == Role::Leader) {
+            break;
+        }
+    }
+    let leaders: Vec<u64> = live.iter().copied().filter(|&id| net.node(id).role() == Role::Leader).collect();
+    assert_eq!(leaders.len(), 1, "a live voter took over (1 is {:?})", net.node(1).role());
+    assert_ne!(net.node(1).role(), Role::Leader);
+}
+
 // Thesis §4.2.3: a removed server that never learnt it was removed cannot disrupt the cluster:
 // check-quorum and pre-vote keep the members from listening to its campaigns.
 #[test]

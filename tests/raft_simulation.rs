@@ -442,6 +442,26 @@ impl Sim {
                 hard_state: ready.hard_state,
             });
         }
+        // Whatever a message says, it says in its term: no message leaves before its sender's
+        // disk holds that term (a sole voter wins without asking anyone, so nothing else orders
+        // its new term's write before its first appends). Pre-votes and their answers carry a
+        // term nobody has taken yet.
+        let durable_term = node.disk.hard_state.term;
+        let pre_vote = |m: &Message| {
+            matches!(
+                m.body,
+                MessageBody::Vote { pre_vote: true, .. } | MessageBody::VoteResponse { pre_vote: true, .. }
+            )
+        };
+        if let Some(m) = ready.messages.iter().find(|m| m.term > durable_term && !pre_vote(m)) {
+            let what = format!("{:?}", m.body);
+            let what = what.split([' ', '{', '(']).next().unwrap_or_default().to_string();
+            self.fail(format!(
+                "node {id} sent {what} in term {} with only term {durable_term} durable",
+                m.term
+            ));
+        }
+        let node = self.nodes.get_mut(&id).expect("node");
         // A leader's snapshot offers are only made from the compacted log, which the disk holds.
         let disk_snapshot = node.disk.image;
         let disk_membership = node.disk.image_membership.clone();
@@ -1152,4 +1172,11 @@ fn five_node_cluster_stays_safe_and_live() {
 #[test]
 fn membership_changes_stay_safe_and_live() {
     run_with(3, 3_000, true);
+}
+
+// The grow path from one voter: a sole voter wins its elections without asking anyone, so the
+// order of its term's durability and its first messages to learners matters here.
+#[test]
+fn growing_from_one_voter_stays_safe_and_live() {
+    run_with(1, 4_000, true);
 }

@@ -542,10 +542,17 @@ impl Consensus {
         let mut awaited = Vec::new();
         self.change_waiters.retain(|w| {
             let reply = if applied >= w.index {
-                if log.term(w.index) == Some(w.term) {
-                    Reply::ok()
-                } else {
-                    Reply::Error("TRYAGAIN leader changed before the membership change committed".into())
+                match log.term(w.index) {
+                    Some(t) if t == w.term => Reply::ok(),
+                    Some(_) => {
+                        Reply::Error("TRYAGAIN leader changed before the membership change committed".into())
+                    }
+                    // Gone from memory (trimmed or compacted) by now. Still in the proposal's
+                    // term, no other leader can have written at that index: it is the change.
+                    None if term == w.term => Reply::ok(),
+                    None => Reply::Error(
+                        "TRYAGAIN leader changed; the membership change may or may not commit".into(),
+                    ),
                 }
             } else if term > w.term {
                 Reply::Error("TRYAGAIN leader changed; the membership change may or may not commit".into())
@@ -759,6 +766,8 @@ impl Consensus {
                 self.queue_write(ctx, write);
             }
         }
+        // Before the trim below: a membership change's answer looks up its entry's term.
+        self.settle_admin();
         // Numbers and the log's size only move with a Ready (or with a compaction, which
         // publishes its own).
         if ran {
@@ -773,7 +782,6 @@ impl Consensus {
             self.maybe_snapshot(ctx);
         }
         self.settle_forwards();
-        self.settle_admin();
         self.release_held_changes(ctx);
         if self.core.has_ready() {
             // A follower's admin request was answered: the commit index it waits for goes now.

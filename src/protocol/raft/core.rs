@@ -202,6 +202,8 @@ pub struct RaftCore {
     lead_transferee: Option<(NodeId, u32)>,
     /// This leader was removed and hands leadership over until a newer term takes it.
     handing_over: bool,
+    /// Transfers this removed leader has started, which picks the next successor in turn.
+    hand_over_tries: usize,
     /// Members just removed, still sent heartbeats for the given ticks so they learn it.
     leaving: BTreeMap<NodeId, u32>,
     /// The leader's view of each other member (and of `leaving` ones); empty unless leader.
@@ -287,6 +289,7 @@ impl RaftCore {
             noop_index: 0,
             lead_transferee: None,
             handing_over: false,
+            hand_over_tries: 0,
             leaving: BTreeMap::new(),
             rng: Rng::new(config.seed),
             config,
@@ -530,6 +533,7 @@ impl RaftCore {
         self.leader = leader;
         self.lead_transferee = None;
         self.handing_over = false;
+        self.hand_over_tries = 0;
         self.leaving.clear();
         self.progress.clear();
         self.votes.clear();
@@ -1417,9 +1421,13 @@ impl RaftCore {
             // log), so it waits only until that term is durable, not for entries being written:
             // a follower whose disk is full (its write retried) still confirms the leader's
             // reads and keeps its lease.
-            let term_only =
-                matches!(m.body, MessageBody::HeartbeatResponse { .. }) && m.term <= self.durable_term;
-            if m.body.may_precede_persistence() || term_only {
+            let term_durable = m.term <= self.durable_term;
+            let term_only = matches!(m.body, MessageBody::HeartbeatResponse { .. }) && term_durable;
+            // A leader's traffic goes ahead of its writes only once its term (and vote) is on
+            // disk. With other voters it always is: their votes answered requests sent after it
+            // was. A sole voter elects itself at once, and its first appends could otherwise reach
+            // a learner in a term a crash would let it win again with other entries.
+            if (m.body.may_precede_persistence() && term_durable) || term_only {
                 messages.push(m);
             } else {
                 held.push(m);
@@ -1550,11 +1558,18 @@ impl RaftCore {
     /// them. So it goes on replicating (its heartbeats carry the commit index), takes no
     /// proposals, catches the most advanced voter up and sends it `TimeoutNow`, again after
     /// each election timeout, until a newer term takes over.
+    /// Hands leadership to a remaining voter: the most caught up first, then, each time a
+    /// transfer timed out, the next in that order. Always the same one would wait for ever on
+    /// a voter that is down (the others, in this leader's lease, never campaign on their own).
     fn hand_over(&mut self) {
         let progress = &self.progress;
-        let best =
-            self.membership.voters.iter().copied().max_by_key(|id| progress.get(id).map_or(0, |p| p.matched));
-        let Some(to) = best else { return };
+        let mut voters: Vec<NodeId> = self.membership.voters.iter().copied().collect();
+        if voters.is_empty() {
+            return;
+        }
+        voters.sort_by_key(|id| (std::cmp::Reverse(progress.get(id).map_or(0, |p| p.matched)), *id));
+        let to = voters[self.hand_over_tries % voters.len()];
+        self.hand_over_tries += 1;
         self.handing_over = true;
         self.start_transfer(to);
     }

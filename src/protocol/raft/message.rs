@@ -144,7 +144,8 @@ impl MessageBody {
     ///
     /// Only a leader's traffic may (Raft thesis §10.2.1): replication and the transfer order
     /// promise nothing about the leader's own disk, which the leader counts toward a quorum
-    /// only once it is durable.
+    /// only once it is durable. Its term must be durable all the same (the core holds these
+    /// until it is: a sole voter elects itself before its new term is written).
     /// Everything else (votes, vote requests, acknowledgements) speaks for the sender's term,
     /// vote or log, so it waits until what the sender wrote before it is on stable storage.
     pub fn may_precede_persistence(&self) -> bool {
