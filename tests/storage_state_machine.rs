@@ -135,20 +135,55 @@ fn remembered_replies_are_bounded_in_bytes_evicting_the_oldest_sessions_then_a_s
     for client in 2..=4 {
         assert!(matches!(table.check(tag(client, 1)), SessionCheck::Duplicate(_)), "client {client}");
     }
-    // One session alone past the bound: the others go, then its own oldest replies (too old now).
+    // One session writing large replies past the bound: its own oldest replies go first (too
+    // old now), not the other clients' sessions.
     for seq in 2..=6 {
         record(&mut table, 4, seq, big());
     }
     assert!(table.reply_bytes() <= MAX_SESSION_REPLY_BYTES, "{}", table.reply_bytes());
-    assert_eq!(table.len(), 1);
-    assert_eq!(table.check(tag(4, 1)), SessionCheck::TooOld, "never applied twice");
+    assert_eq!(table.len(), 3, "clients 2 and 3 kept");
+    for seq in 1..=5 {
+        assert_eq!(table.check(tag(4, seq)), SessionCheck::TooOld, "seq {seq} never applied twice");
+    }
     assert!(matches!(table.check(tag(4, 6)), SessionCheck::Duplicate(_)), "the latest reply kept");
-    // A reply past the bound alone is still remembered (a session keeps at least its highest seq).
+    for client in 2..=3 {
+        assert!(matches!(table.check(tag(client, 1)), SessionCheck::Duplicate(_)), "client {client}");
+    }
+    // A reply past the bound alone is still remembered (a session keeps at least its highest
+    // seq); every other session goes.
     let huge = CommandResult::Value(Some(vec![0u8; MAX_SESSION_REPLY_BYTES + 1]));
     let huge_bytes = remembered_bytes(&huge);
     record(&mut table, 4, 7, huge);
     assert!(matches!(table.check(tag(4, 7)), SessionCheck::Duplicate(_)));
+    assert_eq!(table.len(), 1);
     assert_eq!(table.reply_bytes(), huge_bytes);
+}
+
+// Many clients with small replies and one whose replies are large (16 MiB each, GETSET of big
+// values): past the byte bound the large one gives up its own oldest replies; the others keep
+// their sessions, so their retries stay exactly-once.
+#[test]
+fn one_client_with_large_replies_does_not_evict_the_others() {
+    use quorumkv::storage::{SessionCheck, SessionTable, MAX_SESSION_SHARE_BYTES};
+    let tag = |client_id, seq| SessionTag { client_id, seq };
+    let mut table = SessionTable::new(1000);
+    let mut index = 0;
+    for client in 1..=100 {
+        index += 1;
+        table.record(tag(client, 1), index, CommandResult::Integer(1));
+    }
+    let large = || CommandResult::Value(Some(vec![0u8; 16 << 20]));
+    for seq in 1..=40 {
+        index += 1;
+        table.record(tag(500, seq), index, large());
+    }
+    assert_eq!(table.len(), 101, "no small session evicted");
+    for client in 1..=100 {
+        assert_eq!(table.check(tag(client, 1)), SessionCheck::Duplicate(CommandResult::Integer(1)));
+    }
+    assert_eq!(table.check(tag(500, 1)), SessionCheck::TooOld, "the large client's own oldest went");
+    assert!(matches!(table.check(tag(500, 40)), SessionCheck::Duplicate(_)));
+    assert!(MAX_SESSION_SHARE_BYTES < 16 * 16 << 20, "the test crosses the bound");
 }
 
 /// A deterministic stream of mixed commands from a few clients, from `seed`.

@@ -35,7 +35,7 @@ pub use log_store::LogStore;
 pub use mem_log::MemLog;
 pub use session::{
     remembered_bytes, SessionCheck, SessionTable, DEFAULT_MAX_SESSIONS, MAX_REPLIES_PER_SESSION,
-    MAX_SESSION_REPLY_BYTES,
+    MAX_SESSION_REPLY_BYTES, MAX_SESSION_SHARE_BYTES,
 };
 pub use snapshot_file::{SnapshotFile, SnapshotFileWriter, SnapshotInbox, SnapshotSource, SnapshotStore};
 pub use state_machine::StateMachine;

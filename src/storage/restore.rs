@@ -80,26 +80,45 @@ pub fn restore_data_dir(
     }
     state.replace_membership(Membership::from_peers(peers));
 
-    let mut building = data_dir.as_os_str().to_owned();
-    building.push(".restoring");
-    let building = PathBuf::from(building);
+    let (data_dir, building) = building_path(data_dir)?;
     if building.exists() {
         // Left by an interrupted restore of this same dir: never a live data dir (it has no lock holder).
         fs::remove_dir_all(&building).map_err(io_err("remove", &building))?;
     }
-    let written = write_dir(&building, cluster_name, member_id, meta, &state);
+    let written = write_dir(&building, cluster_name, member_id, meta, &state).and_then(|()| {
+        if data_dir.exists() {
+            fs::remove_dir(&data_dir).map_err(io_err("remove", &data_dir))?;
+        }
+        fs::rename(&building, &data_dir).map_err(io_err("rename", &building))
+    });
     if let Err(e) = written {
         let _ = fs::remove_dir_all(&building);
         return Err(e.into());
     }
-    if data_dir.exists() {
-        fs::remove_dir(data_dir).map_err(io_err("remove", data_dir))?;
-    }
-    fs::rename(&building, data_dir).map_err(io_err("rename", &building))?;
     if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(parent)?;
     }
     Ok(Restored { meta, keys: state.engine().len() as u64, digest: state.engine().digest() })
+}
+
+/// The data dir's path by its name (`q/` as `q`, `.` as the directory it is), and where it is
+/// built: a sibling named after it. The path as given plus a suffix would be inside it for `q/`.
+fn building_path(data_dir: &Path) -> Result<(PathBuf, PathBuf), RestoreError> {
+    let named = if data_dir.file_name().is_some() {
+        data_dir.to_path_buf()
+    } else {
+        fs::canonicalize(data_dir).map_err(io_err("resolve", data_dir))?
+    };
+    let Some(name) = named.file_name() else {
+        return Err(RestoreError::Config(format!(
+            "{}: not a directory a data dir can be",
+            data_dir.display()
+        )));
+    };
+    let mut building = name.to_owned();
+    building.push(".restoring");
+    let building = named.with_file_name(building);
+    Ok((named, building))
 }
 
 /// A data dir at `root` whose log is empty after a snapshot of `state` at `meta`.
@@ -117,4 +136,47 @@ fn write_dir(
     wal.compact(meta)?;
     wal.append(Some(HardState { term: meta.term, vote: 0, commit: meta.index }), &[])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::command::{Command, Proposal};
+
+    /// A snapshot file in `dir` of a state holding `k`, and the state's digest.
+    fn backup(dir: &Path) -> (PathBuf, u64) {
+        let mut state = StateMachine::default();
+        let append = Command::Append { key: b"k".to_vec(), value: b"v".to_vec() };
+        state.apply(1, &Proposal { request_id: 1, session: None, command: append });
+        let meta = SnapshotMeta { index: 1, term: 1 };
+        let image = state.snapshot().expect("image");
+        let path = SnapshotStore::open(dir).expect("store").save(meta, &image).expect("save");
+        (path, state.engine().digest())
+    }
+
+    // `--data-dir q/` (as shell completion writes it) is restored as `q`, built beside it: the
+    // path plus a suffix, `q/.restoring`, was inside the new dir, which then could not be moved
+    // into place, and left it holding a stray dir no server would start on.
+    #[test]
+    fn a_data_dir_given_with_a_trailing_slash_is_restored_in_place() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (file, digest) = backup(&tmp.path().join("backup"));
+        let peers: BTreeMap<NodeId, String> = [(1, "127.0.0.1:7380".to_string())].into();
+        for (name, given) in [("empty", "empty/"), ("missing", "missing/")] {
+            if name == "empty" {
+                fs::create_dir(tmp.path().join(name)).expect("mkdir");
+            }
+            let given = PathBuf::from(format!("{}/{given}", tmp.path().display()));
+            let restored = restore_data_dir(&file, &given, "c", 1, &peers).expect("restored");
+            assert_eq!(restored.digest, digest);
+            let mut left: Vec<String> = fs::read_dir(tmp.path())
+                .expect("list")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            assert!(!left.iter().any(|n| n.ends_with(".restoring")), "{left:?}");
+            assert!(!tmp.path().join(name).join(".restoring").exists());
+            DataDir::open(tmp.path().join(name), "c", 1).expect("a data dir a server starts on");
+        }
+    }
 }

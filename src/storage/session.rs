@@ -15,6 +15,12 @@ pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 /// reading large values), so a count of sessions alone would not bound the table's memory.
 pub const MAX_SESSION_REPLY_BYTES: usize = 256 * 1024 * 1024;
 
+/// Bytes of replies past which, when the table is over [`MAX_SESSION_REPLY_BYTES`], the session
+/// just written gives up its own oldest replies before any other session is evicted: one client
+/// whose replies are large would otherwise evict every other client's session in turn (and a
+/// retry of an evicted client's write applies again).
+pub const MAX_SESSION_SHARE_BYTES: usize = MAX_SESSION_REPLY_BYTES / 8;
+
 /// Bytes a remembered reply is counted for: its values and texts, and 32 per part.
 pub fn remembered_bytes(reply: &CommandResult) -> usize {
     reply.weight(32)
@@ -52,9 +58,11 @@ pub(crate) struct Session {
 /// than `max_sessions` clients are known, or the replies remembered pass
 /// [`MAX_SESSION_REPLY_BYTES`], the session whose last write was applied longest ago (lowest log
 /// index) is evicted; an evicted client is then treated as new, so a retry of one of its old
-/// writes would apply again. (Should the session just written hold more than the bound alone,
-/// its lowest seqs go, raising its floor, down to its highest.) Durability: none by itself; it
-/// travels in the state machine's snapshot and is rebuilt by replaying the log.
+/// writes would apply again. Past the byte bound, though, the session just written first gives
+/// up its own lowest seqs (raising its floor) while it holds more than
+/// [`MAX_SESSION_SHARE_BYTES`], and, should it hold more than the bound alone, down to its
+/// highest. Durability: none by itself; it travels in the state machine's snapshot and is
+/// rebuilt by replaying the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionTable {
     /// Upper bound on `sessions.len()`, at least 1.
@@ -115,13 +123,19 @@ impl SessionTable {
             self.reply_bytes -= Self::drop_oldest_reply(session);
         }
         while self.reply_bytes > MAX_SESSION_REPLY_BYTES {
-            if self.by_index.first_key_value().is_some_and(|(_, &client)| client != tag.client_id) {
+            let writer = self.sessions.get_mut(&tag.client_id).filter(|s| s.replies.len() > 1);
+            if let Some(session) = writer
+                .filter(|s| s.replies.values().map(remembered_bytes).sum::<usize>() > MAX_SESSION_SHARE_BYTES)
+            {
+                // Its lowest seqs go first (its floor rises), not other clients' sessions.
+                self.reply_bytes -= Self::drop_oldest_reply(session);
+            } else if self.by_index.first_key_value().is_some_and(|(_, &client)| client != tag.client_id) {
                 self.evict_oldest();
             } else if let Some(session) =
                 self.sessions.get_mut(&tag.client_id).filter(|s| s.replies.len() > 1)
             {
-                // Only this session is left: its lowest seqs go (its floor rises), down to one reply
-                // (the just-written one, unless it came out of order below others: then it is too old).
+                // Only this session is left: its lowest seqs go, down to one reply (the
+                // just-written one, unless it came out of order below others: then it is too old).
                 self.reply_bytes -= Self::drop_oldest_reply(session);
             } else {
                 break;
