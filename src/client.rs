@@ -104,8 +104,13 @@ impl Default for ClientConfig {
 /// Why a call failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    /// No server served the request before the call's deadline.
-    #[error("no server could serve the request within {timeout_ms} ms (last: {last_error})")]
+    /// No server served the request before the call's deadline. A write may still have been
+    /// applied (an attempt may have committed without its answer arriving); retrying it as a new
+    /// call tags it anew, so a non-idempotent write (APPEND, INCR) could then apply twice.
+    #[error(
+        "no server could serve the request within {timeout_ms} ms (last: {last_error}); a write may \
+         or may not have taken effect"
+    )]
     Unavailable {
         /// The deadline that passed, in milliseconds.
         timeout_ms: u64,
@@ -280,6 +285,15 @@ impl Backoff {
     }
 }
 
+/// Where a transaction lives (see [`Client::call`]).
+#[derive(Clone, Copy, Debug)]
+struct Transaction {
+    /// Index in [`Client::servers`] of the connection's server.
+    server: usize,
+    /// `MULTI` was answered: commands are queued, not run, until `EXEC`.
+    queuing: bool,
+}
+
 /// A synchronous quorumkv client: one connection, leader discovery, retries, exactly-once writes.
 #[derive(Debug)]
 pub struct Client {
@@ -294,6 +308,10 @@ pub struct Client {
     /// Index in `servers` where the next call starts: the last server that answered.
     preferred: usize,
     connection: Option<Connection>,
+    /// A `WATCH` or `MULTI` was answered on the current connection: until `EXEC`, `DISCARD` (or
+    /// `UNWATCH` outside `MULTI`) every call goes to that connection alone, never retried
+    /// elsewhere, where the transaction does not exist.
+    transaction: Option<Transaction>,
     /// Redirects to servers not in the list are not followed.
     only_listed_servers: bool,
     /// Back-off jitter.
@@ -324,6 +342,7 @@ impl Client {
             last_seq: 0,
             preferred: 0,
             connection: None,
+            transaction: None,
             only_listed_servers: config.only_listed_servers,
             rng: Rng::new(client_id),
         })
@@ -352,10 +371,65 @@ impl Client {
     /// Sends any command (name first) and returns its reply; an error reply such as `-ERR` is
     /// `Ok(Reply::Error(..))`. Writes get a fresh `REQ` tag; a command already starting with `REQ` is
     /// sent as it is.
+    ///
+    /// Transactions work call by call: once `WATCH` or `MULTI` is answered, the calls up to `EXEC`
+    /// or `DISCARD` go to the same connection, once each (a retry on another connection would
+    /// run a queued command outside the transaction); the writes queued by `MULTI` are not
+    /// tagged (the server refuses `REQ` there). If that connection fails meanwhile the call
+    /// fails and the transaction is gone: start it again.
     pub fn call(&mut self, args: &[Vec<u8>]) -> Result<Reply, ClientError> {
         let deadline = self.deadline();
+        let Some(name) = args.first() else { return Err(ClientError::Invalid("empty command".to_string())) };
+        let name = name.to_ascii_uppercase();
+        if let Some(transaction) = self.transaction {
+            return self.call_in_transaction(transaction, &name, args, deadline);
+        }
         let tagged = self.tag(args)?;
-        self.execute(&tagged, deadline)
+        let reply = self.execute(&tagged, deadline)?;
+        if matches!(name.as_slice(), b"WATCH" | b"MULTI") && !matches!(reply, Reply::Error(_)) {
+            self.transaction = Some(Transaction { server: self.preferred, queuing: name == b"MULTI" });
+        }
+        Ok(reply)
+    }
+
+    /// One call on the connection a transaction lives on, as [`call`](Client::call) describes.
+    fn call_in_transaction(
+        &mut self,
+        transaction: Transaction,
+        name: &[u8],
+        args: &[Vec<u8>],
+        deadline: Instant,
+    ) -> Result<Reply, ClientError> {
+        let to_send = if transaction.queuing { args.to_vec() } else { self.tag(args)? };
+        let mut request = Vec::new();
+        encode_request(&to_send, &mut request);
+        let lost = |why: String| ClientError::Unavailable {
+            timeout_ms: self.request_timeout_ms,
+            last_error: format!("{why}; the transaction (WATCH/MULTI) on it is discarded"),
+        };
+        let Some(mut connection) = self.connection.take().filter(|c| c.server == transaction.server) else {
+            self.transaction = None;
+            return Err(lost("the connection to its server was closed".to_string()));
+        };
+        let exchanged = connection
+            .send(&request, self.io_timeout, deadline)
+            .and_then(|()| connection.read_reply(self.io_timeout, deadline));
+        let reply = match exchanged {
+            Ok(reply) => reply,
+            Err(error) => {
+                self.transaction = None;
+                return Err(lost(format!("{}: {error}", self.servers[transaction.server])));
+            }
+        };
+        self.connection = Some(connection);
+        let answered = !matches!(reply, Reply::Error(_));
+        self.transaction = match name {
+            b"EXEC" | b"DISCARD" => None,
+            b"UNWATCH" if !transaction.queuing && answered => None,
+            b"MULTI" if answered => Some(Transaction { queuing: true, ..transaction }),
+            _ => Some(transaction),
+        };
+        Ok(reply)
     }
 
     /// Sends a typed command (tagged with `REQ` if it is a write) and returns its reply as [`call`]
@@ -374,23 +448,36 @@ impl Client {
     /// replies in batch order.
     ///
     /// Writes get `REQ` tags as in [`call`](Client::call). A command answered with `-NOTLEADER` or
-    /// `-TRYAGAIN`, or lost with the connection, is retried alone through the normal path with the
-    /// same tag; such a retried command may be applied after later commands of the batch. The whole
-    /// batch shares one deadline. The batch should fit in the sockets' buffers (a few hundred small
-    /// commands), since the replies are read only after all of it is written.
+    /// `-TRYAGAIN`, or lost with the connection, is retried alone through the normal path; such a
+    /// retried command may be applied after later commands of the batch. A write refused before it
+    /// was proposed is retried under a fresh tag, any other under the same one: a server remembers
+    /// only a session's 32 most recent writes, so a write whose outcome was lost (the connection
+    /// failed) behind more than 32 later writes of the batch can come back `-ERR ... too old`,
+    /// its outcome unknown. The whole batch shares one deadline. The batch should fit in the
+    /// sockets' buffers (a few hundred small commands), since the replies are read only after all
+    /// of it is written.
     pub fn pipeline(&mut self, batch: &[Vec<Vec<u8>>]) -> Result<Vec<Reply>, ClientError> {
         let deadline = self.deadline();
-        let tagged = batch.iter().map(|args| self.tag(args)).collect::<Result<Vec<_>, _>>()?;
+        let mut tagged = batch.iter().map(|args| self.tag(args)).collect::<Result<Vec<_>, _>>()?;
         if tagged.is_empty() {
             return Ok(Vec::new());
         }
-        let mut replies = self.pipeline_pass(&tagged, deadline);
-        for (slot, args) in replies.iter_mut().zip(&tagged) {
-            if slot.is_none() {
-                *slot = Some(self.execute(args, deadline)?);
-            }
+        let passed = self.pipeline_pass(&tagged, deadline);
+        let mut replies = Vec::with_capacity(passed.len());
+        for (slot, args) in passed.into_iter().zip(&mut tagged) {
+            let reply = match slot {
+                Slot::Done(reply) => reply,
+                Slot::Retry { never_proposed } => {
+                    if never_proposed && args.first().is_some_and(|w| w == b"REQ") && args.len() > 2 {
+                        // Not applied and never will be: a fresh seq keeps it within the window.
+                        args[2] = self.next_tag().seq.to_string().into_bytes();
+                    }
+                    self.execute(args, deadline)?
+                }
+            };
+            replies.push(reply);
         }
-        Ok(replies.into_iter().flatten().collect())
+        Ok(replies)
     }
 
     /// `GET key`: the value, or `None` if there is none.
@@ -622,10 +709,11 @@ impl Client {
         Err(ClientError::Unavailable { timeout_ms: self.request_timeout_ms, last_error })
     }
 
-    /// Sends the whole batch to the preferred server and reads its replies; a slot stays `None` when
-    /// its command must be retried alone (redirected, refused for now, or lost with the connection).
-    fn pipeline_pass(&mut self, tagged: &[Vec<Vec<u8>>], deadline: Instant) -> Vec<Option<Reply>> {
-        let mut replies = vec![None; tagged.len()];
+    /// Sends the whole batch to the preferred server and reads its replies; a slot is to be retried
+    /// when its command must be retried alone (redirected, refused for now, or lost with the
+    /// connection).
+    fn pipeline_pass(&mut self, tagged: &[Vec<Vec<u8>>], deadline: Instant) -> Vec<Slot> {
+        let mut replies = vec![Slot::Retry { never_proposed: false }; tagged.len()];
         let mut request = Vec::new();
         for args in tagged {
             encode_request(args, &mut request);
@@ -638,7 +726,19 @@ impl Client {
         for slot in replies.iter_mut() {
             match connection.read_reply(self.io_timeout, deadline) {
                 Ok(reply) => match classify(&reply) {
-                    Outcome::Done => *slot = Some(reply),
+                    Outcome::Done => *slot = Slot::Done(reply),
+                    _ if refused_before_proposal(&reply) => {
+                        *slot = Slot::Retry { never_proposed: true };
+                        match classify(&reply) {
+                            Outcome::Redirect(addr) => {
+                                if let Some(leader) = self.server_index(&addr) {
+                                    self.preferred = leader;
+                                }
+                            }
+                            Outcome::NoLeader => self.preferred = self.next_server(server),
+                            Outcome::Done | Outcome::TryAgain => {}
+                        }
+                    }
                     // Start the retries where the redirect points rather than rediscover it per command.
                     Outcome::Redirect(addr) => {
                         if let Some(leader) = self.server_index(&addr) {
@@ -655,6 +755,30 @@ impl Client {
         self.connection = Some(connection);
         replies
     }
+}
+
+/// A pipelined command's outcome after one pass.
+#[derive(Clone, Debug)]
+enum Slot {
+    /// Its final reply.
+    Done(Reply),
+    /// To be retried alone; `never_proposed` if the refusal says nothing of it was proposed.
+    Retry {
+        /// It was refused before any proposal, so it never applies.
+        never_proposed: bool,
+    },
+}
+
+/// Whether an error reply says the command was refused before anything of it was proposed.
+fn refused_before_proposal(reply: &Reply) -> bool {
+    const NEVER_PROPOSED: [&str; 5] = [
+        "NOTLEADER",
+        "TRYAGAIN no leader",
+        "TRYAGAIN leader changed; not proposed",
+        "TRYAGAIN leadership transfer in progress",
+        "TRYAGAIN replica busy",
+    ];
+    matches!(reply, Reply::Error(line) if NEVER_PROPOSED.iter().any(|p| line.starts_with(p)))
 }
 
 /// The `field:value` lines of an `INFO` report; `#` headers, blank and other lines are skipped.

@@ -653,9 +653,10 @@ pub const CHECK_KEY_PREFIX: &str = "__check:";
 
 /// A short concurrent workload against a live cluster, recorded for [`check_history`]: one
 /// thread per client config, each doing GETs (half), SETs and APPENDs of unique values on keys
-/// `__check:0` .. `__check:{keys-1}` until `duration` has passed, counting finished operations
-/// in `done`. Client ids come from the clock, so sessions of earlier runs do not interfere; they
-/// are consecutive in the order of `configs`.
+/// `__check:RUN:0` .. `__check:RUN:{keys-1}` until `duration` has passed, counting finished
+/// operations in `done`. RUN and the client ids come from the clock, so the keys and sessions of
+/// earlier runs do not interfere (the checker takes every key as missing at the start); client
+/// ids are consecutive in the order of `configs`.
 pub fn run_workload(
     configs: Vec<crate::client::ClientConfig>,
     keys: u64,
@@ -673,7 +674,8 @@ pub fn run_workload(
         .map(|(i, config)| {
             let (history, done) = (history.clone(), done.clone());
             let id = base.wrapping_add(i as u64);
-            std::thread::spawn(move || workload_clerk(id, config, keys, until, &history, &done))
+            let prefix = format!("{CHECK_KEY_PREFIX}{base}:");
+            std::thread::spawn(move || workload_clerk(id, config, &prefix, keys, until, &history, &done))
         })
         .collect();
     for worker in workers {
@@ -686,6 +688,7 @@ pub fn run_workload(
 fn workload_clerk(
     id: u64,
     config: crate::client::ClientConfig,
+    prefix: &str,
     keys: u64,
     until: Instant,
     history: &HistoryRecorder,
@@ -697,7 +700,7 @@ fn workload_clerk(
     let mut n = 0u64;
     while Instant::now() < until {
         n += 1;
-        let key = format!("{CHECK_KEY_PREFIX}{}", rng.range(0, keys.max(1)));
+        let key = format!("{prefix}{}", rng.range(0, keys.max(1)));
         let value = format!("{id}.{n};").into_bytes();
         let (input, args): (KvInput, Vec<Vec<u8>>) = match rng.range(0, 4) {
             0 | 1 => (KvInput::Get, vec![b"GET".to_vec(), key.clone().into_bytes()]),

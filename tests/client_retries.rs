@@ -265,8 +265,32 @@ fn pipeline_follows_a_redirect_for_the_whole_batch() {
     let replies = client.pipeline(&[args("SET a 1"), args("GET a")]).expect("pipeline");
     assert_eq!(replies, vec![Reply::ok(), Reply::bulk(b"1".to_vec())]);
     assert_eq!(follower.requests(), vec![args("REQ 77 1 SET a 1"), args("GET a")]);
-    assert_eq!(leader.requests(), vec![args("REQ 77 1 SET a 1"), args("GET a")]);
+    // A redirect says nothing was proposed: the write goes again under a fresh seq.
+    assert_eq!(leader.requests(), vec![args("REQ 77 2 SET a 1"), args("GET a")]);
     assert_eq!(client.current_server(), leader.addr);
+}
+
+// A pipelined write refused before it was proposed can never apply, so its retry takes a fresh
+// seq: retried under its old one behind more than 32 later writes of the batch, the server (which
+// remembers a session's 32 most recent writes) would refuse it as too old, a write lost.
+#[test]
+fn pipeline_retries_a_write_refused_before_proposal_under_a_fresh_seq() {
+    let refused = Arc::new(AtomicUsize::new(1));
+    let left = Arc::clone(&refused);
+    let mut store = kv_store();
+    let server = FakeServer::replying(move |request| {
+        if session(request) == Some((77, 1)) && left.swap(0, Ordering::SeqCst) > 0 {
+            return Reply::Error("TRYAGAIN leader changed; not proposed".into());
+        }
+        store(request)
+    });
+    let mut client = client(&[&server.addr]);
+    let batch: Vec<Vec<Vec<u8>>> = (0..40).map(|i| args(&format!("SET k{i} {i}"))).collect();
+    let replies = client.pipeline(&batch).expect("pipeline");
+    assert_eq!(replies, vec![Reply::ok(); 40]);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 41);
+    assert_eq!(requests[40], args("REQ 77 41 SET k0 0"), "retried under a fresh seq");
 }
 
 #[test]

@@ -212,3 +212,38 @@ fn full_restart_keeps_every_acknowledged_write() {
     }
     assert_eq!(c.raw_get(ColumnFamily::Write, b"w").expect("RAWGET"), Some(b"1".to_vec()));
 }
+
+fn words(w: &[&str]) -> Vec<Vec<u8>> {
+    w.iter().map(|s| s.as_bytes().to_vec()).collect()
+}
+
+// Transactions through the library client, a call at a time as the CLI's prompt sends them: the
+// writes queued by MULTI go untagged (the server refuses REQ there) on the connection MULTI was
+// answered on, and WATCH holds that connection too, so a write by another client aborts EXEC.
+#[test]
+fn transactions_work_call_by_call_through_the_client() {
+    use quorumkv::protocol::resp::Reply;
+    let cluster = TestCluster::start(3);
+    cluster.wait_for_leader(WAIT);
+    let mut c = client(&cluster);
+    assert_eq!(c.call(&words(&["MULTI"])).expect("MULTI"), Reply::ok());
+    assert_eq!(c.call(&words(&["SET", "t", "1"])).expect("SET"), Reply::Simple("QUEUED".into()));
+    assert_eq!(c.call(&words(&["INCR", "t"])).expect("INCR"), Reply::Simple("QUEUED".into()));
+    let exec = c.call(&words(&["EXEC"])).expect("EXEC");
+    assert_eq!(exec, Reply::Array(Some(vec![Reply::ok(), Reply::Integer(2)])), "{exec:?}");
+    // After EXEC, writes are tagged and retried as always.
+    assert_eq!(c.call(&words(&["INCR", "t"])).expect("INCR"), Reply::Integer(3));
+
+    assert_eq!(c.call(&words(&["WATCH", "t"])).expect("WATCH"), Reply::ok());
+    let mut other = client(&cluster);
+    assert_eq!(other.call(&words(&["SET", "t", "9"])).expect("SET"), Reply::ok());
+    assert_eq!(c.call(&words(&["MULTI"])).expect("MULTI"), Reply::ok());
+    assert_eq!(c.call(&words(&["SET", "t", "5"])).expect("SET"), Reply::Simple("QUEUED".into()));
+    assert_eq!(c.call(&words(&["EXEC"])).expect("EXEC"), Reply::Array(None), "the watched key moved");
+    assert_eq!(c.get(b"t").expect("GET"), Some(b"9".to_vec()));
+
+    assert_eq!(c.call(&words(&["MULTI"])).expect("MULTI"), Reply::ok());
+    assert_eq!(c.call(&words(&["SET", "t", "6"])).expect("SET"), Reply::Simple("QUEUED".into()));
+    assert_eq!(c.call(&words(&["DISCARD"])).expect("DISCARD"), Reply::ok());
+    assert_eq!(c.get(b"t").expect("GET"), Some(b"9".to_vec()), "discarded");
+}

@@ -27,7 +27,7 @@ pub struct CheckArgs {
     /// Concurrent clients.
     #[arg(long, default_value_t = 5)]
     pub clients: u64,
-    /// Keys they share (named `__check:0` ...).
+    /// Keys they share (named `__check:RUN:0` ..., fresh each run).
     #[arg(long, default_value_t = 10)]
     pub keys: u64,
 }
