@@ -42,6 +42,9 @@ pub enum KvOutput {
     Value(Option<Vec<u8>>),
     /// A `Put`, `Append` or `Delete` was acknowledged.
     Ok,
+    /// An `Append` was acknowledged with the value's length after it (APPEND's reply), which the
+    /// model checks: a wrong remembered reply (a retry answered with another write's) shows.
+    Length(u64),
     /// No answer: the operation may have taken effect at any time after its call, or never.
     Unknown,
 }
@@ -117,10 +120,13 @@ fn step(state: &State, input: &KvInput, output: &KvOutput) -> Option<State> {
         (KvInput::Get, O::Value(read)) => (read == state).then(|| state.clone()),
         (KvInput::Get, O::Unknown) => Some(state.clone()),
         (KvInput::Put(value), O::Ok | O::Unknown) => Some(Some(value.clone())),
-        (KvInput::Append(suffix), O::Ok | O::Unknown) => {
+        (KvInput::Append(suffix), O::Ok | O::Unknown | O::Length(_)) => {
             let mut value = state.clone().unwrap_or_default();
             value.extend_from_slice(suffix);
-            Some(Some(value))
+            match output {
+                O::Length(len) if *len != value.len() as u64 => None,
+                _ => Some(Some(value)),
+            }
         }
         (KvInput::Delete, O::Ok | O::Unknown) => Some(None),
         _ => None,
@@ -568,6 +574,7 @@ fn show_operation(op: &Operation) -> String {
     let output = match &op.output {
         KvOutput::Value(value) => show_value(value),
         KvOutput::Ok => "Ok".to_string(),
+        KvOutput::Length(len) => format!("length {len}"),
         KvOutput::Unknown => "? (unknown)".to_string(),
     };
     format!("{input} -> {output}")
@@ -708,9 +715,11 @@ fn workload_clerk(
             _ => (KvInput::Append(value.clone()), vec![b"APPEND".to_vec(), key.clone().into_bytes(), value]),
         };
         let is_read = input == KvInput::Get;
+        let is_append = matches!(input, KvInput::Append(_));
         let token = history.begin(id, key.into_bytes(), input);
         let output = match client.call(&args) {
             Ok(Reply::Bulk(value)) if is_read => KvOutput::Value(value),
+            Ok(Reply::Integer(len)) if is_append => KvOutput::Length(len.max(0) as u64),
             Ok(Reply::Simple(_) | Reply::Integer(_)) if !is_read => KvOutput::Ok,
             // An error reply or a lost connection: the write may or may not have happened.
             Ok(_) | Err(_) => KvOutput::Unknown,

@@ -603,3 +603,22 @@ fn threads_recorded_against_a_locked_map_are_linearizable() {
     assert_eq!(ops.len(), 600);
     assert_eq!(check_history(&ops, BUDGET), CheckResult::Ok);
 }
+
+// APPEND answers the value's new length, and the model checks it: two concurrent appends may
+// land in either order, but each length must match the order chosen, and a length no order gives
+// (a retry answered with another write's remembered reply) is illegal.
+#[test]
+fn append_lengths_are_checked_against_the_model() {
+    let concurrent = |first: u64, second: u64| {
+        vec![
+            op(1, put("ab"), KvOutput::Ok, 0, 1),
+            op(2, append("c"), KvOutput::Length(first), 2, 10),
+            op(3, append("de"), KvOutput::Length(second), 3, 9),
+        ]
+    };
+    assert_ok(&concurrent(3, 5));
+    assert_ok(&concurrent(5, 4));
+    assert_illegal(&concurrent(3, 4));
+    assert_illegal(&concurrent(1, 3));
+    assert_illegal(&[op(1, put("ab"), KvOutput::Ok, 0, 1), op(2, append("c"), KvOutput::Length(1), 2, 3)]);
+}

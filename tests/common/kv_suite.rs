@@ -157,6 +157,7 @@ impl Clerk {
     /// A write's retries reuse its `REQ` seq, so a lost reply never applies it twice.
     fn perform(&mut self, key: &str, input: KvInput, args: Vec<Vec<u8>>) -> Result<Reply, ClerkError> {
         let is_get = input == KvInput::Get;
+        let is_append = matches!(input, KvInput::Append(_));
         let token = self.history.begin(self.id, key.as_bytes().to_vec(), input);
         let started = Instant::now();
         loop {
@@ -176,6 +177,8 @@ impl Clerk {
                         (Reply::Error(_), _) | (_, true) => {
                             panic!("clerk {}: unexpected reply {reply:?} to {:?}", self.id, args[0])
                         }
+                        // APPEND's new length, checked by the model.
+                        (Reply::Integer(len), false) if is_append => KvOutput::Length(*len as u64),
                         (_, false) => KvOutput::Ok,
                     };
                     if self.lose() {
@@ -525,11 +528,12 @@ pub fn pipeline_loop(
                 let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
                 encode_request(&args, &mut out);
                 let is_get = input == KvInput::Get;
-                pending.push((history.begin(id, key.into_bytes(), input), is_get));
+                let is_append = matches!(input, KvInput::Append(_));
+                pending.push((history.begin(id, key.into_bytes(), input), is_get, is_append));
             }
             let mut broken = stream.write_all(&out).is_err();
             let mut refused = false;
-            for (token, is_get) in pending {
+            for (token, is_get, is_append) in pending {
                 let reply = if broken { None } else { next_reply(&mut stream, &mut buf) };
                 let output = match reply {
                     // A read refused had no effect, nor a write refused before it was proposed.
@@ -543,6 +547,7 @@ pub fn pipeline_loop(
                         KvOutput::Unknown
                     }
                     Some(Reply::Bulk(value)) if is_get => KvOutput::Value(value),
+                    Some(Reply::Integer(len)) if is_append => KvOutput::Length(len as u64),
                     Some(reply) if !is_get && !matches!(reply, Reply::Error(_)) => KvOutput::Ok,
                     Some(other) => panic!("pipeline client {id}: unexpected reply {other:?}"),
                     None => {
