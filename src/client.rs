@@ -375,8 +375,9 @@ impl Client {
     /// Transactions work call by call: once `WATCH` or `MULTI` is answered, the calls up to `EXEC`
     /// or `DISCARD` go to the same connection, once each (a retry on another connection would
     /// run a queued command outside the transaction); the writes queued by `MULTI` are not
-    /// tagged (the server refuses `REQ` there). If that connection fails meanwhile the call
-    /// fails and the transaction is gone: start it again.
+    /// tagged (the server refuses `REQ` there), the `EXEC` is. If that connection fails meanwhile
+    /// the call fails and the transaction is gone: start it again. Meanwhile the typed helpers and
+    /// [`pipeline`](Client::pipeline) are refused ([`ClientError::Invalid`]).
     pub fn call(&mut self, args: &[Vec<u8>]) -> Result<Reply, ClientError> {
         let deadline = self.deadline();
         let Some(name) = args.first() else { return Err(ClientError::Invalid("empty command".to_string())) };
@@ -400,7 +401,13 @@ impl Client {
         args: &[Vec<u8>],
         deadline: Instant,
     ) -> Result<Reply, ClientError> {
-        let to_send = if transaction.queuing { args.to_vec() } else { self.tag(args)? };
+        // Queued writes go untagged (the server refuses REQ inside MULTI); the EXEC that runs
+        // them is tagged instead, as one write.
+        let to_send = match (transaction.queuing, name) {
+            (true, b"EXEC") => self.tag_as_write(args),
+            (true, _) => args.to_vec(),
+            (false, _) => self.tag(args)?,
+        };
         let mut request = Vec::new();
         encode_request(&to_send, &mut request);
         let lost = |why: String| ClientError::Unavailable {
@@ -424,7 +431,8 @@ impl Client {
         self.connection = Some(connection);
         let answered = !matches!(reply, Reply::Error(_));
         self.transaction = match name {
-            b"EXEC" | b"DISCARD" => None,
+            // Outside MULTI they are refused, and the WATCH stays.
+            b"EXEC" | b"DISCARD" if transaction.queuing => None,
             b"UNWATCH" if !transaction.queuing && answered => None,
             b"MULTI" if answered => Some(Transaction { queuing: true, ..transaction }),
             _ => Some(transaction),
@@ -437,6 +445,7 @@ impl Client {
     ///
     /// [`call`]: Client::call
     pub fn execute_command(&mut self, command: &Command) -> Result<Reply, ClientError> {
+        self.outside_transaction()?;
         let deadline = self.deadline();
         let session = command.is_write().then(|| self.next_tag());
         let args =
@@ -457,6 +466,7 @@ impl Client {
     /// sockets' buffers (a few hundred small commands), since the replies are read only after all
     /// of it is written.
     pub fn pipeline(&mut self, batch: &[Vec<Vec<u8>>]) -> Result<Vec<Reply>, ClientError> {
+        self.outside_transaction()?;
         let deadline = self.deadline();
         let mut tagged = batch.iter().map(|args| self.tag(args)).collect::<Result<Vec<_>, _>>()?;
         if tagged.is_empty() {
@@ -464,11 +474,13 @@ impl Client {
         }
         let passed = self.pipeline_pass(&tagged, deadline);
         let mut replies = Vec::with_capacity(passed.len());
-        for (slot, args) in passed.into_iter().zip(&mut tagged) {
+        for ((slot, args), asked) in passed.into_iter().zip(&mut tagged).zip(batch) {
             let reply = match slot {
                 Slot::Done(reply) => reply,
                 Slot::Retry { never_proposed } => {
-                    if never_proposed && args.first().is_some_and(|w| w == b"REQ") && args.len() > 2 {
+                    // Only a tag this client made: one the caller wrote is the caller's to keep.
+                    let ours = args.len() > asked.len();
+                    if never_proposed && ours {
                         // Not applied and never will be: a fresh seq keeps it within the window.
                         args[2] = self.next_tag().seq.to_string().into_bytes();
                     }
@@ -594,19 +606,35 @@ impl Client {
         SessionTag { client_id: self.client_id, seq: self.last_seq }
     }
 
+    /// Refuses a call that would bypass an open transaction (see [`call`](Client::call)): it could
+    /// take another connection, where the transaction does not exist.
+    fn outside_transaction(&self) -> Result<(), ClientError> {
+        match self.transaction {
+            Some(_) => Err(ClientError::Invalid(
+                "a transaction (WATCH/MULTI) is open: use call() until EXEC or DISCARD".to_string(),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The arguments to send for `args`: with a fresh `REQ` tag if it is a write.
     fn tag(&mut self, args: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, ClientError> {
         let Some(name) = args.first() else { return Err(ClientError::Invalid("empty command".to_string())) };
         if !is_write_command(name) {
             return Ok(args.to_vec());
         }
+        Ok(self.tag_as_write(args))
+    }
+
+    /// `args` behind a fresh `REQ` tag.
+    fn tag_as_write(&mut self, args: &[Vec<u8>]) -> Vec<Vec<u8>> {
         let tag = self.next_tag();
         let mut tagged = Vec::with_capacity(args.len() + 3);
         tagged.push(b"REQ".to_vec());
         tagged.push(tag.client_id.to_string().into_bytes());
         tagged.push(tag.seq.to_string().into_bytes());
         tagged.extend_from_slice(args);
-        Ok(tagged)
+        tagged
     }
 
     /// Sends a typed command; an error reply becomes [`ClientError::Server`].

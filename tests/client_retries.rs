@@ -291,6 +291,20 @@ fn pipeline_retries_a_write_refused_before_proposal_under_a_fresh_seq() {
     let requests = server.requests();
     assert_eq!(requests.len(), 41);
     assert_eq!(requests[40], args("REQ 77 41 SET k0 0"), "retried under a fresh seq");
+    // A tag the caller wrote is the caller's: retried as it was.
+    let refused = Arc::new(AtomicUsize::new(1));
+    let left = Arc::clone(&refused);
+    let mut store = kv_store();
+    let server = FakeServer::replying(move |request| {
+        if left.swap(0, Ordering::SeqCst) > 0 {
+            return Reply::Error("TRYAGAIN leader changed; not proposed".into());
+        }
+        store(request)
+    });
+    let mut caller_tagged = self::client(&[&server.addr]);
+    let replies = caller_tagged.pipeline(&[args("REQ 42 1000 SET k v")]).expect("pipeline");
+    assert_eq!(replies, vec![Reply::ok()]);
+    assert_eq!(server.requests(), vec![args("REQ 42 1000 SET k v"), args("REQ 42 1000 SET k v")]);
 }
 
 #[test]

@@ -235,6 +235,8 @@ fn transactions_work_call_by_call_through_the_client() {
     assert_eq!(c.call(&words(&["INCR", "t"])).expect("INCR"), Reply::Integer(3));
 
     assert_eq!(c.call(&words(&["WATCH", "t"])).expect("WATCH"), Reply::ok());
+    // The typed helpers could take another connection, where the WATCH does not exist.
+    assert!(matches!(c.get(b"t"), Err(ClientError::Invalid(_))), "refused inside a transaction");
     let mut other = client(&cluster);
     assert_eq!(other.call(&words(&["SET", "t", "9"])).expect("SET"), Reply::ok());
     assert_eq!(c.call(&words(&["MULTI"])).expect("MULTI"), Reply::ok());

@@ -317,3 +317,36 @@ fn read_within_reserves_what_read_reply_bytes_counts_and_answers_what_read_answe
     let get_a = sm.read_within(&reads[0], 0, |_| true);
     assert_eq!(get_a, Some((CommandResult::Value(Some(b"hello".to_vec())), 5)));
 }
+
+// A session over its share that sits just under the byte bound gives way when other clients'
+// small writes tip it: its own oldest replies go, not the other sessions (which, evicted one by
+// one, would lose their exactly-once retries).
+#[test]
+fn a_session_over_its_share_gives_way_when_others_tip_the_bound() {
+    use quorumkv::storage::{remembered_bytes, SessionCheck, SessionTable, MAX_SESSION_REPLY_BYTES};
+    let tag = |client_id, seq| SessionTag { client_id, seq };
+    let overhead = remembered_bytes(&CommandResult::Value(Some(Vec::new())));
+    let small = remembered_bytes(&CommandResult::Integer(1));
+    // Sixteen replies of one client fill the bound but for room for ten small ones.
+    let each = (MAX_SESSION_REPLY_BYTES - 10 * small) / 16;
+    let mut table = SessionTable::new(1000);
+    let mut index = 0;
+    for seq in 1..=16 {
+        index += 1;
+        table.record(tag(500, seq), index, CommandResult::Value(Some(vec![0u8; each - overhead])));
+    }
+    assert_eq!(
+        table.check(tag(500, 1)),
+        SessionCheck::Duplicate(CommandResult::Value(Some(vec![0u8; each - overhead])))
+    );
+    for client in 1..=100 {
+        index += 1;
+        table.record(tag(client, 1), index, CommandResult::Integer(1));
+    }
+    assert!(table.reply_bytes() <= MAX_SESSION_REPLY_BYTES);
+    assert_eq!(table.len(), 101, "no small session evicted");
+    for client in 1..=100 {
+        assert_eq!(table.check(tag(client, 1)), SessionCheck::Duplicate(CommandResult::Integer(1)));
+    }
+    assert_eq!(table.check(tag(500, 1)), SessionCheck::TooOld, "the large session's oldest went");
+}

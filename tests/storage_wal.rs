@@ -613,13 +613,14 @@ fn a_write_torn_around_a_zero_sector_ends_the_last_segment_but_not_a_closed_one(
 }
 
 // A zero sector in the last segment with valid records after it is taken for a torn write only
-// if those records can all be that one write: a hard state followed by more records means a
-// later write came after it, so the hole is in bytes that were synced (and maybe acknowledged),
-// and cutting there would lose them.
+// if those records can be that one write: a hard state (a write's last record when it has one)
+// followed by more records means a later write came after it, so the hole is in bytes that were
+// synced (and maybe acknowledged), and cutting there would lose them.
 #[test]
 fn a_zero_sector_with_a_later_write_after_it_is_corruption_even_in_the_last_segment() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let options = WalOptions { segment_bytes: 1 << 20, fsync: false };
+    // With fsync, as a replica runs: each write reached the disk before the next began.
+    let options = WalOptions { segment_bytes: 1 << 20, fsync: true };
     let before: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
     let big = |i: u64| Entry { index: i, term: 1, data: vec![7; 300].into(), ..Entry::default() };
     let start;

@@ -95,9 +95,9 @@ pub fn restore_data_dir(
         let _ = fs::remove_dir_all(&building);
         return Err(e.into());
     }
-    if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        sync_dir(parent)?;
-    }
+    // The rename made durable: `q` is in the current directory.
+    let parent = data_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    sync_dir(parent)?;
     Ok(Restored { meta, keys: state.engine().len() as u64, digest: state.engine().digest() })
 }
 

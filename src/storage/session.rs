@@ -2,7 +2,7 @@
 
 use crate::protocol::command::{CommandResult, SessionTag};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Replies remembered per client: the window of its highest applied seqs, in seqs.
 pub const MAX_REPLIES_PER_SESSION: usize = 32;
@@ -15,10 +15,10 @@ pub const DEFAULT_MAX_SESSIONS: usize = 100_000;
 /// reading large values), so a count of sessions alone would not bound the table's memory.
 pub const MAX_SESSION_REPLY_BYTES: usize = 256 * 1024 * 1024;
 
-/// Bytes of replies past which, when the table is over [`MAX_SESSION_REPLY_BYTES`], the session
-/// just written gives up its own oldest replies before any other session is evicted: one client
-/// whose replies are large would otherwise evict every other client's session in turn (and a
-/// retry of an evicted client's write applies again).
+/// Bytes of replies past which, when the table is over [`MAX_SESSION_REPLY_BYTES`], a session
+/// gives up its own oldest replies before any session is evicted: one client whose replies are
+/// large would otherwise have every other client's session evicted in turn (and a retry of an
+/// evicted client's write applies again).
 pub const MAX_SESSION_SHARE_BYTES: usize = MAX_SESSION_REPLY_BYTES / 8;
 
 /// Bytes a remembered reply is counted for: its values and texts, and 32 per part.
@@ -46,6 +46,10 @@ pub(crate) struct Session {
     floor: Option<u64>,
     /// Log index of the last write this session applied; unique among sessions.
     last_index: u64,
+    /// [`remembered_bytes`] of `replies`, summed; not in images (counted again when a table is
+    /// rebuilt from one).
+    #[serde(skip)]
+    bytes: usize,
 }
 
 /// The exactly-once table: per client id, the replies of its recent writes.
@@ -58,10 +62,10 @@ pub(crate) struct Session {
 /// than `max_sessions` clients are known, or the replies remembered pass
 /// [`MAX_SESSION_REPLY_BYTES`], the session whose last write was applied longest ago (lowest log
 /// index) is evicted; an evicted client is then treated as new, so a retry of one of its old
-/// writes would apply again. Past the byte bound, though, the session just written first gives
-/// up its own lowest seqs (raising its floor) while it holds more than
-/// [`MAX_SESSION_SHARE_BYTES`], and, should it hold more than the bound alone, down to its
-/// highest. Durability: none by itself; it travels in the state machine's snapshot and is
+/// writes would apply again. Past the byte bound, though, the sessions holding more than
+/// [`MAX_SESSION_SHARE_BYTES`] first give up their own lowest seqs (raising their floors; lowest
+/// client id first), and the session just written, should it hold more than the bound alone,
+/// down to its highest. Durability: none by itself; it travels in the state machine's snapshot and is
 /// rebuilt by replaying the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionTable {
@@ -73,13 +77,21 @@ pub struct SessionTable {
     by_index: BTreeMap<u64, u64>,
     /// [`remembered_bytes`] summed over every reply of every session.
     reply_bytes: usize,
+    /// The sessions holding more than [`MAX_SESSION_SHARE_BYTES`] of replies.
+    heavy: BTreeSet<u64>,
 }
 
 impl SessionTable {
     /// An empty table holding at most `max_sessions` sessions.
     pub fn new(max_sessions: usize) -> Self {
         assert!(max_sessions >= 1, "max_sessions must be at least 1");
-        SessionTable { max_sessions, sessions: BTreeMap::new(), by_index: BTreeMap::new(), reply_bytes: 0 }
+        SessionTable {
+            max_sessions,
+            sessions: BTreeMap::new(),
+            by_index: BTreeMap::new(),
+            reply_bytes: 0,
+            heavy: BTreeSet::new(),
+        }
     }
 
     /// What the table knows about `tag`.
@@ -107,6 +119,7 @@ impl SessionTable {
             replies: BTreeMap::new(),
             floor: None,
             last_index: 0,
+            bytes: 0,
         });
         assert!(
             index > session.last_index,
@@ -117,26 +130,27 @@ impl SessionTable {
         let clash = self.by_index.insert(index, tag.client_id);
         assert!(clash.is_none(), "two sessions applied at index {index}");
         session.last_index = index;
-        self.reply_bytes += remembered_bytes(&reply);
+        let added = remembered_bytes(&reply);
+        self.reply_bytes += added;
+        session.bytes += added;
         session.replies.insert(tag.seq, reply);
-        if session.replies.len() > MAX_REPLIES_PER_SESSION {
-            self.reply_bytes -= Self::drop_oldest_reply(session);
+        let full = session.replies.len() > MAX_REPLIES_PER_SESSION;
+        self.weigh(tag.client_id);
+        if full {
+            self.drop_oldest(tag.client_id);
         }
         while self.reply_bytes > MAX_SESSION_REPLY_BYTES {
-            let writer = self.sessions.get_mut(&tag.client_id).filter(|s| s.replies.len() > 1);
-            if let Some(session) = writer
-                .filter(|s| s.replies.values().map(remembered_bytes).sum::<usize>() > MAX_SESSION_SHARE_BYTES)
-            {
-                // Its lowest seqs go first (its floor rises), not other clients' sessions.
-                self.reply_bytes -= Self::drop_oldest_reply(session);
+            let trimmable = |client: &u64| self.sessions.get(client).is_some_and(|s| s.replies.len() > 1);
+            if let Some(heavy) = self.heavy.iter().copied().find(trimmable) {
+                // A session over its share gives up its lowest seqs (its floor rises) before any
+                // session is evicted.
+                self.drop_oldest(heavy);
             } else if self.by_index.first_key_value().is_some_and(|(_, &client)| client != tag.client_id) {
                 self.evict_oldest();
-            } else if let Some(session) =
-                self.sessions.get_mut(&tag.client_id).filter(|s| s.replies.len() > 1)
-            {
+            } else if trimmable(&tag.client_id) {
                 // Only this session is left: its lowest seqs go, down to one reply (the
                 // just-written one, unless it came out of order below others: then it is too old).
-                self.reply_bytes -= Self::drop_oldest_reply(session);
+                self.drop_oldest(tag.client_id);
             } else {
                 break;
             }
@@ -149,9 +163,27 @@ impl SessionTable {
     fn evict_oldest(&mut self) {
         if let Some((_, evicted)) = self.by_index.pop_first() {
             if let Some(session) = self.sessions.remove(&evicted) {
-                self.reply_bytes -= session.replies.values().map(remembered_bytes).sum::<usize>();
+                self.reply_bytes -= session.bytes;
             }
+            self.heavy.remove(&evicted);
         }
+    }
+
+    /// Drops `client`'s oldest reply (its floor rises), keeping the byte counts.
+    fn drop_oldest(&mut self, client: u64) {
+        let Some(session) = self.sessions.get_mut(&client) else { return };
+        let freed = Self::drop_oldest_reply(session);
+        session.bytes -= freed;
+        self.reply_bytes -= freed;
+        self.weigh(client);
+    }
+
+    /// Notes whether `client`'s session holds more than its share.
+    fn weigh(&mut self, client: u64) {
+        match self.sessions.get(&client) {
+            Some(session) if session.bytes > MAX_SESSION_SHARE_BYTES => self.heavy.insert(client),
+            _ => self.heavy.remove(&client),
+        };
     }
 
     /// Drops `session`'s oldest reply, raising its floor to that seq; the bytes it was counted for.
@@ -189,14 +221,19 @@ impl SessionTable {
 
     /// Rebuilds a table from sessions taken by [`sessions`](Self::sessions); `None` if they break
     /// the table's invariants.
-    pub(crate) fn from_sessions(max_sessions: usize, sessions: BTreeMap<u64, Session>) -> Option<Self> {
+    pub(crate) fn from_sessions(max_sessions: usize, mut sessions: BTreeMap<u64, Session>) -> Option<Self> {
         if max_sessions == 0 || sessions.len() > max_sessions {
             return None;
         }
         let mut by_index = BTreeMap::new();
         let mut reply_bytes = 0usize;
-        for (client, session) in &sessions {
-            reply_bytes += session.replies.values().map(remembered_bytes).sum::<usize>();
+        let mut heavy = BTreeSet::new();
+        for (client, session) in &mut sessions {
+            session.bytes = session.replies.values().map(remembered_bytes).sum::<usize>();
+            reply_bytes += session.bytes;
+            if session.bytes > MAX_SESSION_SHARE_BYTES {
+                heavy.insert(*client);
+            }
             let within_window = session.replies.len() <= MAX_REPLIES_PER_SESSION;
             let above_floor = session.floor.is_none_or(|f| session.replies.keys().all(|&seq| seq > f));
             if !within_window || !above_floor || by_index.insert(session.last_index, *client).is_some() {
@@ -205,6 +242,6 @@ impl SessionTable {
         }
         // Past the byte bound (an image from a build with a larger one) is kept as it is: the
         // next write evicts down to it.
-        Some(SessionTable { max_sessions, sessions, by_index, reply_bytes })
+        Some(SessionTable { max_sessions, sessions, by_index, reply_bytes, heavy })
     }
 }

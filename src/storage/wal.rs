@@ -614,10 +614,13 @@ fn create_segment(dir: &Path, seq: u64, head: &[u8], fsync: bool) -> Result<(Seg
 }
 
 /// Whether the valid records after damage at `offset` can all belong to the write it is in, so
-/// that the damage can be that write torn by a crash. A write's records end with its hard state,
-/// or it is a lone marker: such a record with another after it means a later write follows, and
-/// a write begins only once the one before it is synced (and perhaps acknowledged), so the damage
-/// is then corruption of synced bytes, not a torn write, and cutting there would lose them.
+/// that the damage can be that write torn by a crash. A write's hard state, if it has one, is its
+/// last record, and a marker is written alone: such a record with another after it means a later
+/// write follows, and (with fsync) a write begins only once the one before it is synced, perhaps
+/// acknowledged, so the damage is then corruption of synced bytes, not a torn write, and cutting
+/// there would lose them. Writes of entries only cannot be told apart this way: damage before
+/// them is still taken for a torn write. Without fsync, writes reach the disk in any order, and a
+/// crash may leave any of them out: the tail is cut as before.
 fn at_most_one_write_after(buf: &[u8], offset: usize) -> bool {
     let kinds = record::kinds_after_damage(buf, offset);
     kinds.iter().rev().skip(1).all(|kind| matches!(kind, RecordKind::Entry | RecordKind::ConfEntry))
@@ -801,7 +804,7 @@ impl Replay {
             Some(Damage::Corrupt { offset, reason })
                 if is_last
                     && record::torn_into_reserved_space(&buf, offset)
-                    && at_most_one_write_after(&buf, offset) =>
+                    && (!fsync || at_most_one_write_after(&buf, offset)) =>
             {
                 log::warn!(
                     "{}: write torn at offset {offset} ({reason}, with a zero sector it never \

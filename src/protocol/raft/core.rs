@@ -204,6 +204,8 @@ pub struct RaftCore {
     handing_over: bool,
     /// Transfers this removed leader has started, which picks the next successor in turn.
     hand_over_tries: usize,
+    /// The successors in the order the first hand-over ranked them (most caught up first).
+    hand_over_order: Vec<NodeId>,
     /// Members just removed, still sent heartbeats for the given ticks so they learn it.
     leaving: BTreeMap<NodeId, u32>,
     /// The leader's view of each other member (and of `leaving` ones); empty unless leader.
@@ -290,6 +292,7 @@ impl RaftCore {
             lead_transferee: None,
             handing_over: false,
             hand_over_tries: 0,
+            hand_over_order: Vec::new(),
             leaving: BTreeMap::new(),
             rng: Rng::new(config.seed),
             config,
@@ -534,6 +537,7 @@ impl RaftCore {
         self.lead_transferee = None;
         self.handing_over = false;
         self.hand_over_tries = 0;
+        self.hand_over_order.clear();
         self.leaving.clear();
         self.progress.clear();
         self.votes.clear();
@@ -1556,18 +1560,22 @@ impl RaftCore {
     /// leader for good: the remaining voters learn that the removal committed only from this
     /// leader, and until they do they still need its vote, which its longer log may refuse
     /// them. So it goes on replicating (its heartbeats carry the commit index), takes no
-    /// proposals, catches the most advanced voter up and sends it `TimeoutNow`, again after
-    /// each election timeout, until a newer term takes over.
-    /// Hands leadership to a remaining voter: the most caught up first, then, each time a
-    /// transfer timed out, the next in that order. Always the same one would wait for ever on
-    /// a voter that is down (the others, in this leader's lease, never campaign on their own).
+    /// proposals, catches a remaining voter up and sends it `TimeoutNow`, until a newer term
+    /// takes over: the most caught up first, then, each time a transfer timed out (an election
+    /// timeout), the next in that first ranking (ranked again, a dead voter could come first
+    /// again once the live ones caught up). Always the same one would wait for ever on a voter
+    /// that is down (the others, in this leader's lease, never campaign on their own).
     fn hand_over(&mut self) {
-        let progress = &self.progress;
-        let mut voters: Vec<NodeId> = self.membership.voters.iter().copied().collect();
+        if self.hand_over_order.is_empty() {
+            let progress = &self.progress;
+            let mut voters: Vec<NodeId> = self.membership.voters.iter().copied().collect();
+            voters.sort_by_key(|id| (std::cmp::Reverse(progress.get(id).map_or(0, |p| p.matched)), *id));
+            self.hand_over_order = voters;
+        }
+        let voters = &self.hand_over_order;
         if voters.is_empty() {
             return;
         }
-        voters.sort_by_key(|id| (std::cmp::Reverse(progress.get(id).map_or(0, |p| p.matched)), *id));
         let to = voters[self.hand_over_tries % voters.len()];
         self.hand_over_tries += 1;
         self.handing_over = true;
