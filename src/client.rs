@@ -380,8 +380,9 @@ impl Client {
     /// [`pipeline`](Client::pipeline) are refused ([`ClientError::Invalid`]).
     pub fn call(&mut self, args: &[Vec<u8>]) -> Result<Reply, ClientError> {
         let deadline = self.deadline();
-        let Some(name) = args.first() else { return Err(ClientError::Invalid("empty command".to_string())) };
-        let name = name.to_ascii_uppercase();
+        let Some(name) = command_name(args) else {
+            return Err(ClientError::Invalid("empty command".to_string()));
+        };
         if let Some(transaction) = self.transaction {
             return self.call_in_transaction(transaction, &name, args, deadline);
         }
@@ -403,8 +404,9 @@ impl Client {
     ) -> Result<Reply, ClientError> {
         // Queued writes go untagged (the server refuses REQ inside MULTI); the EXEC that runs
         // them is tagged instead, as one write.
+        let caller_tagged = args.first().is_some_and(|w| w.eq_ignore_ascii_case(b"REQ"));
         let to_send = match (transaction.queuing, name) {
-            (true, b"EXEC") => self.tag_as_write(args),
+            (true, b"EXEC") if !caller_tagged => self.tag_as_write(args),
             (true, _) => args.to_vec(),
             (false, _) => self.tag(args)?,
         };
@@ -467,6 +469,16 @@ impl Client {
     /// of it is written.
     pub fn pipeline(&mut self, batch: &[Vec<Vec<u8>>]) -> Result<Vec<Reply>, ClientError> {
         self.outside_transaction()?;
+        if let Some(name) = batch
+            .iter()
+            .filter_map(|args| command_name(args))
+            .find(|name| matches!(name.as_slice(), b"WATCH" | b"UNWATCH" | b"MULTI" | b"EXEC" | b"DISCARD"))
+        {
+            return Err(ClientError::Invalid(format!(
+                "{} in a pipeline: transactions go through call(), a command at a time",
+                String::from_utf8_lossy(&name)
+            )));
+        }
         let deadline = self.deadline();
         let mut tagged = batch.iter().map(|args| self.tag(args)).collect::<Result<Vec<_>, _>>()?;
         if tagged.is_empty() {
@@ -647,6 +659,7 @@ impl Client {
 
     /// Sends an untagged command; an error reply becomes [`ClientError::Server`].
     fn typed_args(&mut self, args: &[Vec<u8>]) -> Result<Reply, ClientError> {
+        self.outside_transaction()?;
         match self.call(args)? {
             Reply::Error(line) => Err(ClientError::Server(line)),
             reply => Ok(reply),
@@ -783,6 +796,13 @@ impl Client {
         self.connection = Some(connection);
         replies
     }
+}
+
+/// The command's name in upper case, behind a `REQ client-id seq` tag if there is one.
+fn command_name(args: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let first = args.first()?;
+    let name = if first.eq_ignore_ascii_case(b"REQ") { args.get(3)? } else { first };
+    Some(name.to_ascii_uppercase())
 }
 
 /// A pipelined command's outcome after one pass.

@@ -319,3 +319,41 @@ fn tryagain_moves_the_retry_to_the_next_server() {
     assert_eq!(healthy.requests(), vec![args("REQ 77 1 APPEND k abc")]);
     assert_eq!(client.current_server(), healthy.addr);
 }
+
+// Inside MULTI the queued writes go untagged and the EXEC tagged, once each on the transaction's
+// connection; an EXEC the caller tagged ends the transaction as a bare one does; and neither
+// the typed helpers nor a pipeline can run while it is open, nor can a pipeline start one.
+#[test]
+fn a_transaction_tags_its_exec_and_holds_the_other_methods_off() {
+    let server = FakeServer::replying(|request| match command(request).first().map(Vec::as_slice) {
+        Some(b"MULTI") => Reply::ok(),
+        Some(b"EXEC") => Reply::Array(Some(vec![Reply::ok()])),
+        Some(b"GET") => Reply::Bulk(None),
+        _ => Reply::Simple("QUEUED".into()),
+    });
+    let mut client = client(&[&server.addr]);
+    for exec in ["EXEC", "REQ 77 50 EXEC"] {
+        assert_eq!(client.call(&args("MULTI")).expect("MULTI"), Reply::ok());
+        assert_eq!(client.call(&args("SET a 1")).expect("SET"), Reply::Simple("QUEUED".into()));
+        assert!(matches!(client.get(b"a"), Err(ClientError::Invalid(_))));
+        assert!(matches!(client.pipeline(&[args("GET a")]), Err(ClientError::Invalid(_))));
+        assert!(matches!(client.ping(), Err(ClientError::Invalid(_))));
+        assert_eq!(client.call(&args(exec)).expect("EXEC"), Reply::Array(Some(vec![Reply::ok()])));
+        assert_eq!(client.get(b"a").expect("over: the helpers work again"), None);
+    }
+    assert_eq!(
+        server.requests(),
+        vec![
+            args("MULTI"),
+            args("SET a 1"),
+            args("REQ 77 1 EXEC"),
+            args("GET a"),
+            args("MULTI"),
+            args("SET a 1"),
+            args("REQ 77 50 EXEC"),
+            args("GET a"),
+        ]
+    );
+    let refused = client.pipeline(&[args("MULTI"), args("SET a 1"), args("EXEC")]);
+    assert!(matches!(refused, Err(ClientError::Invalid(_))), "{refused:?}");
+}

@@ -619,8 +619,9 @@ fn create_segment(dir: &Path, seq: u64, head: &[u8], fsync: bool) -> Result<(Seg
 /// write follows, and (with fsync) a write begins only once the one before it is synced, perhaps
 /// acknowledged, so the damage is then corruption of synced bytes, not a torn write, and cutting
 /// there would lose them. Writes of entries only cannot be told apart this way: damage before
-/// them is still taken for a torn write. Without fsync, writes reach the disk in any order, and a
-/// crash may leave any of them out: the tail is cut as before.
+/// them is still taken for a torn write. (A log written without fsync can be refused here after
+/// a power loss: its replica lost writes it had acknowledged to its peers, and is better rebuilt
+/// than let back in.)
 fn at_most_one_write_after(buf: &[u8], offset: usize) -> bool {
     let kinds = record::kinds_after_damage(buf, offset);
     kinds.iter().rev().skip(1).all(|kind| matches!(kind, RecordKind::Entry | RecordKind::ConfEntry))
@@ -804,7 +805,7 @@ impl Replay {
             Some(Damage::Corrupt { offset, reason })
                 if is_last
                     && record::torn_into_reserved_space(&buf, offset)
-                    && (!fsync || at_most_one_write_after(&buf, offset)) =>
+                    && at_most_one_write_after(&buf, offset) =>
             {
                 log::warn!(
                     "{}: write torn at offset {offset} ({reason}, with a zero sector it never \
