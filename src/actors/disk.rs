@@ -2,6 +2,7 @@
 //! the leader's fsync stalls neither clients nor consensus; and the WAL handle it shares with
 //! consensus, which writes a follower's log itself.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -59,17 +60,31 @@ pub struct WalHandle {
     wal: Arc<Mutex<Option<Wal>>>,
     /// Where write-and-fsync times are recorded.
     status: Option<Arc<StatusBoard>>,
+    /// Set by [`crash`](WalHandle::crash): no write is carried out from then on.
+    crashed: Arc<AtomicBool>,
 }
 
 impl WalHandle {
     /// A handle on `wal`, recording each write-and-fsync's time in `status`'s metrics if given.
     pub fn new(wal: Wal, status: Option<Arc<StatusBoard>>) -> WalHandle {
-        WalHandle { wal: Arc::new(Mutex::new(Some(wal))), status }
+        WalHandle { wal: Arc::new(Mutex::new(Some(wal))), status, crashed: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// Refuses every write from now on, as a crash at this instant would lose them: the writes
+    /// handed out and not yet carried out (queued for the disk writer, say) never happen. For
+    /// fault tests: a replica stopped after this loses what a crashed one would.
+    pub fn crash(&self) {
+        // Under the lock: a write under way finishes first, as it would reach the disk or not.
+        let _guard = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
+        self.crashed.store(true, Ordering::SeqCst);
     }
 
     /// Carries out `msg` on the calling thread: compaction first, then one append and fsync.
     pub fn persist(&self, msg: Persist) -> Result<(), PersistError> {
         let mut guard = self.wal.lock().map_err(|_| PersistError::Failed(StorageError::Poisoned))?;
+        if self.crashed.load(Ordering::SeqCst) {
+            return Err(PersistError::Failed(StorageError::Poisoned));
+        }
         let wal = guard.as_mut().ok_or(PersistError::Failed(StorageError::Poisoned))?;
         let give_back = |persist: Persist, e: StorageError| match e {
             StorageError::DiskFull { .. } => PersistError::DiskFull { why: e.to_string(), persist },

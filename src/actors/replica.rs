@@ -20,7 +20,7 @@ use super::applier::{Applier, StopApplier};
 use super::connection::ConnectionEnv;
 use super::consensus::{Consensus, ConsensusParts, StopConsensus};
 use super::cpu_affinity::{self, CpuList};
-use super::disk::{CloseDisk, DiskWriter, Persist};
+use super::disk::{CloseDisk, DiskWriter, Persist, WalHandle};
 use super::front_end::{FrontEnd, StopFrontEnd};
 use super::peer_listener::{PeerListener, StopListener};
 use super::registry::{ClientRegistry, HeldSnapshots, ScanCursors};
@@ -303,6 +303,8 @@ pub struct Replica {
     front_end: Addr<FrontEnd>,
     peer_listener: Addr<PeerListener>,
     disk: Addr<DiskWriter>,
+    /// The WAL the disk writer and consensus write, for [`crash`](Replica::crash).
+    wal: WalHandle,
     disk_arbiter: Arbiter,
     snapshot_arbiter: Arbiter,
     /// The thread consensus, peer links and the peer listener run on.
@@ -512,6 +514,7 @@ impl Replica {
             front_end,
             peer_listener,
             disk: disk.writer,
+            wal: disk.wal,
             disk_arbiter,
             snapshot_arbiter,
             consensus_arbiter,
@@ -521,6 +524,13 @@ impl Replica {
     /// The consensus actor, for deployments that add their own front end.
     pub fn consensus(&self) -> Addr<Consensus> {
         self.consensus.clone()
+    }
+
+    /// Stops as a crash would: every log write not yet carried out (a leader's queued for its
+    /// disk writer, say) is lost, then [`stop`](Replica::stop). For fault tests.
+    pub async fn crash(self) {
+        self.wal.crash();
+        self.stop().await;
     }
 
     /// Stops every actor, finishes the disk write in progress, and releases the data dir.

@@ -17,7 +17,8 @@ use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
 
 enum Command {
-    Stop(u64, std_mpsc::Sender<()>),
+    /// Stop the replica; with `true`, as a crash (its log writes not yet carried out are lost).
+    Stop(u64, bool, std_mpsc::Sender<()>),
     Start(u64, std_mpsc::Sender<Result<Arc<StatusBoard>, String>>),
     Shutdown(std_mpsc::Sender<()>),
 }
@@ -117,8 +118,18 @@ impl TestCluster {
 
     /// Stops replica `id` (its actors and connections; unsynced state is lost as in a crash).
     pub fn stop(&mut self, id: u64) {
+        self.halt(id, false);
+    }
+
+    /// Crashes replica `id`: as [`stop`](Self::stop), and the log writes it had handed out but
+    /// not yet carried out are lost (a leader's writes queued for its disk writer).
+    pub fn crash(&mut self, id: u64) {
+        self.halt(id, true);
+    }
+
+    fn halt(&mut self, id: u64, crash: bool) {
         let (tx, rx) = std_mpsc::channel();
-        self.commands.send(Command::Stop(id, tx)).expect("cluster thread alive");
+        self.commands.send(Command::Stop(id, crash, tx)).expect("cluster thread alive");
         rx.recv().expect("stopped");
         self.status.remove(&id);
     }
@@ -249,12 +260,14 @@ async fn run(
     let _ = ready.send((addrs, peer_addrs, status));
     while let Some(command) = commands.recv().await {
         match command {
-            Command::Stop(id, done) => {
+            Command::Stop(id, crash, done) => {
                 if let Some(n) = &network {
                     n.unregister(id);
                 }
-                if let Some(r) = replicas.remove(&id) {
-                    r.stop().await;
+                match replicas.remove(&id) {
+                    Some(r) if crash => r.crash().await,
+                    Some(r) => r.stop().await,
+                    None => {}
                 }
                 let _ = done.send(());
             }

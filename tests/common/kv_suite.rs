@@ -352,7 +352,8 @@ pub fn run_generic(spec: &Spec) {
                 } else if rng.chance(0.5) {
                     let running = cluster.running();
                     let id = running[rng.range(0, running.len() as u64) as usize];
-                    cluster.stop(id);
+                    // A crash: what it had not yet written is lost.
+                    cluster.crash(id);
                     down.push(id);
                 }
             }
@@ -673,7 +674,7 @@ pub fn run_nemesis(
             }
             2 if cluster.running().len() > majority => {
                 let running = cluster.running();
-                cluster.stop(running[rng.range(0, running.len() as u64) as usize]);
+                cluster.crash(running[rng.range(0, running.len() as u64) as usize]);
                 actions.push("crash");
             }
             3 if !down.is_empty() => {
