@@ -404,9 +404,8 @@ impl Client {
     ) -> Result<Reply, ClientError> {
         // Queued writes go untagged (the server refuses REQ inside MULTI); the EXEC that runs
         // them is tagged instead, as one write.
-        let caller_tagged = args.first().is_some_and(|w| w.eq_ignore_ascii_case(b"REQ"));
         let to_send = match (transaction.queuing, name) {
-            (true, b"EXEC") if !caller_tagged => self.tag_as_write(args),
+            (true, b"EXEC") if !is_tagged(args) => self.tag_as_write(args),
             (true, _) => args.to_vec(),
             (false, _) => self.tag(args)?,
         };
@@ -800,9 +799,13 @@ impl Client {
 
 /// The command's name in upper case, behind a `REQ client-id seq` tag if there is one.
 fn command_name(args: &[Vec<u8>]) -> Option<Vec<u8>> {
-    let first = args.first()?;
-    let name = if first.eq_ignore_ascii_case(b"REQ") { args.get(3)? } else { first };
+    let name = if is_tagged(args) { args.get(3)? } else { args.first()? };
     Some(name.to_ascii_uppercase())
+}
+
+/// Whether `args` start with a `REQ` tag (the caller's own, or one this client made).
+fn is_tagged(args: &[Vec<u8>]) -> bool {
+    args.first().is_some_and(|w| w.eq_ignore_ascii_case(b"REQ"))
 }
 
 /// A pipelined command's outcome after one pass.

@@ -24,6 +24,19 @@ fn client(servers: &[&str]) -> Client {
     Client::new(config).expect("servers given")
 }
 
+/// A one-replica store that answers `refusal` to the first request `matches` picks, once.
+fn refusing_once(matches: impl Fn(&[Vec<u8>]) -> bool + Send + 'static, refusal: &'static str) -> FakeServer {
+    let refused = Arc::new(AtomicUsize::new(1));
+    let left = Arc::clone(&refused);
+    let mut store = kv_store();
+    FakeServer::replying(move |request| {
+        if matches(request) && left.swap(0, Ordering::SeqCst) > 0 {
+            return Reply::Error(refusal.into());
+        }
+        store(request)
+    })
+}
+
 fn not_leader(addr: &str) -> Reply {
     Reply::Error(format!("NOTLEADER {addr}"))
 }
@@ -233,15 +246,7 @@ fn pipeline_returns_replies_in_order() {
 
 #[test]
 fn pipeline_retries_only_the_refused_commands_with_their_seqs() {
-    let refused = Arc::new(AtomicUsize::new(1));
-    let left = Arc::clone(&refused);
-    let mut store = kv_store();
-    let server = FakeServer::replying(move |request| {
-        if session(request) == Some((77, 2)) && left.swap(0, Ordering::SeqCst) > 0 {
-            return Reply::Error("TRYAGAIN timed out".into());
-        }
-        store(request)
-    });
+    let server = refusing_once(|request| session(request) == Some((77, 2)), "TRYAGAIN timed out");
     let mut client = client(&[&server.addr]);
     let replies = client.pipeline(&[args("SET a 1"), args("SET b 2"), args("SET c 3")]).expect("pipeline");
     assert_eq!(replies, vec![Reply::ok(), Reply::ok(), Reply::ok()]);
@@ -275,15 +280,8 @@ fn pipeline_follows_a_redirect_for_the_whole_batch() {
 // remembers a session's 32 most recent writes) would refuse it as too old, a write lost.
 #[test]
 fn pipeline_retries_a_write_refused_before_proposal_under_a_fresh_seq() {
-    let refused = Arc::new(AtomicUsize::new(1));
-    let left = Arc::clone(&refused);
-    let mut store = kv_store();
-    let server = FakeServer::replying(move |request| {
-        if session(request) == Some((77, 1)) && left.swap(0, Ordering::SeqCst) > 0 {
-            return Reply::Error("TRYAGAIN leader changed; not proposed".into());
-        }
-        store(request)
-    });
+    let server =
+        refusing_once(|request| session(request) == Some((77, 1)), "TRYAGAIN leader changed; not proposed");
     let mut client = client(&[&server.addr]);
     let batch: Vec<Vec<Vec<u8>>> = (0..40).map(|i| args(&format!("SET k{i} {i}"))).collect();
     let replies = client.pipeline(&batch).expect("pipeline");
@@ -292,15 +290,7 @@ fn pipeline_retries_a_write_refused_before_proposal_under_a_fresh_seq() {
     assert_eq!(requests.len(), 41);
     assert_eq!(requests[40], args("REQ 77 41 SET k0 0"), "retried under a fresh seq");
     // A tag the caller wrote is the caller's: retried as it was.
-    let refused = Arc::new(AtomicUsize::new(1));
-    let left = Arc::clone(&refused);
-    let mut store = kv_store();
-    let server = FakeServer::replying(move |request| {
-        if left.swap(0, Ordering::SeqCst) > 0 {
-            return Reply::Error("TRYAGAIN leader changed; not proposed".into());
-        }
-        store(request)
-    });
+    let server = refusing_once(|_| true, "TRYAGAIN leader changed; not proposed");
     let mut caller_tagged = self::client(&[&server.addr]);
     let replies = caller_tagged.pipeline(&[args("REQ 42 1000 SET k v")]).expect("pipeline");
     assert_eq!(replies, vec![Reply::ok()]);

@@ -138,7 +138,7 @@ fn classify_damage(buf: &[u8], offset: usize) -> Damage {
             }
         }
     }
-    if let Some(later) = (offset + 1..buf.len()).find(|&at| valid_record_at(buf, at).is_some()) {
+    if let Some(later) = next_valid_record(buf, offset) {
         return Damage::Corrupt {
             offset,
             reason: format!("{reason}, but a valid record follows at offset {later}"),
@@ -160,7 +160,7 @@ pub const SECTOR_BYTES: usize = 512;
 /// sector, however few: the write began there, and the sector holding its first bytes (the rest
 /// of it synced before) never landed. Only the last segment may be read with this rule.
 pub fn torn_into_reserved_space(buf: &[u8], offset: usize) -> bool {
-    let end = (offset + 1..buf.len()).find(|&at| valid_record_at(buf, at).is_some()).unwrap_or(buf.len());
+    let end = next_valid_record(buf, offset).unwrap_or(buf.len());
     let mut start = offset;
     while start < end {
         let sector_end = (start / SECTOR_BYTES + 1) * SECTOR_BYTES;
@@ -177,10 +177,13 @@ pub fn torn_into_reserved_space(buf: &[u8], offset: usize) -> bool {
 
 /// The kinds of the valid records from the first one after damage at `offset` on, in order.
 pub fn kinds_after_damage(buf: &[u8], offset: usize) -> Vec<RecordKind> {
-    let Some(next) = (offset + 1..buf.len()).find(|&at| valid_record_at(buf, at).is_some()) else {
-        return Vec::new();
-    };
+    let Some(next) = next_valid_record(buf, offset) else { return Vec::new() };
     scan(&buf[next..]).0.iter().map(|r| r.kind).collect()
+}
+
+/// Where the first valid record after damage at `offset` starts, if one does.
+fn next_valid_record(buf: &[u8], offset: usize) -> Option<usize> {
+    (offset + 1..buf.len()).find(|&at| valid_record_at(buf, at).is_some())
 }
 
 /// Says what is wrong with the record at the start of `rest`.
