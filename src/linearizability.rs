@@ -12,6 +12,11 @@
 //! Every operation touches one key and the model keeps keys independent, so the history is split by
 //! key and each part is checked on its own (linearizability is local).
 //!
+//! Operations pipelined on one connection overlap in time, so real time alone would let them take
+//! effect in any order; the server executes them in the order sent, and an operation that names
+//! its connection is placed only after the earlier operations of that connection on its key whose
+//! outcomes are known (an unknown one may have taken effect any time after its call, or never).
+//!
 //! An operation whose outcome is [`KvOutput::Unknown`] (timeout, crash: Jepsen's "info") may have
 //! taken effect at any time after its call, or never: it gets a return time of +infinity, accepts
 //! any output, and the search is done once every operation with a known outcome is linearized.
@@ -64,6 +69,10 @@ pub struct Operation {
     pub call_us: u64,
     /// When the answer arrived (ignored, taken as +infinity, when `output` is `Unknown`).
     pub return_us: u64,
+    /// The client connection it was sent on, when the client pipelined: the operations of one
+    /// connection with known outcomes took effect in the order they appear in the history (the
+    /// order sent), which the checker enforces per key. `None`: only real time orders it.
+    pub connection: Option<u64>,
 }
 
 /// The verdict on a history.
@@ -277,9 +286,17 @@ struct Searcher<'a> {
     overwrites: BTreeSet<(u64, usize)>,
     /// Unplaced reads with a known value, by return time.
     reads: BTreeSet<(u64, usize)>,
+    /// The operation of the same connection with a known outcome sent just before each one, which
+    /// must be linearized first.
+    after: Vec<Option<usize>>,
 }
 
 impl Searcher<'_> {
+    /// Whether `op` waits for an earlier operation of its connection still unplaced.
+    fn waits(&self, op: usize) -> bool {
+        self.after[op].is_some_and(|before| self.linearized.0[before / 64] & (1 << (before % 64)) == 0)
+    }
+
     /// Linearizes `op` next unless that configuration was reached before; true if it was new.
     fn place(&mut self, op: usize, next: State, forced: bool) -> bool {
         self.linearized.set(op);
@@ -363,7 +380,8 @@ impl Searcher<'_> {
         while node != NIL && self.events.is_call[node] {
             let op = self.ops[self.events.op[node]];
             if is_known_read(op) {
-                if matches!(&op.output, KvOutput::Value(read) if *read == self.state) {
+                let ready = !self.waits(self.events.op[node]);
+                if ready && matches!(&op.output, KvOutput::Value(read) if *read == self.state) {
                     return Survey::MatchingRead(self.events.op[node]);
                 }
                 if unreachable(op) {
@@ -407,6 +425,9 @@ enum Survey {
 ///   extend the current value, while no unplaced put or delete could come before it, can never be
 ///   satisfied (appends only extend): the configuration fails at once.
 ///
+/// Both hold under the connection rule too (a read waiting for an earlier operation of its
+/// connection is not placed by the first; the second rules out fewer orders than exist).
+///
 /// Without them, appends placed in a wrong order are undone only after every order of the appends
 /// concurrent with them has been tried, and a long run of appends between two reads is factorial.
 fn check_key(key: &[u8], ops: &[&Operation], deadline: Option<Instant>) -> Search {
@@ -423,6 +444,7 @@ fn check_key(key: &[u8], ops: &[&Operation], deadline: Option<Instant>) -> Searc
         at_best: true,
         overwrites: BTreeSet::new(),
         reads: BTreeSet::new(),
+        after: connection_order(ops),
     };
     for op in 0..ops.len() {
         search.index(op, true);
@@ -465,7 +487,9 @@ fn check_key(key: &[u8], ops: &[&Operation], deadline: Option<Instant>) -> Searc
         // stops at the first return node it meets.
         if search.events.is_call[entry] {
             let op = search.events.op[entry];
-            if let Some(next) = step(&search.state, &ops[op].input, &ops[op].output) {
+            let next =
+                if search.waits(op) { None } else { step(&search.state, &ops[op].input, &ops[op].output) };
+            if let Some(next) = next {
                 if search.place(op, next, false) {
                     (entry, fresh) = (search.events.next[0], true);
                     continue;
@@ -479,6 +503,22 @@ fn check_key(key: &[u8], ops: &[&Operation], deadline: Option<Instant>) -> Searc
         }
     }
     Search::Linearizable
+}
+
+/// For each operation, the one sent just before it on its connection whose outcome is known.
+fn connection_order(ops: &[&Operation]) -> Vec<Option<usize>> {
+    let mut last_known: BTreeMap<u64, usize> = BTreeMap::new();
+    ops.iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let connection = op.connection?;
+            let before = last_known.get(&connection).copied();
+            if op.output != KvOutput::Unknown {
+                last_known.insert(connection, i);
+            }
+            before
+        })
+        .collect()
 }
 
 /// At most this many lines of operations in an explanation.
@@ -577,7 +617,10 @@ fn show_operation(op: &Operation) -> String {
         KvOutput::Length(len) => format!("length {len}"),
         KvOutput::Unknown => "? (unknown)".to_string(),
     };
-    format!("{input} -> {output}")
+    match op.connection {
+        Some(connection) => format!("{input} -> {output} (connection {connection})"),
+        None => format!("{input} -> {output}"),
+    }
 }
 
 fn show_value(value: &State) -> String {
@@ -614,13 +657,26 @@ impl HistoryRecorder {
 
     /// Notes that `client` is about to send `input` on `key`; call it just before sending.
     pub fn begin(&self, client: u64, key: impl Into<Vec<u8>>, input: KvInput) -> OpToken {
-        let key = key.into();
+        self.record(client, None, key.into(), input)
+    }
+
+    /// [`HistoryRecorder::begin`] for an operation pipelined on `connection` (a number fresh for each
+    /// connection opened); call it in the order the requests are sent.
+    pub fn begin_pipelined(
+        &self,
+        client: u64,
+        connection: u64,
+        key: impl Into<Vec<u8>>,
+        input: KvInput,
+    ) -> OpToken {
+        self.record(client, Some(connection), key.into(), input)
+    }
+
+    fn record(&self, client: u64, connection: Option<u64>, key: Vec<u8>, input: KvInput) -> OpToken {
         let mut ops = self.lock();
         let call_us = self.now_us();
-        ops.push((
-            Operation { client, key, input, output: KvOutput::Unknown, call_us, return_us: u64::MAX },
-            false,
-        ));
+        let output = KvOutput::Unknown;
+        ops.push((Operation { client, key, input, output, call_us, return_us: u64::MAX, connection }, false));
         OpToken(ops.len() - 1)
     }
 

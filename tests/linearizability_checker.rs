@@ -1,6 +1,7 @@
 //! The linearizability checker itself: hand-written good and bad histories, partitioning by key,
-//! seeded random histories from a simulated store (and a corrupted read in each), speed on a
-//! 1,000-operation history, the time budget, and the recorder.
+//! seeded random histories from a simulated store (and a corrupted read in each), pipelined
+//! histories and the connection-order rule, speed on a 1,000-operation history, the time budget,
+//! and the recorder.
 //!
 //! `LIN_SEED=n` replays one seed of the random test; `LIN_SEEDS=n` sets how many run (default 200).
 
@@ -32,7 +33,7 @@ fn val(value: &str) -> KvOutput {
 /// An operation on key "k"; `return_us == UNKNOWN` makes it an operation that never completed.
 fn op(client: u64, input: KvInput, output: KvOutput, call_us: u64, return_us: u64) -> Operation {
     let output = if return_us == UNKNOWN { KvOutput::Unknown } else { output };
-    Operation { client, key: b"k".to_vec(), input, output, call_us, return_us }
+    Operation { client, key: b"k".to_vec(), input, output, call_us, return_us, connection: None }
 }
 
 fn assert_ok(ops: &[Operation]) {
@@ -258,6 +259,65 @@ fn unknown_write_cannot_act_before_its_call_or_be_undone() {
     ]);
 }
 
+// ---- pipelined operations: the order of a connection ----------------------------------------
+
+/// Operations of connection `connection` pipelined together (same call time, replies in order).
+fn on(connection: u64, mut op: Operation) -> Operation {
+    op.connection = Some(connection);
+    op
+}
+
+#[test]
+fn pipelined_writes_take_effect_in_the_order_sent() {
+    // Both puts were sent at 0 and answered in order; a later read sees the first one's value,
+    // which only an order against the connection's explains.
+    let ops = vec![
+        op(1, put("a"), KvOutput::Ok, 0, 10),
+        op(1, put("b"), KvOutput::Ok, 0, 11),
+        op(2, KvInput::Get, val("a"), 20, 30),
+    ];
+    assert_ok(&ops);
+    let pipelined: Vec<Operation> =
+        ops.iter().take(2).map(|o| on(7, o.clone())).chain([ops[2].clone()]).collect();
+    let explanation = assert_illegal(&pipelined);
+    assert!(explanation.contains("(connection 7)"), "{explanation}");
+    // On two connections, they may land either way.
+    assert_ok(&[on(7, ops[0].clone()), on(8, ops[1].clone()), ops[2].clone()]);
+}
+
+#[test]
+fn pipelined_read_sees_the_writes_sent_before_it_and_not_after() {
+    assert_ok(&[op(1, put("a"), KvOutput::Ok, 0, 10), op(1, KvInput::Get, ABSENT, 0, 11)]);
+    assert_illegal(&[on(1, op(1, put("a"), KvOutput::Ok, 0, 10)), on(1, op(1, KvInput::Get, ABSENT, 0, 11))]);
+    assert_ok(&[on(1, op(1, KvInput::Get, ABSENT, 0, 10)), on(1, op(1, put("a"), KvOutput::Ok, 0, 11))]);
+    assert_illegal(&[
+        on(1, op(1, KvInput::Get, val("a"), 0, 10)),
+        on(1, op(1, put("a"), KvOutput::Ok, 0, 11)),
+    ]);
+    // Appends of one connection in order: their lengths say so too.
+    assert_illegal(&[
+        on(1, op(1, append("x"), KvOutput::Length(2), 0, 10)),
+        on(1, op(1, append("y"), KvOutput::Length(1), 0, 11)),
+    ]);
+}
+
+#[test]
+fn unknown_operation_of_a_connection_is_not_ordered() {
+    // A write refused with TRYAGAIN may still take effect later, after the connection's next one.
+    assert_ok(&[
+        on(1, op(1, put("a"), KvOutput::Ok, 0, UNKNOWN)),
+        on(1, op(1, put("b"), KvOutput::Ok, 0, 11)),
+        op(2, KvInput::Get, val("a"), 20, 30),
+    ]);
+    // But the known operations on either side of it keep their order.
+    assert_illegal(&[
+        on(1, op(1, put("a"), KvOutput::Ok, 0, 10)),
+        on(1, op(1, put("x"), KvOutput::Ok, 0, UNKNOWN)),
+        on(1, op(1, put("b"), KvOutput::Ok, 0, 11)),
+        op(2, KvInput::Get, val("a"), 20, 30),
+    ]);
+}
+
 // ---- partitioning and explanations ------------------------------------------------------------
 
 #[test]
@@ -267,7 +327,15 @@ fn bad_key_among_many_good_keys_is_reported() {
         let key = format!("key{k}").into_bytes();
         let t = k; // interleave the keys in time
         let mut add = |client, input, output, call_us, return_us| {
-            ops.push(Operation { client, key: key.clone(), input, output, call_us, return_us })
+            ops.push(Operation {
+                client,
+                key: key.clone(),
+                input,
+                output,
+                call_us,
+                return_us,
+                connection: None,
+            })
         };
         add(1, put("a"), KvOutput::Ok, t, t + 100);
         add(2, put("b"), KvOutput::Ok, t + 200, t + 300);
@@ -371,7 +439,15 @@ fn linearizable_history(rng: &mut Rng, clients: u64, n_ops: usize, keys: u64, mi
             _ => KvOutput::Ok,
         };
         let (output, return_us) = if unknown { (KvOutput::Unknown, u64::MAX) } else { (output, return_us) };
-        ops.push(Operation { client: client as u64 + 1, key, input, output, call_us, return_us });
+        ops.push(Operation {
+            client: client as u64 + 1,
+            key,
+            input,
+            output,
+            call_us,
+            return_us,
+            connection: None,
+        });
     }
     ops
 }
@@ -413,7 +489,8 @@ fn random_store_histories_pass_and_fail_once_a_read_is_corrupted() {
 }
 
 /// The definition, by brute force: some order of all known operations and some of the unknown
-/// ones, respecting real time, that the key-value semantics accept. For one key, a few operations.
+/// ones, respecting real time and the order of each connection's known operations, that the
+/// key-value semantics accept. For one key, a few operations.
 fn brute_force_linearizable(ops: &[Operation]) -> bool {
     fn apply(state: &Option<Vec<u8>>, op: &Operation) -> Option<Option<Vec<u8>>> {
         let unknown = op.output == KvOutput::Unknown;
@@ -435,8 +512,12 @@ fn brute_force_linearizable(ops: &[Operation]) -> bool {
         let unplaced: Vec<usize> = (0..ops.len()).filter(|&i| !placed[i]).collect();
         for next in unplaced {
             // Everything known that returned before this call must come first.
-            let waits =
-                (0..ops.len()).any(|p| !placed[p] && known(p) && ops[p].return_us < ops[next].call_us);
+            // And everything known sent before it on its connection.
+            let waits = (0..ops.len()).any(|p| {
+                let sent_before =
+                    p < next && ops[p].connection.is_some() && ops[p].connection == ops[next].connection;
+                !placed[p] && known(p) && (ops[p].return_us < ops[next].call_us || sent_before)
+            });
             if waits {
                 continue;
             }
@@ -502,6 +583,164 @@ fn small_random_histories_agree_with_brute_force() {
     println!("{legal} linearizable, {illegal} not");
     let enough = seeds.len() / 10;
     assert!(legal >= enough && illegal >= enough, "{legal} legal, {illegal} illegal");
+}
+
+/// A history of a real sequential store whose clients pipeline: each client sends one to
+/// `pipeline` operations at once on its connection (a fresh one now and then), which take effect
+/// one by one in the order sent, interleaved with other clients', and are answered in that order.
+/// An unknown operation takes effect or not, by a coin flip, in its place in that order.
+fn pipelined_history(
+    rng: &mut Rng,
+    clients: u64,
+    n_ops: usize,
+    keys: u64,
+    pipeline: u64,
+    mix: &Mix,
+) -> Vec<Operation> {
+    let mut store: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut ops: Vec<Operation> = Vec::with_capacity(n_ops);
+    // Per client: its connection, the operations sent and not yet in effect, when it may send.
+    let mut connection: Vec<u64> = (0..clients).collect();
+    let mut in_flight: Vec<Vec<usize>> = vec![Vec::new(); clients as usize];
+    let mut free_at = vec![0u64; clients as usize];
+    let mut next_connection = clients;
+    let mut now = 0u64;
+    while ops.len() < n_ops || in_flight.iter().any(|f| !f.is_empty()) {
+        now += rng.range(1, 20);
+        let c = rng.range(0, clients) as usize;
+        if let Some(&i) = in_flight[c].first() {
+            in_flight[c].remove(0);
+            let unknown = rng.range(0, 100) < mix.unknown;
+            let takes_effect = !unknown || rng.chance(0.5);
+            let key = ops[i].key.clone();
+            let output = match ops[i].input.clone() {
+                KvInput::Get => KvOutput::Value(store.get(&key).cloned()),
+                KvInput::Put(value) if takes_effect => {
+                    store.insert(key, value);
+                    KvOutput::Ok
+                }
+                KvInput::Append(suffix) if takes_effect => {
+                    store.entry(key).or_default().extend_from_slice(&suffix);
+                    KvOutput::Ok
+                }
+                KvInput::Delete if takes_effect => {
+                    store.remove(&key);
+                    KvOutput::Ok
+                }
+                _ => KvOutput::Ok,
+            };
+            // Answers come in order: never before the one sent before it.
+            let answered =
+                ops[..i].iter().rev().find(|o| o.client == ops[i].client && o.return_us != UNKNOWN);
+            let return_us = (now + rng.range(0, 40)).max(answered.map_or(0, |o| o.return_us));
+            if unknown {
+                (ops[i].output, ops[i].return_us) = (KvOutput::Unknown, UNKNOWN);
+            } else {
+                (ops[i].output, ops[i].return_us) = (output, return_us);
+            }
+            free_at[c] = free_at[c].max(return_us + 1);
+        } else if ops.len() < n_ops && free_at[c] <= now {
+            if rng.chance(0.2) {
+                connection[c] = next_connection;
+                next_connection += 1;
+            }
+            let call_us = free_at[c].max(now.saturating_sub(rng.range(0, 40)));
+            for _ in 0..rng.range(1, pipeline + 1).min((n_ops - ops.len()) as u64) {
+                let i = ops.len();
+                let key = format!("key{}", rng.range(0, keys)).into_bytes();
+                let roll = rng.range(0, mix.get + mix.put + mix.append + mix.delete);
+                let input = if roll < mix.get {
+                    KvInput::Get
+                } else if roll < mix.get + mix.put {
+                    KvInput::Put(format!("p{i}").into_bytes())
+                } else if roll < mix.get + mix.put + mix.append {
+                    KvInput::Append(format!("a{i},").into_bytes())
+                } else {
+                    KvInput::Delete
+                };
+                let (client, output, return_us) = (c as u64 + 1, KvOutput::Unknown, UNKNOWN);
+                ops.push(Operation {
+                    client,
+                    key,
+                    input,
+                    output,
+                    call_us,
+                    return_us,
+                    connection: Some(connection[c]),
+                });
+                in_flight[c].push(i);
+            }
+        }
+    }
+    ops
+}
+
+#[test]
+fn random_pipelined_histories_pass_and_agree_with_brute_force() {
+    let seeds: Vec<u64> = match env_u64("LIN_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..env_u64("LIN_SEEDS").unwrap_or(200) * 5).collect(),
+    };
+    let mix = Mix { get: 40, put: 20, append: 30, delete: 10, unknown: 10 };
+    // Large ones, several keys: linearizable as recorded.
+    for &seed in seeds.iter().take(100) {
+        let mut rng = Rng::new(seed);
+        let (clients, n_ops, keys) = (rng.range(2, 6), rng.range(40, 121) as usize, rng.range(1, 4));
+        let ops = pipelined_history(&mut rng, clients, n_ops, keys, 6, &mix);
+        assert_eq!(
+            check_history(&ops, BUDGET),
+            CheckResult::Ok,
+            "seed {seed} (replay: LIN_SEED={seed}): {ops:#?}"
+        );
+    }
+    // Small ones on one key, some reads corrupted: the checker agrees with the definition, and the
+    // connection rule decides some of them.
+    let (mut legal, mut illegal, mut by_the_rule) = (0, 0, 0);
+    for &seed in &seeds {
+        let mut rng = Rng::new(seed);
+        let (clients, n_ops) = (rng.range(1, 4), rng.range(2, 8) as usize);
+        let mut ops = pipelined_history(&mut rng, clients, n_ops, 1, 4, &mix);
+        let values: Vec<Option<Vec<u8>>> = std::iter::once(None)
+            .chain(ops.iter().filter_map(|op| match &op.input {
+                KvInput::Put(value) | KvInput::Append(value) => Some(Some(value.clone())),
+                _ => None,
+            }))
+            .collect();
+        for op in ops.iter_mut() {
+            if matches!(op.output, KvOutput::Value(_)) && rng.chance(0.4) {
+                op.output = KvOutput::Value(values[rng.range(0, values.len() as u64) as usize].clone());
+            }
+        }
+        let expected = brute_force_linearizable(&ops);
+        let got = check_history(&ops, BUDGET);
+        assert!(got != CheckResult::Timeout, "seed {seed} (replay: LIN_SEED={seed}): timed out");
+        assert_eq!(
+            got == CheckResult::Ok,
+            expected,
+            "seed {seed} (replay: LIN_SEED={seed}): checker says {got:?}, brute force says {expected}: {ops:#?}"
+        );
+        if expected {
+            legal += 1;
+        } else {
+            illegal += 1;
+            let unordered: Vec<Operation> =
+                ops.iter().map(|op| Operation { connection: None, ..op.clone() }).collect();
+            if brute_force_linearizable(&unordered) {
+                by_the_rule += 1;
+                assert_eq!(
+                    check_history(&unordered, BUDGET),
+                    CheckResult::Ok,
+                    "seed {seed}: without connections"
+                );
+            }
+        }
+    }
+    println!("{legal} linearizable, {illegal} not, {by_the_rule} of them only by the connection rule");
+    let enough = seeds.len() / 20;
+    assert!(
+        legal >= enough && illegal >= enough && by_the_rule >= enough,
+        "{legal} / {illegal} / {by_the_rule}"
+    );
 }
 
 #[test]

@@ -1355,11 +1355,13 @@ impl Consensus {
         self.transport.send(PeerFrame::ForwardAnswer { from, to: follower, id, answer });
     }
 
-    /// Carries out a request a follower forwarded, at most once however often its frame arrives.
+    /// Carries out a request a follower forwarded, at most once however often its frame arrives,
+    /// and a follower's writes only in the order it sent them.
     fn on_forward(&mut self, ctx: &mut Context<Self>, from: NodeId, run: u64, id: u64, request: Forwarded) {
-        match self.repeats.check(from, run, id) {
+        let write = matches!(request, Forwarded::Propose(_));
+        match self.repeats.check(from, run, id, write) {
             Freshness::Repeat => return,
-            Freshness::TooOld => {
+            Freshness::TooOld | Freshness::Overtaken => {
                 return self.answer_forward(from, id, ForwardAnswer::Refused(ForwardRefusal::Busy))
             }
             Freshness::New => {}

@@ -7,6 +7,12 @@
 //! between two drives shares one read-index request, and once the leader answers an index they
 //! wait, by index, for the follower's own state machine to reach it.
 //!
+//! A leader takes a follower's forwarded writes in the order the follower sent them (the order
+//! of its forward ids): one that arrives after a later one of the same run is refused, nothing
+//! appended. The follower numbers a client's pipelined writes in the order the client sent them,
+//! so they take effect in that order even where the network reorders frames (a reconnecting peer
+//! link's old and new connections; the test suites' simulated network).
+//!
 //! A read behind writes (a client's pipeline: `SET k v` then `GET k`) also waits for the indexes
 //! of the writes forwarded before it: the leader answers a forwarded write with its index as
 //! soon as it is appended, so those answers usually come back before the read index does, and
@@ -591,6 +597,8 @@ impl<W, R, A> Outbox<W, R, A> {
 struct SeenIds {
     run: u64,
     highest: u64,
+    /// The highest id of a write taken.
+    highest_write: u64,
     /// Ids seen within [`REPEAT_WINDOW`] below `highest`.
     seen: BTreeSet<u64>,
 }
@@ -604,6 +612,9 @@ pub enum Freshness {
     Repeat,
     /// Too far behind the newest id to tell: refuse it (nothing is appended).
     TooOld,
+    /// A write that a later write of the same run overtook on the way: refuse it (nothing is
+    /// appended), or the two would take effect in the other order.
+    Overtaken,
 }
 
 /// A leader's record of the forward ids it has taken, per follower: a request is carried out at
@@ -614,18 +625,25 @@ pub struct RepeatFilter {
 }
 
 impl RepeatFilter {
-    /// Records forward `id` of `follower`'s run `run`, and says whether it is new.
-    pub fn check(&mut self, follower: NodeId, run: u64, id: u64) -> Freshness {
+    /// Records forward `id` of `follower`'s run `run` (a write when `write`), and says whether it
+    /// is new.
+    pub fn check(&mut self, follower: NodeId, run: u64, id: u64, write: bool) -> Freshness {
         let ids = self.by_follower.entry(follower).or_default();
         if ids.run != run {
             // A restarted follower: its ids start again.
-            *ids = SeenIds { run, highest: 0, seen: BTreeSet::new() };
+            *ids = SeenIds { run, ..SeenIds::default() };
         }
         if id + REPEAT_WINDOW <= ids.highest {
             return Freshness::TooOld;
         }
         if !ids.seen.insert(id) {
             return Freshness::Repeat;
+        }
+        if write {
+            if id < ids.highest_write {
+                return Freshness::Overtaken;
+            }
+            ids.highest_write = id;
         }
         if id > ids.highest {
             ids.highest = id;
@@ -1043,14 +1061,27 @@ mod tests {
     #[test]
     fn the_repeat_filter_takes_each_id_once_per_run() {
         let mut filter = RepeatFilter::default();
-        assert_eq!(filter.check(2, 1, 5), Freshness::New);
-        assert_eq!(filter.check(2, 1, 5), Freshness::Repeat);
-        assert_eq!(filter.check(2, 1, 3), Freshness::New, "reordered, not repeated");
-        assert_eq!(filter.check(3, 1, 5), Freshness::New, "another follower");
-        assert_eq!(filter.check(2, 1, 5 + REPEAT_WINDOW), Freshness::New);
-        assert_eq!(filter.check(2, 1, 5), Freshness::TooOld);
-        assert_eq!(filter.check(2, 9, 5), Freshness::New, "a new run starts again");
+        assert_eq!(filter.check(2, 1, 5, false), Freshness::New);
+        assert_eq!(filter.check(2, 1, 5, false), Freshness::Repeat);
+        assert_eq!(filter.check(2, 1, 3, false), Freshness::New, "reordered, not repeated");
+        assert_eq!(filter.check(3, 1, 5, false), Freshness::New, "another follower");
+        assert_eq!(filter.check(2, 1, 5 + REPEAT_WINDOW, false), Freshness::New);
+        assert_eq!(filter.check(2, 1, 5, false), Freshness::TooOld);
+        assert_eq!(filter.check(2, 9, 5, false), Freshness::New, "a new run starts again");
         filter.forget(2);
-        assert_eq!(filter.check(2, 9, 5), Freshness::New);
+        assert_eq!(filter.check(2, 9, 5, false), Freshness::New);
+    }
+
+    #[test]
+    fn a_write_overtaken_by_a_later_write_of_its_run_is_refused() {
+        let mut filter = RepeatFilter::default();
+        assert_eq!(filter.check(2, 1, 4, true), Freshness::New);
+        assert_eq!(filter.check(2, 1, 7, true), Freshness::New);
+        assert_eq!(filter.check(2, 1, 5, true), Freshness::Overtaken, "sent before 7, arrived after it");
+        assert_eq!(filter.check(2, 1, 5, true), Freshness::Repeat, "answered once");
+        assert_eq!(filter.check(2, 1, 6, false), Freshness::New, "reads are not ordered against writes here");
+        assert_eq!(filter.check(2, 1, 8, true), Freshness::New);
+        assert_eq!(filter.check(3, 1, 6, true), Freshness::New, "another follower's writes");
+        assert_eq!(filter.check(2, 2, 1, true), Freshness::New, "a restarted follower numbers from 1 again");
     }
 }

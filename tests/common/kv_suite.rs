@@ -507,6 +507,9 @@ pub fn pipeline_loop(
         if stream.set_read_timeout(Some(Duration::from_secs(2))).is_err() {
             continue;
         }
+        // The known outcomes of one connection take effect in the order sent: a fresh number for
+        // the checker's rule.
+        let connection = clerk_id();
         let mut buf = Vec::new();
         while go_on(answered) {
             let mut out = Vec::new();
@@ -530,7 +533,8 @@ pub fn pipeline_loop(
                 encode_request(&args, &mut out);
                 let is_get = input == KvInput::Get;
                 let is_append = matches!(input, KvInput::Append(_));
-                pending.push((history.begin(id, key.into_bytes(), input), is_get, is_append));
+                let token = history.begin_pipelined(id, connection, key.into_bytes(), input);
+                pending.push((token, is_get, is_append));
             }
             let mut broken = stream.write_all(&out).is_err();
             let mut refused = false;
