@@ -1004,6 +1004,61 @@ fn a_replica_joins_the_leader_moves_and_a_removed_member_exits_0() {
     }
 }
 
+// A `--join` process killed before the cluster reached it (added under a peer address nobody
+// listens on, so nothing ever arrives) and started again with the same command line still
+// joins: it asks again and waits. It took the data dir for a restart, ignored --join and
+// elected itself, a cluster of one taking writes on its client port.
+#[test]
+fn a_join_killed_before_it_heard_from_the_cluster_restarts_as_a_join() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Layout { client, args, .. } = layout(dir.path(), "rejoin");
+    let mut servers: Vec<Running> =
+        (0..3).map(|i| spawn_server(&args[i], &dir.path().join(format!("log{}", i + 1)))).collect();
+    let all = client.join(",");
+    let ports = free_ports(3);
+    let (client4, peer4) = (format!("127.0.0.1:{}", ports[0]), format!("127.0.0.1:{}", ports[1]));
+    let nowhere = format!("127.0.0.1:{}", ports[2]);
+    assert_eq!(stdout(&cli(&all, &["member", "add", "4", &nowhere, &client4])), "OK");
+    let data4 = dir.path().join("d4").display().to_string();
+    let join_args: Vec<String> = [
+        "--id",
+        "4",
+        "--client-addr",
+        &client4,
+        "--peer-addr",
+        &peer4,
+        "--data-dir",
+        &data4,
+        "--join",
+        &all,
+        "--election-timeout-ms",
+        "300",
+        "--heartbeat-ms",
+        "50",
+        "--cluster-name",
+        "rejoin",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for start in 1..=2 {
+        let mut fourth = spawn_server(&join_args, &dir.path().join(format!("log4-{start}")));
+        let role = wait_for("4 to serve clients", || info_field(&client4, "role"));
+        // Watched for several election timeouts: a cluster of one elects itself in one.
+        let until = std::time::Instant::now() + Duration::from_millis(2400);
+        let mut role = Some(role);
+        while std::time::Instant::now() < until {
+            assert_ne!(role.as_deref(), Some("leader"), "start {start}: a joiner elected itself");
+            role = info_field(&client4, "role");
+        }
+        kill(&mut fourth);
+    }
+    for s in servers.iter_mut() {
+        kill(s);
+    }
+}
+
 /// Runs a tool from Debian's redis-tools (`.ci/run` installs them).
 fn redis_tool(tool: &str, args: &[&str]) -> Output {
     Command::new(tool).args(args).output().unwrap_or_else(|e| {

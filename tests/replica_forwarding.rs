@@ -224,7 +224,10 @@ fn pipelined_forwarded_writes_take_effect_in_the_order_sent_when_frames_overtake
         let mut pipeline = Vec::new();
         for i in 0..50 {
             let part = format!("{round}.{i},");
-            quorumkv::protocol::resp::encode_request(&[&b"APPEND"[..], b"seq", part.as_bytes()], &mut pipeline);
+            quorumkv::protocol::resp::encode_request(
+                &[&b"APPEND"[..], b"seq", part.as_bytes()],
+                &mut pipeline,
+            );
         }
         conn.send_raw(&pipeline);
         for i in 0..50 {

@@ -1,7 +1,7 @@
 //! Membership changes on real actors, under load, partitions and crashes: grow and shrink,
 //! replace every member, kill a replica in the middle of a change, cut a learner off while it
 //! is promoted. Every history is checked for linearizability and every acknowledged append
-//! must be present exactly once.
+//! must be present exactly once. And a join restarted before its membership was recorded.
 
 mod common;
 
@@ -19,6 +19,101 @@ use common::wait_until;
 use quorumkv::actors::sim_network::{SimFaults, SimNetwork};
 use quorumkv::client::{Client, ClientConfig};
 use quorumkv::protocol::resp::Reply;
+
+/// A replica started to join, restarted before the cluster sent it anything (its log holds a
+/// hard state only), with a config that no longer says join and lists only itself (what the
+/// server passed on such a restart): it is still a joiner, with no log and no membership of
+/// its own, and never leads, also when a leader's heartbeat had moved its term first. (It
+/// bootstrapped a cluster of one, or took itself alone as the membership, and elected itself.)
+#[test]
+fn a_join_restarted_before_its_membership_is_recorded_is_still_a_join() {
+    use quorumkv::actors::replica::Replica;
+    use quorumkv::protocol::raft::HardState;
+    use quorumkv::storage::{data_dir::is_joining, DataDir, Wal, WalOptions};
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+    for moved_term in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = common::cluster::test_config(4, dir.path());
+        config.peers = BTreeMap::from([(1, "127.0.0.1:1".to_string()), (4, "127.0.0.1:2".to_string())]);
+        config.join = true;
+        let data_dir = config.data_dir.clone();
+        let system = actix_rt::System::new();
+        let first = config.clone();
+        system.block_on(async move { Replica::start(first).await.expect("start a joiner").stop().await });
+        assert!(is_joining(&data_dir), "a join in progress is marked");
+        if moved_term {
+            let dir = DataDir::open(&data_dir, &config.cluster_name, 4).expect("open the data dir");
+            let witness = dir.wal_witness();
+            let (mut wal, _) = Wal::open_witnessed(dir.wal_dir(), WalOptions::default(), Some(&witness))
+                .expect("open the log");
+            wal.append(Some(HardState { term: 5, vote: 0, commit: 0 }), &[]).expect("a newer term");
+        }
+        config.join = false;
+        config.peers = BTreeMap::from([(4, "127.0.0.1:2".to_string())]);
+        let window = Duration::from_millis(4 * config.election_timeout_ms);
+        system.block_on(async move {
+            let replica = Replica::start(config).await.expect("restart");
+            let status = replica.status.clone();
+            // Watched for several election timeouts: a cluster of one elects itself in one.
+            let until = Instant::now() + window;
+            while Instant::now() < until {
+                let membership = status.membership();
+                assert!(
+                    membership.is_empty() && !status.is_leader() && status.last_log_index() == 0,
+                    "moved term {moved_term}: a joiner became a cluster of its own: {membership:?}, leader {}, \
+                     last index {}",
+                    status.is_leader(),
+                    status.last_log_index()
+                );
+                actix_rt::time::sleep(Duration::from_millis(10)).await;
+            }
+            replica.stop().await;
+        });
+        assert!(is_joining(&data_dir), "still joining");
+    }
+}
+
+/// A joiner's mark goes once its membership is recorded: restarted after it caught up, it is a
+/// member like any other (the restart needs nobody's address book).
+#[test]
+fn a_joiner_restarted_after_it_caught_up_is_a_member_and_no_longer_marked() {
+    use quorumkv::storage::data_dir::is_joining;
+    let mut cluster = TestCluster::start_with_spares(3, 1, None, |_| {});
+    let leader = cluster.wait_for_leader_among(&[1, 2, 3], STEP_TIMEOUT);
+    let mut client =
+        Client::new(ClientConfig::new(vec![cluster.client_addrs[&leader].to_string()])).expect("client");
+    let (peer, addr) = (cluster.peer_addrs[&4].to_string(), cluster.client_addrs[&4].to_string());
+    let add = client.call(&[
+        b"MEMBER".to_vec(),
+        b"ADD".to_vec(),
+        b"4".to_vec(),
+        peer.into_bytes(),
+        addr.into_bytes(),
+    ]);
+    assert_eq!(add.expect("MEMBER ADD"), Reply::Simple("OK".into()));
+    let data_dir = cluster.dir.path().join("replica-4");
+    assert!(is_joining(&data_dir), "a join in progress is marked");
+    wait_until("replica 4 to record its membership", STEP_TIMEOUT, || {
+        let m = cluster.status[&4].membership();
+        if m.is_learner(4) {
+            Ok(())
+        } else {
+            Err(m)
+        }
+    });
+    cluster.stop(4);
+    cluster.restart(4);
+    assert!(!is_joining(&data_dir), "the mark outlived the recorded membership");
+    wait_until("replica 4 to know itself a learner again", STEP_TIMEOUT, || {
+        let m = cluster.status[&4].membership();
+        if m.is_learner(4) {
+            Ok(())
+        } else {
+            Err(m)
+        }
+    });
+}
 
 /// How long one membership step may take, retries included.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);

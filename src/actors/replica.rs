@@ -58,7 +58,8 @@ pub struct ReplicaConfig {
     /// membership, that one rules.
     pub peers: BTreeMap<NodeId, String>,
     /// Start with an empty data dir as a new member of a running cluster: no bootstrap; the
-    /// membership arrives with the log (or a snapshot) from the leader.
+    /// membership arrives with the log (or a snapshot) from the leader. The data dir keeps a mark
+    /// until it has, so a restart before then joins again even without this.
     pub join: bool,
     /// Data directory.
     pub data_dir: PathBuf,
@@ -350,7 +351,11 @@ impl Replica {
         // image has opened the log by then, as any start does (torn tail cut, a segment begun).
         let latest = snapshots.read_latest(StateMachine::restore_from)?;
         let fresh = latest.is_none() && is_fresh(&recovery.hard_state, &recovery.snapshot, &recovery.entries);
-        if fresh && !config.join {
+        // A join restarted before its membership was recorded is still a join, whatever the
+        // config says: bootstrapping, or taking `--peers` (itself alone) as the membership, would
+        // make it a cluster of its own.
+        let marked = data_dir.is_joining();
+        if fresh && !config.join && !marked {
             let entry = bootstrap_entry(&config.peers)?;
             let hard_state = HardState { term: 1, vote: 0, commit: 1 };
             wal.append(Some(hard_state), std::slice::from_ref(&entry))?;
@@ -363,7 +368,12 @@ impl Replica {
         let mut membership = state.membership().clone();
         let records_membership = !membership.is_empty()
             || entries.first().is_some_and(|e| e.index == 1 && e.kind == EntryKind::ConfChange);
-        let joining = fresh && config.join;
+        let joining = (config.join || marked) && !records_membership;
+        if joining && !marked {
+            data_dir.set_joining(true)?;
+        } else if marked && records_membership {
+            data_dir.set_joining(false)?;
+        }
         if !records_membership && !joining {
             // A data dir from before memberships were recorded: `--peers` is the membership.
             membership = Membership::from_peers(&config.peers);

@@ -14,11 +14,13 @@ const WAL_WITNESS: &str = "quorumkv.wal";
 const WAL_WITNESS_TEMP: &str = "quorumkv.tmp";
 const WAL_DIR: &str = "wal";
 const SNAP_DIR: &str = "snap";
+const JOINING_FILE: &str = "JOINING";
 
 /// An open, locked data directory of one member of one cluster.
 ///
 /// Layout: `quorumkv.meta` (format version, cluster name, member id), `quorumkv.wal` (the WAL's
-/// newest segment), `LOCK`, `wal/`, `snap/`.
+/// newest segment), `LOCK`, `wal/`, `snap/`, and `JOINING` while a replica started to join a
+/// cluster has not yet recorded its membership.
 /// Durability: when [`open`](DataDir::open) returns on a first start, the metadata file and the
 /// subdirectories are on stable storage. The lock is held until the `DataDir` is dropped.
 #[derive(Debug)]
@@ -105,6 +107,33 @@ impl DataDir {
     pub fn snap_dir(&self) -> PathBuf {
         self.root.join(SNAP_DIR)
     }
+
+    /// Whether this dir belongs to a join that has not recorded a membership yet.
+    pub fn is_joining(&self) -> bool {
+        is_joining(&self.root)
+    }
+
+    /// Marks this dir as a join in progress (on stable storage when it returns), or clears the mark.
+    pub fn set_joining(&self, joining: bool) -> Result<()> {
+        let path = self.root.join(JOINING_FILE);
+        if joining {
+            let file = File::create(&path).map_err(io_err("create", &path))?;
+            file.sync_all().map_err(io_err("fsync", &path))?;
+        } else {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_err("remove", &path)(e)),
+            }
+        }
+        sync_dir(&self.root)
+    }
+}
+
+/// Whether the data dir at `path` belongs to a join that has not recorded a membership yet: a
+/// restart must join again (no bootstrap, no membership taken from `--peers`).
+pub fn is_joining(path: &Path) -> bool {
+    path.join(JOINING_FILE).exists()
 }
 
 /// Takes the exclusive lock on the dir's `LOCK` file.
