@@ -4,8 +4,8 @@ mod common;
 
 use common::raft_net::{core, core_with_log, drain, entries_with_terms, paper_config, Net};
 use quorumkv::protocol::raft::{
-    Config, Entry, HardState, Message, MessageBody, ProposeError, RaftCore, Role, Snapshot, SnapshotMeta,
-    StepError,
+    Config, Entry, EntryKind, HardState, Message, MessageBody, ProposeError, RaftCore, Role, Snapshot,
+    SnapshotMeta, StepError,
 };
 
 fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
@@ -1083,6 +1083,25 @@ fn reads_during_a_round_share_the_next_one() {
     let released: Vec<_> =
         readies.iter().flat_map(|r| r.read_states.iter().map(|s| (s.ctx, s.index))).collect();
     assert_eq!(released, vec![(2, commit), (3, commit)]);
+}
+
+// A node whose image (or log) came in a term its hard state never recorded (written apart, a
+// crash between them) starts in that term, with no vote, and writes it with its next hard state:
+// a stale leader of the older term is not taken for a current one.
+#[test]
+fn a_node_restored_with_an_image_of_a_newer_term_than_its_hard_state_starts_in_that_term() {
+    let snapshot = SnapshotMeta { index: 5, term: 3 };
+    let stale = HardState { term: 1, vote: 2, commit: 5 };
+    let mut core = RaftCore::new(paper_config(1, &[1, 2, 3], false, false), stale, snapshot, Vec::new());
+    assert_eq!(core.term(), 3);
+    let ready = core.ready();
+    assert_eq!(ready.hard_state.map(|h| (h.term, h.vote)), Some((3, 0)), "the raised term is written");
+    let entry = Entry { term: 4, index: 6, data: Vec::new().into(), kind: EntryKind::Normal };
+    let later = RaftCore::new(paper_config(1, &[1, 2, 3], false, false), stale, snapshot, vec![entry]);
+    assert_eq!(later.term(), 4, "an entry's term counts too");
+    let current = HardState { term: 7, vote: 3, commit: 5 };
+    let kept = RaftCore::new(paper_config(1, &[1, 2, 3], false, false), current, snapshot, Vec::new());
+    assert_eq!(kept.term(), 7, "a newer hard state is kept, its vote too");
 }
 
 // A read round goes to just enough followers for a quorum, the one that answered the latest

@@ -20,7 +20,7 @@ use super::applier::{Applier, StopApplier};
 use super::connection::ConnectionEnv;
 use super::consensus::{Consensus, ConsensusParts, StopConsensus};
 use super::cpu_affinity::{self, CpuList};
-use super::disk::{CloseDisk, DiskWriter, Persist, WalHandle};
+use super::disk::{CloseDisk, DiskWriter, WalHandle};
 use super::front_end::{FrontEnd, StopFrontEnd};
 use super::peer_listener::{PeerListener, StopListener};
 use super::registry::{ClientRegistry, HeldSnapshots, ScanCursors};
@@ -273,6 +273,13 @@ fn recover(
         }
         return Ok((StateMachine::default(), SnapshotMeta::default(), entries));
     };
+    if state.applied_index() != meta.index {
+        return Err(ReplicaError::Config(format!(
+            "replica {id}: the newest snapshot ({}) holds the state at index {}",
+            meta.index,
+            state.applied_index()
+        )));
+    }
     if meta.index < marker.index {
         return Err(ReplicaError::Config(format!(
             "replica {id}: the newest snapshot ({}) is older than the log's compaction point ({})",
@@ -402,21 +409,17 @@ impl Replica {
         );
         let core = RaftCore::restore(raft_config, recovery.hard_state, snapshot_meta, membership, entries);
 
+        if snapshot_meta != recovery.snapshot {
+            // The snapshot file is newer than the log's marker (a crash between the two writes).
+            // Written before consensus starts, so no write of its own can come first; and a start
+            // that cannot write it fails: entries appended after the snapshot onto a log that
+            // still disagrees with it there would all be dropped by the next start's recovery.
+            wal.compact(snapshot_meta)?;
+        }
         let status = Arc::new(StatusBoard::new(config.id, client_addr.to_string()));
         let disk_arbiter = Arbiter::new();
         pin_arbiter(&disk_arbiter, &config, "log writer");
         let disk = DiskWriter::start_on(&disk_arbiter.handle(), wal, data_dir, Some(status.clone()));
-        if snapshot_meta != recovery.snapshot {
-            // The snapshot file is newer than the log's marker (a crash between the two writes).
-            // Written here, before consensus starts, so no write of its own can come first.
-            let marker = Persist { compact: Some(snapshot_meta), hard_state: None, entries: Vec::new() };
-            if let Err(e) = disk.wal.persist(marker) {
-                log::warn!(
-                    "replica {}: could not record the log's start after the snapshot: {e:?}",
-                    config.id
-                );
-            }
-        }
         let snapshot_arbiter = Arbiter::new();
         let id = config.id;
         let snapshot_inbox = snapshots.inbox();

@@ -283,6 +283,13 @@ impl RaftCore {
         if let Err(e) = config.validate() {
             panic!("invalid raft config: {e}");
         }
+        // An image taken in, or entries written, in a term whose hard state never reached the
+        // disk (they are written apart): that term was seen, so the node never starts below it.
+        // It cast no vote there (a vote is on disk before it is sent); the raised term is
+        // written with the next hard state.
+        let seen = snapshot.term.max(entries.last().map_or(0, |e| e.term));
+        let (term, vote) =
+            if hard_state.term < seen { (seen, 0) } else { (hard_state.term, hard_state.vote) };
         let log = RaftLog::restore(snapshot, entries, hard_state.commit);
         let mut core = RaftCore {
             membership,
@@ -296,8 +303,8 @@ impl RaftCore {
             leaving: BTreeMap::new(),
             rng: Rng::new(config.seed),
             config,
-            term: hard_state.term,
-            vote: hard_state.vote,
+            term,
+            vote,
             role: Role::Follower,
             leader: 0,
             log,
