@@ -115,6 +115,90 @@ fn a_joiner_restarted_after_it_caught_up_is_a_member_and_no_longer_marked() {
     });
 }
 
+/// Runs one replica on a thread of its own until the returned sender fires: its client address
+/// and status.
+fn run_one(
+    config: quorumkv::actors::replica::ReplicaConfig,
+) -> (
+    std::net::SocketAddr,
+    Arc<quorumkv::actors::status::StatusBoard>,
+    tokio::sync::oneshot::Sender<()>,
+    JoinHandle<()>,
+) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let replica = quorumkv::actors::replica::Replica::start(config).await.expect("start");
+            let _ = ready_tx.send((replica.client_addr, replica.status.clone()));
+            let _ = stop_rx.await;
+            replica.stop().await;
+        })
+    });
+    let (addr, status) = ready_rx.recv().expect("replica started");
+    (addr, status, stop_tx, thread)
+}
+
+/// A data dir from before memberships were recorded (its log starts with a plain entry) takes
+/// `--peers` as its membership; a change made since is kept through a snapshot and a restart.
+/// (Its state machine had no membership, so it applied no change and its snapshots recorded
+/// none: the restart went back to `--peers` alone, forgetting the member added.)
+#[test]
+fn a_data_dir_from_before_memberships_keeps_its_changes_through_a_snapshot() {
+    use quorumkv::protocol::raft::{Entry, EntryKind, HardState};
+    use quorumkv::storage::{DataDir, Wal, WalOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::cluster::test_config(1, dir.path());
+    config.snapshot_threshold_bytes = 1; // a snapshot at every chance
+    {
+        let data = DataDir::open(&config.data_dir, &config.cluster_name, 1).expect("open the data dir");
+        let witness = data.wal_witness();
+        let (mut wal, _) =
+            Wal::open_witnessed(data.wal_dir(), WalOptions::default(), Some(&witness)).expect("log");
+        let old = Entry { term: 1, index: 1, data: Vec::new().into(), kind: EntryKind::Normal };
+        wal.append(Some(HardState { term: 1, vote: 1, commit: 1 }), &[old]).expect("an old log");
+    }
+    let (addr, status, stop, thread) = run_one(config.clone());
+    wait_until(
+        "a leader",
+        STEP_TIMEOUT,
+        || if status.is_leader() { Ok(()) } else { Err(status.role_name()) },
+    );
+    let mut client = Client::new(ClientConfig::new(vec![addr.to_string()])).expect("client");
+    let add = client.call(&[
+        b"MEMBER".to_vec(),
+        b"ADD".to_vec(),
+        b"9".to_vec(),
+        b"127.0.0.1:1".to_vec(),
+        b"127.0.0.1:2".to_vec(),
+    ]);
+    assert_eq!(add.expect("MEMBER ADD"), Reply::Simple("OK".into()));
+    let added_at = status.applied_index();
+    let set = client.call(&[b"SET".to_vec(), b"k".to_vec(), b"v".to_vec()]);
+    assert_eq!(set.expect("SET"), Reply::Simple("OK".into()));
+    wait_until("a snapshot past the change", STEP_TIMEOUT, || {
+        let at = status.snapshot_index();
+        if at > added_at {
+            Ok(())
+        } else {
+            Err(at)
+        }
+    });
+    let _ = stop.send(());
+    thread.join().expect("replica thread");
+    let (_, status, stop, thread) = run_one(config);
+    wait_until("the learner added before the snapshot", STEP_TIMEOUT, || {
+        let m = status.membership();
+        if m.is_learner(9) && m.is_voter(1) {
+            Ok(())
+        } else {
+            Err(m)
+        }
+    });
+    let _ = stop.send(());
+    thread.join().expect("replica thread");
+}
+
 /// How long one membership step may take, retries included.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -370,7 +370,7 @@ impl Replica {
             recovery.entries = vec![entry];
             log::info!("replica {}: bootstrapped a new cluster of {:?}", config.id, config.peers.keys());
         }
-        let (state, snapshot_meta, entries) =
+        let (mut state, snapshot_meta, entries) =
             recover(config.id, latest, recovery.snapshot, recovery.entries)?;
         let mut membership = state.membership().clone();
         let records_membership = !membership.is_empty()
@@ -382,8 +382,12 @@ impl Replica {
             data_dir.set_joining(false)?;
         }
         if !records_membership && !joining {
-            // A data dir from before memberships were recorded: `--peers` is the membership.
+            // A data dir from before memberships were recorded: `--peers` is the membership, of
+            // the core and of the state machine both (with none, the state machine applied no
+            // change and its snapshots recorded none: a restart from one went back to `--peers`,
+            // forgetting every change since).
             membership = Membership::from_peers(&config.peers);
+            state.replace_membership(membership.clone());
         }
         let latest = latest_membership(&membership, &entries);
         if !fresh

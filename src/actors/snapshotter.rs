@@ -160,7 +160,10 @@ impl Handler<SaveImage> for Snapshotter {
         let decoded = StateMachine::restore_from(&mut image.reader(), image.len()).and_then(|state| {
             match state.applied_index() {
                 at if at == meta.index => Ok(Box::new(state)),
-                at => Err(StorageError::BadImage(format!("snapshot {} holds the state at index {at}", meta.index))),
+                at => Err(StorageError::BadImage(format!(
+                    "snapshot {} holds the state at index {at}",
+                    meta.index
+                ))),
             }
         });
         log::info!(
