@@ -195,7 +195,11 @@ impl StatusBoard {
                 self.set_client_addr(id, addrs.client_addr.clone());
             }
         }
-        if membership.removed.contains(&self.id) && !self.removed.swap(true, Ordering::Relaxed) {
+        // Removed once out of every set: a voter removed through a joint change still votes in
+        // the outgoing set until the joint configuration is left (serving meanwhile, and its
+        // server must not exit: the change may need its vote to complete).
+        let removed = membership.removed.contains(&self.id) && !membership.contains(self.id);
+        if removed && !self.removed.swap(true, Ordering::Relaxed) {
             log::info!("replica {}: removed from the cluster; no longer serving", self.id);
         }
         if let Ok(mut m) = self.membership.write() {
@@ -452,4 +456,28 @@ fn human_bytes(bytes: u64) -> String {
         }
     }
     format!("{bytes}B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::raft::{ChangeOp, ConfChange, MemberAddrs};
+
+    #[test]
+    fn a_voter_leaving_through_a_joint_change_is_removed_only_once_it_is_left() {
+        let addrs = |n: u64| MemberAddrs {
+            peer_addr: format!("127.0.0.1:{n}"),
+            client_addr: format!("127.0.0.1:{}", n + 100),
+        };
+        let three = Membership::bootstrap((1..=3).map(|n| (n, addrs(n))).collect());
+        let four = three.plan(&[ChangeOp::Add { id: 4, addrs: addrs(4) }]).expect("add");
+        let joint = four.plan(&[ChangeOp::Promote { id: 4 }, ChangeOp::Remove { id: 1 }]).expect("swap");
+        assert!(joint.is_joint() && joint.removed.contains(&1) && joint.is_voter(1));
+        let board = StatusBoard::new(1, String::new());
+        board.publish_membership(&joint, BTreeSet::new());
+        assert!(!board.is_removed(), "still a voter of the outgoing set");
+        let left = joint.apply(&ConfChange::LeaveJoint).expect("leave");
+        board.publish_membership(&left, BTreeSet::new());
+        assert!(board.is_removed());
+    }
 }
