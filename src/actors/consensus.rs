@@ -39,6 +39,7 @@ use crate::protocol::raft::{
     ChangeError, ChangeOp, Message, MessageBody, NodeId, ProposeError, RaftCore, Ready, Role, Snapshot,
     SnapshotMeta, TransferError,
 };
+use crate::protocol::read_time::{next_stamp, read_time, ReadClocks};
 use crate::protocol::request::AdminRequest;
 use crate::protocol::resp::Reply;
 use crate::protocol::snapshot_schedule::SnapshotSchedule;
@@ -424,6 +425,8 @@ pub struct Consensus {
     repeats: RepeatFilter,
     /// Entry stamps and read times.
     clock: StampClock,
+    /// On a follower, the times its reads are judged at (see [`ReadClocks`]).
+    read_clocks: ReadClocks,
     /// The reclaiming entry proposed and not yet applied, as (index, term).
     reclaim_in_flight: Option<(u64, u64)>,
     /// Ticks between looks for expired keys.
@@ -483,6 +486,7 @@ impl Consensus {
             outbox: Outbox::new(),
             forwarded_to: (0, 0),
             clock: StampClock::default(),
+            read_clocks: ReadClocks::default(),
             reclaim_in_flight: None,
             reclaim_interval_ticks: (RECLAIM_INTERVAL.as_millis() / parts.tick.as_millis().max(1)).max(1)
                 as u64,
@@ -733,9 +737,12 @@ impl Consensus {
             let mut to_serve = Vec::new();
             for read in &ready.read_states {
                 match self.reads.remove(&read.ctx) {
-                    Some(ReadWaiter::Local(pending)) => to_serve.push(self.serve_order(pending)),
+                    Some(ReadWaiter::Local(pending)) => {
+                        to_serve.push(self.serve_order(pending, ready.applied_upto()))
+                    }
                     Some(ReadWaiter::Remote { follower, id }) => {
-                        let clock_ms = self.clock.stamp(self.status.applied_clock_ms());
+                        let now = self.clock.stamp(self.status.applied_clock_ms());
+                        let clock_ms = read_time(now, self.next_stamp(read.index));
                         self.answer_forward(
                             follower,
                             id,
@@ -1178,8 +1185,10 @@ impl Consensus {
                 }
             }
             ForwardAnswer::ReadIndex { index, clock_ms } => {
-                // Every read served from now on is judged at this time or later.
+                // Every read served from `index` on is judged at this time or later; and should
+                // this replica lead, it stamps nothing earlier.
                 self.clock.observe(clock_ms);
+                self.read_clocks.confirmed(index, clock_ms);
                 self.outbox.confirm_reads(id, index);
                 self.serve_released_reads();
             }
@@ -1286,24 +1295,33 @@ impl Consensus {
 
     /// Hands a read whose index this replica has applied to the applier (after those entries).
     ///
-    /// Its time: on the leader, its clock now (after the read arrived, before it is answered);
-    /// on a follower, the latest time a leader confirmed a read index with, which is no earlier
-    /// than the confirmation of this read's own batch.
+    /// Its time: on the leader, its clock now (after the read arrived, before it is answered), but
+    /// no later than the stamp of the first entry not yet applied (appended before the read was
+    /// confirmed, stamped earlier: the read comes before it in the log, and must not find a key
+    /// expired that this entry still finds alive); on a follower, the latest time a leader
+    /// confirmed a read index at or below its applied index with (see [`ReadClocks`]), which is
+    /// no earlier than the confirmation of this read's own batch.
     fn serve(&mut self, read: PendingRead) {
-        let order = self.serve_order(read);
+        let order = self.serve_order(read, self.core.log().applied());
         self.send_applier(order);
     }
 
-    /// What the applier is sent to serve `read`, stamped with the read's time (see [`Self::serve`]).
-    fn serve_order(&mut self, read: PendingRead) -> ServeRead {
+    /// What the applier is sent to serve `read` once it has applied up to `applied`, stamped with
+    /// the read's time (see [`Self::serve`]).
+    fn serve_order(&mut self, read: PendingRead, applied: u64) -> ServeRead {
         let PendingRead { command, budget, reply_to } = read;
         let applied_clock = self.status.applied_clock_ms();
         let now_ms = if self.core.role() == Role::Leader {
-            self.clock.stamp(applied_clock)
+            read_time(self.clock.stamp(applied_clock), self.next_stamp(applied))
         } else {
-            self.clock.last_ms.max(applied_clock)
+            self.read_clocks.at(applied).max(applied_clock)
         };
         ServeRead { command, budget, reply_to, now_ms }
+    }
+
+    /// The stamp of the first stamped entry after `index` in this replica's log.
+    fn next_stamp(&self, index: u64) -> Option<u64> {
+        next_stamp(self.core.log(), index)
     }
 
     /// Stamps an entry about to be proposed with the leader's clock.

@@ -493,6 +493,17 @@ pub fn stamp_entry(data: &mut [u8], stamp_ms: u64) -> bool {
     }
 }
 
+/// The leader's clock stamped into an entry made by [`encode_entry`] (none for any other entry,
+/// which leaves the replicas' clock as it is).
+pub fn entry_stamp(data: &[u8]) -> Option<u64> {
+    match data.split_first() {
+        Some((&STAMPED_ENTRY_TAG, rest)) if data.len() > ENTRY_HEADER_BYTES => {
+            rest.first_chunk::<8>().map(|stamp| u64::from_le_bytes(*stamp))
+        }
+        _ => None,
+    }
+}
+
 /// Reads a log entry: the leader's clock (none for an entry from before stamps) and the proposal.
 pub fn decode_entry(data: &[u8]) -> Result<(Option<u64>, Proposal), CodecError> {
     match data.split_first() {

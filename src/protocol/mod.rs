@@ -8,6 +8,7 @@ pub mod dialect;
 pub mod forwarding;
 pub mod peer_wire;
 pub mod raft;
+pub mod read_time;
 pub mod request;
 pub mod resp;
 pub mod rng;

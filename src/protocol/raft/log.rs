@@ -110,6 +110,12 @@ impl RaftLog {
         self.start.index > self.snapshot.index
     }
 
+    /// The entry at `index`, if it is held in memory.
+    pub fn entry(&self, index: u64) -> Option<&Entry> {
+        let offset = index.checked_sub(self.start.index + 1)?;
+        self.entries.get(offset as usize)
+    }
+
     /// Index of the last entry (the snapshot index when no entries follow it).
     pub fn last_index(&self) -> u64 {
         self.start.index + self.entries.len() as u64

@@ -108,4 +108,9 @@ impl Ready {
     pub fn must_persist(&self) -> bool {
         self.number != 0
     }
+
+    /// The applied mark once `committed_entries` are applied: where this Ready's reads are served.
+    pub fn applied_upto(&self) -> u64 {
+        self.applied_upto
+    }
 }
