@@ -132,6 +132,31 @@ fn joint_election_needs_a_majority_of_both_voter_sets() {
     assert_eq!(net.node(2).role(), Role::Leader);
 }
 
+// A voter whose driver holds back applying a committed membership change (a follower's apply
+// ceiling, behind its forwarded reads) does not campaign until it has applied it: with the
+// membership before it, a majority of the old voters alone could elect it after the cluster left
+// them (here the joint change and its leaving commit, 3 is removed, and 1 is lost).
+#[test]
+fn a_voter_does_not_campaign_with_a_committed_membership_change_unapplied() {
+    let mut net = five_with_two_learners();
+    let held = net.node(3).log().applied();
+    net.node(3).set_apply_ceiling(Some(held));
+    let ops = vec![ChangeOp::Promote { id: 4 }, ChangeOp::Remove { id: 3 }];
+    net.node(1).propose_change(ops).expect("accepted");
+    net.stabilize();
+    net.tick(1, 2); // the leave-joint entry
+    assert!(!net.node(1).membership().is_joint() && !net.node(1).membership().contains(3));
+    assert!(net.node(3).log().committed() > held, "3 knows the change committed");
+    assert_eq!(net.node(3).membership().voters.len(), 3, "and has not applied it");
+    net.isolate(1);
+    let term = net.node(3).term();
+    net.campaign(3);
+    assert_eq!((net.node(3).role(), net.node(3).term()), (Role::Follower, term), "3 campaigned");
+    net.node(3).set_apply_ceiling(None);
+    net.tick(3, 1);
+    assert!(!net.node(3).membership().contains(3), "applied: 3 knows it was removed");
+}
+
 // Learners get the log but never vote, never count toward a quorum, and never campaign.
 #[test]
 fn learners_replicate_but_never_count_or_campaign() {

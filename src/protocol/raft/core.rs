@@ -432,7 +432,12 @@ impl RaftCore {
         } else {
             self.election_elapsed += 1;
             if self.election_elapsed >= self.randomized_timeout {
-                if self.membership.is_voter(self.config.id)
+                if self.has_unapplied_conf_change() {
+                    // It would campaign with a membership the cluster has left (thesis §4.1:
+                    // a change committed counts before this node applies it). Once applied, the
+                    // timer, left run out, starts a campaign at the next tick.
+                    self.election_elapsed = self.randomized_timeout;
+                } else if self.membership.is_voter(self.config.id)
                     || self.membership.removed.contains(&self.config.id)
                 {
                     // A removed node campaigns too, counting only the current voters: it may be
@@ -551,6 +556,13 @@ impl RaftCore {
         self.broadcast_wanted = false;
         self.fresh_snapshot_wanted = false;
         self.reset_election_timer();
+    }
+
+    /// Whether a membership change this node knows committed is not applied yet (held by the
+    /// driver's apply ceiling or a read barrier): it must not campaign on the membership before it.
+    fn has_unapplied_conf_change(&self) -> bool {
+        (self.log.applied() + 1..=self.log.committed())
+            .any(|index| self.log.entry(index).is_some_and(|e| e.kind == EntryKind::ConfChange))
     }
 
     fn campaign(&mut self, pre_vote: bool, transfer: bool) {
@@ -950,6 +962,7 @@ impl RaftCore {
                 if self.role != Role::Leader
                     && self.leader == m.from
                     && self.membership.is_voter(self.config.id)
+                    && !self.has_unapplied_conf_change()
                 {
                     log::info!("raft {}: leader {} hands over; campaigning now", self.config.id, m.from);
                     self.campaign(false, true);
