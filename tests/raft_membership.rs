@@ -157,6 +157,27 @@ fn a_voter_does_not_campaign_with_a_committed_membership_change_unapplied() {
     assert!(!net.node(3).membership().contains(3), "applied: 3 knows it was removed");
 }
 
+// A leader's TimeoutNow that arrives while such a change is unapplied is taken once it is: a
+// leader removing itself hands over as the change commits, often before the successor applies it.
+#[test]
+fn a_hand_over_waits_for_the_membership_change_to_be_applied_and_then_happens() {
+    let mut net = five_with_two_learners();
+    let held = net.node(2).log().applied();
+    net.node(2).set_apply_ceiling(Some(held));
+    change(&mut net, 1, vec![ChangeOp::Promote { id: 4 }]);
+    assert!(net.node(2).log().committed() > held && net.node(2).membership().is_learner(4));
+    let term = net.node(1).term();
+    net.node(1).transfer_leader(2).expect("started");
+    net.stabilize();
+    assert!(net.delivered.iter().any(|m| m.body == MessageBody::TimeoutNow && m.to == 2));
+    assert_eq!((net.node(2).role(), net.node(2).term()), (Role::Follower, term), "campaigned unapplied");
+    net.node(2).set_apply_ceiling(None);
+    net.tick(2, 1); // applies it
+    net.tick(2, 1);
+    assert_eq!(net.node(2).role(), Role::Leader, "the hand-over was dropped");
+    assert!(net.node(2).membership().is_voter(4));
+}
+
 // Learners get the log but never vote, never count toward a quorum, and never campaign.
 #[test]
 fn learners_replicate_but_never_count_or_campaign() {

@@ -738,7 +738,7 @@ impl Consensus {
             for read in &ready.read_states {
                 match self.reads.remove(&read.ctx) {
                     Some(ReadWaiter::Local(pending)) => {
-                        to_serve.push(self.serve_order(pending, ready.applied_upto()))
+                        to_serve.push(self.serve_order(pending, ready.applied_upto(), true))
                     }
                     Some(ReadWaiter::Remote { follower, id }) => {
                         let now = self.clock.stamp(self.status.applied_clock_ms());
@@ -1293,25 +1293,29 @@ impl Consensus {
         self.read_inbox.clone()
     }
 
-    /// Hands a read whose index this replica has applied to the applier (after those entries).
+    /// Hands a read confirmed through a leader's answer, whose index this replica has applied, to
+    /// the applier (after those entries), judged at the latest time a leader confirmed a read
+    /// index at or below its applied index with (see [`ReadClocks`]): no earlier than the
+    /// confirmation of this read's own batch, no later than the entries after its state.
     ///
-    /// Its time: on the leader, its clock now (after the read arrived, before it is answered), but
-    /// no later than the stamp of the first entry not yet applied (appended before the read was
-    /// confirmed, stamped earlier: the read comes before it in the log, and must not find a key
-    /// expired that this entry still finds alive); on a follower, the latest time a leader
-    /// confirmed a read index at or below its applied index with (see [`ReadClocks`]), which is
-    /// no earlier than the confirmation of this read's own batch.
+    /// A read this replica confirmed as leader is judged at its clock now (after the read
+    /// arrived, before it is answered), but no later than the stamp of the first entry not yet
+    /// applied (appended before the read was confirmed, stamped earlier: the read comes before it
+    /// in the log, and must not find a key expired that this entry still finds alive).
     fn serve(&mut self, read: PendingRead) {
-        let order = self.serve_order(read, self.core.log().applied());
+        // Confirmed by answers from a leader (forwarded), whatever this replica's role by now.
+        let order = self.serve_order(read, self.core.log().applied(), false);
         self.send_applier(order);
     }
 
     /// What the applier is sent to serve `read` once it has applied up to `applied`, stamped with
-    /// the read's time (see [`Self::serve`]).
-    fn serve_order(&mut self, read: PendingRead, applied: u64) -> ServeRead {
+    /// the read's time (see [`Self::serve`]): by the leader's rule when this replica confirmed it
+    /// as leader (`by_leader`, whatever its role by now: a leader that stepped down still serves
+    /// the reads it confirmed, never earlier than those it served before), else by the answers'.
+    fn serve_order(&mut self, read: PendingRead, applied: u64, by_leader: bool) -> ServeRead {
         let PendingRead { command, budget, reply_to } = read;
         let applied_clock = self.status.applied_clock_ms();
-        let now_ms = if self.core.role() == Role::Leader {
+        let now_ms = if by_leader {
             read_time(self.clock.stamp(applied_clock), self.next_stamp(applied))
         } else {
             self.read_clocks.at(applied).max(applied_clock)

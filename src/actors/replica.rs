@@ -345,6 +345,20 @@ impl Replica {
             .map_err(|source| ReplicaError::Bind { addr: config.peer_addr.clone(), source })?;
 
         let data_dir = DataDir::open(&config.data_dir, &config.cluster_name, config.id)?;
+        // A join is marked before its log exists, and stays a join until a start finds its
+        // membership recorded, whatever the config says then: bootstrapping, or taking
+        // `--peers` (itself alone) as the membership, would make it a cluster of its own. The
+        // mark keeps the peer addresses it joined with, for a restart to reach the others.
+        let mut config = config;
+        if config.join {
+            data_dir.set_joining(Some(&config.peers))?;
+        }
+        let marked = data_dir.is_joining();
+        if marked {
+            for (id, addr) in data_dir.joining_book() {
+                config.peers.entry(id).or_insert(addr);
+            }
+        }
         let snapshots = SnapshotStore::open(data_dir.snap_dir())?;
         let witness = data_dir.wal_witness();
         let (mut wal, mut recovery) = Wal::open_witnessed(
@@ -358,11 +372,7 @@ impl Replica {
         // image has opened the log by then, as any start does (torn tail cut, a segment begun).
         let latest = snapshots.read_latest(StateMachine::restore_from)?;
         let fresh = latest.is_none() && is_fresh(&recovery.hard_state, &recovery.snapshot, &recovery.entries);
-        // A join restarted before its membership was recorded is still a join, whatever the
-        // config says: bootstrapping, or taking `--peers` (itself alone) as the membership, would
-        // make it a cluster of its own.
-        let marked = data_dir.is_joining();
-        if fresh && !config.join && !marked {
+        if fresh && !marked {
             let entry = bootstrap_entry(&config.peers)?;
             let hard_state = HardState { term: 1, vote: 0, commit: 1 };
             wal.append(Some(hard_state), std::slice::from_ref(&entry))?;
@@ -375,11 +385,9 @@ impl Replica {
         let mut membership = state.membership().clone();
         let records_membership = !membership.is_empty()
             || entries.first().is_some_and(|e| e.index == 1 && e.kind == EntryKind::ConfChange);
-        let joining = (config.join || marked) && !records_membership;
-        if joining && !marked {
-            data_dir.set_joining(true)?;
-        } else if marked && records_membership {
-            data_dir.set_joining(false)?;
+        let joining = marked && !records_membership;
+        if marked && records_membership {
+            data_dir.set_joining(None)?;
         }
         if !records_membership && !joining {
             // A data dir from before memberships were recorded: `--peers` is the membership, of

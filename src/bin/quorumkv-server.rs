@@ -326,10 +326,11 @@ fn holds_log(dir: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
-/// For `--join`: on an empty data dir, or one whose join has not recorded a membership yet,
-/// asks the cluster to add this replica and learns every member's peer address. Returns what
-/// the promotion thread needs (on a plain restart too: a learner restarted before its promotion
-/// still asks for it).
+/// For `--join` on an empty data dir: asks the cluster to add this replica and learns every
+/// member's peer address. Returns what the promotion thread needs, on a restart too (the data
+/// dir's mark, if the join had not recorded its membership, keeps it joining with the addresses
+/// it started with; a learner restarted before its promotion still asks for it, a voter's
+/// thread ends at once).
 fn prepare_join(args: &ReplicaArgs, config: &mut ReplicaConfig) -> Result<Option<JoinRequest>, String> {
     if args.join.is_empty() {
         return Ok(None);
@@ -340,24 +341,13 @@ fn prepare_join(args: &ReplicaArgs, config: &mut ReplicaConfig) -> Result<Option
         client_addr: args.client_addr.clone(),
         servers: args.join.clone(),
     };
-    let unfinished = quorumkv::storage::data_dir::is_joining(&args.data_dir);
-    if holds_log(&args.data_dir) && !unfinished {
-        log::info!("replica {}: the data dir holds a log; --join ignored (this is a restart)", args.id);
+    if holds_log(&args.data_dir) {
+        log::info!("replica {}: the data dir holds a log; this is a restart, not a new join", args.id);
         return Ok(Some(request));
     }
     request.peer_addr =
         args.peer_addr.clone().ok_or("--join needs --peer-addr (where the others reach this replica)")?;
-    let book = match joining::add_self(&request) {
-        Ok(book) => book,
-        // The replica may have recorded its membership since (the mark goes at its next start):
-        // then it needs nobody's address book, and otherwise it waits, never a cluster alone.
-        Err(e) if unfinished => {
-            log::warn!("replica {}: restarting an unfinished join, the cluster did not answer: {e}", args.id);
-            BTreeMap::new()
-        }
-        Err(e) => return Err(e),
-    };
-    let mut book = if book.is_empty() { config.peers.clone() } else { book };
+    let mut book = joining::add_self(&request)?;
     book.insert(args.id, request.peer_addr.clone());
     config.peers = book;
     config.peer_addr = request.peer_addr.clone();

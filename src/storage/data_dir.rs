@@ -2,6 +2,7 @@
 
 use super::error::{io_err, Result, StorageError};
 use super::wal::{sync_dir, write_atomically};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
@@ -15,12 +16,13 @@ const WAL_WITNESS_TEMP: &str = "quorumkv.tmp";
 const WAL_DIR: &str = "wal";
 const SNAP_DIR: &str = "snap";
 const JOINING_FILE: &str = "JOINING";
+const JOINING_TEMP: &str = "JOINING.tmp";
 
 /// An open, locked data directory of one member of one cluster.
 ///
 /// Layout: `quorumkv.meta` (format version, cluster name, member id), `quorumkv.wal` (the WAL's
-/// newest segment), `LOCK`, `wal/`, `snap/`, and `JOINING` while a replica started to join a
-/// cluster has not yet recorded its membership.
+/// newest segment), `LOCK`, `wal/`, `snap/`, and `JOINING` (the members' peer addresses) while a
+/// replica started to join a cluster has not yet recorded its membership.
 /// Durability: when [`open`](DataDir::open) returns on a first start, the metadata file and the
 /// subdirectories are on stable storage. The lock is held until the `DataDir` is dropped.
 #[derive(Debug)]
@@ -113,25 +115,38 @@ impl DataDir {
         is_joining(&self.root)
     }
 
-    /// Marks this dir as a join in progress (on stable storage when it returns), or clears the mark.
-    pub fn set_joining(&self, joining: bool) -> Result<()> {
+    /// Marks this dir as a join in progress with the members' peer addresses `book` (on stable
+    /// storage when it returns), or with `None` clears the mark.
+    pub fn set_joining(&self, book: Option<&BTreeMap<u64, String>>) -> Result<()> {
         let path = self.root.join(JOINING_FILE);
-        if joining {
-            let file = File::create(&path).map_err(io_err("create", &path))?;
-            file.sync_all().map_err(io_err("fsync", &path))?;
-        } else {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(io_err("remove", &path)(e)),
+        match book {
+            Some(book) => {
+                let text: String = book.iter().map(|(id, addr)| format!("{id} {addr}\n")).collect();
+                write_atomically(&path, &self.root.join(JOINING_TEMP), &[text.as_bytes()])
             }
+            None => match fs::remove_file(&path) {
+                Ok(()) => sync_dir(&self.root),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err("remove", &path)(e)),
+            },
         }
-        sync_dir(&self.root)
+    }
+
+    /// The peer addresses a join in progress was started with (empty if none are readable).
+    pub fn joining_book(&self) -> BTreeMap<u64, String> {
+        let text = fs::read_to_string(self.root.join(JOINING_FILE)).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let (id, addr) = line.split_once(' ')?;
+                Some((id.parse().ok()?, addr.to_string()))
+            })
+            .collect()
     }
 }
 
 /// Whether the data dir at `path` belongs to a join that has not recorded a membership yet: a
-/// restart must join again (no bootstrap, no membership taken from `--peers`).
+/// restart goes on joining (no bootstrap, no membership taken from `--peers`, the peer addresses
+/// it joined with).
 pub fn is_joining(path: &Path) -> bool {
     path.join(JOINING_FILE).exists()
 }

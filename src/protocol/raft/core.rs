@@ -206,6 +206,9 @@ pub struct RaftCore {
     hand_over_tries: usize,
     /// The successors in the order the first hand-over ranked them (most caught up first).
     hand_over_order: Vec<NodeId>,
+    /// A leader's `TimeoutNow` (its term, its id) taken while a committed membership change was
+    /// unapplied here: acted on once it is, if that leader still leads.
+    deferred_transfer: Option<(u64, NodeId)>,
     /// Members just removed, still sent heartbeats for the given ticks so they learn it.
     leaving: BTreeMap<NodeId, u32>,
     /// The leader's view of each other member (and of `leaving` ones); empty unless leader.
@@ -300,6 +303,7 @@ impl RaftCore {
             handing_over: false,
             hand_over_tries: 0,
             hand_over_order: Vec::new(),
+            deferred_transfer: None,
             leaving: BTreeMap::new(),
             rng: Rng::new(config.seed),
             config,
@@ -430,6 +434,15 @@ impl RaftCore {
         if self.role == Role::Leader {
             self.tick_leader();
         } else {
+            if let Some((term, from)) = self.deferred_transfer {
+                if term != self.term || self.leader != from || !self.membership.is_voter(self.config.id) {
+                    self.deferred_transfer = None;
+                } else if !self.has_unapplied_conf_change() {
+                    self.deferred_transfer = None;
+                    log::info!("raft {}: leader {from} hands over; campaigning now", self.config.id);
+                    return self.campaign(false, true);
+                }
+            }
             self.election_elapsed += 1;
             if self.election_elapsed >= self.randomized_timeout {
                 if self.has_unapplied_conf_change() {
@@ -962,10 +975,15 @@ impl RaftCore {
                 if self.role != Role::Leader
                     && self.leader == m.from
                     && self.membership.is_voter(self.config.id)
-                    && !self.has_unapplied_conf_change()
                 {
-                    log::info!("raft {}: leader {} hands over; campaigning now", self.config.id, m.from);
-                    self.campaign(false, true);
+                    if self.has_unapplied_conf_change() {
+                        // Taken once the change is applied (at a tick): a leader removing itself
+                        // hands over as the change commits, often before this node applies it.
+                        self.deferred_transfer = Some((self.term, m.from));
+                    } else {
+                        log::info!("raft {}: leader {} hands over; campaigning now", self.config.id, m.from);
+                        self.campaign(false, true);
+                    }
                 }
                 Ok(())
             }
