@@ -176,6 +176,25 @@ fn a_hand_over_waits_for_the_membership_change_to_be_applied_and_then_happens() 
     net.tick(2, 1);
     assert_eq!(net.node(2).role(), Role::Leader, "the hand-over was dropped");
     assert!(net.node(2).membership().is_voter(4));
+    // Not once the leader has given the transfer up (an election timeout): it leads on.
+    let mut net = five_with_two_learners();
+    let held = net.node(2).log().applied();
+    net.node(2).set_apply_ceiling(Some(held));
+    change(&mut net, 1, vec![ChangeOp::Promote { id: 4 }]);
+    net.node(1).transfer_leader(2).expect("started");
+    net.stabilize();
+    let timeout = net.node(2).config().election_timeout_ticks;
+    for _ in 0..2 * timeout + 2 {
+        // The leader's heartbeats keep 2's own election timer from running out.
+        net.node(1).tick();
+        net.node(2).tick();
+        net.stabilize();
+    }
+    assert_eq!(net.node(1).role(), Role::Leader);
+    net.node(2).set_apply_ceiling(None);
+    net.tick(2, 1);
+    net.tick(2, 1);
+    assert_eq!(net.node(1).role(), Role::Leader, "a stale hand-over deposed the leader");
 }
 
 // Learners get the log but never vote, never count toward a quorum, and never campaign.

@@ -206,9 +206,10 @@ pub struct RaftCore {
     hand_over_tries: usize,
     /// The successors in the order the first hand-over ranked them (most caught up first).
     hand_over_order: Vec<NodeId>,
-    /// A leader's `TimeoutNow` (its term, its id) taken while a committed membership change was
-    /// unapplied here: acted on once it is, if that leader still leads.
-    deferred_transfer: Option<(u64, NodeId)>,
+    /// A leader's `TimeoutNow` (its term, its id, ticks left) taken while a committed membership
+    /// change was unapplied here: acted on once it is, if that leader still leads and within an
+    /// election timeout (the leader gives the transfer up after one, and re-sends it while live).
+    deferred_transfer: Option<(u64, NodeId, u32)>,
     /// Members just removed, still sent heartbeats for the given ticks so they learn it.
     leaving: BTreeMap<NodeId, u32>,
     /// The leader's view of each other member (and of `leaving` ones); empty unless leader.
@@ -434,8 +435,13 @@ impl RaftCore {
         if self.role == Role::Leader {
             self.tick_leader();
         } else {
-            if let Some((term, from)) = self.deferred_transfer {
-                if term != self.term || self.leader != from || !self.membership.is_voter(self.config.id) {
+            if let Some((term, from, ticks_left)) = self.deferred_transfer {
+                self.deferred_transfer = Some((term, from, ticks_left.saturating_sub(1)));
+                if term != self.term
+                    || self.leader != from
+                    || ticks_left == 0
+                    || !self.membership.is_voter(self.config.id)
+                {
                     self.deferred_transfer = None;
                 } else if !self.has_unapplied_conf_change() {
                     self.deferred_transfer = None;
@@ -979,7 +985,8 @@ impl RaftCore {
                     if self.has_unapplied_conf_change() {
                         // Taken once the change is applied (at a tick): a leader removing itself
                         // hands over as the change commits, often before this node applies it.
-                        self.deferred_transfer = Some((self.term, m.from));
+                        let ticks = self.config.election_timeout_ticks;
+                        self.deferred_transfer = Some((self.term, m.from, ticks));
                     } else {
                         log::info!("raft {}: leader {} hands over; campaigning now", self.config.id, m.from);
                         self.campaign(false, true);
