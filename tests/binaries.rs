@@ -930,27 +930,7 @@ fn a_replica_joins_the_leader_moves_and_a_removed_member_exits_0() {
     let ports = free_ports(2);
     let (client4, peer4) = (format!("127.0.0.1:{}", ports[0]), format!("127.0.0.1:{}", ports[1]));
     let data4 = dir.path().join("d4").display().to_string();
-    let join_args: Vec<String> = [
-        "--id",
-        "4",
-        "--client-addr",
-        &client4,
-        "--peer-addr",
-        &peer4,
-        "--data-dir",
-        &data4,
-        "--join",
-        &all,
-        "--election-timeout-ms",
-        "300",
-        "--heartbeat-ms",
-        "50",
-        "--cluster-name",
-        "living",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let join_args = join_args(&client4, &peer4, &data4, &all, "living");
     let mut fourth = spawn_server(&join_args, &dir.path().join("log4"));
     // It catches up as a learner, then asks to be promoted.
     wait_for("4 to be a voter", || {
@@ -1021,27 +1001,7 @@ fn a_join_killed_before_it_heard_from_the_cluster_restarts_as_a_join() {
     let nowhere = format!("127.0.0.1:{}", ports[2]);
     assert_eq!(stdout(&cli(&all, &["member", "add", "4", &nowhere, &client4])), "OK");
     let data4 = dir.path().join("d4").display().to_string();
-    let join_args: Vec<String> = [
-        "--id",
-        "4",
-        "--client-addr",
-        &client4,
-        "--peer-addr",
-        &peer4,
-        "--data-dir",
-        &data4,
-        "--join",
-        &all,
-        "--election-timeout-ms",
-        "300",
-        "--heartbeat-ms",
-        "50",
-        "--cluster-name",
-        "rejoin",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let join_args = join_args(&client4, &peer4, &data4, &all, "rejoin");
     for start in 1..=2 {
         let mut fourth = spawn_server(&join_args, &dir.path().join(format!("log4-{start}")));
         let role = wait_for("4 to serve clients", || info_field(&client4, "role"));
@@ -1057,6 +1017,14 @@ fn a_join_killed_before_it_heard_from_the_cluster_restarts_as_a_join() {
     for s in servers.iter_mut() {
         kill(s);
     }
+}
+
+/// The command line of replica 4 joining `members` (client addresses) of cluster `cluster`.
+fn join_args(client4: &str, peer4: &str, data4: &str, members: &str, cluster: &str) -> Vec<String> {
+    let timings = ["--election-timeout-ms", "300", "--heartbeat-ms", "50"];
+    let fixed =
+        ["--id", "4", "--client-addr", client4, "--peer-addr", peer4, "--data-dir", data4, "--join", members];
+    fixed.iter().chain(&timings).chain(&["--cluster-name", cluster]).map(|s| s.to_string()).collect()
 }
 
 /// Runs a tool from Debian's redis-tools (`.ci/run` installs them).

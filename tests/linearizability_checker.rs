@@ -393,6 +393,75 @@ struct Mix {
 
 const ALL_KINDS: Mix = Mix { get: 35, put: 20, append: 35, delete: 10, unknown: 5 };
 
+/// A random operation of `mix`, with values unique to operation `i`.
+fn draw_input(rng: &mut Rng, mix: &Mix, i: usize) -> KvInput {
+    let roll = rng.range(0, mix.get + mix.put + mix.append + mix.delete);
+    if roll < mix.get {
+        KvInput::Get
+    } else if roll < mix.get + mix.put {
+        KvInput::Put(format!("p{i}").into_bytes())
+    } else if roll < mix.get + mix.put + mix.append {
+        KvInput::Append(format!("a{i},").into_bytes())
+    } else {
+        KvInput::Delete
+    }
+}
+
+/// Carries `input` out on `store` (a write only if `takes_effect`) and gives what it answers.
+fn take_effect(
+    store: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+    key: &[u8],
+    input: &KvInput,
+    takes_effect: bool,
+) -> KvOutput {
+    match input {
+        KvInput::Get => KvOutput::Value(store.get(key).cloned()),
+        KvInput::Put(value) if takes_effect => {
+            store.insert(key.to_vec(), value.clone());
+            KvOutput::Ok
+        }
+        KvInput::Append(suffix) if takes_effect => {
+            store.entry(key.to_vec()).or_default().extend_from_slice(suffix);
+            KvOutput::Ok
+        }
+        KvInput::Delete if takes_effect => {
+            store.remove(key);
+            KvOutput::Ok
+        }
+        _ => KvOutput::Ok,
+    }
+}
+
+/// Gives some reads (40 %) a value seen elsewhere in `ops`, or absence.
+fn corrupt_reads(rng: &mut Rng, ops: &mut [Operation]) {
+    let mut values: Vec<Option<Vec<u8>>> = vec![None];
+    for op in ops.iter() {
+        match (&op.input, &op.output) {
+            (KvInput::Put(value), _) | (KvInput::Append(value), _) => values.push(Some(value.clone())),
+            (KvInput::Get, KvOutput::Value(value)) => values.push(value.clone()),
+            _ => {}
+        }
+    }
+    for op in ops.iter_mut() {
+        if matches!(op.output, KvOutput::Value(_)) && rng.chance(0.4) {
+            op.output = KvOutput::Value(values[rng.range(0, values.len() as u64) as usize].clone());
+        }
+    }
+}
+
+/// Checks `ops` and asserts the verdict is the brute force's; returns that verdict.
+fn agrees_with_brute_force(seed: u64, ops: &[Operation]) -> bool {
+    let expected = brute_force_linearizable(ops);
+    let got = check_history(ops, BUDGET);
+    assert!(got != CheckResult::Timeout, "seed {seed} (replay: LIN_SEED={seed}): timed out");
+    assert_eq!(
+        got == CheckResult::Ok,
+        expected,
+        "seed {seed} (replay: LIN_SEED={seed}): checker says {got:?}, brute force says {expected}: {ops:#?}"
+    );
+    expected
+}
+
 /// A history of a real sequential store: each operation takes effect at its own instant, and its
 /// call and return are drawn around that instant, respecting that a client does one thing at a
 /// time. An unknown write takes effect or not, by a coin flip.
@@ -410,34 +479,10 @@ fn linearizable_history(rng: &mut Rng, clients: u64, n_ops: usize, keys: u64, mi
         let return_us = now + rng.range(0, 40);
         free_at[client] = return_us + 1;
         let key = format!("key{}", rng.range(0, keys)).into_bytes();
-        let roll = rng.range(0, mix.get + mix.put + mix.append + mix.delete);
-        let input = if roll < mix.get {
-            KvInput::Get
-        } else if roll < mix.get + mix.put {
-            KvInput::Put(format!("p{i}").into_bytes())
-        } else if roll < mix.get + mix.put + mix.append {
-            KvInput::Append(format!("a{i},").into_bytes())
-        } else {
-            KvInput::Delete
-        };
+        let input = draw_input(rng, mix, i);
         let unknown = rng.range(0, 100) < mix.unknown;
         let takes_effect = !unknown || rng.chance(0.5);
-        let output = match &input {
-            KvInput::Get => KvOutput::Value(store.get(&key).cloned()),
-            KvInput::Put(value) if takes_effect => {
-                store.insert(key.clone(), value.clone());
-                KvOutput::Ok
-            }
-            KvInput::Append(suffix) if takes_effect => {
-                store.entry(key.clone()).or_default().extend_from_slice(suffix);
-                KvOutput::Ok
-            }
-            KvInput::Delete if takes_effect => {
-                store.remove(&key);
-                KvOutput::Ok
-            }
-            _ => KvOutput::Ok,
-        };
+        let output = take_effect(&mut store, &key, &input, takes_effect);
         let (output, return_us) = if unknown { (KvOutput::Unknown, u64::MAX) } else { (output, return_us) };
         ops.push(Operation {
             client: client as u64 + 1,
@@ -552,29 +597,8 @@ fn small_random_histories_agree_with_brute_force() {
         let clients = rng.range(2, 4);
         let n_ops = rng.range(2, 9) as usize;
         let mut ops = linearizable_history(&mut rng, clients, n_ops, 1, mix);
-        // Corrupt some reads with values seen elsewhere in the history, or absence.
-        let mut values: Vec<Option<Vec<u8>>> = vec![None];
-        for op in &ops {
-            match (&op.input, &op.output) {
-                (KvInput::Put(value), _) | (KvInput::Append(value), _) => values.push(Some(value.clone())),
-                (KvInput::Get, KvOutput::Value(value)) => values.push(value.clone()),
-                _ => {}
-            }
-        }
-        for op in ops.iter_mut() {
-            if matches!(op.output, KvOutput::Value(_)) && rng.chance(0.4) {
-                op.output = KvOutput::Value(values[rng.range(0, values.len() as u64) as usize].clone());
-            }
-        }
-        let expected = brute_force_linearizable(&ops);
-        let got = check_history(&ops, BUDGET);
-        assert!(got != CheckResult::Timeout, "seed {seed} (replay: LIN_SEED={seed}): timed out");
-        assert_eq!(
-            got == CheckResult::Ok,
-            expected,
-            "seed {seed} (replay: LIN_SEED={seed}): checker says {got:?}, brute force says {expected}: {ops:#?}"
-        );
-        if expected {
+        corrupt_reads(&mut rng, &mut ops);
+        if agrees_with_brute_force(seed, &ops) {
             legal += 1;
         } else {
             illegal += 1;
@@ -612,23 +636,7 @@ fn pipelined_history(
             in_flight[c].remove(0);
             let unknown = rng.range(0, 100) < mix.unknown;
             let takes_effect = !unknown || rng.chance(0.5);
-            let key = ops[i].key.clone();
-            let output = match ops[i].input.clone() {
-                KvInput::Get => KvOutput::Value(store.get(&key).cloned()),
-                KvInput::Put(value) if takes_effect => {
-                    store.insert(key, value);
-                    KvOutput::Ok
-                }
-                KvInput::Append(suffix) if takes_effect => {
-                    store.entry(key).or_default().extend_from_slice(&suffix);
-                    KvOutput::Ok
-                }
-                KvInput::Delete if takes_effect => {
-                    store.remove(&key);
-                    KvOutput::Ok
-                }
-                _ => KvOutput::Ok,
-            };
+            let output = take_effect(&mut store, &ops[i].key, &ops[i].input, takes_effect);
             // Answers come in order: never before the one sent before it.
             let answered =
                 ops[..i].iter().rev().find(|o| o.client == ops[i].client && o.return_us != UNKNOWN);
@@ -648,16 +656,7 @@ fn pipelined_history(
             for _ in 0..rng.range(1, pipeline + 1).min((n_ops - ops.len()) as u64) {
                 let i = ops.len();
                 let key = format!("key{}", rng.range(0, keys)).into_bytes();
-                let roll = rng.range(0, mix.get + mix.put + mix.append + mix.delete);
-                let input = if roll < mix.get {
-                    KvInput::Get
-                } else if roll < mix.get + mix.put {
-                    KvInput::Put(format!("p{i}").into_bytes())
-                } else if roll < mix.get + mix.put + mix.append {
-                    KvInput::Append(format!("a{i},").into_bytes())
-                } else {
-                    KvInput::Delete
-                };
+                let input = draw_input(rng, mix, i);
                 let (client, output, return_us) = (c as u64 + 1, KvOutput::Unknown, UNKNOWN);
                 ops.push(Operation {
                     client,
@@ -700,26 +699,8 @@ fn random_pipelined_histories_pass_and_agree_with_brute_force() {
         let mut rng = Rng::new(seed);
         let (clients, n_ops) = (rng.range(1, 4), rng.range(2, 8) as usize);
         let mut ops = pipelined_history(&mut rng, clients, n_ops, 1, 4, &mix);
-        let values: Vec<Option<Vec<u8>>> = std::iter::once(None)
-            .chain(ops.iter().filter_map(|op| match &op.input {
-                KvInput::Put(value) | KvInput::Append(value) => Some(Some(value.clone())),
-                _ => None,
-            }))
-            .collect();
-        for op in ops.iter_mut() {
-            if matches!(op.output, KvOutput::Value(_)) && rng.chance(0.4) {
-                op.output = KvOutput::Value(values[rng.range(0, values.len() as u64) as usize].clone());
-            }
-        }
-        let expected = brute_force_linearizable(&ops);
-        let got = check_history(&ops, BUDGET);
-        assert!(got != CheckResult::Timeout, "seed {seed} (replay: LIN_SEED={seed}): timed out");
-        assert_eq!(
-            got == CheckResult::Ok,
-            expected,
-            "seed {seed} (replay: LIN_SEED={seed}): checker says {got:?}, brute force says {expected}: {ops:#?}"
-        );
-        if expected {
+        corrupt_reads(&mut rng, &mut ops);
+        if agrees_with_brute_force(seed, &ops) {
             legal += 1;
         } else {
             illegal += 1;

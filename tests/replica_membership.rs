@@ -27,7 +27,6 @@ use quorumkv::protocol::resp::Reply;
 /// bootstrapped a cluster of one, or took itself alone as the membership, and elected itself.)
 #[test]
 fn a_join_restarted_before_its_membership_is_recorded_is_still_a_join() {
-    use quorumkv::actors::replica::Replica;
     use quorumkv::protocol::raft::HardState;
     use quorumkv::storage::{data_dir::is_joining, DataDir, Wal, WalOptions};
     use std::collections::BTreeMap;
@@ -38,9 +37,9 @@ fn a_join_restarted_before_its_membership_is_recorded_is_still_a_join() {
         config.peers = BTreeMap::from([(1, "127.0.0.1:1".to_string()), (4, "127.0.0.1:2".to_string())]);
         config.join = true;
         let data_dir = config.data_dir.clone();
-        let system = actix_rt::System::new();
-        let first = config.clone();
-        system.block_on(async move { Replica::start(first).await.expect("start a joiner").stop().await });
+        let (_, _, stop, thread) = run_one(config.clone());
+        let _ = stop.send(());
+        thread.join().expect("replica thread");
         assert!(is_joining(&data_dir), "a join in progress is marked");
         if moved_term {
             let dir = DataDir::open(&data_dir, &config.cluster_name, 4).expect("open the data dir");
@@ -52,24 +51,22 @@ fn a_join_restarted_before_its_membership_is_recorded_is_still_a_join() {
         config.join = false;
         config.peers = BTreeMap::from([(4, "127.0.0.1:2".to_string())]);
         let window = Duration::from_millis(4 * config.election_timeout_ms);
-        system.block_on(async move {
-            let replica = Replica::start(config).await.expect("restart");
-            let status = replica.status.clone();
-            // Watched for several election timeouts: a cluster of one elects itself in one.
-            let until = Instant::now() + window;
-            while Instant::now() < until {
-                let membership = status.membership();
-                assert!(
-                    membership.is_empty() && !status.is_leader() && status.last_log_index() == 0,
-                    "moved term {moved_term}: a joiner became a cluster of its own: {membership:?}, leader {}, \
-                     last index {}",
-                    status.is_leader(),
-                    status.last_log_index()
-                );
-                actix_rt::time::sleep(Duration::from_millis(10)).await;
-            }
-            replica.stop().await;
-        });
+        let (_, status, stop, thread) = run_one(config);
+        // Watched for several election timeouts: a cluster of one elects itself in one.
+        let until = Instant::now() + window;
+        while Instant::now() < until {
+            let membership = status.membership();
+            assert!(
+                membership.is_empty() && !status.is_leader() && status.last_log_index() == 0,
+                "moved term {moved_term}: a joiner became a cluster of its own: {membership:?}, leader {}, \
+                 last index {}",
+                status.is_leader(),
+                status.last_log_index()
+            );
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+        let _ = stop.send(());
+        thread.join().expect("replica thread");
         assert!(is_joining(&data_dir), "still joining");
     }
 }
