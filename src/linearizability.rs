@@ -247,6 +247,9 @@ impl Bits {
     fn clear(&mut self, i: usize) {
         self.0[i / 64] &= !(1 << (i % 64));
     }
+    fn contains(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
 }
 
 /// The longest linearizable prefix found: its order, the state after it, and the read found
@@ -294,7 +297,7 @@ struct Searcher<'a> {
 impl Searcher<'_> {
     /// Whether `op` waits for an earlier operation of its connection still unplaced.
     fn waits(&self, op: usize) -> bool {
-        self.after[op].is_some_and(|before| self.linearized.0[before / 64] & (1 << (before % 64)) == 0)
+        self.after[op].is_some_and(|before| !self.linearized.contains(before))
     }
 
     /// Linearizes `op` next unless that configuration was reached before; true if it was new.

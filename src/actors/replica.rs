@@ -273,13 +273,7 @@ fn recover(
         }
         return Ok((StateMachine::default(), SnapshotMeta::default(), entries));
     };
-    if state.applied_index() != meta.index {
-        return Err(ReplicaError::Config(format!(
-            "replica {id}: the newest snapshot ({}) holds the state at index {}",
-            meta.index,
-            state.applied_index()
-        )));
-    }
+    state.check_taken_at(meta.index).map_err(|why| ReplicaError::Config(format!("replica {id}: {why}")))?;
     if meta.index < marker.index {
         return Err(ReplicaError::Config(format!(
             "replica {id}: the newest snapshot ({}) is older than the log's compaction point ({})",

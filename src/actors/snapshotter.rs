@@ -155,16 +155,9 @@ impl Handler<SaveImage> for Snapshotter {
             return; // The applier is already past this snapshot, or stopping.
         }
         let started = Instant::now();
-        // An image whose state was taken at another index than its name says would skew every
-        // later apply: refused like a damaged one.
         let decoded = StateMachine::restore_from(&mut image.reader(), image.len()).and_then(|state| {
-            match state.applied_index() {
-                at if at == meta.index => Ok(Box::new(state)),
-                at => Err(StorageError::BadImage(format!(
-                    "snapshot {} holds the state at index {at}",
-                    meta.index
-                ))),
-            }
+            state.check_taken_at(meta.index).map_err(StorageError::BadImage)?;
+            Ok(Box::new(state))
         });
         log::info!(
             "replica {}: received snapshot at index {} decoded: {} bytes in {} ms",

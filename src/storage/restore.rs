@@ -65,13 +65,10 @@ pub fn restore_data_dir(
     // Decoded as it is read, and written back as it is encoded: the image is never whole in memory.
     let (meta, mut state) =
         read_snapshot_file_with(file, StateMachine::restore_from).map_err(|e| bad(e.to_string()))?;
-    if meta.index == 0 || state.applied_index() != meta.index {
-        return Err(bad(format!(
-            "the header says index {} but the image was taken at {}",
-            meta.index,
-            state.applied_index()
-        )));
+    if meta.index == 0 {
+        return Err(bad("the header says index 0: an image of nothing".to_string()));
     }
+    state.check_taken_at(meta.index).map_err(bad)?;
     if !peers.contains_key(&member_id) {
         return Err(RestoreError::Config(format!("--peers does not list this member (id {member_id})")));
     }

@@ -179,6 +179,15 @@ impl StateMachine {
         self.applied_index
     }
 
+    /// Refuses a state decoded from the image of the snapshot at `index` that was taken at another
+    /// index (it would skew every later apply): why, for the caller's error.
+    pub fn check_taken_at(&self, index: u64) -> std::result::Result<(), String> {
+        match self.applied_index {
+            at if at == index => Ok(()),
+            at => Err(format!("the snapshot at index {index} holds the state at index {at}")),
+        }
+    }
+
     /// The KV engine, for reads served without the log.
     pub fn engine(&self) -> &KvEngine {
         &self.engine

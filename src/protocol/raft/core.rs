@@ -435,18 +435,15 @@ impl RaftCore {
         if self.role == Role::Leader {
             self.tick_leader();
         } else {
-            if let Some((term, from, ticks_left)) = self.deferred_transfer {
-                self.deferred_transfer = Some((term, from, ticks_left.saturating_sub(1)));
-                if term != self.term
-                    || self.leader != from
-                    || ticks_left == 0
-                    || !self.membership.is_voter(self.config.id)
-                {
-                    self.deferred_transfer = None;
-                } else if !self.has_unapplied_conf_change() {
-                    self.deferred_transfer = None;
-                    log::info!("raft {}: leader {from} hands over; campaigning now", self.config.id);
-                    return self.campaign(false, true);
+            if let Some((term, from, ticks_left)) = self.deferred_transfer.take() {
+                let live =
+                    term == self.term && self.leader == from && self.membership.is_voter(self.config.id);
+                if live && ticks_left > 0 {
+                    if !self.has_unapplied_conf_change() {
+                        log::info!("raft {}: leader {from} hands over; campaigning now", self.config.id);
+                        return self.campaign(false, true);
+                    }
+                    self.deferred_transfer = Some((term, from, ticks_left - 1));
                 }
             }
             self.election_elapsed += 1;
